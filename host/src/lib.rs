@@ -1,0 +1,10 @@
+//! downsync: the downstream half of a multi-cluster syncer.
+//!
+//! It takes the desired objects of an upstream control plane and creates, updates and deletes
+//! them in a downstream cluster, keeping the fields that belong downstream.
+//!
+//! Arrows point inward: `cli` -> `kube` (the edges) and `plugin` (the wasmtime runtime) ->
+//! `sync` (the core). The core knows neither a kube client nor wasmtime.
+
+pub mod plugin;
+pub mod sync;

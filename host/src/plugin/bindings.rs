@@ -1,0 +1,6 @@
+//! Host bindings generated from `wit/rules.wit`.
+
+wasmtime::component::bindgen!({
+    world: "rule",
+    path: "../wit",
+});

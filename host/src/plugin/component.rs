@@ -1,0 +1,243 @@
+//! A loaded plugin: its prepared instance and the hooks, each called in a fresh store.
+
+use serde_json::Value;
+use wasmtime::Store;
+
+use super::bindings::downsync::rules::types as wit;
+use super::bindings::{Rule, RulePre};
+use super::engine::PluginEngine;
+use super::error::{CallFailure, Error, Result};
+use super::host::CallState;
+
+/// A group/kind pattern; `*` matches anything, the core group is "".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KindPattern {
+    /// API group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+}
+
+impl KindPattern {
+    /// Whether the pattern matches a group and kind.
+    pub fn matches(&self, group: &str, kind: &str) -> bool {
+        (self.group == "*" || self.group == group) && (self.kind == "*" || self.kind == kind)
+    }
+}
+
+/// What a plugin's `describe` said.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    /// Unique name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Kinds handled.
+    pub kinds: Vec<KindPattern>,
+    /// JSON pointer patterns it may write.
+    pub scope: Vec<String>,
+}
+
+impl PluginInfo {
+    /// Whether the plugin handles this group and kind.
+    pub fn handles(&self, group: &str, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k.matches(group, kind))
+    }
+}
+
+/// The verdict of `preserve`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Write this object.
+    Apply(Value),
+    /// Delete and recreate, for this reason.
+    Recreate(String),
+    /// Leave the object alone, for this reason.
+    Skip(String),
+}
+
+/// The outcome of one call, with the fuel it burnt (for metrics and benchmarks).
+#[derive(Debug, Clone)]
+pub struct Called<T> {
+    /// What the hook returned.
+    pub value: T,
+    /// Fuel consumed.
+    pub fuel: u64,
+}
+
+/// A compiled, checked plugin. Cheap to clone; calls never share state.
+#[derive(Clone)]
+pub struct Plugin {
+    engine: PluginEngine,
+    info: PluginInfo,
+    digest: String,
+    pre: RulePre<CallState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("info", &self.info).field("digest", &self.digest).finish()
+    }
+}
+
+/// `Kind namespace/name` (or `Kind name`) of an object, for errors and logs.
+pub fn object_ref(obj: &Value) -> String {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let meta = obj.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
+    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
+        let mut plugin = Self {
+            engine,
+            info: PluginInfo { name: label.to_string(), version: String::new(), kinds: vec![], scope: vec![] },
+            digest,
+            pre,
+        };
+        let raw = plugin.call("describe", "-", |store, rule| rule.downsync_rules_rules().call_describe(store))?.value;
+        plugin.info = check_describe(label, raw)?;
+        Ok(plugin)
+    }
+
+    /// What `describe` said.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// sha256 of the component's bytes, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
+    /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
+    fn call<T>(
+        &self,
+        hook: &'static str,
+        object: &str,
+        f: impl FnOnce(&mut Store<CallState>, &Rule) -> wasmtime::Result<T>,
+    ) -> Result<Called<T>> {
+        let cfg = self.engine.config();
+        let mut store = Store::new(self.engine.engine(), CallState::new(&self.info.name, object, cfg.memory_bytes));
+        store.limiter(|s| &mut s.limits);
+        let fail = |store: &Store<CallState>, e: wasmtime::Error| {
+            let kind = classify(&e, store.data().limits.memory_denied);
+            Error::Call { plugin: self.info.name.clone(), hook, object: object.to_string(), kind, message: format!("{e:#}") }
+        };
+        if let Err(e) = store.set_fuel(cfg.fuel) {
+            return Err(fail(&store, e));
+        }
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        let rule = match self.pre.instantiate(&mut store) {
+            Ok(r) => r,
+            Err(e) => return Err(fail(&store, e)),
+        };
+        match f(&mut store, &rule) {
+            Ok(value) => {
+                let fuel = cfg.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                Ok(Called { value, fuel })
+            }
+            Err(e) => Err(fail(&store, e)),
+        }
+    }
+
+    /// Calls `transform` on the desired object.
+    pub fn transform(&self, desired: &Value) -> Result<Called<Value>> {
+        let object = object_ref(desired);
+        let input = desired.to_string();
+        let out = self.call("transform", &object, |s, r| r.downsync_rules_rules().call_transform(s, &input))?;
+        let text = out
+            .value
+            .map_err(|message| Error::Rejected { plugin: self.info.name.clone(), hook: "transform", object: object.clone(), message })?;
+        let value = self.parse_output("transform", &object, &text)?;
+        Ok(Called { value, fuel: out.fuel })
+    }
+
+    /// Calls `preserve` with the live downstream object and the desired one.
+    pub fn preserve(&self, existing: &Value, desired: &Value) -> Result<Called<Decision>> {
+        let object = object_ref(desired);
+        let (e, d) = (existing.to_string(), desired.to_string());
+        let out = self.call("preserve", &object, |s, r| r.downsync_rules_rules().call_preserve(s, &e, &d))?;
+        let decision = out
+            .value
+            .map_err(|message| Error::Rejected { plugin: self.info.name.clone(), hook: "preserve", object: object.clone(), message })?;
+        let value = match decision {
+            wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", &object, &text)?),
+            wit::Decision::Recreate(reason) => Decision::Recreate(reason),
+            wit::Decision::Skip(reason) => Decision::Skip(reason),
+        };
+        Ok(Called { value, fuel: out.fuel })
+    }
+
+    /// Calls `ignore-paths` for a group and kind.
+    pub fn ignore_paths(&self, group: &str, kind: &str) -> Result<Called<Vec<String>>> {
+        let object = format!("{kind}.{group}");
+        self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))
+    }
+
+    fn parse_output(&self, hook: &'static str, object: &str, text: &str) -> Result<Value> {
+        serde_json::from_str(text).map_err(|e| Error::Contract {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            path: String::new(),
+            message: format!("output is not valid JSON: {e}"),
+        })
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => CallFailure::OutOfFuel,
+        Some(wasmtime::Trap::Interrupt) => CallFailure::Deadline,
+        _ if memory_denied => CallFailure::Memory,
+        _ => CallFailure::Trap,
+    }
+}
+
+fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
+    let bad = |message: String| Error::Describe { plugin: label.to_string(), message };
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 63
+        && raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !name_ok {
+        return Err(bad(format!("name {:?} must be 1-63 lowercase letters, digits or '-'", raw.name)));
+    }
+    if raw.version.is_empty() {
+        return Err(bad("version is empty".into()));
+    }
+    if raw.kinds.is_empty() {
+        return Err(bad("it handles no kinds".into()));
+    }
+    for k in &raw.kinds {
+        if k.kind.is_empty() {
+            return Err(bad(format!("kind pattern with group {:?} has an empty kind", k.group)));
+        }
+    }
+    for s in &raw.scope {
+        if !s.starts_with('/') || s == "/" {
+            return Err(bad(format!("scope {s:?} is not a JSON pointer below the root")));
+        }
+        for forbidden in ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace", "/metadata"] {
+            if s == forbidden {
+                return Err(bad(format!("scope {s:?} would let it rewrite the object's identity")));
+            }
+        }
+    }
+    Ok(PluginInfo {
+        name: raw.name,
+        version: raw.version,
+        kinds: raw.kinds.into_iter().map(|k| KindPattern { group: k.group, kind: k.kind }).collect(),
+        scope: raw.scope,
+    })
+}

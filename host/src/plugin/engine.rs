@@ -1,0 +1,185 @@
+//! The one wasmtime engine: pooling allocator, fuel, epoch ticker, and the on-disk cache of
+//! precompiled components.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{Rule, RulePre};
+use super::error::{Error, Result};
+use super::host::CallState;
+use super::component::Plugin;
+
+/// Limits and cache settings for the engine. Deserialised from the config file.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EngineConfig {
+    /// Instructions-ish a call may burn; the same object always gets the same verdict.
+    pub fuel: u64,
+    /// Wall-clock backstop per call, in milliseconds.
+    pub deadline_ms: u64,
+    /// Linear memory cap per call, in bytes.
+    pub memory_bytes: usize,
+    /// Concurrent instances the pooling allocator keeps slots for.
+    pub pool_instances: u32,
+    /// Where precompiled components are cached; None disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            fuel: 200_000_000,
+            deadline_ms: 1_000,
+            memory_bytes: 64 << 20,
+            pool_instances: 64,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("downsync").join("components"))
+}
+
+/// Epoch ticks per second; deadlines are counted in these.
+const TICK: Duration = Duration::from_millis(10);
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The shared engine. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: EngineConfig,
+    _ticker: Ticker,
+}
+
+impl PluginEngine {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = config.pool_instances.max(1);
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(config.memory_bytes);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(Error::Engine)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::Engine)?;
+        Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop_flag) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("downsync-epoch".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}"))))?;
+
+        Ok(Self { inner: Arc::new(Inner { engine, linker, config, _ticker: Ticker(stop) }) })
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Epoch ticks that make up the per-call deadline.
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
+    }
+
+    /// Loads a plugin from a file: compiles it (or takes it from the cache), checks that it
+    /// implements the `rule` world, and calls `describe`.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+        self.load_bytes(&label, &bytes)
+    }
+
+    /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
+    pub fn load_bytes(&self, label: &str, bytes: &[u8]) -> Result<Plugin> {
+        let digest = hex(&Sha256::digest(bytes));
+        let component = self.compile(label, &digest, bytes)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(RulePre::new)
+            .map_err(|source| Error::WorldMismatch { plugin: label.to_string(), source })?;
+        Plugin::new(self.clone(), label, digest, pre)
+    }
+
+    fn compile(&self, label: &str, digest: &str, bytes: &[u8]) -> Result<Component> {
+        let engine = &self.inner.engine;
+        let compile_err = |source| Error::Compile { plugin: label.to_string(), source };
+        let Some(dir) = &self.inner.config.cache_dir else {
+            return Component::new(engine, bytes).map_err(compile_err);
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let path = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if path.is_file() {
+            // SAFETY: the file was written by `precompile_component` of an engine with the same
+            // compatibility hash (it is in the name), into downsync's own cache folder, and
+            // renamed into place only when complete. wasmtime also checks the header.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(plugin = label, path = %path.display(), error = %e, "discarding unusable cached artifact"),
+            }
+        }
+        let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
+        let cache_err = |source| Error::Cache { path: dir.clone(), source };
+        std::fs::create_dir_all(dir).map_err(cache_err)?;
+        let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &artifact).map_err(cache_err)?;
+        std::fs::rename(&tmp, &path).map_err(cache_err)?;
+        // SAFETY: `artifact` was produced just above by this very engine.
+        #[allow(unsafe_code)]
+        unsafe { Component::deserialize(engine, &artifact) }.map_err(compile_err)
+    }
+
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,463 @@
+//! Field-level diff between the live downstream object and the object downsync would write.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::pointer;
+
+/// Pointer patterns that [`diff`] always ignores: the API server owns these.
+pub const SERVER_MANAGED: &[&str] = &[
+    "/status",
+    "/metadata/resourceVersion",
+    "/metadata/uid",
+    "/metadata/creationTimestamp",
+    "/metadata/generation",
+    "/metadata/managedFields",
+    "/metadata/selfLink",
+    "/metadata/deletionTimestamp",
+    "/metadata/deletionGracePeriodSeconds",
+];
+
+/// Metadata keys that change on every write without anyone meaning to change the object.
+const METADATA_NOISE: &[&str] =
+    &["resourceVersion", "managedFields", "generation", "uid", "creationTimestamp", "selfLink"];
+
+/// One changed field. `old == None` is an addition, `new == None` a removal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    /// JSON pointer to the field.
+    pub path: String,
+    /// The live downstream value, if the field exists there.
+    pub old: Option<Value>,
+    /// The value downsync would write, if any.
+    pub new: Option<Value>,
+}
+
+/// The changes between two objects, sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Diff {
+    /// The changed fields, sorted by path (array indexes numerically).
+    pub changes: Vec<FieldChange>,
+}
+
+impl Diff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// How many fields changed.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The changed paths, in order.
+    pub fn paths(&self) -> Vec<&str> {
+        self.changes.iter().map(|c| c.path.as_str()).collect()
+    }
+}
+
+/// One line per change: `~ path: old -> new`, `+ path: new`, `- path: old`; nothing if empty.
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.changes.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match (&c.old, &c.new) {
+                (Some(old), Some(new)) => write!(f, "~ {}: {old} -> {new}", c.path)?,
+                (None, Some(new)) => write!(f, "+ {}: {new}", c.path)?,
+                (Some(old), None) => write!(f, "- {}: {old}", c.path)?,
+                (None, None) => write!(f, "~ {}", c.path)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tuning for [`diff`].
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Extra pointer patterns (with `*` segments) to ignore, each with everything under it.
+    pub ignore: Vec<String>,
+}
+
+/// Lists the fields where writing `desired` would change `existing`.
+///
+/// Only fields that `desired` sets are compared: anything only in `existing` is a server
+/// default or was added downstream, and writing `desired` through preservation keeps it.
+/// The one way to ask for a removal is an explicit `null` for a map key.
+pub fn diff(existing: &Value, desired: &Value, opts: &DiffOptions) -> Diff {
+    let ignore: Vec<Vec<String>> = SERVER_MANAGED
+        .iter()
+        .copied()
+        .chain(opts.ignore.iter().map(String::as_str))
+        // A malformed pattern cannot match a real path, so dropping it changes nothing.
+        .filter_map(|p| pointer::parse(p).ok())
+        .collect();
+    let mut walk = Walk { ignore: &ignore, path: Vec::new(), changes: Vec::new() };
+    walk.value(existing, desired);
+    let mut keyed: Vec<(Vec<String>, FieldChange)> = walk.changes;
+    keyed.sort_by(|(a, _), (b, _)| compare_paths(a, b));
+    Diff { changes: keyed.into_iter().map(|(_, c)| c).collect() }
+}
+
+/// The state of one [`diff`] traversal.
+struct Walk<'a> {
+    ignore: &'a [Vec<String>],
+    path: Vec<String>,
+    changes: Vec<(Vec<String>, FieldChange)>,
+}
+
+impl Walk<'_> {
+    fn ignored(&self) -> bool {
+        self.ignore.iter().any(|pat| pat.len() <= self.path.len() && pointer::prefix_matches(pat, &self.path))
+    }
+
+    fn record(&mut self, old: Option<&Value>, new: Option<&Value>) {
+        let change = FieldChange { path: pointer::join(&self.path), old: old.cloned(), new: new.cloned() };
+        self.changes.push((self.path.clone(), change));
+    }
+
+    fn value(&mut self, existing: &Value, desired: &Value) {
+        if self.ignored() {
+            return;
+        }
+        match (existing, desired) {
+            (Value::Object(e), Value::Object(d)) => self.object(e, d),
+            (Value::Array(e), Value::Array(d)) if e.len() == d.len() => {
+                for (i, (ev, dv)) in e.iter().zip(d).enumerate() {
+                    self.path.push(i.to_string());
+                    self.value(ev, dv);
+                    self.path.pop();
+                }
+            }
+            // A null downstream reads better as a missing field than as a type change.
+            (Value::Null, _) if !desired.is_null() => self.record(None, Some(desired)),
+            _ if json_eq(existing, desired) => {}
+            _ => self.record(Some(existing), Some(desired)),
+        }
+    }
+
+    fn object(&mut self, existing: &Map<String, Value>, desired: &Map<String, Value>) {
+        for (key, dv) in desired {
+            self.path.push(key.clone());
+            match existing.get(key) {
+                _ if self.ignored() => {}
+                Some(ev) if dv.is_null() && !ev.is_null() => self.record(Some(ev), None),
+                Some(ev) => self.value(ev, dv),
+                None if dv.is_null() => {}
+                None => self.record(None, Some(dv)),
+            }
+            self.path.pop();
+        }
+    }
+}
+
+/// Orders paths segment by segment, array indexes numerically, so `/l/2` sorts before `/l/10`.
+fn compare_paths(a: &[String], b: &[String]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(i), Ok(j)) => i.cmp(&j).then_with(|| x.cmp(y)),
+            _ => x.cmp(y),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// Deep equality where numbers compare by value, so `1 == 1.0`.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(i), Some(j)) = (x.as_i64(), y.as_i64()) {
+                i == j
+            } else if let (Some(i), Some(j)) = (x.as_u64(), y.as_u64()) {
+                i == j
+            } else {
+                x.as_f64() == y.as_f64()
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(i, j)| json_eq(i, j)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Whether two versions of one object differ in more than status and metadata bookkeeping.
+///
+/// Meant for watch events: a generation bump always counts; otherwise everything except
+/// `/status` and metadata noise (resourceVersion, managedFields, generation, uid,
+/// creationTimestamp, selfLink) is compared, including fields present on one side only.
+pub fn has_significant_changes(old: &Value, new: &Value) -> bool {
+    let generation = |v: &Value| v.pointer("/metadata/generation").cloned();
+    if let (Some(a), Some(b)) = (generation(old), generation(new))
+        && !json_eq(&a, &b)
+    {
+        return true;
+    }
+    let (Value::Object(a), Value::Object(b)) = (old, new) else {
+        return !json_eq(old, new);
+    };
+    let empty = Map::new();
+    match (metadata_of(a, &empty), metadata_of(b, &empty)) {
+        (Some(ma), Some(mb)) => {
+            if !maps_eq_except(ma, mb, METADATA_NOISE) {
+                return true;
+            }
+        }
+        // Metadata that is not an object is odd enough to count as a change if it differs.
+        _ => {
+            if !json_eq(&a["metadata"], &b["metadata"]) {
+                return true;
+            }
+        }
+    }
+    !maps_eq_except(a, b, &["status", "metadata"])
+}
+
+/// The metadata map of an object, `empty` if it has none, `None` if it is not a map.
+fn metadata_of<'a>(obj: &'a Map<String, Value>, empty: &'a Map<String, Value>) -> Option<&'a Map<String, Value>> {
+    match obj.get("metadata") {
+        Some(Value::Object(meta)) => Some(meta),
+        Some(_) => None,
+        None => Some(empty),
+    }
+}
+
+/// Whether two maps are equal once the `skip` keys are left out of both.
+fn maps_eq_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a.iter().filter(|(k, _)| !skip.contains(&k.as_str())).all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mk_deployment(replicas: u32, containers: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": replicas,
+                "template": {"spec": {"containers": containers}}
+            }
+        })
+    }
+
+    fn mk_container(name: &str, image: &str) -> Value {
+        json!({"name": name, "image": image})
+    }
+
+    /// What the API server returns for a deployment: defaults, status, metadata noise.
+    fn mk_live(mut obj: Value) -> Value {
+        let meta = obj["metadata"].as_object_mut().unwrap();
+        meta.insert("resourceVersion".into(), json!("4711"));
+        meta.insert("uid".into(), json!("0b1c"));
+        meta.insert("generation".into(), json!(3));
+        meta.insert("creationTimestamp".into(), json!("2024-01-01T00:00:00Z"));
+        meta.insert("managedFields".into(), json!([{"manager": "kubectl"}]));
+        obj["spec"]["progressDeadlineSeconds"] = json!(600);
+        for c in obj["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap() {
+            c["terminationMessagePath"] = json!("/dev/termination-log");
+            c["imagePullPolicy"] = json!("IfNotPresent");
+        }
+        obj["status"] = json!({"readyReplicas": 1});
+        obj
+    }
+
+    fn mk_configmap(name: &str, data: Value) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "ns"},
+            "data": data
+        })
+    }
+
+    #[test]
+    fn identical_objects_have_no_changes() {
+        let d = mk_deployment(1, json!([mk_container("app", "nginx:1")]));
+        let diff = diff(&d, &d, &DiffOptions::default());
+        assert!(diff.is_empty());
+        assert_eq!(diff.to_string(), "");
+    }
+
+    #[test]
+    fn differ_ignores_server_defaults_in_containers() {
+        let desired = mk_deployment(1, json!([mk_container("app", "nginx:1")]));
+        let live = mk_live(desired.clone());
+        assert_eq!(diff(&live, &desired, &DiffOptions::default()), Diff::default());
+    }
+
+    #[test]
+    fn differ_reports_replicas_change() {
+        let desired = mk_deployment(3, json!([mk_container("app", "nginx:1")]));
+        let live = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(
+            diff.changes,
+            [FieldChange { path: "/spec/replicas".into(), old: Some(json!(1)), new: Some(json!(3)) }]
+        );
+        assert_eq!(diff.to_string(), "~ /spec/replicas: 1 -> 3");
+    }
+
+    #[test]
+    fn differ_reports_image_change_inside_a_same_length_array() {
+        let desired = mk_deployment(1, json!([mk_container("app", "nginx:2")]));
+        let live = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.paths(), ["/spec/template/spec/containers/0/image"]);
+    }
+
+    #[test]
+    fn arrays_of_different_length_change_as_a_whole() {
+        let desired = mk_deployment(1, json!([mk_container("app", "nginx:1"), mk_container("sidecar", "envoy")]));
+        let live = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.paths(), ["/spec/template/spec/containers"]);
+        assert_eq!(diff.changes[0].new, Some(desired["spec"]["template"]["spec"]["containers"].clone()));
+    }
+
+    #[test]
+    fn differ_ignores_configured_path() {
+        let desired = mk_deployment(3, json!([mk_container("app", "nginx:2")]));
+        let live = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let opts =
+            DiffOptions { ignore: vec!["/spec/replicas".into(), "/spec/template/spec/containers/*/image".into()] };
+        assert!(diff(&live, &desired, &opts).is_empty());
+        let only_replicas = DiffOptions { ignore: vec!["/spec/replicas".into()] };
+        assert_eq!(diff(&live, &desired, &only_replicas).paths(), ["/spec/template/spec/containers/0/image"]);
+    }
+
+    #[test]
+    fn labels_added_downstream_are_not_changes() {
+        let desired = mk_configmap("cfg", json!({"a": "1"}));
+        let mut live = desired.clone();
+        live["metadata"]["labels"] = json!({"team": "ops"});
+        live["metadata"]["annotations"] = json!({"note": "x"});
+        assert!(diff(&live, &desired, &DiffOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn added_and_explicitly_nulled_keys_are_reported() {
+        let live = mk_configmap("cfg", json!({"a": "1", "gone": "y"}));
+        let desired = mk_configmap("cfg", json!({"a": "1", "b": "x", "gone": null, "never": null}));
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.paths(), ["/data/b", "/data/gone"]);
+        assert_eq!(diff.to_string(), "+ /data/b: \"x\"\n- /data/gone: \"y\"");
+    }
+
+    #[test]
+    fn type_mismatch_is_one_change_at_that_path() {
+        let live = mk_configmap("cfg", json!({"a": {"nested": true}}));
+        let desired = mk_configmap("cfg", json!({"a": "flat"}));
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.changes.len(), 1);
+        assert_eq!(diff.changes[0].old, Some(json!({"nested": true})));
+        assert_eq!(diff.changes[0].new, Some(json!("flat")));
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let live = json!({"spec": {"replicas": 1, "ratio": 0.5}});
+        let desired = json!({"spec": {"replicas": 1.0, "ratio": 0.5}});
+        assert!(diff(&live, &desired, &DiffOptions::default()).is_empty());
+        assert!(!diff(&live, &json!({"spec": {"replicas": 1.5}}), &DiffOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn server_managed_fields_in_desired_are_ignored() {
+        let live = mk_configmap("cfg", json!({}));
+        let mut desired = live.clone();
+        desired["metadata"]["resourceVersion"] = json!("1");
+        desired["metadata"]["uid"] = json!("upstream-uid");
+        desired["status"] = json!({"phase": "x"});
+        assert!(diff(&live, &desired, &DiffOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn changes_are_sorted_with_numeric_indexes() {
+        let live = json!({"l": (0..11).collect::<Vec<_>>(), "a": 1});
+        let mut desired = live.clone();
+        desired["l"][10] = json!(100);
+        desired["l"][2] = json!(200);
+        desired["a"] = json!(2);
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.paths(), ["/a", "/l/2", "/l/10"]);
+        assert_eq!(diff.len(), 3);
+    }
+
+    #[test]
+    fn escaped_keys_get_escaped_paths() {
+        let live = json!({"metadata": {"labels": {"app.kubernetes.io/name": "a"}}});
+        let desired = json!({"metadata": {"labels": {"app.kubernetes.io/name": "b"}}});
+        let diff = diff(&live, &desired, &DiffOptions::default());
+        assert_eq!(diff.paths(), ["/metadata/labels/app.kubernetes.io~1name"]);
+    }
+
+    #[test]
+    fn has_significant_changes_false_for_status_only_change() {
+        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let mut new = old.clone();
+        new["status"] = json!({"readyReplicas": 3, "conditions": [{"type": "Available"}]});
+        assert!(!has_significant_changes(&old, &new));
+    }
+
+    #[test]
+    fn has_significant_changes_false_for_resource_version_only_change() {
+        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let mut new = old.clone();
+        new["metadata"]["resourceVersion"] = json!("4712");
+        new["metadata"]["managedFields"] = json!([]);
+        assert!(!has_significant_changes(&old, &new));
+    }
+
+    #[test]
+    fn has_significant_changes_true_for_label_change() {
+        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let mut new = old.clone();
+        new["metadata"]["labels"]["tier"] = json!("frontend");
+        assert!(has_significant_changes(&old, &new));
+    }
+
+    #[test]
+    fn has_significant_changes_true_on_generation_bump() {
+        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
+        let mut new = old.clone();
+        new["metadata"]["generation"] = json!(4);
+        assert!(has_significant_changes(&old, &new));
+    }
+
+    #[test]
+    fn has_significant_changes_sees_one_sided_fields() {
+        let old = mk_configmap("cfg", json!({"a": "1"}));
+        let mut new = old.clone();
+        new["binaryData"] = json!({"b": "eA=="});
+        assert!(has_significant_changes(&old, &new));
+        let mut deleting = old.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+        assert!(has_significant_changes(&old, &deleting));
+        let mut finalized = old.clone();
+        finalized["metadata"]["finalizers"] = json!(["x"]);
+        assert!(has_significant_changes(&old, &finalized));
+    }
+
+    #[test]
+    fn has_significant_changes_compares_data_with_numbers_by_value() {
+        let old = json!({"spec": {"x": 1}});
+        assert!(!has_significant_changes(&old, &json!({"spec": {"x": 1.0}})));
+        assert!(has_significant_changes(&old, &json!({"spec": {"x": 2}})));
+    }
+}

@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Starts and stops a local Kubernetes control plane (etcd + kube-apiserver +
+# kube-controller-manager with the garbage-collector and namespace controllers) for tests.
+#
+#   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT]
+#       Starts control plane NAME on free loopback ports, with its own data dir and PKI, waits
+#       for /readyz, and prints the path of an admin kubeconfig (kube-rs and kubectl both read
+#       it). With --owner-pid, a watchdog stops the control plane as soon as PID exits, so a
+#       crashed or interrupted test run leaves nothing behind.
+#   controlplane.sh down NAME
+#       Stops exactly the processes that `up NAME` started, by PID, and removes its data.
+#   controlplane.sh status [NAME]
+#       Lists running control planes.
+#
+# Environment: DOWNSYNC_CP_ROOT (default ${TMPDIR:-/tmp}/downsync-controlplanes) holds one
+# folder per control plane. DOWNSYNC_CP_READY_TIMEOUT (default 180) is in seconds.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="${DOWNSYNC_CP_ROOT:-${TMPDIR:-/tmp}/downsync-controlplanes}"
+ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
+
+die() { echo "controlplane: error: $*" >&2; exit 1; }
+log() { echo "controlplane: $*" >&2; }
+
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
+
+free_port() {
+  local p i
+  for i in $(seq 1 200); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    port_in_use "$p" || { echo "$p"; return 0; }
+  done
+  die "no free loopback port found after 200 tries"
+}
+
+alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+
+# A PID is ours only if it still runs one of our binaries: never signal a reused PID.
+ours() {
+  local pid="$1" dir="$2" cmd
+  cmd="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
+  [[ "$cmd" == *"$dir"* || "$cmd" == *controlplane.sh* ]]
+}
+
+stop_pids() {
+  local dir="$1"; shift
+  local pid waited
+  for pid in "$@"; do
+    alive "$pid" && ours "$pid" "$dir" && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "$@"; do
+    waited=0
+    while alive "$pid" && (( waited < 50 )); do sleep 0.1; waited=$(( waited + 1 )); done
+    if alive "$pid" && ours "$pid" "$dir"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+}
+
+cmd_down() {
+  local name="$1" dir="$root/$1" pids=() line self="${2:-}"
+  [[ -d "$dir" ]] || { log "control plane '$name' is not running (no $dir)"; return 0; }
+  if [[ -f "$dir/pids" ]]; then
+    # Reverse start order: controller-manager, apiserver, etcd; the watchdog last.
+    while read -r line; do
+      [[ "$line" == watchdog=* && -n "$self" ]] && continue
+      pids=("${line#*=}" "${pids[@]}")
+    done < "$dir/pids"
+  fi
+  stop_pids "$dir" "${pids[@]}"
+  rm -rf "$dir"
+  log "control plane '$name' stopped"
+}
+
+gen_pki() {
+  local d="$1"
+  (
+    cd "$d"
+    ec() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    ec ca.key
+    openssl req -x509 -new -key ca.key -days 3650 -subj "/CN=downsync-test-ca" -out ca.crt 2>/dev/null
+    ec server.key
+    openssl req -new -key server.key -subj "/CN=kube-apiserver" -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile server.ext -out server.crt 2>/dev/null
+    ec admin.key
+    openssl req -new -key admin.key -subj "/O=system:masters/CN=admin" -out admin.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > admin.ext
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile admin.ext -out admin.crt 2>/dev/null
+    ec sa.key
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    rm -f ./*.csr ./*.ext ca.srl
+  ) || die "generating the PKI with openssl failed (is openssl installed? apt-get install openssl)"
+}
+
+write_kubeconfig() {
+  local d="$1" port="$2" name="$3"
+  cat > "$d/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: $name
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $(base64 -w0 < "$d/pki/ca.crt")
+users:
+- name: $name-admin
+  user:
+    client-certificate-data: $(base64 -w0 < "$d/pki/admin.crt")
+    client-key-data: $(base64 -w0 < "$d/pki/admin.key")
+contexts:
+- name: $name
+  context:
+    cluster: $name
+    user: $name-admin
+current-context: $name
+KC
+}
+
+show_log_tail() {
+  local f="$1" what="$2"
+  echo "---- last 25 lines of $what log ($f) ----" >&2
+  tail -n 25 "$f" >&2 || true
+  echo "----" >&2
+}
+
+cmd_up() {
+  local name="$1"; shift
+  local owner="" api_port=""
+  while (( $# )); do
+    case "$1" in
+      --owner-pid) owner="$2"; shift 2 ;;
+      --api-port) api_port="$2"; shift 2 ;;
+      *) usage ;;
+    esac
+  done
+  [[ "$name" =~ ^[a-zA-Z0-9_-]+$ ]] || die "control plane name '$name' must be letters, digits, '-' or '_'"
+  local dir="$root/$name"
+  if [[ -f "$dir/pids" ]]; then
+    local p; p="$(grep '^kube-apiserver=' "$dir/pids" | cut -d= -f2 || true)"
+    if alive "$p"; then die "control plane '$name' is already running (apiserver PID $p); stop it first: $0 down $name"; fi
+    cmd_down "$name" >/dev/null 2>&1 || true
+  fi
+  for cmd in openssl curl ss base64; do
+    command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' is missing; install it (Debian: apt-get install openssl curl iproute2 coreutils)"
+  done
+
+  local bin; bin="$("$here/build.sh" | tail -n 1)"
+  [[ -x "$bin/kube-apiserver" ]] || die "control plane binaries not found in '$bin'"
+
+  if [[ -n "$api_port" ]]; then
+    port_in_use "$api_port" && die "port $api_port is already taken: $(ss -Htlnp "sport = :$api_port" | head -n1). Pick another --api-port or stop what listens there."
+  else
+    api_port="$(free_port)"
+  fi
+  local etcd_port peer_port
+  etcd_port="$(free_port)"; peer_port="$(free_port)"
+  while [[ "$etcd_port" == "$api_port" || "$peer_port" == "$api_port" || "$peer_port" == "$etcd_port" ]]; do
+    etcd_port="$(free_port)"; peer_port="$(free_port)"
+  done
+
+  mkdir -p "$dir/pki" "$dir/etcd" "$dir/logs"
+  chmod 700 "$dir/etcd" "$dir/pki"
+  : > "$dir/pids"
+  # From here on, any failure stops what was started and removes the data.
+  trap 'cmd_down "$name" >/dev/null 2>&1' ERR
+  gen_pki "$dir/pki"
+  write_kubeconfig "$dir" "$api_port" "$name"
+  echo "$api_port" > "$dir/api-port"
+
+  local t0; t0=$(date +%s%N)
+  setsid "$bin/etcd" --data-dir "$dir/etcd" \
+    --listen-client-url "http://127.0.0.1:$etcd_port" --listen-peer-url "http://127.0.0.1:$peer_port" \
+    >"$dir/logs/etcd.log" 2>&1 < /dev/null &
+  echo "etcd=$!" >> "$dir/pids"
+
+  setsid "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --endpoint-reconciler-type none \
+    --tls-cert-file "$dir/pki/server.crt" --tls-private-key-file "$dir/pki/server.key" \
+    --client-ca-file "$dir/pki/ca.crt" \
+    --service-account-issuer "https://127.0.0.1:$api_port/" \
+    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 --service-node-port-range 30000-32767 \
+    --authorization-mode RBAC --disable-admission-plugins ServiceAccount --allow-privileged=true \
+    >"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
+  local api_pid=$!
+  echo "kube-apiserver=$api_pid" >> "$dir/pids"
+
+  local ready=0 deadline=$(( $(date +%s) + ready_timeout ))
+  while (( $(date +%s) < deadline )); do
+    if ! alive "$api_pid"; then
+      if grep -q "address already in use" "$dir/logs/kube-apiserver.log"; then
+        show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+        cmd_down "$name" >/dev/null 2>&1; trap - ERR
+        die "port $api_port was taken while the apiserver started; run again (or pass --api-port)"
+      fi
+      show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+      show_log_tail "$dir/logs/etcd.log" etcd
+      cmd_down "$name" >/dev/null 2>&1; trap - ERR
+      die "kube-apiserver for '$name' exited before it became ready (log above)"
+    fi
+    if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
+         "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1; then
+      ready=1; break
+    fi
+    sleep 0.25
+  done
+  if (( ! ready )); then
+    show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+    cmd_down "$name" >/dev/null 2>&1; trap - ERR
+    die "kube-apiserver for '$name' was not ready after ${ready_timeout}s (log above; raise DOWNSYNC_CP_READY_TIMEOUT on a slow machine)"
+  fi
+  local ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+
+  setsid "$bin/kube-controller-manager" \
+    --kubeconfig "$dir/kubeconfig" \
+    --controllers garbage-collector-controller,namespace-controller \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+    --concurrent-gc-syncs 5 \
+    >"$dir/logs/kube-controller-manager.log" 2>&1 < /dev/null &
+  echo "kube-controller-manager=$!" >> "$dir/pids"
+
+  if [[ -n "$owner" ]]; then
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -d "$3" ]]; do sleep 1; done; exec "$2" down "$4" --from-watchdog' \
+      controlplane-watchdog "$owner" "$here/controlplane.sh" "$dir" "$name" >/dev/null 2>&1 < /dev/null &
+    echo "watchdog=$!" >> "$dir/pids"
+  fi
+  trap - ERR
+  echo "$ready_ms" > "$dir/ready-ms"
+  log "control plane '$name' ready in ${ready_ms} ms: https://127.0.0.1:$api_port (logs in $dir/logs)"
+  echo "$dir/kubeconfig"
+}
+
+cmd_status() {
+  local d
+  for d in "$root"/*/; do
+    [[ -f "$d/pids" ]] || continue
+    if [[ -z "${1:-}" || "$(basename "$d")" == "$1" ]]; then
+      echo "$(basename "$d") https://127.0.0.1:$(cat "$d/api-port" 2>/dev/null) $d/kubeconfig"
+    fi
+  done
+}
+
+case "${1:-}" in
+  up) [[ $# -ge 2 ]] || usage; shift; cmd_up "$@" ;;
+  down) [[ $# -ge 2 ]] || usage; if [[ "${3:-}" == "--from-watchdog" ]]; then cmd_down "$2" self; else cmd_down "$2"; fi ;;
+  status) cmd_status "${2:-}" ;;
+  *) usage ;;
+esac

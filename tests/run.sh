@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The test command: everything downsync's tests need, from a fresh machine.
+#
+#   tests/run.sh
+#
+# In order: installs what is missing (the wasm32-wasip2 target, rustfmt, clippy, Debian
+# packages), builds the Go control plane (cached under ~/.cache/downsync), then runs
+# cargo fmt --check, cargo clippy -D warnings, the unit tests, and the integration tests
+# against two real control planes (upstream and downstream) that it starts and always stops.
+#
+# With DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG set, the integration
+# tests run against those clusters instead and no control plane is built or started.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cache="${DOWNSYNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/downsync}"
+started=()
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "tests/run.sh: error: $*" >&2; exit 1; }
+
+cleanup() {
+  local name
+  for name in "${started[@]}"; do tests/cluster/controlplane.sh down "$name" || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "toolchain"
+command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || die "rustup could not add rustfmt and clippy"
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || die "rustup could not add the wasm32-wasip2 target"
+else
+  rustc --print target-list | grep -qx wasm32-wasip2 || die "rustup is missing and wasm32-wasip2 is not available"
+fi
+missing=()
+for pair in openssl:openssl curl:curl ss:iproute2 flock:util-linux base64:coreutils; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if (( ${#missing[@]} )); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    die "missing packages: ${missing[*]} (Debian: sudo apt-get install ${missing[*]})"
+  fi
+fi
+# Build outside the checkout so a fresh clone (CI) reuses compiled dependencies.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/cargo-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+external=0
+if [[ -n "${DOWNSYNC_UPSTREAM_KUBECONFIG:-}" && -n "${DOWNSYNC_DOWNSTREAM_KUBECONFIG:-}" ]]; then
+  external=1
+else
+  step "control plane binaries (Kubernetes from Go modules; cached)"
+  bin="$(tests/cluster/build.sh | tail -n 1)"
+  export PATH="$bin:$PATH"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "plugins (wasm32-wasip2 components)"
+plugin_crates=(downsync-plugin-minimal)
+cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
+export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"
+
+step "unit tests"
+cargo test --workspace --locked --exclude downsync-tests
+
+if (( ! external )); then
+  step "starting the upstream and downstream control planes"
+  for side in upstream downstream; do
+    name="ci-$side-$$"
+    started+=("$name")
+    kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ | tail -n 1)"
+    export "DOWNSYNC_${side^^}_KUBECONFIG=$kc"
+  done
+fi
+
+step "integration tests (real kube-apiserver + etcd + garbage collector)"
+cargo test --locked -p downsync-tests

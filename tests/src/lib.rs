@@ -1,0 +1,176 @@
+//! Test harness: upstream and downstream clients against real control planes, one fresh
+//! namespace per test, and the built plugin components.
+//!
+//! Like envtest's `USE_EXISTING_CLUSTER`: when `DOWNSYNC_UPSTREAM_KUBECONFIG` and
+//! `DOWNSYNC_DOWNSTREAM_KUBECONFIG` are set, tests use those clusters (contexts from
+//! `DOWNSYNC_UPSTREAM_CONTEXT` / `DOWNSYNC_DOWNSTREAM_CONTEXT`, if set) and nothing is built.
+//! Otherwise the first test in a process starts two control planes with
+//! `tests/cluster/controlplane.sh`, watched by the process's PID so they stop when it exits,
+//! however it exits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub mod plugins;
+
+/// Label put on every test namespace, so leftovers on an existing cluster can be found.
+pub const TEST_LABEL: &str = "downsync.dev/test";
+
+/// Where one side's cluster is.
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// The kubeconfig file.
+    pub kubeconfig: PathBuf,
+    /// The context to use, or the current one.
+    pub context: Option<String>,
+}
+
+impl ClusterRef {
+    /// A client for this cluster. Made per test: a kube `Client` is tied to the tokio runtime
+    /// that made it, and every `#[tokio::test]` has its own.
+    pub async fn client(&self) -> Result<Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", self.kubeconfig.display()))?;
+        let opts = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
+        let config = Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .with_context(|| format!("loading kubeconfig {}", self.kubeconfig.display()))?;
+        Client::try_from(config).context("building a kube client")
+    }
+}
+
+/// The two clusters of this test process.
+#[derive(Debug, Clone)]
+pub struct Clusters {
+    /// The upstream (source of desired objects).
+    pub upstream: ClusterRef,
+    /// The downstream (where downsync writes).
+    pub downstream: ClusterRef,
+}
+
+static CLUSTERS: OnceLock<Result<Clusters, String>> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn start_control_plane(name: &str) -> Result<PathBuf> {
+    let script = repo_root().join("tests/cluster/controlplane.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["up", name, "--owner-pid", &std::process::id().to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("starting control plane {name} failed (see the output above)");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().map(PathBuf::from).ok_or_else(|| anyhow!("controlplane.sh printed no kubeconfig"))?;
+    Ok(path)
+}
+
+fn from_env_or_start() -> Result<Clusters> {
+    let up = std::env::var_os("DOWNSYNC_UPSTREAM_KUBECONFIG");
+    let down = std::env::var_os("DOWNSYNC_DOWNSTREAM_KUBECONFIG");
+    match (up, down) {
+        (Some(up), Some(down)) => Ok(Clusters {
+            upstream: ClusterRef { kubeconfig: up.into(), context: std::env::var("DOWNSYNC_UPSTREAM_CONTEXT").ok() },
+            downstream: ClusterRef { kubeconfig: down.into(), context: std::env::var("DOWNSYNC_DOWNSTREAM_CONTEXT").ok() },
+        }),
+        (None, None) => {
+            let pid = std::process::id();
+            Ok(Clusters {
+                upstream: ClusterRef { kubeconfig: start_control_plane(&format!("up-{pid}"))?, context: None },
+                downstream: ClusterRef { kubeconfig: start_control_plane(&format!("down-{pid}"))?, context: None },
+            })
+        }
+        _ => bail!("set both DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG, or neither"),
+    }
+}
+
+/// The clusters of this process, started on first use.
+pub fn clusters() -> Result<Clusters> {
+    CLUSTERS.get_or_init(|| from_env_or_start().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
+/// One test's view: clients for both sides and a namespace of its own on each.
+pub struct TestEnv {
+    /// Upstream client.
+    pub upstream: Client,
+    /// Downstream client.
+    pub downstream: Client,
+    /// The test's namespace; it exists on both sides.
+    pub namespace: String,
+}
+
+impl TestEnv {
+    /// Connects to both clusters and creates a fresh namespace named after the test on each.
+    pub async fn new(test: &str) -> Result<Self> {
+        let clusters = clusters()?;
+        let upstream = clusters.upstream.client().await?;
+        let downstream = clusters.downstream.client().await?;
+        let slug: String = test
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .take(40)
+            .collect();
+        let namespace = format!("{}-{:06x}", slug.trim_matches('-'), rand::random::<u32>() & 0xff_ffff);
+        for client in [&upstream, &downstream] {
+            create_namespace(client, &namespace).await?;
+        }
+        Ok(Self { upstream, downstream, namespace })
+    }
+
+    /// Deletes the test's namespaces (without waiting for them to go).
+    pub async fn cleanup(self) -> Result<()> {
+        for client in [&self.upstream, &self.downstream] {
+            Api::<Namespace>::all(client.clone()).delete(&self.namespace, &DeleteParams::background()).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some([(TEST_LABEL.to_string(), "true".to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
+/// For asynchronous cluster behaviour (garbage collection, namespace cleanup).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
