@@ -6,5 +6,6 @@
 //! Arrows point inward: `cli` -> `kube` (the edges) and `plugin` (the wasmtime runtime) ->
 //! `sync` (the core). The core knows neither a kube client nor wasmtime.
 
+pub mod kube;
 pub mod plugin;
 pub mod sync;

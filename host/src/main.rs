@@ -29,7 +29,10 @@ enum PluginCommand {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match Args::parse().command {
         Command::Plugin(PluginCommand::Check { file }) => {
             let engine = PluginEngine::new(EngineConfig::default()).context("starting the wasm engine")?;

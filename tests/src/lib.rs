@@ -75,7 +75,8 @@ fn start_control_plane(name: &str) -> Result<PathBuf> {
         bail!("starting control plane {name} failed (see the output above)");
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().map(PathBuf::from).ok_or_else(|| anyhow!("controlplane.sh printed no kubeconfig"))?;
+    let path =
+        stdout.lines().last().map(PathBuf::from).ok_or_else(|| anyhow!("controlplane.sh printed no kubeconfig"))?;
     Ok(path)
 }
 
@@ -85,7 +86,10 @@ fn from_env_or_start() -> Result<Clusters> {
     match (up, down) {
         (Some(up), Some(down)) => Ok(Clusters {
             upstream: ClusterRef { kubeconfig: up.into(), context: std::env::var("DOWNSYNC_UPSTREAM_CONTEXT").ok() },
-            downstream: ClusterRef { kubeconfig: down.into(), context: std::env::var("DOWNSYNC_DOWNSTREAM_CONTEXT").ok() },
+            downstream: ClusterRef {
+                kubeconfig: down.into(),
+                context: std::env::var("DOWNSYNC_DOWNSTREAM_CONTEXT").ok(),
+            },
         }),
         (None, None) => {
             let pid = std::process::id();

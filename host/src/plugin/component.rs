@@ -6,7 +6,7 @@ use wasmtime::Store;
 use super::bindings::downsync::rules::types as wit;
 use super::bindings::{Rule, RulePre};
 use super::engine::PluginEngine;
-use super::error::{CallFailure, Error, Result};
+use super::error::{CallFailure, Error, Result, Violation};
 use super::host::CallState;
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
@@ -132,7 +132,13 @@ impl Plugin {
         store.limiter(|s| &mut s.limits);
         let fail = |store: &Store<CallState>, e: wasmtime::Error| {
             let kind = classify(&e, store.data().limits.memory_denied);
-            Error::Call { plugin: self.info.name.clone(), hook, object: object.to_string(), kind, message: format!("{e:#}") }
+            Error::Call {
+                plugin: self.info.name.clone(),
+                hook,
+                object: object.to_string(),
+                kind,
+                message: format!("{e:#}"),
+            }
         };
         if let Err(e) = store.set_fuel(cfg.fuel) {
             return Err(fail(&store, e));
@@ -156,9 +162,12 @@ impl Plugin {
         let object = object_ref(desired);
         let input = desired.to_string();
         let out = self.call("transform", &object, |s, r| r.downsync_rules_rules().call_transform(s, &input))?;
-        let text = out
-            .value
-            .map_err(|message| Error::Rejected { plugin: self.info.name.clone(), hook: "transform", object: object.clone(), message })?;
+        let text = out.value.map_err(|message| Error::Rejected {
+            plugin: self.info.name.clone(),
+            hook: "transform",
+            object: object.clone(),
+            message,
+        })?;
         let value = self.parse_output("transform", &object, &text)?;
         Ok(Called { value, fuel: out.fuel })
     }
@@ -168,9 +177,12 @@ impl Plugin {
         let object = object_ref(desired);
         let (e, d) = (existing.to_string(), desired.to_string());
         let out = self.call("preserve", &object, |s, r| r.downsync_rules_rules().call_preserve(s, &e, &d))?;
-        let decision = out
-            .value
-            .map_err(|message| Error::Rejected { plugin: self.info.name.clone(), hook: "preserve", object: object.clone(), message })?;
+        let decision = out.value.map_err(|message| Error::Rejected {
+            plugin: self.info.name.clone(),
+            hook: "preserve",
+            object: object.clone(),
+            message,
+        })?;
         let value = match decision {
             wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", &object, &text)?),
             wit::Decision::Recreate(reason) => Decision::Recreate(reason),
@@ -190,6 +202,7 @@ impl Plugin {
             plugin: self.info.name.clone(),
             hook,
             object: object.to_string(),
+            violation: Violation::Output,
             path: String::new(),
             message: format!("output is not valid JSON: {e}"),
         })

@@ -12,9 +12,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Rule, RulePre};
+use super::component::Plugin;
 use super::error::{Error, Result};
 use super::host::CallState;
-use super::component::Plugin;
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -163,7 +163,9 @@ impl PluginEngine {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(plugin = label, path = %path.display(), error = %e, "discarding unusable cached artifact"),
+                Err(e) => {
+                    tracing::warn!(plugin = label, path = %path.display(), error = %e, "discarding unusable cached artifact")
+                }
             }
         }
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
@@ -176,7 +178,6 @@ impl PluginEngine {
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(engine, &artifact) }.map_err(compile_err)
     }
-
 }
 
 /// Lowercase hex of a digest.

@@ -71,7 +71,7 @@ pub enum Error {
         message: String,
     },
     /// The plugin broke the output contract.
-    #[error("plugin {plugin}: {hook} on {object} broke the contract at {path}: {message}")]
+    #[error("plugin {plugin}: {hook} on {object} broke the contract ({violation}) at {path:?}: {message}")]
     Contract {
         /// The plugin.
         plugin: String,
@@ -79,9 +79,73 @@ pub enum Error {
         hook: &'static str,
         /// The object.
         object: String,
-        /// The JSON pointer at fault.
+        /// Which part of the contract.
+        violation: Violation,
+        /// The JSON pointer at fault ("" for the whole output).
         path: String,
         /// What was wrong.
+        message: String,
+    },
+    /// Two plugins handle a common kind and may write overlapping fields.
+    #[error(
+        "plugins {first} and {second} both handle {kind} and their scopes overlap: {first_pattern:?} and {second_pattern:?}"
+    )]
+    Overlap {
+        /// The first plugin (by name).
+        first: String,
+        /// The second plugin.
+        second: String,
+        /// A group/kind both handle, as `group/kind` patterns.
+        kind: String,
+        /// The first plugin's overlapping scope pattern.
+        first_pattern: String,
+        /// The second plugin's overlapping scope pattern.
+        second_pattern: String,
+    },
+    /// Two loaded components describe themselves with the same name.
+    #[error("plugin name {name} is used by two components ({first_digest} and {second_digest})")]
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The digest of one component.
+        first_digest: String,
+        /// The digest of the other.
+        second_digest: String,
+    },
+    /// The component's digest is not the one pinned in the settings.
+    #[error("plugin {plugin}: sha256 {actual} does not match the pinned digest {expected}")]
+    DigestMismatch {
+        /// The plugin.
+        plugin: String,
+        /// The pinned digest.
+        expected: String,
+        /// The component's digest.
+        actual: String,
+    },
+    /// A fixture could not be read or parsed.
+    #[error("fixture {path}: {message}")]
+    Fixture {
+        /// The fixture file or folder.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A new version of a plugin failed its checks and was not swapped in.
+    #[error("plugin {plugin}: new version {digest} refused: {message}")]
+    Check {
+        /// The plugin (file name).
+        plugin: String,
+        /// sha256 of the refused component.
+        digest: String,
+        /// Why.
+        message: String,
+    },
+    /// The plugin folder could not be watched or listed.
+    #[error("cannot watch plugin folder {path}: {message}")]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// The watcher's or the file system's error.
         message: String,
     },
     /// `describe` returned something unusable.
@@ -107,6 +171,41 @@ pub enum CallFailure {
     Memory,
     /// The output broke the contract.
     Contract,
+    /// The plugin returned an error of its own.
+    Rejected,
+}
+
+/// Which part of the output contract a plugin broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// The output is not JSON, or not a JSON object.
+    Output,
+    /// apiVersion, kind, metadata.name or metadata.namespace changed.
+    Identity,
+    /// A field outside the declared write scope changed.
+    Scope,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Output => "output",
+            Self::Identity => "identity",
+            Self::Scope => "scope",
+        })
+    }
+}
+
+impl Error {
+    /// The failure class of a failed call, for metrics; None for load-time errors.
+    pub fn failure(&self) -> Option<CallFailure> {
+        match self {
+            Self::Call { kind, .. } => Some(*kind),
+            Self::Contract { .. } => Some(CallFailure::Contract),
+            Self::Rejected { .. } => Some(CallFailure::Rejected),
+            _ => None,
+        }
+    }
 }
 
 impl CallFailure {
@@ -118,6 +217,7 @@ impl CallFailure {
             Self::Deadline => "deadline",
             Self::Memory => "memory",
             Self::Contract => "contract",
+            Self::Rejected => "rejected",
         }
     }
 }

@@ -2,11 +2,14 @@
 //! per call. Nothing outside this module sees a `Store`.
 
 mod bindings;
+pub mod component;
 pub mod engine;
 pub mod error;
+pub mod fixtures;
 mod host;
-pub mod component;
+pub mod registry;
 
-pub use engine::{EngineConfig, PluginEngine};
-pub use error::{Error, Result};
 pub use component::{Decision, KindPattern, Plugin, PluginInfo};
+pub use engine::{EngineConfig, PluginEngine};
+pub use error::{CallFailure, Error, Result, Violation};
+pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig};

@@ -4,6 +4,20 @@
 //! ownership) plus the syncer, which talks to the downstream cluster only through the narrow
 //! [`Downstream`](syncer::Downstream) trait that the `kube` edge implements.
 
+pub mod config;
 pub mod differ;
+pub mod error;
+pub mod ownership;
 pub mod pointer;
 pub mod preservation;
+pub mod rules;
+pub mod state;
+pub mod syncer;
+pub mod types;
+
+pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
+pub use error::{ApiError, SyncError};
+pub use rules::{NoRules, RuleDecision, RuleError, Rules};
+pub use state::{ResourceState, StateCache};
+pub use syncer::{Downstream, Syncer, Write};
+pub use types::{Gvr, ObjectKey, Operation, Resource, SyncResult};

@@ -7,11 +7,7 @@ use serde_json::Value;
 fn key_of(item: &Value, fields: &[&str], defaults: &[(&str, Value)]) -> Option<Vec<Value>> {
     fields
         .iter()
-        .map(|f| {
-            item.get(*f)
-                .cloned()
-                .or_else(|| defaults.iter().find(|(name, _)| name == f).map(|(_, v)| v.clone()))
-        })
+        .map(|f| item.get(*f).cloned().or_else(|| defaults.iter().find(|(name, _)| name == f).map(|(_, v)| v.clone())))
         .collect()
 }
 
@@ -43,9 +39,18 @@ mod tests {
     fn ports_match_by_port_and_protocol_with_tcp_default() {
         let existing = json!([{"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 53, "protocol": "UDP", "nodePort": 30053}]);
         let mut desired = json!([{"port": 53, "protocol": "UDP"}, {"port": 80}]);
-        merge_by_key(Some(&existing), Some(&mut desired), &["port", "protocol"], &[("protocol", json!("TCP"))], |src, dst| {
-            crate::pointer::copy_if_absent(src, dst, "/nodePort");
-        });
-        assert_eq!(desired, json!([{"port": 53, "protocol": "UDP", "nodePort": 30053}, {"port": 80, "nodePort": 30080}]));
+        merge_by_key(
+            Some(&existing),
+            Some(&mut desired),
+            &["port", "protocol"],
+            &[("protocol", json!("TCP"))],
+            |src, dst| {
+                crate::pointer::copy_if_absent(src, dst, "/nodePort");
+            },
+        );
+        assert_eq!(
+            desired,
+            json!([{"port": 53, "protocol": "UDP", "nodePort": 30053}, {"port": 80, "nodePort": 30080}])
+        );
     }
 }

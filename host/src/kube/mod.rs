@@ -1,0 +1,9 @@
+//! The Kubernetes edges: the kube-rs implementation of the core's [`Downstream`] trait, and the
+//! translation of API statuses into the core's error classes.
+//!
+//! [`Downstream`]: crate::sync::Downstream
+
+pub mod downstream;
+pub mod errors;
+
+pub use downstream::KubeDownstream;

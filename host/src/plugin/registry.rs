@@ -1,0 +1,616 @@
+//! The set of loaded plugins: per-plugin settings, chaining per kind, the output contract, metrics and atomic swaps.
+//!
+//! A [`PluginSet`] is immutable once built: it holds the plugins sorted by (priority, name),
+//! refuses overlapping write scopes and digest-pin mismatches at construction, and is swapped
+//! into a [`PluginRegistry`] as a whole. Calls take a snapshot (an `Arc`) and run without any
+//! lock held, so calls in flight finish on the version they started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use serde_json::{Map, Value};
+
+use super::component::{Called, Decision, Plugin, PluginInfo, object_ref};
+use super::error::{CallFailure, Error, Result, Violation};
+use crate::sync::pointer;
+use crate::sync::rules::{RuleDecision, RuleError, Rules};
+
+/// What happens to an object when a plugin fails on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum FailurePolicy {
+    /// The object is not written; the failure is reported (the default).
+    #[default]
+    FailClosed,
+    /// The plugin is skipped for this call, with a warning; the chain goes on without it.
+    FailOpen,
+}
+
+/// Per-plugin settings from the config file, keyed by plugin name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Lower runs first; ties are broken by name.
+    pub priority: i32,
+    /// What a failure of this plugin does to the object.
+    pub failure_policy: FailurePolicy,
+    /// sha256 (lowercase hex) the component must have; a different one is refused.
+    pub digest: Option<String>,
+}
+
+/// The typed plugin configuration: settings by plugin name. Unlisted plugins get the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Settings by plugin name (as `describe` gives it).
+    pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+impl RegistryConfig {
+    /// The settings of one plugin.
+    pub fn settings(&self, name: &str) -> PluginSettings {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    plugin: String,
+    hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    plugin: String,
+    failure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 us .. ~0.16 s.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 8))
+}
+
+/// Per-plugin metrics: calls, errors by failure class, latency, fuel, refused reloads.
+///
+/// Clones share the same counters. [`Metrics::register`] exposes them in a Prometheus registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    calls: Family<CallLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    fuel: Family<PluginLabels, Counter>,
+    reload_failures: Family<PluginLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            fuel: Family::default(),
+            reload_failures: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics (prefixed `downsync_plugin_`) into `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("downsync_plugin");
+        r.register("calls", "Plugin hook calls", self.calls.clone());
+        r.register("errors", "Failed plugin calls by failure class", self.errors.clone());
+        r.register("call_seconds", "Plugin call latency", self.latency.clone());
+        r.register("fuel", "Fuel burnt by plugin calls", self.fuel.clone());
+        r.register("reload_failures", "New plugin versions refused by the reload checks", self.reload_failures.clone());
+    }
+
+    /// Calls of one hook of one plugin so far.
+    pub fn calls(&self, plugin: &str, hook: &str) -> u64 {
+        self.calls.get_or_create(&CallLabels { plugin: plugin.into(), hook: hook.into() }).get()
+    }
+
+    /// Failed calls of one plugin with one failure class so far.
+    pub fn errors(&self, plugin: &str, failure: CallFailure) -> u64 {
+        self.errors.get_or_create(&ErrorLabels { plugin: plugin.into(), failure: failure.as_str().into() }).get()
+    }
+
+    /// Fuel burnt by one plugin so far.
+    pub fn fuel(&self, plugin: &str) -> u64 {
+        self.fuel.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    /// New versions of a plugin file refused so far.
+    pub fn reload_failures(&self, plugin: &str) -> u64 {
+        self.reload_failures.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    pub(crate) fn record_reload_failure(&self, plugin: &str) {
+        self.reload_failures.get_or_create(&PluginLabels { plugin: plugin.into() }).inc();
+    }
+
+    fn record<T>(&self, plugin: &str, hook: &str, started: Instant, outcome: &Result<Called<T>>) {
+        self.calls.get_or_create(&CallLabels { plugin: plugin.into(), hook: hook.into() }).inc();
+        let labels = PluginLabels { plugin: plugin.into() };
+        self.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(called) => {
+                self.fuel.get_or_create(&labels).inc_by(called.fuel);
+            }
+            Err(e) => {
+                let failure = e.failure().map_or("other", CallFailure::as_str);
+                self.errors.get_or_create(&ErrorLabels { plugin: plugin.into(), failure: failure.into() }).inc();
+            }
+        }
+    }
+}
+
+/// A plugin with its settings.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The plugin.
+    pub plugin: Plugin,
+    /// Its settings.
+    pub settings: PluginSettings,
+}
+
+/// An immutable set of plugins, checked for pins and overlapping scopes, in call order.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    /// Sorted by (priority, name); names are unique.
+    entries: Vec<Loaded>,
+    /// `ignore_paths` answers by (group, kind); only complete (error-free) answers are kept.
+    ignore_cache: Mutex<HashMap<(String, String), Vec<String>>>,
+}
+
+impl PluginSet {
+    /// Builds a set, taking each plugin's settings from `config`.
+    ///
+    /// Refuses a digest that does not match its pin, two components with the same name, and two
+    /// plugins that handle a common kind with overlapping write scopes.
+    pub fn new(plugins: Vec<Plugin>, config: &RegistryConfig) -> Result<Self> {
+        let mut entries = Vec::with_capacity(plugins.len());
+        for plugin in plugins {
+            let settings = config.settings(plugin.name());
+            if let Some(pin) = &settings.digest
+                && !pin.eq_ignore_ascii_case(plugin.digest())
+            {
+                return Err(Error::DigestMismatch {
+                    plugin: plugin.name().to_string(),
+                    expected: pin.clone(),
+                    actual: plugin.digest().to_string(),
+                });
+            }
+            entries.push(Loaded { plugin, settings });
+        }
+        entries.sort_by(|a, b| (a.settings.priority, a.plugin.name()).cmp(&(b.settings.priority, b.plugin.name())));
+        for (i, a) in entries.iter().enumerate() {
+            for b in &entries[i + 1..] {
+                if a.plugin.name() == b.plugin.name() {
+                    return Err(Error::DuplicateName {
+                        name: a.plugin.name().to_string(),
+                        first_digest: a.plugin.digest().to_string(),
+                        second_digest: b.plugin.digest().to_string(),
+                    });
+                }
+                check_overlap(a.plugin.info(), b.plugin.info())?;
+            }
+        }
+        Ok(Self { entries, ignore_cache: Mutex::default() })
+    }
+
+    /// The plugins in call order.
+    pub fn plugins(&self) -> &[Loaded] {
+        &self.entries
+    }
+
+    /// The plugin with this name.
+    pub fn get(&self, name: &str) -> Option<&Loaded> {
+        self.entries.iter().find(|e| e.plugin.name() == name)
+    }
+
+    /// Sorted `name@digest` of every plugin, comma-separated.
+    pub fn fingerprint(&self) -> String {
+        let mut ids: Vec<String> =
+            self.entries.iter().map(|e| format!("{}@{}", e.plugin.name(), e.plugin.digest())).collect();
+        ids.sort();
+        ids.join(",")
+    }
+
+    fn matching<'a>(&'a self, group: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Loaded> + 'a {
+        self.entries.iter().filter(move |e| e.plugin.info().handles(group, kind))
+    }
+}
+
+/// Refuses two plugins that handle a common kind and whose scopes can touch the same field.
+fn check_overlap(a: &PluginInfo, b: &PluginInfo) -> Result<()> {
+    for ka in &a.kinds {
+        for kb in &b.kinds {
+            let common = |x: &str, y: &str| x == y || x == "*" || y == "*";
+            if !(common(&ka.group, &kb.group) && common(&ka.kind, &kb.kind)) {
+                continue;
+            }
+            for pa in &a.scope {
+                if let Some(pb) = b.scope.iter().find(|pb| patterns_overlap(pa, pb)) {
+                    let (first, second, first_pattern, second_pattern) =
+                        if a.name <= b.name { (&a.name, &b.name, pa, pb) } else { (&b.name, &a.name, pb, pa) };
+                    return Err(Error::Overlap {
+                        first: first.clone(),
+                        second: second.clone(),
+                        kind: format!("{}/{}", pick(&ka.group, &kb.group), pick(&ka.kind, &kb.kind)),
+                        first_pattern: first_pattern.clone(),
+                        second_pattern: second_pattern.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The more specific of two compatible pattern parts.
+fn pick<'a>(x: &'a str, y: &'a str) -> &'a str {
+    if x == "*" { y } else { x }
+}
+
+/// Whether two scope patterns can cover a common field: one is a prefix-pattern of the other,
+/// or both can match the same path (`*` matches any one segment on either side).
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    match (pointer::parse(a), pointer::parse(b)) {
+        (Ok(a), Ok(b)) => a.iter().zip(&b).all(|(x, y)| x == y || x == pointer::WILDCARD || y == pointer::WILDCARD),
+        _ => false,
+    }
+}
+
+/// The (group, kind) of an object; the core group is "".
+pub fn group_kind(obj: &Value) -> (String, String) {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or_default();
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    (group.to_string(), kind.to_string())
+}
+
+const IDENTITY: [&str; 4] = ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"];
+
+/// Checks a hook's output against its input: a JSON object with the same identity, changed only
+/// inside the plugin's declared scope.
+pub fn check_contract(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
+    let violation = |violation, path: &str, message: String| Error::Contract {
+        plugin: info.name.clone(),
+        hook,
+        object: object_ref(input),
+        violation,
+        path: path.to_string(),
+        message,
+    };
+    if !output.is_object() {
+        return Err(violation(Violation::Output, "", "output is not a JSON object".into()));
+    }
+    for p in IDENTITY {
+        if input.pointer(p) != output.pointer(p) {
+            return Err(violation(
+                Violation::Identity,
+                p,
+                format!("changed the object's identity from {} to {}", show(input.pointer(p)), show(output.pointer(p))),
+            ));
+        }
+    }
+    for op in json_patch::diff(input, output).0 {
+        let path = op.path().as_str();
+        if let Some(bad) = uncovered(&info.scope, input.pointer(path), output.pointer(path), path) {
+            return Err(violation(
+                Violation::Scope,
+                &bad,
+                format!("changed a field outside its scope {:?}", info.scope),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "nothing".to_string(), Value::to_string)
+}
+
+/// The first changed path between `old` and `new` (both at `path`) that no scope pattern covers.
+///
+/// A change at a path that only contains scoped fields (such as adding a whole `annotations`
+/// map holding one scoped key) is looked into, so that it is judged by its leaves.
+fn uncovered(scope: &[String], old: Option<&Value>, new: Option<&Value>, path: &str) -> Option<String> {
+    if old == new || scope.iter().any(|s| pointer::is_prefix_pattern(s, path)) {
+        return None;
+    }
+    let Ok(segs) = pointer::parse(path) else { return Some(path.to_string()) };
+    let reaches_below = scope
+        .iter()
+        .any(|s| pointer::parse(s).is_ok_and(|pat| pat.len() > segs.len() && pointer::prefix_matches(&pat, &segs)));
+    if !reaches_below {
+        return Some(path.to_string());
+    }
+    let empty = Map::new();
+    fn as_map<'a>(v: Option<&'a Value>, empty: &'a Map<String, Value>) -> Option<&'a Map<String, Value>> {
+        match v {
+            None | Some(Value::Null) => Some(empty),
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => None,
+        }
+    }
+    if let (Some(o), Some(n)) = (as_map(old, &empty), as_map(new, &empty)) {
+        let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+        return keys
+            .into_iter()
+            .find_map(|k| uncovered(scope, o.get(k), n.get(k), &format!("{path}/{}", pointer::escape(k))));
+    }
+    match (old, new) {
+        (Some(Value::Array(o)), Some(Value::Array(n))) if o.len() == n.len() => o
+            .iter()
+            .zip(n)
+            .enumerate()
+            .find_map(|(i, (a, b))| uncovered(scope, Some(a), Some(b), &format!("{path}/{i}"))),
+        _ => Some(path.to_string()),
+    }
+}
+
+/// The loaded plugins behind an atomically swapped snapshot; implements the core's [`Rules`].
+#[derive(Debug)]
+pub struct PluginRegistry {
+    current: RwLock<Arc<PluginSet>>,
+    metrics: Metrics,
+}
+
+impl PluginRegistry {
+    /// A registry serving `set`, counting into `metrics`.
+    pub fn new(set: PluginSet, metrics: Metrics) -> Self {
+        Self { current: RwLock::new(Arc::new(set)), metrics }
+    }
+
+    /// The set in use now. Holding it keeps that version alive; it never changes.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `set` in use for every call that starts from now on; returns the previous set.
+    pub fn swap(&self, set: PluginSet) -> Arc<PluginSet> {
+        let new = Arc::new(set);
+        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *current, new)
+    }
+
+    /// The metrics the registry counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs one hook and records its metrics.
+    fn observe<T>(
+        &self,
+        entry: &Loaded,
+        hook: &'static str,
+        f: impl FnOnce(&Plugin) -> Result<Called<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let outcome = f(&entry.plugin);
+        self.metrics.record(entry.plugin.name(), hook, started, &outcome);
+        outcome.map(|c| c.value)
+    }
+
+    /// Applies the plugin's failure policy: `Ok(())` means "skip it for this call".
+    fn on_failure(entry: &Loaded, hook: &str, object: &str, e: Error) -> Result<(), RuleError> {
+        let plugin = entry.plugin.name();
+        let failure = e.failure().map_or("other", CallFailure::as_str);
+        match entry.settings.failure_policy {
+            FailurePolicy::FailClosed => {
+                tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; object not written (fail-closed)");
+                Err(RuleError { rule: plugin.to_string(), object: object.to_string(), message: e.to_string() })
+            }
+            FailurePolicy::FailOpen => {
+                tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; skipped for this object (fail-open)");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Rules for PluginRegistry {
+    fn transform(&self, desired: Value) -> Result<Value, RuleError> {
+        let set = self.snapshot();
+        let (group, kind) = group_kind(&desired);
+        let object = object_ref(&desired);
+        let mut cur = desired;
+        for entry in set.matching(&group, &kind) {
+            let out = self.observe(entry, "transform", |p| {
+                let called = p.transform(&cur)?;
+                check_contract(p.info(), "transform", &cur, &called.value)?;
+                Ok(called)
+            });
+            match out {
+                Ok(next) => cur = next,
+                Err(e) => Self::on_failure(entry, "transform", &object, e)?,
+            }
+        }
+        Ok(cur)
+    }
+
+    fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+        let set = self.snapshot();
+        let (group, kind) = group_kind(&desired);
+        let object = object_ref(&desired);
+        let mut cur = desired;
+        for entry in set.matching(&group, &kind) {
+            let out = self.observe(entry, "preserve", |p| {
+                let called = p.preserve(existing, &cur)?;
+                if let Decision::Apply(next) = &called.value {
+                    check_contract(p.info(), "preserve", &cur, next)?;
+                }
+                Ok(called)
+            });
+            match out {
+                Ok(Decision::Apply(next)) => cur = next,
+                Ok(Decision::Recreate(reason)) => {
+                    tracing::info!(plugin = entry.plugin.name(), object, kind, reason, "plugin asks to recreate");
+                    return Ok(RuleDecision::Recreate(reason));
+                }
+                Ok(Decision::Skip(reason)) => {
+                    tracing::info!(plugin = entry.plugin.name(), object, kind, reason, "plugin asks to skip");
+                    return Ok(RuleDecision::Skip(reason));
+                }
+                Err(e) => Self::on_failure(entry, "preserve", &object, e)?,
+            }
+        }
+        Ok(RuleDecision::Apply(cur))
+    }
+
+    fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
+        let set = self.snapshot();
+        let key = (group.to_string(), kind.to_string());
+        if let Some(hit) = set.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            return Ok(hit.clone());
+        }
+        let object = format!("{kind}.{group}");
+        let (mut paths, mut complete) = (Vec::<String>::new(), true);
+        for entry in set.matching(group, kind) {
+            match self.observe(entry, "ignore-paths", |p| p.ignore_paths(group, kind)) {
+                Ok(found) => {
+                    for p in found {
+                        if !paths.contains(&p) {
+                            paths.push(p);
+                        }
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    Self::on_failure(entry, "ignore-paths", &object, e)?;
+                }
+            }
+        }
+        if complete {
+            set.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, paths.clone());
+        }
+        Ok(paths)
+    }
+
+    fn fingerprint(&self) -> String {
+        self.snapshot().fingerprint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::KindPattern;
+    use serde_json::json;
+
+    fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: "0.1.0".into(),
+            kinds: kinds.iter().map(|(g, k)| KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
+            scope: scope.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    fn mk_service(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "n"}, "spec": spec})
+    }
+
+    #[test]
+    fn patterns_overlap_by_prefix_or_by_wildcard() {
+        assert!(patterns_overlap("/spec", "/spec/clusterIP"));
+        assert!(patterns_overlap("/spec/ports/0", "/spec/ports/*/nodePort"));
+        assert!(patterns_overlap("/spec/ports/*/nodePort", "/spec/*/0/nodePort"));
+        assert!(!patterns_overlap("/spec/ports/*/nodePort", "/spec/ports/*/port"));
+        assert!(!patterns_overlap("/spec/clusterIP", "/spec/clusterIPs"));
+        assert!(!patterns_overlap("/secrets", "/imagePullSecrets"));
+    }
+
+    #[test]
+    fn overlap_needs_a_common_kind_and_names_both_plugins_and_patterns() {
+        let svc = mk_info("service", &[("", "Service")], &["/spec/ports/*/nodePort"]);
+        let other_kind = mk_info("ports", &[("apps", "Deployment")], &["/spec/ports"]);
+        assert!(check_overlap(&svc, &other_kind).is_ok());
+        let any_core = mk_info("ports", &[("", "*")], &["/spec/ports/0"]);
+        let err = check_overlap(&any_core, &svc).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::Overlap { ref first, ref second, .. } if first == "ports" && second == "service"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\"/spec/ports/0\"") && msg.contains("\"/spec/ports/*/nodePort\"") && msg.contains("/Service"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn contract_allows_changes_inside_the_scope_only() {
+        let info = mk_info("service", &[("", "Service")], &["/spec/clusterIP", "/spec/ports/*/nodePort"]);
+        let input = mk_service("a", json!({"ports": [{"port": 80}]}));
+        let good = mk_service("a", json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80, "nodePort": 30080}]}));
+        assert!(check_contract(&info, "preserve", &input, &good).is_ok());
+        let bad = mk_service("a", json!({"ports": [{"port": 81}]}));
+        let err = check_contract(&info, "preserve", &input, &bad).unwrap_err();
+        assert!(
+            matches!(err, Error::Contract { violation: Violation::Scope, ref path, .. } if path == "/spec/ports/0/port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn contract_judges_a_new_map_by_its_leaves() {
+        let info = mk_info(
+            "pv",
+            &[("", "PersistentVolumeClaim")],
+            &["/metadata/annotations/pv.kubernetes.io~1bind-completed"],
+        );
+        let input = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c", "annotations": null}});
+        let mut good = input.clone();
+        good["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes"});
+        assert!(check_contract(&info, "preserve", &input, &good).is_ok());
+        let mut bad = input.clone();
+        bad["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes", "other": "x"});
+        let err = check_contract(&info, "preserve", &input, &bad).unwrap_err();
+        assert!(matches!(err, Error::Contract { ref path, .. } if path == "/metadata/annotations/other"), "{err}");
+    }
+
+    #[test]
+    fn contract_refuses_identity_changes_and_non_objects() {
+        let info = mk_info("any", &[("", "*")], &["/spec"]);
+        let input = mk_service("a", json!({}));
+        let renamed = mk_service("b", json!({}));
+        let err = check_contract(&info, "transform", &input, &renamed).unwrap_err();
+        assert!(
+            matches!(err, Error::Contract { violation: Violation::Identity, ref path, .. } if path == "/metadata/name"),
+            "{err}"
+        );
+        let err = check_contract(&info, "transform", &input, &json!([1])).unwrap_err();
+        assert!(matches!(err, Error::Contract { violation: Violation::Output, .. }), "{err}");
+    }
+
+    #[test]
+    fn group_kind_splits_the_api_version() {
+        assert_eq!(
+            group_kind(&json!({"apiVersion": "apps/v1", "kind": "Deployment"})),
+            ("apps".into(), "Deployment".into())
+        );
+        assert_eq!(group_kind(&json!({"apiVersion": "v1", "kind": "Service"})), (String::new(), "Service".into()));
+    }
+
+    #[test]
+    fn settings_default_to_fail_closed_and_parse_from_yaml() {
+        let cfg: RegistryConfig =
+            serde_yaml_ng::from_str("plugins:\n  service:\n    priority: -1\n    failurePolicy: FailOpen\n").unwrap();
+        assert_eq!(cfg.settings("service").failure_policy, FailurePolicy::FailOpen);
+        assert_eq!(cfg.settings("service").priority, -1);
+        assert_eq!(cfg.settings("other"), PluginSettings::default());
+        assert_eq!(PluginSettings::default().failure_policy, FailurePolicy::FailClosed);
+    }
+}

@@ -1,0 +1,138 @@
+//! How the syncer writes downstream: retries, strategy, extra paths, propagation, ownership.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How an existing object is updated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum UpdateStrategy {
+    /// PUT the whole object with its resourceVersion (optimistic concurrency). Fields the
+    /// desired object and the preservation rules do not carry are dropped.
+    #[default]
+    Replace,
+    /// JSON merge patch with the resourceVersion. Fields only downstream survive; labels,
+    /// annotations and `data`/`binaryData` keys removed upstream are removed.
+    Merge,
+    /// Strategic merge patch (built-in kinds only): like `merge`, lists merged by their keys.
+    StrategicMerge,
+    /// Server-side apply with a field manager; other managers' fields survive.
+    ServerSideApply {
+        /// The field manager name.
+        #[serde(default = "default_field_manager")]
+        field_manager: String,
+        /// Take over fields owned by other managers instead of failing with a conflict.
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+fn default_field_manager() -> String {
+    "downsync".into()
+}
+
+/// Deletion propagation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Propagation {
+    /// The object goes at once; the garbage collector removes dependents afterwards.
+    #[default]
+    Background,
+    /// Dependents go first; the object waits with the `foregroundDeletion` finalizer.
+    Foreground,
+    /// Dependents are left behind.
+    Orphan,
+}
+
+/// What to do when an update is refused because an immutable field changed, unless a rule
+/// already decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ImmutablePolicy {
+    /// Leave the object as it is and report the fields.
+    #[default]
+    Skip,
+    /// Delete (UID precondition), wait until gone, create.
+    Recreate,
+}
+
+/// Who downsync is, as stamped on the objects it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Ownership {
+    /// This downsync instance (label-safe: letters, digits, `-`, `_`, `.`; at most 63).
+    pub identity: String,
+    /// The sync target (upstream) this instance syncs from; label-safe too.
+    pub target: String,
+    /// Take over objects that exist downstream without our stamp.
+    ///
+    /// ## Warning
+    /// Adopted objects are then updated and, when gone upstream, deleted.
+    pub adopt: bool,
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Self { identity: "downsync".into(), target: "default".into(), adopt: false }
+    }
+}
+
+/// Settings of the downstream writer. Deserialised once and passed down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DownstreamConfig {
+    /// Retries after a 409 conflict.
+    pub conflict_retries: u32,
+    /// First backoff delay; doubles per retry, with full jitter.
+    #[serde(with = "millis")]
+    pub backoff_base: Duration,
+    /// Largest backoff delay.
+    #[serde(with = "millis")]
+    pub backoff_max: Duration,
+    /// Update strategy.
+    pub strategy: UpdateStrategy,
+    /// Extra JSON pointer patterns whose downstream value is kept.
+    pub preserve_paths: Vec<String>,
+    /// Extra JSON pointer patterns the differ ignores.
+    pub ignore_paths: Vec<String>,
+    /// Deletion propagation.
+    pub propagation: Propagation,
+    /// Ownership stamp and adoption.
+    pub ownership: Ownership,
+    /// What to do on an immutable-field refusal.
+    pub on_immutable: ImmutablePolicy,
+    /// How long a recreate waits for the old object to go.
+    #[serde(with = "millis")]
+    pub recreate_timeout: Duration,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self {
+            conflict_retries: 8,
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            strategy: UpdateStrategy::default(),
+            preserve_paths: Vec::new(),
+            ignore_paths: Vec::new(),
+            propagation: Propagation::default(),
+            ownership: Ownership::default(),
+            on_immutable: ImmutablePolicy::default(),
+            recreate_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,138 @@
+//! Errors of the sync core: what the downstream API said, and why a sync failed.
+
+/// One cause from the API's structured status (`status.details.causes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// Machine-readable reason, such as `FieldValueInvalid`.
+    pub reason: String,
+    /// The field, in the API's dotted form (`spec.ports[0].nodePort`).
+    pub field: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// A failure from the downstream API, classified by its status code and reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// 404.
+    #[error("not found")]
+    NotFound,
+    /// 409 on create: the name is taken.
+    #[error("already exists")]
+    AlreadyExists,
+    /// 409 on update: the resourceVersion moved, or (server-side apply) field managers clash.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// The API's message.
+        message: String,
+        /// Fields named by the API, if any.
+        causes: Vec<Cause>,
+    },
+    /// 422: the object failed validation.
+    #[error("invalid: {message}")]
+    Invalid {
+        /// The API's message.
+        message: String,
+        /// The structured causes.
+        causes: Vec<Cause>,
+    },
+    /// 429 or 5xx: try again later.
+    #[error("unavailable ({code}): {message}")]
+    Unavailable {
+        /// HTTP status.
+        code: u16,
+        /// The API's message.
+        message: String,
+        /// Server-suggested delay in seconds.
+        retry_after_seconds: Option<u32>,
+    },
+    /// Any other API status.
+    #[error("api error {code} {reason}: {message}")]
+    Other {
+        /// HTTP status.
+        code: u16,
+        /// Status reason.
+        reason: String,
+        /// The API's message.
+        message: String,
+    },
+    /// The request did not get an answer.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The kind is not served by the downstream API.
+    #[error("kind {0} is not served by the downstream API")]
+    UnknownKind(String),
+}
+
+/// Why syncing an object failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The desired object is malformed.
+    #[error("invalid desired object {object}: field {field}: {message}")]
+    InvalidObject {
+        /// `Kind namespace/name` (as far as known).
+        object: String,
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A ConfigMap or Secret over the API's size limit; rejected before any API call.
+    #[error(transparent)]
+    Preservation(#[from] super::preservation::Error),
+    /// A rule failed; nothing was written (fail-closed).
+    #[error(transparent)]
+    Rule(#[from] super::rules::RuleError),
+    /// The object exists downstream but downsync does not own it.
+    #[error("{object} exists, not owned by downsync ({owner})")]
+    NotOwned {
+        /// The object.
+        object: String,
+        /// Who owns it, as far as its annotation says.
+        owner: String,
+    },
+    /// Conflicts persisted through every retry.
+    #[error("{object}: unresolved conflict after {attempts} attempts on {paths:?}: {last}")]
+    Conflict {
+        /// The object.
+        object: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Field paths involved.
+        paths: Vec<String>,
+        /// The last API message.
+        last: String,
+    },
+    /// An immutable field changed and the rules said to skip.
+    #[error("{object}: immutable fields {fields:?} changed upstream; skipped: {reason}")]
+    Immutable {
+        /// The object.
+        object: String,
+        /// The fields, as JSON pointers.
+        fields: Vec<String>,
+        /// Why it was skipped.
+        reason: String,
+    },
+    /// A recreate deleted the object but it did not go away in time.
+    #[error("{object}: still present {waited_ms} ms after delete during recreate")]
+    RecreateTimeout {
+        /// The object.
+        object: String,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The downstream API failed.
+    #[error("{object}: {operation} failed: {source}")]
+    Api {
+        /// The object.
+        object: String,
+        /// What was being done (get, create, update, delete).
+        operation: &'static str,
+        /// The API error.
+        #[source]
+        source: ApiError,
+    },
+}
+
+/// Result of the core's operations.
+pub type Result<T, E = SyncError> = std::result::Result<T, E>;

@@ -1,0 +1,141 @@
+//! Built-in rule: keeps PersistentVolume and PersistentVolumeClaim binding made downstream.
+//!
+//! - PersistentVolume: a bound volume keeps its `spec.claimRef`; a downstream `Retain`
+//!   `persistentVolumeReclaimPolicy` is never switched to something else (an operator set it to
+//!   protect the data).
+//! - PersistentVolumeClaim: keeps `spec.volumeName` and the binding and provisioning
+//!   annotations the downstream controllers wrote.
+//!
+//! Every kept field is copied only when the desired object does not set it, except the
+//! `Retain` policy, which wins over a desired one.
+
+use downsync_plugin_sdk::{Decision, Info, Rule, Value, kinds, pointer};
+
+/// The PVC annotations the downstream binder and provisioner write, as escaped pointers.
+pub const PVC_ANNOTATIONS: [&str; 5] = [
+    "/metadata/annotations/pv.kubernetes.io~1bind-completed",
+    "/metadata/annotations/pv.kubernetes.io~1bound-by-controller",
+    "/metadata/annotations/volume.kubernetes.io~1selected-node",
+    "/metadata/annotations/volume.beta.kubernetes.io~1storage-provisioner",
+    "/metadata/annotations/volume.kubernetes.io~1storage-provisioner",
+];
+
+const CLAIM_REF: &str = "/spec/claimRef";
+const RECLAIM: &str = "/spec/persistentVolumeReclaimPolicy";
+const VOLUME_NAME: &str = "/spec/volumeName";
+
+/// Keeps volume binding.
+pub struct PersistentVolumeRule;
+
+impl Rule for PersistentVolumeRule {
+    fn describe() -> Info {
+        let info = Info::new("persistent-volume", "0.1.0")
+            .kind("", "PersistentVolume")
+            .kind("", "PersistentVolumeClaim")
+            .scope(CLAIM_REF)
+            .scope(RECLAIM)
+            .scope(VOLUME_NAME);
+        PVC_ANNOTATIONS.iter().fold(info, |info, p| info.scope(p))
+    }
+
+    fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+        if kinds::is(&desired, "", "PersistentVolume") {
+            keep_pv(&existing, &mut desired)?;
+        } else if kinds::is(&desired, "", "PersistentVolumeClaim") {
+            keep_pvc(&existing, &mut desired);
+        }
+        Ok(Decision::Apply(desired))
+    }
+
+    fn ignore_paths(group: &str, kind: &str) -> Vec<String> {
+        match (group, kind) {
+            ("", "PersistentVolume") => vec![CLAIM_REF.to_string()],
+            ("", "PersistentVolumeClaim") => {
+                std::iter::once(VOLUME_NAME).chain(PVC_ANNOTATIONS).map(str::to_string).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// PersistentVolume: keep a bound claimRef and a downstream Retain policy.
+pub fn keep_pv(existing: &Value, desired: &mut Value) -> Result<(), String> {
+    pointer::copy_if_absent(existing, desired, CLAIM_REF);
+    let live_policy = pointer::get(existing, RECLAIM).and_then(Value::as_str);
+    let wanted = pointer::get(desired, RECLAIM).and_then(Value::as_str);
+    if live_policy == Some("Retain") && wanted != Some("Retain") && !pointer::set(desired, RECLAIM, Value::from("Retain")) {
+        return Err("spec is not an object".into());
+    }
+    Ok(())
+}
+
+/// PersistentVolumeClaim: keep volumeName and the binder's annotations.
+pub fn keep_pvc(existing: &Value, desired: &mut Value) {
+    pointer::copy_if_absent(existing, desired, VOLUME_NAME);
+    for p in PVC_ANNOTATIONS {
+        pointer::copy_if_absent(existing, desired, p);
+    }
+}
+
+downsync_plugin_sdk::export_rule!(PersistentVolumeRule);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use downsync_plugin_sdk::json;
+
+    fn mk_pv(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv1"}, "spec": spec})
+    }
+
+    fn mk_pvc(annotations: Value, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "n", "annotations": annotations}, "spec": spec})
+    }
+
+    fn apply(existing: Value, desired: Value) -> Value {
+        match PersistentVolumeRule::preserve(existing, desired).unwrap() {
+            Decision::Apply(v) => v,
+            other => panic!("expected apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bound_pv_keeps_its_claim_ref() {
+        let claim = json!({"kind": "PersistentVolumeClaim", "namespace": "n", "name": "data", "uid": "u1"});
+        let out = apply(mk_pv(json!({"claimRef": claim.clone()})), mk_pv(json!({"capacity": {"storage": "1Gi"}})));
+        assert_eq!(out["spec"]["claimRef"], claim);
+        let unbound = apply(mk_pv(json!({})), mk_pv(json!({})));
+        assert_eq!(unbound["spec"].get("claimRef"), None);
+    }
+
+    #[test]
+    fn a_downstream_retain_policy_is_not_switched() {
+        let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})), mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})));
+        assert_eq!(out["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})), mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})));
+        assert_eq!(out["spec"]["persistentVolumeReclaimPolicy"], "Retain", "upstream may ask for Retain");
+        let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})), mk_pv(json!({})));
+        assert_eq!(out["spec"].get("persistentVolumeReclaimPolicy"), None, "only Retain is kept");
+    }
+
+    #[test]
+    fn a_pvc_keeps_volume_name_and_binder_annotations_only() {
+        let live = mk_pvc(
+            json!({"pv.kubernetes.io/bind-completed": "yes", "volume.kubernetes.io/selected-node": "node-1", "team": "x"}),
+            json!({"volumeName": "pv1"}),
+        );
+        let out = apply(live, mk_pvc(json!(null), json!({"resources": {"requests": {"storage": "1Gi"}}})));
+        assert_eq!(out["spec"]["volumeName"], "pv1");
+        assert_eq!(
+            out["metadata"]["annotations"],
+            json!({"pv.kubernetes.io/bind-completed": "yes", "volume.kubernetes.io/selected-node": "node-1"})
+        );
+    }
+
+    #[test]
+    fn ignore_paths_per_kind() {
+        assert_eq!(PersistentVolumeRule::ignore_paths("", "PersistentVolume"), ["/spec/claimRef"]);
+        assert_eq!(PersistentVolumeRule::ignore_paths("", "PersistentVolumeClaim").len(), 6);
+        assert!(PersistentVolumeRule::ignore_paths("apps", "PersistentVolume").is_empty());
+    }
+}
