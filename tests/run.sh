@@ -67,7 +67,16 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "plugins (wasm32-wasip2 components)"
-plugin_crates=(downsync-plugin-minimal)
+plugin_crates=(
+  downsync-plugin-minimal
+  downsync-plugin-service
+  downsync-plugin-persistent-volume
+  downsync-plugin-immutable-config
+  downsync-plugin-service-account
+  downsync-example-hpa-replicas
+  downsync-plugin-testing-faulty
+  downsync-plugin-testing-overlap
+)
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"
 

@@ -7,7 +7,16 @@ use std::sync::OnceLock;
 use anyhow::{Result, anyhow, bail};
 
 /// The plugin crates in `plugins/` that build to components.
-pub const PLUGIN_CRATES: &[&str] = &["downsync-plugin-minimal"];
+pub const PLUGIN_CRATES: &[&str] = &[
+    "downsync-plugin-minimal",
+    "downsync-plugin-service",
+    "downsync-plugin-persistent-volume",
+    "downsync-plugin-immutable-config",
+    "downsync-plugin-service-account",
+    "downsync-example-hpa-replicas",
+    "downsync-plugin-testing-faulty",
+    "downsync-plugin-testing-overlap",
+];
 
 static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 

@@ -68,6 +68,12 @@ pub struct PluginEngine {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
@@ -169,15 +175,31 @@ impl PluginEngine {
             }
         }
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
-        let cache_err = |source| Error::Cache { path: dir.clone(), source };
-        std::fs::create_dir_all(dir).map_err(cache_err)?;
-        let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &artifact).map_err(cache_err)?;
-        std::fs::rename(&tmp, &path).map_err(cache_err)?;
+        // The cache is an optimisation: failing to fill it costs a compile next time, nothing more.
+        if let Err(e) = write_atomically(dir, digest, &path, &artifact) {
+            tracing::warn!(plugin = label, error = %e, "cannot cache the compiled component");
+        }
         // SAFETY: `artifact` was produced just above by this very engine.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(engine, &artifact) }.map_err(compile_err)
     }
+}
+
+/// Distinguishes the temporary files of concurrent compiles within one process.
+static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `bytes` to `path` through a temporary file unique to this call, renamed into place
+/// when complete, so a reader never sees a partial artifact.
+fn write_atomically(dir: &Path, digest: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+    let cache_err = |source| Error::Cache { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(cache_err)?;
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{digest}.{}.{seq}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(cache_err)
 }
 
 /// Lowercase hex of a digest.

@@ -70,10 +70,10 @@ pub fn load_case(dir: &Path) -> Result<Fixture> {
             (None, Some(d)) => match d.decision.to_ascii_lowercase().as_str() {
                 "recreate" => Expected::Recreate(d.reason),
                 "skip" => Expected::Skip(d.reason),
-                other => {
+                _ => {
                     return Err(Error::Fixture {
                         path: dir.join("decision.yaml"),
-                        message: format!("decision {other:?} is not Recreate or Skip"),
+                        message: format!("decision {:?} is not Recreate or Skip", d.decision),
                     });
                 }
             },
@@ -119,7 +119,8 @@ pub fn run_all(plugin: &Plugin, fixtures: &[Fixture]) -> Vec<Outcome> {
 pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String> {
     let (group, kind) = group_kind(&fixture.desired);
     if !plugin.info().handles(&group, &kind) {
-        return Err(format!("plugin {} does not handle {kind}.{group}", plugin.name()));
+        let gk = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+        return Err(format!("plugin {} does not handle {gk}", plugin.name()));
     }
     let transformed = plugin.transform(&fixture.desired).map_err(|e| e.to_string())?.value;
     check_contract(plugin.info(), "transform", &fixture.desired, &transformed).map_err(|e| e.to_string())?;

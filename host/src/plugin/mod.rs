@@ -8,8 +8,10 @@ pub mod error;
 pub mod fixtures;
 mod host;
 pub mod registry;
+pub mod reload;
 
 pub use component::{Decision, KindPattern, Plugin, PluginInfo};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Result, Violation};
 pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig};
+pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};

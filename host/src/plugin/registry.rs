@@ -170,6 +170,8 @@ pub struct PluginSet {
     entries: Vec<Loaded>,
     /// `ignore_paths` answers by (group, kind); only complete (error-free) answers are kept.
     ignore_cache: Mutex<HashMap<(String, String), Vec<String>>>,
+    /// Sorted `name@digest`, comma-separated; computed once (the syncer asks per object).
+    fingerprint: String,
 }
 
 impl PluginSet {
@@ -205,7 +207,10 @@ impl PluginSet {
                 check_overlap(a.plugin.info(), b.plugin.info())?;
             }
         }
-        Ok(Self { entries, ignore_cache: Mutex::default() })
+        let mut ids: Vec<String> =
+            entries.iter().map(|e| format!("{}@{}", e.plugin.name(), e.plugin.digest())).collect();
+        ids.sort();
+        Ok(Self { entries, ignore_cache: Mutex::default(), fingerprint: ids.join(",") })
     }
 
     /// The plugins in call order.
@@ -220,10 +225,7 @@ impl PluginSet {
 
     /// Sorted `name@digest` of every plugin, comma-separated.
     pub fn fingerprint(&self) -> String {
-        let mut ids: Vec<String> =
-            self.entries.iter().map(|e| format!("{}@{}", e.plugin.name(), e.plugin.digest())).collect();
-        ids.sort();
-        ids.join(",")
+        self.fingerprint.clone()
     }
 
     fn matching<'a>(&'a self, group: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Loaded> + 'a {
@@ -593,6 +595,31 @@ mod tests {
         );
         let err = check_contract(&info, "transform", &input, &json!([1])).unwrap_err();
         assert!(matches!(err, Error::Contract { violation: Violation::Output, .. }), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_exposed_with_plugin_labels() {
+        let metrics = Metrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let ok: Result<Called<()>> = Ok(Called { value: (), fuel: 42 });
+        metrics.record("service", "preserve", Instant::now(), &ok);
+        let failed: Result<Called<()>> = Err(Error::Rejected {
+            plugin: "service".into(),
+            hook: "preserve",
+            object: "Service n/a".into(),
+            message: "no".into(),
+        });
+        metrics.record("service", "preserve", Instant::now(), &failed);
+        metrics.record_reload_failure("service");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"downsync_plugin_calls_total{plugin="service",hook="preserve"} 2"#), "{text}");
+        assert!(text.contains(r#"downsync_plugin_errors_total{plugin="service",failure="rejected"} 1"#), "{text}");
+        assert!(text.contains(r#"downsync_plugin_fuel_total{plugin="service"} 42"#), "{text}");
+        assert!(text.contains(r#"downsync_plugin_call_seconds_count{plugin="service"} 2"#), "{text}");
+        assert!(text.contains(r#"downsync_plugin_reload_failures_total{plugin="service"} 1"#), "{text}");
+        assert_eq!(metrics.errors("service", CallFailure::Rejected), 1);
     }
 
     #[test]

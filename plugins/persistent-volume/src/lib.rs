@@ -63,7 +63,10 @@ pub fn keep_pv(existing: &Value, desired: &mut Value) -> Result<(), String> {
     pointer::copy_if_absent(existing, desired, CLAIM_REF);
     let live_policy = pointer::get(existing, RECLAIM).and_then(Value::as_str);
     let wanted = pointer::get(desired, RECLAIM).and_then(Value::as_str);
-    if live_policy == Some("Retain") && wanted != Some("Retain") && !pointer::set(desired, RECLAIM, Value::from("Retain")) {
+    if live_policy == Some("Retain")
+        && wanted != Some("Retain")
+        && !pointer::set(desired, RECLAIM, Value::from("Retain"))
+    {
         return Err("spec is not an object".into());
     }
     Ok(())
@@ -110,9 +113,15 @@ mod tests {
 
     #[test]
     fn a_downstream_retain_policy_is_not_switched() {
-        let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})), mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})));
+        let out = apply(
+            mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})),
+            mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})),
+        );
         assert_eq!(out["spec"]["persistentVolumeReclaimPolicy"], "Retain");
-        let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})), mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})));
+        let out = apply(
+            mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})),
+            mk_pv(json!({"persistentVolumeReclaimPolicy": "Retain"})),
+        );
         assert_eq!(out["spec"]["persistentVolumeReclaimPolicy"], "Retain", "upstream may ask for Retain");
         let out = apply(mk_pv(json!({"persistentVolumeReclaimPolicy": "Delete"})), mk_pv(json!({})));
         assert_eq!(out["spec"].get("persistentVolumeReclaimPolicy"), None, "only Retain is kept");

@@ -92,7 +92,8 @@ mod tests {
     use downsync_plugin_sdk::json;
 
     fn mk_service(ty: Option<&str>, spec: Value) -> Value {
-        let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "n"}, "spec": spec});
+        let mut svc =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "n"}, "spec": spec});
         if let Some(ty) = ty {
             svc["spec"]["type"] = json!(ty);
         }
@@ -167,7 +168,8 @@ mod tests {
 
     #[test]
     fn external_name_gets_no_cluster_ip() {
-        let out = preserve(&mk_live("ClusterIP"), mk_service(Some("ExternalName"), json!({"externalName": "x.example"})));
+        let out =
+            preserve(&mk_live("ClusterIP"), mk_service(Some("ExternalName"), json!({"externalName": "x.example"})));
         assert_eq!(out["spec"].get("clusterIP"), None);
     }
 

@@ -1,0 +1,350 @@
+//! Hot reload: watches the plugins folder, checks changed components off the hot path, swaps them in atomically.
+//!
+//! The folder is watched non-recursively and re-scanned as a whole after any event (with a short
+//! debounce) and on a slow resync timer, so a plain write, a write-to-temp-then-rename and a
+//! Kubernetes ConfigMap volume's `..data` symlink swap all look the same: `<name>.wasm` (symlinks
+//! followed) has new bytes, hence a new sha256. A changed component is compiled and checked on
+//! the reload thread — it implements the world, `describe` is sane, the fixtures in
+//! `<name>.fixtures/` beside it pass (including "preserve twice equals once"), and the new set
+//! has no overlapping scopes or pin mismatches — and only then swapped into the registry.
+//! A refused version keeps the last good one and is reported in a log line, the
+//! `reload_failures` metric and [`Reloader::status`]. Hidden entries (`.tmp` files, `..data`)
+//! are ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use notify::Watcher;
+use sha2::{Digest, Sha256};
+
+use super::component::Plugin;
+use super::engine::{PluginEngine, hex};
+use super::error::{Error, Result};
+use super::fixtures;
+use super::registry::{PluginRegistry, PluginSet, RegistryConfig};
+use crate::sync::rules::Rules;
+
+/// How the folder is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Quiet time after the last event before re-scanning.
+    pub debounce: Duration,
+    /// Re-scan this often even without events (a missed event is not fatal).
+    pub resync: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self { debounce: Duration::from_millis(200), resync: Duration::from_secs(30) }
+    }
+}
+
+/// The state of one plugin file, for /readyz and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginStatus {
+    /// The plugin's name once loaded; the file stem until then.
+    pub name: String,
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// sha256 of the version in use, if any.
+    pub digest: Option<String>,
+    /// When the version in use was swapped in.
+    pub loaded_at: Option<SystemTime>,
+    /// Why the latest version on disk was refused, if it was.
+    pub last_error: Option<String>,
+}
+
+/// What the reloader knows about one `<stem>.wasm`.
+#[derive(Debug)]
+struct Slot {
+    file: PathBuf,
+    /// The version in use and when it was loaded.
+    good: Option<(Plugin, SystemTime)>,
+    /// Why the latest bytes were refused.
+    last_error: Option<String>,
+    /// The digest of refused bytes, so the same broken file is not checked again and again.
+    refused_digest: Option<String>,
+}
+
+/// Loads the plugins of a folder into a registry and keeps them current.
+#[derive(Debug)]
+pub struct Reloader {
+    engine: PluginEngine,
+    dir: PathBuf,
+    config: RegistryConfig,
+    registry: Arc<PluginRegistry>,
+    /// By file stem. Held only to read or update, never across a compile or a plugin call.
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Serialises scans (the watcher thread and explicit calls).
+    scanning: Mutex<()>,
+}
+
+/// A file that changed and what came of checking it.
+struct Candidate {
+    stem: String,
+    digest: String,
+    checked: Result<Plugin>,
+}
+
+impl Reloader {
+    /// A reloader for `dir`, serving `registry`, with per-plugin settings from `config`.
+    /// Nothing is loaded until [`Reloader::scan`] or [`Reloader::watch`].
+    pub fn new(engine: PluginEngine, dir: &Path, config: RegistryConfig, registry: Arc<PluginRegistry>) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            dir: dir.to_path_buf(),
+            config,
+            registry,
+            slots: Mutex::default(),
+            scanning: Mutex::default(),
+        })
+    }
+
+    /// The registry this reloader swaps sets into.
+    pub fn registry(&self) -> &Arc<PluginRegistry> {
+        &self.registry
+    }
+
+    /// The state of every plugin file seen, by file name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .map(|(stem, s)| PluginStatus {
+                name: s.good.as_ref().map_or_else(|| stem.clone(), |(p, _)| p.name().to_string()),
+                file: s.file.clone(),
+                digest: s.good.as_ref().map(|(p, _)| p.digest().to_string()),
+                loaded_at: s.good.as_ref().map(|(_, at)| *at),
+                last_error: s.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// Re-reads the folder once: checks new and changed components, drops removed ones and swaps
+    /// the result in. Returns whether the registry changed. Per-plugin refusals are not errors
+    /// (see [`Reloader::status`]); an unreadable folder is.
+    pub fn scan(&self) -> Result<bool> {
+        let _one_at_a_time = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
+        let on_disk = self.list()?;
+        let known: BTreeMap<String, (Option<String>, Option<String>)> = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots
+                .iter()
+                .map(|(k, s)| {
+                    (k.clone(), (s.good.as_ref().map(|(p, _)| p.digest().to_string()), s.refused_digest.clone()))
+                })
+                .collect()
+        };
+
+        let mut candidates = Vec::new();
+        let mut unreadable = Vec::new();
+        for (stem, file) in &on_disk {
+            let bytes = match std::fs::read(file) {
+                Ok(b) => b,
+                Err(source) => {
+                    unreadable.push((
+                        stem.clone(),
+                        file.clone(),
+                        Error::Read { path: file.clone(), source }.to_string(),
+                    ));
+                    continue;
+                }
+            };
+            let digest = hex(&Sha256::digest(&bytes));
+            let (good, refused) = known.get(stem).cloned().unwrap_or_default();
+            if good.as_deref() == Some(&digest) || refused.as_deref() == Some(&digest) {
+                continue;
+            }
+            tracing::info!(plugin = %stem, digest = %digest, file = %file.display(), "checking a new plugin version");
+            let checked = self.check(stem, file, &bytes);
+            candidates.push(Candidate { stem: stem.clone(), digest, checked });
+        }
+        let removed: Vec<String> = known.keys().filter(|k| !on_disk.contains_key(*k)).cloned().collect();
+        if candidates.is_empty() && removed.is_empty() && unreadable.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.commit(&on_disk, candidates, &removed, unreadable))
+    }
+
+    /// Builds and swaps in the new set; records every outcome in the slots.
+    fn commit(
+        &self,
+        on_disk: &BTreeMap<String, PathBuf>,
+        mut candidates: Vec<Candidate>,
+        removed: &[String],
+        unreadable: Vec<(String, PathBuf, String)>,
+    ) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // The versions in use, by stem, less the removed files.
+        let mut base: BTreeMap<String, Plugin> = slots
+            .iter()
+            .filter(|(stem, _)| !removed.contains(stem))
+            .filter_map(|(stem, s)| s.good.as_ref().map(|(p, _)| (stem.clone(), p.clone())))
+            .collect();
+        // Candidates join one at a time, in file order: one that cannot live with the others
+        // (overlap, pin, duplicate name) is refused and its last good version stays. Such a
+        // refusal depends on the other plugins, so its digest is not remembered: the next scan
+        // tries it again (say, after the plugin it collided with was removed).
+        let mut set_refusals = Vec::new();
+        for c in &mut candidates {
+            let Ok(plugin) = &c.checked else { continue };
+            let mut trial = base.clone();
+            trial.insert(c.stem.clone(), plugin.clone());
+            match PluginSet::new(trial.values().cloned().collect(), &self.config) {
+                Ok(_) => base = trial,
+                Err(e) => {
+                    set_refusals.push(c.stem.clone());
+                    c.checked =
+                        Err(Error::Check { plugin: c.stem.clone(), digest: c.digest.clone(), message: e.to_string() });
+                }
+            }
+        }
+        let set = match PluginSet::new(base.into_values().collect(), &self.config) {
+            Ok(set) => Some(set),
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "the plugin set cannot be built; keeping the one in use");
+                None
+            }
+        };
+        let now = SystemTime::now();
+        for c in candidates {
+            let file = on_disk.get(&c.stem).cloned().unwrap_or_default();
+            let slot = slots.entry(c.stem.clone()).or_insert_with(|| Slot {
+                file,
+                good: None,
+                last_error: None,
+                refused_digest: None,
+            });
+            match c.checked {
+                Ok(plugin) => {
+                    tracing::info!(plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(), "plugin version loaded");
+                    slot.good = Some((plugin, now));
+                    slot.last_error = None;
+                    slot.refused_digest = None;
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %c.stem, digest = %c.digest, file = %slot.file.display(), error = %e, "new plugin version refused; keeping the last good one");
+                    self.registry.metrics().record_reload_failure(&c.stem);
+                    slot.last_error = Some(e.to_string());
+                    slot.refused_digest = (!set_refusals.contains(&c.stem)).then_some(c.digest);
+                }
+            }
+        }
+        for (stem, file, message) in unreadable {
+            tracing::error!(plugin = %stem, file = %file.display(), error = %message, "cannot read plugin file; keeping the last good version");
+            self.registry.metrics().record_reload_failure(&stem);
+            let slot =
+                slots.entry(stem).or_insert_with(|| Slot { file, good: None, last_error: None, refused_digest: None });
+            slot.last_error = Some(message);
+        }
+        for stem in removed {
+            tracing::info!(plugin = %stem, "plugin file removed; unloading it");
+            slots.remove(stem);
+        }
+        let Some(set) = set else { return false };
+        let changed = set.fingerprint() != self.registry.fingerprint();
+        if changed {
+            tracing::info!(fingerprint = %set.fingerprint(), "plugin set swapped");
+            self.registry.swap(set);
+        }
+        changed
+    }
+
+    /// The `<stem>.wasm` entries of the folder (symlinks followed), hidden ones skipped.
+    fn list(&self) -> Result<BTreeMap<String, PathBuf>> {
+        let watch_err = |e: std::io::Error| Error::Watch { path: self.dir.clone(), message: e.to_string() };
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(watch_err)? {
+            let path = entry.map_err(watch_err)?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(stem) = name.strip_suffix(".wasm") else { continue };
+            if name.starts_with('.') || stem.is_empty() || !path.is_file() {
+                continue;
+            }
+            out.insert(stem.to_string(), path.clone());
+        }
+        Ok(out)
+    }
+
+    /// Compiles and checks a new version without touching the registry.
+    fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
+        let plugin = self.engine.load_bytes(stem, bytes)?;
+        let refuse =
+            |message: String| Error::Check { plugin: stem.to_string(), digest: plugin.digest().to_string(), message };
+        let dir = file.with_file_name(format!("{stem}.fixtures"));
+        if dir.is_dir() {
+            let cases = fixtures::load_dir(&dir)?;
+            let failures: Vec<String> = fixtures::run_all(&plugin, &cases)
+                .into_iter()
+                .filter_map(|o| o.failure.map(|f| format!("fixture {}: {f}", o.name)))
+                .collect();
+            if !failures.is_empty() {
+                return Err(refuse(failures.join("; ")));
+            }
+        }
+        Ok(plugin)
+    }
+
+    /// Scans once now, then watches the folder on a background thread until the handle is dropped.
+    pub fn watch(self: &Arc<Self>, config: WatchConfig) -> Result<WatchHandle> {
+        let watch_err = |e: notify::Error| Error::Watch { path: self.dir.clone(), message: e.to_string() };
+        let (tx, rx) = channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Err(e) = &event {
+                tracing::warn!(error = %e, "plugin folder watch error; re-scanning");
+            }
+            let _ = tx.send(());
+        })
+        .map_err(watch_err)?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive).map_err(watch_err)?;
+        self.scan()?;
+        let me = Arc::clone(self);
+        let thread = std::thread::Builder::new()
+            .name("downsync-plugin-reload".into())
+            .spawn(move || me.run(&rx, &config))
+            .map_err(|e| Error::Watch {
+                path: self.dir.clone(),
+                message: format!("cannot start the reload thread: {e}"),
+            })?;
+        Ok(WatchHandle { watcher: Some(watcher), thread: Some(thread) })
+    }
+
+    fn run(&self, rx: &std::sync::mpsc::Receiver<()>, config: &WatchConfig) {
+        loop {
+            match rx.recv_timeout(config.resync) {
+                Ok(()) => loop {
+                    match rx.recv_timeout(config.debounce) {
+                        Ok(()) => continue,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Err(e) = self.scan() {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot scan the plugin folder");
+            }
+        }
+    }
+}
+
+/// Keeps the watch running; dropping it stops the watcher and joins the reload thread.
+#[derive(Debug)]
+pub struct WatchHandle {
+    watcher: Option<notify::RecommendedWatcher>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        // Dropping the watcher drops the channel's sender, which ends the thread's loop.
+        self.watcher.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The `downsync plugin check|test` commands, run as a user would.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use downsync_tests::plugins::plugin_path;
+use downsync_tests::repo_root;
+
+/// Builds the `downsync` binary (a no-op when it is fresh) and returns its path.
+fn downsync_bin() -> PathBuf {
+    let root = repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "downsync", "--bin", "downsync"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the downsync binary failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    target.join("debug").join("downsync")
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(downsync_bin()).args(args).env("XDG_CACHE_HOME", std::env::temp_dir()).output().expect("downsync runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn check_prints_kinds_scope_and_ignore_paths() {
+    let wasm = plugin_path("downsync-plugin-service").expect("built");
+    let out = run(&["plugin".as_ref(), "check".as_ref(), wasm.as_os_str()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("name:    service"), "{t}");
+    assert!(t.contains("  - Service (core)"), "{t}");
+    assert!(t.contains("  - /spec/ports/*/nodePort"), "{t}");
+    assert!(t.contains("ignore-paths:\n  Service: /spec/clusterIP"), "{t}");
+}
+
+#[test]
+fn test_passes_good_fixtures_and_fails_wrong_ones_with_a_diff() {
+    let wasm = plugin_path("downsync-plugin-service").expect("built");
+    let good = repo_root().join("plugins/service/fixtures");
+    let out = run(&["plugin".as_ref(), "test".as_ref(), wasm.as_os_str(), good.as_os_str()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("ok    nodeport-kept") && t.contains("0 failed"), "{t}");
+
+    let bad = std::env::temp_dir().join(format!("downsync-cli-fixtures-{}", std::process::id()));
+    let case = bad.join("wrong-ip");
+    std::fs::create_dir_all(&case).expect("case dir");
+    for file in ["existing.yaml", "desired.yaml", "expected.yaml"] {
+        let src = std::fs::read_to_string(good.join("nodeport-kept").join(file)).expect("fixture");
+        std::fs::write(case.join(file), src.replace("clusterIP: 10.96.0.17", "clusterIP: 10.96.0.99")).expect("write");
+    }
+    // Only expected.yaml should carry the wrong IP.
+    std::fs::copy(good.join("nodeport-kept/existing.yaml"), case.join("existing.yaml")).expect("copy");
+    let out = run(&["plugin".as_ref(), "test".as_ref(), wasm.as_os_str(), bad.as_os_str()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("FAIL  wrong-ip") && t.contains("~ /spec/clusterIP: expected \"10.96.0.99\", got \"10.96.0.17\""),
+        "{t}"
+    );
+    let _ = std::fs::remove_dir_all(&bad);
+}
