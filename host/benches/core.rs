@@ -1,6 +1,7 @@
 //! Criterion benchmark of the pure sync core on a ~50 KB Deployment: the differ and the
-#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 //! built-in preservation, the two steps every update pays for.
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use downsync::sync::differ::{DiffOptions, diff};
