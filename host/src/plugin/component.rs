@@ -80,16 +80,7 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// `Kind namespace/name` (or `Kind name`) of an object, for errors and logs.
-pub fn object_ref(obj: &Value) -> String {
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
-    let meta = obj.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
+pub use crate::sync::syncer::object_ref;
 
 impl Plugin {
     pub(crate) fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {

@@ -17,7 +17,7 @@ pub const MANAGED_ANNOTATIONS_ANNOTATION: &str = "downsync.dev/managed-annotatio
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
 
 /// Metadata the API server owns: always taken from the live object, never from desired.
-const SERVER_METADATA: &[&str] = &[
+pub(crate) const SERVER_METADATA: &[&str] = &[
     "resourceVersion",
     "uid",
     "creationTimestamp",

@@ -65,21 +65,9 @@ pub struct Syncer<D, R> {
     state: StateCache,
 }
 
-/// Metadata that belongs to the upstream object only, and status, which downsync does not
-/// write downstream.
-const UPSTREAM_ONLY: &[&str] = &[
-    "uid",
-    "resourceVersion",
-    "creationTimestamp",
-    "generation",
-    "managedFields",
-    "selfLink",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "ownerReferences",
-    "finalizers",
-    "generateName",
-];
+/// Beyond the server-managed fields, these come from the upstream object and mean nothing
+/// downstream.
+const UPSTREAM_ONLY: &[&str] = &["ownerReferences", "finalizers", "generateName"];
 
 /// Strips what must never travel downstream: upstream-only metadata (ownerReferences point
 /// at upstream uids, upstream finalizers have no controller downstream) and status. A Secret's
@@ -93,7 +81,7 @@ pub fn normalize_desired(mut desired: Value) -> Value {
             fold_string_data(obj);
         }
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            for f in UPSTREAM_ONLY {
+            for f in preservation::SERVER_METADATA.iter().chain(UPSTREAM_ONLY) {
                 meta.remove(*f);
             }
         }
