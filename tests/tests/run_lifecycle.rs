@@ -297,9 +297,17 @@ async fn bad_input_gets_an_error_that_names_the_setting() -> anyhow::Result<()> 
     let dead = regex_free_replace_server(&text, port);
     let path = std::env::temp_dir().join(format!("downsync-dead-{}-{port}.kubeconfig", std::process::id()));
     std::fs::write(&path, dead)?;
-    let mut a: Vec<OsString> = vec!["run".into(), "--metrics-addr".into(), "off".into()];
-    a.extend(cluster_args()?);
-    a.extend(["--upstream-kubeconfig".into(), path.clone().into(), "--resource".into(), "v1/ConfigMap".into()]);
+    let a: Vec<OsString> = vec![
+        "run".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--upstream-kubeconfig".into(),
+        path.clone().into(),
+        "--downstream-kubeconfig".into(),
+        clusters.downstream.kubeconfig.clone().into(),
+        "--resource".into(),
+        "v1/ConfigMap".into(),
+    ];
     let (status, _, err) = run_to_end(&a)?;
     assert!(!status.success());
     assert!(
