@@ -679,7 +679,10 @@ impl Controller {
         let result = self.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
         self.metrics.record(kind, &result, started.elapsed().as_secs_f64());
         if let Some(e) = &result.error {
-            warn!(kind, object = %key.name, namespace = key.namespace.as_deref().unwrap_or(""), error = %e, "sync failed");
+            if result.key.is_none() {
+                // The syncer logs failures of objects it could key; this one it could not.
+                warn!(kind, object = %key.name, namespace = key.namespace.as_deref().unwrap_or(""), error = %e, "sync failed");
+            }
             let (reason, step) = match e {
                 SyncError::InvalidObject { .. } | SyncError::Preservation(_) => ("InvalidObject", Step::Park),
                 SyncError::Immutable { .. } => ("ImmutableFieldChanged", Step::Park),
