@@ -19,6 +19,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod bench;
 pub mod plugins;
 
 /// Label put on every test namespace, so leftovers on an existing cluster can be found.
