@@ -1,22 +1,113 @@
 //! The downsync command line.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use downsync::app::{ResourceConfig, RunConfig, RunOptions};
 use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures};
+use downsync::sync::NamespaceMapping;
 
 /// downsync: syncs desired objects from an upstream Kubernetes API into a downstream cluster.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Syncs the configured resources from upstream to downstream until stopped (SIGTERM).
+    Run(RunArgs),
+    /// Shows what `run` would change downstream, per object, with the rules applied. Writes nothing.
+    Diff(SourceArgs),
     /// Work with rule plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// What to sync, from where to where. Flags override the config file.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// A YAML config file (see examples/deploy/config.yaml).
+    #[arg(long, env = "DOWNSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Upstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    upstream_kubeconfig: Option<PathBuf>,
+    /// Upstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    upstream_context: Option<String>,
+    /// Downstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    downstream_kubeconfig: Option<PathBuf>,
+    /// Downstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    downstream_context: Option<String>,
+    /// Folder of `<name>.wasm` rule plugins, hot-reloaded.
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
+    /// A kind to sync, as API_VERSION/KIND (v1/ConfigMap, apps/v1/Deployment); repeatable.
+    /// Replaces the config file's list.
+    #[arg(long = "resource", value_name = "API_VERSION/KIND")]
+    resources: Vec<String>,
+    /// Label selector for the kinds given with --resource.
+    #[arg(long)]
+    selector: Option<String>,
+    /// Upstream namespace to sync; repeatable (default: all).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Upstream namespace never to sync; repeatable.
+    #[arg(long = "exclude-namespace")]
+    exclude_namespaces: Vec<String>,
+    /// Name downstream namespaces PREFIX + the upstream name.
+    #[arg(long, conflicts_with = "hashed_namespaces")]
+    namespace_prefix: Option<String>,
+    /// Name downstream namespaces by a hash of target and upstream name (kcp style).
+    #[arg(long)]
+    hashed_namespaces: bool,
+    /// This instance's name in the ownership stamp.
+    #[arg(long)]
+    identity: Option<String>,
+    /// The sync target's name in the ownership stamp.
+    #[arg(long)]
+    target: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Concurrent syncs.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Where /metrics, /healthz and /readyz are served; `off` to not serve them.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Sync once and exit: 0 when every object synced, 1 otherwise.
+    #[arg(long)]
+    once: bool,
+    /// Put a finalizer on upstream objects, so their deletion waits for the downstream copy's.
+    #[arg(long)]
+    upstream_finalizer: bool,
+    /// Copy downstream status to the upstream objects' status subresource.
+    #[arg(long)]
+    status_upsync: bool,
+    /// Seconds before owned downstream objects without an upstream object are deleted at startup.
+    #[arg(long)]
+    orphan_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -24,28 +115,153 @@ enum PluginCommand {
     /// Loads a plugin component, checks it against the downsync:rules world and prints what it describes.
     Check {
         /// The `.wasm` component.
-        file: std::path::PathBuf,
+        file: PathBuf,
     },
     /// Runs a plugin against fixture cases (`CASE/{existing,desired,expected}.yaml` or
     /// `CASE/decision.yaml`); prints a diff for each failing case and exits non-zero.
     Test {
         /// The `.wasm` component.
-        file: std::path::PathBuf,
+        file: PathBuf,
         /// The folder holding one sub-folder per case.
-        fixtures: std::path::PathBuf,
+        fixtures: PathBuf,
     },
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match Args::parse().command {
+impl SourceArgs {
+    fn into_config(self) -> Result<RunConfig> {
+        let mut c = match &self.config {
+            Some(path) => RunConfig::from_file(path)?,
+            None => RunConfig::default(),
+        };
+        if self.upstream_kubeconfig.is_some() {
+            c.upstream.kubeconfig = self.upstream_kubeconfig;
+        }
+        if self.upstream_context.is_some() {
+            c.upstream.context = self.upstream_context;
+        }
+        if self.downstream_kubeconfig.is_some() {
+            c.downstream.kubeconfig = self.downstream_kubeconfig;
+        }
+        if self.downstream_context.is_some() {
+            c.downstream.context = self.downstream_context;
+        }
+        if self.plugins_dir.is_some() {
+            c.plugins_dir = self.plugins_dir;
+        }
+        if !self.resources.is_empty() {
+            c.resources = self
+                .resources
+                .iter()
+                .map(|r| {
+                    let mut rc = ResourceConfig::parse_flag(r)?;
+                    rc.label_selector.clone_from(&self.selector);
+                    Ok(rc)
+                })
+                .collect::<Result<_, downsync::app::config::Error>>()?;
+        } else if self.selector.is_some() {
+            anyhow::bail!("--selector applies to the kinds given with --resource; give at least one --resource");
+        }
+        if !self.namespaces.is_empty() {
+            c.namespaces = self.namespaces;
+        }
+        c.exclude_namespaces.extend(self.exclude_namespaces);
+        if let Some(prefix) = self.namespace_prefix {
+            c.namespace_mapping = NamespaceMapping::Prefix { prefix };
+        }
+        if self.hashed_namespaces {
+            c.namespace_mapping = NamespaceMapping::Hashed;
+        }
+        if let Some(i) = self.identity {
+            c.sync.ownership.identity = i;
+        }
+        if let Some(t) = self.target {
+            c.sync.ownership.target = t;
+        }
+        Ok(c)
+    }
+}
+
+impl RunArgs {
+    fn into_config(self) -> Result<RunConfig> {
+        let mut c = self.source.into_config()?;
+        if let Some(w) = self.workers {
+            c.workers = w;
+        }
+        if let Some(addr) = self.metrics_addr {
+            c.metrics_addr = match addr.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse::<SocketAddr>().with_context(|| {
+                    format!("--metrics-addr {a}: expected HOST:PORT such as 0.0.0.0:8080, or `off`")
+                })?),
+            };
+        }
+        c.upstream_finalizer |= self.upstream_finalizer;
+        c.status_upsync |= self.status_upsync;
+        if let Some(g) = self.orphan_grace_seconds {
+            c.orphan_grace_seconds = g;
+        }
+        Ok(c)
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    init_logs(args.log_format);
+    match args.command {
+        Command::Run(run) => {
+            let once = run.once;
+            let config = run.into_config()?;
+            let opts = RunOptions { once, instance: std::env::var("POD_NAME").ok() };
+            let summary = downsync::app::run(config, opts, shutdown_signal()).await?;
+            if once && summary.failed > 0 {
+                eprintln!("{} objects synced, {} failed; see the log above", summary.synced, summary.failed);
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff(source) => {
+            let config = source.into_config()?;
+            let mut out = String::new();
+            let result = downsync::app::diff::diff(config, &mut out).await;
+            print!("{out}");
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Check { file }) => {
             let plugin = load(&file)?;
             print_info(&plugin);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Test { file, fixtures: dir }) => {
             let plugin = load(&file)?;
@@ -67,10 +283,7 @@ fn main() -> Result<()> {
                 plugin.name(),
                 plugin.info().version
             );
-            if failed > 0 {
-                std::process::exit(1);
-            }
-            Ok(())
+            Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }

@@ -183,7 +183,7 @@ cmd_up() {
     --client-ca-file "$dir/pki/ca.crt" \
     --service-account-issuer "https://127.0.0.1:$api_port/" \
     --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --service-node-port-range 30000-32767 \
+    --service-cluster-ip-range 10.0.0.0/16 --service-node-port-range 30000-32767 \
     --authorization-mode RBAC --disable-admission-plugins ServiceAccount --allow-privileged=true \
     >"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
   local api_pid=$!

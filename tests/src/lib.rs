@@ -20,6 +20,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub mod bench;
+pub mod daemon;
+pub mod objects;
 pub mod plugins;
 
 /// Label put on every test namespace, so leftovers on an existing cluster can be found.

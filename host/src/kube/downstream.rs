@@ -23,12 +23,28 @@ pub struct KubeDownstream {
     client: Client,
     /// Resolved kinds, by (apiVersion, kind). Discovery is asked once per kind.
     resolved: Arc<RwLock<HashMap<(String, String), Resource>>>,
+    /// Send every write with `dryRun=All`: the API validates, defaults and answers, and
+    /// persists nothing (for `downsync diff`).
+    dry_run: bool,
 }
 
 impl KubeDownstream {
     /// Wraps a client.
     pub fn new(client: Client) -> Self {
-        Self { client, resolved: Arc::default() }
+        Self { client, resolved: Arc::default(), dry_run: false }
+    }
+
+    /// Wraps a client whose writes are all server-side dry runs: nothing is persisted.
+    pub fn dry_run(client: Client) -> Self {
+        Self { client, resolved: Arc::default(), dry_run: true }
+    }
+
+    fn post_params(&self) -> PostParams {
+        PostParams { dry_run: self.dry_run, ..PostParams::default() }
+    }
+
+    fn patch_params(&self) -> PatchParams {
+        PatchParams { dry_run: self.dry_run, ..PatchParams::default() }
     }
 
     /// The client.
@@ -92,18 +108,19 @@ impl Downstream for KubeDownstream {
     }
 
     async fn create(&self, key: &ObjectKey, obj: &Value) -> Result<Value, ApiError> {
-        to_value(self.api(key).create(&PostParams::default(), &to_dynamic(obj)?).await.map_err(classify)?)
+        to_value(self.api(key).create(&self.post_params(), &to_dynamic(obj)?).await.map_err(classify)?)
     }
 
     async fn update(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
         let api = self.api(key);
         let out = match write {
-            Write::Replace(obj) => api.replace(&key.name, &PostParams::default(), &to_dynamic(obj)?).await,
-            Write::Merge(patch) => api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch)).await,
-            Write::Strategic(patch) => api.patch(&key.name, &PatchParams::default(), &Patch::Strategic(patch)).await,
+            Write::Replace(obj) => api.replace(&key.name, &self.post_params(), &to_dynamic(obj)?).await,
+            Write::Merge(patch) => api.patch(&key.name, &self.patch_params(), &Patch::Merge(patch)).await,
+            Write::Strategic(patch) => api.patch(&key.name, &self.patch_params(), &Patch::Strategic(patch)).await,
             Write::Apply { object, field_manager, force } => {
                 let mut pp = PatchParams::apply(field_manager);
                 pp.force = *force;
+                pp.dry_run = self.dry_run;
                 api.patch(&key.name, &pp, &Patch::Apply(object)).await
             }
         };
@@ -118,6 +135,7 @@ impl Downstream for KubeDownstream {
                 Propagation::Foreground => PropagationPolicy::Foreground,
                 Propagation::Orphan => PropagationPolicy::Orphan,
             }),
+            dry_run: self.dry_run,
             ..DeleteParams::default()
         };
         self.api(key).delete(&key.name, &dp).await.map_err(classify)?;

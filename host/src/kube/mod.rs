@@ -3,7 +3,10 @@
 //!
 //! [`Downstream`]: crate::sync::Downstream
 
+pub mod clients;
 pub mod downstream;
 pub mod errors;
+pub mod upstream;
 
 pub use downstream::KubeDownstream;
+pub use upstream::Upstream;

@@ -17,7 +17,7 @@ use super::error::{Error, Result};
 use super::host::CallState;
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct EngineConfig {
     /// Instructions-ish a call may burn; the same object always gets the same verdict.

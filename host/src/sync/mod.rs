@@ -7,9 +7,11 @@
 pub mod config;
 pub mod differ;
 pub mod error;
+pub mod mapping;
 pub mod ownership;
 pub mod pointer;
 pub mod preservation;
+pub mod queue;
 pub mod rules;
 pub mod state;
 pub mod syncer;
@@ -17,6 +19,8 @@ pub mod types;
 
 pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
 pub use error::{ApiError, SyncError};
+pub use mapping::NamespaceMapping;
+pub use queue::{RateLimit, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, Rules};
 pub use state::{ResourceState, StateCache};
 pub use syncer::{Downstream, Syncer, Write};

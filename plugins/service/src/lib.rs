@@ -11,6 +11,12 @@
 //!   `LoadBalancer` (never for `ClusterIP`).
 //! - `healthCheckNodePort` is kept only for a desired `LoadBalancer`.
 //! - `/status/loadBalancer` is status, which the core keeps anyway.
+//!
+//! An upstream that is itself a Kubernetes cluster has allocated these fields too, for its own
+//! network; `transform` drops them from the desired object so that they never travel (a
+//! headless Service's `clusterIP: None` is a request, not an allocation, and stays). A
+//! `nodePort` asked for upstream is dropped too: upstream cannot tell a requested port from
+//! an allocated one.
 
 use downsync_plugin_sdk::{Decision, Info, Rule, Value, pointer};
 
@@ -32,6 +38,11 @@ impl Rule for ServiceRule {
         KEPT.iter().fold(Info::new("service", "0.1.0").kind("", "Service"), |info, p| info.scope(p))
     }
 
+    fn transform(mut desired: Value) -> Result<Value, String> {
+        drop_upstream_allocations(&mut desired);
+        Ok(desired)
+    }
+
     fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
         keep_allocated(&existing, &mut desired);
         Ok(Decision::Apply(desired))
@@ -45,6 +56,22 @@ impl Rule for ServiceRule {
 /// The desired Service type; Kubernetes defaults it to `ClusterIP`.
 fn service_type(svc: &Value) -> &str {
     pointer::get(svc, "/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP")
+}
+
+/// Removes what the upstream cluster allocated: cluster IPs (except `None`), node ports and the
+/// health-check node port.
+pub fn drop_upstream_allocations(svc: &mut Value) {
+    let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    spec.remove("healthCheckNodePort");
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.remove("nodePort");
+        }
+    }
 }
 
 /// Copies the allocated fields of `existing` into `desired` where `desired` leaves them out.
@@ -128,6 +155,20 @@ mod tests {
         assert_eq!(out["spec"]["clusterIPs"], json!(["10.0.0.7"]));
         assert_eq!(out["spec"]["ipFamilies"], json!(["IPv4"]));
         assert_eq!(out["spec"]["ipFamilyPolicy"], "SingleStack");
+    }
+
+    #[test]
+    fn upstream_allocations_are_dropped_but_a_headless_request_stays() {
+        let mut svc = mk_live("NodePort");
+        drop_upstream_allocations(&mut svc);
+        assert_eq!(svc["spec"].get("clusterIP"), None);
+        assert_eq!(svc["spec"].get("clusterIPs"), None);
+        assert_eq!(svc["spec"]["ports"][0].get("nodePort"), None);
+        assert_eq!(svc["spec"].get("healthCheckNodePort"), None);
+        assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]), "a family is a request, not an allocation");
+        let mut headless = mk_service(None, json!({"clusterIP": "None", "clusterIPs": ["None"]}));
+        drop_upstream_allocations(&mut headless);
+        assert_eq!(headless["spec"]["clusterIP"], "None");
     }
 
     #[test]

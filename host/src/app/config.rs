@@ -1,0 +1,354 @@
+//! The program's configuration: a typed struct with defaults, read once from YAML and flags,
+//! validated with messages that name the setting and what to do.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kube::clients::ClusterSettings;
+use crate::plugin::{EngineConfig, PluginSettings, RegistryConfig};
+use crate::sync::{DownstreamConfig, NamespaceMapping};
+
+/// A bad configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the config, or has unknown settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A setting has a bad value.
+    #[error("setting {setting}: {message}")]
+    Invalid {
+        /// The setting, as in the config file (`resources[2].kind`).
+        setting: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// Result of reading the config.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One kind to sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceConfig {
+    /// `group/version`, or `version` for the core group (`v1`, `apps/v1`).
+    pub api_version: String,
+    /// The kind, such as `Deployment`.
+    pub kind: String,
+    /// Only upstream objects matching this label selector.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// Only these upstream namespaces (empty: the global list, then all).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Never these upstream namespaces (added to the global list).
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl ResourceConfig {
+    /// Parses `apiVersion/Kind` as given to `--resource` (`v1/ConfigMap`, `apps/v1/Deployment`).
+    pub fn parse_flag(flag: &str) -> Result<Self> {
+        let invalid = |message: String| Error::Invalid { setting: format!("--resource {flag}"), message };
+        let (api_version, kind) = flag
+            .rsplit_once('/')
+            .ok_or_else(|| invalid("expected API_VERSION/KIND, such as apps/v1/Deployment".into()))?;
+        if api_version.is_empty() || kind.is_empty() {
+            return Err(invalid("expected API_VERSION/KIND, such as apps/v1/Deployment".into()));
+        }
+        Ok(Self {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            label_selector: None,
+            namespaces: Vec::new(),
+            exclude_namespaces: Vec::new(),
+        })
+    }
+
+    /// `Kind.group` or `Kind` for messages.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.kind, self.api_version)
+    }
+}
+
+/// The whole configuration of `downsync run` and `downsync diff`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunConfig {
+    /// The upstream cluster (source of desired objects).
+    pub upstream: ClusterSettings,
+    /// The downstream cluster (where downsync writes).
+    pub downstream: ClusterSettings,
+    /// Folder of `<name>.wasm` rule components, hot-reloaded. None: no plugins.
+    pub plugins_dir: Option<PathBuf>,
+    /// The kinds to sync.
+    pub resources: Vec<ResourceConfig>,
+    /// Upstream namespaces to sync, for every resource without its own list (empty: all).
+    pub namespaces: Vec<String>,
+    /// Upstream namespaces never synced.
+    pub exclude_namespaces: Vec<String>,
+    /// How namespaces are named downstream.
+    pub namespace_mapping: NamespaceMapping,
+    /// Concurrent syncs.
+    pub workers: usize,
+    /// Every object is looked at again this often, even without events.
+    pub resync_seconds: u64,
+    /// Owned downstream objects found without an upstream object at startup are deleted only
+    /// after this long, so a slow or misconfigured upstream does not wipe the downstream.
+    pub orphan_grace_seconds: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served. None: not served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Put a finalizer on upstream objects so that their deletion waits for the downstream one.
+    pub upstream_finalizer: bool,
+    /// Copy the downstream status to the upstream object's status subresource.
+    pub status_upsync: bool,
+    /// How downstream objects are written, and who owns them.
+    pub sync: DownstreamConfig,
+    /// Per-plugin settings (priority, failure policy, pinned digest), by plugin name.
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// How long to wait for a cluster to answer at startup.
+    pub connect_timeout_seconds: u64,
+    /// Plugin sandbox limits (fuel, deadline, memory) and the compiled-component cache.
+    pub engine: EngineConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            upstream: ClusterSettings::default(),
+            downstream: ClusterSettings::default(),
+            plugins_dir: None,
+            resources: Vec::new(),
+            namespaces: Vec::new(),
+            exclude_namespaces: Vec::new(),
+            namespace_mapping: NamespaceMapping::default(),
+            workers: 8,
+            resync_seconds: 600,
+            orphan_grace_seconds: 30,
+            metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            upstream_finalizer: false,
+            status_upsync: false,
+            sync: DownstreamConfig::default(),
+            plugins: BTreeMap::new(),
+            connect_timeout_seconds: 10,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Objects each cluster creates and owns itself; copying them would fight its controllers
+/// (kcp's syncer skips the same ones).
+fn is_per_cluster(api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> bool {
+    api_version == "v1"
+        && match kind {
+            "ConfigMap" => name == "kube-root-ca.crt",
+            "ServiceAccount" => name == "default",
+            "Service" => ns == Some("default") && name == "kubernetes",
+            "Namespace" => matches!(name, "default" | "kube-system" | "kube-public" | "kube-node-lease"),
+            _ => false,
+        }
+}
+
+fn label_safe(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && value.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && value.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+impl RunConfig {
+    /// Reads a YAML config file. Unknown settings are errors, so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses YAML text; `path` is only for messages.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self> {
+        serde_yaml_ng::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// The plugin registry's settings.
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig { plugins: self.plugins.clone() }
+    }
+
+    /// The resync period.
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds)
+    }
+
+    /// The orphan grace period.
+    pub fn orphan_grace(&self) -> Duration {
+        Duration::from_secs(self.orphan_grace_seconds)
+    }
+
+    /// Whether an upstream object is synced for resource `r`: its namespace is selected and it
+    /// is not one of the objects every cluster makes for itself.
+    pub fn selects(&self, r: &ResourceConfig, ns: Option<&str>, name: &str) -> bool {
+        !is_per_cluster(&r.api_version, &r.kind, ns, name) && self.selects_namespace(r, ns)
+    }
+
+    /// Whether upstream namespace `ns` is synced for resource `r` (cluster-scoped: always).
+    pub fn selects_namespace(&self, r: &ResourceConfig, ns: Option<&str>) -> bool {
+        let Some(ns) = ns else { return true };
+        let include = if r.namespaces.is_empty() { &self.namespaces } else { &r.namespaces };
+        let included = include.is_empty() || include.iter().any(|n| n == ns);
+        let excluded = self.exclude_namespaces.iter().chain(&r.exclude_namespaces).any(|n| n == ns);
+        included && !excluded
+    }
+
+    /// Checks the settings that can be checked without a cluster.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |setting: &str, message: String| Err(Error::Invalid { setting: setting.into(), message });
+        if self.resources.is_empty() {
+            return invalid(
+                "resources",
+                "no resources to sync; give --resource API_VERSION/KIND (such as v1/ConfigMap) or list them under \
+                 `resources:` in the config file"
+                    .into(),
+            );
+        }
+        for (i, r) in self.resources.iter().enumerate() {
+            if r.kind.is_empty() || !r.kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return invalid(&format!("resources[{i}].kind"), format!("{:?} is not a kind name", r.kind));
+            }
+            let parts: Vec<&str> = r.api_version.split('/').collect();
+            if r.api_version.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+                return invalid(
+                    &format!("resources[{i}].apiVersion"),
+                    format!("{:?} is not GROUP/VERSION or VERSION (such as apps/v1 or v1)", r.api_version),
+                );
+            }
+            let dup = self.resources[..i].iter().any(|o| o.api_version == r.api_version && o.kind == r.kind);
+            if dup {
+                return invalid(&format!("resources[{i}]"), format!("{} is listed twice", r.describe()));
+            }
+        }
+        if self.workers == 0 {
+            return invalid("workers", "must be at least 1".into());
+        }
+        if self.resync_seconds == 0 {
+            return invalid("resyncSeconds", "must be at least 1".into());
+        }
+        let o = &self.sync.ownership;
+        if !label_safe(&o.identity) {
+            return invalid(
+                "sync.ownership.identity",
+                format!("{:?} must be a label value: 1-63 letters, digits, '-', '_' or '.'", o.identity),
+            );
+        }
+        if !label_safe(&o.target) {
+            return invalid(
+                "sync.ownership.target",
+                format!("{:?} must be a label value: 1-63 letters, digits, '-', '_' or '.'", o.target),
+            );
+        }
+        if let NamespaceMapping::Prefix { prefix } = &self.namespace_mapping {
+            let ok = !prefix.is_empty()
+                && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !prefix.starts_with('-');
+            if !ok {
+                return invalid(
+                    "namespaceMapping.prefix",
+                    format!("{prefix:?} must be lowercase letters, digits and '-', not starting with '-'"),
+                );
+            }
+        }
+        if let Some(dir) = &self.plugins_dir
+            && !dir.is_dir()
+        {
+            return invalid("pluginsDir", format!("{} is not a folder; create it or fix the path", dir.display()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_config(yaml: &str) -> Result<RunConfig> {
+        RunConfig::from_yaml(yaml, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
+        assert_eq!(c.workers, 8);
+        assert_eq!(c.namespace_mapping, NamespaceMapping::Identity);
+        assert_eq!(c.sync.ownership.identity, "downsync");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_an_error_that_names_it() {
+        let err = mk_config("resorces: []").unwrap_err().to_string();
+        assert!(err.contains("resorces") && err.contains("test.yaml"), "{err}");
+    }
+
+    #[test]
+    fn no_resources_says_how_to_give_them() {
+        let err = mk_config("workers: 2").unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("resources") && err.contains("--resource"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_api_version_names_the_entry() {
+        let c = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}, {apiVersion: 'a//b', kind: X}]").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("resources[1].apiVersion"), "{err}");
+    }
+
+    #[test]
+    fn resource_flags_parse_core_and_grouped_kinds() {
+        let cm = ResourceConfig::parse_flag("v1/ConfigMap").unwrap();
+        assert_eq!((cm.api_version.as_str(), cm.kind.as_str()), ("v1", "ConfigMap"));
+        let d = ResourceConfig::parse_flag("apps/v1/Deployment").unwrap();
+        assert_eq!((d.api_version.as_str(), d.kind.as_str()), ("apps/v1", "Deployment"));
+        assert!(ResourceConfig::parse_flag("Deployment").is_err());
+    }
+
+    #[test]
+    fn namespace_selection_combines_global_and_per_resource_lists() {
+        let c = mk_config(
+            "namespaces: [a, b]\nexcludeNamespaces: [b]\nresources:\n- {apiVersion: v1, kind: ConfigMap}\n- \
+             {apiVersion: v1, kind: Secret, namespaces: [c]}",
+        )
+        .unwrap();
+        let (cm, secret) = (&c.resources[0], &c.resources[1]);
+        assert!(c.selects_namespace(cm, Some("a")));
+        assert!(!c.selects_namespace(cm, Some("b")), "excluded wins over included");
+        assert!(!c.selects_namespace(cm, Some("c")));
+        assert!(c.selects_namespace(secret, Some("c")), "a resource's own list replaces the global one");
+        assert!(c.selects_namespace(secret, None), "cluster-scoped objects have no namespace to filter");
+        assert!(!c.selects(cm, Some("a"), "kube-root-ca.crt"), "each cluster makes its own");
+        assert!(c.selects(cm, Some("a"), "app-config"));
+    }
+
+    #[test]
+    fn identity_must_be_a_label_value() {
+        let c =
+            mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nsync: {ownership: {identity: 'a b'}}").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("sync.ownership.identity"), "{err}");
+    }
+}

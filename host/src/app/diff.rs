@@ -1,0 +1,283 @@
+//! `downsync diff`: what `run` would change downstream, per object, as a unified YAML diff.
+//! The same syncer runs with the same rules, but every write is a server-side dry run: the
+//! API validates and defaults, and persists nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use kube::api::{DynamicObject, ListParams};
+use kube::{Api, ResourceExt};
+use serde_json::Value;
+
+use super::config::RunConfig;
+use super::controller::{self, Error, Result};
+use crate::kube::KubeDownstream;
+use crate::kube::clients;
+use crate::kube::errors::classify;
+use crate::plugin::{Metrics, PluginEngine, PluginRegistry, PluginSet, Reloader};
+use crate::sync::error::ApiError;
+use crate::sync::mapping;
+use crate::sync::ownership;
+use crate::sync::preservation::{MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION};
+use crate::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, Syncer, Write};
+
+/// What `diff` found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffSummary {
+    /// Objects that would be created.
+    pub create: usize,
+    /// Objects that would be updated.
+    pub update: usize,
+    /// Objects that would be deleted and created again.
+    pub recreate: usize,
+    /// Owned objects that would be deleted.
+    pub delete: usize,
+    /// Objects already in sync.
+    pub unchanged: usize,
+    /// Objects that would be skipped or fail.
+    pub errors: usize,
+}
+
+/// The before and after of one object, as seen through the dry-run downstream.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    before: Option<Value>,
+    after: Option<Value>,
+    /// The create was refused only because the namespace does not exist yet (`run` creates it).
+    namespace_missing: bool,
+}
+
+/// The dry-run downstream, remembering what it was shown and what it answered.
+struct Recording {
+    inner: KubeDownstream,
+    seen: Mutex<BTreeMap<ObjectKey, Seen>>,
+}
+
+impl Recording {
+    fn note(&self, key: &ObjectKey, f: impl FnOnce(&mut Seen)) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        f(seen.entry(key.clone()).or_default());
+    }
+
+    fn take(&self, key: &ObjectKey) -> Seen {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).remove(key).unwrap_or_default()
+    }
+}
+
+impl Downstream for Recording {
+    async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, ApiError> {
+        self.inner.resolve(api_version, kind).await
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApiError> {
+        let got = self.inner.get(key).await?;
+        self.note(key, |s| {
+            if s.before.is_none() {
+                s.before.clone_from(&got);
+            }
+        });
+        Ok(got)
+    }
+
+    async fn create(&self, key: &ObjectKey, obj: &Value) -> Result<Value, ApiError> {
+        let out = match self.inner.create(key, obj).await {
+            Err(ApiError::NotFound) if key.namespace.is_some() => {
+                self.note(key, |s| s.namespace_missing = true);
+                obj.clone()
+            }
+            other => other?,
+        };
+        self.note(key, |s| s.after = Some(out.clone()));
+        Ok(out)
+    }
+
+    async fn update(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+        let out = self.inner.update(key, write).await?;
+        self.note(key, |s| s.after = Some(out.clone()));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey, uid: &str, propagation: crate::sync::Propagation) -> Result<(), ApiError> {
+        self.inner.delete(key, uid, propagation).await
+    }
+}
+
+/// What the reader compares: no server bookkeeping, no status, no downsync bookkeeping.
+fn for_display(mut obj: Value) -> Value {
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "generation", "selfLink"] {
+            meta.remove(f);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            for f in [ownership::DESIRED_HASH_ANNOTATION, MANAGED_LABELS_ANNOTATION, MANAGED_ANNOTATIONS_ANNOTATION] {
+                a.remove(f);
+            }
+        }
+    }
+    obj
+}
+
+fn yaml(obj: &Value) -> String {
+    serde_yaml_ng::to_string(obj).unwrap_or_else(|e| format!("<cannot render: {e}>\n"))
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|l| format!("{prefix}{l}\n")).collect()
+}
+
+/// A unified diff of two objects' YAML, three lines of context.
+pub fn unified(before: &Value, after: &Value) -> String {
+    let (a, b) = (yaml(&for_display(before.clone())), yaml(&for_display(after.clone())));
+    similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("live", "after sync").to_string()
+}
+
+/// Runs the diff and writes the report to `out`.
+pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
+    config.validate()?;
+    let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    let (up, down) = tokio::try_join!(
+        clients::connect("upstream", &config.upstream, timeout),
+        clients::connect("downstream", &config.downstream, timeout)
+    )?;
+    let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
+    if let Some(dir) = &config.plugins_dir {
+        let reloader =
+            Reloader::new(PluginEngine::new(config.engine.clone())?, dir, config.registry_config(), Arc::clone(&rules));
+        reloader.scan()?;
+        for s in reloader.status() {
+            if let Some(e) = s.last_error {
+                let _ = writeln!(out, "! plugin {} refused: {e}", s.file.display());
+            }
+        }
+    }
+    let resolved = controller::resolve_all(&config, &up, &down).await?;
+    let mut sync_config = config.sync.clone();
+    // A dry-run delete never completes: a recreate is reported, not waited for.
+    sync_config.recreate_timeout = Duration::ZERO;
+    let recording = Recording { inner: KubeDownstream::dry_run(down.client.clone()), seen: Mutex::default() };
+    let syncer = Syncer::new(recording, Arc::clone(&rules), sync_config, StateCache::new());
+    let mut summary = DiffSummary::default();
+    let owned_selector = ownership::owned_selector(&config.sync.ownership);
+    for (index, (r, up_ar, down_ar, down_resource)) in resolved.iter().enumerate() {
+        let mut lp = ListParams::default();
+        if let Some(sel) = &r.label_selector {
+            lp = lp.labels(sel);
+        }
+        let list_err = |side: &'static str, e: kube::Error| Error::Resource {
+            index,
+            resource: r.describe(),
+            side,
+            message: format!("cannot list: {}", classify(e)),
+        };
+        let upstream = Api::<DynamicObject>::all_with(up.client.clone(), up_ar)
+            .list(&lp)
+            .await
+            .map_err(|e| list_err("upstream", e))?;
+        let mut wanted = HashSet::new();
+        let mut objects: Vec<DynamicObject> = upstream
+            .items
+            .into_iter()
+            .filter(|o| config.selects(r, o.metadata.namespace.as_deref(), &o.name_any()))
+            .collect();
+        objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.name_any()));
+        for obj in objects {
+            let mut value = serde_json::to_value(&obj).unwrap_or(Value::Null);
+            if let Some(o) = value.as_object_mut() {
+                o.insert("apiVersion".into(), Value::String(up_ar.api_version.clone()));
+                o.insert("kind".into(), Value::String(up_ar.kind.clone()));
+            }
+            let desired =
+                match mapping::prepare_desired(value, &config.namespace_mapping, &config.sync.ownership.target) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        summary.errors += 1;
+                        let _ = writeln!(out, "! {e}");
+                        continue;
+                    }
+                };
+            let ns = desired.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
+            wanted.insert((ns, obj.name_any()));
+            let result = syncer.apply(desired, None).await;
+            let key = result.key.clone();
+            let seen = key.as_ref().map(|k| syncer.downstream().take(k)).unwrap_or_default();
+            let name = key.map_or_else(|| obj.name_any(), |k| k.to_string());
+            match (&result.error, result.operation) {
+                (Some(SyncError::RecreateTimeout { .. }), _) => {
+                    summary.recreate += 1;
+                    let _ = writeln!(out, "~ {name} (recreate: a field that cannot change in place changed)");
+                }
+                (Some(e), _) => {
+                    summary.errors += 1;
+                    let _ = writeln!(out, "! {name}: {e}");
+                }
+                (None, Operation::Created) => {
+                    summary.create += 1;
+                    let note = if seen.namespace_missing { ", with its namespace" } else { "" };
+                    let _ = writeln!(out, "+ {name} (create{note})");
+                    let after = seen.after.map(for_display).unwrap_or(Value::Null);
+                    out.push_str(&indent(&yaml(&after), "  + "));
+                }
+                (None, Operation::Updated) => {
+                    summary.update += 1;
+                    let _ = writeln!(out, "~ {name} (update)");
+                    let before = seen.before.unwrap_or(Value::Null);
+                    let after = seen.after.unwrap_or(Value::Null);
+                    out.push_str(&indent(&unified(&before, &after), "  "));
+                }
+                (None, Operation::Unchanged) => summary.unchanged += 1,
+                (None, Operation::Skipped) => {
+                    summary.errors += 1;
+                    let why = result.reason.as_deref().unwrap_or("a rule said so");
+                    let _ = writeln!(out, "! {name}: skipped: {why}");
+                }
+                (None, op) => {
+                    let _ = writeln!(out, "? {name}: {}", op.as_str());
+                }
+            }
+        }
+        let owned = Api::<DynamicObject>::all_with(down.client.clone(), down_ar)
+            .list(&ListParams::default().labels(&owned_selector))
+            .await
+            .map_err(|e| list_err("downstream", e))?;
+        for d in owned.items {
+            let value = serde_json::to_value(&d).unwrap_or(Value::Null);
+            let id = (d.metadata.namespace.clone(), d.name_any());
+            if wanted.contains(&id) || !ownership::is_owned(&value, &config.sync.ownership) {
+                continue;
+            }
+            summary.delete += 1;
+            let key = ObjectKey::new(down_resource, id.0.as_deref(), &id.1);
+            let _ = writeln!(out, "- {key} (delete: gone upstream or no longer selected)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} to create, {} to update, {} to recreate, {} to delete, {} unchanged, {} errors",
+        summary.create, summary.update, summary.recreate, summary.delete, summary.unchanged, summary.errors
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_diff_hides_bookkeeping_and_shows_the_change() {
+        let before = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "1", "annotations": {ownership::DESIRED_HASH_ANNOTATION: "h1"}},
+            "data": {"k": "old"}});
+        let after = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "2", "annotations": {ownership::DESIRED_HASH_ANNOTATION: "h2"}},
+            "data": {"k": "new"}});
+        let d = unified(&before, &after);
+        assert!(d.contains("-  k: old") && d.contains("+  k: new"), "{d}");
+        assert!(!d.contains("resourceVersion") && !d.contains("desired-hash"), "{d}");
+    }
+}

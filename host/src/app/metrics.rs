@@ -1,0 +1,141 @@
+//! The syncer's Prometheus metrics: syncs by kind, operation and result; conflicts; retries;
+//! queue depth; sync latency; initial-sync progress. The plugin metrics register beside them.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::sync::SyncResult;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    kind: String,
+    operation: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The syncer's metrics. Clones share the same series.
+#[derive(Debug, Clone)]
+pub struct SyncMetrics {
+    syncs: Family<SyncLabels, Counter>,
+    conflicts: Family<KindLabels, Counter>,
+    retries: Family<KindLabels, Counter>,
+    duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Gauge,
+    initial: Family<StateLabels, Gauge<u64, AtomicU64>>,
+}
+
+impl Default for SyncMetrics {
+    fn default() -> Self {
+        Self {
+            syncs: Family::default(),
+            conflicts: Family::default(),
+            retries: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            queue_depth: Gauge::default(),
+            initial: Family::default(),
+        }
+    }
+}
+
+impl SyncMetrics {
+    /// Registers the metrics (prefixed `downsync_`) into `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("downsync");
+        r.register("syncs", "Object syncs by kind, operation and result", self.syncs.clone());
+        r.register("conflicts", "409 conflicts met while writing downstream", self.conflicts.clone());
+        r.register("retries", "Syncs queued again after a failure", self.retries.clone());
+        r.register("sync_duration_seconds", "Time to sync one object", self.duration.clone());
+        r.register("queue_depth", "Objects waiting for a worker", self.queue_depth.clone());
+        r.register("initial_sync_objects", "Initial sync progress: synced and total objects", self.initial.clone());
+    }
+
+    /// Records the outcome of one sync.
+    pub fn record(&self, kind: &str, result: &SyncResult, seconds: f64) {
+        let labels = SyncLabels {
+            kind: kind.into(),
+            operation: result.operation.as_str().into(),
+            result: if result.is_err() { "error" } else { "ok" }.into(),
+        };
+        self.syncs.get_or_create(&labels).inc();
+        let kind = KindLabels { kind: kind.into() };
+        if !result.conflicts.is_empty() {
+            // One per retried write; the last attempt succeeded or gave up.
+            self.conflicts.get_or_create(&kind).inc_by(u64::from(result.attempts.saturating_sub(1).max(1)));
+        }
+        self.duration.get_or_create(&kind).observe(seconds);
+    }
+
+    /// Records a failure outside the core syncer (namespace creation, finalizer, bad input).
+    pub fn record_failure(&self, kind: &str, operation: &str) {
+        let labels = SyncLabels { kind: kind.into(), operation: operation.into(), result: "error".into() };
+        self.syncs.get_or_create(&labels).inc();
+    }
+
+    /// Counts a sync queued again after a failure.
+    pub fn retried(&self, kind: &str) {
+        self.retries.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    /// Sets the queue depth.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Sets initial-sync progress.
+    pub fn set_initial(&self, synced: u64, total: u64) {
+        self.initial.get_or_create(&StateLabels { state: "synced".into() }).set(synced);
+        self.initial.get_or_create(&StateLabels { state: "total".into() }).set(total);
+    }
+
+    /// Syncs of one kind, operation and result so far.
+    pub fn syncs(&self, kind: &str, operation: &str, result: &str) -> u64 {
+        self.syncs
+            .get_or_create(&SyncLabels { kind: kind.into(), operation: operation.into(), result: result.into() })
+            .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::Operation;
+
+    #[test]
+    fn a_recorded_sync_shows_in_the_exposition() {
+        let m = SyncMetrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut r = SyncResult::new(None, Operation::Updated);
+        r.attempts = 3;
+        r.conflicts.push("/data".into());
+        m.record("ConfigMap", &r, 0.01);
+        m.set_queue_depth(4);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"downsync_syncs_total{kind="ConfigMap",operation="updated",result="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"downsync_conflicts_total{kind="ConfigMap"} 2"#), "{text}");
+        assert!(text.contains("downsync_queue_depth 4"), "{text}");
+        assert_eq!(m.syncs("ConfigMap", "updated", "ok"), 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! Upstream to downstream placement: the namespace mapping (identity, prefix, or kcp-style
+//! hashed names with a locator) and the first transformation every desired object gets.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::syncer::{normalize_desired, object_ref};
+
+/// Annotation on every synced object naming its upstream namespace, so a downstream object
+/// leads back to its upstream one whatever the mapping.
+pub const UPSTREAM_NAMESPACE_ANNOTATION: &str = "downsync.dev/upstream-namespace";
+
+/// Annotation on a downstream namespace created by downsync: which target and upstream
+/// namespace it holds (kcp's `kcp.io/namespace-locator`).
+pub const NAMESPACE_LOCATOR_ANNOTATION: &str = "downsync.dev/namespace-locator";
+
+/// Why a namespace or object cannot be placed downstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The mapped namespace is not a valid name.
+    #[error("{object}: field metadata.namespace: upstream namespace {upstream:?} maps to {mapped:?}, {why}")]
+    InvalidNamespace {
+        /// The object.
+        object: String,
+        /// Its upstream namespace.
+        upstream: String,
+        /// What the mapping made of it.
+        mapped: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Result of mapping.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How upstream namespaces are named downstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum NamespaceMapping {
+    /// The same name.
+    #[default]
+    Identity,
+    /// A fixed prefix before the upstream name, such as `ws1-`.
+    Prefix {
+        /// The prefix.
+        prefix: String,
+    },
+    /// `ds-` and 16 hex digits of sha256(target, namespace), as kcp's syncer does, so that
+    /// several upstreams never collide in one downstream cluster. The namespace carries a
+    /// locator annotation.
+    Hashed,
+}
+
+impl NamespaceMapping {
+    /// The downstream name of upstream namespace `ns` for sync target `target`.
+    pub fn map(&self, target: &str, ns: &str) -> String {
+        match self {
+            Self::Identity => ns.to_string(),
+            Self::Prefix { prefix } => format!("{prefix}{ns}"),
+            Self::Hashed => {
+                let digest = Sha256::digest(format!("{target}\0{ns}").as_bytes());
+                let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("ds-{hex}")
+            }
+        }
+    }
+
+    /// The locator a downstream namespace carries.
+    pub fn locator(target: &str, ns: &str) -> String {
+        json!({"target": target, "namespace": ns}).to_string()
+    }
+}
+
+fn dns_label_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("which is empty");
+    }
+    if name.len() > 63 {
+        return Some("which is longer than 63 characters");
+    }
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
+    (!(ok_chars && ok_ends)).then_some("which is not a valid namespace name (RFC 1123 label)")
+}
+
+/// The first transformation of an upstream object, before the rules: upstream-only metadata
+/// (uid, resourceVersion, managedFields, ownerReferences, finalizers, creationTimestamp)
+/// and status go, the namespace is mapped, and the upstream namespace is recorded.
+pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str) -> Result<Value> {
+    let mut desired = normalize_desired(upstream);
+    let object = object_ref(&desired);
+    let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Ok(desired);
+    };
+    let Some(ns) = meta.get("namespace").and_then(Value::as_str).map(str::to_string) else {
+        return Ok(desired);
+    };
+    let mapped = mapping.map(target, &ns);
+    if let Some(why) = dns_label_problem(&mapped) {
+        return Err(Error::InvalidNamespace { object, upstream: ns, mapped, why });
+    }
+    meta.insert("namespace".into(), Value::String(mapped));
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Some(a) = annotations.as_object_mut() {
+        a.insert(UPSTREAM_NAMESPACE_ANNOTATION.into(), Value::String(ns));
+    }
+    Ok(desired)
+}
+
+/// The upstream namespace a downstream object came from: its annotation, or its own
+/// namespace when it has none.
+pub fn upstream_namespace(downstream: &Value) -> Option<&str> {
+    downstream
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(UPSTREAM_NAMESPACE_ANNOTATION))
+        .and_then(Value::as_str)
+        .or_else(|| downstream.pointer("/metadata/namespace").and_then(Value::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_upstream(ns: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "cfg", "namespace": ns, "uid": "u-1", "resourceVersion": "42",
+                "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u-0"}],
+                "finalizers": ["downsync.dev/syncer"], "labels": {"app": "web"}
+            },
+            "data": {"k": "v"}
+        })
+    }
+
+    #[test]
+    fn upstream_only_metadata_is_stripped_and_the_rest_kept() {
+        let d = prepare_desired(mk_upstream("team-a"), &NamespaceMapping::Identity, "ws1").unwrap();
+        let meta = d["metadata"].as_object().unwrap();
+        for gone in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "ownerReferences", "finalizers"] {
+            assert!(!meta.contains_key(gone), "{gone} must not travel downstream");
+        }
+        assert_eq!(d["metadata"]["labels"]["app"], "web");
+        assert_eq!(d["data"]["k"], "v");
+        assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
+    }
+
+    #[test]
+    fn prefix_mapping_renames_and_remembers_the_upstream_namespace() {
+        let m = NamespaceMapping::Prefix { prefix: "ws1-".into() };
+        let d = prepare_desired(mk_upstream("team-a"), &m, "ws1").unwrap();
+        assert_eq!(d["metadata"]["namespace"], "ws1-team-a");
+        assert_eq!(upstream_namespace(&d), Some("team-a"));
+    }
+
+    #[test]
+    fn hashed_names_are_stable_valid_and_differ_per_target() {
+        let a = NamespaceMapping::Hashed.map("ws1", "team-a");
+        assert_eq!(a, NamespaceMapping::Hashed.map("ws1", "team-a"));
+        assert_ne!(a, NamespaceMapping::Hashed.map("ws2", "team-a"));
+        assert_eq!(dns_label_problem(&a), None, "{a}");
+        assert!(a.starts_with("ds-") && a.len() == 19);
+    }
+
+    #[test]
+    fn a_prefix_that_makes_the_name_too_long_names_the_field() {
+        let m = NamespaceMapping::Prefix { prefix: "x".repeat(60) };
+        let err = prepare_desired(mk_upstream("team-a"), &m, "ws1").unwrap_err().to_string();
+        assert!(err.contains("ConfigMap team-a/cfg") && err.contains("metadata.namespace"), "{err}");
+        assert!(err.contains("longer than 63"), "{err}");
+    }
+
+    #[test]
+    fn cluster_scoped_objects_have_no_namespace_to_map() {
+        let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv1", "uid": "u"}});
+        let d = prepare_desired(pv, &NamespaceMapping::Prefix { prefix: "p-".into() }, "ws1").unwrap();
+        assert!(d["metadata"].get("namespace").is_none());
+        assert!(d["metadata"].get("uid").is_none());
+        assert!(d["metadata"].get("annotations").is_none());
+    }
+}

@@ -1,0 +1,215 @@
+//! The `downsync` binary as a user runs it: built once per test process, started against the
+//! test clusters with a free metrics port, probed over HTTP, stopped with SIGTERM or SIGKILL.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::{clusters, repo_root};
+
+static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Builds the `downsync` binary (a no-op when it is fresh) once per process and returns its path.
+pub fn downsync_bin() -> Result<PathBuf> {
+    BIN.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "downsync", "--bin", "downsync"])
+            .status()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err("building the downsync binary failed".into());
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        Ok(target.join("debug").join("downsync"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// A free loopback port (bound and released; good enough for a test's own process).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `downsync run`.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Where /metrics, /healthz and /readyz are served.
+    pub addr: SocketAddr,
+    /// Its stderr (the log).
+    pub log: PathBuf,
+}
+
+/// The arguments that point `downsync` at the test clusters.
+pub fn cluster_args() -> Result<Vec<OsString>> {
+    let c = clusters()?;
+    let mut args: Vec<OsString> = vec!["--upstream-kubeconfig".into(), c.upstream.kubeconfig.clone().into()];
+    if let Some(ctx) = &c.upstream.context {
+        args.extend(["--upstream-context".into(), ctx.into()]);
+    }
+    args.extend(["--downstream-kubeconfig".into(), c.downstream.kubeconfig.clone().into()]);
+    if let Some(ctx) = &c.downstream.context {
+        args.extend(["--downstream-context".into(), ctx.into()]);
+    }
+    Ok(args)
+}
+
+impl Daemon {
+    /// Starts `downsync run ARGS` against the test clusters, with a free metrics port and its log
+    /// in a temp file named after `name`.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Result<Self> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::env::temp_dir().join(format!("downsync-{name}-{}-{port}.log", std::process::id()));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(downsync_bin()?)
+            .arg("run")
+            .args(cluster_args()?)
+            .args(["--metrics-addr", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info,downsync=debug")
+            .env("XDG_CACHE_HOME", std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("starting downsync run")?;
+        Ok(Self { child: Some(child), addr, log })
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let text = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, text))
+    }
+
+    /// Waits until `/readyz` answers 200. Fails early, with the log, if the process exits.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("downsync exited with {status} before it was ready; log:\n{}", self.log_text());
+            }
+            let last = match self.get("/readyz") {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, why)) => why,
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("downsync not ready after {timeout:?}: {last}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/readyz`: status code and body.
+    pub fn readyz(&self) -> Result<(u16, String)> {
+        self.get("/readyz")
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (code, text) = self.get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(text)
+    }
+
+    /// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> Result<f64> {
+        Ok(sum_metric(&self.metrics()?, name, labels))
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(child.wait()?)
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs).
+pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Runs `downsync ARGS` to completion (for `diff`, `run --once`, bad input) and returns its
+/// exit status, stdout and stderr.
+pub fn run_to_end(args: &[OsString]) -> Result<(ExitStatus, String, String)> {
+    let out = Command::new(downsync_bin()?)
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir())
+        .output()
+        .context("running downsync")?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The built-in rule plugins (service, persistent-volume, immutable-config, service-account),
+/// copied into a fresh folder for one daemon's `--plugins-dir`.
+pub fn builtin_plugins_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("downsync-plugins-{name}-{}-{}", std::process::id(), free_port()?));
+    std::fs::create_dir_all(&dir)?;
+    for (krate, file) in [
+        ("downsync-plugin-service", "service.wasm"),
+        ("downsync-plugin-persistent-volume", "persistent-volume.wasm"),
+        ("downsync-plugin-immutable-config", "immutable-config.wasm"),
+        ("downsync-plugin-service-account", "service-account.wasm"),
+    ] {
+        std::fs::copy(crate::plugins::plugin_path(krate)?, dir.join(file))
+            .with_context(|| format!("copying {krate} into {}", dir.display()))?;
+    }
+    Ok(dir)
+}

@@ -1,0 +1,513 @@
+//! The deployment manifests in examples/deploy: every document is accepted by a real API server
+//! (server-side dry run), the RBAC on both sides covers what config.yaml syncs, the pod's volumes
+//! provide every path the config names, and the pod passes the restricted Pod Security Standard.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
+};
+use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The namespace the downstream manifests install into.
+const NAMESPACE: &str = "downsync-system";
+
+/// Manifests that go to the upstream cluster; every other one goes downstream.
+const UPSTREAM_FILES: &[&str] = &["rbac-upstream.yaml"];
+
+/// The verbs downsync needs downstream on every synced resource.
+const DOWNSTREAM_VERBS: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+
+/// Field manager of the fallback server-side apply dry run.
+const FIELD_MANAGER: &str = "downsync-deploy-manifests-test";
+
+/// One YAML document of one manifest file.
+#[derive(Debug, Clone)]
+struct Doc {
+    /// The file name, such as `deployment.yaml`.
+    file: String,
+    value: Value,
+}
+
+impl Doc {
+    fn str_at(&self, pointer: &str) -> &str {
+        self.value.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    }
+
+    fn kind(&self) -> &str {
+        self.str_at("/kind")
+    }
+
+    fn name(&self) -> &str {
+        self.str_at("/metadata/name")
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.value.pointer("/metadata/namespace").and_then(Value::as_str)
+    }
+
+    fn is_upstream(&self) -> bool {
+        UPSTREAM_FILES.contains(&self.file.as_str())
+    }
+
+    /// `deployment.yaml: Deployment downsync-system/downsync`, for messages.
+    fn describe(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{}: {} {ns}/{}", self.file, self.kind(), self.name()),
+            None => format!("{}: {} {}", self.file, self.kind(), self.name()),
+        }
+    }
+}
+
+fn deploy_dir() -> PathBuf {
+    repo_root().join("examples/deploy")
+}
+
+/// The `*.yaml` manifests of examples/deploy, sorted, without kustomization.yaml.
+fn manifest_files() -> Result<Vec<PathBuf>> {
+    let dir = deploy_dir();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every non-empty YAML document of one file.
+fn read_docs(path: &Path) -> Result<Vec<Doc>> {
+    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value =
+            Value::deserialize(de).with_context(|| format!("{file}: YAML document {} does not parse", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        docs.push(Doc { file: file.clone(), value });
+    }
+    Ok(docs)
+}
+
+fn all_docs() -> Result<Vec<Doc>> {
+    let mut docs = Vec::new();
+    for file in manifest_files()? {
+        docs.extend(read_docs(&file)?);
+    }
+    Ok(docs)
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> Result<&'a Doc> {
+    docs.iter().find(|d| d.kind() == kind && d.name() == name).with_context(|| {
+        format!("no {kind} {name} in {} (files: {:?})", deploy_dir().display(), manifest_files().unwrap_or_default())
+    })
+}
+
+/// The RunConfig held by ConfigMap downsync-config.
+fn run_config(docs: &[Doc]) -> Result<Value> {
+    let cm = find(docs, "ConfigMap", "downsync-config")?;
+    let text = cm
+        .value
+        .pointer("/data/config.yaml")
+        .and_then(Value::as_str)
+        .context("config.yaml: no data key config.yaml")?;
+    serde_yaml_ng::from_str(text).context("config.yaml: the RunConfig in data.config.yaml does not parse")
+}
+
+/// The Deployment's pod spec and its (only) container.
+fn pod_spec(docs: &[Doc]) -> Result<(&Value, &Value)> {
+    let deployment = find(docs, "Deployment", "downsync")?;
+    let spec = deployment.value.pointer("/spec/template/spec").context("deployment.yaml: no pod template spec")?;
+    let container = spec.pointer("/containers/0").context("deployment.yaml: no container")?;
+    Ok((spec, container))
+}
+
+/// The resource of a kind, from the API server's discovery.
+async fn resolve(client: &Client, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities)> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    pinned_kind(client, &gvk).await.with_context(|| format!("discovering {kind}.{api_version}"))
+}
+
+/// The API's own words for a failed request.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({}, {})", status.message, status.reason, status.code),
+        other => format!("{other}"),
+    }
+}
+
+/// Sends `doc` as a server-side dry-run create. An object that already exists (on an existing
+/// cluster, say) is checked with a dry-run server-side apply instead, which validates the
+/// manifest against it. `Err` holds the API's message.
+async fn dry_run(client: &Client, doc: &Doc) -> Result<(), String> {
+    let (ar, caps) = resolve(client, doc.str_at("/apiVersion"), doc.kind()).await.map_err(|e| format!("{e:#}"))?;
+    let api: Api<DynamicObject> = match (caps.scope, doc.namespace()) {
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (Scope::Namespaced, None) => {
+            return Err("namespaced, but names no metadata.namespace, so `kubectl apply -f` would put it in \
+                        the current namespace"
+                .into());
+        }
+    };
+    let obj: DynamicObject = serde_json::from_value(doc.value.clone()).map_err(|e| format!("not an object: {e}"))?;
+    match api.create(&PostParams { dry_run: true, ..PostParams::default() }, &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+            api.patch(doc.name(), &params, &Patch::Apply(&obj)).await.map(drop).map_err(|e| api_message(&e))
+        }
+        Err(e) => Err(api_message(&e)),
+    }
+}
+
+/// Creates the namespace `downsync-system` for real unless it exists, labelled as a test
+/// namespace; says whether it did. Waits out a namespace still terminating from an earlier run.
+async fn ensure_namespace(client: &Client, labels: &Value) -> Result<bool> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually("an earlier downsync-system to finish terminating", Duration::from_secs(120), || async {
+        Ok(match api.get_opt(NAMESPACE).await? {
+            Some(ns) if ns.metadata.deletion_timestamp.is_some() => None,
+            _ => Some(()),
+        })
+    })
+    .await?;
+    if api.get_opt(NAMESPACE).await?.is_some() {
+        return Ok(false);
+    }
+    let mut labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(labels.clone()).context("namespace.yaml: labels are not strings")?;
+    labels.insert(TEST_LABEL.into(), "true".into());
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(NAMESPACE.into()), labels: Some(labels), ..ObjectMeta::default() },
+        ..Namespace::default()
+    };
+    api.create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {NAMESPACE}"))?;
+    Ok(true)
+}
+
+#[tokio::test]
+async fn every_manifest_is_accepted_by_the_api_server_in_a_server_side_dry_run() -> Result<()> {
+    let clusters = clusters()?;
+    let upstream = clusters.upstream.client().await?;
+    let downstream = clusters.downstream.client().await?;
+    let docs = all_docs()?;
+    assert!(docs.len() >= 9, "expected the namespace, SA, RBAC, ConfigMaps and Deployment; found {docs:#?}");
+
+    let client_for = |doc: &Doc| if doc.is_upstream() { &upstream } else { &downstream };
+    let mut failures = Vec::new();
+    // The namespaces first, while they may not exist yet: then the create itself is checked.
+    let (namespaces, others): (Vec<&Doc>, Vec<&Doc>) = docs.iter().partition(|d| d.kind() == "Namespace");
+    for doc in &namespaces {
+        if let Err(msg) = dry_run(client_for(doc), doc).await {
+            failures.push(format!("{}: {msg}", doc.describe()));
+        }
+    }
+
+    let ns_doc = find(&docs, "Namespace", NAMESPACE)?;
+    let created = ensure_namespace(&downstream, ns_doc.value.pointer("/metadata/labels").unwrap_or(&json!({}))).await?;
+    for doc in &others {
+        if let Err(msg) = dry_run(client_for(doc), doc).await {
+            failures.push(format!("{}: {msg}", doc.describe()));
+        }
+    }
+    if created {
+        Api::<Namespace>::all(downstream.clone()).delete(NAMESPACE, &DeleteParams::background()).await?;
+    }
+
+    assert!(failures.is_empty(), "the API server refused these manifests:\n  {}", failures.join("\n  "));
+    Ok(())
+}
+
+#[test]
+fn the_kustomization_lists_every_downstream_manifest_and_no_upstream_one() -> Result<()> {
+    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml"))?;
+    let kustomization: Value = serde_yaml_ng::from_str(&text)?;
+    let listed: BTreeSet<&str> = kustomization["resources"]
+        .as_array()
+        .context("kustomization.yaml: no resources list")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let files = manifest_files()?;
+    let downstream: BTreeSet<&str> = files
+        .iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+        .filter(|name| !UPSTREAM_FILES.contains(name))
+        .collect();
+    assert_eq!(listed, downstream, "kustomization.yaml's resources must be exactly the downstream manifests");
+    Ok(())
+}
+
+/// What a set of (Cluster)Role rules allows, the way the RBAC authorizer reads them (rules
+/// limited to resourceNames do not count: downsync works on every object of a kind).
+fn allows(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |rule: &Value, field: &str, want: &str| {
+        rule[field].as_array().is_some_and(|items| items.iter().any(|i| i == want || i == "*"))
+    };
+    rules.iter().any(|rule| {
+        rule["resourceNames"].as_array().is_none_or(Vec::is_empty)
+            && has(rule, "apiGroups", group)
+            && has(rule, "resources", resource)
+            && has(rule, "verbs", verb)
+    })
+}
+
+fn cluster_role_rules<'a>(docs: &'a [Doc], file: &str) -> Result<&'a [Value]> {
+    let role = docs
+        .iter()
+        .find(|d| d.file == file && d.kind() == "ClusterRole")
+        .with_context(|| format!("{file}: no ClusterRole"))?;
+    Ok(role.value["rules"].as_array().map(Vec::as_slice).unwrap_or_default())
+}
+
+/// The ClusterRoleBinding of `file` binds its ClusterRole; its subjects.
+fn bound_subjects<'a>(docs: &'a [Doc], file: &str) -> Result<&'a [Value]> {
+    let role = docs.iter().find(|d| d.file == file && d.kind() == "ClusterRole").context("no ClusterRole")?;
+    let binding = docs
+        .iter()
+        .find(|d| d.file == file && d.kind() == "ClusterRoleBinding")
+        .with_context(|| format!("{file}: no ClusterRoleBinding"))?;
+    assert_eq!(binding.str_at("/roleRef/kind"), "ClusterRole", "{}", binding.describe());
+    assert_eq!(binding.str_at("/roleRef/name"), role.name(), "{} must bind {}", binding.describe(), role.describe());
+    Ok(binding.value["subjects"].as_array().map(Vec::as_slice).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<()> {
+    let clusters = clusters()?;
+    let upstream = clusters.upstream.client().await?;
+    let downstream = clusters.downstream.client().await?;
+    let docs = all_docs()?;
+    let config = run_config(&docs)?;
+    let resources = config["resources"].as_array().context("config.yaml: no resources")?;
+    assert!(!resources.is_empty(), "config.yaml syncs nothing");
+
+    let down_rules = cluster_role_rules(&docs, "rbac-downstream.yaml")?;
+    let up_rules = cluster_role_rules(&docs, "rbac-upstream.yaml")?;
+    let mut missing = Vec::new();
+    let mut need = |file: &str, rules: &[Value], group: &str, resource: &str, verb: &str| {
+        if !allows(rules, group, resource, verb) {
+            missing.push(format!("{file} does not allow {verb} on {resource} (apiGroup {group:?})"));
+        }
+    };
+    for entry in resources {
+        let api_version = entry["apiVersion"].as_str().context("config.yaml: a resource without apiVersion")?;
+        let kind = entry["kind"].as_str().context("config.yaml: a resource without kind")?;
+        let (ar, _) = resolve(&downstream, api_version, kind).await?;
+        for verb in DOWNSTREAM_VERBS {
+            need("rbac-downstream.yaml", down_rules, &ar.group, &ar.plural, verb);
+        }
+        let (ar, caps) = resolve(&upstream, api_version, kind).await?;
+        for verb in ["get", "list", "watch", "update", "patch"] {
+            need("rbac-upstream.yaml", up_rules, &ar.group, &ar.plural, verb);
+        }
+        if caps.subresources.iter().any(|(sub, _)| sub.plural == "status") {
+            need("rbac-upstream.yaml", up_rules, &ar.group, &format!("{}/status", ar.plural), "patch");
+        }
+    }
+    for verb in ["get", "list", "watch", "create"] {
+        need("rbac-downstream.yaml", down_rules, "", "namespaces", verb);
+    }
+    for group in ["", "events.k8s.io"] {
+        for verb in ["create", "patch"] {
+            need("rbac-upstream.yaml", up_rules, group, "events", verb);
+        }
+    }
+    assert!(missing.is_empty(), "the RBAC is behind config.yaml:\n  {}", missing.join("\n  "));
+
+    // The downstream binding names the ServiceAccount the pod runs as.
+    let sa = find(&docs, "ServiceAccount", "downsync")?;
+    let (spec, _) = pod_spec(&docs)?;
+    assert_eq!(spec["serviceAccountName"], sa.name(), "the pod runs as {}", sa.describe());
+    let subjects = bound_subjects(&docs, "rbac-downstream.yaml")?;
+    let expected = json!({"kind": "ServiceAccount", "name": sa.name(), "namespace": sa.namespace()});
+    assert!(subjects.contains(&expected), "rbac-downstream.yaml binds {subjects:?}, not {expected}");
+    let subjects = bound_subjects(&docs, "rbac-upstream.yaml")?;
+    assert!(subjects.iter().any(|s| s["name"] == "downsync"), "rbac-upstream.yaml binds {subjects:?}");
+    Ok(())
+}
+
+/// Which key of which ConfigMap or Secret the pod sees at `path`: `("configMap" | "secret",
+/// name, key)`, following the container's volume mounts (subPath and items included).
+fn source_of(spec: &Value, container: &Value, path: &str) -> Result<(String, String, String)> {
+    let mounts = container["volumeMounts"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let (mount, rest) = mounts
+        .iter()
+        .filter_map(|m| {
+            let at = m["mountPath"].as_str()?.trim_end_matches('/');
+            let rest = if path == at { "" } else { path.strip_prefix(at)?.strip_prefix('/')? };
+            Some((m, rest))
+        })
+        .max_by_key(|(m, _)| m["mountPath"].as_str().map(str::len))
+        .with_context(|| format!("deployment.yaml: no volume is mounted at {path}"))?;
+    let volume_name = mount["name"].as_str().unwrap_or_default();
+    let volume = spec["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == volume_name))
+        .with_context(|| format!("deployment.yaml: volume {volume_name} is mounted but not defined"))?;
+    // The path inside the volume.
+    let inner = match mount["subPath"].as_str() {
+        Some(sub) if rest.is_empty() => sub.to_string(),
+        Some(sub) => format!("{sub}/{rest}"),
+        None => rest.to_string(),
+    };
+    let (source_kind, source, name) = if let Some(cm) = volume.get("configMap") {
+        ("configMap", cm, cm["name"].as_str())
+    } else if let Some(secret) = volume.get("secret") {
+        ("secret", secret, secret["secretName"].as_str())
+    } else {
+        bail!("deployment.yaml: volume {volume_name} at {path} is neither a ConfigMap nor a Secret: {volume}");
+    };
+    let key = match source["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .find(|i| i["path"] == inner.as_str())
+            .and_then(|i| i["key"].as_str())
+            .with_context(|| format!("deployment.yaml: volume {volume_name} projects no item at {inner}"))?
+            .to_string(),
+        None => inner,
+    };
+    Ok((source_kind.into(), name.unwrap_or_default().into(), key))
+}
+
+/// The value following `flag` in `args` (`--flag VALUE` or `--flag=VALUE`).
+fn flag_value<'a>(args: &'a [Value], flag: &str) -> Option<&'a str> {
+    let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
+    args.iter().enumerate().find_map(|(i, a)| {
+        if *a == flag { args.get(i + 1).copied() } else { a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) }
+    })
+}
+
+#[test]
+fn the_pod_mounts_the_config_the_upstream_kubeconfig_and_the_plugins_where_the_config_says() -> Result<()> {
+    let docs = all_docs()?;
+    let (spec, container) = pod_spec(&docs)?;
+    let args = container["args"].as_array().map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(args.first().and_then(Value::as_str), Some("run"), "the container runs `downsync run`: {args:?}");
+
+    // --config: a key of a ConfigMap in these manifests, holding a RunConfig.
+    let config_path = flag_value(args, "--config").context("deployment.yaml: no --config argument")?;
+    let (source_kind, name, key) = source_of(spec, container, config_path)?;
+    assert_eq!(source_kind, "configMap", "{config_path} comes from a {source_kind}");
+    let cm = find(&docs, "ConfigMap", &name)?;
+    assert!(
+        cm.value["data"].get(&key).is_some(),
+        "{config_path} is key {key} of ConfigMap {name}, which has no such key: {}",
+        cm.describe()
+    );
+    let config = run_config(&docs)?;
+    assert_eq!(name, "downsync-config", "the config is read from {}", cm.describe());
+
+    // The upstream kubeconfig: the key the documented `kubectl create secret` makes.
+    let kubeconfig =
+        config.pointer("/upstream/kubeconfig").and_then(Value::as_str).context("no upstream.kubeconfig")?;
+    let (source_kind, secret, key) = source_of(spec, container, kubeconfig)?;
+    assert_eq!(source_kind, "secret", "the upstream kubeconfig {kubeconfig} comes from a {source_kind}");
+    let deployment_yaml = std::fs::read_to_string(deploy_dir().join("deployment.yaml"))?;
+    let documented = format!("create secret generic {secret}");
+    assert!(deployment_yaml.contains(&documented), "deployment.yaml does not say how to `{documented}`");
+    assert!(
+        deployment_yaml.contains(&format!("--from-file={key}=")),
+        "deployment.yaml's `{documented}` does not make key {key}, which {kubeconfig} needs"
+    );
+
+    // The downstream is the cluster the pod runs in.
+    assert!(config.pointer("/downstream/kubeconfig").is_none(), "the downstream should be in-cluster");
+
+    // pluginsDir: a whole ConfigMap volume (a subPath mount would never see updates).
+    let plugins_dir = config["pluginsDir"].as_str().context("config.yaml: no pluginsDir")?;
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == plugins_dir))
+        .with_context(|| format!("nothing is mounted at pluginsDir {plugins_dir}"))?;
+    assert!(mount.get("subPath").is_none(), "the plugins mount must not use subPath: it would not be hot-reloaded");
+    let (source_kind, name, _) = source_of(spec, container, &format!("{plugins_dir}/x.wasm"))?;
+    assert_eq!(source_kind, "configMap");
+    find(&docs, "ConfigMap", &name)?;
+
+    // metricsAddr's port is the container's metrics port, which the probes use.
+    let metrics_port: u64 = config["metricsAddr"]
+        .as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .context("config.yaml: metricsAddr has no port")?;
+    let port = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
+        .context("no container port named metrics")?;
+    assert_eq!(port["containerPort"], metrics_port, "metricsAddr and the metrics port differ");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert!(get["port"] == "metrics" || get["port"] == metrics_port, "{probe} probes port {}", get["port"]);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_downsync_pod_meets_the_restricted_pod_security_standard() -> Result<()> {
+    let docs = all_docs()?;
+    let ns_labels = find(&docs, "Namespace", NAMESPACE)?.value["metadata"]["labels"].clone();
+    assert_eq!(ns_labels["pod-security.kubernetes.io/enforce"], "restricted", "namespace.yaml: {ns_labels}");
+    let (spec, _) = pod_spec(&docs)?;
+
+    let env = TestEnv::new("deploy-pss").await?;
+    // The test namespace gets namespace.yaml's Pod Security labels.
+    let pss: serde_json::Map<String, Value> = ns_labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("pod-security.kubernetes.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Api::<Namespace>::all(env.downstream.clone())
+        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": pss}})))
+        .await?;
+    // Some clusters refuse pods whose ServiceAccount does not exist.
+    let sa_name = spec["serviceAccountName"].as_str().unwrap_or("default");
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some(sa_name.into()), ..ObjectMeta::default() },
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(env.downstream.clone(), &env.namespace)
+        .create(&PostParams::default(), &sa)
+        .await?;
+
+    let pods: Api<Pod> = Api::namespaced(env.downstream.clone(), &env.namespace);
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let mk_pod = |spec: &Value| -> Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "downsync"}, "spec": spec,
+        }))?)
+    };
+    let accepted = pods.create(&dry_run, &mk_pod(spec)?).await;
+
+    // Without its securityContext the same pod must be refused, or the check above proves nothing.
+    let mut loose = spec.clone();
+    loose["containers"][0].as_object_mut().context("container")?.remove("securityContext");
+    let refused = pods.create(&dry_run, &mk_pod(&loose)?).await;
+    env.cleanup().await?;
+
+    if let Err(e) = accepted {
+        panic!("deployment.yaml's pod is refused in a namespace enforcing {pss:?}: {}", api_message(&e));
+    }
+    match refused {
+        Err(kube::Error::Api(status)) if status.is_forbidden() => Ok(()),
+        other => panic!("a pod without a securityContext should be forbidden by Pod Security admission: {other:?}"),
+    }
+}
