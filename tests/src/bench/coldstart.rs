@@ -106,7 +106,12 @@ pub fn measure(built: &Path, work: &Path, rounds: usize) -> Result<ColdStart> {
         uncached.push(load_all(&engine, &files)?);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(ColdStart { engine: median(&mut engines), cold: median(&mut colds), warm: median(&mut warms), uncached: median(&mut uncached) })
+    Ok(ColdStart {
+        engine: median(&mut engines),
+        cold: median(&mut colds),
+        warm: median(&mut warms),
+        uncached: median(&mut uncached),
+    })
 }
 
 /// The section for the measured figures.
@@ -114,7 +119,15 @@ pub fn section(c: &ColdStart, rounds: usize) -> Section {
     let mut s = Section::new(
         7,
         "Cold start: loading 10 plugins",
-        &["engine start", "empty cache", "no cache", "warm cache", "per plugin, empty cache", "per plugin, warm cache", "empty / warm"],
+        &[
+            "engine start",
+            "empty cache",
+            "no cache",
+            "warm cache",
+            "per plugin, empty cache",
+            "per plugin, warm cache",
+            "empty / warm",
+        ],
     );
     s.row(vec![
         millis(c.engine),

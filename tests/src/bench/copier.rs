@@ -66,10 +66,9 @@ pub async fn copy(
     stream::iter(work)
         .map(|(kind, ns, v)| async move {
             let obj: DynamicObject = serde_json::from_value(v)?;
-            objects::api(downstream, kind, Some(&ns))
-                .create(&PostParams::default(), &obj)
-                .await
-                .with_context(|| format!("copying {} {ns}/{}", kind.name(), obj.metadata.name.as_deref().unwrap_or("")))?;
+            objects::api(downstream, kind, Some(&ns)).create(&PostParams::default(), &obj).await.with_context(
+                || format!("copying {} {ns}/{}", kind.name(), obj.metadata.name.as_deref().unwrap_or("")),
+            )?;
             anyhow::Ok(())
         })
         .buffer_unordered(concurrency.max(1))

@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
@@ -57,7 +59,8 @@ impl Metrics {
             .filter(|s| s.name == name)
             .filter(|s| with.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)))
             .map(|s| s.value)
-            .sum()
+            // An empty f64 sum is -0.0, which would print as "-0".
+            .fold(0.0, |a, b| a + b)
     }
 }
 

@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use downsync::plugin::{EngineConfig, PluginEngine};
 use kube::Client;
 
 use crate::{ClusterRef, Clusters, repo_root};
@@ -86,7 +87,6 @@ impl Options {
 }
 
 /// What the cluster sections share: options, clusters, clients, binaries and a scratch folder.
-#[derive(Debug)]
 pub struct Bench {
     /// The options.
     pub opts: Options,
@@ -104,16 +104,51 @@ pub struct Bench {
     pub work: PathBuf,
 }
 
+impl std::fmt::Debug for Bench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bench")
+            .field("opts", &self.opts)
+            .field("clusters", &self.clusters)
+            .field("downsync", &self.downsync)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Bench {
     /// Copies the 4 built-in components into `dir` as `<name>.wasm`.
     pub fn install_builtins(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
-        for (name, file) in ["service", "persistent-volume", "immutable-config", "service-account"]
-            .into_iter()
-            .zip(coldstart::BUILTINS)
+        for (name, file) in
+            ["service", "persistent-volume", "immutable-config", "service-account"].into_iter().zip(coldstart::BUILTINS)
         {
             std::fs::copy(self.plugins.join(file), dir.join(format!("{name}.wasm")))
                 .with_context(|| format!("installing {file}"))?;
+        }
+        Ok(())
+    }
+
+    /// The `XDG_CACHE_HOME` of the downsync processes: their compiled-plugin cache.
+    pub fn cache_home(&self) -> PathBuf {
+        self.work.join("xdg-cache")
+    }
+
+    /// Starts `downsync run ARGS`, logging to `downsync-NAME.log` in the scratch folder.
+    pub fn spawn(&self, args: &[String], name: &str) -> Result<process::Downsync> {
+        process::Downsync::spawn(
+            &self.downsync,
+            args,
+            &self.work.join(format!("downsync-{name}.log")),
+            &self.cache_home(),
+        )
+    }
+
+    /// Compiles the built-ins into the downsync processes' artifact cache, so the sync sections
+    /// time syncing, not a first compile (section 7 times that).
+    pub fn warm_cache(&self) -> Result<()> {
+        let cache_dir = self.cache_home().join("downsync").join("components");
+        let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+        for file in coldstart::BUILTINS {
+            engine.load_file(&self.plugins.join(file))?;
         }
         Ok(())
     }
@@ -264,6 +299,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         Err(e) => format!("unknown ({e})"),
     };
     let bench = Bench { opts: opts.clone(), clusters, up, down, downsync, plugins, work };
+    tokio::task::block_in_place(|| bench.warm_cache())?;
 
     if [Part::Initial, Part::Resync, Part::Update, Part::Memory].iter().any(|p| opts.wants(*p)) {
         let mut figures = Vec::new();
@@ -319,7 +355,16 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
         let mut s = Section::new(
             1,
             "Initial sync",
-            &["N", "bench creates upstream", "naive copier", "downsync run", "downsync / copier", "downsync /readyz"],
+            &[
+                "N",
+                "bench creates upstream",
+                "naive copier",
+                "downsync run",
+                "downsync / copier",
+                "downsync /readyz",
+                "CPU: copier",
+                "CPU: downsync",
+            ],
         );
         for f in figures {
             s.row(vec![
@@ -332,6 +377,8 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
                     _ => "—".into(),
                 },
                 opt(f.initial_ready, secs),
+                opt(f.copier_cpu, secs),
+                opt(f.initial_cpu, secs),
             ]);
         }
         if let Some(f) = largest {
@@ -350,10 +397,12 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
              {} writers, each timed from start (process spawn for downsync) to the moment a downstream watch \
              sees the last object correct (data/spec equal to upstream). The copier lists upstream, strips \
              metadata and creates; its copies go to separate namespaces, deleted before downsync runs. downsync \
-             runs with {}.",
+             runs with {}. CPU is user + system time: downsync's process from spawn to the last object; the \
+             copier's is the bench process during the copy less its CPU during downsync's run (the downstream \
+             watch both share), so an estimate.",
             opts.namespaces,
             opts.workers,
-            if opts.builtin_plugins { "the 4 built-in plugins" } else { "no plugins" }
+            if opts.builtin_plugins { "the 4 built-in plugins (compiled-artifact cache warm)" } else { "no plugins" }
         ));
         out.push(s);
     }
@@ -409,14 +458,23 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             s.goal(
                 "writes = changes in an update wave",
                 met,
-                format!("{} writes for {} changes {}", opt(f.update_writes, |w| w.to_string()), opt(f.changes, |c| c.to_string()), at(f)),
+                format!(
+                    "{} writes for {} changes {}",
+                    opt(f.update_writes, |w| w.to_string()),
+                    opt(f.changes, |c| c.to_string()),
+                    at(f)
+                ),
             );
         }
         s.note("Converged: from the first upstream patch to the last changed object correct downstream. The bench's own patches (same count, same concurrency) are the upstream half of the same work.");
         out.push(s);
     }
     if opts.wants(Part::Memory) {
-        let mut s = Section::new(4, "Memory (peak RSS of downsync)", &["N", "first run, after the initial sync", "restart, after resync and update wave"]);
+        let mut s = Section::new(
+            4,
+            "Memory (peak RSS of downsync)",
+            &["N", "first run, after the initial sync", "restart, after resync and update wave"],
+        );
         for f in figures {
             s.row(vec![f.n.to_string(), opt(f.rss_initial, mib), opt(f.rss_restart, mib)]);
         }

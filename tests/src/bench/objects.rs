@@ -141,7 +141,12 @@ impl Workload {
 
     /// What must be downstream: fingerprint by key, with upstream namespaces mapped by `ns`,
     /// and objects whose index passes `changed` at revision `rev` (the others at 0).
-    pub fn expected(&self, ns: impl Fn(&str) -> String, changed: impl Fn(usize) -> bool, rev: u32) -> HashMap<Key, Value> {
+    pub fn expected(
+        &self,
+        ns: impl Fn(&str) -> String,
+        changed: impl Fn(usize) -> bool,
+        rev: u32,
+    ) -> HashMap<Key, Value> {
         (0..self.n)
             .map(|i| {
                 let obj = self.object(i, if changed(i) { rev } else { 0 });
@@ -197,7 +202,11 @@ pub fn fingerprint(obj: &Value) -> Value {
             let containers: Vec<Value> = obj
                 .pointer("/spec/template/spec/containers")
                 .and_then(Value::as_array)
-                .map(|cs| cs.iter().map(|c| json!({"name": c.get("name"), "image": c.get("image"), "env": c.get("env")})).collect())
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| json!({"name": c.get("name"), "image": c.get("image"), "env": c.get("env")}))
+                        .collect()
+                })
                 .unwrap_or_default();
             json!({
                 "replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1)),
@@ -263,10 +272,9 @@ pub async fn create_all(client: &Client, w: &Workload, concurrency: usize) -> Re
         .map(|i| async move {
             let obj: DynamicObject = serde_json::from_value(w.object(i, 0))?;
             let ns = obj.metadata.namespace.clone().unwrap_or_default();
-            api(client, Kind::of(i), Some(&ns))
-                .create(&PostParams::default(), &obj)
-                .await
-                .with_context(|| format!("creating {} {ns}/{}", Kind::of(i).name(), obj.metadata.name.as_deref().unwrap_or("")))?;
+            api(client, Kind::of(i), Some(&ns)).create(&PostParams::default(), &obj).await.with_context(|| {
+                format!("creating {} {ns}/{}", Kind::of(i).name(), obj.metadata.name.as_deref().unwrap_or(""))
+            })?;
             anyhow::Ok(())
         })
         .buffer_unordered(concurrency.max(1))

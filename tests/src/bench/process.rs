@@ -31,8 +31,9 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Downsync {
-    /// Spawns `bin run ARGS --metrics-addr 127.0.0.1:PORT`, logging to `log`.
-    pub fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Self> {
+    /// Spawns `bin run ARGS --metrics-addr 127.0.0.1:PORT`, logging to `log`, with its
+    /// compiled-plugin cache under `cache_home` (as `XDG_CACHE_HOME`).
+    pub fn spawn(bin: &Path, args: &[String], log: &Path, cache_home: &Path) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -41,6 +42,7 @@ impl Downsync {
             .arg("run")
             .args(args)
             .args(["--metrics-addr", &addr.to_string()])
+            .env("XDG_CACHE_HOME", cache_home)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -62,14 +64,13 @@ impl Downsync {
     /// Polls /readyz until it answers 200; returns when it did.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Instant> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::new();
         loop {
             self.check_alive()?;
-            match http::get(self.addr, "/readyz", Duration::from_secs(2)).await {
+            let last = match http::get(self.addr, "/readyz", Duration::from_secs(2)).await {
                 Ok((200, _)) => return Ok(Instant::now()),
-                Ok((code, body)) => last = format!("{code} {}", body.trim()),
-                Err(e) => last = format!("{e:#}"),
-            }
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
             if Instant::now() > deadline {
                 bail!("downsync not ready after {timeout:?} (last answer: {last}); log: {}", self.log.display());
             }
@@ -89,6 +90,11 @@ impl Downsync {
     /// Peak resident set size so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> Result<u64> {
         status_kib(self.pid, "VmHWM").map(|k| k * 1024)
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        cpu_time(self.pid)
     }
 
     /// Sends SIGTERM and waits for the exit; kills it after `timeout`. Returns the status and
@@ -118,6 +124,19 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in {path}"))
+}
+
+/// CPU time (user + system) of a process, from `/proc/PID/stat` (in USER_HZ = 100 ticks per
+/// second, as on every Linux build that matters).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = text.rsplit_once(") ").map(|(_, r)| r).context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed stat");
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    Ok(Duration::from_millis((tick(11)? + tick(12)?) * 10))
 }
 
 /// The last `n` lines of a file.

@@ -8,12 +8,12 @@
 //! floor under any reload latency.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use downsync::plugin::{EngineConfig, PluginEngine};
 use downsync_plugin_testing_stamp::{MARKER, variant};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::Client;
@@ -22,11 +22,25 @@ use serde_json::{Value, json};
 
 use super::Bench;
 use super::objects::{self, Kind, RUN_LABEL};
-use super::process::Downsync;
 use super::report::Section;
 use super::sync::run_args;
 use super::timing::{millis, percentile};
 use super::tracker::Tracker;
+
+/// One series of swaps.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// What the series does differently.
+    pub name: String,
+    /// Per swap: file rename to the first downstream write with the new behaviour.
+    pub first: Vec<Duration>,
+    /// Per swap: file rename to every object written with the new behaviour.
+    pub all: Vec<Duration>,
+    /// Swaps whose new behaviour never showed within the timeout.
+    pub missed: usize,
+    /// Downstream writes per swap (median), which shows whether a swap re-syncs everything.
+    pub writes_per_swap: u64,
+}
 
 /// The figures of section 6.
 #[derive(Debug, Clone, Default)]
@@ -35,10 +49,9 @@ pub struct Reload {
     pub objects: usize,
     /// Upstream updates per second during the swaps.
     pub churn: f64,
-    /// Per swap: file rename to the first downstream write with the new behaviour.
-    pub latencies: Vec<Duration>,
-    /// Swaps whose new behaviour never showed within the timeout.
-    pub missed: usize,
+    /// New versions compiled by downsync on the swap; then new versions already compiled into
+    /// its artifact cache (as `downsync plugin check` with the same cache would leave them).
+    pub series: Vec<Series>,
     /// Upstream patch to downstream write, over the churn.
     pub sync_latencies: Vec<Duration>,
     /// `downsync_syncs_total{result="error"}` during the swaps.
@@ -48,8 +61,6 @@ pub struct Reload {
     /// Writes with an older stamp after the new one first showed (calls in flight finishing
     /// on the version they started with).
     pub late_old_writes: usize,
-    /// Downstream writes per swap (median), which shows whether a swap re-syncs everything.
-    pub writes_per_swap: u64,
 }
 
 /// `base` with every occurrence of `from` replaced by `to` (same length).
@@ -92,7 +103,14 @@ fn config_map(ns: &str, run: &str, i: usize) -> Value {
 
 /// Keeps patching the ConfigMaps upstream at `rate` per second until `stop`; records when each
 /// tick was sent.
-async fn churn(client: Client, ns: String, n: usize, rate: f64, stop: Arc<AtomicBool>, sent: Arc<Mutex<HashMap<u64, Instant>>>) {
+async fn churn(
+    client: Client,
+    ns: String,
+    n: usize,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<HashMap<u64, Instant>>>,
+) {
     let api = objects::api(&client, Kind::ConfigMap, Some(&ns));
     let period = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut next = tokio::time::Instant::now();
@@ -145,7 +163,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
 
     let tracker = Tracker::start(&b.down, &[Kind::ConfigMap], run, stamp_and_tick, true).await?;
     let args = run_args(b, &[Kind::ConfigMap], &[ns.to_string()], Some(&dir));
-    let mut ds = Downsync::spawn(&b.downsync, &args, &b.work.join(format!("downsync-{run}-reload.log")))?;
+    let mut ds = b.spawn(&args, &format!("{run}-reload"))?;
     let expected = (0..n)
         .map(|i| ((Kind::ConfigMap, ns.to_string(), format!("cm-{i:05}")), json!({"stamp": variant(1), "tick": "0"})))
         .collect();
@@ -160,54 +178,85 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut writes = Vec::new();
-    for s in 0..swaps {
-        let stamp = variant(2 + s as u64);
-        let old: Vec<String> = (1..2 + s as u64).map(variant).collect();
-        let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
-        let tmp = dir.join(".stamp.wasm.tmp");
-        std::fs::write(&tmp, bytes)?;
-        let w0 = tracker.writes();
-        let t0 = Instant::now();
-        std::fs::rename(&tmp, &stamp_file)?;
-        let deadline = t0 + Duration::from_secs(30);
-        let first = loop {
-            ds.check_alive()?;
-            if let Some(at) = tracker.first_since(t0, |fp| fp["stamp"].as_str() == Some(stamp.as_str())) {
-                break Some(at);
+    // The bench's engine has downsync's configuration, so what it compiles into downsync's
+    // cache directory is what downsync would have compiled.
+    let cache_dir = b.cache_home().join("downsync").join("components");
+    let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+    let mut version: u64 = 1;
+    for precompiled in [false, true] {
+        let name = if precompiled { "precompiled into the artifact cache" } else { "compiled by downsync on the swap" };
+        let mut series = Series { name: name.into(), ..Series::default() };
+        let mut writes = Vec::new();
+        for s in 0..swaps {
+            version += 1;
+            let stamp = variant(version);
+            let old: Vec<String> = (1..version).map(variant).collect();
+            let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
+            if precompiled {
+                tokio::task::block_in_place(|| {
+                    engine.load_bytes("stamp", &bytes).map(drop).map_err(anyhow::Error::from)
+                })?;
             }
-            if Instant::now() > deadline {
-                break None;
+            let tmp = dir.join(".stamp.wasm.tmp");
+            std::fs::write(&tmp, bytes)?;
+            let w0 = tracker.writes();
+            let t0 = Instant::now();
+            std::fs::rename(&tmp, &stamp_file)?;
+            let has_new = |fp: &Value| fp["stamp"].as_str() == Some(stamp.as_str());
+            let deadline = t0 + Duration::from_secs(30);
+            let first = loop {
+                ds.check_alive()?;
+                if let Some(at) = tracker.first_since(t0, has_new) {
+                    break Some(at);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            match first {
+                Some(at) => series.first.push(at - t0),
+                None => series.missed += 1,
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        match first {
-            Some(at) => r.latencies.push(at - t0),
-            None => r.missed += 1,
+            // downsync re-syncs every object when the rules change: wait for all of them.
+            let all = loop {
+                ds.check_alive()?;
+                if tracker.count_live(has_new) >= n {
+                    break Some(Instant::now());
+                }
+                if Instant::now() > t0 + Duration::from_secs(120) {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            if let Some(at) = all {
+                series.all.push(at - t0);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Some(at) = first {
+                r.late_old_writes +=
+                    tracker.count_since(at, |fp| fp["stamp"].as_str().is_some_and(|v| old.iter().any(|o| o == v)));
+            }
+            writes.push(tracker.writes() - w0);
+            eprintln!(
+                "bench:   swap {}/{swaps} ({name}): first {}, all {}",
+                s + 1,
+                first.map_or_else(|| "not seen within 30 s".to_string(), |at| format!("{:.1?}", at - t0)),
+                all.map_or_else(|| "not within 120 s".to_string(), |at| format!("{:.1?}", at - t0))
+            );
         }
-        // Let the swap settle, then count old-version writes after the new one showed.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if let Some(at) = first {
-            r.late_old_writes +=
-                tracker.count_since(at, |fp| fp["stamp"].as_str().is_some_and(|v| old.iter().any(|o| o == v)));
-        }
-        writes.push(tracker.writes() - w0);
-        eprintln!(
-            "bench:   swap {}/{swaps}: {}",
-            s + 1,
-            first.map_or_else(|| "not seen within 30 s".to_string(), |at| format!("{:.1?}", at - t0))
-        );
+        writes.sort_unstable();
+        series.writes_per_swap = writes.get(writes.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+        r.series.push(series);
     }
     stop.store(true, Ordering::Relaxed);
     let _ = churner.await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m1 = ds.metrics().await?;
-    r.failed_syncs = m1.sum("downsync_syncs_total", &[("result", "error")])
-        - m0.sum("downsync_syncs_total", &[("result", "error")]);
-    r.reload_failures = m1.sum("downsync_plugin_reload_failures_total", &[])
-        - m0.sum("downsync_plugin_reload_failures_total", &[]);
-    writes.sort_unstable();
-    r.writes_per_swap = writes.get(writes.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+    r.failed_syncs =
+        m1.sum("downsync_syncs_total", &[("result", "error")]) - m0.sum("downsync_syncs_total", &[("result", "error")]);
+    r.reload_failures =
+        m1.sum("downsync_plugin_reload_failures_total", &[]) - m0.sum("downsync_plugin_reload_failures_total", &[]);
     let sent = sent.lock().unwrap_or_else(PoisonError::into_inner).clone();
     for (at, fp) in tracker.log_since(started) {
         let tick = fp["tick"].as_str().and_then(|t| t.parse::<u64>().ok());
@@ -225,48 +274,54 @@ pub fn section(r: &Reload) -> Section {
         6,
         "Hot reload under load",
         &[
-            "objects",
+            "new version",
             "swaps",
-            "p50",
-            "p99",
+            "p50 (first object)",
+            "p99 (first object)",
+            "p50 / p99 (all objects)",
             "not seen",
-            "failed syncs",
-            "refused reloads",
-            "sync latency p50 / p99",
-            "old-version writes after the switch",
             "writes per swap (median)",
         ],
     );
-    let (p50, p99) = (percentile(&r.latencies, 50.0), percentile(&r.latencies, 99.0));
-    s.row(vec![
-        r.objects.to_string(),
-        (r.latencies.len() + r.missed).to_string(),
-        millis(p50),
-        millis(p99),
-        r.missed.to_string(),
-        format!("{}", r.failed_syncs),
-        format!("{}", r.reload_failures),
-        format!("{} / {}", millis(percentile(&r.sync_latencies, 50.0)), millis(percentile(&r.sync_latencies, 99.0))),
-        r.late_old_writes.to_string(),
-        r.writes_per_swap.to_string(),
-    ]);
-    let measured = !r.latencies.is_empty();
-    s.goal(
-        "hot reload p99 ≤ 250 ms",
-        measured.then_some(p99 <= Duration::from_millis(250) && r.missed == 0),
-        format!("p99 {}", millis(p99)),
-    );
+    for x in &r.series {
+        s.row(vec![
+            x.name.clone(),
+            (x.first.len() + x.missed).to_string(),
+            millis(percentile(&x.first, 50.0)),
+            millis(percentile(&x.first, 99.0)),
+            format!("{} / {}", millis(percentile(&x.all, 50.0)), millis(percentile(&x.all, 99.0))),
+            x.missed.to_string(),
+            x.writes_per_swap.to_string(),
+        ]);
+    }
+    if let Some(cold) = r.series.first() {
+        let p99 = percentile(&cold.first, 99.0);
+        s.goal(
+            "hot reload p99 ≤ 250 ms",
+            (!cold.first.is_empty()).then_some(p99 <= Duration::from_millis(250) && cold.missed == 0),
+            format!("p99 {} (compiled on the swap)", millis(p99)),
+        );
+    }
     s.goal("0 failed syncs during reloads", Some(r.failed_syncs == 0.0), format!("{}", r.failed_syncs));
     s.note(format!(
         "`downsync run` syncs {} ConfigMaps with the 4 built-ins and the `stamp` test plugin; upstream, {:.0} \
          ConfigMap updates per second keep objects in flight. Each swap renames a new `stamp.wasm` into the \
-         plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp); the \
-         latency is from the rename to the first downstream write carrying the new stamp, seen through a \
-         downstream watch. *sync latency* is upstream patch to downstream write for the churn itself, the floor \
-         under any reload latency. p99 of {} swaps is their maximum.",
-        r.objects,
-        r.churn,
-        r.latencies.len() + r.missed
+         plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
+         object* is from the rename to the first downstream write carrying the new stamp, seen through a \
+         downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
+         the rules change). The second series puts each new version into downsync's artifact cache before \
+         the rename, which leaves out the compile. p99 of 20 swaps is their maximum.",
+        r.objects, r.churn
+    ));
+    s.note(format!(
+        "During the swaps: {} failed syncs, {} refused reloads, {} writes with an older stamp after the new one \
+         showed (syncs in flight finishing on the version they started with). Upstream patch to downstream write \
+         of the churn itself: p50 {}, p99 {}.",
+        r.failed_syncs,
+        r.reload_failures,
+        r.late_old_writes,
+        millis(percentile(&r.sync_latencies, 50.0)),
+        millis(percentile(&r.sync_latencies, 99.0)),
     ));
     s
 }

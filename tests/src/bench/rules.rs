@@ -67,6 +67,9 @@ pub struct Cost {
     pub reused: Duration,
     /// Wasm, a fresh instance per call (what the syncer does).
     pub fresh: Duration,
+    /// Wasm, a fresh instance and a call that does nothing (`ignore-paths` of another kind):
+    /// the price of the instance alone.
+    pub instantiate: Duration,
     /// Fuel per call.
     pub fuel: u64,
 }
@@ -118,7 +121,14 @@ pub fn measure(plugins: &Path, repo: &Path, batches: usize, batch: Duration) -> 
             let mut f_fresh = || {
                 black_box(fresh_plugin.preserve(black_box(&existing), black_box(&desired)).is_ok());
             };
-            interleaved(&mut [&mut f_native, &mut f_json, &mut f_reused, &mut f_fresh], batches, batch)
+            let mut f_instantiate = || {
+                black_box(plugin.ignore_paths(black_box("none.example"), black_box("Nothing")).is_ok());
+            };
+            interleaved(
+                &mut [&mut f_native, &mut f_json, &mut f_reused, &mut f_fresh, &mut f_instantiate],
+                batches,
+                batch,
+            )
         };
         if failures > 0 {
             bail!("{}: {failures} reused-instance calls failed", case.plugin);
@@ -129,6 +139,7 @@ pub fn measure(plugins: &Path, repo: &Path, batches: usize, batch: Duration) -> 
             native_json: times[1],
             reused: times[2],
             fresh: times[3],
+            instantiate: times[4],
             fuel: fresh.fuel,
         });
     }
@@ -146,6 +157,7 @@ pub fn section(costs: &[Cost]) -> Section {
             "native + JSON",
             "wasm, reused instance",
             "wasm, fresh instance",
+            "fresh instance, empty call",
             "fresh / native",
             "reused / native",
             "fresh / native + JSON",
@@ -159,6 +171,7 @@ pub fn section(costs: &[Cost]) -> Section {
             micros(c.native_json),
             micros(c.reused),
             micros(c.fresh),
+            micros(c.instantiate),
             ratio(c.fresh, c.native),
             ratio(c.reused, c.native),
             ratio(c.fresh, c.native_json),
@@ -177,7 +190,8 @@ pub fn section(costs: &[Cost]) -> Section {
          crate's `Rule::preserve` with cloned inputs; *native + JSON* adds the text round trip the WIT \
          boundary imposes (serialise both objects, parse them, serialise and parse the result); *reused* keeps \
          one instance (`Plugin::session`, fuel reset per call); *fresh* is `Plugin::preserve`, a new store and \
-         instance from the pooling allocator per call, which is what the syncer does.",
+         instance from the pooling allocator per call, which is what the syncer does; *empty call* is a fresh \
+         instance running `ignore-paths` for a kind the rule does not handle, the price of the instance alone.",
     );
     s
 }

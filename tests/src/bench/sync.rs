@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::objects::{self, Kind, Workload};
-use super::process::Downsync;
 use super::tracker::Tracker;
 use super::{Bench, Part};
 
@@ -21,6 +20,11 @@ pub struct Figures {
     pub copier: Option<Duration>,
     /// downsync: spawn to the last object correct downstream.
     pub initial: Option<Duration>,
+    /// CPU time downsync used for the initial sync (spawn to the last object correct).
+    pub initial_cpu: Option<Duration>,
+    /// CPU time of the copier: the bench process during the copy, less the same process's
+    /// CPU during downsync's initial sync (the downstream watch, which runs in both).
+    pub copier_cpu: Option<Duration>,
     /// downsync: spawn to /readyz 200 on the first start.
     pub initial_ready: Option<Duration>,
     /// Downstream writes during the no-op restart.
@@ -117,10 +121,12 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
     if b.opts.wants(Part::Initial) {
         eprintln!("bench: N={n}: naive copier");
         tracker.expect(w.expected(copy_ns, |_| false, 0));
+        let cpu0 = own_cpu();
         let t0 = Instant::now();
         let copied = super::copier::copy(up, down, &w.namespaces, &w.run, copy_ns, workers).await?;
         let done = tracker.wait_done(sync_timeout(n), none).await?;
         f.copier = Some(done.saturating_duration_since(t0));
+        f.copier_cpu = own_cpu().zip(cpu0).map(|(a, b)| a.saturating_sub(b));
         eprintln!("bench:   copied {copied} objects in {:.2?}; deleting the copies", done - t0);
         let copies: Vec<String> = w.namespaces.iter().map(|ns| copy_ns(ns)).collect();
         objects::delete_namespaces(down, &copies, Duration::from_secs(900)).await?;
@@ -130,12 +136,20 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
     let plugins = b.sync_plugins_dir()?;
     let args = run_args(b, &Kind::ALL, &w.namespaces, plugins.as_deref());
     tracker.expect(w.expected(|ns| ns.to_string(), |_| false, 0));
-    let mut first = Downsync::spawn(&b.downsync, &args, &b.work.join(format!("downsync-{}-first.log", w.run)))?;
+    let own0 = own_cpu();
+    let mut first = b.spawn(&args, &format!("{}-first", w.run))?;
     let done = tracker.wait_done(sync_timeout(n), || first.check_alive()).await?;
     f.initial = Some(done.saturating_duration_since(first.started));
+    f.initial_cpu = first.cpu_time().ok();
+    let watch_cpu = own_cpu().zip(own0).map(|(a, b)| a.saturating_sub(b));
+    f.copier_cpu = f.copier_cpu.zip(watch_cpu).map(|(c, w)| c.saturating_sub(w));
     let ready = first.wait_ready(sync_timeout(n)).await?;
     f.initial_ready = Some(ready.saturating_duration_since(first.started));
-    eprintln!("bench:   correct downstream after {:.2?}, ready after {:.2?}", done - first.started, ready - first.started);
+    eprintln!(
+        "bench:   correct downstream after {:.2?}, ready after {:.2?}",
+        done - first.started,
+        ready - first.started
+    );
     // Let late writes (status, retries) land before the restart is judged.
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.rss_initial = first.peak_rss().ok();
@@ -150,7 +164,7 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
 
     eprintln!("bench: N={n}: restart over the synced objects (no-op resync)");
     let before = tracker.writes();
-    let mut second = Downsync::spawn(&b.downsync, &args, &b.work.join(format!("downsync-{}-restart.log", w.run)))?;
+    let mut second = b.spawn(&args, &format!("{}-restart", w.run))?;
     let ready = second.wait_ready(sync_timeout(n)).await?;
     f.resync_ready = Some(ready.saturating_duration_since(second.started));
     quiet(&tracker, Duration::from_secs(3), Duration::from_secs(60)).await;
@@ -168,7 +182,7 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
 
     if b.opts.wants(Part::Update) {
         eprintln!("bench: N={n}: update wave (10% of the objects)");
-        let changed = |i: usize| i % 10 == 0;
+        let changed = |i: usize| i.is_multiple_of(10);
         tracker.expect(w.expected(|ns| ns.to_string(), changed, 1));
         let before = tracker.writes();
         let t0 = Instant::now();
@@ -187,6 +201,11 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
         f.errors.push(format!("the restarted downsync exited with {status} after SIGTERM"));
     }
     Ok(())
+}
+
+/// CPU time of this process so far.
+fn own_cpu() -> Option<Duration> {
+    super::process::cpu_time(std::process::id()).ok()
 }
 
 /// Waits until no write arrived for `quiet`, at most `max`.

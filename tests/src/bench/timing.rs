@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn median_of_an_even_count_is_the_lower_middle() {
-        let mut v = vec![Duration::from_secs(4), Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(2)];
+        let mut v =
+            vec![Duration::from_secs(4), Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(2)];
         assert_eq!(median(&mut v), Duration::from_secs(2));
     }
 

@@ -103,7 +103,13 @@ impl Drop for Tracker {
 impl Tracker {
     /// Starts watching `kinds` of run `run` on `client`, reducing objects with `fingerprint`;
     /// with `log`, every write is also recorded. Returns once every initial list is done.
-    pub async fn start(client: &Client, kinds: &[Kind], run: &str, fingerprint: Fingerprint, log: bool) -> Result<Self> {
+    pub async fn start(
+        client: &Client,
+        kinds: &[Kind],
+        run: &str,
+        fingerprint: Fingerprint,
+        log: bool,
+    ) -> Result<Self> {
         let state = Arc::new(Mutex::new(State { log: log.then(Vec::new), ..State::default() }));
         let mut tasks = Vec::new();
         for &kind in kinds {
@@ -134,7 +140,11 @@ impl Tracker {
                             s.apply(key, rv, fingerprint(&v), now);
                         }
                         Event::Delete(obj) => {
-                            let key = (kind, obj.metadata.namespace.unwrap_or_default(), obj.metadata.name.unwrap_or_default());
+                            let key = (
+                                kind,
+                                obj.metadata.namespace.unwrap_or_default(),
+                                obj.metadata.name.unwrap_or_default(),
+                            );
                             s.delete(&key, now);
                         }
                         Event::InitDone => s.listed += 1,
@@ -209,6 +219,11 @@ impl Tracker {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// How many live objects have a fingerprint that passes `pred`.
+    pub fn count_live(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.lock().seen.values().filter(|(_, fp)| pred(fp)).count()
     }
 
     /// Writes seen so far.
