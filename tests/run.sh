@@ -76,6 +76,7 @@ plugin_crates=(
   downsync-example-hpa-replicas
   downsync-plugin-testing-faulty
   downsync-plugin-testing-overlap
+  downsync-plugin-testing-stamp
 )
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"

@@ -19,6 +19,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod bench;
 pub mod daemon;
 pub mod objects;
 pub mod plugins;

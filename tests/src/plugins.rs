@@ -16,6 +16,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "downsync-example-hpa-replicas",
     "downsync-plugin-testing-faulty",
     "downsync-plugin-testing-overlap",
+    "downsync-plugin-testing-stamp",
 ];
 
 static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();

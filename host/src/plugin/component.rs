@@ -1,4 +1,5 @@
-//! A loaded plugin: its prepared instance and the hooks, each called in a fresh store.
+//! A loaded plugin: its prepared instance and the hooks, each called in a fresh store (or, for
+//! batch work such as benchmarks, in one kept [`Session`]).
 
 use serde_json::Value;
 use wasmtime::Store;
@@ -119,22 +120,11 @@ impl Plugin {
         f: impl FnOnce(&mut Store<CallState>, &Rule) -> wasmtime::Result<T>,
     ) -> Result<Called<T>> {
         let cfg = self.engine.config();
-        let mut store = Store::new(self.engine.engine(), CallState::new(&self.info.name, object, cfg.memory_bytes));
-        store.limiter(|s| &mut s.limits);
-        let fail = |store: &Store<CallState>, e: wasmtime::Error| {
-            let kind = classify(&e, store.data().limits.memory_denied);
-            Error::Call {
-                plugin: self.info.name.clone(),
-                hook,
-                object: object.to_string(),
-                kind,
-                message: format!("{e:#}"),
-            }
-        };
-        if let Err(e) = store.set_fuel(cfg.fuel) {
+        let mut store = self.new_store(object);
+        let fail = |store: &Store<CallState>, e: wasmtime::Error| self.call_error(store, hook, object, e);
+        if let Err(e) = self.arm(&mut store) {
             return Err(fail(&store, e));
         }
-        store.set_epoch_deadline(self.engine.deadline_ticks());
         let rule = match self.pre.instantiate(&mut store) {
             Ok(r) => r,
             Err(e) => return Err(fail(&store, e)),
@@ -145,6 +135,31 @@ impl Plugin {
                 Ok(Called { value, fuel })
             }
             Err(e) => Err(fail(&store, e)),
+        }
+    }
+
+    /// A store with this plugin's limits; fuel and deadline are set by [`Plugin::arm`].
+    fn new_store(&self, object: &str) -> Store<CallState> {
+        let cfg = self.engine.config();
+        let mut store = Store::new(self.engine.engine(), CallState::new(&self.info.name, object, cfg.memory_bytes));
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    /// Gives `store` a full fuel budget and a fresh deadline, for one call.
+    fn arm(&self, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        store.set_fuel(self.engine.config().fuel)?;
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        Ok(())
+    }
+
+    fn call_error(&self, store: &Store<CallState>, hook: &'static str, object: &str, e: wasmtime::Error) -> Error {
+        Error::Call {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            kind: classify(&e, store.data().limits.memory_denied),
+            message: format!("{e:#}"),
         }
     }
 
@@ -168,14 +183,19 @@ impl Plugin {
         let object = object_ref(desired);
         let (e, d) = (existing.to_string(), desired.to_string());
         let out = self.call("preserve", &object, |s, r| r.downsync_rules_rules().call_preserve(s, &e, &d))?;
+        self.decision(&object, out)
+    }
+
+    /// Turns what `preserve` returned into a [`Decision`].
+    fn decision(&self, object: &str, out: Called<Result<wit::Decision, String>>) -> Result<Called<Decision>> {
         let decision = out.value.map_err(|message| Error::Rejected {
             plugin: self.info.name.clone(),
             hook: "preserve",
-            object: object.clone(),
+            object: object.to_string(),
             message,
         })?;
         let value = match decision {
-            wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", &object, &text)?),
+            wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", object, &text)?),
             wit::Decision::Recreate(reason) => Decision::Recreate(reason),
             wit::Decision::Skip(reason) => Decision::Skip(reason),
         };
@@ -197,6 +217,74 @@ impl Plugin {
             path: String::new(),
             message: format!("output is not valid JSON: {e}"),
         })
+    }
+}
+
+impl Plugin {
+    /// One instance kept for many `preserve` calls, for batch work and benchmarks.
+    ///
+    /// ## Warning
+    /// Calls on a session share the guest's memory and globals, so one call can see what an
+    /// earlier one left behind. The syncer never uses it: a fresh store per call is what makes
+    /// a plugin's verdict depend on its input alone. Each call still gets the full fuel budget
+    /// and a fresh deadline; after a failed call the session refuses further calls.
+    pub fn session(&self) -> Result<Session> {
+        let mut store = self.new_store("-");
+        let fail = |store: &Store<CallState>, e| self.call_error(store, "instantiate", "-", e);
+        if let Err(e) = self.arm(&mut store) {
+            return Err(fail(&store, e));
+        }
+        match self.pre.instantiate(&mut store) {
+            Ok(rule) => Ok(Session { plugin: self.clone(), store, rule, broken: false }),
+            Err(e) => Err(fail(&store, e)),
+        }
+    }
+}
+
+/// A plugin instance and its store, reused across calls. Made by [`Plugin::session`].
+pub struct Session {
+    plugin: Plugin,
+    store: Store<CallState>,
+    rule: Rule,
+    /// Set by a failed call: the instance may be left mid-way and must not be entered again.
+    broken: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("plugin", &self.plugin).field("broken", &self.broken).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Calls `preserve` on the kept instance, with a full fuel budget and a fresh deadline.
+    pub fn preserve(&mut self, existing: &Value, desired: &Value) -> Result<Called<Decision>> {
+        let object = object_ref(desired);
+        let plugin = &self.plugin;
+        if self.broken {
+            return Err(Error::Call {
+                plugin: plugin.info.name.clone(),
+                hook: "preserve",
+                object,
+                kind: CallFailure::Trap,
+                message: "the session is unusable after an earlier failed call".into(),
+            });
+        }
+        self.store.data_mut().set_object(&object);
+        let (e, d) = (existing.to_string(), desired.to_string());
+        let called = plugin
+            .arm(&mut self.store)
+            .and_then(|()| self.rule.downsync_rules_rules().call_preserve(&mut self.store, &e, &d));
+        match called {
+            Ok(value) => {
+                let fuel = plugin.engine.config().fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
+                plugin.decision(&object, Called { value, fuel })
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(plugin.call_error(&self.store, "preserve", &object, e))
+            }
+        }
     }
 }
 

@@ -73,6 +73,13 @@ impl CallState {
     }
 }
 
+impl CallState {
+    /// Names the object of the next call in log lines (a reused session serves many objects).
+    pub(crate) fn set_object(&mut self, object: &str) {
+        object.clone_into(&mut self.object);
+    }
+}
+
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }

@@ -10,7 +10,7 @@ mod host;
 pub mod registry;
 pub mod reload;
 
-pub use component::{Decision, KindPattern, Plugin, PluginInfo};
+pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Result, Violation};
 pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig};

@@ -1,0 +1,498 @@
+//! downsync-bench: measures downsync against the API server's own limit and its WASM rules against native Rust (issue 6).
+//!
+//! The binary `downsync-bench` parses [`Options`] and calls [`run`]. Sections 5 and 7 run in
+//! this process on the built plugin components; sections 1–4 and 6 start two control planes
+//! (or use `DOWNSYNC_UPSTREAM_KUBECONFIG` / `DOWNSYNC_DOWNSTREAM_KUBECONFIG`) and drive the
+//! `downsync` binary. Every section's figures land in one [`report::Report`], printed as
+//! markdown and written to `--out` after each section, so a failure late in the run keeps
+//! what was measured.
+
+pub mod coldstart;
+pub mod copier;
+pub mod http;
+pub mod objects;
+pub mod process;
+pub mod reload;
+pub mod report;
+pub mod rules;
+pub mod sync;
+pub mod timing;
+pub mod tracker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use downsync::plugin::{EngineConfig, PluginEngine};
+use kube::Client;
+
+use crate::{ClusterRef, Clusters, repo_root};
+use report::{Report, Section};
+use timing::{ratio, secs};
+
+/// The measurements of issue 6, by name (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// 1. Initial sync, downsync against the naive copier.
+    Initial,
+    /// 2. No-op restart.
+    Resync,
+    /// 3. Update wave.
+    Update,
+    /// 4. Peak memory.
+    Memory,
+    /// 5. Rule cost.
+    Rules,
+    /// 6. Hot reload under load.
+    Reload,
+    /// 7. Cold start of 10 plugins.
+    Coldstart,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Object counts for sections 1–4.
+    pub sizes: Vec<usize>,
+    /// Where the markdown report goes.
+    pub out: PathBuf,
+    /// The `downsync` binary; built in release mode when not given.
+    pub downsync: Option<PathBuf>,
+    /// The sections to run; all when empty.
+    pub only: Vec<Part>,
+    /// downsync `--workers`, and the copier's and the bench's own write concurrency.
+    pub workers: usize,
+    /// Upstream namespaces the objects are spread over.
+    pub namespaces: usize,
+    /// Run downsync with the 4 built-in plugins in its plugins folder (sections 1–4).
+    pub builtin_plugins: bool,
+    /// Objects in flight during the hot-reload swaps.
+    pub reload_objects: usize,
+    /// Plugin swaps.
+    pub swaps: usize,
+    /// Upstream updates per second during the swaps.
+    pub churn: f64,
+}
+
+impl Options {
+    /// Whether a section is selected.
+    pub fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+
+    fn wants_clusters(&self) -> bool {
+        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload].iter().any(|p| self.wants(*p))
+    }
+}
+
+/// What the cluster sections share: options, clusters, clients, binaries and a scratch folder.
+pub struct Bench {
+    /// The options.
+    pub opts: Options,
+    /// Both clusters.
+    pub clusters: Clusters,
+    /// Upstream client.
+    pub up: Client,
+    /// Downstream client.
+    pub down: Client,
+    /// The `downsync` binary.
+    pub downsync: PathBuf,
+    /// The folder of built plugin components.
+    pub plugins: PathBuf,
+    /// Scratch folder: logs, plugins folders.
+    pub work: PathBuf,
+}
+
+impl std::fmt::Debug for Bench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bench")
+            .field("opts", &self.opts)
+            .field("clusters", &self.clusters)
+            .field("downsync", &self.downsync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bench {
+    /// Copies the 4 built-in components into `dir` as `<name>.wasm`.
+    pub fn install_builtins(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (name, file) in
+            ["service", "persistent-volume", "immutable-config", "service-account"].into_iter().zip(coldstart::BUILTINS)
+        {
+            std::fs::copy(self.plugins.join(file), dir.join(format!("{name}.wasm")))
+                .with_context(|| format!("installing {file}"))?;
+        }
+        Ok(())
+    }
+
+    /// The `XDG_CACHE_HOME` of the downsync processes: their compiled-plugin cache.
+    pub fn cache_home(&self) -> PathBuf {
+        self.work.join("xdg-cache")
+    }
+
+    /// Starts `downsync run ARGS`, logging to `downsync-NAME.log` in the scratch folder.
+    pub fn spawn(&self, args: &[String], name: &str) -> Result<process::Downsync> {
+        process::Downsync::spawn(
+            &self.downsync,
+            args,
+            &self.work.join(format!("downsync-{name}.log")),
+            &self.cache_home(),
+        )
+    }
+
+    /// Compiles the built-ins into the downsync processes' artifact cache, so the sync sections
+    /// time syncing, not a first compile (section 7 times that).
+    pub fn warm_cache(&self) -> Result<()> {
+        let cache_dir = self.cache_home().join("downsync").join("components");
+        let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+        for file in coldstart::BUILTINS {
+            engine.load_file(&self.plugins.join(file))?;
+        }
+        Ok(())
+    }
+
+    /// The plugins folder for sections 1–4, if plugins are on.
+    pub fn sync_plugins_dir(&self) -> Result<Option<PathBuf>> {
+        if !self.opts.builtin_plugins {
+            return Ok(None);
+        }
+        let dir = self.work.join(format!("plugins-{}", run_id()));
+        self.install_builtins(&dir)?;
+        Ok(Some(dir))
+    }
+}
+
+/// A short random id, for namespaces and files of one run.
+pub fn run_id() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Control planes this process started, stopped on drop.
+struct Started(Vec<String>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let script = repo_root().join("tests/cluster/controlplane.sh");
+        for name in &self.0 {
+            let _ = Command::new("bash").arg(&script).args(["down", name]).status();
+        }
+    }
+}
+
+fn start_control_plane(name: &str) -> Result<PathBuf> {
+    let script = repo_root().join("tests/cluster/controlplane.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["up", name, "--owner-pid", &std::process::id().to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("starting control plane {name} failed (see the output above)");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().map(PathBuf::from).context("controlplane.sh printed no kubeconfig")
+}
+
+fn clusters(started: &mut Started) -> Result<Clusters> {
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    if let (Some(up), Some(down)) = (env("DOWNSYNC_UPSTREAM_KUBECONFIG"), env("DOWNSYNC_DOWNSTREAM_KUBECONFIG")) {
+        return Ok(Clusters {
+            upstream: ClusterRef { kubeconfig: up, context: std::env::var("DOWNSYNC_UPSTREAM_CONTEXT").ok() },
+            downstream: ClusterRef { kubeconfig: down, context: std::env::var("DOWNSYNC_DOWNSTREAM_CONTEXT").ok() },
+        });
+    }
+    let pid = std::process::id();
+    let mut side = |s: &str| {
+        let name = format!("bench-{s}-{pid}");
+        let kubeconfig = start_control_plane(&name)?;
+        started.0.push(name);
+        anyhow::Ok(ClusterRef { kubeconfig, context: None })
+    };
+    Ok(Clusters { upstream: side("up")?, downstream: side("down")? })
+}
+
+fn cargo_build(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new("nice")
+        .args(["-n", "10", &cargo, "build", "--quiet"])
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo build {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+/// The `downsync` binary: the given one, or `$CARGO_TARGET_DIR/release/downsync`, built first.
+pub fn locate_downsync(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("--downsync {} does not exist", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    eprintln!("bench: building downsync (release)");
+    cargo_build(&["--release", "-p", "downsync", "--bin", "downsync"])?;
+    Ok(target_dir().join("release").join("downsync"))
+}
+
+fn save(report: &Report, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut r = report.clone();
+    r.sections.sort_by_key(|s| s.number);
+    std::fs::write(out, r.markdown()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Runs the selected sections and writes the report; returns it.
+pub async fn run(opts: Options) -> Result<Report> {
+    let repo = repo_root();
+    let out = if opts.out.is_absolute() { opts.out.clone() } else { std::env::current_dir()?.join(&opts.out) };
+    let mut report = Report { env: report::Environment::detect(&repo), sections: Vec::new() };
+    let work = std::env::temp_dir().join(format!("downsync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    eprintln!("bench: scratch folder {}", work.display());
+
+    let needs_plugins = opts.wants(Part::Rules) || opts.wants(Part::Coldstart) || opts.wants_clusters();
+    let plugins = if needs_plugins {
+        eprintln!("bench: building the plugin components");
+        crate::plugins::built_plugins_dir()?
+    } else {
+        PathBuf::new()
+    };
+
+    if opts.wants(Part::Rules) {
+        eprintln!("bench: 5. rule cost");
+        let costs = tokio::task::block_in_place(|| rules::measure(&plugins, &repo, 15, Duration::from_millis(40)))?;
+        report.sections.push(rules::section(&costs));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Coldstart) {
+        eprintln!("bench: 7. cold start");
+        let rounds = 3;
+        let c = tokio::task::block_in_place(|| coldstart::measure(&plugins, &work, rounds))?;
+        report.sections.push(coldstart::section(&c, rounds));
+        save(&report, &out)?;
+    }
+    if !opts.wants_clusters() {
+        return finish(report, &out);
+    }
+
+    let downsync = locate_downsync(opts.downsync.as_deref())?;
+    let mut started = Started(Vec::new());
+    eprintln!("bench: starting the control planes");
+    let clusters = clusters(&mut started)?;
+    let up = clusters.upstream.client().await?;
+    let down = clusters.downstream.client().await?;
+    report.env.kubernetes = match down.apiserver_version().await {
+        Ok(v) => v.git_version,
+        Err(e) => format!("unknown ({e})"),
+    };
+    let bench = Bench { opts: opts.clone(), clusters, up, down, downsync, plugins, work };
+    tokio::task::block_in_place(|| bench.warm_cache())?;
+
+    if [Part::Initial, Part::Resync, Part::Update, Part::Memory].iter().any(|p| opts.wants(*p)) {
+        let mut figures = Vec::new();
+        for &n in &opts.sizes {
+            figures.push(sync::measure(&bench, n).await);
+            report.sections.retain(|s| s.number > 4);
+            report.sections.extend(sync_sections(&opts, &figures));
+            save(&report, &out)?;
+        }
+    }
+    if opts.wants(Part::Reload) {
+        eprintln!("bench: 6. hot reload");
+        let section = match reload::measure(&bench, opts.reload_objects, opts.swaps, opts.churn).await {
+            Ok(r) => reload::section(&r),
+            Err(e) => {
+                let mut s = Section::new(6, "Hot reload under load", &["error"]);
+                s.row(vec![format!("{e:#}").replace('\n', " ")]);
+                s.goal("hot reload p99 ≤ 250 ms", None, "failed to run".into());
+                s
+            }
+        };
+        report.sections.push(section);
+        save(&report, &out)?;
+    }
+    drop(started);
+    finish(report, &out)
+}
+
+fn finish(mut report: Report, out: &Path) -> Result<Report> {
+    report.sections.sort_by_key(|s| s.number);
+    save(&report, out)?;
+    eprintln!("bench: wrote {}", out.display());
+    Ok(report)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(|| "—".to_string(), f)
+}
+
+/// Sections 1–4 from the figures of every size run so far.
+pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> {
+    let largest = figures.iter().max_by_key(|f| f.n);
+    let at = |f: &sync::Figures| {
+        if f.n >= 10_000 { format!("at N={}", f.n) } else { format!("at N={} (10,000 not run)", f.n) }
+    };
+    let mut out = Vec::new();
+
+    if opts.wants(Part::Initial) {
+        let mut s = Section::new(
+            1,
+            "Initial sync",
+            &[
+                "N",
+                "bench creates upstream",
+                "naive copier",
+                "downsync run",
+                "downsync / copier",
+                "downsync /readyz",
+                "CPU: copier",
+                "CPU: downsync",
+            ],
+        );
+        for f in figures {
+            s.row(vec![
+                f.n.to_string(),
+                opt(f.upstream_create, secs),
+                opt(f.copier, secs),
+                opt(f.initial, secs),
+                match (f.initial, f.copier) {
+                    (Some(d), Some(c)) => ratio(d, c),
+                    _ => "—".into(),
+                },
+                opt(f.initial_ready, secs),
+                opt(f.copier_cpu, secs),
+                opt(f.initial_cpu, secs),
+            ]);
+        }
+        if let Some(f) = largest {
+            let r = match (f.initial, f.copier) {
+                (Some(d), Some(c)) if !c.is_zero() => Some(d.as_secs_f64() / c.as_secs_f64()),
+                _ => None,
+            };
+            s.goal(
+                "initial sync ≤ 1.1× the naive copier at 10,000",
+                r.map(|r| r <= 1.1),
+                r.map_or_else(|| "not measured".into(), |r| format!("{r:.2}× {}", at(f))),
+            );
+        }
+        s.note(format!(
+            "ConfigMap/Service(ClusterIP)/Deployment mix over {} namespaces. Both copy the same N objects with \
+             {} writers, each timed from start (process spawn for downsync) to the moment a downstream watch \
+             sees the last object correct (data/spec equal to upstream). The copier lists upstream, strips \
+             metadata and creates; its copies go to separate namespaces, deleted before downsync runs. downsync \
+             runs with {}. CPU is user + system time: downsync's process from spawn to the last object; the \
+             copier's is the bench process during the copy less its CPU during downsync's run (the downstream \
+             watch both share), so an estimate.",
+            opts.namespaces,
+            opts.workers,
+            if opts.builtin_plugins { "the 4 built-in plugins (compiled-artifact cache warm)" } else { "no plugins" }
+        ));
+        out.push(s);
+    }
+    if opts.wants(Part::Resync) {
+        let mut s = Section::new(
+            2,
+            "No-op resync (restart over synced objects)",
+            &["N", "downstream writes", "restart to /readyz", "syncs by operation", "SIGTERM to exit (first run)"],
+        );
+        for f in figures {
+            s.row(vec![
+                f.n.to_string(),
+                opt(f.resync_writes, |w| w.to_string()),
+                opt(f.resync_ready, secs),
+                opt(f.resync_ops.clone(), |o| o),
+                opt(f.shutdown, secs),
+            ]);
+        }
+        if let Some(f) = largest {
+            s.goal(
+                "0 downstream writes on a no-op restart",
+                f.resync_writes.map(|w| w == 0),
+                opt(f.resync_writes, |w| format!("{w} {}", at(f))),
+            );
+        }
+        s.note("Writes are counted downstream: new resourceVersions seen by a watch from before the restart until 3 s without writes after /readyz.");
+        out.push(s);
+    }
+    if opts.wants(Part::Update) {
+        let mut s = Section::new(
+            3,
+            "Update wave (10% of the objects change upstream)",
+            &["N", "changes", "downstream writes", "converged", "bench's own upstream patches", "converged / patches"],
+        );
+        for f in figures {
+            s.row(vec![
+                f.n.to_string(),
+                opt(f.changes, |c| c.to_string()),
+                opt(f.update_writes, |w| w.to_string()),
+                opt(f.update_converge, secs),
+                opt(f.update_patch, secs),
+                match (f.update_converge, f.update_patch) {
+                    (Some(c), Some(p)) => ratio(c, p),
+                    _ => "—".into(),
+                },
+            ]);
+        }
+        if let Some(f) = largest {
+            let met = match (f.update_writes, f.changes) {
+                (Some(w), Some(c)) => Some(w == c as u64),
+                _ => None,
+            };
+            s.goal(
+                "writes = changes in an update wave",
+                met,
+                format!(
+                    "{} writes for {} changes {}",
+                    opt(f.update_writes, |w| w.to_string()),
+                    opt(f.changes, |c| c.to_string()),
+                    at(f)
+                ),
+            );
+        }
+        s.note("Converged: from the first upstream patch to the last changed object correct downstream. The bench's own patches (same count, same concurrency) are the upstream half of the same work.");
+        out.push(s);
+    }
+    if opts.wants(Part::Memory) {
+        let mut s = Section::new(
+            4,
+            "Memory (peak RSS of downsync)",
+            &["N", "first run, after the initial sync", "restart, after resync and update wave"],
+        );
+        for f in figures {
+            s.row(vec![f.n.to_string(), opt(f.rss_initial, mib), opt(f.rss_restart, mib)]);
+        }
+        if let Some(f) = largest {
+            let peak = f.rss_initial.into_iter().chain(f.rss_restart).max();
+            s.goal(
+                "peak RSS ≤ 100 MiB holding 10,000 objects",
+                peak.map(|p| p <= 100 << 20),
+                opt(peak, |p| format!("{} {}", mib(p), at(f))),
+            );
+        }
+        s.note("`VmHWM` from `/proc/PID/status`, read just before SIGTERM.");
+        out.push(s);
+    }
+    for f in figures.iter().filter(|f| !f.errors.is_empty()) {
+        if let Some(s) = out.first_mut() {
+            s.note(format!("Errors at N={}: {}", f.n, f.errors.join("; ").replace('\n', " ")));
+        }
+    }
+    out
+}

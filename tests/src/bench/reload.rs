@@ -1,0 +1,346 @@
+//! Section 6: hot reload under load: time from a plugin file change to the new behaviour in downstream writes, and failed syncs.
+//!
+//! `downsync run` syncs `n` ConfigMaps with the built-ins and the `stamp` test plugin in its
+//! plugins folder, while a churn task keeps updating the ConfigMaps upstream. Each swap writes a
+//! new version of `stamp.wasm` (the same build, its marker bytes patched to a new stamp) through
+//! a rename; the latency is from the rename to the first downstream write carrying the new
+//! stamp. The same churn gives the plain sync latency (upstream patch to downstream write), the
+//! floor under any reload latency.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use downsync::plugin::{EngineConfig, PluginEngine};
+use downsync_plugin_testing_stamp::{MARKER, variant};
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::Client;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::Bench;
+use super::objects::{self, Kind, RUN_LABEL};
+use super::report::Section;
+use super::sync::run_args;
+use super::timing::{millis, percentile};
+use super::tracker::Tracker;
+
+/// One series of swaps.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// What the series does differently.
+    pub name: String,
+    /// Per swap: file rename to the first downstream write with the new behaviour.
+    pub first: Vec<Duration>,
+    /// Per swap: file rename to every object written with the new behaviour.
+    pub all: Vec<Duration>,
+    /// Swaps whose new behaviour never showed within the timeout.
+    pub missed: usize,
+    /// Downstream writes per swap (median), which shows whether a swap re-syncs everything.
+    pub writes_per_swap: u64,
+}
+
+/// The figures of section 6.
+#[derive(Debug, Clone, Default)]
+pub struct Reload {
+    /// Objects in flight.
+    pub objects: usize,
+    /// Upstream updates per second during the swaps.
+    pub churn: f64,
+    /// New versions compiled by downsync on the swap; then new versions already compiled into
+    /// its artifact cache (as `downsync plugin check` with the same cache would leave them).
+    pub series: Vec<Series>,
+    /// Upstream patch to downstream write, over the churn.
+    pub sync_latencies: Vec<Duration>,
+    /// `downsync_syncs_total{result="error"}` during the swaps.
+    pub failed_syncs: f64,
+    /// `downsync_plugin_reload_failures_total` during the swaps.
+    pub reload_failures: f64,
+    /// Writes with an older stamp after the new one first showed (calls in flight finishing
+    /// on the version they started with).
+    pub late_old_writes: usize,
+}
+
+/// `base` with every occurrence of `from` replaced by `to` (same length).
+pub fn patch_bytes(base: &[u8], from: &[u8], to: &[u8]) -> Result<Vec<u8>> {
+    if from.len() != to.len() || from.is_empty() {
+        bail!("the replacement must have the marker's length");
+    }
+    let mut out = base.to_vec();
+    let mut found = 0;
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            found += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    if found == 0 {
+        bail!("the marker is not in the component");
+    }
+    Ok(out)
+}
+
+fn stamp_and_tick(obj: &Value) -> Value {
+    json!({
+        "stamp": obj.pointer("/metadata/annotations/bench.downsync.dev~1stamp"),
+        "tick": obj.pointer("/data/tick"),
+    })
+}
+
+fn config_map(ns: &str, run: &str, i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("cm-{i:05}"), "namespace": ns, "labels": {RUN_LABEL: run}},
+        "data": {"index": i.to_string(), "tick": "0"},
+    })
+}
+
+/// Keeps patching the ConfigMaps upstream at `rate` per second until `stop`; records when each
+/// tick was sent.
+async fn churn(
+    client: Client,
+    ns: String,
+    n: usize,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<HashMap<u64, Instant>>>,
+) {
+    let api = objects::api(&client, Kind::ConfigMap, Some(&ns));
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let mut next = tokio::time::Instant::now();
+    let mut tick: u64 = 1;
+    while !stop.load(Ordering::Relaxed) {
+        next += period;
+        tokio::time::sleep_until(next).await;
+        let name = format!("cm-{:05}", tick as usize % n.max(1));
+        sent.lock().unwrap_or_else(PoisonError::into_inner).insert(tick, Instant::now());
+        let patch = Patch::Merge(json!({"data": {"tick": tick.to_string()}}));
+        if let Err(e) = api.patch(&name, &PatchParams::default(), &patch).await {
+            eprintln!("bench: churn patch of {name} failed: {e}");
+        }
+        tick += 1;
+    }
+}
+
+/// Runs section 6 with `n` ConfigMaps and `swaps` swaps.
+pub async fn measure(b: &Bench, n: usize, swaps: usize, rate: f64) -> Result<Reload> {
+    let run = super::run_id();
+    let ns = format!("reload-{run}");
+    let result = swap_under_load(b, &run, &ns, n, swaps, rate).await;
+    for client in [&b.up, &b.down] {
+        if let Err(e) = objects::delete_namespaces(client, std::slice::from_ref(&ns), Duration::from_secs(600)).await {
+            eprintln!("bench: cleanup of {ns}: {e:#}");
+        }
+    }
+    result
+}
+
+async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize, rate: f64) -> Result<Reload> {
+    let mut r = Reload { objects: n, churn: rate, ..Reload::default() };
+    eprintln!("bench: hot reload: {n} ConfigMaps, {swaps} swaps, churn {rate}/s");
+    objects::create_namespaces(&b.up, &[ns.to_string()], run).await?;
+    stream::iter(0..n)
+        .map(|i| async move {
+            let obj: DynamicObject = serde_json::from_value(config_map(ns, run, i))?;
+            objects::api(&b.up, Kind::ConfigMap, Some(ns)).create(&PostParams::default(), &obj).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(b.opts.workers)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let dir = b.work.join(format!("reload-{run}"));
+    b.install_builtins(&dir)?;
+    let base = std::fs::read(b.plugins.join("downsync_plugin_testing_stamp.wasm")).context("the stamp plugin")?;
+    let stamp_file = dir.join("stamp.wasm");
+    std::fs::write(&stamp_file, patch_bytes(&base, MARKER.as_bytes(), variant(1).as_bytes())?)?;
+
+    let tracker = Tracker::start(&b.down, &[Kind::ConfigMap], run, stamp_and_tick, true).await?;
+    let args = run_args(b, &[Kind::ConfigMap], &[ns.to_string()], Some(&dir));
+    let mut ds = b.spawn(&args, &format!("{run}-reload"))?;
+    let expected = (0..n)
+        .map(|i| ((Kind::ConfigMap, ns.to_string(), format!("cm-{i:05}")), json!({"stamp": variant(1), "tick": "0"})))
+        .collect();
+    tracker.expect(expected);
+    tracker.wait_done(Duration::from_secs(300), || ds.check_alive()).await?;
+    ds.wait_ready(Duration::from_secs(60)).await?;
+
+    let m0 = ds.metrics().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    let churner = tokio::spawn(churn(b.up.clone(), ns.to_string(), n, rate, stop.clone(), sent.clone()));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The bench's engine has downsync's configuration, so what it compiles into downsync's
+    // cache directory is what downsync would have compiled.
+    let cache_dir = b.cache_home().join("downsync").join("components");
+    let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+    let mut version: u64 = 1;
+    for precompiled in [false, true] {
+        let name = if precompiled { "precompiled into the artifact cache" } else { "compiled by downsync on the swap" };
+        let mut series = Series { name: name.into(), ..Series::default() };
+        let mut writes = Vec::new();
+        for s in 0..swaps {
+            version += 1;
+            let stamp = variant(version);
+            let old: Vec<String> = (1..version).map(variant).collect();
+            let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
+            if precompiled {
+                tokio::task::block_in_place(|| {
+                    engine.load_bytes("stamp", &bytes).map(drop).map_err(anyhow::Error::from)
+                })?;
+            }
+            let tmp = dir.join(".stamp.wasm.tmp");
+            std::fs::write(&tmp, bytes)?;
+            let w0 = tracker.writes();
+            let t0 = Instant::now();
+            std::fs::rename(&tmp, &stamp_file)?;
+            let has_new = |fp: &Value| fp["stamp"].as_str() == Some(stamp.as_str());
+            let deadline = t0 + Duration::from_secs(30);
+            let first = loop {
+                ds.check_alive()?;
+                if let Some(at) = tracker.first_since(t0, has_new) {
+                    break Some(at);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            match first {
+                Some(at) => series.first.push(at - t0),
+                None => series.missed += 1,
+            }
+            // downsync re-syncs every object when the rules change: wait for all of them.
+            let all = loop {
+                ds.check_alive()?;
+                if tracker.count_live(has_new) >= n {
+                    break Some(Instant::now());
+                }
+                if Instant::now() > t0 + Duration::from_secs(120) {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            if let Some(at) = all {
+                series.all.push(at - t0);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Some(at) = first {
+                r.late_old_writes +=
+                    tracker.count_since(at, |fp| fp["stamp"].as_str().is_some_and(|v| old.iter().any(|o| o == v)));
+            }
+            writes.push(tracker.writes() - w0);
+            eprintln!(
+                "bench:   swap {}/{swaps} ({name}): first {}, all {}",
+                s + 1,
+                first.map_or_else(|| "not seen within 30 s".to_string(), |at| format!("{:.1?}", at - t0)),
+                all.map_or_else(|| "not within 120 s".to_string(), |at| format!("{:.1?}", at - t0))
+            );
+        }
+        writes.sort_unstable();
+        series.writes_per_swap = writes.get(writes.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+        r.series.push(series);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = churner.await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m1 = ds.metrics().await?;
+    r.failed_syncs =
+        m1.sum("downsync_syncs_total", &[("result", "error")]) - m0.sum("downsync_syncs_total", &[("result", "error")]);
+    r.reload_failures =
+        m1.sum("downsync_plugin_reload_failures_total", &[]) - m0.sum("downsync_plugin_reload_failures_total", &[]);
+    let sent = sent.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for (at, fp) in tracker.log_since(started) {
+        let tick = fp["tick"].as_str().and_then(|t| t.parse::<u64>().ok());
+        if let Some(t0) = tick.and_then(|t| sent.get(&t)) {
+            r.sync_latencies.push(at.saturating_duration_since(*t0));
+        }
+    }
+    ds.stop(Duration::from_secs(60)).await?;
+    Ok(r)
+}
+
+/// The section for the measured figures.
+pub fn section(r: &Reload) -> Section {
+    let mut s = Section::new(
+        6,
+        "Hot reload under load",
+        &[
+            "new version",
+            "swaps",
+            "p50 (first object)",
+            "p99 (first object)",
+            "p50 / p99 (all objects)",
+            "not seen",
+            "writes per swap (median)",
+        ],
+    );
+    for x in &r.series {
+        s.row(vec![
+            x.name.clone(),
+            (x.first.len() + x.missed).to_string(),
+            millis(percentile(&x.first, 50.0)),
+            millis(percentile(&x.first, 99.0)),
+            format!("{} / {}", millis(percentile(&x.all, 50.0)), millis(percentile(&x.all, 99.0))),
+            x.missed.to_string(),
+            x.writes_per_swap.to_string(),
+        ]);
+    }
+    if let Some(cold) = r.series.first() {
+        let p99 = percentile(&cold.first, 99.0);
+        s.goal(
+            "hot reload p99 ≤ 250 ms",
+            (!cold.first.is_empty()).then_some(p99 <= Duration::from_millis(250) && cold.missed == 0),
+            format!("p99 {} (compiled on the swap)", millis(p99)),
+        );
+    }
+    s.goal("0 failed syncs during reloads", Some(r.failed_syncs == 0.0), format!("{}", r.failed_syncs));
+    s.note(format!(
+        "`downsync run` syncs {} ConfigMaps with the 4 built-ins and the `stamp` test plugin; upstream, {:.0} \
+         ConfigMap updates per second keep objects in flight. Each swap renames a new `stamp.wasm` into the \
+         plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
+         object* is from the rename to the first downstream write carrying the new stamp, seen through a \
+         downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
+         the rules change). The second series puts each new version into downsync's artifact cache before \
+         the rename, which leaves out the compile. p99 of 20 swaps is their maximum.",
+        r.objects, r.churn
+    ));
+    s.note(format!(
+        "During the swaps: {} failed syncs, {} refused reloads, {} writes with an older stamp after the new one \
+         showed (syncs in flight finishing on the version they started with). Upstream patch to downstream write \
+         of the churn itself: p50 {}, p99 {}.",
+        r.failed_syncs,
+        r.reload_failures,
+        r.late_old_writes,
+        millis(percentile(&r.sync_latencies, 50.0)),
+        millis(percentile(&r.sync_latencies, 99.0)),
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_bytes_replaces_every_occurrence_and_refuses_a_missing_marker() {
+        assert_eq!(patch_bytes(b"xxABxAB", b"AB", b"CD").unwrap(), b"xxCDxCD");
+        assert!(patch_bytes(b"xxx", b"AB", b"CD").is_err());
+        assert!(patch_bytes(b"AB", b"AB", b"C").is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_holds_the_stamp_and_the_tick() {
+        let mut cm = config_map("n", "r", 1);
+        cm["metadata"]["annotations"] = json!({"bench.downsync.dev/stamp": "s1"});
+        assert_eq!(stamp_and_tick(&cm), json!({"stamp": "s1", "tick": "0"}));
+    }
+}

@@ -1,0 +1,224 @@
+//! Sections 1–4: initial sync against the naive copier, no-op restart, update wave and peak memory, for one N.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::objects::{self, Kind, Workload};
+use super::tracker::Tracker;
+use super::{Bench, Part};
+
+/// What one size measured; `None` where a phase did not run or failed.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// Objects.
+    pub n: usize,
+    /// Creating the N objects upstream (the bench's own writes, for scale).
+    pub upstream_create: Option<Duration>,
+    /// Naive copier: start to the last object correct downstream.
+    pub copier: Option<Duration>,
+    /// downsync: spawn to the last object correct downstream.
+    pub initial: Option<Duration>,
+    /// CPU time downsync used for the initial sync (spawn to the last object correct).
+    pub initial_cpu: Option<Duration>,
+    /// CPU time of the copier: the bench process during the copy, less the same process's
+    /// CPU during downsync's initial sync (the downstream watch, which runs in both).
+    pub copier_cpu: Option<Duration>,
+    /// downsync: spawn to /readyz 200 on the first start.
+    pub initial_ready: Option<Duration>,
+    /// Downstream writes during the no-op restart.
+    pub resync_writes: Option<u64>,
+    /// Restart (spawn) to /readyz 200.
+    pub resync_ready: Option<Duration>,
+    /// `downsync_syncs_total` by operation after the restart, as text.
+    pub resync_ops: Option<String>,
+    /// How long the first process took to exit after SIGTERM.
+    pub shutdown: Option<Duration>,
+    /// Objects changed upstream in the update wave.
+    pub changes: Option<usize>,
+    /// Downstream writes the update wave caused.
+    pub update_writes: Option<u64>,
+    /// First upstream patch to the last object correct downstream.
+    pub update_converge: Option<Duration>,
+    /// How long the bench's own upstream patches took (the same writes, for scale).
+    pub update_patch: Option<Duration>,
+    /// Peak RSS (VmHWM) of the first process, holding N objects after the initial sync.
+    pub rss_initial: Option<u64>,
+    /// Peak RSS of the restarted process after the no-op resync and the update wave.
+    pub rss_restart: Option<u64>,
+    /// What went wrong, if anything.
+    pub errors: Vec<String>,
+}
+
+fn copy_ns(ns: &str) -> String {
+    ns.replacen("bench-", "benchcp-", 1)
+}
+
+/// The `downsync run` flags for the bench's clusters, kinds, namespaces and plugins.
+pub fn run_args(b: &Bench, kinds: &[Kind], namespaces: &[String], plugins: Option<&Path>) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut flag = |k: &str, v: &str| {
+        a.push(k.to_string());
+        a.push(v.to_string());
+    };
+    flag("--upstream-kubeconfig", &b.clusters.upstream.kubeconfig.display().to_string());
+    if let Some(c) = &b.clusters.upstream.context {
+        flag("--upstream-context", c);
+    }
+    flag("--downstream-kubeconfig", &b.clusters.downstream.kubeconfig.display().to_string());
+    if let Some(c) = &b.clusters.downstream.context {
+        flag("--downstream-context", c);
+    }
+    for k in kinds {
+        flag("--resource", k.resource_flag());
+    }
+    for ns in namespaces {
+        flag("--namespace", ns);
+    }
+    flag("--workers", &b.opts.workers.to_string());
+    if let Some(dir) = plugins {
+        flag("--plugins-dir", &dir.display().to_string());
+    }
+    a
+}
+
+fn sync_timeout(n: usize) -> Duration {
+    Duration::from_secs(180) + Duration::from_millis(60) * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Runs sections 1–4 (those selected) for `n` objects.
+pub async fn measure(b: &Bench, n: usize) -> Figures {
+    let mut f = Figures { n, ..Figures::default() };
+    let run = super::run_id();
+    let w = Workload::new("bench", &run, b.opts.namespaces, n);
+    let copies: Vec<String> = w.namespaces.iter().map(|ns| copy_ns(ns)).collect();
+    if let Err(e) = phases(b, &w, &mut f).await {
+        eprintln!("bench: N={n}: {e:#}");
+        f.errors.push(format!("{e:#}"));
+    }
+    eprintln!("bench: N={n}: cleaning up the run's namespaces");
+    let all: Vec<String> = w.namespaces.iter().cloned().chain(copies).collect();
+    for (side, client) in [("upstream", &b.up), ("downstream", &b.down)] {
+        if let Err(e) = objects::delete_namespaces(client, &all, Duration::from_secs(900)).await {
+            f.errors.push(format!("cleanup {side}: {e:#}"));
+        }
+    }
+    f
+}
+
+async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
+    let (up, down, n) = (&b.up, &b.down, w.n);
+    let workers = b.opts.workers;
+    eprintln!("bench: N={n}: creating the objects upstream ({} namespaces, {workers} at a time)", w.namespaces.len());
+    let t = Instant::now();
+    objects::create_all(up, w, workers).await?;
+    f.upstream_create = Some(t.elapsed());
+
+    let tracker = Tracker::start(down, &Kind::ALL, &w.run, objects::fingerprint, false).await?;
+    let none = || Ok(());
+
+    if b.opts.wants(Part::Initial) {
+        eprintln!("bench: N={n}: naive copier");
+        tracker.expect(w.expected(copy_ns, |_| false, 0));
+        let cpu0 = own_cpu();
+        let t0 = Instant::now();
+        let copied = super::copier::copy(up, down, &w.namespaces, &w.run, copy_ns, workers).await?;
+        let done = tracker.wait_done(sync_timeout(n), none).await?;
+        f.copier = Some(done.saturating_duration_since(t0));
+        f.copier_cpu = own_cpu().zip(cpu0).map(|(a, b)| a.saturating_sub(b));
+        eprintln!("bench:   copied {copied} objects in {:.2?}; deleting the copies", done - t0);
+        let copies: Vec<String> = w.namespaces.iter().map(|ns| copy_ns(ns)).collect();
+        objects::delete_namespaces(down, &copies, Duration::from_secs(900)).await?;
+    }
+
+    eprintln!("bench: N={n}: downsync run, initial sync");
+    let plugins = b.sync_plugins_dir()?;
+    let args = run_args(b, &Kind::ALL, &w.namespaces, plugins.as_deref());
+    tracker.expect(w.expected(|ns| ns.to_string(), |_| false, 0));
+    let own0 = own_cpu();
+    let mut first = b.spawn(&args, &format!("{}-first", w.run))?;
+    let done = tracker.wait_done(sync_timeout(n), || first.check_alive()).await?;
+    f.initial = Some(done.saturating_duration_since(first.started));
+    f.initial_cpu = first.cpu_time().ok();
+    let watch_cpu = own_cpu().zip(own0).map(|(a, b)| a.saturating_sub(b));
+    f.copier_cpu = f.copier_cpu.zip(watch_cpu).map(|(c, w)| c.saturating_sub(w));
+    let ready = first.wait_ready(sync_timeout(n)).await?;
+    f.initial_ready = Some(ready.saturating_duration_since(first.started));
+    eprintln!(
+        "bench:   correct downstream after {:.2?}, ready after {:.2?}",
+        done - first.started,
+        ready - first.started
+    );
+    // Let late writes (status, retries) land before the restart is judged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.rss_initial = first.peak_rss().ok();
+    let (status, took) = first.stop(Duration::from_secs(60)).await?;
+    f.shutdown = Some(took);
+    if !status.success() {
+        f.errors.push(format!("the first downsync exited with {status} after SIGTERM"));
+    }
+    if !(b.opts.wants(Part::Resync) || b.opts.wants(Part::Update) || b.opts.wants(Part::Memory)) {
+        return Ok(());
+    }
+
+    eprintln!("bench: N={n}: restart over the synced objects (no-op resync)");
+    let before = tracker.writes();
+    let mut second = b.spawn(&args, &format!("{}-restart", w.run))?;
+    let ready = second.wait_ready(sync_timeout(n)).await?;
+    f.resync_ready = Some(ready.saturating_duration_since(second.started));
+    quiet(&tracker, Duration::from_secs(3), Duration::from_secs(60)).await;
+    second.check_alive()?;
+    f.resync_writes = Some(tracker.writes() - before);
+    if let Ok(m) = second.metrics().await {
+        let ops = ["created", "updated", "recreated", "unchanged", "skipped"]
+            .iter()
+            .map(|op| format!("{op} {}", m.sum("downsync_syncs_total", &[("operation", op)])))
+            .collect::<Vec<_>>()
+            .join(", ");
+        f.resync_ops = Some(ops);
+    }
+    eprintln!("bench:   ready after {:.2?}, {} downstream writes", ready - second.started, tracker.writes() - before);
+
+    if b.opts.wants(Part::Update) {
+        eprintln!("bench: N={n}: update wave (10% of the objects)");
+        let changed = |i: usize| i.is_multiple_of(10);
+        tracker.expect(w.expected(|ns| ns.to_string(), changed, 1));
+        let before = tracker.writes();
+        let t0 = Instant::now();
+        let count = objects::patch_some(up, w, changed, 1, workers).await?;
+        f.update_patch = Some(t0.elapsed());
+        f.changes = Some(count);
+        let done = tracker.wait_done(sync_timeout(count), || second.check_alive()).await?;
+        f.update_converge = Some(done.saturating_duration_since(t0));
+        quiet(&tracker, Duration::from_secs(3), Duration::from_secs(60)).await;
+        f.update_writes = Some(tracker.writes() - before);
+        eprintln!("bench:   {count} changes converged in {:.2?}, {} writes", done - t0, tracker.writes() - before);
+    }
+    f.rss_restart = second.peak_rss().ok();
+    let (status, _) = second.stop(Duration::from_secs(60)).await?;
+    if !status.success() {
+        f.errors.push(format!("the restarted downsync exited with {status} after SIGTERM"));
+    }
+    Ok(())
+}
+
+/// CPU time of this process so far.
+fn own_cpu() -> Option<Duration> {
+    super::process::cpu_time(std::process::id()).ok()
+}
+
+/// Waits until no write arrived for `quiet`, at most `max`.
+async fn quiet(tracker: &Tracker, quiet: Duration, max: Duration) {
+    let started = Instant::now();
+    let (mut last, mut since) = (tracker.writes(), Instant::now());
+    while started.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tracker.writes();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! downsync-bench: the benchmarks of issue 6, as a markdown table in `docs/benchmarks.md`.
+//!
+//! ```sh
+//! cargo run --release -p downsync-tests --bin downsync-bench -- --sizes 1000 --out docs/benchmarks.md
+//! cargo run --release -p downsync-tests --bin downsync-bench -- --only rules,coldstart
+//! ```
+//!
+//! It starts two local control planes unless `DOWNSYNC_UPSTREAM_KUBECONFIG`
+//! and `DOWNSYNC_DOWNSTREAM_KUBECONFIG` are set, builds the plugin components and (without
+//! `--downsync`) the release `downsync` binary, and stops what it started when it ends.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use downsync_tests::bench::{self, Options, Part};
+
+/// Measures downsync against a naive copier and its WASM rules against native Rust.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// Object counts for the sync sections (1–4).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    sizes: Vec<usize>,
+    /// Where the markdown report is written.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// The downsync binary; default: build and use `$CARGO_TARGET_DIR/release/downsync`.
+    #[arg(long)]
+    downsync: Option<PathBuf>,
+    /// Run only these sections (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Part>,
+    /// downsync `--workers`; also the copier's and the bench's own write concurrency.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Upstream namespaces the objects are spread over.
+    #[arg(long, default_value_t = 4)]
+    namespaces: usize,
+    /// Run downsync without the built-in plugins in sections 1–4.
+    #[arg(long)]
+    no_plugins: bool,
+    /// Objects in flight during the hot-reload swaps.
+    #[arg(long, default_value_t = 1000)]
+    reload_objects: usize,
+    /// Plugin swaps in the hot-reload section.
+    #[arg(long, default_value_t = 20)]
+    swaps: usize,
+    /// Upstream updates per second during the hot-reload swaps.
+    #[arg(long, default_value_t = 50.0)]
+    churn: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let opts = Options {
+        sizes: a.sizes,
+        out: a.out,
+        downsync: a.downsync,
+        only: a.only,
+        workers: a.workers.max(1),
+        namespaces: a.namespaces.max(1),
+        builtin_plugins: !a.no_plugins,
+        reload_objects: a.reload_objects.max(1),
+        swaps: a.swaps,
+        churn: a.churn,
+    };
+    let report = bench::run(opts).await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
