@@ -332,8 +332,12 @@ pub(crate) async fn resolve_all(
 }
 
 fn strip_managed_fields(o: &mut DynamicObject) {
-    // The largest part of most objects, and never read: keeping it would double the cache.
+    // The largest parts of most objects, and never read: keeping them would double the cache.
+    // (kubectl's last-applied record is dropped from the desired object anyway.)
     o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove(mapping::LAST_APPLIED_ANNOTATION);
+    }
 }
 
 type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;

@@ -102,14 +102,43 @@ fn fold_string_data(secret: &mut serde_json::Map<String, Value>) {
     }
 }
 
-/// Hash of a normalised desired object plus the rules' fingerprint. serde_json's map is
-/// ordered by key, so equal objects serialise identically.
+/// Hash of a normalised desired object plus the rules' fingerprint. Map keys are hashed in
+/// sorted order, so the hash does not depend on the order fields arrived in (serde_json keeps
+/// insertion order, which is what keeps its small maps small).
 pub fn desired_hash(normalized: &Value, rules_fingerprint: &str) -> String {
     let mut h = Sha256::new();
-    h.update(normalized.to_string().as_bytes());
+    feed_canonical(&mut h, normalized);
     h.update([0]);
     h.update(rules_fingerprint.as_bytes());
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn feed_canonical(h: &mut Sha256, v: &Value) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            h.update(b"{");
+            for k in keys {
+                h.update(Value::from(k.as_str()).to_string().as_bytes());
+                h.update(b":");
+                if let Some(child) = map.get(k) {
+                    feed_canonical(h, child);
+                }
+                h.update(b",");
+            }
+            h.update(b"}");
+        }
+        Value::Array(items) => {
+            h.update(b"[");
+            for item in items {
+                feed_canonical(h, item);
+                h.update(b",");
+            }
+            h.update(b"]");
+        }
+        scalar => h.update(scalar.to_string().as_bytes()),
+    }
 }
 
 /// `Kind namespace/name` of an object, as far as it has them, for messages.
@@ -649,6 +678,9 @@ mod tests {
         assert_eq!(desired_hash(&a, ""), desired_hash(&b, ""));
         assert_ne!(desired_hash(&a, ""), desired_hash(&c, ""));
         assert_ne!(desired_hash(&a, ""), desired_hash(&a, "plugin@sha"));
+        let reordered: Value =
+            serde_json::from_str(r#"{"data": {"x": "1"}, "metadata": {"name": "a"}, "kind": "K"}"#).unwrap();
+        assert_eq!(desired_hash(&a, ""), desired_hash(&reordered, ""), "field order does not matter");
     }
 
     #[test]
