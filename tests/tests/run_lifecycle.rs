@@ -239,7 +239,12 @@ async fn once_syncs_and_exits_zero_and_diff_shows_changes_without_writing() -> a
 async fn a_plugin_dropped_in_applies_without_a_restart_and_a_broken_one_keeps_readyz_red() -> anyhow::Result<()> {
     let env = TestEnv::new("run-hot-swap").await?;
     let ns = env.namespace.clone();
-    create_all(&env.upstream, &ns, vec![mk_configmap(&ns, "cfg", json!({"k": "v"}))]).await?;
+    create_all(
+        &env.upstream,
+        &ns,
+        vec![mk_configmap(&ns, "cfg", json!({"k": "v"})), mk_deployment(&ns, "web", "nginx:1.27", 1)],
+    )
+    .await?;
     let plugins = builtin_plugins_dir(&format!("{ns}-h"))?;
     let mut d = Daemon::start("hot-swap", &args_with(&ns, &plugins, &[])?)?;
     d.wait_ready(Duration::from_secs(60)).await?;
@@ -248,6 +253,8 @@ async fn a_plugin_dropped_in_applies_without_a_restart_and_a_broken_one_keeps_re
         cm.metadata.annotations.as_ref().and_then(|a| a.get("downsync.dev/minimal")).map(String::as_str) == Some("seen")
     };
     assert!(!stamped(&down.get("cfg").await?));
+    let deployments: Api<Deployment> = Api::namespaced(env.downstream.clone(), &ns);
+    let web_before = deployments.get("web").await?.metadata.resource_version;
 
     // A component that is not one: readiness names it, the syncing goes on.
     std::fs::write(plugins.join("broken.wasm"), b"not a component")?;
@@ -268,6 +275,11 @@ async fn a_plugin_dropped_in_applies_without_a_restart_and_a_broken_one_keeps_re
     })
     .await?;
     d.wait_ready(Duration::from_secs(30)).await?;
+    assert_eq!(
+        deployments.get("web").await?.metadata.resource_version,
+        web_before,
+        "a ConfigMap rule swap must not rewrite Deployments"
+    );
     assert_eq!(d.metric("downsync_syncs_total", &[r#"result="error""#])?, 0.0);
     assert!(d.terminate()?.success());
     env.cleanup().await
@@ -297,9 +309,17 @@ async fn bad_input_gets_an_error_that_names_the_setting() -> anyhow::Result<()> 
     let dead = regex_free_replace_server(&text, port);
     let path = std::env::temp_dir().join(format!("downsync-dead-{}-{port}.kubeconfig", std::process::id()));
     std::fs::write(&path, dead)?;
-    let mut a: Vec<OsString> = vec!["run".into(), "--metrics-addr".into(), "off".into()];
-    a.extend(cluster_args()?);
-    a.extend(["--upstream-kubeconfig".into(), path.clone().into(), "--resource".into(), "v1/ConfigMap".into()]);
+    let a: Vec<OsString> = vec![
+        "run".into(),
+        "--metrics-addr".into(),
+        "off".into(),
+        "--upstream-kubeconfig".into(),
+        path.clone().into(),
+        "--downstream-kubeconfig".into(),
+        clusters.downstream.kubeconfig.clone().into(),
+        "--resource".into(),
+        "v1/ConfigMap".into(),
+    ];
     let (status, _, err) = run_to_end(&a)?;
     assert!(!status.success());
     assert!(

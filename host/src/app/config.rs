@@ -345,6 +345,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_deployment_config_parses_and_validates() {
+        let manifest: serde_json::Value =
+            serde_yaml_ng::from_str(include_str!("../../../examples/deploy/config.yaml")).unwrap();
+        let text = manifest["data"]["config.yaml"].as_str().unwrap();
+        let mut c = mk_config(text).unwrap();
+        assert_eq!(c.resources.len(), 6);
+        // The pod mounts /plugins; here any existing folder stands in for it.
+        c.plugins_dir = Some(std::env::temp_dir());
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn identity_must_be_a_label_value() {
         let c =
             mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nsync: {ownership: {identity: 'a b'}}").unwrap();

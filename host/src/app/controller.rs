@@ -264,7 +264,9 @@ fn start_plugins(
     let Some(dir) = &config.plugins_dir else { return Ok((None, None)) };
     let engine = PluginEngine::new(config.engine.clone())?;
     let reloader = Reloader::new(engine, dir, config.registry_config(), Arc::clone(rules));
-    let handle = reloader.watch(WatchConfig::default())?;
+    // A short debounce: a swap is one rename (or one ConfigMap `..data` flip), so there is
+    // little to coalesce, and operators expect to see it at once.
+    let handle = reloader.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?;
     for s in reloader.status() {
         match (&s.digest, &s.last_error) {
             (Some(d), _) => info!(plugin = %s.name, file = %s.file.display(), digest = %d, "plugin loaded"),
@@ -537,6 +539,7 @@ impl Controller {
 
     async fn report_progress(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -551,6 +554,7 @@ impl Controller {
 
     async fn resync_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.resync());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -566,7 +570,9 @@ impl Controller {
     /// new behaviour shows without waiting for the next change or resync.
     async fn watch_rules(self: Arc<Self>, rules: Arc<PluginRegistry>) {
         let mut last = rules.fingerprint();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Cheap (a snapshot's string); often enough that a swap shows within a few ms.
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             let now = rules.fingerprint();
@@ -673,7 +679,10 @@ impl Controller {
         let result = self.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
         self.metrics.record(kind, &result, started.elapsed().as_secs_f64());
         if let Some(e) = &result.error {
-            warn!(kind, object = %key.name, namespace = key.namespace.as_deref().unwrap_or(""), error = %e, "sync failed");
+            if result.key.is_none() {
+                // The syncer logs failures of objects it could key; this one it could not.
+                warn!(kind, object = %key.name, namespace = key.namespace.as_deref().unwrap_or(""), error = %e, "sync failed");
+            }
             let (reason, step) = match e {
                 SyncError::InvalidObject { .. } | SyncError::Preservation(_) => ("InvalidObject", Step::Park),
                 SyncError::Immutable { .. } => ("ImmutableFieldChanged", Step::Park),

@@ -130,9 +130,36 @@ fn indent(text: &str, prefix: &str) -> String {
     text.lines().map(|l| format!("{prefix}{l}\n")).collect()
 }
 
-/// A unified diff of two objects' YAML, three lines of context.
+/// Secret values never reach the terminal: like `kubectl diff`, each value becomes `***`, or
+/// `*** (before)` / `*** (after)` where it changed, so a change still shows.
+fn mask_secrets(before: &mut Value, after: &mut Value) {
+    let is_secret = |v: &Value| v["kind"] == "Secret" && v["apiVersion"] == "v1";
+    if !is_secret(before) && !is_secret(after) {
+        return;
+    }
+    for field in ["data", "stringData"] {
+        let old = before.get(field).and_then(Value::as_object).cloned().unwrap_or_default();
+        let new = after.get(field).and_then(Value::as_object).cloned().unwrap_or_default();
+        if let Some(m) = before.get_mut(field).and_then(Value::as_object_mut) {
+            for (k, v) in m.iter_mut() {
+                let same = new.get(k) == Some(&*v);
+                *v = Value::String(if same { "***" } else { "*** (before)" }.into());
+            }
+        }
+        if let Some(m) = after.get_mut(field).and_then(Value::as_object_mut) {
+            for (k, v) in m.iter_mut() {
+                let same = old.get(k) == Some(&*v);
+                *v = Value::String(if same { "***" } else { "*** (after)" }.into());
+            }
+        }
+    }
+}
+
+/// A unified diff of two objects' YAML, three lines of context. Secret values are masked.
 pub fn unified(before: &Value, after: &Value) -> String {
-    let (a, b) = (yaml(&for_display(before.clone())), yaml(&for_display(after.clone())));
+    let (mut before, mut after) = (for_display(before.clone()), for_display(after.clone()));
+    mask_secrets(&mut before, &mut after);
+    let (a, b) = (yaml(&before), yaml(&after));
     similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("live", "after sync").to_string()
 }
 
@@ -219,7 +246,8 @@ pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
                     summary.create += 1;
                     let note = if seen.namespace_missing { ", with its namespace" } else { "" };
                     let _ = writeln!(out, "+ {name} (create{note})");
-                    let after = seen.after.map(for_display).unwrap_or(Value::Null);
+                    let mut after = seen.after.map(for_display).unwrap_or(Value::Null);
+                    mask_secrets(&mut Value::Null, &mut after);
                     out.push_str(&indent(&yaml(&after), "  + "));
                 }
                 (None, Operation::Updated) => {
@@ -279,5 +307,17 @@ mod tests {
         let d = unified(&before, &after);
         assert!(d.contains("-  k: old") && d.contains("+  k: new"), "{d}");
         assert!(!d.contains("resourceVersion") && !d.contains("desired-hash"), "{d}");
+    }
+
+    #[test]
+    fn secret_values_are_masked_but_their_changes_show() {
+        let mk = |token: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"token": token, "ca": "Y2E="}})
+        };
+        let d = unified(&mk("b2xk"), &mk("bmV3"));
+        assert!(!d.contains("b2xk") && !d.contains("bmV3") && !d.contains("Y2E="), "{d}");
+        assert!(d.contains("-  token: '*** (before)'") && d.contains("+  token: '*** (after)'"), "{d}");
+        assert!(d.contains("ca: '***'"), "{d}");
     }
 }

@@ -228,6 +228,13 @@ impl PluginSet {
         self.fingerprint.clone()
     }
 
+    /// `name@digest` of the plugins that handle one kind, in call order, comma-separated.
+    pub fn fingerprint_for(&self, group: &str, kind: &str) -> String {
+        let ids: Vec<String> =
+            self.matching(group, kind).map(|e| format!("{}@{}", e.plugin.name(), e.plugin.digest())).collect();
+        ids.join(",")
+    }
+
     fn matching<'a>(&'a self, group: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Loaded> + 'a {
         self.entries.iter().filter(move |e| e.plugin.info().handles(group, kind))
     }
@@ -502,6 +509,10 @@ impl Rules for PluginRegistry {
 
     fn fingerprint(&self) -> String {
         self.snapshot().fingerprint()
+    }
+
+    fn fingerprint_for(&self, group: &str, kind: &str) -> String {
+        self.snapshot().fingerprint_for(group, kind)
     }
 }
 

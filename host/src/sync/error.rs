@@ -84,7 +84,7 @@ pub enum SyncError {
     #[error(transparent)]
     Rule(#[from] super::rules::RuleError),
     /// The object exists downstream but downsync does not own it.
-    #[error("{object} exists, not owned by downsync ({owner})")]
+    #[error("{object} exists and is not owned by this downsync (its downsync.dev/owner annotation: {owner})")]
     NotOwned {
         /// The object.
         object: String,

@@ -15,6 +15,9 @@ pub const UPSTREAM_NAMESPACE_ANNOTATION: &str = "downsync.dev/upstream-namespace
 /// namespace it holds (kcp's `kcp.io/namespace-locator`).
 pub const NAMESPACE_LOCATOR_ANNOTATION: &str = "downsync.dev/namespace-locator";
 
+/// `kubectl apply`'s client-side record; never copied downstream.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Why a namespace or object cannot be placed downstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -94,6 +97,11 @@ pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str
     let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) else {
         return Ok(desired);
     };
+    if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        // kubectl's record of the upstream apply: meaningless downstream, and for a Secret
+        // applied with stringData it holds the values in plain text.
+        a.remove(LAST_APPLIED_ANNOTATION);
+    }
     let Some(ns) = meta.get("namespace").and_then(Value::as_str).map(str::to_string) else {
         return Ok(desired);
     };
@@ -130,7 +138,8 @@ mod tests {
                 "name": "cfg", "namespace": ns, "uid": "u-1", "resourceVersion": "42",
                 "creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}],
                 "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "u-0"}],
-                "finalizers": ["downsync.dev/syncer"], "labels": {"app": "web"}
+                "finalizers": ["downsync.dev/syncer"], "labels": {"app": "web"},
+                "annotations": {LAST_APPLIED_ANNOTATION: "{\"stringData\":{\"password\":\"hunter2\"}}"}
             },
             "data": {"k": "v"}
         })
@@ -146,6 +155,7 @@ mod tests {
         assert_eq!(d["metadata"]["labels"]["app"], "web");
         assert_eq!(d["data"]["k"], "v");
         assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
+        assert!(!d.to_string().contains("hunter2"), "kubectl's last-applied record never travels");
     }
 
     #[test]

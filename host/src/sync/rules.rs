@@ -45,6 +45,14 @@ pub trait Rules: Send + Sync {
     /// A fingerprint of the loaded rules. It is part of the desired hash, so that a rule change
     /// (a hot reload) makes every object be looked at again.
     fn fingerprint(&self) -> String;
+
+    /// A fingerprint of the rules that apply to one kind. It is what the desired hash takes,
+    /// so that swapping a Deployment rule makes only Deployments be looked at again, not
+    /// every object of every kind. Defaults to the whole [`Rules::fingerprint`].
+    fn fingerprint_for(&self, group: &str, kind: &str) -> String {
+        let _ = (group, kind);
+        self.fingerprint()
+    }
 }
 
 /// No rules: the desired object passes through and only the built-in preservation applies.
@@ -81,5 +89,8 @@ impl<R: Rules + ?Sized> Rules for std::sync::Arc<R> {
     }
     fn fingerprint(&self) -> String {
         (**self).fingerprint()
+    }
+    fn fingerprint_for(&self, group: &str, kind: &str) -> String {
+        (**self).fingerprint_for(group, kind)
     }
 }

@@ -302,7 +302,8 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     ) -> Result<Operation, SyncError> {
         let normalized = normalize_desired(desired);
         preservation::check_size(&normalized)?;
-        let hash = desired_hash(&normalized, &self.rules.fingerprint());
+        let group = key.gvr.group.as_str();
+        let hash = desired_hash(&normalized, &self.rules.fingerprint_for(group, &key.kind));
 
         // Fast path: same desired as last time and the downstream object has not moved since
         // our last write: nothing to do and nothing to ask the API.

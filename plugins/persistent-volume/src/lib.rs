@@ -7,7 +7,13 @@
 //!   annotations the downstream controllers wrote.
 //!
 //! Every kept field is copied only when the desired object does not set it, except the
-//! `Retain` policy, which wins over a desired one.
+//! `Retain` policy, which wins over a desired one, and a PV's live `claimRef` when the desired
+//! one names the same claim (a pre-binding by name): the live one carries the downstream
+//! claim's uid, and dropping it would unbind the volume.
+//!
+//! An upstream that is a Kubernetes cluster binds too, for its own objects. `transform` drops
+//! what its binder wrote: a `claimRef`'s uid and resourceVersion (the name stays, as a
+//! pre-binding request), and the binder's and provisioner's annotations.
 
 use downsync_plugin_sdk::{Decision, Info, Rule, Value, kinds, pointer};
 
@@ -38,6 +44,11 @@ impl Rule for PersistentVolumeRule {
         PVC_ANNOTATIONS.iter().fold(info, |info, p| info.scope(p))
     }
 
+    fn transform(mut desired: Value) -> Result<Value, String> {
+        drop_upstream_binding(&mut desired);
+        Ok(desired)
+    }
+
     fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
         if kinds::is(&desired, "", "PersistentVolume") {
             keep_pv(&existing, &mut desired)?;
@@ -58,8 +69,36 @@ impl Rule for PersistentVolumeRule {
     }
 }
 
+/// Removes what an upstream binder or provisioner wrote: the claimRef's uid and
+/// resourceVersion, and the binding annotations.
+pub fn drop_upstream_binding(obj: &mut Value) {
+    if kinds::is(obj, "", "PersistentVolume")
+        && let Some(claim) = obj.pointer_mut(CLAIM_REF).and_then(Value::as_object_mut)
+    {
+        claim.remove("uid");
+        claim.remove("resourceVersion");
+    }
+    if let Some(annotations) = obj.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        for p in PVC_ANNOTATIONS {
+            if let Some(key) = p.strip_prefix("/metadata/annotations/") {
+                annotations.remove(&key.replace("~1", "/"));
+            }
+        }
+    }
+}
+
+/// The (namespace, name) a claimRef points at.
+fn claim_of(obj: &Value) -> Option<(Option<&str>, Option<&str>)> {
+    let c = pointer::get(obj, CLAIM_REF)?;
+    Some((c.get("namespace").and_then(Value::as_str), c.get("name").and_then(Value::as_str)))
+}
+
 /// PersistentVolume: keep a bound claimRef and a downstream Retain policy.
 pub fn keep_pv(existing: &Value, desired: &mut Value) -> Result<(), String> {
+    let same_claim = claim_of(desired).is_some() && claim_of(desired) == claim_of(existing);
+    if same_claim && let Some(live) = pointer::get(existing, CLAIM_REF).cloned() {
+        pointer::set(desired, CLAIM_REF, live);
+    }
     pointer::copy_if_absent(existing, desired, CLAIM_REF);
     let live_policy = pointer::get(existing, RECLAIM).and_then(Value::as_str);
     let wanted = pointer::get(desired, RECLAIM).and_then(Value::as_str);
@@ -109,6 +148,41 @@ mod tests {
         assert_eq!(out["spec"]["claimRef"], claim);
         let unbound = apply(mk_pv(json!({})), mk_pv(json!({})));
         assert_eq!(unbound["spec"].get("claimRef"), None);
+    }
+
+    #[test]
+    fn a_prebinding_by_name_keeps_the_live_claim_uid() {
+        let live = json!({"kind": "PersistentVolumeClaim", "namespace": "n", "name": "data", "uid": "down-1", "resourceVersion": "7"});
+        let out = apply(
+            mk_pv(json!({"claimRef": live.clone()})),
+            mk_pv(json!({"claimRef": {"namespace": "n", "name": "data"}})),
+        );
+        assert_eq!(out["spec"]["claimRef"], live);
+        let rebind =
+            apply(mk_pv(json!({"claimRef": live})), mk_pv(json!({"claimRef": {"namespace": "n", "name": "other"}})));
+        assert_eq!(
+            rebind["spec"]["claimRef"],
+            json!({"namespace": "n", "name": "other"}),
+            "a different claim is a new request"
+        );
+    }
+
+    #[test]
+    fn what_the_upstream_binder_wrote_does_not_travel() {
+        let mut pv = mk_pv(
+            json!({"claimRef": {"kind": "PersistentVolumeClaim", "namespace": "n", "name": "data", "uid": "up-1", "resourceVersion": "322"}}),
+        );
+        pv["metadata"]["annotations"] = json!({"pv.kubernetes.io/bound-by-controller": "yes", "team": "a"});
+        drop_upstream_binding(&mut pv);
+        assert_eq!(pv["spec"]["claimRef"], json!({"kind": "PersistentVolumeClaim", "namespace": "n", "name": "data"}));
+        assert_eq!(pv["metadata"]["annotations"], json!({"team": "a"}));
+        let mut pvc = mk_pvc(
+            json!({"pv.kubernetes.io/bind-completed": "yes", "volume.kubernetes.io/selected-node": "n1"}),
+            json!({"volumeName": "pv1"}),
+        );
+        drop_upstream_binding(&mut pvc);
+        assert_eq!(pvc["metadata"]["annotations"], json!({}));
+        assert_eq!(pvc["spec"]["volumeName"], "pv1", "a pre-binding by name stays");
     }
 
     #[test]
