@@ -1,5 +1,6 @@
 //! A plain HTTP/1.0 GET for downsync's /readyz and /metrics, and a Prometheus text parser.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -64,6 +65,38 @@ impl Metrics {
     }
 }
 
+/// Requests an apiserver has served, by (verb, resource), from its own `/metrics`
+/// (`apiserver_request_total`); watches and the bench's own calls included.
+pub async fn apiserver_requests(client: &kube::Client) -> Result<BTreeMap<(String, String), f64>> {
+    let req = kube::core::Request::new("").get("metrics", &kube::api::GetParams::default())?;
+    let text = client.request_text(req).await.context("GET /metrics from the apiserver")?;
+    let mut out = BTreeMap::new();
+    for s in Metrics::parse(&text).0.into_iter().filter(|s| s.name == "apiserver_request_total") {
+        let label = |k: &str| s.labels.iter().find(|(lk, _)| lk == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let mut resource = label("resource");
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            resource = format!("{resource}/{sub}");
+        }
+        *out.entry((label("verb"), resource)).or_insert(0.0) += s.value;
+    }
+    Ok(out)
+}
+
+/// `after - before` of two [`apiserver_requests`] readings, as `VERB resource count` for the
+/// object kinds and namespaces, most frequent first.
+pub fn request_delta(before: &BTreeMap<(String, String), f64>, after: &BTreeMap<(String, String), f64>) -> String {
+    let kinds = ["configmaps", "services", "deployments", "namespaces"];
+    let mut rows: Vec<(f64, String)> = after
+        .iter()
+        .filter(|((_, r), _)| kinds.iter().any(|k| r.split('/').next() == Some(k)))
+        .map(|(k, v)| (v - before.get(k).copied().unwrap_or(0.0), format!("{} {}", k.0, k.1)))
+        .filter(|(d, _)| *d >= 1.0)
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    rows.iter().map(|(d, k)| format!("{k} {d}")).collect::<Vec<_>>().join(", ")
+}
+
 fn parse_line(line: &str) -> Option<Sample> {
     let line = line.trim();
     let (series, value) = line.rsplit_once(' ')?;
@@ -112,6 +145,19 @@ mod tests {
         assert_eq!(m.sum("downsync_syncs_total", &[("result", "error")]), 3.0);
         assert_eq!(m.sum("downsync_syncs_total", &[]), 6.0);
         assert_eq!(m.sum("downsync_queue_depth", &[]), 0.0);
+    }
+
+    #[test]
+    fn request_deltas_keep_the_object_kinds_most_frequent_first() {
+        let k = |v: &str, r: &str| (v.to_string(), r.to_string());
+        let before = BTreeMap::from([(k("POST", "configmaps"), 5.0), (k("LIST", "pods"), 1.0)]);
+        let after = BTreeMap::from([
+            (k("POST", "configmaps"), 15.0),
+            (k("GET", "services"), 3.0),
+            (k("LIST", "pods"), 9.0),
+            (k("WATCH", "deployments"), 0.0),
+        ]);
+        assert_eq!(request_delta(&before, &after), "POST configmaps 10, GET services 3");
     }
 
     #[test]

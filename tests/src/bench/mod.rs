@@ -358,7 +358,7 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             &[
                 "N",
                 "bench creates upstream",
-                "naive copier",
+                "naive copier (before / after)",
                 "downsync run",
                 "downsync / copier",
                 "downsync /readyz",
@@ -370,9 +370,9 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             s.row(vec![
                 f.n.to_string(),
                 opt(f.upstream_create, secs),
-                opt(f.copier, secs),
+                format!("{} / {}", opt(f.copier, secs), opt(f.copier_after, secs)),
                 opt(f.initial, secs),
-                match (f.initial, f.copier) {
+                match (f.initial, f.copier_mean()) {
                     (Some(d), Some(c)) => ratio(d, c),
                     _ => "—".into(),
                 },
@@ -382,7 +382,7 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             ]);
         }
         if let Some(f) = largest {
-            let r = match (f.initial, f.copier) {
+            let r = match (f.initial, f.copier_mean()) {
                 (Some(d), Some(c)) if !c.is_zero() => Some(d.as_secs_f64() / c.as_secs_f64()),
                 _ => None,
             };
@@ -396,7 +396,8 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             "ConfigMap/Service(ClusterIP)/Deployment mix over {} namespaces. Both copy the same N objects with \
              {} writers, each timed from start (process spawn for downsync) to the moment a downstream watch \
              sees the last object correct (data/spec equal to upstream). The copier lists upstream, strips \
-             metadata and creates; its copies go to separate namespaces, deleted before downsync runs. downsync \
+             metadata and creates; its copies go to separate namespaces, deleted before the next run. It runs \
+             before and after downsync, and the ratio is against the mean of the two. downsync \
              runs with {}. CPU is user + system time: downsync's process from spawn to the last object; the \
              copier's is the bench process during the copy less its CPU during downsync's run (the downstream \
              watch both share), so an estimate.",
@@ -404,6 +405,15 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
             opts.workers,
             if opts.builtin_plugins { "the 4 built-in plugins (compiled-artifact cache warm)" } else { "no plugins" }
         ));
+        for f in figures {
+            if let (Some(c), Some(d)) = (&f.copier_requests, &f.initial_requests) {
+                s.note(format!(
+                    "Downstream apiserver requests at N={} (its `apiserver_request_total`, object kinds and \
+                     namespaces; the bench's watch included): copier: {c}; downsync: {d}.",
+                    f.n
+                ));
+            }
+        }
         out.push(s);
     }
     if opts.wants(Part::Resync) {
@@ -466,6 +476,11 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
                 ),
             );
         }
+        for f in figures {
+            if let Some(r) = &f.update_requests {
+                s.note(format!("Downstream apiserver requests during the wave at N={}: {r}.", f.n));
+            }
+        }
         s.note("Converged: from the first upstream patch to the last changed object correct downstream. The bench's own patches (same count, same concurrency) are the upstream half of the same work.");
         out.push(s);
     }
@@ -473,10 +488,15 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
         let mut s = Section::new(
             4,
             "Memory (peak RSS of downsync)",
-            &["N", "first run, after the initial sync", "restart, after resync and update wave"],
+            &[
+                "N",
+                "first run, after the initial sync",
+                "restart, after resync and update wave",
+                "restart, RSS at the end",
+            ],
         );
         for f in figures {
-            s.row(vec![f.n.to_string(), opt(f.rss_initial, mib), opt(f.rss_restart, mib)]);
+            s.row(vec![f.n.to_string(), opt(f.rss_initial, mib), opt(f.rss_restart, mib), opt(f.rss_end, mib)]);
         }
         if let Some(f) = largest {
             let peak = f.rss_initial.into_iter().chain(f.rss_restart).max();
@@ -486,7 +506,7 @@ pub fn sync_sections(opts: &Options, figures: &[sync::Figures]) -> Vec<Section> 
                 opt(peak, |p| format!("{} {}", mib(p), at(f))),
             );
         }
-        s.note("`VmHWM` from `/proc/PID/status`, read just before SIGTERM.");
+        s.note("Peak is `VmHWM` from `/proc/PID/status`, read just before SIGTERM; the last column is `VmRSS` then.");
         out.push(s);
     }
     for f in figures.iter().filter(|f| !f.errors.is_empty()) {

@@ -92,6 +92,11 @@ impl Downsync {
         status_kib(self.pid, "VmHWM").map(|k| k * 1024)
     }
 
+    /// Resident set size now (`VmRSS`), in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        status_kib(self.pid, "VmRSS").map(|k| k * 1024)
+    }
+
     /// CPU time (user + system) the process has used so far.
     pub fn cpu_time(&self) -> Result<Duration> {
         cpu_time(self.pid)
