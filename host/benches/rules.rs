@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use downsync::plugin::{EngineConfig, Metrics, PluginEngine, PluginRegistry, PluginSet, RegistryConfig};
-use downsync::sync::rules::Rules;
 use downsync_plugin_sdk::Rule;
 use serde_json::{Value, json};
 

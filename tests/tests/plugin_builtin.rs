@@ -5,7 +5,7 @@ use downsync::plugin::{
     CallFailure, EngineConfig, Error, FailurePolicy, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet,
     PluginSettings, RegistryConfig,
 };
-use downsync::sync::rules::{RuleDecision, Rules};
+use downsync::sync::rules::RuleDecision;
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::repo_root;
 use serde_json::{Value, json};

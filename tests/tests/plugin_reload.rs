@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use downsync::plugin::{
     EngineConfig, Metrics, PluginEngine, PluginRegistry, PluginSet, RegistryConfig, Reloader, WatchConfig,
 };
-use downsync::sync::rules::Rules;
 use downsync_tests::plugins::plugin_path;
 use serde_json::{Value, json};
 

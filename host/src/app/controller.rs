@@ -30,7 +30,7 @@ use crate::plugin::{Metrics, PluginEngine, PluginRegistry, PluginSet, Reloader, 
 use crate::sync::error::ApiError;
 use crate::sync::mapping::{self, NAMESPACE_LOCATOR_ANNOTATION, NamespaceMapping, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::ownership::{self, MANAGED_BY_LABEL, TARGET_LABEL};
-use crate::sync::{ObjectKey, Operation, RateLimit, Resource, Rules, SyncError, Syncer, WorkQueue};
+use crate::sync::{ObjectKey, Operation, RateLimit, Resource, SyncError, Syncer, WorkQueue};
 
 /// Why the program cannot run.
 #[derive(Debug, thiserror::Error)]

@@ -13,5 +13,5 @@ pub mod reload;
 pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Result, Violation};
-pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig};
+pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot};
 pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};

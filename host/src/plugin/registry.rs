@@ -14,11 +14,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use super::component::{Called, Decision, Plugin, PluginInfo, object_ref};
 use super::error::{CallFailure, Error, Result, Violation};
 use crate::sync::pointer;
-use crate::sync::rules::{RuleDecision, RuleError, Rules};
+use crate::sync::rules::{RuleDecision, RuleError, RuleSet, Rules};
 
 /// What happens to an object when a plugin fails on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -370,16 +371,38 @@ fn uncovered(scope: &[String], old: Option<&Value>, new: Option<&Value>, path: &
 }
 
 /// The loaded plugins behind an atomically swapped snapshot; implements the core's [`Rules`].
+///
+/// Swaps are pushed to subscribers ([`PluginRegistry::subscribe`]) as the new set's
+/// fingerprint, so the sync loop re-queues objects when the rules change instead of polling.
 #[derive(Debug)]
 pub struct PluginRegistry {
     current: RwLock<Arc<PluginSet>>,
     metrics: Metrics,
+    /// Bounds the rule calls running at once on the blocking pool: each holds a pooled instance.
+    slots: Arc<Semaphore>,
+    changes: tokio::sync::watch::Sender<String>,
 }
+
+/// Rule calls that may run at once when no bound is given (the engine's default pool size).
+const DEFAULT_CALL_SLOTS: usize = 64;
 
 impl PluginRegistry {
     /// A registry serving `set`, counting into `metrics`.
     pub fn new(set: PluginSet, metrics: Metrics) -> Self {
-        Self { current: RwLock::new(Arc::new(set)), metrics }
+        let (changes, _) = tokio::sync::watch::channel(set.fingerprint());
+        Self {
+            current: RwLock::new(Arc::new(set)),
+            metrics,
+            slots: Arc::new(Semaphore::new(DEFAULT_CALL_SLOTS)),
+            changes,
+        }
+    }
+
+    /// Bounds the rule calls that run at once (at most the engine's instance slots).
+    #[must_use]
+    pub fn with_call_slots(mut self, slots: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(slots.max(1)));
+        self
     }
 
     /// The set in use now. Holding it keeps that version alive; it never changes.
@@ -389,9 +412,19 @@ impl PluginRegistry {
 
     /// Puts `set` in use for every call that starts from now on; returns the previous set.
     pub fn swap(&self, set: PluginSet) -> Arc<PluginSet> {
+        let fingerprint = set.fingerprint();
         let new = Arc::new(set);
-        let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *current, new)
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *current, new)
+        };
+        self.changes.send_replace(fingerprint);
+        old
+    }
+
+    /// The fingerprint of the set in use now, and every later one as it is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<String> {
+        self.changes.subscribe()
     }
 
     /// The metrics the registry counts into.
@@ -399,63 +432,90 @@ impl PluginRegistry {
         &self.metrics
     }
 
-    /// Runs one hook and records its metrics.
-    fn observe<T>(
-        &self,
-        entry: &Loaded,
-        hook: &'static str,
-        f: impl FnOnce(&Plugin) -> Result<Called<T>>,
-    ) -> Result<T> {
-        let started = Instant::now();
-        let outcome = f(&entry.plugin);
-        self.metrics.record(entry.plugin.name(), hook, started, &outcome);
-        outcome.map(|c| c.value)
+    /// Sorted `name@digest` of every plugin in use, comma-separated.
+    pub fn fingerprint(&self) -> String {
+        self.snapshot().fingerprint()
     }
 
-    /// Applies the plugin's failure policy: `Ok(())` means "skip it for this call".
-    fn on_failure(entry: &Loaded, hook: &str, object: &str, e: Error) -> Result<(), RuleError> {
-        let plugin = entry.plugin.name();
-        let failure = e.failure().map_or("other", CallFailure::as_str);
-        match entry.settings.failure_policy {
-            FailurePolicy::FailClosed => {
-                tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; object not written (fail-closed)");
-                Err(RuleError { rule: plugin.to_string(), object: object.to_string(), message: e.to_string() })
-            }
-            FailurePolicy::FailOpen => {
-                tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; skipped for this object (fail-open)");
-                Ok(())
-            }
+    /// Runs the `transform` chain on the calling thread (blocking; see [`RuleSnapshot`]).
+    pub fn transform(&self, desired: Value) -> Result<Value, RuleError> {
+        self.snapshot().transform(&self.metrics, desired)
+    }
+
+    /// Runs the `preserve` chain on the calling thread (blocking).
+    pub fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+        self.snapshot().preserve(&self.metrics, existing, desired)
+    }
+
+    /// Asks every matching plugin for its ignore paths on the calling thread (blocking).
+    pub fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
+        self.snapshot().ignore_paths(&self.metrics, group, kind)
+    }
+}
+
+/// Runs one hook and records its metrics.
+fn observe<T>(
+    metrics: &Metrics,
+    entry: &Loaded,
+    hook: &'static str,
+    f: impl FnOnce(&Plugin) -> Result<Called<T>>,
+) -> Result<T> {
+    let started = Instant::now();
+    let outcome = f(&entry.plugin);
+    metrics.record(entry.plugin.name(), hook, started, &outcome);
+    outcome.map(|c| c.value)
+}
+
+/// Applies the plugin's failure policy: `Ok(())` means "skip it for this call".
+fn on_failure(entry: &Loaded, hook: &str, object: &str, e: Error) -> Result<(), RuleError> {
+    let plugin = entry.plugin.name();
+    let failure = e.failure().map_or("other", CallFailure::as_str);
+    match entry.settings.failure_policy {
+        FailurePolicy::FailClosed => {
+            tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; object not written (fail-closed)");
+            Err(RuleError { rule: plugin.to_string(), object: object.to_string(), message: e.to_string() })
+        }
+        FailurePolicy::FailOpen => {
+            tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; skipped for this object (fail-open)");
+            Ok(())
         }
     }
 }
 
-impl Rules for PluginRegistry {
-    fn transform(&self, desired: Value) -> Result<Value, RuleError> {
-        let set = self.snapshot();
+/// The hook chains over one set. They block (each call runs WASM), so the async [`RuleSet`]
+/// runs them on the blocking pool.
+impl PluginSet {
+    /// Whether any plugin handles this group and kind.
+    pub fn handles(&self, group: &str, kind: &str) -> bool {
+        self.matching(group, kind).next().is_some()
+    }
+
+    /// Runs every matching plugin's `transform`, in order, checking each output's contract.
+    pub fn transform(&self, metrics: &Metrics, desired: Value) -> Result<Value, RuleError> {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
-        for entry in set.matching(&group, &kind) {
-            let out = self.observe(entry, "transform", |p| {
+        for entry in self.matching(&group, &kind) {
+            let out = observe(metrics, entry, "transform", |p| {
                 let called = p.transform(&cur)?;
                 check_contract(p.info(), "transform", &cur, &called.value)?;
                 Ok(called)
             });
             match out {
                 Ok(next) => cur = next,
-                Err(e) => Self::on_failure(entry, "transform", &object, e)?,
+                Err(e) => on_failure(entry, "transform", &object, e)?,
             }
         }
         Ok(cur)
     }
 
-    fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
-        let set = self.snapshot();
+    /// Runs every matching plugin's `preserve`, in order, until one asks to recreate or skip.
+    pub fn preserve(&self, metrics: &Metrics, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
-        for entry in set.matching(&group, &kind) {
-            let out = self.observe(entry, "preserve", |p| {
+        for entry in self.matching(&group, &kind) {
+            let out = observe(metrics, entry, "preserve", |p| {
                 let called = p.preserve(existing, &cur)?;
                 if let Decision::Apply(next) = &called.value {
                     check_contract(p.info(), "preserve", &cur, next)?;
@@ -472,22 +532,26 @@ impl Rules for PluginRegistry {
                     tracing::info!(plugin = entry.plugin.name(), object, kind, reason, "plugin asks to skip");
                     return Ok(RuleDecision::Skip(reason));
                 }
-                Err(e) => Self::on_failure(entry, "preserve", &object, e)?,
+                Err(e) => on_failure(entry, "preserve", &object, e)?,
             }
         }
         Ok(RuleDecision::Apply(cur))
     }
 
-    fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
-        let set = self.snapshot();
+    fn cached_ignore_paths(&self, group: &str, kind: &str) -> Option<Vec<String>> {
         let key = (group.to_string(), kind.to_string());
-        if let Some(hit) = set.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
-            return Ok(hit.clone());
+        self.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
+    }
+
+    /// The union of the matching plugins' ignore paths; complete answers are cached per kind.
+    pub fn ignore_paths(&self, metrics: &Metrics, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
+        if let Some(hit) = self.cached_ignore_paths(group, kind) {
+            return Ok(hit);
         }
         let object = format!("{kind}.{group}");
         let (mut paths, mut complete) = (Vec::<String>::new(), true);
-        for entry in set.matching(group, kind) {
-            match self.observe(entry, "ignore-paths", |p| p.ignore_paths(group, kind)) {
+        for entry in self.matching(group, kind) {
+            match observe(metrics, entry, "ignore-paths", |p| p.ignore_paths(group, kind)) {
                 Ok(found) => {
                     for p in found {
                         if !paths.contains(&p) {
@@ -497,22 +561,107 @@ impl Rules for PluginRegistry {
                 }
                 Err(e) => {
                     complete = false;
-                    Self::on_failure(entry, "ignore-paths", &object, e)?;
+                    on_failure(entry, "ignore-paths", &object, e)?;
                 }
             }
         }
         if complete {
-            set.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, paths.clone());
+            let key = (group.to_string(), kind.to_string());
+            self.ignore_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, paths.clone());
         }
         Ok(paths)
     }
+}
 
-    fn fingerprint(&self) -> String {
-        self.snapshot().fingerprint()
+/// One version of the plugins, as the syncer uses it for one apply. The hooks run on tokio's
+/// blocking pool, at most as many at once as the registry has call slots, never on an async
+/// worker thread: a call can take its whole deadline, and a guest that panics or misbehaves
+/// must not take a worker with it (a panic comes back as a rule error).
+#[derive(Debug, Clone)]
+pub struct RuleSnapshot {
+    set: Arc<PluginSet>,
+    metrics: Metrics,
+    slots: Arc<Semaphore>,
+}
+
+impl RuleSnapshot {
+    /// The set this snapshot serves.
+    pub fn set(&self) -> &Arc<PluginSet> {
+        &self.set
     }
 
+    async fn offload<T: Send + 'static>(
+        &self,
+        object: String,
+        f: impl FnOnce(&PluginSet, &Metrics) -> Result<T, RuleError> + Send + 'static,
+    ) -> Result<T, RuleError> {
+        let runtime_error = |message: String| RuleError { rule: "plugin runtime".into(), object: object.clone(), message };
+        // The semaphore is never closed; failing to acquire would mean it was, so say so.
+        let _permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| runtime_error("the plugin call slots are closed".into()))?;
+        let (set, metrics) = (Arc::clone(&self.set), self.metrics.clone());
+        match tokio::task::spawn_blocking(move || f(&set, &metrics)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => {
+                let why = panic_message(e.into_panic());
+                tracing::error!(object = %object, panic = %why, "a rule call panicked in the host; object not written");
+                Err(runtime_error(format!("rule call panicked: {why}")))
+            }
+            Err(_) => Err(runtime_error("rule call cancelled".into())),
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl Rules for PluginRegistry {
+    type Set = RuleSnapshot;
+
+    fn snapshot(&self) -> RuleSnapshot {
+        RuleSnapshot { set: PluginRegistry::snapshot(self), metrics: self.metrics.clone(), slots: Arc::clone(&self.slots) }
+    }
+}
+
+impl RuleSet for RuleSnapshot {
     fn fingerprint_for(&self, group: &str, kind: &str) -> String {
-        self.snapshot().fingerprint_for(group, kind)
+        self.set.fingerprint_for(group, kind)
+    }
+
+    async fn transform(&self, desired: Value) -> Result<Value, RuleError> {
+        let (group, kind) = group_kind(&desired);
+        if !self.set.handles(&group, &kind) {
+            return Ok(desired);
+        }
+        self.offload(object_ref(&desired), move |set, m| set.transform(m, desired)).await
+    }
+
+    async fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+        let (group, kind) = group_kind(&desired);
+        if !self.set.handles(&group, &kind) {
+            return Ok(RuleDecision::Apply(desired));
+        }
+        let existing = existing.clone();
+        self.offload(object_ref(&desired), move |set, m| set.preserve(m, &existing, desired)).await
+    }
+
+    async fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
+        if !self.set.handles(group, kind) {
+            return Ok(Vec::new());
+        }
+        if let Some(hit) = self.set.cached_ignore_paths(group, kind) {
+            return Ok(hit);
+        }
+        let (g, k) = (group.to_string(), kind.to_string());
+        self.offload(format!("{kind}.{group}"), move |set, m| set.ignore_paths(m, &g, &k)).await
     }
 }
 

@@ -25,7 +25,6 @@ use super::engine::{PluginEngine, hex};
 use super::error::{Error, Result};
 use super::fixtures;
 use super::registry::{PluginRegistry, PluginSet, RegistryConfig};
-use crate::sync::rules::Rules;
 
 /// How the folder is watched.
 #[derive(Debug, Clone, PartialEq, Eq)]

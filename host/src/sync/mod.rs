@@ -21,7 +21,7 @@ pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, Upda
 pub use error::{ApiError, SyncError};
 pub use mapping::NamespaceMapping;
 pub use queue::{RateLimit, WorkQueue};
-pub use rules::{NoRules, RuleDecision, RuleError, Rules};
+pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};
 pub use syncer::{Downstream, Syncer, Write};
 pub use types::{Gvr, ObjectKey, Operation, Resource, SyncResult};

@@ -1,6 +1,13 @@
 //! The seam between the core and the rules: what the syncer asks of transformation and
 //! preservation rules. The plugin runtime implements it with WASM components; the core ships
 //! [`NoRules`].
+//!
+//! The syncer takes one [`Rules::snapshot`] per apply, so that one write never mixes two
+//! versions of a rule set that a hot reload swapped in half-way. The hooks are async so that an
+//! implementation can run them off the async runtime's worker threads (a WASM call can take
+//! milliseconds; the plugin runtime runs them on a bounded blocking pool).
+
+use std::future::Future;
 
 use serde_json::Value;
 
@@ -27,32 +34,37 @@ pub struct RuleError {
     pub message: String,
 }
 
-/// Transformation, preservation and diff-ignore rules, per kind.
+/// A source of rules that can change over time (a hot reload swaps them).
+pub trait Rules: Send + Sync {
+    /// One immutable version of the rules.
+    type Set: RuleSet;
+
+    /// The rules in force now. Holding the snapshot keeps that version; it never changes.
+    fn snapshot(&self) -> Self::Set;
+}
+
+/// One version of the transformation, preservation and diff-ignore rules, per kind.
 ///
 /// Implementations must be deterministic: the same inputs give the same output, so that the
 /// syncer's no-op detection holds.
-pub trait Rules: Send + Sync {
+pub trait RuleSet: Send + Sync {
+    /// A fingerprint of the rules that apply to one kind. It is part of the desired hash, so
+    /// that swapping a Deployment rule makes only Deployments be looked at again.
+    fn fingerprint_for(&self, group: &str, kind: &str) -> String;
+
     /// Rewrites the desired object for downstream.
-    fn transform(&self, desired: Value) -> Result<Value, RuleError>;
+    fn transform(&self, desired: Value) -> impl Future<Output = Result<Value, RuleError>> + Send;
 
     /// Given the live downstream object and the object the core built (desired, transformed,
     /// with the built-in preservation applied), decides what to write.
-    fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError>;
+    fn preserve(
+        &self,
+        existing: &Value,
+        desired: Value,
+    ) -> impl Future<Output = Result<RuleDecision, RuleError>> + Send;
 
     /// JSON pointer patterns (`*` matches one segment) the differ must not compare.
-    fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError>;
-
-    /// A fingerprint of the loaded rules. It is part of the desired hash, so that a rule change
-    /// (a hot reload) makes every object be looked at again.
-    fn fingerprint(&self) -> String;
-
-    /// A fingerprint of the rules that apply to one kind. It is what the desired hash takes,
-    /// so that swapping a Deployment rule makes only Deployments be looked at again, not
-    /// every object of every kind. Defaults to the whole [`Rules::fingerprint`].
-    fn fingerprint_for(&self, group: &str, kind: &str) -> String {
-        let _ = (group, kind);
-        self.fingerprint()
-    }
+    fn ignore_paths(&self, group: &str, kind: &str) -> impl Future<Output = Result<Vec<String>, RuleError>> + Send;
 }
 
 /// No rules: the desired object passes through and only the built-in preservation applies.
@@ -60,37 +72,35 @@ pub trait Rules: Send + Sync {
 pub struct NoRules;
 
 impl Rules for NoRules {
-    fn transform(&self, desired: Value) -> Result<Value, RuleError> {
+    type Set = NoRules;
+
+    fn snapshot(&self) -> NoRules {
+        NoRules
+    }
+}
+
+impl RuleSet for NoRules {
+    fn fingerprint_for(&self, _group: &str, _kind: &str) -> String {
+        String::new()
+    }
+
+    async fn transform(&self, desired: Value) -> Result<Value, RuleError> {
         Ok(desired)
     }
 
-    fn preserve(&self, _existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+    async fn preserve(&self, _existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
         Ok(RuleDecision::Apply(desired))
     }
 
-    fn ignore_paths(&self, _group: &str, _kind: &str) -> Result<Vec<String>, RuleError> {
+    async fn ignore_paths(&self, _group: &str, _kind: &str) -> Result<Vec<String>, RuleError> {
         Ok(Vec::new())
-    }
-
-    fn fingerprint(&self) -> String {
-        String::new()
     }
 }
 
 impl<R: Rules + ?Sized> Rules for std::sync::Arc<R> {
-    fn transform(&self, desired: Value) -> Result<Value, RuleError> {
-        (**self).transform(desired)
-    }
-    fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
-        (**self).preserve(existing, desired)
-    }
-    fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
-        (**self).ignore_paths(group, kind)
-    }
-    fn fingerprint(&self) -> String {
-        (**self).fingerprint()
-    }
-    fn fingerprint_for(&self, group: &str, kind: &str) -> String {
-        (**self).fingerprint_for(group, kind)
+    type Set = R::Set;
+
+    fn snapshot(&self) -> R::Set {
+        (**self).snapshot()
     }
 }

@@ -13,7 +13,7 @@ use super::differ::{self, DiffOptions};
 use super::error::{ApiError, Cause, SyncError};
 use super::ownership;
 use super::preservation::{self, PreserveOptions};
-use super::rules::{RuleDecision, Rules};
+use super::rules::{RuleDecision, RuleSet, Rules};
 use super::state::{ResourceState, StateCache};
 use super::types::{ObjectKey, Operation, Resource, SyncResult};
 
@@ -331,8 +331,10 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     ) -> Result<Operation, SyncError> {
         let normalized = normalize_desired(desired);
         preservation::check_size(&normalized)?;
+        // One version of the rules for the whole apply: a reload half-way must not mix two.
+        let rules = self.rules.snapshot();
         let group = key.gvr.group.as_str();
-        let hash = desired_hash(&normalized, &self.rules.fingerprint_for(group, &key.kind));
+        let hash = desired_hash(&normalized, &rules.fingerprint_for(group, &key.kind));
 
         // Fast path: same desired as last time and the downstream object has not moved since
         // our last write: nothing to do and nothing to ask the API.
@@ -343,7 +345,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             return Ok(Operation::Unchanged);
         }
 
-        let mut transformed = self.rules.transform(normalized)?;
+        let mut transformed = rules.transform(normalized).await?;
         ownership::stamp(&mut transformed, &self.config.ownership, &hash);
 
         let ssa = matches!(self.config.strategy, UpdateStrategy::ServerSideApply { .. });
@@ -404,7 +406,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             }
             let opts = PreserveOptions { preserve: self.config.preserve_paths.clone() };
             let preserved = preservation::preserve(&existing, &transformed, &opts)?;
-            let obj = match self.rules.preserve(&existing, preserved)? {
+            let obj = match rules.preserve(&existing, preserved).await? {
                 RuleDecision::Apply(obj) => obj,
                 RuleDecision::Recreate(reason) => {
                     info!(object = %key, kind = %key.kind, reason = %reason, "rules asked for a recreate");
@@ -418,7 +420,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             };
 
             let mut ignore = self.config.ignore_paths.clone();
-            ignore.extend(self.rules.ignore_paths(&key.gvr.group, &key.kind)?);
+            ignore.extend(rules.ignore_paths(&key.gvr.group, &key.kind).await?);
             let diff = differ::diff(&existing, &obj, &DiffOptions { ignore });
             if diff.is_empty() && ownership::recorded_hash(&existing) == Some(hash.as_str()) {
                 self.record(key, &existing, &hash);
