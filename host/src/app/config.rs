@@ -127,7 +127,20 @@ pub struct RunConfig {
     pub connect_timeout_seconds: u64,
     /// Plugin sandbox limits (fuel, deadline, memory) and the compiled-component cache.
     pub engine: EngineConfig,
+    /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
+    /// By default such a namespace is deleted once it holds nothing downsync does not own.
+    pub keep_namespaces: bool,
+    /// Allow upstream and downstream to be the same cluster (a loop onto itself is almost
+    /// always a kubeconfig mistake, so it is refused by default).
+    pub allow_same_cluster: bool,
 }
+
+/// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
+/// list names them: their objects belong to the cluster that made them.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// The most sync workers a process may run; more only adds contention on the two API servers.
+pub const MAX_WORKERS: usize = 256;
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -149,6 +162,8 @@ impl Default for RunConfig {
             plugins: BTreeMap::new(),
             connect_timeout_seconds: 10,
             engine: EngineConfig::default(),
+            keep_namespaces: false,
+            allow_same_cluster: false,
         }
     }
 }
@@ -208,10 +223,12 @@ impl RunConfig {
     }
 
     /// Whether upstream namespace `ns` is synced for resource `r` (cluster-scoped: always).
+    /// The [`SYSTEM_NAMESPACES`] are synced only when an include list names them.
     pub fn selects_namespace(&self, r: &ResourceConfig, ns: Option<&str>) -> bool {
         let Some(ns) = ns else { return true };
         let include = if r.namespaces.is_empty() { &self.namespaces } else { &r.namespaces };
-        let included = include.is_empty() || include.iter().any(|n| n == ns);
+        let included =
+            if include.is_empty() { !SYSTEM_NAMESPACES.contains(&ns) } else { include.iter().any(|n| n == ns) };
         let excluded = self.exclude_namespaces.iter().chain(&r.exclude_namespaces).any(|n| n == ns);
         included && !excluded
     }
@@ -243,8 +260,19 @@ impl RunConfig {
                 return invalid(&format!("resources[{i}]"), format!("{} is listed twice", r.describe()));
             }
         }
-        if self.workers == 0 {
-            return invalid("workers", "must be at least 1".into());
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return invalid("workers", format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers));
+        }
+        let slots = self.engine.pool_instances as usize;
+        if self.plugins_dir.is_some() && self.workers > slots {
+            return invalid(
+                "workers",
+                format!(
+                    "{} workers but the plugin engine has {slots} instance slots (engine.poolInstances); \
+                     raise engine.poolInstances or lower workers",
+                    self.workers
+                ),
+            );
         }
         if self.resync_seconds == 0 {
             return invalid("resyncSeconds", "must be at least 1".into());
@@ -354,6 +382,48 @@ mod tests {
         // The pod mounts /plugins; here any existing folder stands in for it.
         c.plugins_dir = Some(std::env::temp_dir());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_nested_setting_is_an_error_that_names_its_path() {
+        for (yaml, path, word) in [
+            ("upstream: {kubeconfg: /x}", "upstream", "kubeconfg"),
+            ("downstream: {contxt: a}", "downstream", "contxt"),
+            ("sync: {ownership: {targte: shard-b}}", "sync.ownership", "targte"),
+            // Inside a tagged enum the YAML parser knows only the enclosing setting.
+            ("sync: {strategy: {type: serverSideApply, forse: true}}", "sync", "forse"),
+            ("sync: {conflictRetriez: 3}", "sync", "conflictRetriez"),
+            ("engine: {fule: 3}", "engine", "fule"),
+            ("namespaceMapping: {type: prefix, prefx: a-}", "namespaceMapping", "prefx"),
+            ("plugins: {service: {priorty: 1}}", "plugins.service", "priorty"),
+        ] {
+            let err = mk_config(yaml).map(|_| ()).expect_err(yaml).to_string();
+            assert!(err.contains(word) && err.contains(path), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn workers_are_bounded_by_the_maximum_and_the_plugin_slots() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        let huge = mk_config(&format!("{base}workers: 18446744073709551615")).unwrap();
+        assert!(huge.validate().unwrap_err().to_string().contains("workers"));
+        let mut c = mk_config(&format!("{base}workers: 16\nengine: {{poolInstances: 8}}")).unwrap();
+        assert!(c.validate().is_ok(), "without plugins the pool does not bound the workers");
+        c.plugins_dir = Some(std::env::temp_dir());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("workers") && err.contains("poolInstances"), "{err}");
+    }
+
+    #[test]
+    fn system_namespaces_are_excluded_unless_listed() {
+        let c = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
+        let cm = &c.resources[0];
+        for ns in SYSTEM_NAMESPACES {
+            assert!(!c.selects_namespace(cm, Some(ns)), "{ns}");
+        }
+        assert!(c.selects_namespace(cm, Some("default")));
+        let listed = mk_config("namespaces: [kube-system]\nresources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
+        assert!(listed.selects_namespace(&listed.resources[0], Some("kube-system")), "an explicit entry overrides");
     }
 
     #[test]

@@ -1,74 +1,34 @@
-//! The sync loop of `downsync run`: reflectors on both sides feed a keyed work queue; workers
-//! sync each upstream object into the downstream cluster, delete the copies of objects gone
-//! upstream, and keep the optional upstream finalizer and status in step.
+//! The sync loop of `downsync run`: wires start-up, the triggers and the workers together, and
+//! runs until stopped. Workers take keys from the queue, [`reconcile`] them, and hand failures
+//! to [`error_policy`]; a worker that panics is kept serving and its key goes back to the queue.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, PostParams};
-use kube::discovery::Scope;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, ResourceExt};
+use futures::FutureExt;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::config::{ResourceConfig, RunConfig};
+use super::config::RunConfig;
+use super::connectivity::Connectivity;
+use super::error_policy::{ReconcileError, Step, error_policy, event_reason};
 use super::http::{self, Health};
 use super::metrics::SyncMetrics;
+use super::namespaces::Namespaces;
+use super::reconcile::{Action, reconcile};
+use super::startup::{connect, resolve_all, start_plugins};
+use super::triggers::{self, ObjectKey, Watched, WorkKey};
 use crate::kube::KubeDownstream;
-use crate::kube::clients::{self, Connected};
-use crate::kube::errors::classify;
-use crate::kube::upstream::{self, Upstream};
-use crate::plugin::{Metrics, PluginEngine, PluginRegistry, PluginSet, Reloader, WatchConfig, WatchHandle};
-use crate::sync::error::ApiError;
-use crate::sync::mapping::{self, NAMESPACE_LOCATOR_ANNOTATION, NamespaceMapping, UPSTREAM_NAMESPACE_ANNOTATION};
-use crate::sync::ownership::{self, MANAGED_BY_LABEL, TARGET_LABEL};
-use crate::sync::{ObjectKey, Operation, RateLimit, Resource, SyncError, Syncer, WorkQueue};
+use crate::kube::upstream::Upstream;
+use crate::plugin::{Metrics, PluginRegistry, PluginSet};
+use crate::sync::mapping::NamespaceMapping;
+use crate::sync::{RateLimit, StateCache, Syncer, WorkQueue};
 
-/// Why the program cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The configuration is bad.
-    #[error(transparent)]
-    Config(#[from] super::config::Error),
-    /// A cluster cannot be reached or its kubeconfig loaded.
-    #[error(transparent)]
-    Connect(#[from] clients::Error),
-    /// The metrics endpoint cannot be served.
-    #[error(transparent)]
-    Http(#[from] http::Error),
-    /// The plugins cannot be loaded.
-    #[error("pluginsDir: {0}")]
-    Plugins(Box<crate::plugin::Error>),
-    /// A configured resource is not served, or not readable, on one side.
-    #[error("resources[{index}] {resource}: {side} cluster: {message}")]
-    Resource {
-        /// Position in the config's `resources`.
-        index: usize,
-        /// `Kind (apiVersion)`.
-        resource: String,
-        /// `upstream` or `downstream`.
-        side: &'static str,
-        /// What went wrong and what to do.
-        message: String,
-    },
-}
-
-impl From<crate::plugin::Error> for Error {
-    fn from(e: crate::plugin::Error) -> Self {
-        Self::Plugins(Box::new(e))
-    }
-}
-
-/// Result of running.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use super::startup::{Error, Result};
 
 /// Options of one run that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -88,48 +48,19 @@ pub struct Summary {
     pub failed: u64,
 }
 
-/// A queue key: one upstream object, by its upstream coordinates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct WorkKey {
-    resource: usize,
-    namespace: Option<String>,
-    name: String,
-}
-
-/// One configured kind, resolved on both sides, with its reflector stores.
-struct Watched {
-    config: ResourceConfig,
-    up_ar: ApiResource,
-    down_ar: ApiResource,
-    down_resource: Resource,
-    up_store: Store<DynamicObject>,
-    down_store: Store<DynamicObject>,
-}
-
-/// What a reconcile asks of the queue.
-enum Step {
-    Done,
-    /// Look again after this long (a deletion in progress, a grace period).
-    After(Duration),
-    /// Failed; retry with backoff.
-    Retry,
-    /// Failed on bad input; the next change of the object brings it back.
-    Park,
-}
-
 type RuleSyncer = Syncer<KubeDownstream, Arc<PluginRegistry>>;
 
-struct Controller {
-    config: RunConfig,
-    watched: Vec<Watched>,
-    syncer: RuleSyncer,
-    upstream: Upstream,
-    down_client: Client,
-    queue: WorkQueue<WorkKey>,
-    metrics: SyncMetrics,
-    health: Arc<Health>,
-    /// Downstream namespaces known to exist.
-    namespaces: Mutex<HashSet<String>>,
+/// Everything a reconcile needs: the caches, the clients, the syncer, the queue.
+pub struct Controller {
+    pub(super) config: RunConfig,
+    pub(super) watched: Vec<Watched>,
+    pub(super) syncer: RuleSyncer,
+    pub(super) upstream: Upstream,
+    pub(super) namespaces: Namespaces,
+    pub(super) queue: WorkQueue<WorkKey>,
+    pub(super) metrics: SyncMetrics,
+    pub(super) health: Arc<Health>,
+    pub(super) connectivity: Arc<Connectivity>,
     started: Instant,
     /// Keys not yet synced once since startup.
     initial_pending: Mutex<HashSet<WorkKey>>,
@@ -137,7 +68,12 @@ struct Controller {
     initial_failed: AtomicU64,
     /// Owned downstream objects that had no upstream object at startup: deleted only after
     /// the grace period.
-    startup_orphans: Mutex<HashSet<WorkKey>>,
+    startup_orphans: Mutex<HashSet<ObjectKey>>,
+    /// The last failure reported per key, so that a failure that repeats is logged and
+    /// published once per change, not on every retry. Cleared when the key succeeds.
+    last_failure: Mutex<HashMap<WorkKey, String>>,
+    /// Workers running now; `/healthz` fails if it falls below the configured count.
+    workers_alive: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,33 +89,41 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Summary> {
     config.validate()?;
-    let timeout = Duration::from_secs(config.connect_timeout_seconds);
-    let (up, down) = tokio::try_join!(
-        clients::connect("upstream", &config.upstream, timeout),
-        clients::connect("downstream", &config.downstream, timeout)
-    )?;
-    info!(upstream = %up.url, upstream_version = %up.version, downstream = %down.url,
-        downstream_version = %down.version, "connected");
+    // Bind first: a taken address is a mistake to report before anything else happens.
+    let listener = match config.metrics_addr {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let (up, down) = connect(&config).await?;
 
     let mut registry = Registry::default();
     let metrics = SyncMetrics::default();
     metrics.register(&mut registry);
     let plugin_metrics = Metrics::default();
     plugin_metrics.register(&mut registry);
-    let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics));
-    let (reloader, _watch) = start_plugins(&config, &rules)?;
+    let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
+    connectivity.register(&mut registry);
+    let slots = config.engine.pool_instances as usize;
+    let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
+    let (reloader, _watch) = start_plugins(&config, &rules).await?;
 
     let resolved = resolve_all(&config, &up, &down).await?;
-    let (watched, streams) = reflectors(&config, resolved, &up.client, &down.client);
-    let health = Arc::new(Health::new(registry, reloader.clone()));
+    let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
+    let workers_alive = Arc::new(AtomicUsize::new(0));
+    let health = Arc::new(Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
+        let (alive, want) = (Arc::clone(&workers_alive), config.workers);
+        Box::new(move || {
+            let n = alive.load(Ordering::Acquire);
+            (n < want).then(|| format!("{n} of {want} sync workers running"))
+        })
+    }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = match config.metrics_addr {
-        Some(addr) => {
+    let server = match listener {
+        Some(listener) => {
             let mut rx = stop_rx.clone();
-            let (bound, task) = http::serve(addr, Arc::clone(&health), async move {
+            let (bound, task) = http::serve(listener, Arc::clone(&health), async move {
                 let _ = rx.wait_for(|s| *s).await;
-            })
-            .await?;
+            })?;
             info!(addr = %bound, "serving /metrics, /healthz and /readyz");
             Some(task)
         }
@@ -190,25 +134,27 @@ pub async fn run(
         KubeDownstream::new(down.client.clone()),
         Arc::clone(&rules),
         config.sync.clone(),
-        crate::sync::StateCache::new(),
+        StateCache::new(),
     );
     let controller = Arc::new(Controller {
         upstream: Upstream::new(up.client.clone(), "downsync", opts.instance.clone()),
-        down_client: down.client.clone(),
+        namespaces: Namespaces::new(down.client.clone(), up.client.clone(), config.sync.ownership.clone()),
         queue: WorkQueue::new(RateLimit::default()),
         metrics,
         health,
-        namespaces: Mutex::default(),
+        connectivity,
         started: Instant::now(),
         initial_pending: Mutex::default(),
         initial_total: AtomicU64::new(0),
         initial_failed: AtomicU64::new(0),
         startup_orphans: Mutex::default(),
+        last_failure: Mutex::default(),
+        workers_alive,
         watched,
         syncer,
         config,
     });
-    let reflectors = spawn_reflectors(&controller, streams);
+    let reflectors = triggers::spawn_reflectors(&controller, streams);
 
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
@@ -219,13 +165,9 @@ pub async fn run(
             return Ok(Summary::default());
         }
     }
-    controller.enqueue_initial();
+    controller.enqueue_initial().await;
 
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..controller.config.workers {
-        let c = Arc::clone(&controller);
-        workers.spawn(async move { c.work().await });
-    }
+    let supervisor = tokio::spawn(Arc::clone(&controller).supervise_workers());
     let background = [
         tokio::spawn(Arc::clone(&controller).report_progress()),
         tokio::spawn(Arc::clone(&controller).resync_loop()),
@@ -242,7 +184,7 @@ pub async fn run(
         info!("shutdown requested; finishing the syncs in flight");
     }
     controller.queue.shut_down();
-    while workers.join_next().await.is_some() {}
+    let _ = supervisor.await;
     for t in background.into_iter().chain(reflectors) {
         t.abort();
     }
@@ -257,243 +199,56 @@ pub async fn run(
     Ok(Summary { synced: total.saturating_sub(failed + pending), failed })
 }
 
-fn start_plugins(
-    config: &RunConfig,
-    rules: &Arc<PluginRegistry>,
-) -> Result<(Option<Arc<Reloader>>, Option<WatchHandle>)> {
-    let Some(dir) = &config.plugins_dir else { return Ok((None, None)) };
-    let engine = PluginEngine::new(config.engine.clone())?;
-    let reloader = Reloader::new(engine, dir, config.registry_config(), Arc::clone(rules));
-    // A short debounce: a swap is one rename (or one ConfigMap `..data` flip), so there is
-    // little to coalesce, and operators expect to see it at once.
-    let handle = reloader.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?;
-    for s in reloader.status() {
-        match (&s.digest, &s.last_error) {
-            (Some(d), _) => info!(plugin = %s.name, file = %s.file.display(), digest = %d, "plugin loaded"),
-            (None, Some(e)) => warn!(plugin = %s.name, file = %s.file.display(), error = %e, "plugin refused"),
-            (None, None) => {}
-        }
-    }
-    Ok((Some(reloader), Some(handle)))
-}
-
-async fn resolve_one(client: &Client, gvk: &GroupVersionKind) -> std::result::Result<(ApiResource, bool), String> {
-    match kube::discovery::pinned_kind(client, gvk).await {
-        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
-        Err(kube::Error::Discovery(_)) => Err("not served; install its CRD or fix apiVersion/kind".to_string()),
-        Err(e) => Err(match classify(e) {
-            ApiError::NotFound => "not served; install its CRD or fix apiVersion/kind".to_string(),
-            other => format!("discovery failed: {other}"),
-        }),
-    }
-}
-
-/// Resolves every configured kind on both sides and checks downsync may list it there (a bad
-/// label selector or missing RBAC fails here, with the resource named, not later in a loop).
-pub(crate) async fn resolve_all(
-    config: &RunConfig,
-    up: &Connected,
-    down: &Connected,
-) -> Result<Vec<(ResourceConfig, ApiResource, ApiResource, Resource)>> {
-    let mut out = Vec::new();
-    for (index, r) in config.resources.iter().enumerate() {
-        let err =
-            |side: &'static str, message: String| Error::Resource { index, resource: r.describe(), side, message };
-        let (group, version) = r.api_version.rsplit_once('/').unwrap_or(("", r.api_version.as_str()));
-        let gvk = GroupVersionKind::gvk(group, version, &r.kind);
-        let (up_ar, up_namespaced) = resolve_one(&up.client, &gvk).await.map_err(|m| err("upstream", m))?;
-        let (down_ar, down_namespaced) = resolve_one(&down.client, &gvk).await.map_err(|m| err("downstream", m))?;
-        if up_namespaced != down_namespaced {
-            return Err(err("downstream", "namespaced on one side and cluster-scoped on the other".into()));
-        }
-        let mut lp = ListParams::default().limit(1);
-        if let Some(sel) = &r.label_selector {
-            lp = lp.labels(sel);
-        }
-        let up_api: Api<DynamicObject> = Api::all_with(up.client.clone(), &up_ar);
-        up_api.list_metadata(&lp).await.map_err(|e| {
-            err("upstream", format!("cannot list (labelSelector {:?}): {}", r.label_selector, classify(e)))
-        })?;
-        let owned = ListParams::default().limit(1).labels(&ownership::owned_selector(&config.sync.ownership));
-        let down_api: Api<DynamicObject> = Api::all_with(down.client.clone(), &down_ar);
-        down_api.list_metadata(&owned).await.map_err(|e| err("downstream", format!("cannot list: {}", classify(e))))?;
-        let down_resource = Resource {
-            gvr: crate::sync::Gvr {
-                group: down_ar.group.clone(),
-                version: down_ar.version.clone(),
-                resource: down_ar.plural.clone(),
-            },
-            kind: down_ar.kind.clone(),
-            namespaced: down_namespaced,
-        };
-        out.push((r.clone(), up_ar, down_ar, down_resource));
-    }
-    Ok(out)
-}
-
-fn strip_managed_fields(o: &mut DynamicObject) {
-    // The largest parts of most objects, and never read: keeping them would double the cache.
-    // (kubectl's last-applied record is dropped from the desired object anyway.)
-    o.metadata.managed_fields = None;
-    if let Some(a) = o.metadata.annotations.as_mut() {
-        a.remove(mapping::LAST_APPLIED_ANNOTATION);
-    }
-}
-
-type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
-
-/// Builds a reflector per kind and side: the stores, and the event streams that fill them.
-fn reflectors(
-    config: &RunConfig,
-    resolved: Vec<(ResourceConfig, ApiResource, ApiResource, Resource)>,
-    up: &Client,
-    down: &Client,
-) -> (Vec<Watched>, Vec<(EventStream, EventStream)>) {
-    let owned = ownership::owned_selector(&config.sync.ownership);
-    let mut streams = Vec::new();
-    let mut watched = Vec::new();
-    for (config, up_ar, down_ar, down_resource) in resolved {
-        let mut up_wc = watcher::Config::default();
-        if let Some(sel) = &config.label_selector {
-            up_wc = up_wc.labels(sel);
-        }
-        let up_writer = reflector::store::Writer::new(up_ar.clone());
-        let up_store = up_writer.as_reader();
-        let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
-        let up_stream =
-            watcher::watcher(up_api, up_wc).default_backoff().modify(strip_managed_fields).reflect(up_writer);
-
-        let down_writer = reflector::store::Writer::new(down_ar.clone());
-        let down_store = down_writer.as_reader();
-        let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
-        let down_stream = watcher::watcher(down_api, watcher::Config::default().labels(&owned))
-            .default_backoff()
-            .modify(strip_managed_fields)
-            .reflect(down_writer);
-        streams.push((up_stream.boxed(), down_stream.boxed()));
-        watched.push(Watched { config, up_ar, down_ar, down_resource, up_store, down_store });
-    }
-    (watched, streams)
-}
-
-/// Drives the reflectors: each event queues the upstream key it concerns.
-fn spawn_reflectors(
-    controller: &Arc<Controller>,
-    streams: Vec<(EventStream, EventStream)>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (index, (mut up_stream, mut down_stream)) in streams.into_iter().enumerate() {
-        let c = Arc::clone(controller);
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = up_stream.next().await {
-                c.on_upstream_event(index, ev);
-            }
-        }));
-        let c = Arc::clone(controller);
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = down_stream.next().await {
-                c.on_downstream_event(index, ev);
-            }
-        }));
-    }
-    tasks
-}
-
-/// The object as JSON, with its apiVersion and kind: list and watch items often lack them.
-fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
-    // A DynamicObject is a JSON map with typed metadata; it always serialises.
-    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
-        o.insert("kind".into(), Value::String(ar.kind.clone()));
-    }
-    v
-}
-
 impl Controller {
-    fn kind(&self, key: &WorkKey) -> &str {
-        self.watched.get(key.resource).map_or("?", |w| w.config.kind.as_str())
+    pub(super) fn kind(&self, key: &WorkKey) -> &str {
+        match key {
+            WorkKey::Object(k) => self.watched.get(k.resource).map_or("?", |w| w.config.kind.as_str()),
+            WorkKey::Namespace { .. } => "Namespace",
+        }
     }
 
-    fn target(&self) -> &str {
+    pub(super) fn target(&self) -> &str {
         &self.config.sync.ownership.target
     }
 
-    fn mapping(&self) -> &NamespaceMapping {
+    pub(super) fn mapping(&self) -> &NamespaceMapping {
         &self.config.namespace_mapping
     }
 
-    fn selected(&self, w: &Watched, obj: &DynamicObject) -> bool {
+    pub(super) fn selected(&self, w: &Watched, obj: &DynamicObject) -> bool {
         self.config.selects(&w.config, obj.metadata.namespace.as_deref(), &obj.name_any())
     }
 
-    fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
-        WorkKey { resource: index, namespace: obj.metadata.namespace.clone(), name: obj.name_any() }
+    pub(super) fn downstream_ns(&self, key: &ObjectKey) -> Option<String> {
+        key.namespace.as_deref().map(|ns| self.mapping().map(self.target(), ns))
     }
 
-    fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
-        let ns = obj
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(UPSTREAM_NAMESPACE_ANNOTATION))
-            .cloned()
-            .or_else(|| obj.metadata.namespace.clone());
-        WorkKey { resource: index, namespace: ns, name: obj.name_any() }
-    }
-
-    fn on_upstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
-        let Some(w) = self.watched.get(index) else { return };
-        match ev {
-            Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
-                if self.selected(w, &o) || upstream::has_finalizer(&o) {
-                    self.queue.add(Self::up_key(index, &o));
-                }
-            }
-            Ok(Event::InitDone) => {
-                // After a re-list, deletes that happened while the watch was down show up
-                // only as absences: look at every owned copy again.
-                if self.health.not_ready_reason().is_none() {
-                    for d in w.down_store.state() {
-                        self.queue.add(Self::down_key(index, &d));
-                    }
-                }
-            }
-            Ok(Event::Init) => {}
-            Err(e) => warn!(kind = %w.config.kind, side = "upstream", error = %e, "watch failed; retrying"),
+    /// How much longer a startup orphan waits before its delete, if it still must.
+    pub(super) fn orphan_wait(&self, key: &ObjectKey) -> Option<Duration> {
+        if !lock(&self.startup_orphans).contains(key) {
+            return None;
         }
+        let (grace, waited) = (self.config.orphan_grace(), self.started.elapsed());
+        (waited < grace).then(|| grace - waited)
     }
 
-    fn on_downstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
-        let Some(w) = self.watched.get(index) else { return };
-        match ev {
-            Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => self.queue.add(Self::down_key(index, &o)),
-            Ok(Event::Init | Event::InitDone) => {}
-            Err(e) => warn!(kind = %w.config.kind, side = "downstream", error = %e, "watch failed; retrying"),
-        }
+    pub(super) fn orphan_gone(&self, key: &ObjectKey) {
+        lock(&self.startup_orphans).remove(key);
     }
 
-    async fn wait_stores(&self) {
-        for w in &self.watched {
-            // A dropped writer means the reflector task ended: nothing more will come.
-            let _ = w.up_store.wait_until_ready().await;
-            let _ = w.down_store.wait_until_ready().await;
-        }
-    }
-
-    /// Every selected upstream object and every owned downstream copy.
-    fn all_keys(&self) -> HashSet<WorkKey> {
-        let mut keys = HashSet::new();
-        for (i, w) in self.watched.iter().enumerate() {
-            keys.extend(w.up_store.state().iter().filter(|o| self.selected(w, o)).map(|o| Self::up_key(i, o)));
-            keys.extend(w.down_store.state().iter().map(|o| Self::down_key(i, o)));
-        }
-        keys
-    }
-
-    fn enqueue_initial(&self) {
+    /// Queues every key for the initial sync; owned copies without an upstream object wait out
+    /// the grace period, and namespaces downsync created are checked for cleanup.
+    async fn enqueue_initial(&self) {
         let keys = self.all_keys();
-        let orphans: HashSet<WorkKey> = keys.iter().filter(|k| self.upstream_of(k).is_none()).cloned().collect();
+        let orphans: HashSet<ObjectKey> = keys
+            .iter()
+            .filter_map(|k| match k {
+                WorkKey::Object(o) if self.watched.get(o.resource).is_some_and(|w| w.upstream(o).is_none()) => {
+                    Some(o.clone())
+                }
+                _ => None,
+            })
+            .collect();
         if !orphans.is_empty() {
             info!(
                 count = orphans.len(),
@@ -512,6 +267,20 @@ impl Controller {
         }
         for k in keys {
             self.queue.add(k);
+        }
+        // Namespaces whose upstream namespace went while downsync was not running.
+        if !self.config.keep_namespaces {
+            match self.namespaces.created().await {
+                Ok(created) => {
+                    for (downstream, upstream) in created {
+                        self.queue.add_after(
+                            WorkKey::Namespace { downstream, upstream },
+                            self.config.orphan_grace().max(Duration::from_secs(1)),
+                        );
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot list the namespaces downsync created"),
+            }
         }
     }
 
@@ -570,272 +339,152 @@ impl Controller {
         }
     }
 
-    /// A plugin swap changes the rules' fingerprint: every object is looked at again, so the
-    /// new behaviour shows without waiting for the next change or resync.
+    /// A plugin swap is pushed by the registry; the kinds whose rules changed are looked at
+    /// again, so the new behaviour shows without waiting for the next change or resync.
     async fn watch_rules(self: Arc<Self>, rules: Arc<PluginRegistry>) {
-        let mut last = rules.fingerprint();
-        // Cheap (a snapshot's string); often enough that a swap shows within a few ms.
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            let now = rules.fingerprint();
-            if now != last {
-                last = now;
-                let keys = self.all_keys();
-                info!(objects = keys.len(), "rules changed; syncing every object again");
-                for k in keys {
-                    self.queue.add(k);
-                }
+        let mut changes = rules.subscribe();
+        let fingerprints = |set: &PluginSet| -> Vec<String> {
+            self.watched.iter().map(|w| set.fingerprint_for(&w.up_ar.group, &w.up_ar.kind)).collect()
+        };
+        let mut last = fingerprints(&rules.snapshot());
+        while changes.changed().await.is_ok() {
+            let now = fingerprints(&rules.snapshot());
+            let kinds: HashSet<usize> = (0..now.len()).filter(|&i| now.get(i) != last.get(i)).collect();
+            last = now;
+            if kinds.is_empty() {
+                continue;
+            }
+            let keys = self.keys_of_kinds(&kinds);
+            info!(objects = keys.len(), kinds = kinds.len(), "rules changed; syncing those kinds again");
+            for k in keys {
+                self.queue.add(k);
             }
         }
     }
 
-    async fn work(self: Arc<Self>) {
-        while let Some(key) = self.queue.next().await {
-            let step = self.reconcile(&key).await;
-            let ok = matches!(step, Step::Done | Step::After(_));
-            match step {
-                Step::Done => self.queue.forget(&key),
-                Step::After(d) => {
-                    self.queue.forget(&key);
-                    self.queue.add_after(key.clone(), d);
-                }
-                Step::Retry => {
-                    self.metrics.retried(self.kind(&key));
-                    let delay = self.queue.add_rate_limited(key.clone());
-                    debug!(kind = self.kind(&key), name = %key.name, delay_ms = delay.as_millis() as u64, "retrying");
-                }
-                Step::Park => self.queue.forget(&key),
+    /// Runs the configured number of workers, starting a new one whenever one ends before
+    /// shutdown (a worker survives panics in a reconcile, but not, say, a panic in its own
+    /// bookkeeping).
+    async fn supervise_workers(self: Arc<Self>) {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..self.config.workers {
+            workers.spawn(Arc::clone(&self).work());
+        }
+        while let Some(ended) = workers.join_next().await {
+            if self.queue.is_shut_down() {
+                continue;
             }
+            if let Err(e) = ended {
+                error!(error = %e, "a sync worker died; starting another");
+                self.metrics.worker_panicked();
+            }
+            workers.spawn(Arc::clone(&self).work());
+        }
+    }
+
+    async fn work(self: Arc<Self>) {
+        self.workers_alive.fetch_add(1, Ordering::AcqRel);
+        let _alive = AliveGuard(Arc::clone(&self.workers_alive));
+        while let Some(key) = self.queue.next().await {
+            let outcome = std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().await;
+            let ok = match outcome {
+                Ok(Ok(action)) => {
+                    self.succeeded(&key, action);
+                    true
+                }
+                Ok(Err(e)) => {
+                    self.failed(&key, &e).await;
+                    false
+                }
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    error!(kind = self.kind(&key), key = ?key, panic = %why, "a sync panicked; queued again");
+                    self.metrics.worker_panicked();
+                    self.queue.add_rate_limited(key.clone());
+                    false
+                }
+            };
             self.queue.done(&key);
             self.initial_done_with(&key, ok);
             self.metrics.set_queue_depth(self.queue.len());
         }
     }
 
-    fn upstream_of(&self, key: &WorkKey) -> Option<Arc<DynamicObject>> {
-        let w = self.watched.get(key.resource)?;
-        let mut r = ObjectRef::new_with(&key.name, w.up_ar.clone());
-        if let Some(ns) = &key.namespace {
-            r = r.within(ns);
+    fn succeeded(&self, key: &WorkKey, action: Action) {
+        self.queue.forget(key);
+        if lock(&self.last_failure).remove(key).is_some() {
+            info!(kind = self.kind(key), key = ?key, "synced again after failures");
         }
-        w.up_store.get(&r)
-    }
-
-    fn downstream_ns(&self, key: &WorkKey) -> Option<String> {
-        key.namespace.as_deref().map(|ns| self.mapping().map(self.target(), ns))
-    }
-
-    fn downstream_of(&self, key: &WorkKey) -> Option<Arc<DynamicObject>> {
-        let w = self.watched.get(key.resource)?;
-        let mut r = ObjectRef::new_with(&key.name, w.down_ar.clone());
-        if let Some(ns) = self.downstream_ns(key) {
-            r = r.within(&ns);
-        }
-        w.down_store.get(&r)
-    }
-
-    async fn reconcile(&self, key: &WorkKey) -> Step {
-        let Some(w) = self.watched.get(key.resource) else { return Step::Done };
-        let up = self.upstream_of(key);
-        let down = self.downstream_of(key);
-        match up {
-            Some(obj) if self.selected(w, &obj) && obj.metadata.deletion_timestamp.is_none() => {
-                self.sync(w, key, &obj, down.as_deref()).await
-            }
-            up => self.remove(w, key, up.as_deref(), down.as_deref()).await,
+        if let Action::After(d) = action {
+            self.queue.add_after(key.clone(), d);
         }
     }
 
-    async fn warn_upstream(&self, w: &Watched, obj: &DynamicObject, reason: &str, note: String) {
-        if let Err(e) = self.upstream.warn(&w.up_ar, obj, reason, note).await {
-            debug!(kind = %w.config.kind, name = %obj.name_any(), error = %e, "cannot publish an upstream event");
-        }
-    }
-
-    async fn sync(&self, w: &Watched, key: &WorkKey, up: &DynamicObject, down: Option<&DynamicObject>) -> Step {
-        let kind = w.config.kind.as_str();
-        if self.config.upstream_finalizer
-            && let Err(e) = self.upstream.add_finalizer(&w.up_ar, up).await
-        {
-            warn!(kind, object = %key.name, error = %e, "cannot add the upstream finalizer");
-            self.metrics.record_failure(kind, "finalize");
-            return Step::Retry;
-        }
-        let desired = match mapping::prepare_desired(to_value(up, &w.up_ar), self.mapping(), self.target()) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(kind, object = %key.name, error = %e, "cannot place the object downstream");
-                self.metrics.record_failure(kind, "skipped");
-                self.warn_upstream(w, up, "InvalidObject", e.to_string()).await;
-                return Step::Park;
-            }
-        };
-        if let (Some(ns), Some(up_ns)) = (self.downstream_ns(key), key.namespace.as_deref())
-            && let Err(e) = self.ensure_namespace(&ns, up_ns).await
-        {
-            warn!(kind, namespace = %ns, error = %e, "cannot create the downstream namespace");
-            self.metrics.record_failure(kind, "namespace");
-            return Step::Retry;
-        }
-        let started = Instant::now();
-        let result = self.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
-        self.metrics.record(kind, &result, started.elapsed().as_secs_f64());
-        if let Some(e) = &result.error {
-            if result.key.is_none() {
-                // The syncer logs failures of objects it could key; this one it could not.
-                warn!(kind, object = %key.name, namespace = key.namespace.as_deref().unwrap_or(""), error = %e, "sync failed");
-            }
-            let (reason, step) = match e {
-                SyncError::InvalidObject { .. } | SyncError::Preservation(_) => ("InvalidObject", Step::Park),
-                SyncError::Immutable { .. } => ("ImmutableFieldChanged", Step::Park),
-                SyncError::NotOwned { .. } => ("NameConflict", Step::Retry),
-                SyncError::Rule(_) => ("RuleFailed", Step::Retry),
-                // The API refused the object itself: retrying the same bytes cannot help.
-                SyncError::Api { source: ApiError::Invalid { .. }, .. } => ("InvalidObject", Step::Park),
-                SyncError::Api { source: ApiError::NotFound, .. } => {
-                    // Perhaps the downstream namespace went away under us.
-                    if let Some(ns) = self.downstream_ns(key) {
-                        lock(&self.namespaces).remove(&ns);
-                    }
-                    ("SyncFailed", Step::Retry)
-                }
-                _ => ("SyncFailed", Step::Retry),
-            };
-            self.warn_upstream(w, up, reason, e.to_string()).await;
-            return match result.retry_after {
-                Some(d) if matches!(step, Step::Retry) => Step::After(d),
-                _ => step,
-            };
-        }
-        if self.config.status_upsync
-            && let Some(d) = down
-            && let Some(status) = d.data.get("status")
-            && up.data.get("status") != Some(status)
-            && let Err(e) = self.upstream.patch_status(&w.up_ar, up, status).await
-        {
-            warn!(kind, object = %key.name, error = %e, "cannot copy the status upstream");
-            self.metrics.record_failure(kind, "upsync");
-            return Step::Retry;
-        }
-        match result.retry_after {
-            Some(d) => Step::After(d),
-            None => Step::Done,
-        }
-    }
-
-    async fn remove(
-        &self,
-        w: &Watched,
-        key: &WorkKey,
-        up: Option<&DynamicObject>,
-        down: Option<&DynamicObject>,
-    ) -> Step {
-        let kind = w.config.kind.as_str();
-        let holds_finalizer = self.config.upstream_finalizer && up.is_some_and(upstream::has_finalizer);
-        if down.is_some() || holds_finalizer {
-            if up.is_none() && lock(&self.startup_orphans).contains(key) {
-                let grace = self.config.orphan_grace();
-                let waited = self.started.elapsed();
-                if waited < grace {
-                    return Step::After(grace - waited);
-                }
-            }
-            let okey = ObjectKey::new(&w.down_resource, self.downstream_ns(key).as_deref(), &key.name);
-            // With a finalizer to release, absence in the cache is confirmed with a read: the
-            // cache may not have seen a copy created moments ago.
-            let cached = down.map(|d| Some(to_value(d, &w.down_ar)));
-            let started = Instant::now();
-            let result = self.syncer.delete(&okey, cached).await;
-            self.metrics.record(kind, &result, started.elapsed().as_secs_f64());
-            if let Some(e) = &result.error {
-                if let Some(up) = up {
-                    self.warn_upstream(w, up, "DeleteFailed", e.to_string()).await;
-                }
-                return match e {
-                    // Not ours: never touched; nothing holds the upstream object on its account.
-                    SyncError::NotOwned { .. } => self.release(w, key, up).await,
-                    _ => Step::Retry,
+    async fn failed(&self, key: &WorkKey, e: &ReconcileError) {
+        let step = error_policy(e);
+        let reason = event_reason(e);
+        let message = e.to_string();
+        let first_line = message.lines().next().unwrap_or_default().to_string();
+        let state = format!("{reason}: {first_line}");
+        let changed = lock(&self.last_failure).insert(key.clone(), state.clone()).as_ref() != Some(&state);
+        let kind = self.kind(key);
+        if changed {
+            warn!(kind, key = ?key, reason, ?step, error = %first_line, "sync failed");
+            if let Some(up) = self.upstream_object(key) {
+                let w = match key {
+                    WorkKey::Object(k) => self.watched.get(k.resource),
+                    WorkKey::Namespace { .. } => None,
                 };
-            }
-            if result.operation == Operation::Deleting {
-                return Step::After(result.retry_after.unwrap_or(Duration::from_secs(2)));
-            }
-            lock(&self.startup_orphans).remove(key);
-        }
-        self.release(w, key, up).await
-    }
-
-    /// Removes the upstream finalizer, if downsync put one there.
-    async fn release(&self, w: &Watched, key: &WorkKey, up: Option<&DynamicObject>) -> Step {
-        if !self.config.upstream_finalizer {
-            return Step::Done;
-        }
-        let fetched;
-        let obj = match up {
-            Some(o) => o,
-            None => {
-                // Gone from the cache: deleted, or no longer matching the label selector.
-                let api: Api<DynamicObject> = match &key.namespace {
-                    Some(ns) => Api::namespaced_with(self.upstream.client().clone(), ns, &w.up_ar),
-                    None => Api::all_with(self.upstream.client().clone(), &w.up_ar),
-                };
-                match api.get_opt(&key.name).await {
-                    Ok(Some(o)) => {
-                        fetched = o;
-                        &fetched
-                    }
-                    Ok(None) => return Step::Done,
-                    Err(e) => {
-                        warn!(kind = %w.config.kind, object = %key.name, error = %e, "cannot read the upstream object");
-                        return Step::Retry;
-                    }
+                if let Some(w) = w
+                    && let Err(err) = self.upstream.warn(&w.up_ar, &up, reason, message.clone()).await
+                {
+                    debug!(kind, error = %err, "cannot publish an upstream event");
                 }
             }
-        };
-        match self.upstream.remove_finalizer(&w.up_ar, obj).await {
-            Ok(()) => Step::Done,
-            Err(e) => {
-                warn!(kind = %w.config.kind, object = %key.name, error = %e, "cannot remove the upstream finalizer");
-                self.metrics.record_failure(&w.config.kind, "finalize");
-                Step::Retry
+        } else {
+            debug!(kind, key = ?key, reason, ?step, error = %first_line, "sync failed again");
+        }
+        match step {
+            Step::Retry => {
+                self.metrics.retried(kind);
+                let delay = self.queue.add_rate_limited(key.clone());
+                debug!(kind, key = ?key, delay_ms = delay.as_millis() as u64, "retrying");
             }
+            Step::RetryAfter(d) => {
+                self.metrics.retried(kind);
+                self.queue.forget(key);
+                self.queue.add_after(key.clone(), d);
+            }
+            Step::Park => self.queue.forget(key),
         }
     }
 
-    async fn ensure_namespace(&self, name: &str, upstream_ns: &str) -> std::result::Result<(), ApiError> {
-        if lock(&self.namespaces).contains(name) {
-            return Ok(());
+    fn upstream_object(&self, key: &WorkKey) -> Option<Arc<DynamicObject>> {
+        match key {
+            WorkKey::Object(k) => self.watched.get(k.resource)?.upstream(k),
+            WorkKey::Namespace { .. } => None,
         }
-        let api: Api<Namespace> = Api::all(self.down_client.clone());
-        if api.get_opt(name).await.map_err(classify)?.is_none() {
-            let o = &self.config.sync.ownership;
-            let ns = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    labels: Some(
-                        [
-                            (MANAGED_BY_LABEL.to_string(), o.identity.clone()),
-                            (TARGET_LABEL.to_string(), o.target.clone()),
-                        ]
-                        .into(),
-                    ),
-                    annotations: Some(
-                        [(NAMESPACE_LOCATOR_ANNOTATION.to_string(), NamespaceMapping::locator(&o.target, upstream_ns))]
-                            .into(),
-                    ),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            };
-            match api.create(&PostParams::default(), &ns).await.map_err(classify) {
-                Ok(_) => info!(namespace = %name, upstream_namespace = %upstream_ns, "created downstream namespace"),
-                Err(ApiError::AlreadyExists) => {}
-                Err(e) => return Err(e),
-            }
+    }
+
+    /// Resets every key's backoff and queues it: called when a lost connection returns, so
+    /// that objects that failed during the outage do not wait out a long backoff.
+    pub(super) fn retry_everything_now(&self) {
+        for k in self.all_keys() {
+            self.queue.forget(&k);
+            self.queue.add(k);
         }
-        lock(&self.namespaces).insert(name.to_string());
-        Ok(())
+    }
+}
+
+/// Counts a worker out when it ends, however it ends.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

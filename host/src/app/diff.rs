@@ -12,11 +12,10 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use super::config::RunConfig;
-use super::controller::{self, Error, Result};
+use super::startup::{self, Error, Resolved, Result};
 use crate::kube::KubeDownstream;
-use crate::kube::clients;
 use crate::kube::errors::classify;
-use crate::plugin::{Metrics, PluginEngine, PluginRegistry, PluginSet, Reloader};
+use crate::plugin::{Metrics, PluginRegistry, PluginSet};
 use crate::sync::error::ApiError;
 use crate::sync::mapping;
 use crate::sync::ownership;
@@ -166,23 +165,15 @@ pub fn unified(before: &Value, after: &Value) -> String {
 /// Runs the diff and writes the report to `out`.
 pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     config.validate()?;
-    let timeout = Duration::from_secs(config.connect_timeout_seconds);
-    let (up, down) = tokio::try_join!(
-        clients::connect("upstream", &config.upstream, timeout),
-        clients::connect("downstream", &config.downstream, timeout)
-    )?;
+    let (up, down) = startup::connect(&config).await?;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
-    if let Some(dir) = &config.plugins_dir {
-        let reloader =
-            Reloader::new(PluginEngine::new(config.engine.clone())?, dir, config.registry_config(), Arc::clone(&rules));
-        reloader.scan()?;
-        for s in reloader.status() {
-            if let Some(e) = s.last_error {
-                let _ = writeln!(out, "! plugin {} refused: {e}", s.file.display());
-            }
+    let (reloader, _watch) = startup::start_plugins(&config, &rules).await?;
+    for s in reloader.iter().flat_map(|r| r.status()) {
+        if let Some(e) = s.last_error {
+            let _ = writeln!(out, "! plugin {} refused: {e}", s.file.display());
         }
     }
-    let resolved = controller::resolve_all(&config, &up, &down).await?;
+    let resolved = startup::resolve_all(&config, &up, &down).await?;
     let mut sync_config = config.sync.clone();
     // A dry-run delete never completes: a recreate is reported, not waited for.
     sync_config.recreate_timeout = Duration::ZERO;
@@ -190,7 +181,7 @@ pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     let syncer = Syncer::new(recording, Arc::clone(&rules), sync_config, StateCache::new());
     let mut summary = DiffSummary::default();
     let owned_selector = ownership::owned_selector(&config.sync.ownership);
-    for (index, (r, up_ar, down_ar, down_resource)) in resolved.iter().enumerate() {
+    for (index, Resolved { config: r, up_ar, down_ar, down_resource }) in resolved.iter().enumerate() {
         let mut lp = ListParams::default();
         if let Some(sel) = &r.label_selector {
             lp = lp.labels(sel);

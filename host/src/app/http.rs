@@ -1,18 +1,23 @@
-//! The operations endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs) and
-//! `/readyz` (the initial sync is done and every plugin file has loaded at least once).
+//! The operations endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs and
+//! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
+//! file has loaded at least once; `/readyz?verbose` adds each side's connection state).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use super::connectivity::Connectivity;
 use crate::plugin::Reloader;
+
+/// A liveness check: `None` when live, else why not.
+pub type LiveCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -28,25 +33,45 @@ pub enum Error {
 }
 
 /// What the endpoints report on. Shared with the controller, which updates it.
-#[derive(Debug)]
 pub struct Health {
     registry: Registry,
     initial_done: AtomicBool,
     synced: AtomicU64,
     total: AtomicU64,
     reloader: Option<Arc<Reloader>>,
+    connectivity: Arc<Connectivity>,
+    live: LiveCheck,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("initial_done", &self.initial_done).finish_non_exhaustive()
+    }
 }
 
 impl Health {
-    /// Health over a metrics registry and, if plugins are configured, their reloader.
-    pub fn new(registry: Registry, reloader: Option<Arc<Reloader>>) -> Self {
+    /// Health over a metrics registry, the plugins' reloader (if plugins are configured), the
+    /// clusters' connectivity, and a liveness check.
+    pub fn new(
+        registry: Registry,
+        reloader: Option<Arc<Reloader>>,
+        connectivity: Arc<Connectivity>,
+        live: LiveCheck,
+    ) -> Self {
         Self {
             registry,
             initial_done: AtomicBool::new(false),
             synced: AtomicU64::new(0),
             total: AtomicU64::new(0),
             reloader,
+            connectivity,
+            live,
         }
+    }
+
+    /// `None` when live, else why not.
+    pub fn not_live_reason(&self) -> Option<String> {
+        (self.live)()
     }
 
     /// Records initial-sync progress.
@@ -93,26 +118,44 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.encode_metrics())
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
-    match h.not_ready_reason() {
+async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
+    match h.not_live_reason() {
         None => (StatusCode::OK, "ok\n".into()),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-/// Binds `addr` and serves until `shutdown` completes. Returns the bound address (useful with
+async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusCode, String) {
+    let (code, mut text) = match h.not_ready_reason() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    };
+    let verbose = q.as_deref().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    if verbose {
+        text.push_str(&h.connectivity.describe());
+        text.push('\n');
+    }
+    (code, text)
+}
+
+/// Binds `addr` for [`serve`]. Done before anything else at start-up, so that an address in
+/// use stops the program at once, naming it.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    // std's bind, unlike tokio's, does not set SO_REUSEADDR: a port another process serves
+    // on is refused rather than silently shared or stolen.
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    std_listener.set_nonblocking(true).map_err(|source| Error::Bind { addr, source })?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves on `listener` until `shutdown` completes. Returns the bound address (useful with
 /// port 0) and the server task.
-pub async fn serve(
-    addr: SocketAddr,
+pub fn serve(
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| Error::Bind { addr: ([0, 0, 0, 0], 0).into(), source })?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -43,6 +43,7 @@ pub struct SyncMetrics {
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
     initial: Family<StateLabels, Gauge<u64, AtomicU64>>,
+    worker_panics: Counter,
 }
 
 impl Default for SyncMetrics {
@@ -54,6 +55,7 @@ impl Default for SyncMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Gauge::default(),
             initial: Family::default(),
+            worker_panics: Counter::default(),
         }
     }
 }
@@ -68,13 +70,22 @@ impl SyncMetrics {
         r.register("sync_duration_seconds", "Time to sync one object", self.duration.clone());
         r.register("queue_depth", "Objects waiting for a worker", self.queue_depth.clone());
         r.register("initial_sync_objects", "Initial sync progress: synced and total objects", self.initial.clone());
+        r.register("worker_panics", "Sync workers that panicked; the key was queued again", self.worker_panics.clone());
     }
 
     /// Records the outcome of one sync.
     pub fn record(&self, kind: &str, result: &SyncResult, seconds: f64) {
+        // A failed write never reached its operation: name what was attempted instead.
+        let operation = match &result.error {
+            Some(crate::sync::SyncError::Api { operation, .. }) => operation,
+            Some(crate::sync::SyncError::Rule(_)) => "rule",
+            Some(crate::sync::SyncError::NotOwned { .. }) => "conflict",
+            Some(_) => "invalid",
+            None => result.operation.as_str(),
+        };
         let labels = SyncLabels {
             kind: kind.into(),
-            operation: result.operation.as_str().into(),
+            operation: operation.into(),
             result: if result.is_err() { "error" } else { "ok" }.into(),
         };
         self.syncs.get_or_create(&labels).inc();
@@ -90,6 +101,16 @@ impl SyncMetrics {
     pub fn record_failure(&self, kind: &str, operation: &str) {
         let labels = SyncLabels { kind: kind.into(), operation: operation.into(), result: "error".into() };
         self.syncs.get_or_create(&labels).inc();
+    }
+
+    /// Counts a sync worker that panicked (and was kept serving).
+    pub fn worker_panicked(&self) {
+        self.worker_panics.inc();
+    }
+
+    /// Worker panics so far.
+    pub fn worker_panics(&self) -> u64 {
+        self.worker_panics.get()
     }
 
     /// Counts a sync queued again after a failure.

@@ -1,11 +1,17 @@
 //! The program: `downsync run` and `downsync diff` over the core, the plugin runtime and the
-//! Kubernetes edges. Configuration, the sync loop, metrics and the HTTP endpoints.
+//! Kubernetes edges. Configuration, start-up, the sync loop, metrics and the HTTP endpoints.
 
 pub mod config;
+pub mod connectivity;
 pub mod controller;
 pub mod diff;
+pub mod error_policy;
 pub mod http;
 pub mod metrics;
+pub mod namespaces;
+pub mod reconcile;
+pub mod startup;
+pub mod triggers;
 
 pub use config::{ResourceConfig, RunConfig};
 pub use controller::{RunOptions, Summary, run};

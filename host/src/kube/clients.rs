@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where one cluster is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSettings {
     /// A kubeconfig file. Unset: `KUBECONFIG`, then `~/.kube/config`, then in-cluster.
     pub kubeconfig: Option<PathBuf>,

@@ -18,7 +18,7 @@ use super::host::CallState;
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
     /// Instructions-ish a call may burn; the same object always gets the same verdict.
     pub fuel: u64,

@@ -473,7 +473,9 @@ fn on_failure(entry: &Loaded, hook: &str, object: &str, e: Error) -> Result<(), 
     match entry.settings.failure_policy {
         FailurePolicy::FailClosed => {
             tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; object not written (fail-closed)");
-            Err(RuleError { rule: plugin.to_string(), object: object.to_string(), message: e.to_string() })
+            // Only the wall-clock deadline depends on the moment; everything else is a verdict.
+            let retryable = matches!(e.failure(), Some(CallFailure::Deadline));
+            Err(RuleError { rule: plugin.to_string(), object: object.to_string(), message: e.to_string(), retryable })
         }
         FailurePolicy::FailOpen => {
             tracing::warn!(plugin, object, hook, failure, error = %e, "plugin failed; skipped for this object (fail-open)");
@@ -595,7 +597,12 @@ impl RuleSnapshot {
         object: String,
         f: impl FnOnce(&PluginSet, &Metrics) -> Result<T, RuleError> + Send + 'static,
     ) -> Result<T, RuleError> {
-        let runtime_error = |message: String| RuleError { rule: "plugin runtime".into(), object: object.clone(), message };
+        let runtime_error = |message: String| RuleError {
+            rule: "plugin runtime".into(),
+            object: object.clone(),
+            message,
+            retryable: true,
+        };
         // The semaphore is never closed; failing to acquire would mean it was, so say so.
         let _permit = Arc::clone(&self.slots)
             .acquire_owned()
@@ -627,7 +634,11 @@ impl Rules for PluginRegistry {
     type Set = RuleSnapshot;
 
     fn snapshot(&self) -> RuleSnapshot {
-        RuleSnapshot { set: PluginRegistry::snapshot(self), metrics: self.metrics.clone(), slots: Arc::clone(&self.slots) }
+        RuleSnapshot {
+            set: PluginRegistry::snapshot(self),
+            metrics: self.metrics.clone(),
+            slots: Arc::clone(&self.slots),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// How an existing object is updated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase", tag = "type")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type", deny_unknown_fields)]
 pub enum UpdateStrategy {
     /// PUT the whole object with its resourceVersion (optimistic concurrency). Fields the
     /// desired object and the preservation rules do not carry are dropped.
@@ -58,7 +58,7 @@ pub enum ImmutablePolicy {
 
 /// Who downsync is, as stamped on the objects it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ownership {
     /// This downsync instance (label-safe: letters, digits, `-`, `_`, `.`; at most 63).
     pub identity: String,
@@ -79,7 +79,7 @@ impl Default for Ownership {
 
 /// Settings of the downstream writer. Deserialised once and passed down.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownstreamConfig {
     /// Retries after a 409 conflict.
     pub conflict_retries: u32,

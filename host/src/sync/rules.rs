@@ -32,6 +32,10 @@ pub struct RuleError {
     pub object: String,
     /// What went wrong, naming the field where known.
     pub message: String,
+    /// Whether the same call can succeed later (a deadline under load, a runtime hiccup).
+    /// A rule that trapped, ran out of fuel or rejected the object will do so again on the
+    /// same input: the syncer parks such an object until it or the rules change.
+    pub retryable: bool,
 }
 
 /// A source of rules that can change over time (a hot reload swaps them).

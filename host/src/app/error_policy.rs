@@ -1,0 +1,166 @@
+//! What a failed reconcile asks of the queue, and the Event reason it is reported under: a
+//! plain function of the error, so that every class is decided in one table.
+
+use std::time::Duration;
+
+use crate::sync::error::ApiError;
+use crate::sync::{RuleError, SyncError};
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Syncing or deleting the object downstream failed.
+    #[error(transparent)]
+    Sync(SyncError),
+    /// The object cannot be placed downstream (its namespace cannot be mapped).
+    #[error("{0}")]
+    Placement(String),
+    /// The downstream namespace cannot be created or read.
+    #[error("downstream namespace {namespace}: {source}")]
+    Namespace {
+        /// The downstream namespace.
+        namespace: String,
+        /// What the API said.
+        #[source]
+        source: ApiError,
+    },
+    /// The upstream cluster refused a read or write (finalizer, status, read-back).
+    #[error("upstream {operation}: {message}")]
+    Upstream {
+        /// What was being done.
+        operation: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What the queue does with a key whose reconcile failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Try again after the per-key exponential backoff.
+    Retry,
+    /// Try again after this long (the server asked for it).
+    RetryAfter(Duration),
+    /// The same input will fail the same way: wait for the next change of the object, of the
+    /// rules, or the periodic resync.
+    Park,
+}
+
+/// Decides what happens to a key whose reconcile failed.
+pub fn error_policy(error: &ReconcileError) -> Step {
+    match error {
+        ReconcileError::Sync(e) => sync_policy(e),
+        ReconcileError::Placement(_) => Step::Park,
+        ReconcileError::Namespace { source, .. } => api_policy(source),
+        ReconcileError::Upstream { .. } => Step::Retry,
+    }
+}
+
+fn sync_policy(e: &SyncError) -> Step {
+    match e {
+        SyncError::InvalidObject { .. } | SyncError::Preservation(_) | SyncError::Immutable { .. } => Step::Park,
+        SyncError::Rule(RuleError { retryable, .. }) => {
+            if *retryable {
+                Step::Retry
+            } else {
+                Step::Park
+            }
+        }
+        // Someone else's object holds the name; it may go away, so look again, slowly.
+        SyncError::NotOwned { .. } | SyncError::Conflict { .. } | SyncError::RecreateTimeout { .. } => Step::Retry,
+        SyncError::Api { source, .. } => api_policy(source),
+    }
+}
+
+fn api_policy(e: &ApiError) -> Step {
+    match e {
+        // The API refused the object itself: the same bytes cannot succeed.
+        ApiError::Invalid { .. } => Step::Park,
+        ApiError::Unavailable { retry_after_seconds: Some(s), .. } => {
+            Step::RetryAfter(Duration::from_secs(u64::from(*s).max(1)))
+        }
+        _ => Step::Retry,
+    }
+}
+
+/// The reason of the Warning Event that reports `error` on the upstream object.
+pub fn event_reason(error: &ReconcileError) -> &'static str {
+    match error {
+        ReconcileError::Sync(e) => match e {
+            SyncError::InvalidObject { .. } | SyncError::Preservation(_) => "InvalidObject",
+            SyncError::Api { source: ApiError::Invalid { .. }, .. } => "InvalidObject",
+            SyncError::Immutable { .. } => "ImmutableFieldChanged",
+            SyncError::NotOwned { .. } => "NameConflict",
+            SyncError::Rule(_) => "RuleFailed",
+            _ => "SyncFailed",
+        },
+        ReconcileError::Placement(_) => "InvalidObject",
+        ReconcileError::Namespace { .. } => "NamespaceFailed",
+        ReconcileError::Upstream { .. } => "UpstreamFailed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_api(source: ApiError) -> ReconcileError {
+        ReconcileError::Sync(SyncError::Api { object: "ConfigMap a/b".into(), operation: "update", source })
+    }
+
+    fn mk_rule(retryable: bool) -> ReconcileError {
+        ReconcileError::Sync(SyncError::Rule(RuleError {
+            rule: "p".into(),
+            object: "ConfigMap a/b".into(),
+            message: "trap".into(),
+            retryable,
+        }))
+    }
+
+    fn mk_sync(e: SyncError) -> ReconcileError {
+        ReconcileError::Sync(e)
+    }
+
+    #[test]
+    fn every_error_class_has_one_step_and_one_reason() {
+        let unavailable = |retry| ApiError::Unavailable { code: 503, message: "x".into(), retry_after_seconds: retry };
+        let invalid = || ApiError::Invalid { message: "bad".into(), causes: vec![] };
+        let table: Vec<(ReconcileError, Step, &str)> = vec![
+            (
+                mk_sync(SyncError::InvalidObject { object: "o".into(), field: "f".into(), message: "m".into() }),
+                Step::Park,
+                "InvalidObject",
+            ),
+            (
+                mk_sync(SyncError::Immutable { object: "o".into(), fields: vec![], reason: "r".into() }),
+                Step::Park,
+                "ImmutableFieldChanged",
+            ),
+            (mk_sync(SyncError::NotOwned { object: "o".into(), owner: "x".into() }), Step::Retry, "NameConflict"),
+            (
+                mk_sync(SyncError::Conflict { object: "o".into(), attempts: 9, paths: vec![], last: "l".into() }),
+                Step::Retry,
+                "SyncFailed",
+            ),
+            (mk_rule(false), Step::Park, "RuleFailed"),
+            (mk_rule(true), Step::Retry, "RuleFailed"),
+            (mk_api(invalid()), Step::Park, "InvalidObject"),
+            (mk_api(ApiError::NotFound), Step::Retry, "SyncFailed"),
+            (mk_api(unavailable(None)), Step::Retry, "SyncFailed"),
+            (mk_api(unavailable(Some(7))), Step::RetryAfter(Duration::from_secs(7)), "SyncFailed"),
+            (mk_api(ApiError::Transport("reset".into())), Step::Retry, "SyncFailed"),
+            (ReconcileError::Placement("namespace too long".into()), Step::Park, "InvalidObject"),
+            (
+                ReconcileError::Namespace { namespace: "n".into(), source: ApiError::Transport("x".into()) },
+                Step::Retry,
+                "NamespaceFailed",
+            ),
+            (ReconcileError::Namespace { namespace: "n".into(), source: invalid() }, Step::Park, "NamespaceFailed"),
+            (ReconcileError::Upstream { operation: "finalizer", message: "m".into() }, Step::Retry, "UpstreamFailed"),
+        ];
+        for (error, step, reason) in table {
+            assert_eq!(error_policy(&error), step, "{error}");
+            assert_eq!(event_reason(&error), reason, "{error}");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! One reconcile: bring downstream in line with one upstream object (create, update, or delete
+//! the owned copy), keep the optional upstream finalizer and status in step, and remove the
+//! namespaces downsync created once their upstream namespace is gone.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{ApiResource, DynamicObject};
+use kube::{Api, ResourceExt};
+use serde_json::Value;
+use tracing::{debug, info};
+
+use super::controller::Controller;
+use super::error_policy::ReconcileError;
+use super::namespaces::Cleanup;
+use super::triggers::{ObjectKey, Watched, WorkKey};
+use crate::kube::upstream;
+use crate::sync::mapping;
+use crate::sync::{ObjectKey as DownKey, Operation, SyncError};
+
+/// What a successful reconcile asks of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing more until the next event.
+    Done,
+    /// Look again after this long (a deletion in progress, a grace period).
+    After(Duration),
+}
+
+/// Result of one reconcile.
+pub type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+/// The object as JSON, with its apiVersion and kind: list and watch items often lack them.
+pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
+    // A DynamicObject is a JSON map with typed metadata; it always serialises.
+    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+        o.insert("kind".into(), Value::String(ar.kind.clone()));
+    }
+    v
+}
+
+/// Reconciles one key.
+pub async fn reconcile(key: &WorkKey, ctx: &Controller) -> Result<Action> {
+    match key {
+        WorkKey::Object(k) => {
+            let Some(w) = ctx.watched.get(k.resource) else { return Ok(Action::Done) };
+            let down_ns = ctx.downstream_ns(k);
+            let up = w.upstream(k);
+            let down = w.downstream(&k.name, down_ns.as_deref());
+            match up {
+                Some(obj) if ctx.selected(w, &obj) && obj.metadata.deletion_timestamp.is_none() => {
+                    sync(ctx, w, k, &obj, down.as_deref()).await
+                }
+                up => remove(ctx, w, k, up.as_deref(), down.as_deref()).await,
+            }
+        }
+        WorkKey::Namespace { downstream, upstream } => cleanup_namespace(ctx, downstream, upstream).await,
+    }
+}
+
+async fn sync(
+    ctx: &Controller,
+    w: &Watched,
+    key: &ObjectKey,
+    up: &DynamicObject,
+    down: Option<&DynamicObject>,
+) -> Result<Action> {
+    let kind = w.config.kind.as_str();
+    if ctx.config.upstream_finalizer
+        && let Err(e) = ctx.upstream.add_finalizer(&w.up_ar, up).await
+    {
+        ctx.metrics.record_failure(kind, "finalize");
+        return Err(ReconcileError::Upstream { operation: "adding the finalizer", message: e.to_string() });
+    }
+    let desired = mapping::prepare_desired(to_value(up, &w.up_ar), ctx.mapping(), ctx.target()).map_err(|e| {
+        ctx.metrics.record_failure(kind, "place");
+        ReconcileError::Placement(e.to_string())
+    })?;
+    if let (Some(ns), Some(up_ns)) = (ctx.downstream_ns(key), key.namespace.as_deref())
+        && let Err(source) = ctx.namespaces.ensure(&ns, up_ns).await
+    {
+        ctx.metrics.record_failure(kind, "namespace");
+        return Err(ReconcileError::Namespace { namespace: ns, source });
+    }
+    let started = Instant::now();
+    let result = ctx.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
+    ctx.metrics.record(kind, &result, started.elapsed().as_secs_f64());
+    if let Some(e) = result.error {
+        if let SyncError::Api { source: crate::sync::ApiError::NotFound, .. } = &e
+            && let Some(ns) = ctx.downstream_ns(key)
+        {
+            // Perhaps the downstream namespace went away under us: look again next time.
+            ctx.namespaces.forget(&ns);
+        }
+        return Err(ReconcileError::Sync(e));
+    }
+    if ctx.config.status_upsync
+        && let Some(d) = down
+        && let Some(status) = d.data.get("status")
+        && up.data.get("status") != Some(status)
+        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, status).await
+    {
+        ctx.metrics.record_failure(kind, "upsync");
+        return Err(ReconcileError::Upstream { operation: "copying the status", message: e.to_string() });
+    }
+    Ok(result.retry_after.map_or(Action::Done, Action::After))
+}
+
+async fn remove(
+    ctx: &Controller,
+    w: &Watched,
+    key: &ObjectKey,
+    up: Option<&DynamicObject>,
+    down: Option<&DynamicObject>,
+) -> Result<Action> {
+    let kind = w.config.kind.as_str();
+    let holds_finalizer = ctx.config.upstream_finalizer && up.is_some_and(upstream::has_finalizer);
+    if down.is_some() || holds_finalizer {
+        if up.is_none()
+            && let Some(wait) = ctx.orphan_wait(key)
+        {
+            return Ok(Action::After(wait));
+        }
+        let down_ns = ctx.downstream_ns(key);
+        let okey = DownKey::new(&w.down_resource, down_ns.as_deref(), &key.name);
+        // With a finalizer to release, absence in the cache is confirmed with a read: the
+        // cache may not have seen a copy created moments ago.
+        let cached = down.map(|d| Some(to_value(d, &w.down_ar)));
+        let started = Instant::now();
+        let result = ctx.syncer.delete(&okey, cached).await;
+        ctx.metrics.record(kind, &result, started.elapsed().as_secs_f64());
+        match result.error {
+            // Not ours: never touched; nothing holds the upstream object on its account.
+            Some(SyncError::NotOwned { .. }) => return release(ctx, w, key, up).await,
+            Some(e) => return Err(ReconcileError::Sync(e)),
+            None => {}
+        }
+        if result.operation == Operation::Deleting {
+            return Ok(Action::After(result.retry_after.unwrap_or(Duration::from_secs(2))));
+        }
+        ctx.orphan_gone(key);
+        if down.is_some()
+            && let (Some(down_ns), Some(up_ns)) = (down_ns, key.namespace.clone())
+        {
+            // The last copy in a namespace may have gone with its upstream namespace.
+            ctx.queue.add_after(WorkKey::Namespace { downstream: down_ns, upstream: up_ns }, NAMESPACE_SETTLE);
+        }
+    }
+    release(ctx, w, key, up).await
+}
+
+/// How long after a delete the namespace check waits: the rest of a namespace's objects are
+/// usually deleted within moments of each other, and one check then serves them all.
+const NAMESPACE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Removes the upstream finalizer, if downsync put one there.
+async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&DynamicObject>) -> Result<Action> {
+    if !ctx.config.upstream_finalizer {
+        return Ok(Action::Done);
+    }
+    let upstream_err =
+        |operation, e: &dyn std::fmt::Display| ReconcileError::Upstream { operation, message: e.to_string() };
+    let fetched;
+    let obj = match up {
+        Some(o) => o,
+        None => {
+            // Gone from the cache: deleted, or no longer matching the label selector.
+            let api: Api<DynamicObject> = match &key.namespace {
+                Some(ns) => Api::namespaced_with(ctx.upstream.client().clone(), ns, &w.up_ar),
+                None => Api::all_with(ctx.upstream.client().clone(), &w.up_ar),
+            };
+            match api.get_opt(&key.name).await {
+                Ok(Some(o)) => {
+                    fetched = o;
+                    &fetched
+                }
+                Ok(None) => return Ok(Action::Done),
+                Err(e) => return Err(upstream_err("reading the object", &e)),
+            }
+        }
+    };
+    ctx.upstream.remove_finalizer(&w.up_ar, obj).await.map_err(|e| {
+        ctx.metrics.record_failure(&w.config.kind, "finalize");
+        debug!(kind = %w.config.kind, object = %obj.name_any(), "cannot remove the upstream finalizer");
+        upstream_err("removing the finalizer", &e)
+    })?;
+    Ok(Action::Done)
+}
+
+/// How often a namespace that is still emptying is looked at again.
+const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
+
+async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -> Result<Action> {
+    if ctx.config.keep_namespaces {
+        return Ok(Action::Done);
+    }
+    // Still wanted: some selected upstream object lives in it.
+    let wanted = ctx.watched.iter().any(|w| {
+        w.up_store.state().iter().any(|o| o.metadata.namespace.as_deref() == Some(upstream) && ctx.selected(w, o))
+    });
+    if wanted {
+        return Ok(Action::Done);
+    }
+    match ctx.namespaces.cleanup(downstream, upstream).await {
+        Ok(Cleanup::Done | Cleanup::Deleted) => Ok(Action::Done),
+        Ok(Cleanup::Kept(why)) => {
+            debug!(namespace = %downstream, reason = %why, "downstream namespace kept");
+            if why.contains("does not own") {
+                info!(namespace = %downstream, reason = %why, "downstream namespace kept");
+            }
+            Ok(Action::Done)
+        }
+        Ok(Cleanup::Wait(why)) => {
+            debug!(namespace = %downstream, reason = %why, "downstream namespace not empty yet");
+            Ok(Action::After(NAMESPACE_RECHECK))
+        }
+        Err(source) => Err(ReconcileError::Namespace { namespace: downstream.to_string(), source }),
+    }
+}

@@ -1,0 +1,196 @@
+//! Start-up shared by `run` and `diff`: connect both clusters (refusing a loop onto one
+//! cluster), resolve every configured kind on both sides, and load the plugins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::discovery::Scope;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use super::config::{ResourceConfig, RunConfig};
+use super::http;
+use crate::kube::clients::{self, Connected};
+use crate::kube::errors::classify;
+use crate::plugin::{PluginEngine, PluginRegistry, Reloader, WatchConfig, WatchHandle};
+use crate::sync::error::ApiError;
+use crate::sync::{Gvr, Resource, ownership};
+
+/// Why the program cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is bad.
+    #[error(transparent)]
+    Config(#[from] super::config::Error),
+    /// A cluster cannot be reached or its kubeconfig loaded.
+    #[error(transparent)]
+    Connect(#[from] clients::Error),
+    /// The metrics endpoint cannot be served.
+    #[error(transparent)]
+    Http(#[from] http::Error),
+    /// The plugins cannot be loaded.
+    #[error("pluginsDir: {0}")]
+    Plugins(Box<crate::plugin::Error>),
+    /// Upstream and downstream are one cluster.
+    #[error(
+        "upstream and downstream are the same cluster ({reason}); downsync would sync the cluster onto itself. \
+         Check --upstream-kubeconfig/--downstream-kubeconfig (and KUBECONFIG), or set allowSameCluster: true"
+    )]
+    SameCluster {
+        /// How it was detected.
+        reason: String,
+    },
+    /// A configured resource is not served, or not readable, on one side.
+    #[error("resources[{index}] {resource}: {side} cluster: {message}")]
+    Resource {
+        /// Position in the config's `resources`.
+        index: usize,
+        /// `Kind (apiVersion)`.
+        resource: String,
+        /// `upstream` or `downstream`.
+        side: &'static str,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// A start-up task could not finish.
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+impl From<crate::plugin::Error> for Error {
+    fn from(e: crate::plugin::Error) -> Self {
+        Self::Plugins(Box::new(e))
+    }
+}
+
+/// Result of starting.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One configured kind, resolved on both sides.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The configuration entry.
+    pub config: ResourceConfig,
+    /// The upstream resource.
+    pub up_ar: ApiResource,
+    /// The downstream resource.
+    pub down_ar: ApiResource,
+    /// The downstream resource, as the core names it.
+    pub down_resource: Resource,
+}
+
+/// Connects to both clusters and checks they are two different ones.
+pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
+    let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    let (up, down) = tokio::try_join!(
+        clients::connect("upstream", &config.upstream, timeout),
+        clients::connect("downstream", &config.downstream, timeout)
+    )?;
+    info!(upstream = %up.url, upstream_version = %up.version, downstream = %down.url,
+        downstream_version = %down.version, "connected");
+    if !config.allow_same_cluster
+        && let Some(reason) = same_cluster(&up, &down).await
+    {
+        return Err(Error::SameCluster { reason });
+    }
+    Ok((up, down))
+}
+
+/// Whether two connections reach one cluster: the same URL, or (through two URLs) the same
+/// `kube-system` namespace, whose UID is unique per cluster.
+async fn same_cluster(up: &Connected, down: &Connected) -> Option<String> {
+    if up.url.trim_end_matches('/') == down.url.trim_end_matches('/') {
+        return Some(format!("both are {}", up.url));
+    }
+    let uid = |c: Client| async move {
+        let api: Api<Namespace> = Api::all(c);
+        api.get_opt("kube-system").await.ok().flatten().and_then(|ns| ns.metadata.uid)
+    };
+    // Without RBAC to read the namespace the check is skipped: the URLs differ.
+    match tokio::join!(uid(up.client.clone()), uid(down.client.clone())) {
+        (Some(a), Some(b)) if a == b => {
+            Some(format!("{} and {} have the same kube-system namespace (uid {a})", up.url, down.url))
+        }
+        _ => None,
+    }
+}
+
+/// Loads the plugins folder (compiling off the async workers) and starts watching it.
+pub async fn start_plugins(
+    config: &RunConfig,
+    rules: &Arc<PluginRegistry>,
+) -> Result<(Option<Arc<Reloader>>, Option<WatchHandle>)> {
+    let Some(dir) = config.plugins_dir.clone() else { return Ok((None, None)) };
+    let (engine_config, registry_config, rules) = (config.engine.clone(), config.registry_config(), Arc::clone(rules));
+    let (reloader, handle) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let engine = PluginEngine::new(engine_config)?;
+        let reloader = Reloader::new(engine, &dir, registry_config, rules);
+        // A short debounce: a swap is one rename (or one ConfigMap `..data` flip), so there is
+        // little to coalesce, and operators expect to see it at once.
+        let handle = reloader.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?;
+        Ok((reloader, handle))
+    })
+    .await
+    .map_err(|e| Error::Task(format!("loading plugins: {e}")))??;
+    for s in reloader.status() {
+        match (&s.digest, &s.last_error) {
+            (Some(d), _) => info!(plugin = %s.name, file = %s.file.display(), digest = %d, "plugin loaded"),
+            (None, Some(e)) => warn!(plugin = %s.name, file = %s.file.display(), error = %e, "plugin refused"),
+            (None, None) => {}
+        }
+    }
+    Ok((Some(reloader), Some(handle)))
+}
+
+async fn resolve_one(client: &Client, gvk: &GroupVersionKind) -> std::result::Result<(ApiResource, bool), String> {
+    const NOT_SERVED: &str = "not served; install its CRD or fix apiVersion/kind";
+    match kube::discovery::pinned_kind(client, gvk).await {
+        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
+        Err(kube::Error::Discovery(_)) => Err(NOT_SERVED.to_string()),
+        Err(e) => Err(match classify(e) {
+            ApiError::NotFound => NOT_SERVED.to_string(),
+            other => format!("discovery failed: {other}"),
+        }),
+    }
+}
+
+/// Resolves every configured kind on both sides and checks downsync may list it there (a bad
+/// label selector or missing RBAC fails here, with the resource named, not later in a loop).
+pub async fn resolve_all(config: &RunConfig, up: &Connected, down: &Connected) -> Result<Vec<Resolved>> {
+    let mut out = Vec::new();
+    for (index, r) in config.resources.iter().enumerate() {
+        let err =
+            |side: &'static str, message: String| Error::Resource { index, resource: r.describe(), side, message };
+        let (group, version) = r.api_version.rsplit_once('/').unwrap_or(("", r.api_version.as_str()));
+        let gvk = GroupVersionKind::gvk(group, version, &r.kind);
+        let (up_ar, up_namespaced) = resolve_one(&up.client, &gvk).await.map_err(|m| err("upstream", m))?;
+        let (down_ar, down_namespaced) = resolve_one(&down.client, &gvk).await.map_err(|m| err("downstream", m))?;
+        if up_namespaced != down_namespaced {
+            return Err(err("downstream", "namespaced on one side and cluster-scoped on the other".into()));
+        }
+        let mut lp = ListParams::default().limit(1);
+        if let Some(sel) = &r.label_selector {
+            lp = lp.labels(sel);
+        }
+        let up_api: Api<DynamicObject> = Api::all_with(up.client.clone(), &up_ar);
+        up_api.list_metadata(&lp).await.map_err(|e| {
+            err("upstream", format!("cannot list (labelSelector {:?}): {}", r.label_selector, classify(e)))
+        })?;
+        let owned = ListParams::default().limit(1).labels(&ownership::owned_selector(&config.sync.ownership));
+        let down_api: Api<DynamicObject> = Api::all_with(down.client.clone(), &down_ar);
+        down_api.list_metadata(&owned).await.map_err(|e| err("downstream", format!("cannot list: {}", classify(e))))?;
+        let down_resource = Resource {
+            gvr: Gvr {
+                group: down_ar.group.clone(),
+                version: down_ar.version.clone(),
+                resource: down_ar.plural.clone(),
+            },
+            kind: down_ar.kind.clone(),
+            namespaced: down_namespaced,
+        };
+        out.push(Resolved { config: r.clone(), up_ar, down_ar, down_resource });
+    }
+    Ok(out)
+}

@@ -1,0 +1,246 @@
+//! What makes an object be looked at: a reflector per kind and side whose events become queue
+//! keys, the keys themselves, and the sets of keys for the initial sync and the resyncs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tracing::warn;
+
+use super::config::{ResourceConfig, RunConfig};
+use super::controller::Controller;
+use super::startup::Resolved;
+use crate::kube::upstream;
+use crate::sync::Resource;
+use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
+use crate::sync::ownership;
+
+/// One upstream object, by its upstream coordinates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    /// Index of its kind in the config's `resources`.
+    pub resource: usize,
+    /// Upstream namespace.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// A queue key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WorkKey {
+    /// Sync (or delete the copy of) one upstream object.
+    Object(ObjectKey),
+    /// Check whether the downstream namespace downsync created for this upstream namespace
+    /// can go.
+    Namespace {
+        /// The downstream namespace.
+        downstream: String,
+        /// The upstream namespace it stands for.
+        upstream: String,
+    },
+}
+
+/// One configured kind, resolved on both sides, with its reflector stores.
+pub struct Watched {
+    /// The configuration entry.
+    pub config: ResourceConfig,
+    /// Upstream resource.
+    pub up_ar: ApiResource,
+    /// Downstream resource.
+    pub down_ar: ApiResource,
+    /// Downstream resource, as the core names it.
+    pub down_resource: Resource,
+    /// Selected upstream objects.
+    pub up_store: Store<DynamicObject>,
+    /// Owned downstream objects.
+    pub down_store: Store<DynamicObject>,
+}
+
+impl Watched {
+    /// The upstream object of a key, from the cache.
+    pub fn upstream(&self, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
+        let mut r = ObjectRef::new_with(&key.name, self.up_ar.clone());
+        if let Some(ns) = &key.namespace {
+            r = r.within(ns);
+        }
+        self.up_store.get(&r)
+    }
+
+    /// The owned downstream copy in `downstream_ns`, from the cache.
+    pub fn downstream(&self, name: &str, downstream_ns: Option<&str>) -> Option<Arc<DynamicObject>> {
+        let mut r = ObjectRef::new_with(name, self.down_ar.clone());
+        if let Some(ns) = downstream_ns {
+            r = r.within(ns);
+        }
+        self.down_store.get(&r)
+    }
+}
+
+fn strip_managed_fields(o: &mut DynamicObject) {
+    // The largest parts of most objects, and never read: keeping them would double the cache.
+    // (kubectl's last-applied record is dropped from the desired object anyway.)
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove(mapping::LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// The event stream of one reflector.
+pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
+
+/// Builds a reflector per kind and side: the stores, and the event streams that fill them.
+pub fn reflectors(
+    config: &RunConfig,
+    resolved: Vec<Resolved>,
+    up: &Client,
+    down: &Client,
+) -> (Vec<Watched>, Vec<(EventStream, EventStream)>) {
+    let owned = ownership::owned_selector(&config.sync.ownership);
+    let mut streams = Vec::new();
+    let mut watched = Vec::new();
+    for Resolved { config, up_ar, down_ar, down_resource } in resolved {
+        let mut up_wc = watcher::Config::default();
+        if let Some(sel) = &config.label_selector {
+            up_wc = up_wc.labels(sel);
+        }
+        let up_writer = reflector::store::Writer::new(up_ar.clone());
+        let up_store = up_writer.as_reader();
+        let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
+        let up_stream =
+            watcher::watcher(up_api, up_wc).default_backoff().modify(strip_managed_fields).reflect(up_writer);
+
+        let down_writer = reflector::store::Writer::new(down_ar.clone());
+        let down_store = down_writer.as_reader();
+        let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
+        let down_stream = watcher::watcher(down_api, watcher::Config::default().labels(&owned))
+            .default_backoff()
+            .modify(strip_managed_fields)
+            .reflect(down_writer);
+        streams.push((up_stream.boxed(), down_stream.boxed()));
+        watched.push(Watched { config, up_ar, down_ar, down_resource, up_store, down_store });
+    }
+    (watched, streams)
+}
+
+/// Drives the reflectors: each event queues the upstream key it concerns.
+pub fn spawn_reflectors(
+    controller: &Arc<Controller>,
+    streams: Vec<(EventStream, EventStream)>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (index, (mut up_stream, mut down_stream)) in streams.into_iter().enumerate() {
+        let c = Arc::clone(controller);
+        tasks.push(tokio::spawn(async move {
+            while let Some(ev) = up_stream.next().await {
+                c.on_upstream_event(index, ev);
+            }
+        }));
+        let c = Arc::clone(controller);
+        tasks.push(tokio::spawn(async move {
+            while let Some(ev) = down_stream.next().await {
+                c.on_downstream_event(index, ev);
+            }
+        }));
+    }
+    tasks
+}
+
+/// The key of an upstream object.
+pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
+    WorkKey::Object(ObjectKey { resource: index, namespace: obj.metadata.namespace.clone(), name: obj.name_any() })
+}
+
+/// The key of the upstream object a downstream copy stands for.
+pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
+    let ns = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(UPSTREAM_NAMESPACE_ANNOTATION))
+        .cloned()
+        .or_else(|| obj.metadata.namespace.clone());
+    WorkKey::Object(ObjectKey { resource: index, namespace: ns, name: obj.name_any() })
+}
+
+impl Controller {
+    fn on_upstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
+        let Some(w) = self.watched.get(index) else { return };
+        match ev {
+            Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
+                self.reconnected(self.connectivity.up(true));
+                if self.selected(w, &o) || upstream::has_finalizer(&o) {
+                    self.queue.add(up_key(index, &o));
+                }
+            }
+            Ok(Event::InitDone) => {
+                self.reconnected(self.connectivity.up(true));
+                // After a re-list, deletes that happened while the watch was down show up
+                // only as absences: look at every owned copy again.
+                if self.health.not_ready_reason().is_none() {
+                    for d in w.down_store.state() {
+                        self.queue.add(down_key(index, &d));
+                    }
+                }
+            }
+            Ok(Event::Init) => {}
+            Err(e) => {
+                if self.connectivity.up(false) {
+                    warn!(kind = %w.config.kind, side = "upstream", error = %e, "watch failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn on_downstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
+        let Some(w) = self.watched.get(index) else { return };
+        match ev {
+            Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
+                self.reconnected(self.connectivity.down(true));
+                self.queue.add(down_key(index, &o));
+            }
+            Ok(Event::Init | Event::InitDone) => self.reconnected(self.connectivity.down(true)),
+            Err(e) => {
+                if self.connectivity.down(false) {
+                    warn!(kind = %w.config.kind, side = "downstream", error = %e, "watch failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn reconnected(&self, changed: bool) {
+        if changed {
+            self.retry_everything_now();
+        }
+    }
+
+    /// Waits until every reflector has listed once.
+    pub(super) async fn wait_stores(&self) {
+        for w in &self.watched {
+            // A dropped writer means the reflector task ended: nothing more will come.
+            let _ = w.up_store.wait_until_ready().await;
+            let _ = w.down_store.wait_until_ready().await;
+        }
+    }
+
+    /// Every selected upstream object and every owned downstream copy.
+    pub(super) fn all_keys(&self) -> HashSet<WorkKey> {
+        let mut keys = HashSet::new();
+        for (i, w) in self.watched.iter().enumerate() {
+            keys.extend(w.up_store.state().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)));
+            keys.extend(w.down_store.state().iter().map(|o| down_key(i, o)));
+        }
+        keys
+    }
+
+    /// The keys of the kinds whose rules changed: a swap of a Deployment rule revisits only
+    /// Deployments.
+    pub(super) fn keys_of_kinds(&self, kinds: &HashSet<usize>) -> HashSet<WorkKey> {
+        self.all_keys().into_iter().filter(|k| matches!(k, WorkKey::Object(o) if kinds.contains(&o.resource))).collect()
+    }
+}
