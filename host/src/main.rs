@@ -66,7 +66,8 @@ struct SourceArgs {
     /// Label selector for the kinds given with --resource.
     #[arg(long)]
     selector: Option<String>,
-    /// Upstream namespace to sync; repeatable (default: all).
+    /// Upstream namespace to sync; repeatable (default: all but kube-system, kube-public and
+    /// kube-node-lease, which are synced only when named here or in the config's `namespaces:`).
     #[arg(long = "namespace")]
     namespaces: Vec<String>,
     /// Upstream namespace never to sync; repeatable.
@@ -84,6 +85,10 @@ struct SourceArgs {
     /// The sync target's name in the ownership stamp.
     #[arg(long)]
     target: Option<String>,
+    /// Allow upstream and downstream to be the same cluster (refused by default: it is almost
+    /// always a kubeconfig mistake).
+    #[arg(long)]
+    allow_same_cluster: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +113,10 @@ struct RunArgs {
     /// Seconds before owned downstream objects without an upstream object are deleted at startup.
     #[arg(long)]
     orphan_grace_seconds: Option<u64>,
+    /// Keep the downstream namespaces downsync created after their upstream namespace is gone
+    /// (by default they are deleted once they hold nothing downsync does not own).
+    #[arg(long)]
+    keep_namespaces: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +186,7 @@ impl SourceArgs {
         if let Some(t) = self.target {
             c.sync.ownership.target = t;
         }
+        c.allow_same_cluster |= self.allow_same_cluster;
         Ok(c)
     }
 }
@@ -196,6 +206,7 @@ impl RunArgs {
             };
         }
         c.upstream_finalizer |= self.upstream_finalizer;
+        c.keep_namespaces |= self.keep_namespaces;
         c.status_upsync |= self.status_upsync;
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;
@@ -207,7 +218,9 @@ impl RunArgs {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -234,8 +247,26 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<ExitCode> {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command()) {
+        Ok(code) => code,
+        // The cause chain on one line; no backtrace even with RUST_BACKTRACE set: these are
+        // the user's errors (a setting, a cluster), not the program's.
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command() -> Result<ExitCode> {
     let args = Args::parse();
     init_logs(args.log_format);
     match args.command {

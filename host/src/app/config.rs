@@ -189,6 +189,23 @@ fn label_safe(value: &str) -> bool {
         && value.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// The parser's message, led by the top-level setting at fault when the parser lost track of it
+/// (inside a tagged enum such as `namespaceMapping` it knows no path).
+fn with_setting(text: &str, e: serde_yaml_ng::Error) -> String {
+    let message = e.to_string();
+    let Ok(serde_yaml_ng::Value::Mapping(top)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return message;
+    };
+    for (key, value) in top {
+        let Some(name) = key.as_str() else { continue };
+        let alone = serde_yaml_ng::Mapping::from_iter([(key.clone(), value)]);
+        if serde_yaml_ng::from_value::<RunConfig>(serde_yaml_ng::Value::Mapping(alone)).is_err() {
+            return if message.starts_with(name) { message } else { format!("{name}: {message}") };
+        }
+    }
+    message
+}
+
 impl RunConfig {
     /// Reads a YAML config file. Unknown settings are errors, so typos do not pass silently.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -198,7 +215,7 @@ impl RunConfig {
 
     /// Parses YAML text; `path` is only for messages.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Self> {
-        serde_yaml_ng::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.to_string() })
+        serde_yaml_ng::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: with_setting(text, e) })
     }
 
     /// The plugin registry's settings.
