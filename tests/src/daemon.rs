@@ -122,6 +122,11 @@ impl Daemon {
         }
     }
 
+    /// `GET /healthz`: status code and body.
+    pub fn healthz(&self) -> Result<(u16, String)> {
+        self.get("/healthz")
+    }
+
     /// `/readyz`: status code and body.
     pub fn readyz(&self) -> Result<(u16, String)> {
         self.get("/readyz")

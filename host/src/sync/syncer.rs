@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::config::{DownstreamConfig, ImmutablePolicy, Propagation, UpdateStrategy};
 use super::differ::{self, DiffOptions};
@@ -306,7 +306,8 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
                 if let SyncError::Api { source: ApiError::Unavailable { retry_after_seconds, .. }, .. } = &e {
                     result.retry_after = Some(Duration::from_secs(u64::from(retry_after_seconds.unwrap_or(1))));
                 }
-                warn!(object = %key, kind = %key.kind, error = %e, "sync failed");
+                // The caller reports failures (once per change of state); here only the detail.
+                debug!(object = %key, kind = %key.kind, error = %e, "sync failed");
                 result.error = Some(e);
             }
         }
@@ -567,7 +568,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         match self.delete_inner(key, cached, &mut result).await {
             Ok(op) => result.operation = op,
             Err(e) => {
-                warn!(object = %key, kind = %key.kind, error = %e, "delete failed");
+                debug!(object = %key, kind = %key.kind, error = %e, "delete failed");
                 result.error = Some(e);
             }
         }

@@ -1,0 +1,123 @@
+//! A misbehaving plugin and a permanent conflict, through `downsync run` between two real
+//! control planes: a plugin that panics on some objects never stops the other objects or
+//! later changes from syncing, and once it is removed every object syncs; a name taken by an
+//! object downsync does not own is reported once, not on every retry.
+
+use std::time::Duration;
+
+use downsync_tests::daemon::Daemon;
+use downsync_tests::objects::{create_all, mk_configmap};
+use downsync_tests::plugins::plugin_path;
+use downsync_tests::{TestEnv, eventually};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Upstream ConfigMaps whose downstream copy carries `data.v == want`.
+async fn synced_with(down: &Client, ns: &str, names: &[String], want: &str) -> anyhow::Result<usize> {
+    let api: Api<ConfigMap> = Api::namespaced(down.clone(), ns);
+    let mut n = 0;
+    for name in names {
+        if let Some(cm) = api.get_opt(name).await?
+            && cm.data.as_ref().and_then(|d| d.get("v")).map(String::as_str) == Some(want)
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn set_v(up: &Client, ns: &str, names: &[String], v: &str) -> anyhow::Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(up.clone(), ns);
+    for name in names {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({"data": {"v": v}}))).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_never_stops_the_syncer_and_its_removal_heals_everything() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-panic").await?;
+    let ns = env.namespace.clone();
+    let names: Vec<String> = (0..40).map(|i| format!("cm-{i:02}")).collect();
+    let objects = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut cm = mk_configmap(&ns, name, json!({"v": "0"}));
+            if i % 4 == 0 {
+                // The faulty test plugin panics (a guest `panic!`, which writes to stderr) on these.
+                cm["metadata"]["annotations"] = json!({"downsync.dev/fault": "trap"});
+            }
+            cm
+        })
+        .collect();
+    create_all(&env.upstream, &ns, objects).await?;
+    let trapping: Vec<String> = names.iter().step_by(4).cloned().collect();
+    let healthy: Vec<String> = names.iter().enumerate().filter(|(i, _)| i % 4 != 0).map(|(_, n)| n.clone()).collect();
+
+    let plugins = std::env::temp_dir().join(format!("downsync-panic-plugins-{ns}"));
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(plugin_path("downsync-plugin-testing-faulty")?, plugins.join("faulty.wasm"))?;
+    let args: Vec<String> = ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns, "--workers", "8"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain(["--plugins-dir".to_string(), plugins.display().to_string()])
+        .collect();
+    let mut d = Daemon::start("panic", &args)?;
+    d.wait_ready(Duration::from_secs(90)).await?;
+    assert_eq!(synced_with(&env.downstream, &ns, &healthy, "0").await?, 30, "log: {}", d.log.display());
+
+    // Three rounds of upstream changes while the plugin keeps panicking on a quarter of them.
+    for round in ["1", "2", "3"] {
+        set_v(&env.upstream, &ns, &names, round).await?;
+        eventually("every healthy object to follow the change", Duration::from_secs(30), || async {
+            Ok((synced_with(&env.downstream, &ns, &healthy, round).await? == 30).then_some(()))
+        })
+        .await?;
+        assert_eq!(d.healthz()?.0, 200, "the workers all run");
+    }
+    assert_eq!(synced_with(&env.downstream, &ns, &trapping, "3").await?, 0, "fail-closed: never written");
+
+    // The plugin goes: every object syncs, and later changes too.
+    std::fs::remove_file(plugins.join("faulty.wasm"))?;
+    eventually("the objects the plugin refused to sync once it is gone", Duration::from_secs(30), || async {
+        Ok((synced_with(&env.downstream, &ns, &names, "3").await? == 40).then_some(()))
+    })
+    .await?;
+    set_v(&env.upstream, &ns, &names, "4").await?;
+    eventually("every later change to sync", Duration::from_secs(30), || async {
+        Ok((synced_with(&env.downstream, &ns, &names, "4").await? == 40).then_some(()))
+    })
+    .await?;
+    assert_eq!(d.metric("downsync_worker_panics_total", &[])?, 0.0, "log: {}", d.log.display());
+    assert!(!d.log_text().contains("panicked at"), "no host panic; log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-conflict-once").await?;
+    let ns = env.namespace.clone();
+    let squatter: ConfigMap = serde_json::from_value(mk_configmap(&ns, "taken", json!({"owner": "someone"})))?;
+    Api::<ConfigMap>::namespaced(env.downstream.clone(), &ns).create(&PostParams::default(), &squatter).await?;
+    create_all(&env.upstream, &ns, vec![mk_configmap(&ns, "taken", json!({"owner": "upstream"}))]).await?;
+    let args: Vec<String> = ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    let mut d = Daemon::start("conflict-once", &args)?;
+    d.wait_ready(Duration::from_secs(60)).await?;
+    // Retries go on with backoff (about ten in this time); the report does not repeat.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let retries = d.metric("downsync_retries_total", &[])?;
+    assert!(retries >= 3.0, "it keeps trying: {retries}; log: {}", d.log.display());
+    let log = d.log_text();
+    let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("taken")).count();
+    assert_eq!(warnings, 1, "one warning per change of state; log: {}", d.log.display());
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
+    assert!(d.terminate()?.success());
+    env.cleanup().await
+}

@@ -1,0 +1,116 @@
+//! Settings that would make `downsync run` do harm are refused at start, naming the setting:
+//! a metrics address already in use, a misspelt nested setting, upstream and downstream being
+//! the same cluster (by URL or through another URL), and an absurd worker count.
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use downsync_tests::clusters;
+use downsync_tests::daemon::{downsync_bin, run_to_end};
+
+fn arg(s: impl Into<OsString>) -> OsString {
+    s.into()
+}
+
+/// Runs `downsync run` with these arguments, expecting it to fail; returns its stderr.
+fn refused(args: Vec<OsString>) -> anyhow::Result<String> {
+    downsync_bin()?;
+    let started = Instant::now();
+    let (status, _, stderr) = run_to_end(&args)?;
+    assert!(!status.success(), "{args:?} should be refused:\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "refused at start, not after a run");
+    assert!(!stderr.contains("stack backtrace"), "an error, not a backtrace:\n{stderr}");
+    Ok(stderr)
+}
+
+fn base() -> anyhow::Result<Vec<OsString>> {
+    let c = clusters()?;
+    Ok(vec![
+        arg("run"),
+        arg("--upstream-kubeconfig"),
+        arg(&c.upstream.kubeconfig),
+        arg("--downstream-kubeconfig"),
+        arg(&c.downstream.kubeconfig),
+        arg("--resource"),
+        arg("v1/ConfigMap"),
+        arg("--namespace"),
+        arg("refusals-nothing-here"),
+    ])
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_naming_it() -> anyhow::Result<()> {
+    let holder = TcpListener::bind("127.0.0.1:0")?;
+    let addr = holder.local_addr()?;
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg(addr.to_string())]);
+    let err = refused(a)?;
+    assert!(err.contains(&format!("metricsAddr {addr}")) && err.contains("cannot listen"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_misspelt_nested_setting_is_refused_with_its_path() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("downsync-refusals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for (name, yaml, want) in [
+        ("upstream", "upstream: {kubeconfg: /nowhere}\n", ["upstream", "kubeconfg"]),
+        ("ownership", "sync: {ownership: {targte: shard-b}}\n", ["sync.ownership", "targte"]),
+    ] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml)?;
+        let mut a = base()?;
+        a.extend([arg("--metrics-addr"), arg("off"), arg("--config"), arg(&file)]);
+        let err = refused(a)?;
+        assert!(want.iter().all(|w| err.contains(w)), "{yaml}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn one_cluster_as_both_sides_is_refused_unless_allowed() -> anyhow::Result<()> {
+    let c = clusters()?;
+    let same = |upstream: &std::path::Path, extra: &[&str]| -> anyhow::Result<(bool, String)> {
+        let mut a = vec![
+            arg("run"),
+            arg("--metrics-addr"),
+            arg("off"),
+            arg("--once"),
+            arg("--upstream-kubeconfig"),
+            arg(upstream),
+            arg("--downstream-kubeconfig"),
+            arg(&c.downstream.kubeconfig),
+            arg("--resource"),
+            arg("v1/ConfigMap"),
+            arg("--namespace"),
+            arg("refusals-nothing-here"),
+        ];
+        a.extend(extra.iter().map(arg));
+        let (status, _, stderr) = run_to_end(&a)?;
+        Ok((status.success(), stderr))
+    };
+    let (ok, err) = same(&c.downstream.kubeconfig, &[])?;
+    assert!(!ok && err.contains("same cluster"), "{err}");
+
+    // The same server under another name: caught by the cluster's identity, not the URL.
+    let text = std::fs::read_to_string(&c.downstream.kubeconfig)?;
+    assert!(text.contains("https://127.0.0.1:"), "the test clusters serve on 127.0.0.1");
+    let other_name = std::env::temp_dir().join(format!("downsync-localhost-{}.kubeconfig", std::process::id()));
+    std::fs::write(&other_name, text.replace("https://127.0.0.1:", "https://localhost:"))?;
+    let (ok, err) = same(&other_name, &[])?;
+    assert!(!ok && err.contains("same cluster") && err.contains("kube-system"), "{err}");
+
+    let (ok, err) = same(&other_name, &["--allow-same-cluster"])?;
+    assert!(ok, "allowed explicitly, it runs: {err}");
+    Ok(())
+}
+
+#[test]
+fn the_worker_count_is_bounded() -> anyhow::Result<()> {
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg("off"), arg("--workers"), arg("18446744073709551615")]);
+    let err = refused(a)?;
+    assert!(err.contains("workers") && err.contains("out of range"), "{err}");
+    Ok(())
+}
