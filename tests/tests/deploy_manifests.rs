@@ -305,29 +305,62 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
             missing.push(format!("{file} does not allow {verb} on {resource} (apiGroup {group:?})"));
         }
     };
+    let (finalizer, status_upsync) = (config["upstreamFinalizer"] == true, config["statusUpsync"] == true);
+    let cleanup = config["keepNamespaces"] != true;
+    let mut extra = Vec::new();
+    let mut synced = Vec::new();
     for entry in resources {
         let api_version = entry["apiVersion"].as_str().context("config.yaml: a resource without apiVersion")?;
         let kind = entry["kind"].as_str().context("config.yaml: a resource without kind")?;
         let (ar, _) = resolve(&downstream, api_version, kind).await?;
+        synced.push((ar.group.clone(), ar.plural.clone()));
         for verb in DOWNSTREAM_VERBS {
             need("rbac-downstream.yaml", down_rules, &ar.group, &ar.plural, verb);
         }
         let (ar, caps) = resolve(&upstream, api_version, kind).await?;
-        for verb in ["get", "list", "watch", "update", "patch"] {
+        for verb in ["get", "list", "watch"] {
             need("rbac-upstream.yaml", up_rules, &ar.group, &ar.plural, verb);
         }
+        // Writes upstream only for the settings that need them, and only then.
+        for verb in ["update", "patch"] {
+            match (finalizer, allows(up_rules, &ar.group, &ar.plural, verb)) {
+                (true, _) => need("rbac-upstream.yaml", up_rules, &ar.group, &ar.plural, verb),
+                (false, true) => {
+                    extra.push(format!("rbac-upstream.yaml allows {verb} on {} without upstreamFinalizer", ar.plural))
+                }
+                (false, false) => {}
+            }
+        }
         if caps.subresources.iter().any(|(sub, _)| sub.plural == "status") {
-            need("rbac-upstream.yaml", up_rules, &ar.group, &format!("{}/status", ar.plural), "patch");
+            let status = format!("{}/status", ar.plural);
+            match (status_upsync, allows(up_rules, &ar.group, &status, "patch")) {
+                (true, _) => need("rbac-upstream.yaml", up_rules, &ar.group, &status, "patch"),
+                (false, true) => {
+                    extra.push(format!("rbac-upstream.yaml allows patch on {status} without statusUpsync"))
+                }
+                (false, false) => {}
+            }
+        }
+    }
+    // No writes downstream on kinds the config does not sync.
+    for (group, plural) in [("", "serviceaccounts"), ("", "pods"), ("rbac.authorization.k8s.io", "roles")] {
+        if !synced.iter().any(|(g, p)| g == group && p == plural) && allows(down_rules, group, plural, "create") {
+            extra.push(format!("rbac-downstream.yaml allows create on {plural}, which config.yaml does not sync"));
         }
     }
     for verb in ["get", "list", "watch", "create"] {
         need("rbac-downstream.yaml", down_rules, "", "namespaces", verb);
+    }
+    if cleanup {
+        need("rbac-downstream.yaml", down_rules, "", "namespaces", "delete");
+        need("rbac-upstream.yaml", up_rules, "", "namespaces", "get");
     }
     for group in ["", "events.k8s.io"] {
         for verb in ["create", "patch"] {
             need("rbac-upstream.yaml", up_rules, group, "events", verb);
         }
     }
+    assert!(extra.is_empty(), "the RBAC grants more than config.yaml needs:\n  {}", extra.join("\n  "));
     assert!(missing.is_empty(), "the RBAC is behind config.yaml:\n  {}", missing.join("\n  "));
 
     // The downstream binding names the ServiceAccount the pod runs as.

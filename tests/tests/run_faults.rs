@@ -104,10 +104,8 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     let squatter: ConfigMap = serde_json::from_value(mk_configmap(&ns, "taken", json!({"owner": "someone"})))?;
     Api::<ConfigMap>::namespaced(env.downstream.clone(), &ns).create(&PostParams::default(), &squatter).await?;
     create_all(&env.upstream, &ns, vec![mk_configmap(&ns, "taken", json!({"owner": "upstream"}))]).await?;
-    let args: Vec<String> = ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns]
-        .iter()
-        .map(|s| (*s).to_string())
-        .collect();
+    let args: Vec<String> =
+        ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns].iter().map(|s| (*s).to_string()).collect();
     let mut d = Daemon::start("conflict-once", &args)?;
     d.wait_ready(Duration::from_secs(60)).await?;
     // Retries go on with backoff (about ten in this time); the report does not repeat.
