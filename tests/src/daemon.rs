@@ -67,16 +67,28 @@ impl Daemon {
     /// Starts `downsync run ARGS` against the test clusters, with a free metrics port and its log
     /// in a temp file named after `name`.
     pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Result<Self> {
+        Self::start_with(name, &cluster_args()?, args, Some("info,downsync=debug"))
+    }
+
+    /// Starts `downsync run CLUSTER_ARGS ARGS` with a free metrics port; `rust_log` None leaves
+    /// `RUST_LOG` unset, so the program's default log filter applies.
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        name: &str,
+        cluster_args: &[OsString],
+        args: &[S],
+        rust_log: Option<&str>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::env::temp_dir().join(format!("downsync-{name}-{}-{port}.log", std::process::id()));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(downsync_bin()?)
-            .arg("run")
-            .args(cluster_args()?)
-            .args(["--metrics-addr", &addr.to_string()])
-            .args(args)
-            .env("RUST_LOG", "info,downsync=debug")
+        let mut cmd = Command::new(downsync_bin()?);
+        cmd.arg("run").args(cluster_args).args(["--metrics-addr", &addr.to_string()]).args(args);
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let child = cmd
             .env("XDG_CACHE_HOME", std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(file)

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod daemon;
 pub mod objects;
 pub mod plugins;
+pub mod proxy;
 
 /// Label put on every test namespace, so leftovers on an existing cluster can be found.
 pub const TEST_LABEL: &str = "downsync.dev/test";
