@@ -5,6 +5,7 @@ use std::io;
 
 use serde_json::{Map, Value};
 
+use super::ownership::{IDENTITY_PATHS, SERVER_METADATA};
 use super::pointer;
 
 /// Annotation listing (sorted, comma-separated) the label keys downsync set last time.
@@ -15,26 +16,6 @@ pub const MANAGED_ANNOTATIONS_ANNOTATION: &str = "downsync.dev/managed-annotatio
 
 /// The largest ConfigMap or Secret, in bytes of JSON, that downsync will write.
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
-
-/// Metadata the API server owns: always taken from the live object, never from desired.
-pub(crate) const SERVER_METADATA: &[&str] = &[
-    "resourceVersion",
-    "uid",
-    "creationTimestamp",
-    "generation",
-    "managedFields",
-    "selfLink",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-];
-
-/// The fields that say which object this is; desired and existing must agree on them.
-const IDENTITY: &[(&str, &str)] = &[
-    ("apiVersion", "/apiVersion"),
-    ("kind", "/kind"),
-    ("metadata.name", "/metadata/name"),
-    ("metadata.namespace", "/metadata/namespace"),
-];
 
 /// Why an object could not be prepared for writing.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +32,7 @@ pub enum Error {
         /// The desired object, as `Kind namespace/name`.
         object: String,
         /// The field that differs, e.g. `metadata.namespace`.
-        field: &'static str,
+        field: String,
         /// The live value, JSON-encoded (`null` if absent).
         existing: String,
         /// The desired value, JSON-encoded (`null` if absent).
@@ -137,9 +118,9 @@ pub fn preserve(existing: &Value, desired: &Value, opts: &PreserveOptions) -> Re
 fn merge_metadata(meta: &mut Map<String, Value>, live_meta: &Map<String, Value>) {
     for key in SERVER_METADATA {
         // desired may carry the upstream cluster's values, which mean nothing downstream.
-        match live_meta.get(*key) {
-            Some(v) => meta.insert((*key).to_owned(), v.clone()),
-            None => meta.remove(*key),
+        match live_meta.get(key) {
+            Some(v) => meta.insert(key.to_owned(), v.clone()),
+            None => meta.remove(key),
         };
     }
     if is_empty_list(meta.get("ownerReferences"))
@@ -228,13 +209,14 @@ fn lowercase_kind(object: &str) -> String {
 }
 
 fn check_identity(existing: &Value, desired: &Value) -> Result<()> {
-    for (field, ptr) in IDENTITY {
+    for ptr in IDENTITY_PATHS {
         let (e, d) = (existing.pointer(ptr), desired.pointer(ptr));
         if e != d {
             let show = |v: Option<&Value>| v.map_or_else(|| "null".to_owned(), Value::to_string);
             return Err(Error::IdentityMismatch {
                 object: describe(desired),
-                field,
+                // `/metadata/name` -> `metadata.name`, the API's spelling, for the message.
+                field: ptr.trim_start_matches('/').replace('/', "."),
                 existing: show(e),
                 desired: show(d),
             });
@@ -568,7 +550,7 @@ mod tests {
         let mut kind = live.clone();
         kind["kind"] = json!("Secret");
         let err = preserve(&live, &kind, &PreserveOptions::default()).unwrap_err();
-        assert!(matches!(err, Error::IdentityMismatch { field: "kind", .. }));
+        assert!(matches!(err, Error::IdentityMismatch { ref field, .. } if field == "kind"), "{err:?}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn normalize_desired(mut desired: Value) -> Value {
             fold_string_data(obj);
         }
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            for f in preservation::SERVER_METADATA.iter().chain(UPSTREAM_ONLY) {
+            for f in ownership::SERVER_METADATA.iter().chain(UPSTREAM_ONLY) {
                 meta.remove(*f);
             }
         }
@@ -209,16 +209,17 @@ fn add_removals(patch: &mut Value, existing: &Value, ptrs: &[&str]) {
     }
 }
 
-/// The applied configuration: server-managed metadata out, but the resourceVersion stays (when
-/// there is one) so that the apply is conditional on the object we checked ownership of.
-fn strip_for_apply(mut obj: Value) -> Value {
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ["uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
-            meta.remove(f);
-        }
-    }
+/// A patch or applied configuration: status and server-set metadata out, but the
+/// resourceVersion stays (when there is one) so that the write is conditional on the object we
+/// checked ownership of.
+fn strip_for_patch(mut obj: Value) -> Value {
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in ownership::SERVER_METADATA.iter().filter(|f| **f != "resourceVersion") {
+                meta.remove(*f);
+            }
+        }
     }
     obj
 }
@@ -494,15 +495,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         match &self.config.strategy {
             UpdateStrategy::Replace => Write::Replace(obj),
             UpdateStrategy::Merge | UpdateStrategy::StrategicMerge => {
-                let mut patch = obj;
-                if let Some(o) = patch.as_object_mut() {
-                    o.remove("status");
-                    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                        for f in ["uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
-                            meta.remove(f);
-                        }
-                    }
-                }
+                let mut patch = strip_for_patch(obj);
                 add_removals(
                     &mut patch,
                     existing,
@@ -515,7 +508,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
                 }
             }
             UpdateStrategy::ServerSideApply { field_manager, force } => {
-                Write::Apply { object: strip_for_apply(obj), field_manager: field_manager.clone(), force: *force }
+                Write::Apply { object: strip_for_patch(obj), field_manager: field_manager.clone(), force: *force }
             }
         }
     }
