@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::syncer::object_ref;
+use super::desired::object_ref;
 
 /// Annotation on every synced object naming its upstream namespace, so a downstream object
 /// leads back to its upstream one whatever the mapping.
@@ -93,7 +93,7 @@ fn dns_label_problem(name: &str) -> Option<&'static str> {
 ///
 /// Nothing else is stripped here: the syncer normalises every desired object it is given
 /// (status and server-set metadata out, see
-/// [`normalize_desired`](super::syncer::normalize_desired)), once, whoever calls it.
+/// [`normalize_desired`](super::desired::normalize_desired)), once, whoever calls it.
 pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str) -> Result<Value> {
     let mut desired = upstream;
     let object = object_ref(&desired);
@@ -133,7 +133,7 @@ pub fn upstream_namespace(downstream: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::syncer::normalize_desired;
+    use crate::sync::desired::normalize_desired;
 
     fn mk_upstream(ns: &str) -> Value {
         json!({

@@ -4,7 +4,9 @@
 //! ownership) plus the syncer, which talks to the downstream cluster only through the narrow
 //! [`Downstream`](syncer::Downstream) trait that the `kube` edge implements.
 
+pub mod causes;
 pub mod config;
+pub mod desired;
 pub mod differ;
 pub mod error;
 pub mod mapping;
@@ -16,6 +18,7 @@ pub mod rules;
 pub mod state;
 pub mod syncer;
 pub mod types;
+pub mod write;
 
 pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
 pub use error::{ApiError, SyncError};
@@ -23,5 +26,6 @@ pub use mapping::NamespaceMapping;
 pub use queue::{RateLimit, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};
-pub use syncer::{Downstream, Syncer, Write};
+pub use syncer::{Downstream, Syncer};
 pub use types::{Gvr, ObjectKey, Operation, Resource, SyncResult};
+pub use write::Write;
