@@ -15,7 +15,7 @@ use downsync::sync::{
 use downsync_tests::{TestEnv, eventually};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{ApiResource, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -517,4 +517,18 @@ async fn a_thousand_objects_then_a_second_pass_writes_nothing() -> anyhow::Resul
     let after = versions(cms.list(&ListParams::default()).await?);
     assert_eq!(before, after, "counted downstream: not one object was written on the second pass");
     env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_test_env_dropped_without_cleanup_deletes_its_namespaces() -> anyhow::Result<()> {
+    let env = TestEnv::new("core-drop").await?;
+    let (ns, clients) = (env.namespace.clone(), [env.upstream.clone(), env.downstream.clone()]);
+    // As a failed assertion would: dropped on the test's own (single-threaded) runtime.
+    drop(env);
+    for client in clients {
+        let live = Api::<Namespace>::all(client).get_opt(&ns).await?;
+        let deleted = live.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+        assert!(deleted, "namespace {ns} is deleted");
+    }
+    Ok(())
 }
