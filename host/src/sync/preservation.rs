@@ -152,7 +152,8 @@ pub fn stamp_managed_keys(desired: &mut Value) {
 ///
 /// The rule is the apiserver's, in k8s.io/kubernetes v1.37.2 pkg/apis/core/validation/
 /// validation.go: `ValidateSecret` sums `len(value)` over `data`, the decoded bytes (`stringData`
-/// is merged into `data` before validation), and `ValidateConfigMap` sums `len(value)` over
+/// was merged into `data` before, overwriting, by `Convert_v1_Secret_To_core_Secret` in
+/// pkg/apis/core/v1/conversion.go), and `ValidateConfigMap` sums `len(value)` over
 /// `data`, the strings' UTF-8 bytes, and over `binaryData`, decoded; each refuses a total over
 /// `core.MaxSecretSize` ([`MAX_DATA_BYTES`]). Keys, metadata and the JSON encoding (base64,
 /// escapes) do not count.
