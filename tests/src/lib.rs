@@ -1,5 +1,6 @@
 //! Test harness: upstream and downstream clients against real control planes, one fresh
-//! namespace per test, and the built plugin components.
+//! namespace per test (deleted when the test ends, pass or fail), and the built plugin
+//! components.
 //!
 //! Like envtest's `USE_EXISTING_CLUSTER`: when `DOWNSYNC_UPSTREAM_KUBECONFIG` and
 //! `DOWNSYNC_DOWNSTREAM_KUBECONFIG` are set, tests use those clusters (contexts from
@@ -111,7 +112,14 @@ pub fn clusters() -> Result<Clusters> {
     CLUSTERS.get_or_init(|| from_env_or_start().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
+/// How long dropping a [`TestEnv`] may take to delete its namespaces: a failed test must not
+/// also hang when the cluster is gone.
+pub const DROP_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One test's view: clients for both sides and a namespace of its own on each.
+///
+/// The namespaces are deleted by [`TestEnv::cleanup`], or else when the `TestEnv` is dropped (a
+/// failed assertion, an early `?`), so that a failed test leaves nothing behind.
 pub struct TestEnv {
     /// Upstream client.
     pub upstream: Client,
@@ -119,6 +127,10 @@ pub struct TestEnv {
     pub downstream: Client,
     /// The test's namespace; it exists on both sides.
     pub namespace: String,
+    /// Where the clusters are, for the cleanup on drop, which needs clients of its own.
+    clusters: Clusters,
+    /// Whether [`TestEnv::cleanup`] deleted the namespaces already.
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -133,18 +145,67 @@ impl TestEnv {
             .take(40)
             .collect();
         let namespace = format!("{}-{:06x}", slug.trim_matches('-'), rand::random::<u32>() & 0xff_ffff);
-        for client in [&upstream, &downstream] {
-            create_namespace(client, &namespace).await?;
+        // Made before the namespaces, so that a failure half-way still deletes the first one.
+        let env = Self { upstream, downstream, namespace, clusters, cleaned: false };
+        for client in [&env.upstream, &env.downstream] {
+            create_namespace(client, &env.namespace).await?;
         }
-        Ok(Self { upstream, downstream, namespace })
+        Ok(env)
     }
 
     /// Deletes the test's namespaces (without waiting for them to go).
-    pub async fn cleanup(self) -> Result<()> {
+    pub async fn cleanup(mut self) -> Result<()> {
         for client in [&self.upstream, &self.downstream] {
-            Api::<Namespace>::all(client.clone()).delete(&self.namespace, &DeleteParams::background()).await?;
+            delete_namespace(client, &self.namespace).await?;
         }
+        self.cleaned = true;
         Ok(())
+    }
+}
+
+/// Deletes the namespaces when the test did not (see [`TestEnv`]).
+///
+/// A drop cannot await, and it cannot use the test's clients either: a kube `Client` runs on
+/// the runtime that made it, whose thread may be the one dropping us, blocked right here. So a
+/// thread of its own, with its own runtime, connects afresh and deletes, within
+/// [`DROP_CLEANUP_TIMEOUT`].
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        if let Err(e) = delete_namespaces_blocking(&self.clusters, &self.namespace, DROP_CLEANUP_TIMEOUT) {
+            eprintln!("TestEnv: namespace {} may be left behind: {e:#}", self.namespace);
+        }
+    }
+}
+
+/// Deletes `namespace` on both clusters from a thread of its own, giving up after `timeout`.
+fn delete_namespaces_blocking(clusters: &Clusters, namespace: &str, timeout: Duration) -> Result<()> {
+    let (clusters, namespace) = (clusters.clone(), namespace.to_string());
+    let worker = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let delete = |side: ClusterRef| {
+            let namespace = namespace.clone();
+            async move { delete_namespace(&side.client().await?, &namespace).await }
+        };
+        let both = futures::future::join(delete(clusters.upstream), delete(clusters.downstream));
+        let outcome = rt.block_on(async { tokio::time::timeout(timeout, both).await });
+        // Not waiting for what the timeout left running (a connect to a cluster that is gone).
+        rt.shutdown_background();
+        let (up, down) = outcome.map_err(|_| anyhow!("gave up after {timeout:?}"))?;
+        up.context("upstream")?;
+        down.context("downstream")
+    });
+    worker.join().map_err(|_| anyhow!("the cleanup thread panicked"))?
+}
+
+/// Deletes a namespace in the background; one that is already gone is fine.
+async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
+    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
     }
 }
 
@@ -180,5 +241,39 @@ where
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster that accepts connections and never answers: the worst case for a cleanup.
+    fn mk_silent_cluster(dir: &Path) -> Result<(std::net::TcpListener, ClusterRef)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let server = format!("https://{}", listener.local_addr()?);
+        let kubeconfig = dir.join(format!("silent-{}.yaml", std::process::id()));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: silent\n\
+                 clusters: [{{name: silent, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\n\
+                 users: [{{name: u, user: {{token: t}}}}]\n\
+                 contexts: [{{name: silent, context: {{cluster: silent, user: u}}}}]\n"
+            ),
+        )?;
+        Ok((listener, ClusterRef { kubeconfig, context: None }))
+    }
+
+    #[test]
+    fn the_drop_cleanup_gives_up_in_time_when_the_cluster_does_not_answer() -> Result<()> {
+        let (_listener, silent) = mk_silent_cluster(&std::env::temp_dir())?;
+        let clusters = Clusters { upstream: silent.clone(), downstream: silent };
+        let started = std::time::Instant::now();
+        let err = delete_namespaces_blocking(&clusters, "gone", Duration::from_millis(500)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(err.to_string().contains("gave up"), "{err:#}");
+        std::fs::remove_file(&clusters.upstream.kubeconfig)?;
+        Ok(())
     }
 }

@@ -8,13 +8,15 @@ use std::time::Duration;
 use downsync::kube::KubeDownstream;
 use downsync::sync::error::SyncError;
 use downsync::sync::ownership::{OWNER_ANNOTATION, owner_value};
+use downsync::sync::preservation::{self, MAX_DATA_BYTES};
 use downsync::sync::{
     DownstreamConfig, ImmutablePolicy, NoRules, ObjectKey, Operation, StateCache, Syncer, UpdateStrategy,
 };
 use downsync_tests::{TestEnv, eventually};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{ApiResource, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -353,6 +355,138 @@ async fn an_oversized_configmap_is_refused_before_any_api_call() -> anyhow::Resu
     env.cleanup().await
 }
 
+/// Bytes with every byte value and no UTF-8 structure, so that any re-encoding would show.
+fn mk_bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len).map(|i| ((i as u32).wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
+fn mk_meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..ObjectMeta::default() }
+}
+
+/// An Opaque Secret holding `data`, as JSON (k8s-openapi writes the base64).
+fn mk_data_secret(ns: &str, name: &str, data: &[(&str, Vec<u8>)]) -> anyhow::Result<Value> {
+    let secret = Secret {
+        metadata: mk_meta(ns, name),
+        type_: Some("Opaque".into()),
+        data: Some(data.iter().map(|(k, v)| ((*k).to_string(), ByteString(v.clone()))).collect()),
+        ..Secret::default()
+    };
+    Ok(serde_json::to_value(secret)?)
+}
+
+/// A ConfigMap with one `data` string and one `binaryData` value, as JSON.
+fn mk_binary_configmap(ns: &str, name: &str, text: &str, binary: Vec<u8>) -> anyhow::Result<Value> {
+    let cm = ConfigMap {
+        metadata: mk_meta(ns, name),
+        data: Some([("text".to_string(), text.to_string())].into()),
+        binary_data: Some([("bin".to_string(), ByteString(binary))].into()),
+        ..ConfigMap::default()
+    };
+    Ok(serde_json::to_value(cm)?)
+}
+
+/// Creates a v1 Secret or ConfigMap as it is, for the apiserver's own verdict on it.
+async fn create_as_is(client: &Client, obj: &Value) -> Result<(), kube::Error> {
+    let ar = match obj["kind"].as_str() {
+        Some("Secret") => ApiResource::erase::<Secret>(&()),
+        _ => ApiResource::erase::<ConfigMap>(&()),
+    };
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let dynamic: DynamicObject = serde_json::from_value(obj.clone()).map_err(kube::Error::SerdeError)?;
+    api.create(&PostParams::default(), &dynamic).await.map(drop)
+}
+
+/// 3,000 bytes of `data` text: 1,000 two-byte characters and 1,000 one-byte ones, so that a
+/// count of characters instead of UTF-8 bytes would be off.
+fn mk_text(extra: usize) -> String {
+    format!("{}{}", "é".repeat(1000), "x".repeat(1000 + extra))
+}
+
+#[tokio::test]
+async fn secrets_and_configmaps_up_to_the_data_limit_sync_byte_exact() -> anyhow::Result<()> {
+    let env = TestEnv::new("core-size-limit").await?;
+    let ns = env.namespace.clone();
+    let syncer = mk_syncer(&env.downstream, DownstreamConfig::default());
+    let secrets: Api<Secret> = Api::namespaced(env.downstream.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+
+    // The reported Secret (1,040,643 bytes, 1,387,722 of JSON), and one at the limit exactly:
+    // the apiserver refuses only a total over it.
+    let cases = [
+        ("reported", vec![("blob", mk_bytes(1_040_643, 1))]),
+        ("at-limit", vec![("head", mk_bytes(MAX_DATA_BYTES - 100, 2)), ("tail", mk_bytes(100, 3))]),
+    ];
+    for (name, data) in cases {
+        let desired = mk_data_secret(&ns, name, &data)?;
+        create_as_is(&env.upstream, &desired).await?;
+        let r = syncer.apply(desired, None).await;
+        ok(&r);
+        assert_eq!(r.operation, Operation::Created, "{name}");
+        let live = secrets.get(name).await?.data.unwrap_or_default();
+        assert_eq!(live.len(), data.len(), "{name}");
+        for (k, bytes) in &data {
+            // assert! rather than assert_eq!: a failure must not print a megabyte.
+            assert!(live.get(*k).is_some_and(|b| b.0 == *bytes), "{name}/{k}: downstream holds the desired bytes");
+        }
+    }
+
+    // A ConfigMap: UTF-8 text plus binaryData, the limit in all.
+    let text = mk_text(0);
+    let binary = mk_bytes(MAX_DATA_BYTES - text.len(), 4);
+    let desired = mk_binary_configmap(&ns, "at-limit", &text, binary.clone())?;
+    create_as_is(&env.upstream, &desired).await?;
+    let r = syncer.apply(desired.clone(), None).await;
+    ok(&r);
+    assert_eq!(r.operation, Operation::Created);
+    let live = cms.get("at-limit").await?;
+    assert!(live.data.unwrap_or_default().get("text") == Some(&text), "downstream holds the desired text");
+    let live_binary = live.binary_data.unwrap_or_default();
+    assert!(live_binary.get("bin").is_some_and(|b| b.0 == binary), "downstream holds the desired bytes");
+
+    let r = syncer.apply(desired, None).await;
+    ok(&r);
+    assert_eq!(r.operation, Operation::Unchanged, "a big object converges like any other");
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn one_byte_over_the_data_limit_is_refused_by_name_and_nothing_is_written() -> anyhow::Result<()> {
+    let env = TestEnv::new("core-size-over").await?;
+    let ns = env.namespace.clone();
+    let syncer = mk_syncer(&env.downstream, DownstreamConfig::default());
+    let secret =
+        mk_data_secret(&ns, "over", &[("head", mk_bytes(MAX_DATA_BYTES - 100, 2)), ("tail", mk_bytes(101, 3))])?;
+    let text = mk_text(1);
+    let configmap = mk_binary_configmap(&ns, "over", &text, mk_bytes(MAX_DATA_BYTES - mk_text(0).len(), 4))?;
+
+    for (kind, desired) in [("secret", secret), ("configmap", configmap)] {
+        // The apiserver's own rule agrees: it refuses the same object as invalid.
+        match create_as_is(&env.upstream, &desired).await {
+            Err(kube::Error::Api(status)) if status.code == 422 => {}
+            other => panic!("{kind}: the apiserver should refuse it with 422, got {other:?}"),
+        }
+        let r = syncer.apply(desired, None).await;
+        match &r.error {
+            // The variant the controller parks: retrying the same bytes cannot help.
+            Some(SyncError::Preservation(preservation::Error::TooLarge { size, limit, .. })) => {
+                assert_eq!((*size, *limit), (MAX_DATA_BYTES + 1, MAX_DATA_BYTES), "{kind}");
+            }
+            other => panic!("{kind}: expected a too-large refusal, got {other:?}"),
+        }
+        let msg = r.error.map(|e| e.to_string()).unwrap_or_default();
+        let named = msg.contains(&format!("{kind} {ns}/over"));
+        assert!(named && msg.contains("1048577 bytes") && msg.contains("1048576-byte limit"), "{msg}");
+        assert_eq!(r.attempts, 0, "{kind}: refused before any write");
+    }
+    let secrets: Api<Secret> = Api::namespaced(env.downstream.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+    assert!(secrets.get_opt("over").await?.is_none(), "no Secret written");
+    assert!(cms.get_opt("over").await?.is_none(), "no ConfigMap written");
+    env.cleanup().await
+}
+
 #[tokio::test]
 async fn a_thousand_objects_then_a_second_pass_writes_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new("core-scale").await?;
@@ -383,4 +517,18 @@ async fn a_thousand_objects_then_a_second_pass_writes_nothing() -> anyhow::Resul
     let after = versions(cms.list(&ListParams::default()).await?);
     assert_eq!(before, after, "counted downstream: not one object was written on the second pass");
     env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_test_env_dropped_without_cleanup_deletes_its_namespaces() -> anyhow::Result<()> {
+    let env = TestEnv::new("core-drop").await?;
+    let (ns, clients) = (env.namespace.clone(), [env.upstream.clone(), env.downstream.clone()]);
+    // As a failed assertion would: dropped on the test's own (single-threaded) runtime.
+    drop(env);
+    for client in clients {
+        let live = Api::<Namespace>::all(client).get_opt(&ns).await?;
+        let deleted = live.is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+        assert!(deleted, "namespace {ns} is deleted");
+    }
+    Ok(())
 }

@@ -109,7 +109,7 @@ fn for_display(mut obj: Value) -> Value {
         o.remove("status");
     }
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "generation", "selfLink"] {
+        for f in ownership::SERVER_METADATA {
             meta.remove(f);
         }
         if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {

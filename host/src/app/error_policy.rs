@@ -74,8 +74,9 @@ fn sync_policy(e: &SyncError) -> Step {
 
 fn api_policy(e: &ApiError) -> Step {
     match e {
-        // The API refused the object itself: the same bytes cannot succeed.
-        ApiError::Invalid { .. } => Step::Park,
+        // The API refused the object itself (invalid, malformed, too large for the request):
+        // the same bytes cannot succeed.
+        ApiError::Invalid { .. } | ApiError::Other { code: 400 | 413, .. } => Step::Park,
         ApiError::Unavailable { retry_after_seconds: Some(s), .. } => {
             Step::RetryAfter(Duration::from_secs(u64::from(*s).max(1)))
         }
@@ -149,6 +150,16 @@ mod tests {
             (mk_api(unavailable(None)), Step::Retry, "SyncFailed"),
             (mk_api(unavailable(Some(7))), Step::RetryAfter(Duration::from_secs(7)), "SyncFailed"),
             (mk_api(ApiError::Transport("reset".into())), Step::Retry, "SyncFailed"),
+            (
+                mk_api(ApiError::Other { code: 413, reason: "RequestEntityTooLarge".into(), message: "big".into() }),
+                Step::Park,
+                "SyncFailed",
+            ),
+            (
+                mk_api(ApiError::Other { code: 403, reason: "Forbidden".into(), message: "rbac".into() }),
+                Step::Retry,
+                "SyncFailed",
+            ),
             (ReconcileError::Placement("namespace too long".into()), Step::Park, "InvalidObject"),
             (
                 ReconcileError::Namespace { namespace: "n".into(), source: ApiError::Transport("x".into()) },

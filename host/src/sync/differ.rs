@@ -6,24 +6,8 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::ownership::SERVER_METADATA;
 use super::pointer;
-
-/// Pointer patterns that [`diff`] always ignores: the API server owns these.
-pub const SERVER_MANAGED: &[&str] = &[
-    "/status",
-    "/metadata/resourceVersion",
-    "/metadata/uid",
-    "/metadata/creationTimestamp",
-    "/metadata/generation",
-    "/metadata/managedFields",
-    "/metadata/selfLink",
-    "/metadata/deletionTimestamp",
-    "/metadata/deletionGracePeriodSeconds",
-];
-
-/// Metadata keys that change on every write without anyone meaning to change the object.
-const METADATA_NOISE: &[&str] =
-    &["resourceVersion", "managedFields", "generation", "uid", "creationTimestamp", "selfLink"];
 
 /// One changed field. `old == None` is an addition, `new == None` a removal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,16 +71,16 @@ pub struct DiffOptions {
 
 /// Lists the fields where writing `desired` would change `existing`.
 ///
-/// Only fields that `desired` sets are compared: anything only in `existing` is a server
+/// Status and the server-set metadata ([`SERVER_METADATA`]) are never compared: the API
+/// server owns them. Only fields that `desired` sets are compared: anything only in `existing` is a server
 /// default or was added downstream, and writing `desired` through preservation keeps it.
 /// The one way to ask for a removal is an explicit `null` for a map key.
 pub fn diff(existing: &Value, desired: &Value, opts: &DiffOptions) -> Diff {
-    let ignore: Vec<Vec<String>> = SERVER_MANAGED
-        .iter()
-        .copied()
-        .chain(opts.ignore.iter().map(String::as_str))
+    let server_owned = std::iter::once(vec!["status".to_owned()])
+        .chain(SERVER_METADATA.iter().map(|f| vec!["metadata".to_owned(), (*f).to_owned()]));
+    let ignore: Vec<Vec<String>> = server_owned
         // A malformed pattern cannot match a real path, so dropping it changes nothing.
-        .filter_map(|p| pointer::parse(p).ok())
+        .chain(opts.ignore.iter().filter_map(|p| pointer::parse(p).ok()))
         .collect();
     let mut walk = Walk { ignore: &ignore, path: Vec::new(), changes: Vec::new() };
     walk.value(existing, desired);
@@ -189,54 +173,6 @@ fn json_eq(a: &Value, b: &Value) -> bool {
         }
         _ => a == b,
     }
-}
-
-/// Whether two versions of one object differ in more than status and metadata bookkeeping.
-///
-/// Meant for watch events: a generation bump always counts; otherwise everything except
-/// `/status` and metadata noise (resourceVersion, managedFields, generation, uid,
-/// creationTimestamp, selfLink) is compared, including fields present on one side only.
-pub fn has_significant_changes(old: &Value, new: &Value) -> bool {
-    let generation = |v: &Value| v.pointer("/metadata/generation").cloned();
-    if let (Some(a), Some(b)) = (generation(old), generation(new))
-        && !json_eq(&a, &b)
-    {
-        return true;
-    }
-    let (Value::Object(a), Value::Object(b)) = (old, new) else {
-        return !json_eq(old, new);
-    };
-    let empty = Map::new();
-    match (metadata_of(a, &empty), metadata_of(b, &empty)) {
-        (Some(ma), Some(mb)) => {
-            if !maps_eq_except(ma, mb, METADATA_NOISE) {
-                return true;
-            }
-        }
-        // Metadata that is not an object is odd enough to count as a change if it differs.
-        _ => {
-            if !json_eq(&a["metadata"], &b["metadata"]) {
-                return true;
-            }
-        }
-    }
-    !maps_eq_except(a, b, &["status", "metadata"])
-}
-
-/// The metadata map of an object, `empty` if it has none, `None` if it is not a map.
-fn metadata_of<'a>(obj: &'a Map<String, Value>, empty: &'a Map<String, Value>) -> Option<&'a Map<String, Value>> {
-    match obj.get("metadata") {
-        Some(Value::Object(meta)) => Some(meta),
-        Some(_) => None,
-        None => Some(empty),
-    }
-}
-
-/// Whether two maps are equal once the `skip` keys are left out of both.
-fn maps_eq_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
-    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
-    kept(a) == kept(b)
-        && a.iter().filter(|(k, _)| !skip.contains(&k.as_str())).all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
 }
 
 #[cfg(test)]
@@ -405,59 +341,5 @@ mod tests {
         let desired = json!({"metadata": {"labels": {"app.kubernetes.io/name": "b"}}});
         let diff = diff(&live, &desired, &DiffOptions::default());
         assert_eq!(diff.paths(), ["/metadata/labels/app.kubernetes.io~1name"]);
-    }
-
-    #[test]
-    fn has_significant_changes_false_for_status_only_change() {
-        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
-        let mut new = old.clone();
-        new["status"] = json!({"readyReplicas": 3, "conditions": [{"type": "Available"}]});
-        assert!(!has_significant_changes(&old, &new));
-    }
-
-    #[test]
-    fn has_significant_changes_false_for_resource_version_only_change() {
-        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
-        let mut new = old.clone();
-        new["metadata"]["resourceVersion"] = json!("4712");
-        new["metadata"]["managedFields"] = json!([]);
-        assert!(!has_significant_changes(&old, &new));
-    }
-
-    #[test]
-    fn has_significant_changes_true_for_label_change() {
-        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
-        let mut new = old.clone();
-        new["metadata"]["labels"]["tier"] = json!("frontend");
-        assert!(has_significant_changes(&old, &new));
-    }
-
-    #[test]
-    fn has_significant_changes_true_on_generation_bump() {
-        let old = mk_live(mk_deployment(1, json!([mk_container("app", "nginx:1")])));
-        let mut new = old.clone();
-        new["metadata"]["generation"] = json!(4);
-        assert!(has_significant_changes(&old, &new));
-    }
-
-    #[test]
-    fn has_significant_changes_sees_one_sided_fields() {
-        let old = mk_configmap("cfg", json!({"a": "1"}));
-        let mut new = old.clone();
-        new["binaryData"] = json!({"b": "eA=="});
-        assert!(has_significant_changes(&old, &new));
-        let mut deleting = old.clone();
-        deleting["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
-        assert!(has_significant_changes(&old, &deleting));
-        let mut finalized = old.clone();
-        finalized["metadata"]["finalizers"] = json!(["x"]);
-        assert!(has_significant_changes(&old, &finalized));
-    }
-
-    #[test]
-    fn has_significant_changes_compares_data_with_numbers_by_value() {
-        let old = json!({"spec": {"x": 1}});
-        assert!(!has_significant_changes(&old, &json!({"spec": {"x": 1.0}})));
-        assert!(has_significant_changes(&old, &json!({"spec": {"x": 2}})));
     }
 }

@@ -77,7 +77,11 @@ pub enum SyncError {
         /// What is wrong.
         message: String,
     },
-    /// A ConfigMap or Secret over the API's size limit; rejected before any API call.
+    /// The object cannot be written as it is, whatever the downstream does: a ConfigMap or
+    /// Secret over the API's size limit
+    /// ([`TooLarge`](super::preservation::Error::TooLarge), refused before any API call), or
+    /// desired and live disagree on which object this is, or a preserve pattern is malformed.
+    /// Retrying the same desired object cannot help, so callers park it until it changes.
     #[error(transparent)]
     Preservation(#[from] super::preservation::Error),
     /// A rule failed; nothing was written (fail-closed).

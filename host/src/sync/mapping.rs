@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::syncer::{normalize_desired, object_ref};
+use super::desired::object_ref;
 
 /// Annotation on every synced object naming its upstream namespace, so a downstream object
 /// leads back to its upstream one whatever the mapping.
@@ -88,11 +88,14 @@ fn dns_label_problem(name: &str) -> Option<&'static str> {
     (!(ok_chars && ok_ends)).then_some("which is not a valid namespace name (RFC 1123 label)")
 }
 
-/// The first transformation of an upstream object, before the rules: upstream-only metadata
-/// (uid, resourceVersion, managedFields, ownerReferences, finalizers, creationTimestamp)
-/// and status go, the namespace is mapped, and the upstream namespace is recorded.
+/// Places an upstream object downstream: the namespace is mapped, the upstream namespace is
+/// recorded, and kubectl's last-applied record dropped.
+///
+/// Nothing else is stripped here: the syncer normalises every desired object it is given
+/// (status and server-set metadata out, see
+/// [`normalize_desired`](super::desired::normalize_desired)), once, whoever calls it.
 pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str) -> Result<Value> {
-    let mut desired = normalize_desired(upstream);
+    let mut desired = upstream;
     let object = object_ref(&desired);
     let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) else {
         return Ok(desired);
@@ -130,6 +133,7 @@ pub fn upstream_namespace(downstream: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::desired::normalize_desired;
 
     fn mk_upstream(ns: &str) -> Value {
         json!({
@@ -146,8 +150,10 @@ mod tests {
     }
 
     #[test]
-    fn upstream_only_metadata_is_stripped_and_the_rest_kept() {
+    fn placing_records_the_namespace_and_leaves_normalising_to_the_syncer() {
         let d = prepare_desired(mk_upstream("team-a"), &NamespaceMapping::Identity, "ws1").unwrap();
+        assert_eq!(d["metadata"]["uid"], "u-1", "normalising is the syncer's, done once");
+        let d = normalize_desired(d);
         let meta = d["metadata"].as_object().unwrap();
         for gone in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "ownerReferences", "finalizers"] {
             assert!(!meta.contains_key(gone), "{gone} must not travel downstream");
@@ -188,7 +194,6 @@ mod tests {
         let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv1", "uid": "u"}});
         let d = prepare_desired(pv, &NamespaceMapping::Prefix { prefix: "p-".into() }, "ws1").unwrap();
         assert!(d["metadata"].get("namespace").is_none());
-        assert!(d["metadata"].get("uid").is_none());
         assert!(d["metadata"].get("annotations").is_none());
     }
 }

@@ -1,10 +1,13 @@
 //! The sync core: decides what to write downstream. No kube client and no wasmtime in here.
 //!
-//! The pieces are plain functions over `serde_json::Value` (differ, preservation, pointers,
-//! ownership) plus the syncer, which talks to the downstream cluster only through the narrow
-//! [`Downstream`](syncer::Downstream) trait that the `kube` edge implements.
+//! The pieces are plain functions over `serde_json::Value` (desired, differ, preservation,
+//! write, causes, pointers, ownership) plus the syncer, which talks to the downstream cluster
+//! only through the narrow [`Downstream`] trait that the `kube` edge
+//! implements.
 
+pub mod causes;
 pub mod config;
+pub mod desired;
 pub mod differ;
 pub mod error;
 pub mod mapping;
@@ -16,6 +19,7 @@ pub mod rules;
 pub mod state;
 pub mod syncer;
 pub mod types;
+pub mod write;
 
 pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
 pub use error::{ApiError, SyncError};
@@ -23,5 +27,6 @@ pub use mapping::NamespaceMapping;
 pub use queue::{RateLimit, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};
-pub use syncer::{Downstream, Syncer, Write};
+pub use syncer::{Downstream, Syncer};
 pub use types::{Gvr, ObjectKey, Operation, Resource, SyncResult};
+pub use write::Write;

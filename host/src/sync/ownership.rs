@@ -1,5 +1,6 @@
-//! The ownership stamp: a label and an annotation naming downsync and the sync target. Only
-//! objects carrying it are ever updated or deleted.
+//! Who owns what: the stamp (a label and an annotation naming downsync and the sync target; only
+//! objects carrying it are ever updated or deleted), the metadata the API server owns, and the
+//! fields that name an object.
 
 use serde_json::{Map, Value};
 
@@ -13,6 +14,24 @@ pub const TARGET_LABEL: &str = "downsync.dev/target";
 pub const OWNER_ANNOTATION: &str = "downsync.dev/owner";
 /// Annotation holding the hash of the desired object last applied.
 pub const DESIRED_HASH_ANNOTATION: &str = "downsync.dev/desired-hash";
+
+/// Metadata the API server sets on every object (`metadata.*` keys). Values from upstream mean
+/// nothing downstream, so they are never copied there; a write takes them from the live
+/// downstream object, or leaves them out. The one list of them in the core.
+pub const SERVER_METADATA: [&str; 8] = [
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
+/// The fields that say which object this is, as JSON pointers: a rule may not change them, and
+/// a write must agree with the live object on them. The one list of them in the core.
+pub const IDENTITY_PATHS: [&str; 4] = ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"];
 
 /// The owner annotation's value for this configuration.
 pub fn owner_value(o: &Ownership) -> String {

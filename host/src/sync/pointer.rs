@@ -98,22 +98,6 @@ fn child_mut<'a>(cur: &'a mut Value, seg: &str, ptr: &str, at: &[String], create
     }
 }
 
-/// Removes and returns the value at `ptr`; `""` takes the root, leaving `null` behind.
-pub fn remove(v: &mut Value, ptr: &str) -> Option<Value> {
-    let segments = parse(ptr).ok()?;
-    let Some((last, parents)) = segments.split_last() else {
-        return Some(v.take());
-    };
-    match v.pointer_mut(&join(parents))? {
-        Value::Object(map) => map.remove(last),
-        Value::Array(items) => {
-            let i = parse_index(last).filter(|&i| i < items.len())?;
-            Some(items.remove(i))
-        }
-        _ => None,
-    }
-}
-
 /// Splits a pointer into unescaped segments; `""` (the root) has none.
 pub fn parse(ptr: &str) -> Result<Vec<String>> {
     if ptr.is_empty() {
@@ -161,14 +145,6 @@ pub fn join(segments: &[impl AsRef<str>]) -> String {
 fn parse_index(seg: &str) -> Option<usize> {
     let canonical = !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) && (seg == "0" || !seg.starts_with('0'));
     if canonical { seg.parse().ok() } else { None }
-}
-
-/// Whether `pattern` (with `*` segments) matches exactly `ptr`; malformed input never matches.
-pub fn matches(pattern: &str, ptr: &str) -> bool {
-    match (parse(pattern), parse(ptr)) {
-        (Ok(pat), Ok(segs)) => pat.len() == segs.len() && prefix_matches(&pat, &segs),
-        _ => false,
-    }
 }
 
 /// Whether `pattern` matches `ptr` or one of its ancestors, i.e. covers the subtree at `ptr`.
@@ -315,26 +291,6 @@ mod tests {
         assert!(matches!(set(&mut v, "/l/01", json!(2)), Err(Error::BadIndex { .. })));
         assert!(matches!(set(&mut v, "l", json!(2)), Err(Error::Malformed { .. })));
         assert_eq!(v, json!({"l": [1]}));
-    }
-
-    #[test]
-    fn remove_takes_keys_and_elements() {
-        let mut v = json!({"a": {"b": 1, "c": 2}, "l": [1, 2, 3]});
-        assert_eq!(remove(&mut v, "/a/b"), Some(json!(1)));
-        assert_eq!(remove(&mut v, "/l/1"), Some(json!(2)));
-        assert_eq!(remove(&mut v, "/l/5"), None);
-        assert_eq!(remove(&mut v, "/a/c/d"), None);
-        assert_eq!(remove(&mut v, "/missing/x"), None);
-        assert_eq!(v, json!({"a": {"c": 2}, "l": [1, 3]}));
-    }
-
-    #[test]
-    fn wildcard_matches_one_segment_only() {
-        assert!(matches("/spec/ports/*/nodePort", "/spec/ports/0/nodePort"));
-        assert!(matches("/spec/ports/*/nodePort", "/spec/ports/12/nodePort"));
-        assert!(!matches("/spec/ports/*/nodePort", "/spec/ports/0/port"));
-        assert!(!matches("/spec/ports/*", "/spec/ports/0/nodePort"));
-        assert!(!matches("/spec/*/nodePort", "/spec/ports"));
     }
 
     #[test]

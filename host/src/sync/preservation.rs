@@ -1,10 +1,10 @@
 //! Builds the object to write downstream from the desired object and the live downstream one.
 
 use std::collections::BTreeSet;
-use std::io;
 
 use serde_json::{Map, Value};
 
+use super::ownership::{IDENTITY_PATHS, SERVER_METADATA};
 use super::pointer;
 
 /// Annotation listing (sorted, comma-separated) the label keys downsync set last time.
@@ -13,28 +13,10 @@ pub const MANAGED_LABELS_ANNOTATION: &str = "downsync.dev/managed-labels";
 /// Annotation listing (sorted, comma-separated) the annotation keys downsync set last time.
 pub const MANAGED_ANNOTATIONS_ANNOTATION: &str = "downsync.dev/managed-annotations";
 
-/// The largest ConfigMap or Secret, in bytes of JSON, that downsync will write.
-pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
-
-/// Metadata the API server owns: always taken from the live object, never from desired.
-pub(crate) const SERVER_METADATA: &[&str] = &[
-    "resourceVersion",
-    "uid",
-    "creationTimestamp",
-    "generation",
-    "managedFields",
-    "selfLink",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-];
-
-/// The fields that say which object this is; desired and existing must agree on them.
-const IDENTITY: &[(&str, &str)] = &[
-    ("apiVersion", "/apiVersion"),
-    ("kind", "/kind"),
-    ("metadata.name", "/metadata/name"),
-    ("metadata.namespace", "/metadata/namespace"),
-];
+/// The most a Secret's or ConfigMap's values may hold, in decoded bytes: 1 MiB, the apiserver's
+/// `core.MaxSecretSize` (k8s.io/kubernetes v1.37.2, pkg/apis/core/types.go). How it is counted
+/// is in [`check_size`].
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 
 /// Why an object could not be prepared for writing.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +33,7 @@ pub enum Error {
         /// The desired object, as `Kind namespace/name`.
         object: String,
         /// The field that differs, e.g. `metadata.namespace`.
-        field: &'static str,
+        field: String,
         /// The live value, JSON-encoded (`null` if absent).
         existing: String,
         /// The desired value, JSON-encoded (`null` if absent).
@@ -60,24 +42,15 @@ pub enum Error {
     /// A preserve pattern is not a valid pointer.
     #[error("invalid preserve pattern")]
     Pattern(#[from] pointer::Error),
-    /// The object is over the API server's size limit for its kind.
-    #[error("{} is {size} bytes, over the {limit}-byte limit", lowercase_kind(object))]
+    /// A Secret's or ConfigMap's values are over the apiserver's limit; nothing was written.
+    #[error("{} holds {size} bytes of data (decoded), over the apiserver's {limit}-byte limit", lowercase_kind(object))]
     TooLarge {
         /// The object, as `Kind namespace/name`.
         object: String,
-        /// Its size as JSON, in bytes.
+        /// The bytes its values hold, counted as the apiserver counts them (see [`check_size`]).
         size: usize,
-        /// The limit it is over.
+        /// The limit it is over, [`MAX_DATA_BYTES`].
         limit: usize,
-    },
-    /// The object could not be serialized to measure it.
-    #[error("cannot serialize {object} to measure its size")]
-    Encode {
-        /// The object, as `Kind namespace/name`.
-        object: String,
-        /// The serializer's error.
-        #[source]
-        source: serde_json::Error,
     },
 }
 
@@ -137,9 +110,9 @@ pub fn preserve(existing: &Value, desired: &Value, opts: &PreserveOptions) -> Re
 fn merge_metadata(meta: &mut Map<String, Value>, live_meta: &Map<String, Value>) {
     for key in SERVER_METADATA {
         // desired may carry the upstream cluster's values, which mean nothing downstream.
-        match live_meta.get(*key) {
-            Some(v) => meta.insert((*key).to_owned(), v.clone()),
-            None => meta.remove(*key),
+        match live_meta.get(key) {
+            Some(v) => meta.insert(key.to_owned(), v.clone()),
+            None => meta.remove(key),
         };
     }
     if is_empty_list(meta.get("ownerReferences"))
@@ -174,39 +147,73 @@ pub fn stamp_managed_keys(desired: &mut Value) {
     });
 }
 
-/// Rejects ConfigMaps and Secrets the API server would refuse as too large.
+/// Rejects a Secret or ConfigMap whose values the apiserver would refuse as too large, before
+/// any API call; other kinds pass.
+///
+/// The rule is the apiserver's, in k8s.io/kubernetes v1.37.2 pkg/apis/core/validation/
+/// validation.go: `ValidateSecret` sums `len(value)` over `data`, the decoded bytes (`stringData`
+/// was merged into `data` before, overwriting, by `Convert_v1_Secret_To_core_Secret` in
+/// pkg/apis/core/v1/conversion.go), and `ValidateConfigMap` sums `len(value)` over
+/// `data`, the strings' UTF-8 bytes, and over `binaryData`, decoded; each refuses a total over
+/// `core.MaxSecretSize` ([`MAX_DATA_BYTES`]). Keys, metadata and the JSON encoding (base64,
+/// escapes) do not count.
+///
+/// Nothing is checked for the object as a whole, of any kind. Its limits belong to the
+/// downstream cluster and are configurable there: the apiserver's request body limit
+/// (`MaxRequestBodyBytes`, 3 MiB by default, k8s.io/apiserver pkg/server/config.go) and etcd's
+/// request limit (1.5 MiB by default) on the stored object, which is protobuf for built-in
+/// kinds, so neither is the size of the JSON we hold. A guess here would either refuse objects
+/// the API takes (as measuring the JSON text did: a Secret of 1,040,643 bytes was refused at
+/// 1,387,722 bytes of JSON) or add nothing; the API's own refusal comes back as an error that
+/// names the object.
 pub fn check_size(obj: &Value) -> Result<()> {
-    let api_version = obj.get("apiVersion").and_then(Value::as_str);
-    let kind = obj.get("kind").and_then(Value::as_str);
-    if api_version != Some("v1") || !matches!(kind, Some("ConfigMap" | "Secret")) {
+    let Some(size) = data_size(obj) else {
         return Ok(());
-    }
-    // Counting instead of collecting avoids allocating the megabytes we are about to reject.
-    let mut counter = ByteCounter(0);
-    serde_json::to_writer(&mut counter, obj).map_err(|source| Error::Encode { object: describe(obj), source })?;
-    let size = counter.0;
-    if size > MAX_OBJECT_BYTES {
-        return Err(Error::TooLarge { object: describe(obj), size, limit: MAX_OBJECT_BYTES });
+    };
+    if size > MAX_DATA_BYTES {
+        return Err(Error::TooLarge { object: describe(obj), size, limit: MAX_DATA_BYTES });
     }
     Ok(())
 }
 
-/// The two annotations downsync keeps for itself; never listed as managed keys.
-const BOOKKEEPING: &[&str] = &[MANAGED_LABELS_ANNOTATION, MANAGED_ANNOTATIONS_ANNOTATION];
-
-/// A writer that only counts bytes.
-struct ByteCounter(usize);
-
-impl io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
+/// The bytes a v1 Secret's or ConfigMap's values hold, as the apiserver counts them; `None`
+/// for every other kind. Values that are not strings hold nothing (the API refuses them anyway).
+fn data_size(obj: &Value) -> Option<usize> {
+    if obj.get("apiVersion").and_then(Value::as_str) != Some("v1") {
+        return None;
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    let values = |field: &str| obj.get(field).and_then(Value::as_object).into_iter().flatten();
+    let strings = |field: &str| values(field).filter_map(|(k, v)| Some((k, v.as_str()?)));
+    match obj.get("kind").and_then(Value::as_str)? {
+        "Secret" => {
+            // The syncer folds stringData into data first; counted here too so that the rule
+            // holds for any caller: a stringData key replaces the data key of the same name.
+            let string_data = obj.get("stringData").and_then(Value::as_object);
+            let replaced = |k: &String| string_data.is_some_and(|sd| sd.contains_key(k));
+            let data: usize = strings("data").filter(|(k, _)| !replaced(k)).map(|(_, v)| base64_decoded_len(v)).sum();
+            let plain: usize = strings("stringData").map(|(_, v)| v.len()).sum();
+            Some(data + plain)
+        }
+        "ConfigMap" => {
+            let data: usize = strings("data").map(|(_, v)| v.len()).sum();
+            let binary: usize = strings("binaryData").map(|(_, v)| base64_decoded_len(v)).sum();
+            Some(data + binary)
+        }
+        _ => None,
     }
 }
+
+/// The length of base64 text once decoded, the way the apiserver decodes `[]byte` fields (Go's
+/// `base64.StdEncoding`: padded, `\r` and `\n` skipped). It measures without decoding; text
+/// that is not base64 is the API's to refuse.
+fn base64_decoded_len(text: &str) -> usize {
+    let significant = || text.bytes().filter(|b| !matches!(b, b'\r' | b'\n'));
+    let padding = significant().rev().take_while(|b| *b == b'=').take(2).count();
+    (significant().count() - padding) * 3 / 4
+}
+
+/// The two annotations downsync keeps for itself; never listed as managed keys.
+const BOOKKEEPING: &[&str] = &[MANAGED_LABELS_ANNOTATION, MANAGED_ANNOTATIONS_ANNOTATION];
 
 /// `Kind namespace/name` (or `Kind name` when cluster-scoped), for messages.
 fn describe(obj: &Value) -> String {
@@ -228,13 +235,14 @@ fn lowercase_kind(object: &str) -> String {
 }
 
 fn check_identity(existing: &Value, desired: &Value) -> Result<()> {
-    for (field, ptr) in IDENTITY {
+    for ptr in IDENTITY_PATHS {
         let (e, d) = (existing.pointer(ptr), desired.pointer(ptr));
         if e != d {
             let show = |v: Option<&Value>| v.map_or_else(|| "null".to_owned(), Value::to_string);
             return Err(Error::IdentityMismatch {
                 object: describe(desired),
-                field,
+                // `/metadata/name` -> `metadata.name`, the API's spelling, for the message.
+                field: ptr.trim_start_matches('/').replace('/', "."),
                 existing: show(e),
                 desired: show(d),
             });
@@ -568,7 +576,7 @@ mod tests {
         let mut kind = live.clone();
         kind["kind"] = json!("Secret");
         let err = preserve(&live, &kind, &PreserveOptions::default()).unwrap_err();
-        assert!(matches!(err, Error::IdentityMismatch { field: "kind", .. }));
+        assert!(matches!(err, Error::IdentityMismatch { ref field, .. } if field == "kind"), "{err:?}");
     }
 
     #[test]
@@ -579,31 +587,99 @@ mod tests {
         assert!(matches!(preserve(&cm, &json!("x"), &opts), Err(Error::NotAnObject { side: "desired" })));
     }
 
-    #[test]
-    fn size_check_rejects_a_large_configmap_naming_it() {
-        let big = "x".repeat(MAX_OBJECT_BYTES * 3 / 2);
-        let cm = mk_configmap("cfg", json!({"big": big}));
-        let err = check_size(&cm).unwrap_err();
-        let Error::TooLarge { ref object, size, limit } = err else {
-            panic!("expected TooLarge, got {err:?}");
-        };
-        assert_eq!(object, "ConfigMap ns/cfg");
-        assert_eq!(size, serde_json::to_vec(&cm).unwrap().len());
-        assert_eq!(limit, MAX_OBJECT_BYTES);
-        let msg = err.to_string();
-        assert!(msg.starts_with("configmap ns/cfg is "), "{msg}");
-        assert!(msg.ends_with("over the 1048576-byte limit"), "{msg}");
+    fn mk_secret(data: Value) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "blob", "namespace": "ns"},
+            "type": "Opaque",
+            "data": data
+        })
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// The size `check_size` found, or 0 when it passed the object.
+    fn refused_size(obj: &Value) -> usize {
+        match check_size(obj) {
+            Ok(()) => 0,
+            Err(Error::TooLarge { size, limit, .. }) => {
+                assert_eq!(limit, MAX_DATA_BYTES);
+                size
+            }
+            Err(e) => panic!("expected TooLarge, got {e:?}"),
+        }
     }
 
     #[test]
-    fn size_check_passes_small_objects_and_other_kinds() {
-        assert!(check_size(&mk_configmap("cfg", json!({"a": "1"}))).is_ok());
-        let big = "x".repeat(MAX_OBJECT_BYTES * 3 / 2);
-        let mut secret = mk_configmap("s", json!({"big": big}));
-        secret["kind"] = json!("Secret");
-        assert!(matches!(check_size(&secret), Err(Error::TooLarge { .. })));
-        let mut crd = secret.clone();
+    fn a_secret_is_measured_decoded_not_as_json() {
+        // The reported object: accepted by the apiserver, 1,387,722 bytes of JSON.
+        let reported = mk_secret(json!({"blob": base64(&vec![7; 1_040_643])}));
+        assert!(serde_json::to_vec(&reported).unwrap().len() > MAX_DATA_BYTES);
+        assert!(check_size(&reported).is_ok());
+        let at_limit = mk_secret(json!({"a": base64(&vec![0; MAX_DATA_BYTES - 10]), "b": base64(&[1; 10])}));
+        assert!(check_size(&at_limit).is_ok(), "the limit itself is allowed");
+        let over = mk_secret(json!({"a": base64(&vec![0; MAX_DATA_BYTES - 10]), "b": base64(&[1; 11])}));
+        assert_eq!(refused_size(&over), MAX_DATA_BYTES + 1);
+    }
+
+    #[test]
+    fn the_refusal_names_object_size_and_limit() {
+        let err = check_size(&mk_secret(json!({"blob": base64(&vec![0; MAX_DATA_BYTES + 1])}))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret ns/blob holds 1048577 bytes of data (decoded), over the apiserver's 1048576-byte limit"
+        );
+        assert!(matches!(err, Error::TooLarge { ref object, .. } if object == "Secret ns/blob"));
+    }
+
+    #[test]
+    fn a_configmap_counts_utf8_bytes_of_data_and_decoded_binary_data() {
+        // "é" is two bytes; "\n" is one byte once decoded, two characters of JSON.
+        let text = format!("{}{}", "é".repeat(1000), "\n".repeat(1000));
+        let mut cm = mk_configmap("cfg", json!({"text": text}));
+        cm["binaryData"] = json!({"bin": base64(&vec![0xff; MAX_DATA_BYTES - 3000])});
+        assert!(check_size(&cm).is_ok());
+        cm["data"]["more"] = json!("x");
+        assert_eq!(refused_size(&cm), MAX_DATA_BYTES + 1);
+    }
+
+    #[test]
+    fn keys_and_metadata_do_not_count() {
+        let mut cm = mk_configmap("cfg", json!({"k".repeat(200): "x".repeat(MAX_DATA_BYTES)}));
+        cm["metadata"]["annotations"] = json!({"note": "y".repeat(200_000)});
+        assert!(check_size(&cm).is_ok());
+    }
+
+    #[test]
+    fn string_data_counts_and_replaces_the_data_key_it_names() {
+        let mut secret = mk_secret(json!({"a": base64(&vec![0; MAX_DATA_BYTES]), "b": base64(b"xy")}));
+        secret["stringData"] = json!({"b": "z"});
+        assert_eq!(refused_size(&secret), MAX_DATA_BYTES + 1, "b counts once, as its stringData value");
+        secret["stringData"] = json!({"a": "tiny"});
+        assert!(check_size(&secret).is_ok());
+    }
+
+    #[test]
+    fn base64_is_measured_as_go_decodes_it() {
+        assert_eq!(base64_decoded_len(""), 0);
+        assert_eq!(base64_decoded_len("Mg=="), 1);
+        assert_eq!(base64_decoded_len("YWI="), 2);
+        assert_eq!(base64_decoded_len("YWJj"), 3);
+        assert_eq!(base64_decoded_len("YWJj\r\nZA=="), 4, "line breaks are skipped");
+    }
+
+    #[test]
+    fn other_kinds_are_not_measured() {
+        let big = "x".repeat(MAX_DATA_BYTES * 3 / 2);
+        let mut crd = mk_configmap("cfg", json!({"big": big}));
         crd["apiVersion"] = json!("example.com/v1");
         assert!(check_size(&crd).is_ok());
+        let mut other = mk_configmap("cfg", json!({"big": big}));
+        other["kind"] = json!("Widget");
+        assert!(check_size(&other).is_ok());
     }
 }

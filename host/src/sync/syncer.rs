@@ -1,14 +1,19 @@
 //! The syncer: applies one desired object to downstream, or deletes one, through the
 //! [`Downstream`] trait. Create, update with conflicts retried, immutable fields, ownership.
+//!
+//! An apply reads top-down: `apply_inner` normalises, checks and hashes the desired object and
+//! takes the fast path; `create_if_absent` is the create path; `update` is the update path,
+//! where `plan_update` decides what to write and `after_conflict` / `after_invalid` handle the
+//! API's 409s and 422s. The pure pieces live in `desired.rs`, `write.rs` and `causes.rs`.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::config::{DownstreamConfig, ImmutablePolicy, Propagation, UpdateStrategy};
+use super::desired::str_at;
 use super::differ::{self, DiffOptions};
 use super::error::{ApiError, Cause, SyncError};
 use super::ownership;
@@ -16,26 +21,12 @@ use super::preservation::{self, PreserveOptions};
 use super::rules::{RuleDecision, RuleSet, Rules};
 use super::state::{ResourceState, StateCache};
 use super::types::{ObjectKey, Operation, Resource, SyncResult};
+use super::write::write_for;
 
-/// How an update is sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// PUT the object (it carries its resourceVersion).
-    Replace(Value),
-    /// JSON merge patch.
-    Merge(Value),
-    /// Strategic merge patch.
-    Strategic(Value),
-    /// Server-side apply.
-    Apply {
-        /// The applied configuration.
-        object: Value,
-        /// Field manager.
-        field_manager: String,
-        /// Force ownership of conflicting fields.
-        force: bool,
-    },
-}
+// Moved to files named for what they hold; re-exported here, where callers found them.
+pub use super::causes::{field_to_pointer, immutable_fields};
+pub use super::desired::{desired_hash, normalize_desired, object_ref};
+pub use super::write::Write;
 
 /// The downstream API as the core needs it. The `kube` edge implements it with a client; the
 /// core never sees one.
@@ -65,162 +56,41 @@ pub struct Syncer<D, R> {
     state: StateCache,
 }
 
-/// Beyond the server-managed fields, these come from the upstream object and mean nothing
-/// downstream.
-const UPSTREAM_ONLY: &[&str] = &["ownerReferences", "finalizers", "generateName"];
-
-/// Strips what must never travel downstream: upstream-only metadata (ownerReferences point
-/// at upstream uids, upstream finalizers have no controller downstream) and status. A Secret's
-/// `stringData` is folded into `data`, as the apiserver would, so the differ compares like
-/// with like.
-pub fn normalize_desired(mut desired: Value) -> Value {
-    let is_secret = str_at(&desired, "/kind") == Some("Secret") && str_at(&desired, "/apiVersion") == Some("v1");
-    if let Some(obj) = desired.as_object_mut() {
-        obj.remove("status");
-        if is_secret {
-            fold_string_data(obj);
-        }
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            for f in preservation::SERVER_METADATA.iter().chain(UPSTREAM_ONLY) {
-                meta.remove(*f);
-            }
-        }
-    }
-    desired
+/// One apply past the fast path: what downstream should hold, and the rules it was built with.
+struct Job<'a, S> {
+    key: &'a ObjectKey,
+    /// The desired object, transformed by the rules and stamped with ownership and hash.
+    object: Value,
+    /// The desired hash, recorded in the state cache on success.
+    hash: String,
+    /// The one rules snapshot of this apply: a reload half-way must not mix two versions.
+    rules: S,
 }
 
-fn fold_string_data(secret: &mut serde_json::Map<String, Value>) {
-    use base64::Engine as _;
-    let Some(Value::Object(string_data)) = secret.remove("stringData") else { return };
-    let data = secret.entry("data").or_insert_with(|| Value::Object(serde_json::Map::new()));
-    if let Some(data) = data.as_object_mut() {
-        for (k, v) in string_data {
-            if let Some(text) = v.as_str() {
-                data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
-            }
-        }
-    }
+/// What the create path found.
+enum Found {
+    /// The object was absent and is created now.
+    Created,
+    /// The object exists: the live version, for the update path.
+    Live(Value),
 }
 
-/// Hash of a normalised desired object plus the rules' fingerprint. Map keys are hashed in
-/// sorted order, so the hash does not depend on the order fields arrived in (serde_json keeps
-/// insertion order, which is what keeps its small maps small).
-pub fn desired_hash(normalized: &Value, rules_fingerprint: &str) -> String {
-    let mut h = Sha256::new();
-    feed_canonical(&mut h, normalized);
-    h.update([0]);
-    h.update(rules_fingerprint.as_bytes());
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-fn feed_canonical(h: &mut Sha256, v: &Value) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            h.update(b"{");
-            for k in keys {
-                h.update(Value::from(k.as_str()).to_string().as_bytes());
-                h.update(b":");
-                if let Some(child) = map.get(k) {
-                    feed_canonical(h, child);
-                }
-                h.update(b",");
-            }
-            h.update(b"}");
-        }
-        Value::Array(items) => {
-            h.update(b"[");
-            for item in items {
-                feed_canonical(h, item);
-                h.update(b",");
-            }
-            h.update(b"]");
-        }
-        scalar => h.update(scalar.to_string().as_bytes()),
-    }
-}
-
-/// `Kind namespace/name` of an object, as far as it has them, for messages.
-pub fn object_ref(obj: &Value) -> String {
-    let kind = str_at(obj, "/kind").unwrap_or("<no kind>");
-    let name = str_at(obj, "/metadata/name").unwrap_or("<no name>");
-    match str_at(obj, "/metadata/namespace") {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
-
-fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(Value::as_str)
+/// What one round of the update path will do.
+enum Plan {
+    /// Nothing to write; the apply ends with this operation.
+    Done(Operation),
+    /// The rules asked for a delete and create.
+    Recreate,
+    /// Write this object; `changed` are the paths the diff found.
+    Write { object: Value, changed: Vec<String> },
 }
 
 fn rv(v: &Value) -> Option<&str> {
     str_at(v, "/metadata/resourceVersion")
 }
 
-/// `spec.ports[0].nodePort` -> `/spec/ports/0/nodePort`.
-pub fn field_to_pointer(field: &str) -> String {
-    let mut out = String::new();
-    for part in field.split('.').filter(|p| !p.is_empty()) {
-        let mut rest = part;
-        let name_end = rest.find('[').unwrap_or(rest.len());
-        out.push('/');
-        out.push_str(&super::pointer::escape(&rest[..name_end]));
-        rest = &rest[name_end..];
-        while let Some(open) = rest.find('[') {
-            let close = rest[open..].find(']').map_or(rest.len(), |c| open + c);
-            out.push('/');
-            out.push_str(&super::pointer::escape(rest[open + 1..close].trim_matches('"')));
-            rest = rest.get(close + 1..).unwrap_or("");
-        }
-    }
-    out
-}
-
-fn related(a: &str, b: &str) -> bool {
-    let under = |p: &str, q: &str| p == q || (p.starts_with(q) && p.as_bytes().get(q.len()) == Some(&b'/'));
-    under(a, b) || under(b, a)
-}
-
-/// The fields of a 422 that are immutable-field refusals: the API named them in its structured
-/// causes, and each is a field this update changes. A 422 on fields we did not touch is a
-/// plain validation error, not an immutability one.
-pub fn immutable_fields(causes: &[Cause], changed: &[String]) -> Option<Vec<String>> {
-    if causes.is_empty() {
-        return None;
-    }
-    let fields: Vec<String> = causes.iter().map(|c| field_to_pointer(&c.field)).collect();
-    let all_changed = fields.iter().all(|f| !f.is_empty() && changed.iter().any(|c| related(c, f)));
-    all_changed.then_some(fields)
-}
-
-/// Keys of the maps at `ptrs` that exist in `existing` but not in `write`, as merge-patch nulls.
-fn add_removals(patch: &mut Value, existing: &Value, ptrs: &[&str]) {
-    for ptr in ptrs {
-        let Some(old) = existing.pointer(ptr).and_then(Value::as_object) else { continue };
-        let new_keys: Vec<String> =
-            patch.pointer(ptr).and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        for k in old.keys().filter(|k| !new_keys.contains(k)) {
-            let path = format!("{ptr}/{}", super::pointer::escape(k));
-            // Creating intermediates cannot fail here: `ptr` is an object path in `existing`.
-            let _ = super::pointer::set(patch, &path, Value::Null);
-        }
-    }
-}
-
-/// The applied configuration: server-managed metadata out, but the resourceVersion stays (when
-/// there is one) so that the apply is conditional on the object we checked ownership of.
-fn strip_for_apply(mut obj: Value) -> Value {
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ["uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
-            meta.remove(f);
-        }
-    }
-    if let Some(o) = obj.as_object_mut() {
-        o.remove("status");
-    }
-    obj
+fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> SyncError {
+    SyncError::Api { object: key.to_string(), operation, source }
 }
 
 impl<D: Downstream, R: Rules> Syncer<D, R> {
@@ -316,13 +186,11 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, SyncError> {
-        self.downstream.get(key).await.map_err(|source| SyncError::Api {
-            object: key.to_string(),
-            operation: "get",
-            source,
-        })
+        self.downstream.get(key).await.map_err(|source| api_error(key, "get", source))
     }
 
+    /// Normalises, checks and hashes the desired object; returns early when neither it nor the
+    /// live object moved since our last write, else runs the rules and the create or update path.
     async fn apply_inner(
         &self,
         key: &ObjectKey,
@@ -334,8 +202,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         preservation::check_size(&normalized)?;
         // One version of the rules for the whole apply: a reload half-way must not mix two.
         let rules = self.rules.snapshot();
-        let group = key.gvr.group.as_str();
-        let hash = desired_hash(&normalized, &rules.fingerprint_for(group, &key.kind));
+        let hash = desired_hash(&normalized, &rules.fingerprint_for(&key.gvr.group, &key.kind));
 
         // Fast path: same desired as last time and the downstream object has not moved since
         // our last write: nothing to do and nothing to ask the API.
@@ -346,194 +213,217 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             return Ok(Operation::Unchanged);
         }
 
-        let mut transformed = rules.transform(normalized).await?;
-        ownership::stamp(&mut transformed, &self.config.ownership, &hash);
+        let mut object = rules.transform(normalized).await?;
+        ownership::stamp(&mut object, &self.config.ownership, &hash);
+        let job = Job { key, object, hash, rules };
+        match self.create_if_absent(&job, cached, result).await? {
+            Found::Created => Ok(Operation::Created),
+            Found::Live(existing) => self.update(&job, existing, result).await,
+        }
+    }
 
+    /// The create path: finds the live object (from the cache, or read) and creates the object
+    /// when there is none. A create that loses a race to another writer hands the winner's
+    /// object to the update path.
+    async fn create_if_absent(
+        &self,
+        job: &Job<'_, R::Set>,
+        cached: Option<Option<Value>>,
+        result: &mut SyncResult,
+    ) -> Result<Found, SyncError> {
+        let key = job.key;
         let ssa = matches!(self.config.strategy, UpdateStrategy::ServerSideApply { .. });
-        let mut existing = match cached {
+        let existing = match cached {
             // Server-side apply creates by applying, which would take over an object that a
             // stale cache missed; so it always confirms absence with a fresh read.
             Some(None) if ssa => self.get(key).await?,
             Some(c) => c,
             None => self.get(key).await?,
         };
-        if existing.is_none() && ssa {
-            let mut obj = transformed.clone();
-            preservation::stamp_managed_keys(&mut obj);
-            result.attempts += 1;
-            let write = self.write_for(&Value::Null, obj);
-            let created = self.downstream.update(key, &write).await.map_err(|source| SyncError::Api {
-                object: key.to_string(),
-                operation: "apply",
-                source,
-            })?;
+        if let Some(live) = existing {
+            return Ok(Found::Live(live));
+        }
+        let mut obj = job.object.clone();
+        preservation::stamp_managed_keys(&mut obj);
+        result.attempts += 1;
+        if ssa {
+            let write = write_for(&self.config.strategy, &Value::Null, obj);
+            let created =
+                self.downstream.update(key, &write).await.map_err(|source| api_error(key, "apply", source))?;
             info!(object = %key, kind = %key.kind, "created by server-side apply");
-            self.record(key, &created, &hash);
-            return Ok(Operation::Created);
+            self.record(key, &created, &job.hash);
+            return Ok(Found::Created);
         }
-        if existing.is_none() {
-            let mut obj = transformed.clone();
-            preservation::stamp_managed_keys(&mut obj);
-            result.attempts += 1;
-            match self.downstream.create(key, &obj).await {
-                Ok(created) => {
-                    info!(object = %key, kind = %key.kind, "created");
-                    self.record(key, &created, &hash);
-                    return Ok(Operation::Created);
-                }
-                Err(ApiError::AlreadyExists) => {
-                    debug!(object = %key, "create raced another writer; updating instead");
-                    existing = self.get(key).await?;
-                }
-                Err(source) => return Err(SyncError::Api { object: key.to_string(), operation: "create", source }),
+        match self.downstream.create(key, &obj).await {
+            Ok(created) => {
+                info!(object = %key, kind = %key.kind, "created");
+                self.record(key, &created, &job.hash);
+                Ok(Found::Created)
             }
+            Err(ApiError::AlreadyExists) => {
+                debug!(object = %key, "create raced another writer; updating instead");
+                match self.get(key).await? {
+                    Some(live) => Ok(Found::Live(live)),
+                    None => Err(api_error(key, "get", ApiError::NotFound)),
+                }
+            }
+            Err(source) => Err(api_error(key, "create", source)),
         }
-        let Some(mut existing) = existing else {
-            return Err(SyncError::Api { object: key.to_string(), operation: "get", source: ApiError::NotFound });
-        };
+    }
 
-        let max_attempts = self.config.conflict_retries + 1;
+    /// The update path: plans a write over the live object and sends it. A 409 re-reads the
+    /// object and plans again, up to the configured retries; a 422 may be an immutable field.
+    async fn update(
+        &self,
+        job: &Job<'_, R::Set>,
+        mut existing: Value,
+        result: &mut SyncResult,
+    ) -> Result<Operation, SyncError> {
+        let key = job.key;
         loop {
-            if !ownership::is_owned(&existing, &self.config.ownership) && !self.config.ownership.adopt {
-                return Err(SyncError::NotOwned {
-                    object: key.to_string(),
-                    owner: ownership::owner_of(&existing).unwrap_or("none").to_string(),
-                });
-            }
-            if existing.pointer("/metadata/deletionTimestamp").is_some() {
-                // Being deleted downstream: writing now would fight the deletion.
-                result.retry_after = Some(Duration::from_secs(1));
-                return Ok(Operation::Deleting);
-            }
-            let opts = PreserveOptions { preserve: self.config.preserve_paths.clone() };
-            let preserved = preservation::preserve(&existing, &transformed, &opts)?;
-            let obj = match rules.preserve(&existing, preserved).await? {
-                RuleDecision::Apply(obj) => obj,
-                RuleDecision::Recreate(reason) => {
-                    info!(object = %key, kind = %key.kind, reason = %reason, "rules asked for a recreate");
-                    return self.recreate(key, &existing, &transformed, &hash, result).await;
-                }
-                RuleDecision::Skip(reason) => {
-                    info!(object = %key, kind = %key.kind, reason = %reason, "rules asked to skip");
-                    result.reason = Some(reason);
-                    return Ok(Operation::Skipped);
-                }
+            let (object, changed) = match self.plan_update(job, &existing, result).await? {
+                Plan::Done(op) => return Ok(op),
+                Plan::Recreate => return self.recreate(job, &existing, result).await,
+                Plan::Write { object, changed } => (object, changed),
             };
-
-            let mut ignore = self.config.ignore_paths.clone();
-            ignore.extend(rules.ignore_paths(&key.gvr.group, &key.kind).await?);
-            let diff = differ::diff(&existing, &obj, &DiffOptions { ignore });
-            if diff.is_empty() && ownership::recorded_hash(&existing) == Some(hash.as_str()) {
-                self.record(key, &existing, &hash);
-                return Ok(Operation::Unchanged);
-            }
-            let changed: Vec<String> = diff.paths().into_iter().map(str::to_string).collect();
             debug!(object = %key, changes = changed.len(), "updating");
-
-            let write = self.write_for(&existing, obj);
+            let write = write_for(&self.config.strategy, &existing, object);
             result.attempts += 1;
             match self.downstream.update(key, &write).await {
                 Ok(updated) => {
                     info!(object = %key, kind = %key.kind, attempts = result.attempts, "updated");
-                    self.record(key, &updated, &hash);
+                    self.record(key, &updated, &job.hash);
                     return Ok(Operation::Updated);
                 }
                 Err(ApiError::Conflict { message, causes }) => {
-                    let mut paths: Vec<String> = causes.iter().map(|c| field_to_pointer(&c.field)).collect();
-                    if paths.is_empty() {
-                        paths = changed;
-                    }
-                    for p in paths {
-                        if !result.conflicts.contains(&p) {
-                            result.conflicts.push(p);
-                        }
-                    }
-                    if result.attempts >= max_attempts {
-                        return Err(SyncError::Conflict {
-                            object: key.to_string(),
-                            attempts: result.attempts,
-                            paths: result.conflicts.clone(),
-                            last: message,
-                        });
-                    }
-                    tokio::time::sleep(self.backoff(result.attempts)).await;
-                    existing = match self.get(key).await? {
-                        Some(e) => e,
-                        None => {
-                            return Err(SyncError::Api {
-                                object: key.to_string(),
-                                operation: "update",
-                                source: ApiError::NotFound,
-                            });
-                        }
-                    };
+                    existing = self.after_conflict(key, message, &causes, changed, result).await?;
                 }
-                Err(ApiError::Invalid { message, causes }) => match immutable_fields(&causes, &changed) {
-                    Some(fields) => match self.config.on_immutable {
-                        ImmutablePolicy::Recreate => {
-                            info!(object = %key, kind = %key.kind, ?fields, "immutable fields changed; recreating");
-                            return self.recreate(key, &existing, &transformed, &hash, result).await;
-                        }
-                        ImmutablePolicy::Skip => {
-                            return Err(SyncError::Immutable { object: key.to_string(), fields, reason: message });
-                        }
-                    },
-                    None => {
-                        return Err(SyncError::Api {
-                            object: key.to_string(),
-                            operation: "update",
-                            source: ApiError::Invalid { message, causes },
-                        });
-                    }
-                },
-                Err(source) => return Err(SyncError::Api { object: key.to_string(), operation: "update", source }),
+                Err(ApiError::Invalid { message, causes }) => {
+                    return self.after_invalid(job, &existing, message, causes, &changed, result).await;
+                }
+                Err(source) => return Err(api_error(key, "update", source)),
             }
         }
     }
 
-    fn write_for(&self, existing: &Value, obj: Value) -> Write {
-        match &self.config.strategy {
-            UpdateStrategy::Replace => Write::Replace(obj),
-            UpdateStrategy::Merge | UpdateStrategy::StrategicMerge => {
-                let mut patch = obj;
-                if let Some(o) = patch.as_object_mut() {
-                    o.remove("status");
-                    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                        for f in ["uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
-                            meta.remove(f);
-                        }
-                    }
-                }
-                add_removals(
-                    &mut patch,
-                    existing,
-                    &["/metadata/labels", "/metadata/annotations", "/data", "/binaryData"],
-                );
-                if matches!(self.config.strategy, UpdateStrategy::Merge) {
-                    Write::Merge(patch)
-                } else {
-                    Write::Strategic(patch)
-                }
-            }
-            UpdateStrategy::ServerSideApply { field_manager, force } => {
-                Write::Apply { object: strip_for_apply(obj), field_manager: field_manager.clone(), force: *force }
-            }
+    /// Decides what one round of the update path writes over `existing`: checks ownership and
+    /// deletion, applies the built-in preservation, asks the rules, and diffs.
+    async fn plan_update(
+        &self,
+        job: &Job<'_, R::Set>,
+        existing: &Value,
+        result: &mut SyncResult,
+    ) -> Result<Plan, SyncError> {
+        let key = job.key;
+        if !ownership::is_owned(existing, &self.config.ownership) && !self.config.ownership.adopt {
+            return Err(SyncError::NotOwned {
+                object: key.to_string(),
+                owner: ownership::owner_of(existing).unwrap_or("none").to_string(),
+            });
         }
+        if existing.pointer("/metadata/deletionTimestamp").is_some() {
+            // Being deleted downstream: writing now would fight the deletion.
+            result.retry_after = Some(Duration::from_secs(1));
+            return Ok(Plan::Done(Operation::Deleting));
+        }
+        let opts = PreserveOptions { preserve: self.config.preserve_paths.clone() };
+        let preserved = preservation::preserve(existing, &job.object, &opts)?;
+        let object = match job.rules.preserve(existing, preserved).await? {
+            RuleDecision::Apply(obj) => obj,
+            RuleDecision::Recreate(reason) => {
+                info!(object = %key, kind = %key.kind, reason = %reason, "rules asked for a recreate");
+                return Ok(Plan::Recreate);
+            }
+            RuleDecision::Skip(reason) => {
+                info!(object = %key, kind = %key.kind, reason = %reason, "rules asked to skip");
+                result.reason = Some(reason);
+                return Ok(Plan::Done(Operation::Skipped));
+            }
+        };
+
+        let mut ignore = self.config.ignore_paths.clone();
+        ignore.extend(job.rules.ignore_paths(&key.gvr.group, &key.kind).await?);
+        let diff = differ::diff(existing, &object, &DiffOptions { ignore });
+        if diff.is_empty() && ownership::recorded_hash(existing) == Some(job.hash.as_str()) {
+            self.record(key, existing, &job.hash);
+            return Ok(Plan::Done(Operation::Unchanged));
+        }
+        let changed = diff.paths().into_iter().map(str::to_string).collect();
+        Ok(Plan::Write { object, changed })
     }
 
-    async fn recreate(
+    /// After a 409: notes the paths in conflict (the API's, or else the ones we changed), gives
+    /// up once the attempts are spent, and otherwise backs off and returns a fresh read.
+    async fn after_conflict(
         &self,
         key: &ObjectKey,
+        message: String,
+        causes: &[Cause],
+        changed: Vec<String>,
+        result: &mut SyncResult,
+    ) -> Result<Value, SyncError> {
+        let mut paths: Vec<String> = causes.iter().map(|c| field_to_pointer(&c.field)).collect();
+        if paths.is_empty() {
+            paths = changed;
+        }
+        for p in paths {
+            if !result.conflicts.contains(&p) {
+                result.conflicts.push(p);
+            }
+        }
+        if result.attempts > self.config.conflict_retries {
+            return Err(SyncError::Conflict {
+                object: key.to_string(),
+                attempts: result.attempts,
+                paths: result.conflicts.clone(),
+                last: message,
+            });
+        }
+        tokio::time::sleep(self.backoff(result.attempts)).await;
+        match self.get(key).await? {
+            Some(live) => Ok(live),
+            None => Err(api_error(key, "update", ApiError::NotFound)),
+        }
+    }
+
+    /// After a 422: a refusal of immutable fields this update changes follows the configured
+    /// policy; any other is the API's verdict on the object and is returned as it is.
+    async fn after_invalid(
+        &self,
+        job: &Job<'_, R::Set>,
         existing: &Value,
-        transformed: &Value,
-        hash: &str,
+        message: String,
+        causes: Vec<Cause>,
+        changed: &[String],
         result: &mut SyncResult,
     ) -> Result<Operation, SyncError> {
+        let key = job.key;
+        let Some(fields) = immutable_fields(&causes, changed) else {
+            return Err(api_error(key, "update", ApiError::Invalid { message, causes }));
+        };
+        match self.config.on_immutable {
+            ImmutablePolicy::Recreate => {
+                info!(object = %key, kind = %key.kind, ?fields, "immutable fields changed; recreating");
+                self.recreate(job, existing, result).await
+            }
+            ImmutablePolicy::Skip => Err(SyncError::Immutable { object: key.to_string(), fields, reason: message }),
+        }
+    }
+
+    /// Deletes the live object (UID precondition), waits until it is gone, and creates the
+    /// desired one.
+    async fn recreate(
+        &self,
+        job: &Job<'_, R::Set>,
+        existing: &Value,
+        result: &mut SyncResult,
+    ) -> Result<Operation, SyncError> {
+        let key = job.key;
         let uid = str_at(existing, "/metadata/uid").unwrap_or_default();
         result.attempts += 1;
         match self.downstream.delete(key, uid, self.config.propagation).await {
             Ok(()) | Err(ApiError::NotFound) => {}
-            Err(source) => return Err(SyncError::Api { object: key.to_string(), operation: "delete", source }),
+            Err(source) => return Err(api_error(key, "delete", source)),
         }
         let started = tokio::time::Instant::now();
         loop {
@@ -549,16 +439,12 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
                 Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        let mut obj = transformed.clone();
+        let mut obj = job.object.clone();
         preservation::stamp_managed_keys(&mut obj);
         result.attempts += 1;
-        let created = self.downstream.create(key, &obj).await.map_err(|source| SyncError::Api {
-            object: key.to_string(),
-            operation: "create",
-            source,
-        })?;
+        let created = self.downstream.create(key, &obj).await.map_err(|source| api_error(key, "create", source))?;
         info!(object = %key, kind = %key.kind, "recreated");
-        self.record(key, &created, hash);
+        self.record(key, &created, &job.hash);
         Ok(Operation::Recreated)
     }
 
@@ -604,7 +490,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
                     self.state.remove(key);
                     return Ok(Operation::Deleted);
                 }
-                Err(source) => return Err(SyncError::Api { object: key.to_string(), operation: "delete", source }),
+                Err(source) => return Err(api_error(key, "delete", source)),
             }
         }
         match self.get(key).await? {
@@ -625,72 +511,5 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
                 Ok(Operation::Deleting)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn mk_cause(field: &str) -> Cause {
-        Cause { reason: "FieldValueInvalid".into(), field: field.into(), message: String::new() }
-    }
-
-    #[test]
-    fn api_field_paths_become_json_pointers() {
-        assert_eq!(field_to_pointer("spec.ports[0].nodePort"), "/spec/ports/0/nodePort");
-        assert_eq!(field_to_pointer("data"), "/data");
-        assert_eq!(field_to_pointer("metadata.annotations[a/b]"), "/metadata/annotations/a~1b");
-    }
-
-    #[test]
-    fn an_invalid_on_a_changed_field_is_immutability() {
-        let changed = vec!["/data/key".to_string()];
-        assert_eq!(immutable_fields(&[mk_cause("data")], &changed), Some(vec!["/data".to_string()]));
-    }
-
-    #[test]
-    fn an_invalid_on_an_untouched_field_is_plain_validation() {
-        let changed = vec!["/data/key".to_string()];
-        assert_eq!(immutable_fields(&[mk_cause("spec.selector")], &changed), None);
-        assert_eq!(immutable_fields(&[], &changed), None, "no causes, no claim");
-    }
-
-    #[test]
-    fn normalizing_strips_upstream_only_metadata_and_status() {
-        let d = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "a", "uid": "u", "resourceVersion": "9", "ownerReferences": [{}], "finalizers": ["x"], "labels": {"k": "v"}},
-            "status": {"phase": "x"}, "data": {"a": "b"}});
-        let n = normalize_desired(d);
-        assert_eq!(
-            n,
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"k": "v"}}, "data": {"a": "b"}})
-        );
-    }
-
-    #[test]
-    fn the_desired_hash_ignores_upstream_noise_but_not_content_or_rules() {
-        let a = normalize_desired(
-            json!({"kind": "K", "metadata": {"name": "a", "resourceVersion": "1"}, "data": {"x": "1"}}),
-        );
-        let b = normalize_desired(
-            json!({"kind": "K", "metadata": {"name": "a", "resourceVersion": "2"}, "data": {"x": "1"}}),
-        );
-        let c = normalize_desired(json!({"kind": "K", "metadata": {"name": "a"}, "data": {"x": "2"}}));
-        assert_eq!(desired_hash(&a, ""), desired_hash(&b, ""));
-        assert_ne!(desired_hash(&a, ""), desired_hash(&c, ""));
-        assert_ne!(desired_hash(&a, ""), desired_hash(&a, "plugin@sha"));
-        let reordered: Value =
-            serde_json::from_str(r#"{"data": {"x": "1"}, "metadata": {"name": "a"}, "kind": "K"}"#).unwrap();
-        assert_eq!(desired_hash(&a, ""), desired_hash(&reordered, ""), "field order does not matter");
-    }
-
-    #[test]
-    fn merge_patches_null_out_keys_removed_upstream() {
-        let existing = json!({"metadata": {"labels": {"keep": "1", "gone": "2"}}, "data": {"a": "1", "b": "2"}});
-        let mut patch = json!({"metadata": {"labels": {"keep": "1"}}, "data": {"a": "1"}});
-        add_removals(&mut patch, &existing, &["/metadata/labels", "/data", "/binaryData"]);
-        assert_eq!(patch, json!({"metadata": {"labels": {"keep": "1", "gone": null}}, "data": {"a": "1", "b": null}}));
     }
 }
