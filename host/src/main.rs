@@ -218,8 +218,9 @@ impl RunArgs {
 fn init_logs(format: LogFormat) {
     // kube's client logs every failed connection attempt at ERROR without naming the server;
     // downsync reports a lost connection itself, once per side, with the URL.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client=error,kube_client::client::builder=off")
+    });
     // Colour only for a person at a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

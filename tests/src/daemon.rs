@@ -134,6 +134,11 @@ impl Daemon {
         }
     }
 
+    /// `GET PATH` on the metrics address: status code and body.
+    pub fn get_path(&self, path: &str) -> Result<(u16, String)> {
+        self.get(path)
+    }
+
     /// `GET /healthz`: status code and body.
     pub fn healthz(&self) -> Result<(u16, String)> {
         self.get("/healthz")
