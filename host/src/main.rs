@@ -89,6 +89,9 @@ struct SourceArgs {
     /// always a kubeconfig mistake).
     #[arg(long)]
     allow_same_cluster: bool,
+    /// Feature gates, as Name=true,Other=false (added to the config file's `featureGates`).
+    #[arg(long, value_name = "NAME=BOOL,...", long_help = downsync::app::features::help())]
+    feature_gates: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -187,6 +190,10 @@ impl SourceArgs {
             c.sync.ownership.target = t;
         }
         c.allow_same_cluster |= self.allow_same_cluster;
+        if let Some(flag) = &self.feature_gates {
+            let gates = downsync::app::features::parse(flag).context("--feature-gates")?;
+            c.feature_gates.extend(gates);
+        }
         Ok(c)
     }
 }

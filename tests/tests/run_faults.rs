@@ -105,7 +105,10 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     Api::<ConfigMap>::namespaced(env.downstream.clone(), &ns).create(&PostParams::default(), &squatter).await?;
     create_all(&env.upstream, &ns, vec![mk_configmap(&ns, "taken", json!({"owner": "upstream"}))]).await?;
     let args: Vec<String> =
-        ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns].iter().map(|s| (*s).to_string()).collect();
+        ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns, "--feature-gates", "StatusUpsync=false"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
     let mut d = Daemon::start("conflict-once", &args)?;
     d.wait_ready(Duration::from_secs(60)).await?;
     // Retries go on with backoff (about ten in this time); the report does not repeat.
@@ -116,6 +119,8 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("taken")).count();
     assert_eq!(warnings, 1, "one warning per change of state; log: {}", d.log.display());
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
+    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="StatusUpsync""#])?, 0.0);
+    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="NamespaceCleanup""#])?, 1.0);
     assert!(d.terminate()?.success());
     env.cleanup().await
 }

@@ -107,6 +107,15 @@ fn one_cluster_as_both_sides_is_refused_unless_allowed() -> anyhow::Result<()> {
 }
 
 #[test]
+fn an_unknown_feature_gate_is_refused_naming_the_known_ones() -> anyhow::Result<()> {
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg("off"), arg("--feature-gates"), arg("NamespaceCleanup=true,Teleport=true")]);
+    let err = refused(a)?;
+    assert!(err.contains("--feature-gates") && err.contains("Teleport") && err.contains("StatusUpsync"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn the_worker_count_is_bounded() -> anyhow::Result<()> {
     let mut a = base()?;
     a.extend([arg("--metrics-addr"), arg("off"), arg("--workers"), arg("18446744073709551615")]);

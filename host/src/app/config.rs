@@ -133,6 +133,8 @@ pub struct RunConfig {
     /// Allow upstream and downstream to be the same cluster (a loop onto itself is almost
     /// always a kubeconfig mistake, so it is refused by default).
     pub allow_same_cluster: bool,
+    /// Feature gates by name (see [`super::features::GATES`]); unset gates take their default.
+    pub feature_gates: BTreeMap<String, bool>,
 }
 
 /// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
@@ -164,6 +166,7 @@ impl Default for RunConfig {
             engine: EngineConfig::default(),
             keep_namespaces: false,
             allow_same_cluster: false,
+            feature_gates: BTreeMap::new(),
         }
     }
 }
@@ -221,6 +224,16 @@ impl RunConfig {
     /// The plugin registry's settings.
     pub fn registry_config(&self) -> RegistryConfig {
         RegistryConfig { plugins: self.plugins.clone() }
+    }
+
+    /// Whether feature gate `name` is on.
+    pub fn feature(&self, name: &str) -> bool {
+        super::features::enabled(&self.feature_gates, name)
+    }
+
+    /// Whether namespaces downsync created are kept after their upstream namespace is gone.
+    pub fn keeps_namespaces(&self) -> bool {
+        self.keep_namespaces || !self.feature(super::features::NAMESPACE_CLEANUP)
     }
 
     /// The resync period.
@@ -290,6 +303,16 @@ impl RunConfig {
                     self.workers
                 ),
             );
+        }
+        super::features::validate(&self.feature_gates)
+            .map_err(|e| Error::Invalid { setting: "featureGates".into(), message: e.to_string() })?;
+        for (on, gate, setting) in [
+            (self.status_upsync, super::features::STATUS_UPSYNC, "statusUpsync"),
+            (self.upstream_finalizer, super::features::UPSTREAM_FINALIZER, "upstreamFinalizer"),
+        ] {
+            if on && !self.feature(gate) {
+                return invalid(setting, format!("needs the {gate} feature gate, which is off"));
+            }
         }
         if self.resync_seconds == 0 {
             return invalid("resyncSeconds", "must be at least 1".into());
@@ -441,6 +464,20 @@ mod tests {
         assert!(c.selects_namespace(cm, Some("default")));
         let listed = mk_config("namespaces: [kube-system]\nresources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
         assert!(listed.selects_namespace(&listed.resources[0], Some("kube-system")), "an explicit entry overrides");
+    }
+
+    #[test]
+    fn feature_gates_are_checked_and_guard_their_settings() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        let unknown = mk_config(&format!("{base}featureGates: {{NoSuchGate: true}}")).unwrap();
+        let err = unknown.validate().unwrap_err().to_string();
+        assert!(err.contains("featureGates") && err.contains("NoSuchGate"), "{err}");
+        let off = mk_config(&format!("{base}statusUpsync: true\nfeatureGates: {{StatusUpsync: false}}")).unwrap();
+        let err = off.validate().unwrap_err().to_string();
+        assert!(err.contains("statusUpsync") && err.contains("StatusUpsync"), "{err}");
+        let keep = mk_config(&format!("{base}featureGates: {{NamespaceCleanup: false}}")).unwrap();
+        assert!(keep.keeps_namespaces());
+        assert!(!mk_config(base).unwrap().keeps_namespaces());
     }
 
     #[test]

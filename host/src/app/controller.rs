@@ -103,6 +103,7 @@ pub async fn run(
     plugin_metrics.register(&mut registry);
     let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
     connectivity.register(&mut registry);
+    super::features::register(&config.feature_gates, &mut registry);
     let slots = config.engine.pool_instances as usize;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
     let (reloader, _watch) = start_plugins(&config, &rules).await?;
@@ -269,7 +270,7 @@ impl Controller {
             self.queue.add(k);
         }
         // Namespaces whose upstream namespace went while downsync was not running.
-        if !self.config.keep_namespaces {
+        if !self.config.keeps_namespaces() {
             match self.namespaces.created().await {
                 Ok(created) => {
                     for (downstream, upstream) in created {

@@ -6,6 +6,7 @@ pub mod connectivity;
 pub mod controller;
 pub mod diff;
 pub mod error_policy;
+pub mod features;
 pub mod http;
 pub mod metrics;
 pub mod namespaces;

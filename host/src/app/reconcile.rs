@@ -192,7 +192,7 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
 const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
 
 async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -> Result<Action> {
-    if ctx.config.keep_namespaces {
+    if ctx.config.keeps_namespaces() {
         return Ok(Action::Done);
     }
     // Still wanted: some selected upstream object lives in it.
