@@ -290,7 +290,7 @@ async fn main() -> Result<ExitCode> {
 
 fn load(file: &std::path::Path) -> Result<Plugin> {
     let engine = PluginEngine::new(EngineConfig::default()).context("starting the wasm engine")?;
-    engine.load_file(file).with_context(|| format!("checking {}", file.display()))
+    Plugin::load_file(&engine, file).with_context(|| format!("checking {}", file.display()))
 }
 
 fn print_info(plugin: &Plugin) {

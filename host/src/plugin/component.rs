@@ -1,11 +1,14 @@
 //! A loaded plugin: its prepared instance and the hooks, each called in a fresh store (or, for
 //! batch work such as benchmarks, in one kept [`Session`]).
 
+use std::path::Path;
+
 use serde_json::Value;
 use wasmtime::Store;
 
 use super::bindings::downsync::rules::types as wit;
 use super::bindings::{Rule, RulePre};
+use super::contract;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Result, Violation};
 use super::host::CallState;
@@ -84,7 +87,22 @@ impl std::fmt::Debug for Plugin {
 pub use crate::sync::syncer::object_ref;
 
 impl Plugin {
-    pub(crate) fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
+    /// Loads a plugin from a file: compiles it (or takes it from the engine's cache), checks
+    /// that it implements the `rule` world, and calls `describe`. The file stem names it in
+    /// errors until `describe` gives its name.
+    pub fn load_file(engine: &PluginEngine, path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        Self::load(engine, label, &bytes)
+    }
+
+    /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
+    pub fn load(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
+        let (digest, pre) = engine.prepare(label, bytes)?;
+        Self::new(engine.clone(), label, digest, pre)
+    }
+
+    fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
         let mut plugin = Self {
             engine,
             info: PluginInfo { name: label.to_string(), version: String::new(), kinds: vec![], scope: vec![] },
@@ -93,6 +111,7 @@ impl Plugin {
         };
         let raw = plugin.call("describe", "-", |store, rule| rule.downsync_rules_rules().call_describe(store))?.value;
         plugin.info = check_describe(label, raw)?;
+        contract::check_scope(&plugin.info)?;
         Ok(plugin)
     }
 
@@ -319,11 +338,6 @@ fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
     for s in &raw.scope {
         if !s.starts_with('/') || s == "/" {
             return Err(bad(format!("scope {s:?} is not a JSON pointer below the root")));
-        }
-        for forbidden in ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace", "/metadata"] {
-            if s == forbidden {
-                return Err(bad(format!("scope {s:?} would let it rewrite the object's identity")));
-            }
         }
     }
     Ok(PluginInfo {

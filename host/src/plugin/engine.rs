@@ -12,7 +12,6 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Rule, RulePre};
-use super::component::Plugin;
 use super::error::{Error, Result};
 use super::host::CallState;
 
@@ -147,16 +146,10 @@ impl PluginEngine {
         (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
     }
 
-    /// Loads a plugin from a file: compiles it (or takes it from the cache), checks that it
-    /// implements the `rule` world, and calls `describe`.
-    pub fn load_file(&self, path: &Path) -> Result<Plugin> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
-        let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
-        self.load_bytes(&label, &bytes)
-    }
-
-    /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
-    pub fn load_bytes(&self, label: &str, bytes: &[u8]) -> Result<Plugin> {
+    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world.
+    /// Returns the component's sha256 (lowercase hex) and the prepared instance; `label` names
+    /// the plugin in errors. [`Plugin::load`](super::Plugin::load) is the public way in.
+    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre<CallState>)> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self.compile(label, &digest, bytes)?;
         let pre = self
@@ -165,7 +158,7 @@ impl PluginEngine {
             .instantiate_pre(&component)
             .and_then(RulePre::new)
             .map_err(|source| Error::WorldMismatch { plugin: label.to_string(), source })?;
-        Plugin::new(self.clone(), label, digest, pre)
+        Ok((digest, pre))
     }
 
     fn compile(&self, label: &str, digest: &str, bytes: &[u8]) -> Result<Component> {

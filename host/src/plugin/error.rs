@@ -148,6 +148,16 @@ pub enum Error {
         /// The watcher's or the file system's error.
         message: String,
     },
+    /// A write scope covers a field downsync owns: the identity or the ownership stamp.
+    #[error("plugin {plugin}: scope {scope:?} covers {path}, which only downsync may write")]
+    ReservedScope {
+        /// The plugin.
+        plugin: String,
+        /// The offending scope pattern.
+        scope: String,
+        /// The reserved JSON pointer it covers.
+        path: String,
+    },
     /// `describe` returned something unusable.
     #[error("plugin {plugin}: describe is not sane: {message}")]
     Describe {

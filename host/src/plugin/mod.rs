@@ -3,6 +3,7 @@
 
 mod bindings;
 pub mod component;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod fixtures;

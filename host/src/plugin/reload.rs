@@ -271,7 +271,7 @@ impl Reloader {
 
     /// Compiles and checks a new version without touching the registry.
     fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
-        let plugin = self.engine.load_bytes(stem, bytes)?;
+        let plugin = Plugin::load(&self.engine, stem, bytes)?;
         let refuse =
             |message: String| Error::Check { plugin: stem.to_string(), digest: plugin.digest().to_string(), message };
         let dir = file.with_file_name(format!("{stem}.fixtures"));

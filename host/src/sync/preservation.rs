@@ -28,8 +28,9 @@ pub(crate) const SERVER_METADATA: &[&str] = &[
     "deletionGracePeriodSeconds",
 ];
 
-/// The fields that say which object this is; desired and existing must agree on them.
-const IDENTITY: &[(&str, &str)] = &[
+/// The fields that say which object this is, as (field, JSON pointer); desired and existing
+/// must agree on them, and no plugin may change them.
+pub const IDENTITY: &[(&str, &str)] = &[
     ("apiVersion", "/apiVersion"),
     ("kind", "/kind"),
     ("metadata.name", "/metadata/name"),
