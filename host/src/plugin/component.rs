@@ -11,7 +11,7 @@ use super::bindings::{Rule, RulePre};
 use super::contract;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Result, Violation};
-use super::host::CallState;
+use super::host::{CallState, escape};
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -140,27 +140,27 @@ impl Plugin {
     ) -> Result<Called<T>> {
         let cfg = self.engine.config();
         let mut store = self.new_store(object);
-        let fail = |store: &Store<CallState>, e: wasmtime::Error| self.call_error(store, hook, object, e);
-        if let Err(e) = self.arm(&mut store) {
-            return Err(fail(&store, e));
-        }
-        let rule = match self.pre.instantiate(&mut store) {
-            Ok(r) => r,
-            Err(e) => return Err(fail(&store, e)),
-        };
-        match f(&mut store, &rule) {
+        let outcome = self.arm(&mut store).and_then(|()| {
+            let rule = self.pre.instantiate(&mut store)?;
+            f(&mut store, &rule)
+        });
+        let called = match outcome {
             Ok(value) => {
                 let fuel = cfg.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
                 Ok(Called { value, fuel })
             }
-            Err(e) => Err(fail(&store, e)),
-        }
+            Err(e) => Err(self.call_error(&store, hook, object, e)),
+        };
+        // After the error is built: a trap's cause is read from what the guest wrote to stderr.
+        store.data().flush_output(hook);
+        called
     }
 
     /// A store with this plugin's limits; fuel and deadline are set by [`Plugin::arm`].
     fn new_store(&self, object: &str) -> Store<CallState> {
         let cfg = self.engine.config();
-        let mut store = Store::new(self.engine.engine(), CallState::new(&self.info.name, object, cfg.memory_bytes));
+        let state = CallState::new(&self.info.name, object, cfg.memory_bytes, self.engine.logs().clone());
+        let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store
     }
@@ -172,13 +172,19 @@ impl Plugin {
         Ok(())
     }
 
+    /// A one-line error for a failed call: the failure class and the first line of its cause
+    /// (a guest panic's message, the trap, the limit hit). The full error with the wasm
+    /// backtrace goes to the debug log.
     fn call_error(&self, store: &Store<CallState>, hook: &'static str, object: &str, e: wasmtime::Error) -> Error {
+        let kind = classify(&e, store.data().limits.memory_denied);
+        let plugin = self.info.name.as_str();
+        tracing::debug!(plugin, object, hook, failure = %kind, error = ?e, "plugin call failed");
         Error::Call {
-            plugin: self.info.name.clone(),
+            plugin: plugin.to_string(),
             hook,
             object: object.to_string(),
-            kind: classify(&e, store.data().limits.memory_denied),
-            message: format!("{e:#}"),
+            kind,
+            message: cause(&e, &store.data().stderr.peek()),
         }
     }
 
@@ -187,12 +193,7 @@ impl Plugin {
         let object = object_ref(desired);
         let input = desired.to_string();
         let out = self.call("transform", &object, |s, r| r.downsync_rules_rules().call_transform(s, &input))?;
-        let text = out.value.map_err(|message| Error::Rejected {
-            plugin: self.info.name.clone(),
-            hook: "transform",
-            object: object.clone(),
-            message,
-        })?;
+        let text = out.value.map_err(|message| self.rejected("transform", &object, &message))?;
         let value = self.parse_output("transform", &object, &text)?;
         Ok(Called { value, fuel: out.fuel })
     }
@@ -207,16 +208,11 @@ impl Plugin {
 
     /// Turns what `preserve` returned into a [`Decision`].
     fn decision(&self, object: &str, out: Called<Result<wit::Decision, String>>) -> Result<Called<Decision>> {
-        let decision = out.value.map_err(|message| Error::Rejected {
-            plugin: self.info.name.clone(),
-            hook: "preserve",
-            object: object.to_string(),
-            message,
-        })?;
+        let decision = out.value.map_err(|message| self.rejected("preserve", object, &message))?;
         let value = match decision {
             wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", object, &text)?),
-            wit::Decision::Recreate(reason) => Decision::Recreate(reason),
-            wit::Decision::Skip(reason) => Decision::Skip(reason),
+            wit::Decision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
+            wit::Decision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
         };
         Ok(Called { value, fuel: out.fuel })
     }
@@ -224,10 +220,48 @@ impl Plugin {
     /// Calls `ignore-paths` for a group and kind.
     pub fn ignore_paths(&self, group: &str, kind: &str) -> Result<Called<Vec<String>>> {
         let object = format!("{kind}.{group}");
-        self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))
+        let out =
+            self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))?;
+        let too_large = |what, size, limit, unit| Error::TooLarge {
+            plugin: self.info.name.clone(),
+            hook: "ignore-paths",
+            object: object.clone(),
+            what,
+            size,
+            limit,
+            unit,
+        };
+        if out.value.len() > MAX_IGNORE_PATHS {
+            return Err(too_large("a list", out.value.len(), MAX_IGNORE_PATHS, "paths"));
+        }
+        if let Some(long) = out.value.iter().find(|p| p.len() > MAX_IGNORE_PATH_BYTES) {
+            return Err(too_large("a path", long.len(), MAX_IGNORE_PATH_BYTES, "bytes"));
+        }
+        Ok(out)
+    }
+
+    /// The error for a plugin's own refusal, its message bounded and escaped.
+    fn rejected(&self, hook: &'static str, object: &str, message: &str) -> Error {
+        Error::Rejected {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            message: bounded(message, MAX_MESSAGE_BYTES),
+        }
     }
 
     fn parse_output(&self, hook: &'static str, object: &str, text: &str) -> Result<Value> {
+        if text.len() > MAX_OUTPUT_BYTES {
+            return Err(Error::TooLarge {
+                plugin: self.info.name.clone(),
+                hook,
+                object: object.to_string(),
+                what: "an object",
+                size: text.len(),
+                limit: MAX_OUTPUT_BYTES,
+                unit: "bytes",
+            });
+        }
         serde_json::from_str(text).map_err(|e| Error::Contract {
             plugin: self.info.name.clone(),
             hook,
@@ -294,7 +328,7 @@ impl Session {
         let called = plugin
             .arm(&mut self.store)
             .and_then(|()| self.rule.downsync_rules_rules().call_preserve(&mut self.store, &e, &d));
-        match called {
+        let result = match called {
             Ok(value) => {
                 let fuel = plugin.engine.config().fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
                 plugin.decision(&object, Called { value, fuel })
@@ -303,8 +337,59 @@ impl Session {
                 self.broken = true;
                 Err(plugin.call_error(&self.store, "preserve", &object, e))
             }
-        }
+        };
+        self.store.data().flush_output("preserve");
+        result
     }
+}
+
+/// The largest object (JSON text) `transform` or `preserve` may return.
+pub const MAX_OUTPUT_BYTES: usize = 4 << 20;
+/// The longest error message or reason kept from a plugin; the rest is cut with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The most paths `ignore-paths` may return.
+pub const MAX_IGNORE_PATHS: usize = 1024;
+/// The longest path `ignore-paths` may return.
+pub const MAX_IGNORE_PATH_BYTES: usize = 1024;
+/// The longest cause kept in a call error.
+const MAX_CAUSE_CHARS: usize = 200;
+
+/// `text` cut to about `max` bytes (on a character boundary) with a marker saying how much
+/// was cut, control characters escaped: plugin text ends up in logs, events and errors.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return escape(text, usize::MAX);
+    }
+    let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes truncated)", escape(&text[..cut], usize::MAX), text.len() - cut)
+}
+
+/// The first line of what made a call fail: a guest panic's message (Rust guests write it to
+/// stderr, then abort with an `unreachable` trap), else the trap, else the innermost error.
+fn cause(e: &wasmtime::Error, stderr: &str) -> String {
+    let line = if let Some(message) = panic_message(stderr) {
+        format!("guest panicked: {message}")
+    } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        format!("wasm trap: {trap}")
+    } else {
+        let root = e.root_cause().to_string();
+        let first = root.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
+        if first.is_empty() { "unknown error".to_string() } else { first }
+    };
+    escape(&line, MAX_CAUSE_CHARS)
+}
+
+/// The message of a Rust panic in captured stderr: the line after `panicked at <place>:`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    let at = lines.find(|l| l.contains("panicked at "))?;
+    // Rust >= 1.73 puts the message on the next line; older versions after `panicked at '`.
+    let place = at.split_once("panicked at ").map_or("", |(_, p)| p).trim_end_matches(':');
+    let message = lines.next().map(str::trim).filter(|m| !m.is_empty() && !m.starts_with("note:"));
+    Some(match message {
+        Some(m) => format!("{m} (at {place})"),
+        None => place.to_string(),
+    })
 }
 
 fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {

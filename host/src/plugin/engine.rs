@@ -13,7 +13,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::bindings::{Rule, RulePre};
 use super::error::{Error, Result};
-use super::host::CallState;
+use super::host::{CallState, LogLimiter};
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -82,6 +82,8 @@ struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
     config: EngineConfig,
+    /// Plugin log lines per plugin name, across all calls.
+    logs: LogLimiter,
     _ticker: Ticker,
 }
 
@@ -114,7 +116,7 @@ impl PluginEngine {
         let engine = Engine::new(&wasm).map_err(Error::Engine)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::Engine)?;
+        super::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
         Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -129,7 +131,9 @@ impl PluginEngine {
             })
             .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}"))))?;
 
-        Ok(Self { inner: Arc::new(Inner { engine, linker, config, _ticker: Ticker(stop) }) })
+        Ok(Self {
+            inner: Arc::new(Inner { engine, linker, config, logs: LogLimiter::default(), _ticker: Ticker(stop) }),
+        })
     }
 
     /// The engine's configuration.
@@ -139,6 +143,11 @@ impl PluginEngine {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The rate limit on plugin log lines, shared by every call.
+    pub(crate) fn logs(&self) -> &LogLimiter {
+        &self.inner.logs
     }
 
     /// Epoch ticks that make up the per-call deadline.

@@ -70,6 +70,24 @@ pub enum Error {
         /// What the plugin said.
         message: String,
     },
+    /// The plugin returned more than the host accepts.
+    #[error("plugin {plugin}: {hook} on {object} returned {what} of {size} {unit}, over the limit of {limit}")]
+    TooLarge {
+        /// The plugin.
+        plugin: String,
+        /// The hook.
+        hook: &'static str,
+        /// The object.
+        object: String,
+        /// What was too large ("an object", "a list", "a path").
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+        /// The unit of both ("bytes", "paths").
+        unit: &'static str,
+    },
     /// The plugin broke the output contract.
     #[error("plugin {plugin}: {hook} on {object} broke the contract ({violation}) at {path:?}: {message}")]
     Contract {
@@ -211,7 +229,7 @@ impl Error {
     pub fn failure(&self) -> Option<CallFailure> {
         match self {
             Self::Call { kind, .. } => Some(*kind),
-            Self::Contract { .. } => Some(CallFailure::Contract),
+            Self::Contract { .. } | Self::TooLarge { .. } => Some(CallFailure::Contract),
             Self::Rejected { .. } => Some(CallFailure::Rejected),
             _ => None,
         }

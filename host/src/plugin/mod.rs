@@ -10,6 +10,7 @@ pub mod fixtures;
 mod host;
 pub mod registry;
 pub mod reload;
+mod wasi;
 
 pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
 pub use engine::{EngineConfig, PluginEngine};
