@@ -21,6 +21,7 @@ use kube::{Api, Client, Config};
 
 pub mod bench;
 pub mod daemon;
+pub mod logs;
 pub mod objects;
 pub mod plugins;
 

@@ -1,8 +1,7 @@
 //! Plugins that misbehave at the edges of the sandbox (stdio, sockets, panics on a tokio worker, oversized output, log floods, greedy scopes) and must not harm the host.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use downsync::plugin::{CallFailure, EngineConfig, Error, Plugin, PluginEngine};
+use downsync_tests::logs::logged;
 use downsync_tests::plugins::plugin_path;
 use serde_json::{Value, json};
 
@@ -26,31 +25,6 @@ fn faulty(engine: &PluginEngine) -> Plugin {
 fn mk_configmap(fault: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n",
         "annotations": {"downsync.dev/fault": fault}}})
-}
-
-/// Everything the host logs while `f` runs on this thread, as text.
-fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&sink.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned();
-    (out, text)
 }
 
 /// What every failed call's message must look like: one short line.

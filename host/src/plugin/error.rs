@@ -17,15 +17,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The artifact cache could not be used.
-    #[error("plugin artifact cache {path}: {source}")]
-    Cache {
-        /// The cache file or folder.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file is not a valid component, or could not be compiled.
     #[error("plugin {plugin}: not a loadable wasm component: {source}")]
     Compile {

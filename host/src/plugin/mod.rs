@@ -2,6 +2,7 @@
 //! per call. Nothing outside this module sees a `Store`.
 
 mod bindings;
+mod cache;
 pub mod component;
 pub mod contract;
 pub mod engine;
