@@ -1,6 +1,6 @@
 //! Plugins that misbehave at the edges of the sandbox (stdio, sockets, panics on a tokio worker, oversized output, log floods, greedy scopes) and must not harm the host.
 
-use downsync::plugin::{CallFailure, EngineConfig, Error, Plugin, PluginEngine};
+use downsync::plugin::{CallFailure, EngineConfig, Error, Oversize, Plugin, PluginEngine};
 use downsync_tests::logs::logged;
 use downsync_tests::plugins::plugin_path;
 use serde_json::{Value, json};
@@ -71,7 +71,7 @@ async fn a_guest_panic_on_a_current_thread_runtime_is_a_trap_error() {
 fn what_a_guest_prints_lands_in_the_host_log_bounded_and_escaped() {
     let engine = engine();
     let plugin = faulty(&engine);
-    let (out, log) = logged(|| plugin.transform(&mk_configmap("print")));
+    let (out, log) = logged(|| plugin.transform(&mk_configmap("print")).map_err(|e| e.to_string()));
     out.expect("printing is harmless");
     let stdout =
         log.lines().find(|l| l.contains("stream=\"stdout\"")).unwrap_or_else(|| panic!("stdout logged: {log}"));
@@ -128,14 +128,14 @@ fn oversized_output_errors_and_ignore_paths_are_bounded() {
     let err = plugin.ignore_paths("", "ManyPaths").expect_err("too many");
     assert!(err.to_string().contains("100000 paths, over the limit of 1024"), "{err}");
     let err = plugin.ignore_paths("", "LongPath").expect_err("too long");
-    assert!(matches!(err, Error::TooLarge { what: "a path", .. }), "{err}");
+    assert!(matches!(err, Error::TooLarge { what: Oversize::Path, .. }), "{err}");
     assert!(plugin.ignore_paths("", "ConfigMap").expect("fine").value.is_empty());
 }
 
 #[test]
 fn a_log_flood_is_rate_limited_and_summarized_and_forged_lines_are_escaped() {
     let plugin = faulty(&engine());
-    let (out, log) = logged(|| plugin.transform(&mk_configmap("log-flood")));
+    let (out, log) = logged(|| plugin.transform(&mk_configmap("log-flood")).map_err(|e| e.to_string()));
     out.expect("flooding is not an error");
     let lines = log.lines().filter(|l| l.contains("flood line")).count();
     // The burst, plus what the bucket refills (20 a second) while the call runs.
@@ -143,13 +143,13 @@ fn a_log_flood_is_rate_limited_and_summarized_and_forged_lines_are_escaped() {
     assert!(log.contains(&format!("suppressed {} log lines from plugin faulty", 10_000 - lines)), "{log}");
 
     // The bucket is per plugin and shared by calls: a second flood right away gets almost nothing.
-    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-flood")));
+    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-flood")).map_err(|e| e.to_string()));
     let lines = log.lines().filter(|l| l.contains("flood line")).count();
     assert!(lines <= 5, "the second flood gets the refill only, not {lines} lines");
 
     // A fresh engine has a full bucket again.
     let plugin = faulty(&engine());
-    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-forge")));
+    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-forge")).map_err(|e| e.to_string()));
     let forged = log.lines().find(|l| l.contains("forged host line")).unwrap_or_else(|| panic!("logged: {log}"));
     assert!(forged.contains(r"innocent\n2026-01-01T00:00:00.000000Z ERROR"), "the newline is escaped: {forged}");
     assert!(forged.contains(r"\u{1b}[31m") && !forged.contains('\u{1b}'), "so is the escape sequence: {forged}");

@@ -10,7 +10,7 @@ use super::bindings::downsync::rules::types as wit;
 use super::bindings::{Rule, RulePre};
 use super::contract;
 use super::engine::PluginEngine;
-use super::error::{CallFailure, Error, Result, Violation};
+use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::{CallState, escape};
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
@@ -222,20 +222,19 @@ impl Plugin {
         let object = format!("{kind}.{group}");
         let out =
             self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))?;
-        let too_large = |what, size, limit, unit| Error::TooLarge {
+        let too_large = |what, size, limit| Error::TooLarge {
             plugin: self.info.name.clone(),
             hook: "ignore-paths",
             object: object.clone(),
             what,
             size,
             limit,
-            unit,
         };
         if out.value.len() > MAX_IGNORE_PATHS {
-            return Err(too_large("a list", out.value.len(), MAX_IGNORE_PATHS, "paths"));
+            return Err(too_large(Oversize::List, out.value.len(), MAX_IGNORE_PATHS));
         }
         if let Some(long) = out.value.iter().find(|p| p.len() > MAX_IGNORE_PATH_BYTES) {
-            return Err(too_large("a path", long.len(), MAX_IGNORE_PATH_BYTES, "bytes"));
+            return Err(too_large(Oversize::Path, long.len(), MAX_IGNORE_PATH_BYTES));
         }
         Ok(out)
     }
@@ -256,10 +255,9 @@ impl Plugin {
                 plugin: self.info.name.clone(),
                 hook,
                 object: object.to_string(),
-                what: "an object",
+                what: Oversize::Object,
                 size: text.len(),
                 limit: MAX_OUTPUT_BYTES,
-                unit: "bytes",
             });
         }
         serde_json::from_str(text).map_err(|e| Error::Contract {
@@ -401,28 +399,47 @@ fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {
     }
 }
 
+/// The most kind patterns and scope patterns `describe` may list, and the longest of each.
+const MAX_DESCRIBE_ENTRIES: usize = 256;
+const MAX_DESCRIBE_FIELD_BYTES: usize = 1024;
+
 fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
     let bad = |message: String| Error::Describe { plugin: label.to_string(), message };
+    // Shown in messages: what a plugin says is bounded before it reaches a log line.
+    let show = |text: &str| format!("{:?}", bounded(text, 100));
     let name_ok = !raw.name.is_empty()
         && raw.name.len() <= 63
         && raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !name_ok {
-        return Err(bad(format!("name {:?} must be 1-63 lowercase letters, digits or '-'", raw.name)));
+        return Err(bad(format!("name {} must be 1-63 lowercase letters, digits or '-'", show(&raw.name))));
     }
-    if raw.version.is_empty() {
-        return Err(bad("version is empty".into()));
+    if raw.version.is_empty() || raw.version.len() > 64 || raw.version.chars().any(char::is_control) {
+        return Err(bad(format!("version {} must be 1-64 printable characters", show(&raw.version))));
     }
     if raw.kinds.is_empty() {
         return Err(bad("it handles no kinds".into()));
     }
+    if raw.kinds.len() > MAX_DESCRIBE_ENTRIES || raw.scope.len() > MAX_DESCRIBE_ENTRIES {
+        return Err(bad(format!(
+            "{} kind patterns and {} scope patterns; the limit is {MAX_DESCRIBE_ENTRIES} each",
+            raw.kinds.len(),
+            raw.scope.len()
+        )));
+    }
     for k in &raw.kinds {
         if k.kind.is_empty() {
-            return Err(bad(format!("kind pattern with group {:?} has an empty kind", k.group)));
+            return Err(bad(format!("kind pattern with group {} has an empty kind", show(&k.group))));
+        }
+        if k.kind.len() + k.group.len() > MAX_DESCRIBE_FIELD_BYTES {
+            return Err(bad(format!("kind pattern {}/{} is too long", show(&k.group), show(&k.kind))));
         }
     }
     for s in &raw.scope {
-        if !s.starts_with('/') || s == "/" {
-            return Err(bad(format!("scope {s:?} is not a JSON pointer below the root")));
+        if !s.starts_with('/') || s == "/" || s.len() > MAX_DESCRIBE_FIELD_BYTES {
+            return Err(bad(format!(
+                "scope {} is not a JSON pointer below the root of at most {MAX_DESCRIBE_FIELD_BYTES} bytes",
+                show(s)
+            )));
         }
     }
     Ok(PluginInfo {
@@ -431,4 +448,52 @@ fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
         kinds: raw.kinds.into_iter().map(|k| KindPattern { group: k.group, kind: k.kind }).collect(),
         scope: raw.scope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_raw(name: &str, version: &str, kinds: usize, scope: &[&str]) -> wit::PluginInfo {
+        wit::PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            kinds: (0..kinds).map(|i| wit::KindPattern { group: String::new(), kind: format!("K{i}") }).collect(),
+            scope: scope.iter().map(|s| (*s).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn describe_output_is_bounded_and_shown_bounded() {
+        assert!(check_describe("p", mk_raw("p", "0.1.0", 1, &["/spec"])).is_ok());
+        let huge = "x".repeat(1 << 20);
+        let err = check_describe("p", mk_raw(&huge, "0.1.0", 1, &[])).expect_err("long name");
+        assert!(err.to_string().len() < 300, "{err}");
+        assert!(check_describe("p", mk_raw("p", &huge, 1, &[])).is_err());
+        assert!(check_describe("p", mk_raw("p", "1\n2", 1, &[])).is_err());
+        assert!(check_describe("p", mk_raw("p", "0.1.0", 10_000, &[])).is_err());
+        let long_scope = format!("/spec/{huge}");
+        let err = check_describe("p", mk_raw("p", "0.1.0", 1, &[&long_scope])).expect_err("long scope");
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_character_boundary_with_a_marker_and_escapes() {
+        assert_eq!(bounded("short\nline", 1024), "short\\nline");
+        let cut = bounded(&"é".repeat(1000), 1025);
+        assert!(cut.starts_with(&"é".repeat(512)) && cut.ends_with("… (976 bytes truncated)"), "{cut}");
+    }
+
+    #[test]
+    fn a_rust_panic_message_is_found_in_stderr() {
+        let stderr =
+            "\nthread '<unnamed>' panicked at src/lib.rs:20:19:\nasked to trap\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(panic_message(stderr).as_deref(), Some("asked to trap (at src/lib.rs:20:19)"));
+        assert_eq!(panic_message("some other output\n"), None);
+        let e = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(cause(&e, stderr), "guest panicked: asked to trap (at src/lib.rs:20:19)");
+        assert!(cause(&e, "").starts_with("wasm trap: "), "{}", cause(&e, ""));
+        let nested = wasmtime::Error::msg("root cause\nmore").context("outer\nbacktrace");
+        assert_eq!(cause(&nested, ""), "root cause");
+    }
 }

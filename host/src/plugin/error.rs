@@ -62,7 +62,7 @@ pub enum Error {
         message: String,
     },
     /// The plugin returned more than the host accepts.
-    #[error("plugin {plugin}: {hook} on {object} returned {what} of {size} {unit}, over the limit of {limit}")]
+    #[error("plugin {plugin}: {hook} on {object} returned {what} of {size} {unit}, over the limit of {limit}", unit = what.unit())]
     TooLarge {
         /// The plugin.
         plugin: String,
@@ -70,14 +70,12 @@ pub enum Error {
         hook: &'static str,
         /// The object.
         object: String,
-        /// What was too large ("an object", "a list", "a path").
-        what: &'static str,
+        /// What was too large.
+        what: Oversize,
         /// Its size.
         size: usize,
         /// The limit.
         limit: usize,
-        /// The unit of both ("bytes", "paths").
-        unit: &'static str,
     },
     /// The plugin broke the output contract.
     #[error("plugin {plugin}: {hook} on {object} broke the contract ({violation}) at {path:?}: {message}")]
@@ -192,6 +190,37 @@ pub enum CallFailure {
     Contract,
     /// The plugin returned an error of its own.
     Rejected,
+}
+
+/// What a plugin returned too much of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Oversize {
+    /// An object's JSON text (bytes).
+    Object,
+    /// An ignore-paths list (paths).
+    List,
+    /// One ignore path (bytes).
+    Path,
+}
+
+impl Oversize {
+    /// The unit its size is counted in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::List => "paths",
+            Self::Object | Self::Path => "bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Object => "an object",
+            Self::List => "a list",
+            Self::Path => "a path",
+        })
+    }
 }
 
 /// Which part of the output contract a plugin broke.

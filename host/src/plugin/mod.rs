@@ -15,6 +15,6 @@ mod wasi;
 
 pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
 pub use engine::{EngineConfig, PluginEngine};
-pub use error::{CallFailure, Error, Result, Violation};
+pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig};
 pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};

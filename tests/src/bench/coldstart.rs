@@ -81,7 +81,7 @@ pub struct ColdStart {
 fn load_all(engine: &PluginEngine, files: &[PathBuf]) -> Result<Duration> {
     let t = Instant::now();
     for f in files {
-        Plugin::load_file(&engine, f).with_context(|| format!("loading {}", f.display()))?;
+        Plugin::load_file(engine, f).with_context(|| format!("loading {}", f.display()))?;
     }
     Ok(t.elapsed())
 }
