@@ -57,6 +57,24 @@ async fn guest_panics_stdio_and_udp_on_a_tokio_worker_do_not_panic_the_host() {
     assert_eq!(out["metadata"]["labels"]["faulty"], "ok");
 }
 
+/// A sleep waits on the plugin's frozen clock, which never gets there: the call fails at once,
+/// on any thread, rather than holding the thread or needing a tokio timer.
+#[test]
+fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
+    let engine = engine();
+    let plugin = faulty(&engine);
+    let started = std::time::Instant::now();
+    let err = plugin.transform(&mk_configmap("sleep")).expect_err("a plugin cannot sleep");
+    assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
+    assert!(err.to_string().contains("plugins cannot block"), "{err}");
+    assert_one_line(&err);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let on_worker = runtime
+        .block_on(async { tokio::spawn(async move { plugin.transform(&mk_configmap("sleep")).is_err() }).await });
+    assert!(on_worker.expect("no host panic on a tokio worker"));
+}
+
 /// The same on a current-thread runtime (`#[tokio::main(flavor = "current_thread")]`, tests).
 #[tokio::test]
 async fn a_guest_panic_on_a_current_thread_runtime_is_a_trap_error() {

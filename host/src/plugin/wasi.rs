@@ -6,9 +6,10 @@
 //! through `in_tokio`, which calls `Handle::block_on` when the thread is inside a tokio runtime
 //! and panics the host on a worker thread ("Cannot start a runtime from within a runtime").
 //! A panicking plugin writes its message to stderr first, so any guest panic would take the
-//! host down. Here those calls are re-linked to poll their future once without any runtime:
-//! everything a plugin can hold (captured stdio, a closed stdin, its own pollables) is always
-//! ready, and anything that would truly block is refused with a trap instead of hanging.
+//! host down. Here those calls are re-linked to poll their future without any runtime:
+//! everything a plugin can hold (captured stdio, a closed stdin, deadlines on its frozen clock
+//! that have passed) is ready at once, and anything that would truly block (a sleep) is
+//! refused with a trap instead of hanging.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -18,6 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::bindings::io::poll as async_poll;
 use wasmtime_wasi::p2::bindings::io::streams::{
     HostInputStream as AsyncHostInputStream, HostOutputStream as AsyncHostOutputStream,
@@ -27,7 +29,7 @@ use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::bindings::sync::sockets::udp_create_socket;
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, DynPollable, OutputStream, Pollable, SocketError, SocketResult, StreamError,
-    StreamResult, UdpSocket,
+    StreamResult, UdpSocket, subscribe,
 };
 use wasmtime_wasi::runtime::poll_noop;
 
@@ -39,7 +41,7 @@ pub(crate) const CAPTURE_BYTES: usize = 4096;
 /// How much a plugin may write in one `write`; the usual WASI permit size.
 const WRITE_PERMIT: usize = 64 << 10;
 
-const WOULD_BLOCK: &str = "the plugin waited on i/o that is not ready; plugins cannot block";
+const WOULD_BLOCK: &str = "the plugin waited for i/o or time that will not come; plugins cannot block";
 
 /// Links the WASI interfaces into `linker`: wasmtime-wasi's synchronous set, with `wasi:io`
 /// and UDP socket creation replaced by versions that never need a tokio runtime.
@@ -48,15 +50,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
     linker.allow_shadowing(true);
     streams::add_to_linker::<CallState, NonBlocking>(linker, |s| NonBlockingIo(s.table()))?;
     poll::add_to_linker::<CallState, NonBlocking>(linker, |s| NonBlockingIo(s.table()))?;
+    monotonic_clock::add_to_linker::<CallState, NonBlocking>(linker, |s| NonBlockingIo(s.table()))?;
     udp_create_socket::add_to_linker::<CallState, NoSockets>(linker, |_| NoSockets)?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
-/// Polls `future` once, without a runtime; None when it is not ready.
+/// Polls `future` a few times, without a runtime; None when it is still not ready. More than
+/// once because a pollable may yield once before it is ready (wasmtime-wasi's past deadlines
+/// do, to let tokio's reactor run).
 fn now<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
-    poll_noop(future.as_mut())
+    (0..3).find_map(|_| poll_noop(future.as_mut()))
 }
 
 /// Guest stdout or stderr: the first [`CAPTURE_BYTES`] bytes kept in memory, the rest counted.
@@ -263,6 +268,44 @@ impl poll::HostPollable for NonBlockingIo<'_> {
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         async_poll::HostPollable::drop(self.0, pollable)
+    }
+}
+
+/// `wasi:clocks/monotonic-clock` on the frozen clock ([`CallState`]'s is stopped at 0): time
+/// never moves, so a deadline at or before 0 is ready and any later one never is. A plugin that
+/// sleeps traps (its wait is never ready) instead of holding the host thread or needing a tokio
+/// timer, which the stock version does.
+impl monotonic_clock::Host for NonBlockingIo<'_> {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        Ok(0)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        Ok(1_000_000_000)
+    }
+
+    fn subscribe_instant(&mut self, when: monotonic_clock::Instant) -> wasmtime::Result<Resource<DynPollable>> {
+        let deadline = self.0.push(Deadline { passed: when == 0 })?;
+        subscribe(self.0, deadline)
+    }
+
+    fn subscribe_duration(&mut self, duration: monotonic_clock::Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let deadline = self.0.push(Deadline { passed: duration == 0 })?;
+        subscribe(self.0, deadline)
+    }
+}
+
+/// A deadline on the frozen clock: passed already, or never.
+struct Deadline {
+    passed: bool,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Deadline {
+    async fn ready(&mut self) {
+        if !self.passed {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! `outside` (writes `/spec/outside`, beyond its scope), `print` (writes to stdout and stderr,
 //! then stamps as usual), `udp` (binds a UDP socket and sends a datagram; returns what came of
 //! it as an error), `big-error` (a 40 MB error string), `big-output` (a 5 MiB label value),
-//! `log-flood` (10 000 host log lines), `log-forge` (a log line with a forged second line).
+//! `log-flood` (10 000 host log lines), `log-forge` (a log line with a forged second line),
+//! `sleep` (sleeps 10 ms, then stamps as usual).
 //! Without the annotation it stamps the label `faulty: ok` (its scope), so the host's happy
 //! path is exercised too. `ignore-paths` answers kind `ManyPaths` with 100 000 paths and kind
 //! `LongPath` with one 1 MiB path.
@@ -46,6 +47,11 @@ pub fn misbehave(desired: &str) -> Result<String, String> {
             Ok(obj.to_string())
         }
         "udp" => Err(udp()),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            pointer::set(&mut obj, "/metadata/labels/faulty", json!("ok"));
+            Ok(obj.to_string())
+        }
         "big-error" => Err("e".repeat(40 << 20)),
         "big-output" => {
             pointer::set(&mut obj, "/metadata/labels/faulty", json!("x".repeat(5 << 20)));
