@@ -108,11 +108,17 @@ impl CallState {
         let (plugin, object) = (self.plugin.as_str(), self.object.as_str());
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();
-            if text.is_empty() {
+            // Printing counts against the same per-plugin budget as `log` lines.
+            if text.is_empty() || !self.logs.admit(plugin) {
                 continue;
             }
             let text = escape(&text, usize::MAX);
-            tracing::info!(plugin, object, hook, stream, dropped_bytes = dropped, "plugin output: {text}");
+            // stderr is where a Rust guest's panic message goes: worth a warning.
+            if stream == "stderr" {
+                tracing::warn!(plugin, object, hook, stream, dropped_bytes = dropped, "plugin output: {text}");
+            } else {
+                tracing::info!(plugin, object, hook, stream, dropped_bytes = dropped, "plugin output: {text}");
+            }
         }
         if let Some(n) = self.logs.summary(plugin) {
             tracing::warn!(plugin, suppressed = n, "suppressed {n} log lines from plugin {plugin}");
