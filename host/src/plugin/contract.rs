@@ -89,8 +89,13 @@ pub fn check(info: &PluginInfo, hook: &'static str, input: &Value, output: &Valu
     Ok(())
 }
 
+/// A value for an error message, cut to 100 characters: it comes from the plugin.
 fn show(v: Option<&Value>) -> String {
-    v.map_or_else(|| "nothing".to_string(), Value::to_string)
+    let text = v.map_or_else(|| "nothing".to_string(), Value::to_string);
+    match text.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 /// The first changed path between `old` and `new` (both at `path`) that no scope pattern covers.
