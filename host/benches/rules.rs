@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use downsync::plugin::{EngineConfig, Metrics, PluginEngine, PluginRegistry, PluginSet, RegistryConfig};
+use downsync::plugin::{EngineConfig, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet, RegistryConfig};
 use downsync_plugin_sdk::Rule;
 use serde_json::{Value, json};
 
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         return;
     }
     let Ok(engine) = PluginEngine::new(EngineConfig::default()) else { return eprintln!("no engine") };
-    let Ok(plugin) = engine.load_file(&path) else { return eprintln!("cannot load {}", path.display()) };
+    let Ok(plugin) = Plugin::load_file(&engine, &path) else { return eprintln!("cannot load {}", path.display()) };
     c.bench_function("service rule, wasm, fresh instance per call", |b| {
         b.iter(|| plugin.preserve(black_box(&existing), black_box(&desired)).is_ok())
     });

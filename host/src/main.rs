@@ -331,7 +331,7 @@ async fn run_command() -> Result<ExitCode> {
 
 fn load(file: &std::path::Path) -> Result<Plugin> {
     let engine = PluginEngine::new(EngineConfig::default()).context("starting the wasm engine")?;
-    engine.load_file(file).with_context(|| format!("checking {}", file.display()))
+    Plugin::load_file(&engine, file).with_context(|| format!("checking {}", file.display()))
 }
 
 fn print_info(plugin: &Plugin) {

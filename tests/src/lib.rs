@@ -22,6 +22,7 @@ use kube::{Api, Client, Config};
 
 pub mod bench;
 pub mod daemon;
+pub mod logs;
 pub mod objects;
 pub mod plugins;
 pub mod proxy;

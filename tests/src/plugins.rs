@@ -17,6 +17,8 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "downsync-plugin-testing-faulty",
     "downsync-plugin-testing-overlap",
     "downsync-plugin-testing-stamp",
+    "downsync-plugin-testing-reserved",
+    "downsync-plugin-testing-describe-panic",
 ];
 
 static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();

@@ -23,7 +23,7 @@ fn small_engine() -> PluginEngine {
 }
 
 fn load(engine: &PluginEngine, crate_name: &str) -> Plugin {
-    engine.load_file(&plugin_path(crate_name).expect("plugin built")).expect("plugin loads")
+    Plugin::load_file(engine, &plugin_path(crate_name).expect("plugin built")).expect("plugin loads")
 }
 
 fn settings(entries: &[(&str, PluginSettings)]) -> RegistryConfig {

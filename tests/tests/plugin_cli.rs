@@ -67,3 +67,13 @@ fn test_passes_good_fixtures_and_fails_wrong_ones_with_a_diff() {
     );
     let _ = std::fs::remove_dir_all(&bad);
 }
+
+#[test]
+fn check_reports_a_panic_in_describe_as_an_error_and_exits_1() {
+    let wasm = plugin_path("downsync-plugin-testing-describe-panic").expect("built");
+    let out = run(&["plugin".as_ref(), "check".as_ref(), wasm.as_os_str()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "an error, not a host panic (101): {t}");
+    assert!(t.contains("describe-panic plugin refuses to describe itself"), "the guest's panic message: {t}");
+    assert!(!t.contains("panicked at host/") && !t.contains("Cannot start a runtime"), "{t}");
+}

@@ -226,3 +226,35 @@ fn an_overlapping_newcomer_is_refused_and_retried_once_the_other_is_gone() {
     assert!(reloader.status().iter().all(|s| s.last_error.is_none()), "{:?}", reloader.status());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_refused_newcomer_is_reported_once_not_rechecked_in_a_loop_and_the_watch_stops_on_drop() {
+    let dir = scratch("refused-once");
+    std::fs::copy(plugin_path("downsync-plugin-service").expect("built"), dir.join("a-service.wasm")).expect("copy");
+    std::fs::copy(plugin_path("downsync-plugin-testing-overlap").expect("built"), dir.join("b-overlap.wasm"))
+        .expect("copy");
+    let (reloader, handle) = start(&dir);
+    let refused =
+        |r: &Reloader| r.status().iter().any(|s| s.file.ends_with("b-overlap.wasm") && s.last_error.is_some());
+    assert!(refused(&reloader), "the initial scan refuses the overlapping newcomer");
+    // Idle for two seconds: each scan opens every file, which must not set off another scan
+    // that checks (and reports) the same refused bytes again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(reloader.registry().metrics().reload_failures("b-overlap"), 1, "reported once");
+
+    // A change to the set it collided with is a reason to try it again: it loads.
+    std::fs::remove_file(dir.join("a-service.wasm")).expect("remove");
+    wait_for("the newcomer to load once the collision is gone", || {
+        reloader.registry().snapshot().plugins().iter().any(|l| l.plugin.name() == "overlap")
+    });
+    assert_eq!(reloader.registry().metrics().reload_failures("b-overlap"), 1);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(handle);
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("dropping the handle stops the watch thread");
+    assert_eq!(Arc::strong_count(&reloader), 1, "the reload thread let go of the reloader");
+    let _ = std::fs::remove_dir_all(&dir);
+}

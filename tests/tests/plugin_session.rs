@@ -17,7 +17,7 @@ fn engine(fuel: u64) -> PluginEngine {
 }
 
 fn load(engine: &PluginEngine, crate_name: &str) -> Plugin {
-    engine.load_file(&plugin_path(crate_name).expect("plugin built")).expect("plugin loads")
+    Plugin::load_file(engine, &plugin_path(crate_name).expect("plugin built")).expect("plugin loads")
 }
 
 #[test]

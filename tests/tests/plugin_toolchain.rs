@@ -1,7 +1,7 @@
 //! The WASM toolchain end to end: a plugin crate built for wasm32-wasip2 loads in the host's
 //! wasmtime and runs.
 
-use downsync::plugin::{EngineConfig, Error, PluginEngine};
+use downsync::plugin::{EngineConfig, Error, Plugin, PluginEngine};
 use downsync_tests::plugins::plugin_path;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ fn the_minimal_plugin_loads_and_transforms_a_configmap() {
     let cache = scratch_dir("toolchain-cache");
     let engine = engine_with_cache(&cache);
 
-    let plugin = engine.load_file(&wasm).expect("loads");
+    let plugin = Plugin::load_file(&engine, &wasm).expect("loads");
     assert_eq!(plugin.name(), "minimal");
     assert!(plugin.info().handles("", "ConfigMap"));
     assert!(!plugin.info().handles("apps", "Deployment"));
@@ -33,7 +33,7 @@ fn the_minimal_plugin_loads_and_transforms_a_configmap() {
 
     let cached: Vec<_> = std::fs::read_dir(&cache).expect("cache dir").flatten().collect();
     assert_eq!(cached.len(), 1, "the precompiled component is cached on disk");
-    let again = engine_with_cache(&cache).load_file(&wasm).expect("loads from cache");
+    let again = Plugin::load_file(&engine_with_cache(&cache), &wasm).expect("loads from cache");
     assert_eq!(again.digest(), plugin.digest());
     let _ = std::fs::remove_dir_all(&cache);
 }
@@ -41,7 +41,7 @@ fn the_minimal_plugin_loads_and_transforms_a_configmap() {
 #[test]
 fn a_file_that_is_not_a_component_is_refused_with_its_name() {
     let engine = engine_with_cache(&scratch_dir("toolchain-bad"));
-    let err = engine.load_bytes("garbage", b"\0asm but not really").expect_err("refused");
+    let err = Plugin::load(&engine, "garbage", b"\0asm but not really").expect_err("refused");
     assert!(matches!(err, Error::Compile { .. }), "{err}");
     assert!(err.to_string().contains("plugin garbage"), "{err}");
 }

@@ -3,7 +3,7 @@
 //! ServiceAccount secrets) survives upstream updates, under each update strategy.
 
 use downsync::kube::KubeDownstream;
-use downsync::plugin::{EngineConfig, Metrics, PluginEngine, PluginRegistry, PluginSet, RegistryConfig};
+use downsync::plugin::{EngineConfig, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet, RegistryConfig};
 use downsync::sync::{DownstreamConfig, Operation, StateCache, Syncer, UpdateStrategy};
 use downsync_tests::TestEnv;
 use downsync_tests::plugins::plugin_path;
@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 fn mk_rules(crates: &[&str]) -> PluginRegistry {
     let engine = PluginEngine::new(EngineConfig::default()).expect("engine");
-    let plugins = crates.iter().map(|c| engine.load_file(&plugin_path(c).expect("built")).expect("loads")).collect();
+    let plugins =
+        crates.iter().map(|c| Plugin::load_file(&engine, &plugin_path(c).expect("built")).expect("loads")).collect();
     PluginRegistry::new(PluginSet::new(plugins, &RegistryConfig::default()).expect("no overlap"), Metrics::default())
 }
 

@@ -1,14 +1,17 @@
 //! A loaded plugin: its prepared instance and the hooks, each called in a fresh store (or, for
 //! batch work such as benchmarks, in one kept [`Session`]).
 
+use std::path::Path;
+
 use serde_json::Value;
 use wasmtime::Store;
 
 use super::bindings::downsync::rules::types as wit;
 use super::bindings::{Rule, RulePre};
+use super::contract;
 use super::engine::PluginEngine;
-use super::error::{CallFailure, Error, Result, Violation};
-use super::host::CallState;
+use super::error::{CallFailure, Error, Oversize, Result, Violation};
+use super::host::{CallState, escape};
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -84,7 +87,22 @@ impl std::fmt::Debug for Plugin {
 pub use crate::sync::syncer::object_ref;
 
 impl Plugin {
-    pub(crate) fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
+    /// Loads a plugin from a file: compiles it (or takes it from the engine's cache), checks
+    /// that it implements the `rule` world, and calls `describe`. The file stem names it in
+    /// errors until `describe` gives its name.
+    pub fn load_file(engine: &PluginEngine, path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        Self::load(engine, label, &bytes)
+    }
+
+    /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
+    pub fn load(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
+        let (digest, pre) = engine.prepare(label, bytes)?;
+        Self::new(engine.clone(), label, digest, pre)
+    }
+
+    fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
         let mut plugin = Self {
             engine,
             info: PluginInfo { name: label.to_string(), version: String::new(), kinds: vec![], scope: vec![] },
@@ -93,6 +111,7 @@ impl Plugin {
         };
         let raw = plugin.call("describe", "-", |store, rule| rule.downsync_rules_rules().call_describe(store))?.value;
         plugin.info = check_describe(label, raw)?;
+        contract::check_scope(&plugin.info)?;
         Ok(plugin)
     }
 
@@ -121,27 +140,27 @@ impl Plugin {
     ) -> Result<Called<T>> {
         let cfg = self.engine.config();
         let mut store = self.new_store(object);
-        let fail = |store: &Store<CallState>, e: wasmtime::Error| self.call_error(store, hook, object, e);
-        if let Err(e) = self.arm(&mut store) {
-            return Err(fail(&store, e));
-        }
-        let rule = match self.pre.instantiate(&mut store) {
-            Ok(r) => r,
-            Err(e) => return Err(fail(&store, e)),
-        };
-        match f(&mut store, &rule) {
+        let outcome = self.arm(&mut store).and_then(|()| {
+            let rule = self.pre.instantiate(&mut store)?;
+            f(&mut store, &rule)
+        });
+        let called = match outcome {
             Ok(value) => {
                 let fuel = cfg.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
                 Ok(Called { value, fuel })
             }
-            Err(e) => Err(fail(&store, e)),
-        }
+            Err(e) => Err(self.call_error(&store, hook, object, e)),
+        };
+        // After the error is built: a trap's cause is read from what the guest wrote to stderr.
+        store.data().flush_output(hook);
+        called
     }
 
     /// A store with this plugin's limits; fuel and deadline are set by [`Plugin::arm`].
     fn new_store(&self, object: &str) -> Store<CallState> {
         let cfg = self.engine.config();
-        let mut store = Store::new(self.engine.engine(), CallState::new(&self.info.name, object, cfg.memory_bytes));
+        let state = CallState::new(&self.info.name, object, cfg.memory_bytes, self.engine.logs().clone());
+        let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store
     }
@@ -153,13 +172,19 @@ impl Plugin {
         Ok(())
     }
 
+    /// A one-line error for a failed call: the failure class and the first line of its cause
+    /// (a guest panic's message, the trap, the limit hit). The full error with the wasm
+    /// backtrace goes to the debug log.
     fn call_error(&self, store: &Store<CallState>, hook: &'static str, object: &str, e: wasmtime::Error) -> Error {
+        let kind = classify(&e, store.data().limits.memory_denied);
+        let plugin = self.info.name.as_str();
+        tracing::debug!(plugin, object, hook, failure = %kind, error = ?e, "plugin call failed");
         Error::Call {
-            plugin: self.info.name.clone(),
+            plugin: plugin.to_string(),
             hook,
             object: object.to_string(),
-            kind: classify(&e, store.data().limits.memory_denied),
-            message: format!("{e:#}"),
+            kind,
+            message: cause(&e, &store.data().stderr.peek()),
         }
     }
 
@@ -168,12 +193,7 @@ impl Plugin {
         let object = object_ref(desired);
         let input = desired.to_string();
         let out = self.call("transform", &object, |s, r| r.downsync_rules_rules().call_transform(s, &input))?;
-        let text = out.value.map_err(|message| Error::Rejected {
-            plugin: self.info.name.clone(),
-            hook: "transform",
-            object: object.clone(),
-            message,
-        })?;
+        let text = out.value.map_err(|message| self.rejected("transform", &object, &message))?;
         let value = self.parse_output("transform", &object, &text)?;
         Ok(Called { value, fuel: out.fuel })
     }
@@ -188,16 +208,11 @@ impl Plugin {
 
     /// Turns what `preserve` returned into a [`Decision`].
     fn decision(&self, object: &str, out: Called<Result<wit::Decision, String>>) -> Result<Called<Decision>> {
-        let decision = out.value.map_err(|message| Error::Rejected {
-            plugin: self.info.name.clone(),
-            hook: "preserve",
-            object: object.to_string(),
-            message,
-        })?;
+        let decision = out.value.map_err(|message| self.rejected("preserve", object, &message))?;
         let value = match decision {
             wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", object, &text)?),
-            wit::Decision::Recreate(reason) => Decision::Recreate(reason),
-            wit::Decision::Skip(reason) => Decision::Skip(reason),
+            wit::Decision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
+            wit::Decision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
         };
         Ok(Called { value, fuel: out.fuel })
     }
@@ -205,10 +220,46 @@ impl Plugin {
     /// Calls `ignore-paths` for a group and kind.
     pub fn ignore_paths(&self, group: &str, kind: &str) -> Result<Called<Vec<String>>> {
         let object = format!("{kind}.{group}");
-        self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))
+        let out =
+            self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))?;
+        let too_large = |what, size, limit| Error::TooLarge {
+            plugin: self.info.name.clone(),
+            hook: "ignore-paths",
+            object: object.clone(),
+            what,
+            size,
+            limit,
+        };
+        if out.value.len() > MAX_IGNORE_PATHS {
+            return Err(too_large(Oversize::List, out.value.len(), MAX_IGNORE_PATHS));
+        }
+        if let Some(long) = out.value.iter().find(|p| p.len() > MAX_IGNORE_PATH_BYTES) {
+            return Err(too_large(Oversize::Path, long.len(), MAX_IGNORE_PATH_BYTES));
+        }
+        Ok(out)
+    }
+
+    /// The error for a plugin's own refusal, its message bounded and escaped.
+    fn rejected(&self, hook: &'static str, object: &str, message: &str) -> Error {
+        Error::Rejected {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            message: bounded(message, MAX_MESSAGE_BYTES),
+        }
     }
 
     fn parse_output(&self, hook: &'static str, object: &str, text: &str) -> Result<Value> {
+        if text.len() > MAX_OUTPUT_BYTES {
+            return Err(Error::TooLarge {
+                plugin: self.info.name.clone(),
+                hook,
+                object: object.to_string(),
+                what: Oversize::Object,
+                size: text.len(),
+                limit: MAX_OUTPUT_BYTES,
+            });
+        }
         serde_json::from_str(text).map_err(|e| Error::Contract {
             plugin: self.info.name.clone(),
             hook,
@@ -275,7 +326,7 @@ impl Session {
         let called = plugin
             .arm(&mut self.store)
             .and_then(|()| self.rule.downsync_rules_rules().call_preserve(&mut self.store, &e, &d));
-        match called {
+        let result = match called {
             Ok(value) => {
                 let fuel = plugin.engine.config().fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
                 plugin.decision(&object, Called { value, fuel })
@@ -284,8 +335,59 @@ impl Session {
                 self.broken = true;
                 Err(plugin.call_error(&self.store, "preserve", &object, e))
             }
-        }
+        };
+        self.store.data().flush_output("preserve");
+        result
     }
+}
+
+/// The largest object (JSON text) `transform` or `preserve` may return.
+pub const MAX_OUTPUT_BYTES: usize = 4 << 20;
+/// The longest error message or reason kept from a plugin; the rest is cut with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The most paths `ignore-paths` may return.
+pub const MAX_IGNORE_PATHS: usize = 1024;
+/// The longest path `ignore-paths` may return.
+pub const MAX_IGNORE_PATH_BYTES: usize = 1024;
+/// The longest cause kept in a call error.
+const MAX_CAUSE_CHARS: usize = 200;
+
+/// `text` cut to about `max` bytes (on a character boundary) with a marker saying how much
+/// was cut, control characters escaped: plugin text ends up in logs, events and errors.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return escape(text, usize::MAX);
+    }
+    let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes truncated)", escape(&text[..cut], usize::MAX), text.len() - cut)
+}
+
+/// The first line of what made a call fail: a guest panic's message (Rust guests write it to
+/// stderr, then abort with an `unreachable` trap), else the trap, else the innermost error.
+fn cause(e: &wasmtime::Error, stderr: &str) -> String {
+    let line = if let Some(message) = panic_message(stderr) {
+        format!("guest panicked: {message}")
+    } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        format!("wasm trap: {trap}")
+    } else {
+        let root = e.root_cause().to_string();
+        let first = root.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
+        if first.is_empty() { "unknown error".to_string() } else { first }
+    };
+    escape(&line, MAX_CAUSE_CHARS)
+}
+
+/// The message of a Rust panic in captured stderr: the line after `panicked at <place>:`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    let at = lines.find(|l| l.contains("panicked at "))?;
+    // Rust >= 1.73 puts the message on the next line; older versions after `panicked at '`.
+    let place = at.split_once("panicked at ").map_or("", |(_, p)| p).trim_end_matches(':');
+    let message = lines.next().map(str::trim).filter(|m| !m.is_empty() && !m.starts_with("note:"));
+    Some(match message {
+        Some(m) => format!("{m} (at {place})"),
+        None => place.to_string(),
+    })
 }
 
 fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {
@@ -297,33 +399,47 @@ fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {
     }
 }
 
+/// The most kind patterns and scope patterns `describe` may list, and the longest of each.
+const MAX_DESCRIBE_ENTRIES: usize = 256;
+const MAX_DESCRIBE_FIELD_BYTES: usize = 1024;
+
 fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
     let bad = |message: String| Error::Describe { plugin: label.to_string(), message };
+    // Shown in messages: what a plugin says is bounded before it reaches a log line.
+    let show = |text: &str| format!("{:?}", bounded(text, 100));
     let name_ok = !raw.name.is_empty()
         && raw.name.len() <= 63
         && raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !name_ok {
-        return Err(bad(format!("name {:?} must be 1-63 lowercase letters, digits or '-'", raw.name)));
+        return Err(bad(format!("name {} must be 1-63 lowercase letters, digits or '-'", show(&raw.name))));
     }
-    if raw.version.is_empty() {
-        return Err(bad("version is empty".into()));
+    if raw.version.is_empty() || raw.version.len() > 64 || raw.version.chars().any(char::is_control) {
+        return Err(bad(format!("version {} must be 1-64 printable characters", show(&raw.version))));
     }
     if raw.kinds.is_empty() {
         return Err(bad("it handles no kinds".into()));
     }
+    if raw.kinds.len() > MAX_DESCRIBE_ENTRIES || raw.scope.len() > MAX_DESCRIBE_ENTRIES {
+        return Err(bad(format!(
+            "{} kind patterns and {} scope patterns; the limit is {MAX_DESCRIBE_ENTRIES} each",
+            raw.kinds.len(),
+            raw.scope.len()
+        )));
+    }
     for k in &raw.kinds {
         if k.kind.is_empty() {
-            return Err(bad(format!("kind pattern with group {:?} has an empty kind", k.group)));
+            return Err(bad(format!("kind pattern with group {} has an empty kind", show(&k.group))));
+        }
+        if k.kind.len() + k.group.len() > MAX_DESCRIBE_FIELD_BYTES {
+            return Err(bad(format!("kind pattern {}/{} is too long", show(&k.group), show(&k.kind))));
         }
     }
     for s in &raw.scope {
-        if !s.starts_with('/') || s == "/" {
-            return Err(bad(format!("scope {s:?} is not a JSON pointer below the root")));
-        }
-        for forbidden in ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace", "/metadata"] {
-            if s == forbidden {
-                return Err(bad(format!("scope {s:?} would let it rewrite the object's identity")));
-            }
+        if !s.starts_with('/') || s == "/" || s.len() > MAX_DESCRIBE_FIELD_BYTES {
+            return Err(bad(format!(
+                "scope {} is not a JSON pointer below the root of at most {MAX_DESCRIBE_FIELD_BYTES} bytes",
+                show(s)
+            )));
         }
     }
     Ok(PluginInfo {
@@ -332,4 +448,52 @@ fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
         kinds: raw.kinds.into_iter().map(|k| KindPattern { group: k.group, kind: k.kind }).collect(),
         scope: raw.scope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_raw(name: &str, version: &str, kinds: usize, scope: &[&str]) -> wit::PluginInfo {
+        wit::PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            kinds: (0..kinds).map(|i| wit::KindPattern { group: String::new(), kind: format!("K{i}") }).collect(),
+            scope: scope.iter().map(|s| (*s).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn describe_output_is_bounded_and_shown_bounded() {
+        assert!(check_describe("p", mk_raw("p", "0.1.0", 1, &["/spec"])).is_ok());
+        let huge = "x".repeat(1 << 20);
+        let err = check_describe("p", mk_raw(&huge, "0.1.0", 1, &[])).expect_err("long name");
+        assert!(err.to_string().len() < 300, "{err}");
+        assert!(check_describe("p", mk_raw("p", &huge, 1, &[])).is_err());
+        assert!(check_describe("p", mk_raw("p", "1\n2", 1, &[])).is_err());
+        assert!(check_describe("p", mk_raw("p", "0.1.0", 10_000, &[])).is_err());
+        let long_scope = format!("/spec/{huge}");
+        let err = check_describe("p", mk_raw("p", "0.1.0", 1, &[&long_scope])).expect_err("long scope");
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_character_boundary_with_a_marker_and_escapes() {
+        assert_eq!(bounded("short\nline", 1024), "short\\nline");
+        let cut = bounded(&"é".repeat(1000), 1025);
+        assert!(cut.starts_with(&"é".repeat(512)) && cut.ends_with("… (976 bytes truncated)"), "{cut}");
+    }
+
+    #[test]
+    fn a_rust_panic_message_is_found_in_stderr() {
+        let stderr =
+            "\nthread '<unnamed>' panicked at src/lib.rs:20:19:\nasked to trap\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(panic_message(stderr).as_deref(), Some("asked to trap (at src/lib.rs:20:19)"));
+        assert_eq!(panic_message("some other output\n"), None);
+        let e = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(cause(&e, stderr), "guest panicked: asked to trap (at src/lib.rs:20:19)");
+        assert!(cause(&e, "").starts_with("wasm trap: "), "{}", cause(&e, ""));
+        let nested = wasmtime::Error::msg("root cause\nmore").context("outer\nbacktrace");
+        assert_eq!(cause(&nested, ""), "root cause");
+    }
 }

@@ -2,7 +2,7 @@
 //! precompiled components.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,9 +12,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{Rule, RulePre};
-use super::component::Plugin;
+use super::cache::ArtifactCache;
 use super::error::{Error, Result};
-use super::host::CallState;
+use super::host::{CallState, LogLimiter};
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -83,6 +83,10 @@ struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
     config: EngineConfig,
+    /// Plugin log lines per plugin name, across all calls.
+    logs: LogLimiter,
+    /// Precompiled components on disk, if configured.
+    cache: Option<ArtifactCache>,
     _ticker: Ticker,
 }
 
@@ -115,9 +119,10 @@ impl PluginEngine {
         let engine = Engine::new(&wasm).map_err(Error::Engine)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::Engine)?;
+        super::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
         Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
 
+        let cache = config.cache_dir.as_deref().map(ArtifactCache::new);
         let stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop_flag) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -130,7 +135,16 @@ impl PluginEngine {
             })
             .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}"))))?;
 
-        Ok(Self { inner: Arc::new(Inner { engine, linker, config, _ticker: Ticker(stop) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                logs: LogLimiter::default(),
+                cache,
+                _ticker: Ticker(stop),
+            }),
+        })
     }
 
     /// The engine's configuration.
@@ -142,21 +156,20 @@ impl PluginEngine {
         &self.inner.engine
     }
 
+    /// The rate limit on plugin log lines, shared by every call.
+    pub(crate) fn logs(&self) -> &LogLimiter {
+        &self.inner.logs
+    }
+
     /// Epoch ticks that make up the per-call deadline.
     pub(crate) fn deadline_ticks(&self) -> u64 {
         (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
     }
 
-    /// Loads a plugin from a file: compiles it (or takes it from the cache), checks that it
-    /// implements the `rule` world, and calls `describe`.
-    pub fn load_file(&self, path: &Path) -> Result<Plugin> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
-        let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
-        self.load_bytes(&label, &bytes)
-    }
-
-    /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
-    pub fn load_bytes(&self, label: &str, bytes: &[u8]) -> Result<Plugin> {
+    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world.
+    /// Returns the component's sha256 (lowercase hex) and the prepared instance; `label` names
+    /// the plugin in errors. [`Plugin::load`](super::Plugin::load) is the public way in.
+    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre<CallState>)> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self.compile(label, &digest, bytes)?;
         let pre = self
@@ -165,56 +178,37 @@ impl PluginEngine {
             .instantiate_pre(&component)
             .and_then(RulePre::new)
             .map_err(|source| Error::WorldMismatch { plugin: label.to_string(), source })?;
-        Plugin::new(self.clone(), label, digest, pre)
+        Ok((digest, pre))
     }
 
     fn compile(&self, label: &str, digest: &str, bytes: &[u8]) -> Result<Component> {
         let engine = &self.inner.engine;
         let compile_err = |source| Error::Compile { plugin: label.to_string(), source };
-        let Some(dir) = &self.inner.config.cache_dir else {
+        let Some(cache) = &self.inner.cache else {
             return Component::new(engine, bytes).map_err(compile_err);
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        let path = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
-        if path.is_file() {
-            // SAFETY: the file was written by `precompile_component` of an engine with the same
-            // compatibility hash (it is in the name), into downsync's own cache folder, and
-            // renamed into place only when complete. wasmtime also checks the header.
+        let compat = format!("{:016x}", h.finish());
+        if let Some(artifact) = cache.get(label, digest, &compat) {
+            // SAFETY: the artifact comes from a folder and file only this user can write (see
+            // plugin::cache), and its header ties it to this component's sha256 and to this
+            // engine's compatibility hash, with a sha256 of the artifact itself. wasmtime also
+            // checks its own header.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok(c),
                 Err(e) => {
-                    tracing::warn!(plugin = label, path = %path.display(), error = %e, "discarding unusable cached artifact")
+                    tracing::warn!(plugin = label, error = %e, "discarding an unusable cached artifact; recompiling")
                 }
             }
         }
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
-        // The cache is an optimisation: failing to fill it costs a compile next time, nothing more.
-        if let Err(e) = write_atomically(dir, digest, &path, &artifact) {
-            tracing::warn!(plugin = label, error = %e, "cannot cache the compiled component");
-        }
+        cache.put(label, digest, &compat, &artifact);
         // SAFETY: `artifact` was produced just above by this very engine.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(engine, &artifact) }.map_err(compile_err)
     }
-}
-
-/// Distinguishes the temporary files of concurrent compiles within one process.
-static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Writes `bytes` to `path` through a temporary file unique to this call, renamed into place
-/// when complete, so a reader never sees a partial artifact.
-fn write_atomically(dir: &Path, digest: &str, path: &Path, bytes: &[u8]) -> Result<()> {
-    let cache_err = |source| Error::Cache { path: dir.to_path_buf(), source };
-    std::fs::create_dir_all(dir).map_err(cache_err)?;
-    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{digest}.{}.{seq}.tmp", std::process::id()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(cache_err)
 }
 
 /// Lowercase hex of a digest.

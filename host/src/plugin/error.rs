@@ -17,15 +17,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The artifact cache could not be used.
-    #[error("plugin artifact cache {path}: {source}")]
-    Cache {
-        /// The cache file or folder.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file is not a valid component, or could not be compiled.
     #[error("plugin {plugin}: not a loadable wasm component: {source}")]
     Compile {
@@ -69,6 +60,22 @@ pub enum Error {
         object: String,
         /// What the plugin said.
         message: String,
+    },
+    /// The plugin returned more than the host accepts.
+    #[error("plugin {plugin}: {hook} on {object} returned {what} of {size} {unit}, over the limit of {limit}", unit = what.unit())]
+    TooLarge {
+        /// The plugin.
+        plugin: String,
+        /// The hook.
+        hook: &'static str,
+        /// The object.
+        object: String,
+        /// What was too large.
+        what: Oversize,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The plugin broke the output contract.
     #[error("plugin {plugin}: {hook} on {object} broke the contract ({violation}) at {path:?}: {message}")]
@@ -148,6 +155,16 @@ pub enum Error {
         /// The watcher's or the file system's error.
         message: String,
     },
+    /// A write scope covers a field downsync owns: the identity or the ownership stamp.
+    #[error("plugin {plugin}: scope {scope:?} covers {path}, which only downsync may write")]
+    ReservedScope {
+        /// The plugin.
+        plugin: String,
+        /// The offending scope pattern.
+        scope: String,
+        /// The reserved JSON pointer it covers.
+        path: String,
+    },
     /// `describe` returned something unusable.
     #[error("plugin {plugin}: describe is not sane: {message}")]
     Describe {
@@ -173,6 +190,37 @@ pub enum CallFailure {
     Contract,
     /// The plugin returned an error of its own.
     Rejected,
+}
+
+/// What a plugin returned too much of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Oversize {
+    /// An object's JSON text (bytes).
+    Object,
+    /// An ignore-paths list (paths).
+    List,
+    /// One ignore path (bytes).
+    Path,
+}
+
+impl Oversize {
+    /// The unit its size is counted in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::List => "paths",
+            Self::Object | Self::Path => "bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Object => "an object",
+            Self::List => "a list",
+            Self::Path => "a path",
+        })
+    }
 }
 
 /// Which part of the output contract a plugin broke.
@@ -201,7 +249,7 @@ impl Error {
     pub fn failure(&self) -> Option<CallFailure> {
         match self {
             Self::Call { kind, .. } => Some(*kind),
-            Self::Contract { .. } => Some(CallFailure::Contract),
+            Self::Contract { .. } | Self::TooLarge { .. } => Some(CallFailure::Contract),
             Self::Rejected { .. } => Some(CallFailure::Rejected),
             _ => None,
         }

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::component::{Decision, Plugin};
+use super::contract;
 use super::error::{Error, Result};
-use super::registry::{check_contract, group_kind};
+use super::registry::group_kind;
 
 /// What a case expects.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +124,7 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String
         return Err(format!("plugin {} does not handle {gk}", plugin.name()));
     }
     let transformed = plugin.transform(&fixture.desired).map_err(|e| e.to_string())?.value;
-    check_contract(plugin.info(), "transform", &fixture.desired, &transformed).map_err(|e| e.to_string())?;
+    contract::check(plugin.info(), "transform", &fixture.desired, &transformed).map_err(|e| e.to_string())?;
     let decision = match &fixture.existing {
         None => Decision::Apply(transformed),
         Some(existing) => preserve_checked(plugin, existing, &transformed)?,
@@ -160,7 +161,7 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String
 fn preserve_checked(plugin: &Plugin, existing: &Value, desired: &Value) -> std::result::Result<Decision, String> {
     let decision = plugin.preserve(existing, desired).map_err(|e| e.to_string())?.value;
     if let Decision::Apply(out) = &decision {
-        check_contract(plugin.info(), "preserve", desired, out).map_err(|e| e.to_string())?;
+        contract::check(plugin.info(), "preserve", desired, out).map_err(|e| e.to_string())?;
     }
     Ok(decision)
 }

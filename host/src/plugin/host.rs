@@ -1,4 +1,9 @@
-//! Per-call store state: the `log` import, a WASI context with nothing in it, and the limits.
+//! Per-call store state: the `log` import (escaped, truncated, rate-limited), a WASI context with
+//! nothing in it but captured stdio, and the limits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -6,6 +11,10 @@ use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::downsync::rules::host::{Host, Level};
+use super::wasi::Captured;
+
+/// Characters of one plugin log line kept; the rest is cut.
+const LOG_MESSAGE_CHARS: usize = 2048;
 
 /// The state of one store; dropped after the call.
 pub(crate) struct CallState {
@@ -14,6 +23,10 @@ pub(crate) struct CallState {
     pub(crate) limits: Limits,
     plugin: String,
     object: String,
+    /// What the guest wrote to stdout and stderr (a panicking Rust guest writes its message).
+    pub(crate) stdout: Captured,
+    pub(crate) stderr: Captured,
+    logs: LogLimiter,
 }
 
 /// A clock stopped at the epoch: plugins must give the same verdict for the same object at any
@@ -39,11 +52,14 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 impl CallState {
-    /// A sandbox with no filesystem, network, environment, arguments or stdio, frozen clocks
-    /// and fixed "randomness". Rust's wasm32-wasip2 std imports these WASI interfaces, so they
+    /// A sandbox with no filesystem, network, environment, arguments or stdin, stdout and stderr
+    /// captured in memory, frozen clocks and fixed "randomness". Rust's wasm32-wasip2 std imports these WASI interfaces, so they
     /// are linked, but they give a plugin nothing to differ on.
-    pub(crate) fn new(plugin: &str, object: &str, memory_cap: usize) -> Self {
+    pub(crate) fn new(plugin: &str, object: &str, memory_cap: usize, logs: LogLimiter) -> Self {
+        let (stdout, stderr) = (Captured::default(), Captured::default());
         let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
             .secure_random(Deterministic::new(vec![0x5a]))
@@ -69,6 +85,9 @@ impl CallState {
             },
             plugin: plugin.to_string(),
             object: object.to_string(),
+            stdout,
+            stderr,
+            logs,
         }
     }
 }
@@ -77,6 +96,112 @@ impl CallState {
     /// Names the object of the next call in log lines (a reused session serves many objects).
     pub(crate) fn set_object(&mut self, object: &str) {
         object.clone_into(&mut self.object);
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    /// Writes what the guest printed during the call to the host log, bounded and escaped, and
+    /// the count of log lines the rate limit held back. Empties the captures.
+    pub(crate) fn flush_output(&self, hook: &str) {
+        let (plugin, object) = (self.plugin.as_str(), self.object.as_str());
+        for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let (text, dropped) = captured.take();
+            // Printing counts against the same per-plugin budget as `log` lines.
+            if text.is_empty() || !self.logs.admit(plugin) {
+                continue;
+            }
+            let text = escape(&text, usize::MAX);
+            // stderr is where a Rust guest's panic message goes: worth a warning.
+            if stream == "stderr" {
+                tracing::warn!(plugin, object, hook, stream, dropped_bytes = dropped, "plugin output: {text}");
+            } else {
+                tracing::info!(plugin, object, hook, stream, dropped_bytes = dropped, "plugin output: {text}");
+            }
+        }
+        if let Some(n) = self.logs.summary(plugin) {
+            tracing::warn!(plugin, suppressed = n, "suppressed {n} log lines from plugin {plugin}");
+        }
+    }
+}
+
+/// Cuts `text` to `max_chars` characters and escapes control characters (newlines included),
+/// so that nothing a plugin says can pass for a host log line or move the terminal cursor.
+pub(crate) fn escape(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars));
+    for c in text.chars().take(max_chars) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Log lines a plugin may write per second, and in a burst, across all of its calls.
+const LOG_LINES_PER_SEC: f64 = 20.0;
+const LOG_BURST: f64 = 100.0;
+/// The shortest time between two "suppressed N log lines" summaries of one plugin.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// A token bucket of log lines per plugin name, shared by all calls of the engine, so that a
+/// plugin cannot flood the host log however many calls it gets. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogLimiter(Arc<Mutex<HashMap<String, Bucket>>>);
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    /// Lines held back since the last summary.
+    suppressed: u64,
+    /// When the last summary was written.
+    summarized: Option<Instant>,
+}
+
+impl LogLimiter {
+    /// Whether one more line of `plugin` may be written now.
+    pub(crate) fn admit(&self, plugin: &str) -> bool {
+        self.admit_at(plugin, Instant::now())
+    }
+
+    fn admit_at(&self, plugin: &str, now: Instant) -> bool {
+        let mut buckets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = buckets.entry(plugin.to_string()).or_insert_with(|| Bucket {
+            tokens: LOG_BURST,
+            refilled: now,
+            suppressed: 0,
+            summarized: None,
+        });
+        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * LOG_LINES_PER_SEC).min(LOG_BURST);
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.suppressed += 1;
+            false
+        }
+    }
+
+    /// Lines of `plugin` held back since the last summary, at most once per [`SUMMARY_EVERY`];
+    /// resets the count when it reports.
+    pub(crate) fn summary(&self, plugin: &str) -> Option<u64> {
+        self.summary_at(plugin, Instant::now())
+    }
+
+    fn summary_at(&self, plugin: &str, now: Instant) -> Option<u64> {
+        let mut buckets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = buckets.get_mut(plugin)?;
+        let due = b.summarized.is_none_or(|at| now.saturating_duration_since(at) >= SUMMARY_EVERY);
+        if b.suppressed == 0 || !due {
+            return None;
+        }
+        b.summarized = Some(now);
+        Some(std::mem::take(&mut b.suppressed))
     }
 }
 
@@ -88,8 +213,11 @@ impl WasiView for CallState {
 
 impl Host for CallState {
     fn log(&mut self, level: Level, message: String) {
-        let message: String = message.chars().take(2048).collect();
         let (plugin, object) = (self.plugin.as_str(), self.object.as_str());
+        if !self.logs.admit(plugin) {
+            return;
+        }
+        let message = escape(&message, LOG_MESSAGE_CHARS);
         match level {
             Level::Trace => tracing::trace!(plugin, object, "{message}"),
             Level::Debug => tracing::debug!(plugin, object, "{message}"),
@@ -134,3 +262,31 @@ impl ResourceLimiter for Limits {
 }
 
 impl super::bindings::downsync::rules::types::Host for CallState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_flood_is_cut_to_the_burst_then_the_rate_and_summarized_once_a_second() {
+        let limiter = LogLimiter::default();
+        let t0 = Instant::now();
+        let admitted = (0..10_000).filter(|_| limiter.admit_at("flood", t0)).count();
+        assert_eq!(admitted, LOG_BURST as usize);
+        assert_eq!(limiter.summary_at("flood", t0), Some(10_000 - LOG_BURST as u64));
+        assert!(limiter.admit_at("other", t0), "each plugin has its own bucket");
+        assert!(!limiter.admit_at("flood", t0));
+        assert_eq!(limiter.summary_at("flood", t0), None, "at most one summary per second");
+        let t1 = t0 + Duration::from_secs(1);
+        let admitted = (0..100).filter(|_| limiter.admit_at("flood", t1)).count();
+        assert_eq!(admitted, LOG_LINES_PER_SEC as usize, "refilled at the steady rate");
+        assert_eq!(limiter.summary_at("flood", t1), Some(1 + 100 - LOG_LINES_PER_SEC as u64));
+    }
+
+    #[test]
+    fn escape_cuts_and_escapes_control_characters() {
+        assert_eq!(escape("a\nb\u{1b}[31mc", 100), "a\\nb\\u{1b}[31mc");
+        assert_eq!(escape("héllo wörld", 5), "héllo");
+        assert_eq!(escape("quotes \" and \\ stay", 100), "quotes \" and \\ stay");
+    }
+}

@@ -2,16 +2,19 @@
 //! per call. Nothing outside this module sees a `Store`.
 
 mod bindings;
+mod cache;
 pub mod component;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod fixtures;
 mod host;
 pub mod registry;
 pub mod reload;
+mod wasi;
 
 pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
 pub use engine::{EngineConfig, PluginEngine};
-pub use error::{CallFailure, Error, Result, Violation};
+pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot};
 pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};

@@ -1,4 +1,4 @@
-//! The set of loaded plugins: per-plugin settings, chaining per kind, the output contract, metrics and atomic swaps.
+//! The set of loaded plugins: per-plugin settings, chaining per kind, metrics and atomic swaps.
 //!
 //! A [`PluginSet`] is immutable once built: it holds the plugins sorted by (priority, name),
 //! refuses overlapping write scopes and digest-pin mismatches at construction, and is swapped
@@ -13,12 +13,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::component::{Called, Decision, Plugin, PluginInfo, object_ref};
-use super::error::{CallFailure, Error, Result, Violation};
-use crate::sync::pointer;
+use super::contract::{self, patterns_overlap};
+use super::error::{CallFailure, Error, Result};
 use crate::sync::rules::{RuleDecision, RuleError, RuleSet, Rules};
 
 /// What happens to an object when a plugin fails on it.
@@ -272,102 +272,12 @@ fn pick<'a>(x: &'a str, y: &'a str) -> &'a str {
     if x == "*" { y } else { x }
 }
 
-/// Whether two scope patterns can cover a common field: one is a prefix-pattern of the other,
-/// or both can match the same path (`*` matches any one segment on either side).
-pub fn patterns_overlap(a: &str, b: &str) -> bool {
-    match (pointer::parse(a), pointer::parse(b)) {
-        (Ok(a), Ok(b)) => a.iter().zip(&b).all(|(x, y)| x == y || x == pointer::WILDCARD || y == pointer::WILDCARD),
-        _ => false,
-    }
-}
-
 /// The (group, kind) of an object; the core group is "".
 pub fn group_kind(obj: &Value) -> (String, String) {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or_default();
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
     (group.to_string(), kind.to_string())
-}
-
-const IDENTITY: [&str; 4] = ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"];
-
-/// Checks a hook's output against its input: a JSON object with the same identity, changed only
-/// inside the plugin's declared scope.
-pub fn check_contract(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
-    let violation = |violation, path: &str, message: String| Error::Contract {
-        plugin: info.name.clone(),
-        hook,
-        object: object_ref(input),
-        violation,
-        path: path.to_string(),
-        message,
-    };
-    if !output.is_object() {
-        return Err(violation(Violation::Output, "", "output is not a JSON object".into()));
-    }
-    for p in IDENTITY {
-        if input.pointer(p) != output.pointer(p) {
-            return Err(violation(
-                Violation::Identity,
-                p,
-                format!("changed the object's identity from {} to {}", show(input.pointer(p)), show(output.pointer(p))),
-            ));
-        }
-    }
-    for op in json_patch::diff(input, output).0 {
-        let path = op.path().as_str();
-        if let Some(bad) = uncovered(&info.scope, input.pointer(path), output.pointer(path), path) {
-            return Err(violation(
-                Violation::Scope,
-                &bad,
-                format!("changed a field outside its scope {:?}", info.scope),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn show(v: Option<&Value>) -> String {
-    v.map_or_else(|| "nothing".to_string(), Value::to_string)
-}
-
-/// The first changed path between `old` and `new` (both at `path`) that no scope pattern covers.
-///
-/// A change at a path that only contains scoped fields (such as adding a whole `annotations`
-/// map holding one scoped key) is looked into, so that it is judged by its leaves.
-fn uncovered(scope: &[String], old: Option<&Value>, new: Option<&Value>, path: &str) -> Option<String> {
-    if old == new || scope.iter().any(|s| pointer::is_prefix_pattern(s, path)) {
-        return None;
-    }
-    let Ok(segs) = pointer::parse(path) else { return Some(path.to_string()) };
-    let reaches_below = scope
-        .iter()
-        .any(|s| pointer::parse(s).is_ok_and(|pat| pat.len() > segs.len() && pointer::prefix_matches(&pat, &segs)));
-    if !reaches_below {
-        return Some(path.to_string());
-    }
-    let empty = Map::new();
-    fn as_map<'a>(v: Option<&'a Value>, empty: &'a Map<String, Value>) -> Option<&'a Map<String, Value>> {
-        match v {
-            None | Some(Value::Null) => Some(empty),
-            Some(Value::Object(m)) => Some(m),
-            Some(_) => None,
-        }
-    }
-    if let (Some(o), Some(n)) = (as_map(old, &empty), as_map(new, &empty)) {
-        let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
-        return keys
-            .into_iter()
-            .find_map(|k| uncovered(scope, o.get(k), n.get(k), &format!("{path}/{}", pointer::escape(k))));
-    }
-    match (old, new) {
-        (Some(Value::Array(o)), Some(Value::Array(n))) if o.len() == n.len() => o
-            .iter()
-            .zip(n)
-            .enumerate()
-            .find_map(|(i, (a, b))| uncovered(scope, Some(a), Some(b), &format!("{path}/{i}"))),
-        _ => Some(path.to_string()),
-    }
 }
 
 /// The loaded plugins behind an atomically swapped snapshot; implements the core's [`Rules`].
@@ -500,7 +410,7 @@ impl PluginSet {
         for entry in self.matching(&group, &kind) {
             let out = observe(metrics, entry, "transform", |p| {
                 let called = p.transform(&cur)?;
-                check_contract(p.info(), "transform", &cur, &called.value)?;
+                contract::check(p.info(), "transform", &cur, &called.value)?;
                 Ok(called)
             });
             match out {
@@ -520,7 +430,7 @@ impl PluginSet {
             let out = observe(metrics, entry, "preserve", |p| {
                 let called = p.preserve(existing, &cur)?;
                 if let Decision::Apply(next) = &called.value {
-                    check_contract(p.info(), "preserve", &cur, next)?;
+                    contract::check(p.info(), "preserve", &cur, next)?;
                 }
                 Ok(called)
             });
@@ -691,20 +601,6 @@ mod tests {
         }
     }
 
-    fn mk_service(name: &str, spec: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "n"}, "spec": spec})
-    }
-
-    #[test]
-    fn patterns_overlap_by_prefix_or_by_wildcard() {
-        assert!(patterns_overlap("/spec", "/spec/clusterIP"));
-        assert!(patterns_overlap("/spec/ports/0", "/spec/ports/*/nodePort"));
-        assert!(patterns_overlap("/spec/ports/*/nodePort", "/spec/*/0/nodePort"));
-        assert!(!patterns_overlap("/spec/ports/*/nodePort", "/spec/ports/*/port"));
-        assert!(!patterns_overlap("/spec/clusterIP", "/spec/clusterIPs"));
-        assert!(!patterns_overlap("/secrets", "/imagePullSecrets"));
-    }
-
     #[test]
     fn overlap_needs_a_common_kind_and_names_both_plugins_and_patterns() {
         let svc = mk_info("service", &[("", "Service")], &["/spec/ports/*/nodePort"]);
@@ -721,51 +617,6 @@ mod tests {
             msg.contains("\"/spec/ports/0\"") && msg.contains("\"/spec/ports/*/nodePort\"") && msg.contains("/Service"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn contract_allows_changes_inside_the_scope_only() {
-        let info = mk_info("service", &[("", "Service")], &["/spec/clusterIP", "/spec/ports/*/nodePort"]);
-        let input = mk_service("a", json!({"ports": [{"port": 80}]}));
-        let good = mk_service("a", json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80, "nodePort": 30080}]}));
-        assert!(check_contract(&info, "preserve", &input, &good).is_ok());
-        let bad = mk_service("a", json!({"ports": [{"port": 81}]}));
-        let err = check_contract(&info, "preserve", &input, &bad).unwrap_err();
-        assert!(
-            matches!(err, Error::Contract { violation: Violation::Scope, ref path, .. } if path == "/spec/ports/0/port"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn contract_judges_a_new_map_by_its_leaves() {
-        let info = mk_info(
-            "pv",
-            &[("", "PersistentVolumeClaim")],
-            &["/metadata/annotations/pv.kubernetes.io~1bind-completed"],
-        );
-        let input = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c", "annotations": null}});
-        let mut good = input.clone();
-        good["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes"});
-        assert!(check_contract(&info, "preserve", &input, &good).is_ok());
-        let mut bad = input.clone();
-        bad["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes", "other": "x"});
-        let err = check_contract(&info, "preserve", &input, &bad).unwrap_err();
-        assert!(matches!(err, Error::Contract { ref path, .. } if path == "/metadata/annotations/other"), "{err}");
-    }
-
-    #[test]
-    fn contract_refuses_identity_changes_and_non_objects() {
-        let info = mk_info("any", &[("", "*")], &["/spec"]);
-        let input = mk_service("a", json!({}));
-        let renamed = mk_service("b", json!({}));
-        let err = check_contract(&info, "transform", &input, &renamed).unwrap_err();
-        assert!(
-            matches!(err, Error::Contract { violation: Violation::Identity, ref path, .. } if path == "/metadata/name"),
-            "{err}"
-        );
-        let err = check_contract(&info, "transform", &input, &json!([1])).unwrap_err();
-        assert!(matches!(err, Error::Contract { violation: Violation::Output, .. }), "{err}");
     }
 
     #[test]

@@ -7,13 +7,14 @@
 //! the reload thread — it implements the world, `describe` is sane, the fixtures in
 //! `<name>.fixtures/` beside it pass (including "preserve twice equals once"), and the new set
 //! has no overlapping scopes or pin mismatches — and only then swapped into the registry.
-//! A refused version keeps the last good one and is reported in a log line, the
-//! `reload_failures` metric and [`Reloader::status`]. Hidden entries (`.tmp` files, `..data`)
-//! are ignored.
+//! A refused version keeps the last good one and is reported once (a log line and the
+//! `reload_failures` metric) and in [`Reloader::status`]; it is checked again only when its
+//! bytes change or, for a refusal caused by the other plugins, when they change. The watcher's
+//! own reads of the folder do not wake it. Hidden entries (`.tmp` files, `..data`) are ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -64,8 +65,36 @@ struct Slot {
     good: Option<(Plugin, SystemTime)>,
     /// Why the latest bytes were refused.
     last_error: Option<String>,
-    /// The digest of refused bytes, so the same broken file is not checked again and again.
-    refused_digest: Option<String>,
+    /// The refused bytes, so the same file is not checked again and again.
+    refused: Option<Refusal>,
+    /// The digest whose refusal was last logged and counted: a refusal is reported once per
+    /// version of the file, however often it is checked.
+    reported: Option<String>,
+}
+
+impl Slot {
+    fn new(file: PathBuf) -> Self {
+        Self { file, good: None, last_error: None, refused: None, reported: None }
+    }
+}
+
+/// A refused version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    /// sha256 of the refused bytes.
+    digest: String,
+    /// For a refusal that depends on the other plugins (overlap, duplicate name): the
+    /// [`others`] it was refused against. It is checked again only when that changes. None
+    /// when the bytes alone are at fault: checked again only when they change.
+    against: Option<String>,
+}
+
+/// The versions in use of every file but `stem`, as sorted `stem@digest`: what a newcomer is
+/// checked against.
+fn others<'a>(good: impl Iterator<Item = (&'a String, &'a str)>, stem: &str) -> String {
+    let mut ids: Vec<String> = good.filter(|(s, _)| s.as_str() != stem).map(|(s, d)| format!("{s}@{d}")).collect();
+    ids.sort();
+    ids.join(",")
 }
 
 /// Loads the plugins of a folder into a registry and keeps them current.
@@ -128,15 +157,19 @@ impl Reloader {
     pub fn scan(&self) -> Result<bool> {
         let _one_at_a_time = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
         let on_disk = self.list()?;
-        let known: BTreeMap<String, (Option<String>, Option<String>)> = {
+        let known: BTreeMap<String, (Option<String>, Option<Refusal>)> = {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots
                 .iter()
-                .map(|(k, s)| {
-                    (k.clone(), (s.good.as_ref().map(|(p, _)| p.digest().to_string()), s.refused_digest.clone()))
-                })
+                .map(|(k, s)| (k.clone(), (s.good.as_ref().map(|(p, _)| p.digest().to_string()), s.refused.clone())))
                 .collect()
         };
+        // The versions in use of the files still on disk, as the next commit will see them.
+        let in_use: Vec<(&String, &str)> = known
+            .iter()
+            .filter(|(stem, _)| on_disk.contains_key(*stem))
+            .filter_map(|(stem, (good, _))| good.as_deref().map(|d| (stem, d)))
+            .collect();
 
         let mut candidates = Vec::new();
         let mut unreadable = Vec::new();
@@ -154,7 +187,10 @@ impl Reloader {
             };
             let digest = hex(&Sha256::digest(&bytes));
             let (good, refused) = known.get(stem).cloned().unwrap_or_default();
-            if good.as_deref() == Some(&digest) || refused.as_deref() == Some(&digest) {
+            let refused_again = refused.is_some_and(|r| {
+                r.digest == digest && r.against.as_ref().is_none_or(|a| *a == others(in_use.iter().copied(), stem))
+            });
+            if good.as_deref() == Some(&digest) || refused_again {
                 continue;
             }
             tracing::info!(plugin = %stem, digest = %digest, file = %file.display(), "checking a new plugin version");
@@ -185,17 +221,19 @@ impl Reloader {
             .collect();
         // Candidates join one at a time, in file order: one that cannot live with the others
         // (overlap, pin, duplicate name) is refused and its last good version stays. Such a
-        // refusal depends on the other plugins, so its digest is not remembered: the next scan
-        // tries it again (say, after the plugin it collided with was removed).
-        let mut set_refusals = Vec::new();
+        // refusal depends on the other plugins, so it is remembered with the versions it was
+        // refused against: a scan tries it again only once those change (say, after the plugin
+        // it collided with was removed), not on every scan.
+        let mut set_refusals: BTreeMap<String, String> = BTreeMap::new();
         for c in &mut candidates {
             let Ok(plugin) = &c.checked else { continue };
+            let against = others(base.iter().map(|(s, p)| (s, p.digest())), &c.stem);
             let mut trial = base.clone();
             trial.insert(c.stem.clone(), plugin.clone());
             match PluginSet::new(trial.values().cloned().collect(), &self.config) {
                 Ok(_) => base = trial,
                 Err(e) => {
-                    set_refusals.push(c.stem.clone());
+                    set_refusals.insert(c.stem.clone(), against);
                     c.checked =
                         Err(Error::Check { plugin: c.stem.clone(), digest: c.digest.clone(), message: e.to_string() });
                 }
@@ -211,32 +249,32 @@ impl Reloader {
         let now = SystemTime::now();
         for c in candidates {
             let file = on_disk.get(&c.stem).cloned().unwrap_or_default();
-            let slot = slots.entry(c.stem.clone()).or_insert_with(|| Slot {
-                file,
-                good: None,
-                last_error: None,
-                refused_digest: None,
-            });
+            let slot = slots.entry(c.stem.clone()).or_insert_with(|| Slot::new(file));
             match c.checked {
                 Ok(plugin) => {
                     tracing::info!(plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(), "plugin version loaded");
                     slot.good = Some((plugin, now));
                     slot.last_error = None;
-                    slot.refused_digest = None;
+                    slot.refused = None;
+                    slot.reported = None;
                 }
                 Err(e) => {
-                    tracing::error!(plugin = %c.stem, digest = %c.digest, file = %slot.file.display(), error = %e, "new plugin version refused; keeping the last good one");
-                    self.registry.metrics().record_reload_failure(&c.stem);
+                    if slot.reported.as_deref() == Some(c.digest.as_str()) {
+                        tracing::debug!(plugin = %c.stem, digest = %c.digest, error = %e, "plugin version refused again");
+                    } else {
+                        tracing::error!(plugin = %c.stem, digest = %c.digest, file = %slot.file.display(), error = %e, "new plugin version refused; keeping the last good one");
+                        self.registry.metrics().record_reload_failure(&c.stem);
+                        slot.reported = Some(c.digest.clone());
+                    }
                     slot.last_error = Some(e.to_string());
-                    slot.refused_digest = (!set_refusals.contains(&c.stem)).then_some(c.digest);
+                    slot.refused = Some(Refusal { against: set_refusals.remove(&c.stem), digest: c.digest });
                 }
             }
         }
         for (stem, file, message) in unreadable {
             tracing::error!(plugin = %stem, file = %file.display(), error = %message, "cannot read plugin file; keeping the last good version");
             self.registry.metrics().record_reload_failure(&stem);
-            let slot =
-                slots.entry(stem).or_insert_with(|| Slot { file, good: None, last_error: None, refused_digest: None });
+            let slot = slots.entry(stem).or_insert_with(|| Slot::new(file));
             slot.last_error = Some(message);
         }
         for stem in removed {
@@ -270,7 +308,7 @@ impl Reloader {
 
     /// Compiles and checks a new version without touching the registry.
     fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
-        let plugin = self.engine.load_bytes(stem, bytes)?;
+        let plugin = Plugin::load(&self.engine, stem, bytes)?;
         let refuse =
             |message: String| Error::Check { plugin: stem.to_string(), digest: plugin.digest().to_string(), message };
         let dir = file.with_file_name(format!("{stem}.fixtures"));
@@ -290,12 +328,19 @@ impl Reloader {
     /// Scans once now, then watches the folder on a background thread until the handle is dropped.
     pub fn watch(self: &Arc<Self>, config: WatchConfig) -> Result<WatchHandle> {
         let watch_err = |e: notify::Error| Error::Watch { path: self.dir.clone(), message: e.to_string() };
-        let (tx, rx) = channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Err(e) = &event {
-                tracing::warn!(error = %e, "plugin folder watch error; re-scanning");
+        let (tx, rx) = channel::<Wake>();
+        let events = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // A scan opens and reads every file (inotify reports that as access): re-scanning
+            // on our own reads would loop.
+            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
+            Ok(_) => {
+                let _ = events.send(Wake::Changed);
             }
-            let _ = tx.send(());
+            Err(e) => {
+                tracing::warn!(error = %e, "plugin folder watch error; re-scanning");
+                let _ = events.send(Wake::Changed);
+            }
         })
         .map_err(watch_err)?;
         watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive).map_err(watch_err)?;
@@ -308,21 +353,21 @@ impl Reloader {
                 path: self.dir.clone(),
                 message: format!("cannot start the reload thread: {e}"),
             })?;
-        Ok(WatchHandle { watcher: Some(watcher), thread: Some(thread) })
+        Ok(WatchHandle { watcher: Some(watcher), stop: tx, thread: Some(thread) })
     }
 
-    fn run(&self, rx: &std::sync::mpsc::Receiver<()>, config: &WatchConfig) {
+    fn run(&self, rx: &Receiver<Wake>, config: &WatchConfig) {
         loop {
             match rx.recv_timeout(config.resync) {
-                Ok(()) => loop {
+                Ok(Wake::Changed) => loop {
                     match rx.recv_timeout(config.debounce) {
-                        Ok(()) => continue,
+                        Ok(Wake::Changed) => continue,
                         Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                 },
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             }
             if let Err(e) = self.scan() {
                 tracing::error!(dir = %self.dir.display(), error = %e, "cannot scan the plugin folder");
@@ -331,17 +376,30 @@ impl Reloader {
     }
 }
 
+/// What wakes the reload thread.
+#[derive(Debug)]
+enum Wake {
+    /// Something in the folder changed.
+    Changed,
+    /// The handle was dropped.
+    Stop,
+}
+
 /// Keeps the watch running; dropping it stops the watcher and joins the reload thread.
 #[derive(Debug)]
 pub struct WatchHandle {
     watcher: Option<notify::RecommendedWatcher>,
+    stop: Sender<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        // Dropping the watcher drops the channel's sender, which ends the thread's loop.
         self.watcher.take();
+        // The watcher's own sender may outlive it (notify drops its handler on its own thread),
+        // so the thread is told to stop rather than left to notice a closed channel. A scan in
+        // progress finishes first.
+        let _ = self.stop.send(Wake::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

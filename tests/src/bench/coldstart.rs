@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use downsync::plugin::{EngineConfig, PluginEngine};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine};
 
 use super::report::Section;
 use super::timing::{median, millis, ratio};
@@ -81,7 +81,7 @@ pub struct ColdStart {
 fn load_all(engine: &PluginEngine, files: &[PathBuf]) -> Result<Duration> {
     let t = Instant::now();
     for f in files {
-        engine.load_file(f).with_context(|| format!("loading {}", f.display()))?;
+        Plugin::load_file(engine, f).with_context(|| format!("loading {}", f.display()))?;
     }
     Ok(t.elapsed())
 }

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use downsync::plugin::{EngineConfig, PluginEngine};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine};
 use kube::Client;
 
 use crate::{ClusterRef, Clusters, repo_root};
@@ -148,7 +148,7 @@ impl Bench {
         let cache_dir = self.cache_home().join("downsync").join("components");
         let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
         for file in coldstart::BUILTINS {
-            engine.load_file(&self.plugins.join(file))?;
+            Plugin::load_file(&engine, &self.plugins.join(file))?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use downsync::plugin::{EngineConfig, PluginEngine};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine};
 use downsync_plugin_testing_stamp::{MARKER, variant};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::Client;
@@ -194,7 +194,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
             if precompiled {
                 tokio::task::block_in_place(|| {
-                    engine.load_bytes("stamp", &bytes).map(drop).map_err(anyhow::Error::from)
+                    Plugin::load(&engine, "stamp", &bytes).map(drop).map_err(anyhow::Error::from)
                 })?;
             }
             let tmp = dir.join(".stamp.wasm.tmp");

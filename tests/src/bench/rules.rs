@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use downsync::plugin::{Decision, EngineConfig, PluginEngine, fixtures};
+use downsync::plugin::{Decision, EngineConfig, Plugin, PluginEngine, fixtures};
 use downsync_plugin_sdk::{Decision as NativeDecision, Rule};
 use serde_json::Value;
 
@@ -89,7 +89,8 @@ pub fn measure(plugins: &Path, repo: &Path, batches: usize, batch: Duration) -> 
     let engine = PluginEngine::new(EngineConfig { cache_dir: None, ..EngineConfig::default() })?;
     let mut out = Vec::new();
     for case in &CASES {
-        let plugin = engine.load_file(&plugins.join(case.file)).with_context(|| format!("loading {}", case.file))?;
+        let plugin =
+            Plugin::load_file(&engine, &plugins.join(case.file)).with_context(|| format!("loading {}", case.file))?;
         let fixture = fixtures::load_case(&repo.join(case.fixture))?;
         let existing = fixture.existing.clone().with_context(|| format!("{} has no existing.yaml", case.fixture))?;
         let desired = fixture.desired.clone();
