@@ -335,7 +335,7 @@ impl Controller {
             let keys = self.all_keys();
             debug!(objects = keys.len(), "periodic resync");
             for k in keys {
-                self.queue.add(k);
+                self.queue.add_low(k);
             }
         }
     }
@@ -357,8 +357,9 @@ impl Controller {
             }
             let keys = self.keys_of_kinds(&kinds);
             info!(objects = keys.len(), kinds = kinds.len(), "rules changed; syncing those kinds again");
+            // In the low lane: upstream changes that come in meanwhile go first.
             for k in keys {
-                self.queue.add(k);
+                self.queue.add_low(k);
             }
         }
     }

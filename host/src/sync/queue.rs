@@ -32,8 +32,13 @@ impl Default for RateLimit {
 #[derive(Debug)]
 struct State<K> {
     queue: VecDeque<K>,
-    /// Keys in `queue`.
+    /// Keys in `queue` or `low`.
     queued: HashSet<K>,
+    /// The low-priority lane: handed out only when `queue` is empty. May hold stale entries
+    /// (keys promoted to `queue` since), which `low_keys` tells apart.
+    low: VecDeque<K>,
+    /// Keys waiting in the low-priority lane.
+    low_keys: HashSet<K>,
     /// Keys a worker holds.
     processing: HashSet<K>,
     /// Keys added while a worker held them; queued again on `done`.
@@ -64,6 +69,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         let state = State {
             queue: VecDeque::new(),
             queued: HashSet::new(),
+            low: VecDeque::new(),
+            low_keys: HashSet::new(),
             processing: HashSet::new(),
             dirty: HashSet::new(),
             delayed: HashMap::new(),
@@ -83,7 +90,17 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     /// queued again once that worker is done.
     pub fn add(&self, key: K) {
         let mut s = self.lock();
-        if s.closed || s.queued.contains(&key) {
+        if s.closed {
+            return;
+        }
+        if s.low_keys.remove(&key) {
+            // Waiting in the low lane: a real change promotes it (its low entry goes stale).
+            s.queue.push_back(key);
+            drop(s);
+            self.ready.notify_one();
+            return;
+        }
+        if s.queued.contains(&key) {
             return;
         }
         if s.processing.contains(&key) {
@@ -92,6 +109,25 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         }
         s.queued.insert(key.clone());
         s.queue.push_back(key);
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Queues a key in the low-priority lane, handed out only when no ordinary key waits: for
+    /// bulk re-syncs (a rule change, the periodic resync), so that they never hold up the
+    /// changes that come in meanwhile. A key already queued, in either lane, stays where it is.
+    pub fn add_low(&self, key: K) {
+        let mut s = self.lock();
+        if s.closed || s.queued.contains(&key) {
+            return;
+        }
+        if s.processing.contains(&key) {
+            s.dirty.insert(key);
+            return;
+        }
+        s.queued.insert(key.clone());
+        s.low_keys.insert(key.clone());
+        s.low.push_back(key);
         drop(s);
         self.ready.notify_one();
     }
@@ -173,6 +209,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                     s.processing.insert(key.clone());
                     return Some(key);
                 }
+                while let Some(key) = s.low.pop_front() {
+                    if s.low_keys.remove(&key) {
+                        s.queued.remove(&key);
+                        s.processing.insert(key.clone());
+                        return Some(key);
+                    }
+                }
             }
             notified.await;
         }
@@ -196,9 +239,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         }
     }
 
-    /// Keys waiting for a worker (not counting delayed ones or ones being worked on).
+    /// Keys waiting for a worker, in both lanes (not counting delayed ones or ones being
+    /// worked on).
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        let s = self.lock();
+        s.queue.len() + s.low_keys.len()
     }
 
     /// Whether no key waits for a worker.
@@ -226,6 +271,24 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn low_priority_keys_wait_for_ordinary_ones_and_a_change_promotes_them() {
+        let q = mk_queue();
+        q.add_low("resync-a");
+        q.add_low("resync-b");
+        q.add("change");
+        q.add_low("change");
+        assert_eq!(q.len(), 3, "no key twice");
+        assert_eq!(q.next().await, Some("change"), "ordinary keys first");
+        q.done(&"change");
+        q.add("resync-b");
+        assert_eq!(q.next().await, Some("resync-b"), "a real change promotes a waiting low key");
+        q.done(&"resync-b");
+        assert_eq!(q.next().await, Some("resync-a"));
+        q.done(&"resync-a");
+        assert!(q.is_empty(), "the promoted key's stale low entry is not handed out again");
+    }
 
     fn mk_queue() -> WorkQueue<&'static str> {
         WorkQueue::new(RateLimit { base: Duration::from_millis(10), max: Duration::from_millis(80) })
