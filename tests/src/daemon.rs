@@ -207,8 +207,14 @@ pub fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// Runs `downsync ARGS` to completion (for `diff`, `run --once`, bad input) and returns its
 /// exit status, stdout and stderr.
 pub fn run_to_end(args: &[OsString]) -> Result<(ExitStatus, String, String)> {
+    run_to_end_with_env(args, &[])
+}
+
+/// [`run_to_end`] with extra environment variables.
+pub fn run_to_end_with_env(args: &[OsString], env: &[(&str, &str)]) -> Result<(ExitStatus, String, String)> {
     let out = Command::new(downsync_bin()?)
         .args(args)
+        .envs(env.iter().copied())
         .env("XDG_CACHE_HOME", std::env::temp_dir())
         .output()
         .context("running downsync")?;
