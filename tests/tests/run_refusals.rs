@@ -1,6 +1,7 @@
 //! Settings that would make `downsync run` do harm are refused at start, naming the setting:
 //! a metrics address already in use, a misspelt nested setting, upstream and downstream being
-//! the same cluster (by URL or through another URL), and an absurd worker count.
+//! the same cluster (by URL or through another URL), an unknown feature gate and an absurd
+//! worker count.
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -109,19 +110,15 @@ fn one_cluster_as_both_sides_is_refused_unless_allowed() -> anyhow::Result<()> {
 }
 
 #[test]
-fn an_unknown_feature_gate_is_refused_naming_the_known_ones() -> anyhow::Result<()> {
-    let mut a = base()?;
-    a.extend([arg("--metrics-addr"), arg("off"), arg("--feature-gates"), arg("NamespaceCleanup=true,Teleport=true")]);
-    let err = refused(a)?;
-    assert!(err.contains("--feature-gates") && err.contains("Teleport") && err.contains("StatusUpsync"), "{err}");
-    Ok(())
-}
-
-#[test]
-fn the_worker_count_is_bounded() -> anyhow::Result<()> {
-    let mut a = base()?;
-    a.extend([arg("--metrics-addr"), arg("off"), arg("--workers"), arg("18446744073709551615")]);
-    let err = refused(a)?;
-    assert!(err.contains("workers") && err.contains("out of range"), "{err}");
+fn bad_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
+    for (flag, value, want) in [
+        ("--feature-gates", "NamespaceCleanup=true,Teleport=true", ["--feature-gates", "Teleport", "StatusUpsync"]),
+        ("--workers", "18446744073709551615", ["workers", "out of range", "256"]),
+    ] {
+        let mut a = base()?;
+        a.extend([arg("--metrics-addr"), arg("off"), arg(flag), arg(value)]);
+        let err = refused(a)?;
+        assert!(want.iter().all(|w| err.contains(w)), "{flag} {value}: {err}");
+    }
     Ok(())
 }

@@ -147,20 +147,21 @@ pub fn patterns_overlap(a: &str, b: &str) -> bool {
     }
 }
 
+/// A plugin's `describe` answer, for tests here and in the registry.
+#[cfg(test)]
+pub(crate) fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> PluginInfo {
+    PluginInfo {
+        name: name.into(),
+        version: "0.1.0".into(),
+        kinds: kinds.iter().map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
+        scope: scope.iter().map(|s| (*s).into()).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::KindPattern;
     use serde_json::json;
-
-    fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> PluginInfo {
-        PluginInfo {
-            name: name.into(),
-            version: "0.1.0".into(),
-            kinds: kinds.iter().map(|(g, k)| KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
-            scope: scope.iter().map(|s| (*s).into()).collect(),
-        }
-    }
 
     fn mk_service(name: &str, spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "n"}, "spec": spec})

@@ -589,17 +589,7 @@ impl RuleSet for RuleSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::KindPattern;
-    use serde_json::json;
-
-    fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> PluginInfo {
-        PluginInfo {
-            name: name.into(),
-            version: "0.1.0".into(),
-            kinds: kinds.iter().map(|(g, k)| KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
-            scope: scope.iter().map(|s| (*s).into()).collect(),
-        }
-    }
+    use crate::plugin::contract::mk_info;
 
     #[test]
     fn overlap_needs_a_common_kind_and_names_both_plugins_and_patterns() {
