@@ -84,10 +84,8 @@ fn start_control_plane(name: &str, controllers: Option<&str>) -> Result<PathBuf>
     if let Some(list) = controllers {
         cmd.args(["--controllers", list]);
     }
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
+    let out =
+        cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!("starting control plane {name} failed (see the output above)");
     }
