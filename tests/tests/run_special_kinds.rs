@@ -68,10 +68,41 @@ async fn binding_state(down: &Client, ns: &str, pvc: &str, pv: &str) -> String {
 #[tokio::test]
 async fn a_volume_bound_by_the_downstream_binder_stays_bound_through_upstream_updates() -> anyhow::Result<()> {
     let env = TestEnv::new("run-pv-binding").await?;
+    let pv_name = format!("{}-pv", env.namespace);
+    let outcome = volume_binding(&env, &pv_name).await;
+    // Pass or fail: the upstream runs no protection controllers, so the finalizers its admission
+    // put on the claim and the volume are released here, or neither the volume nor the test
+    // namespace would ever go. The volume is cluster-scoped: deleted on both sides.
+    let released = release_volume(&env, &pv_name).await;
+    outcome?;
+    released?;
+    env.cleanup().await
+}
+
+async fn release_volume(env: &TestEnv, pv_name: &str) -> anyhow::Result<()> {
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    let up_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.upstream.clone(), &env.namespace);
+    let up_pvs: Api<PersistentVolume> = Api::all(env.upstream.clone());
+    if up_pvcs.get_opt("data").await?.is_some() {
+        up_pvcs.patch("data", &PatchParams::default(), &release).await?;
+    }
+    for pvs in [up_pvs.clone(), Api::all(env.downstream.clone())] {
+        if pvs.get_opt(pv_name).await?.is_some() {
+            pvs.delete(pv_name, &DeleteParams::background()).await?;
+        }
+    }
+    if up_pvs.get_opt(pv_name).await?.is_some() {
+        up_pvs.patch(pv_name, &PatchParams::default(), &release).await?;
+    }
+    Ok(())
+}
+
+/// The volume test itself, on `env`'s clusters; leaves the clean-up to the caller.
+async fn volume_binding(env: &TestEnv, pv_name: &str) -> anyhow::Result<()> {
     let ns = env.namespace.clone();
     // PersistentVolumes are cluster-scoped, which --namespace does not filter: a label unique to
     // this test selects its two objects, and the claim selects only this test's volume.
-    let (pv_name, label) = (format!("{ns}-pv"), json!({"downsync.dev/proof": ns}));
+    let (pv_name, label) = (pv_name.to_string(), json!({"downsync.dev/proof": ns}));
     let up_pvs: Api<PersistentVolume> = Api::all(env.upstream.clone());
     let up_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.upstream.clone(), &ns);
     create(
@@ -141,15 +172,7 @@ async fn a_volume_bound_by_the_downstream_binder_stays_bound_through_upstream_up
     assert_eq!(pv.status.and_then(|s| s.phase).as_deref(), Some("Bound"), "{state}");
     assert_eq!(d.metric("downsync_syncs_total", &[r#"result="error""#])?, 0.0, "log: {}", d.log.display());
     assert!(d.terminate()?.success());
-
-    // The upstream runs no protection controllers: release the finalizers its admission added,
-    // or the volume and the test namespace would never go.
-    let release = json!({"metadata": {"finalizers": null}});
-    merge(&up_pvcs, "data", release.clone()).await?;
-    merge(&up_pvs, &pv_name, release).await?;
-    up_pvs.delete(&pv_name, &DeleteParams::background()).await?;
-    down_pvs.delete(&pv_name, &DeleteParams::background()).await?;
-    env.cleanup().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -267,7 +290,7 @@ async fn owner_with_dependent(
     env: &TestEnv,
     propagation: &str,
     finalizers: &[&str],
-) -> anyhow::Result<(Daemon, PathBuf, ConfigMap)> {
+) -> anyhow::Result<(Daemon, ConfigMap)> {
     let ns = &env.namespace;
     let up: Api<ConfigMap> = Api::namespaced(env.upstream.clone(), ns);
     create(&up, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}, "data": {"k": "v"}}))
@@ -278,7 +301,10 @@ async fn owner_with_dependent(
         &format!("propagation-{propagation}"),
         &args(ns, &["v1/ConfigMap"], &["--config", &config_arg])?,
     )?;
-    d.wait_ready(Duration::from_secs(60)).await?;
+    let ready = d.wait_ready(Duration::from_secs(60)).await;
+    // downsync read the file at start; it is not needed any more, pass or fail.
+    std::fs::remove_file(&config)?;
+    ready?;
     let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), ns);
     let owner = down.get("owner").await?;
     let dependent = create(
@@ -289,7 +315,7 @@ async fn owner_with_dependent(
                     "uid": owner.metadata.uid, "blockOwnerDeletion": true}]}}),
     )
     .await?;
-    Ok((d, config, dependent))
+    Ok((d, dependent))
 }
 
 #[tokio::test]
@@ -299,11 +325,11 @@ async fn foreground_propagation_deletes_the_downstream_dependent_before_the_owne
     // The test's finalizer holds the dependent once the garbage collector deleted it, so that
     // the owner's wait is seen, not raced.
     let hold = "downsync.dev/test-hold";
-    let (d, config, _) = owner_with_dependent(&env, "Foreground", &[hold]).await?;
+    let (d, _) = owner_with_dependent(&env, "Foreground", &[hold]).await?;
     let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
 
     Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns).delete("owner", &DeleteParams::default()).await?;
-    let owner = eventually(
+    let waiting = eventually(
         "the owner waiting (foregroundDeletion) while the garbage collector deletes the dependent",
         Duration::from_secs(30),
         || async {
@@ -316,21 +342,22 @@ async fn foreground_propagation_deletes_the_downstream_dependent_before_the_owne
         },
     )
     .await
-    .with_context(|| format!("log: {}", d.log.display()))?;
+    .with_context(|| format!("log: {}", d.log.display()));
+    // Pass or fail, the dependent is let go: held for ever, it would keep the test namespace.
+    merge(&down, "dependent", json!({"metadata": {"finalizers": null}})).await?;
+    let owner = waiting?;
     assert!(
         owner.metadata.finalizers.iter().flatten().any(|f| f == "foregroundDeletion"),
         "the owner is held by the foregroundDeletion finalizer: {:?}",
         owner.metadata.finalizers
     );
 
-    // Let the dependent go: then, and only then, the owner goes too.
-    merge(&down, "dependent", json!({"metadata": {"finalizers": null}})).await?;
+    // The dependent was let go above: now it goes, and then the owner.
     eventually("the dependent, then the owner, to go", Duration::from_secs(30), || async {
         Ok((down.get_opt("dependent").await?.is_none() && down.get_opt("owner").await?.is_none()).then_some(()))
     })
     .await?;
     assert!(d.terminate()?.success());
-    std::fs::remove_file(config)?;
     env.cleanup().await
 }
 
@@ -338,7 +365,7 @@ async fn foreground_propagation_deletes_the_downstream_dependent_before_the_owne
 async fn orphan_propagation_leaves_the_downstream_dependent_without_its_owner_reference() -> anyhow::Result<()> {
     let env = TestEnv::new("run-orphan").await?;
     let ns = env.namespace.clone();
-    let (d, config, dependent) = owner_with_dependent(&env, "Orphan", &[]).await?;
+    let (d, dependent) = owner_with_dependent(&env, "Orphan", &[]).await?;
     let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
 
     Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns).delete("owner", &DeleteParams::default()).await?;
@@ -358,6 +385,5 @@ async fn orphan_propagation_leaves_the_downstream_dependent_without_its_owner_re
         left.metadata.owner_references
     );
     assert!(d.terminate()?.success());
-    std::fs::remove_file(config)?;
     env.cleanup().await
 }
