@@ -102,6 +102,7 @@ async fn dry_run(client: &Client, doc: &Value) -> Result<()> {
             api.patch(name, &params, &Patch::Apply(&obj)).await?;
             Ok(())
         }
+        Err(kube::Error::Api(status)) => bail!("{} ({}, {})", status.message, status.reason, status.code),
         Err(e) => Err(e.into()),
     }
 }
