@@ -363,7 +363,7 @@ mv "$plugins/.hpa-replicas.wasm.tmp" "$plugins/hpa-replicas.wasm"
 t0=$(now_ms)
 fact "copied hpa-replicas.wasm (and its fixtures) into the plugins dir; downsync keeps running"
 wait_until "downsync to load hpa-replicas" grep -q 'plugin version loaded plugin="hpa-replicas"' "$log"
-wait_until "downsync to sync again with the new rules" grep -q 'rules changed; syncing every object again' "$log"
+wait_until "downsync to sync again with the new rules" grep -q 'rules changed; syncing' "$log"
 grep -m1 'plugin version loaded plugin="hpa-replicas"' "$log" | sed -E 's/^[^ ]+ +INFO [^ ]+ /log: /; s/(digest=.{12})[0-9a-f]+/\1…/; s/ file=.*//' | sed 's/^/   /'
 fact "loaded in $(since "$t0"), after checking it against its fixtures"
 wait_until "the queue to drain" is 0 metric_sum downsync_queue_depth
