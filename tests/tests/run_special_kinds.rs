@@ -102,7 +102,7 @@ async fn volume_binding(env: &TestEnv, pv_name: &str) -> anyhow::Result<()> {
     let ns = env.namespace.clone();
     // PersistentVolumes are cluster-scoped, which --namespace does not filter: a label unique to
     // this test selects its two objects, and the claim selects only this test's volume.
-    let (pv_name, label) = (pv_name.to_string(), json!({"downsync.dev/proof": ns}));
+    let (pv_name, label) = (pv_name.to_string(), json!({"downsync.dev/test-volume": ns}));
     let up_pvs: Api<PersistentVolume> = Api::all(env.upstream.clone());
     let up_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.upstream.clone(), &ns);
     create(
@@ -125,7 +125,7 @@ async fn volume_binding(env: &TestEnv, pv_name: &str) -> anyhow::Result<()> {
     )
     .await?;
 
-    let selector = format!("downsync.dev/proof={ns}");
+    let selector = format!("downsync.dev/test-volume={ns}");
     let a = args(&ns, &["v1/PersistentVolume", "v1/PersistentVolumeClaim"], &["--selector", &selector])?;
     let mut d = Daemon::start("pv-binding", &a)?;
     d.wait_ready(Duration::from_secs(60)).await?;
