@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts and stops a local Kubernetes control plane (etcd + kube-apiserver +
-# kube-controller-manager with the garbage-collector and namespace controllers) for tests.
+# kube-controller-manager, by default with the garbage-collector and namespace controllers) for
+# tests.
 #
 #   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT] [--controllers LIST]
 #       Starts control plane NAME on free loopback ports, with its own data dir and PKI, waits
@@ -27,7 +28,7 @@ ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 die() { echo "controlplane: error: $*" >&2; exit 1; }
 log() { echo "controlplane: $*" >&2; }
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
 
@@ -159,10 +160,11 @@ cmd_up() {
   [[ -x "$bin/kube-apiserver" ]] || die "control plane binaries not found in '$bin'"
   # Every name must be one this kube-controller-manager knows: a typo would otherwise only
   # show up later as a controller that silently never runs (or a manager that exits).
-  local known c
+  local known c list
   known=",$("$bin/kube-controller-manager" --help 2>&1 | sed -n 's/^ *All controllers: //p' | tr -d ' '),"
   [[ "$known" != ",," ]] || die "could not read the controller names from kube-controller-manager --help"
-  for c in ${controllers//,/ }; do
+  IFS=, read -ra list <<< "$controllers"  # not an unquoted expansion: '*' would be globbed
+  for c in "${list[@]}"; do
     c="${c#-}"
     [[ "$c" == "*" || "$known" == *",$c,"* ]] \
       || die "--controllers: unknown controller '$c'; known: ${known:1:-1}"
