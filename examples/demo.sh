@@ -78,7 +78,6 @@ isnt() { local unwanted="$1" got; shift; got="$("$@" 2>/dev/null)" || return 1; 
 work="$(mktemp -d "${TMPDIR:-/tmp}/downsync-demo.XXXXXX")"
 log="$work/downsync.log"
 started=()       # local control planes
-helpers=()       # extra local processes (volume controllers)
 created=0        # external mode: the demo's objects may exist
 done=0
 kubectl=""
@@ -116,8 +115,7 @@ cleanup() {
     done
     echo "   removed namespace demo and PersistentVolume downsync-demo-pv from both clusters"
   fi
-  local pid name
-  for pid in "${helpers[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  local name
   for name in "${started[@]}"; do tests/cluster/controlplane.sh down "$name" >/dev/null 2>&1; done
   (( ${#started[@]} )) && echo "   stopped the control planes ${started[*]}"
   echo "   downsync log: $log"
@@ -195,10 +193,17 @@ else
   kubectl="$bin/kubectl"
   fact "control plane binaries (Kubernetes v1.37.2, cached): $bin"
   declare -A kcfg
+  # The test control planes run only the garbage collector and the namespace controller by
+  # default. A physical cluster also binds volumes and guards them with finalizers: the
+  # downstream runs the PV binder too, and both sides the protection controllers (the apiserver
+  # adds their finalizers, the controllers release them).
+  gc=garbage-collector-controller,namespace-controller
+  protection=persistentvolume-protection-controller,persistentvolumeclaim-protection-controller
+  declare -A ctrls=([upstream]="$gc,$protection" [downstream]="$gc,persistentvolume-binder-controller,$protection")
   for side in upstream downstream; do
     name="demo-$side-$$"
     started+=("$name")
-    tests/cluster/controlplane.sh up "$name" --owner-pid $$ >"$work/$side.kubeconfig-path" 2>"$work/controlplane-$side.log" {out}>&- {err}>&- &
+    tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${ctrls[$side]}" >"$work/$side.kubeconfig-path" 2>"$work/controlplane-$side.log" {out}>&- {err}>&- &
     eval "pid_$side=\$!"
   done
   for side in upstream downstream; do
@@ -209,18 +214,6 @@ else
   ds_args=(--upstream-kubeconfig "${kcfg[upstream]}" --downstream-kubeconfig "${kcfg[downstream]}")
   fact "upstream:   demo-upstream-$$   $(server_of "${up_args[@]}")  (kubeconfig ${kcfg[upstream]})"
   fact "downstream: demo-downstream-$$ $(server_of "${dn_args[@]}")  (kubeconfig ${kcfg[downstream]})"
-  # The test control planes run only the garbage collector and the namespace controller. A
-  # physical cluster also binds volumes and guards them with finalizers: run those controllers
-  # downstream, and the protection ones upstream (the apiserver adds their finalizers).
-  for side in upstream downstream; do
-    ctrls=persistentvolume-protection-controller,persistentvolumeclaim-protection-controller
-    [[ $side == downstream ]] && ctrls="persistentvolume-binder-controller,$ctrls"
-    setsid "$bin/kube-controller-manager" --kubeconfig "${kcfg[$side]}" --controllers "$ctrls" \
-      --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
-      >"$work/volume-controllers-$side.log" 2>&1 < /dev/null {out}>&- {err}>&- &
-    helpers+=($!)
-    watch_owner $!
-  done
   fact "volume controllers: PV binder downstream, PV/PVC protection on both sides"
   fact "ready in $(since "$t0")"
 fi
@@ -370,7 +363,7 @@ mv "$plugins/.hpa-replicas.wasm.tmp" "$plugins/hpa-replicas.wasm"
 t0=$(now_ms)
 fact "copied hpa-replicas.wasm (and its fixtures) into the plugins dir; downsync keeps running"
 wait_until "downsync to load hpa-replicas" grep -q 'plugin version loaded plugin="hpa-replicas"' "$log"
-wait_until "downsync to sync again with the new rules" grep -q 'rules changed; syncing every object again' "$log"
+wait_until "downsync to sync again with the new rules" grep -q 'rules changed; syncing' "$log"
 grep -m1 'plugin version loaded plugin="hpa-replicas"' "$log" | sed -E 's/^[^ ]+ +INFO [^ ]+ /log: /; s/(digest=.{12})[0-9a-f]+/\1…/; s/ file=.*//' | sed 's/^/   /'
 fact "loaded in $(since "$t0"), after checking it against its fixtures"
 wait_until "the queue to drain" is 0 metric_sum downsync_queue_depth

@@ -88,10 +88,15 @@ cargo test --workspace --locked --exclude downsync-tests
 
 if (( ! external )); then
   step "starting the upstream and downstream control planes"
+  # The downstream also binds volumes, as a real cluster does: the same list as
+  # DOWNSTREAM_CONTROLLERS in tests/src/lib.rs (tests/tests/run_special_kinds.rs relies on it).
+  gc=garbage-collector-controller,namespace-controller
+  volumes=persistentvolume-binder-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller
+  declare -A controllers=([upstream]="$gc" [downstream]="$gc,$volumes")
   for side in upstream downstream; do
     name="ci-$side-$$"
     started+=("$name")
-    kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ | tail -n 1)"
+    kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${controllers[$side]}" | tail -n 1)"
     export "DOWNSYNC_${side^^}_KUBECONFIG=$kc"
   done
 fi

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Starts and stops a local Kubernetes control plane (etcd + kube-apiserver +
-# kube-controller-manager with the garbage-collector and namespace controllers) for tests.
+# kube-controller-manager, by default with the garbage-collector and namespace controllers) for
+# tests.
 #
-#   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT]
+#   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT] [--controllers LIST]
 #       Starts control plane NAME on free loopback ports, with its own data dir and PKI, waits
 #       for /readyz, and prints the path of an admin kubeconfig (kube-rs and kubectl both read
 #       it). With --owner-pid, a watchdog stops the control plane as soon as PID exits, so a
-#       crashed or interrupted test run leaves nothing behind.
+#       crashed or interrupted test run leaves nothing behind. --controllers is the
+#       kube-controller-manager's comma-separated controller list (default
+#       garbage-collector-controller,namespace-controller); for volume binding add
+#       persistentvolume-binder-controller,persistentvolume-protection-controller,
+#       persistentvolumeclaim-protection-controller.
 #   controlplane.sh down NAME
 #       Stops exactly the processes that `up NAME` started, by PID, and removes its data.
 #   controlplane.sh status [NAME]
@@ -23,7 +28,7 @@ ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 die() { echo "controlplane: error: $*" >&2; exit 1; }
 log() { echo "controlplane: $*" >&2; }
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
 
@@ -127,15 +132,20 @@ show_log_tail() {
 
 cmd_up() {
   local name="$1"; shift
-  local owner="" api_port=""
+  local owner="" api_port="" controllers="garbage-collector-controller,namespace-controller"
   while (( $# )); do
     case "$1" in
-      --owner-pid) owner="$2"; shift 2 ;;
-      --api-port) api_port="$2"; shift 2 ;;
+      --owner-pid) owner="${2:?--owner-pid needs a PID}"; shift 2 ;;
+      --api-port) api_port="${2:?--api-port needs a port}"; shift 2 ;;
+      --controllers) controllers="${2:?--controllers needs a comma-separated list}"; shift 2 ;;
       *) usage ;;
     esac
   done
   [[ "$name" =~ ^[a-zA-Z0-9_-]+$ ]] || die "control plane name '$name' must be letters, digits, '-' or '_'"
+  # Checked here, not left to kube-controller-manager: it would exit after the apiserver is up,
+  # in the background, and `up` would report a control plane that lacks its controllers.
+  [[ "$controllers" =~ ^-?[a-z*-]+(,-?[a-z*-]+)*$ ]] \
+    || die "--controllers '$controllers' must be comma-separated controller names (see kube-controller-manager --help)"
   local dir="$root/$name"
   if [[ -f "$dir/pids" ]]; then
     local p; p="$(grep '^kube-apiserver=' "$dir/pids" | cut -d= -f2 || true)"
@@ -148,6 +158,17 @@ cmd_up() {
 
   local bin; bin="$("$here/build.sh" | tail -n 1)"
   [[ -x "$bin/kube-apiserver" ]] || die "control plane binaries not found in '$bin'"
+  # Every name must be one this kube-controller-manager knows: a typo would otherwise only
+  # show up later as a controller that silently never runs (or a manager that exits).
+  local known c list
+  known=",$("$bin/kube-controller-manager" --help 2>&1 | sed -n 's/^ *All controllers: //p' | tr -d ' '),"
+  [[ "$known" != ",," ]] || die "could not read the controller names from kube-controller-manager --help"
+  IFS=, read -ra list <<< "$controllers"  # not an unquoted expansion: '*' would be globbed
+  for c in "${list[@]}"; do
+    c="${c#-}"
+    [[ "$c" == "*" || "$known" == *",$c,"* ]] \
+      || die "--controllers: unknown controller '$c'; known: ${known:1:-1}"
+  done
 
   if [[ -n "$api_port" ]]; then
     port_in_use "$api_port" && die "port $api_port is already taken: $(ss -Htlnp "sport = :$api_port" | head -n1). Pick another --api-port or stop what listens there."
@@ -217,7 +238,7 @@ cmd_up() {
 
   setsid "$bin/kube-controller-manager" \
     --kubeconfig "$dir/kubeconfig" \
-    --controllers garbage-collector-controller,namespace-controller \
+    --controllers "$controllers" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
     --concurrent-gc-syncs 5 \
     >"$dir/logs/kube-controller-manager.log" 2>&1 < /dev/null &

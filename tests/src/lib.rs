@@ -6,7 +6,8 @@
 //! `DOWNSYNC_DOWNSTREAM_KUBECONFIG` are set, tests use those clusters (contexts from
 //! `DOWNSYNC_UPSTREAM_CONTEXT` / `DOWNSYNC_DOWNSTREAM_CONTEXT`, if set) and nothing is built.
 //! Otherwise the first test in a process starts two control planes with
-//! `tests/cluster/controlplane.sh`, watched by the process's PID so they stop when it exits,
+//! `tests/cluster/controlplane.sh` (the downstream one with the volume controllers, see
+//! [`DOWNSTREAM_CONTROLLERS`]), watched by the process's PID so they stop when it exits,
 //! however it exits.
 
 use std::path::{Path, PathBuf};
@@ -69,14 +70,23 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn start_control_plane(name: &str) -> Result<PathBuf> {
+/// The kube-controller-manager controllers of the downstream test control plane: besides the
+/// garbage collector and the namespace controller (all the upstream runs), the volume binder and
+/// the PV/PVC protection controllers, as a real cluster has, so that synced volumes really bind.
+/// tests/run.sh starts its downstream with the same list.
+pub const DOWNSTREAM_CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,\
+persistentvolume-binder-controller,persistentvolume-protection-controller,\
+persistentvolumeclaim-protection-controller";
+
+fn start_control_plane(name: &str, controllers: Option<&str>) -> Result<PathBuf> {
     let script = repo_root().join("tests/cluster/controlplane.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["up", name, "--owner-pid", &std::process::id().to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).args(["up", name, "--owner-pid", &std::process::id().to_string()]);
+    if let Some(list) = controllers {
+        cmd.args(["--controllers", list]);
+    }
+    let out =
+        cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!("starting control plane {name} failed (see the output above)");
     }
@@ -100,8 +110,11 @@ fn from_env_or_start() -> Result<Clusters> {
         (None, None) => {
             let pid = std::process::id();
             Ok(Clusters {
-                upstream: ClusterRef { kubeconfig: start_control_plane(&format!("up-{pid}"))?, context: None },
-                downstream: ClusterRef { kubeconfig: start_control_plane(&format!("down-{pid}"))?, context: None },
+                upstream: ClusterRef { kubeconfig: start_control_plane(&format!("up-{pid}"), None)?, context: None },
+                downstream: ClusterRef {
+                    kubeconfig: start_control_plane(&format!("down-{pid}"), Some(DOWNSTREAM_CONTROLLERS))?,
+                    context: None,
+                },
             })
         }
         _ => bail!("set both DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG, or neither"),
