@@ -24,6 +24,7 @@ use kube::{Api, Client, Config};
 pub mod bench;
 pub mod daemon;
 pub mod logs;
+pub mod manifests;
 pub mod objects;
 pub mod plugins;
 pub mod proxy;

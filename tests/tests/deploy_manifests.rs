@@ -6,13 +6,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use downsync_tests::manifests::{allows, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-};
-use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
+use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::discovery::Scope;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -135,13 +134,6 @@ fn pod_spec(docs: &[Doc]) -> Result<(&Value, &Value)> {
     Ok((spec, container))
 }
 
-/// The resource of a kind, from the API server's discovery.
-async fn resolve(client: &Client, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities)> {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    pinned_kind(client, &gvk).await.with_context(|| format!("discovering {kind}.{api_version}"))
-}
-
 /// The API's own words for a failed request.
 fn api_message(e: &kube::Error) -> String {
     match e {
@@ -253,20 +245,6 @@ fn the_kustomization_lists_every_downstream_manifest_and_no_upstream_one() -> Re
     Ok(())
 }
 
-/// What a set of (Cluster)Role rules allows, the way the RBAC authorizer reads them (rules
-/// limited to resourceNames do not count: downsync works on every object of a kind).
-fn allows(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
-    let has = |rule: &Value, field: &str, want: &str| {
-        rule[field].as_array().is_some_and(|items| items.iter().any(|i| i == want || i == "*"))
-    };
-    rules.iter().any(|rule| {
-        rule["resourceNames"].as_array().is_none_or(Vec::is_empty)
-            && has(rule, "apiGroups", group)
-            && has(rule, "resources", resource)
-            && has(rule, "verbs", verb)
-    })
-}
-
 fn cluster_role_rules<'a>(docs: &'a [Doc], file: &str) -> Result<&'a [Value]> {
     let role = docs
         .iter()
@@ -373,49 +351,6 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
     let subjects = bound_subjects(&docs, "rbac-upstream.yaml")?;
     assert!(subjects.iter().any(|s| s["name"] == "downsync"), "rbac-upstream.yaml binds {subjects:?}");
     Ok(())
-}
-
-/// Which key of which ConfigMap or Secret the pod sees at `path`: `("configMap" | "secret",
-/// name, key)`, following the container's volume mounts (subPath and items included).
-fn source_of(spec: &Value, container: &Value, path: &str) -> Result<(String, String, String)> {
-    let mounts = container["volumeMounts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let (mount, rest) = mounts
-        .iter()
-        .filter_map(|m| {
-            let at = m["mountPath"].as_str()?.trim_end_matches('/');
-            let rest = if path == at { "" } else { path.strip_prefix(at)?.strip_prefix('/')? };
-            Some((m, rest))
-        })
-        .max_by_key(|(m, _)| m["mountPath"].as_str().map(str::len))
-        .with_context(|| format!("deployment.yaml: no volume is mounted at {path}"))?;
-    let volume_name = mount["name"].as_str().unwrap_or_default();
-    let volume = spec["volumes"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == volume_name))
-        .with_context(|| format!("deployment.yaml: volume {volume_name} is mounted but not defined"))?;
-    // The path inside the volume.
-    let inner = match mount["subPath"].as_str() {
-        Some(sub) if rest.is_empty() => sub.to_string(),
-        Some(sub) => format!("{sub}/{rest}"),
-        None => rest.to_string(),
-    };
-    let (source_kind, source, name) = if let Some(cm) = volume.get("configMap") {
-        ("configMap", cm, cm["name"].as_str())
-    } else if let Some(secret) = volume.get("secret") {
-        ("secret", secret, secret["secretName"].as_str())
-    } else {
-        bail!("deployment.yaml: volume {volume_name} at {path} is neither a ConfigMap nor a Secret: {volume}");
-    };
-    let key = match source["items"].as_array() {
-        Some(items) => items
-            .iter()
-            .find(|i| i["path"] == inner.as_str())
-            .and_then(|i| i["key"].as_str())
-            .with_context(|| format!("deployment.yaml: volume {volume_name} projects no item at {inner}"))?
-            .to_string(),
-        None => inner,
-    };
-    Ok((source_kind.into(), name.unwrap_or_default().into(), key))
 }
 
 /// The value following `flag` in `args` (`--flag VALUE` or `--flag=VALUE`).

@@ -8,12 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use downsync_tests::manifests::{allows, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-};
-use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
+use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::discovery::Scope;
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -70,13 +69,6 @@ fn run_config(docs: &[(String, Value)]) -> Result<Value> {
     let cm = find(docs, "ConfigMap", "downsync-config")?;
     let text = cm.pointer("/data/config.yaml").and_then(Value::as_str).context("no data key config.yaml")?;
     serde_yaml_ng::from_str(text).context("the RunConfig in config.yaml does not parse")
-}
-
-/// The resource of a kind, from the API server's discovery.
-async fn resolve(client: &Client, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities)> {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    pinned_kind(client, &gvk).await.with_context(|| format!("discovering {kind}.{api_version}"))
 }
 
 async fn api_for(client: &Client, doc: &Value) -> Result<Api<DynamicObject>> {
@@ -161,37 +153,6 @@ fn the_kustomization_lists_every_sidecar_manifest() -> Result<()> {
     Ok(())
 }
 
-/// Which `(configMap | secret, name, key)` the container sees at `path`, through its mounts.
-fn source_of(spec: &Value, container: &Value, path: &str) -> Result<(String, String, String)> {
-    let mounts = container["volumeMounts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let (mount, rest) = mounts
-        .iter()
-        .filter_map(|m| {
-            let at = m["mountPath"].as_str()?.trim_end_matches('/');
-            let rest = if path == at { "" } else { path.strip_prefix(at)?.strip_prefix('/')? };
-            Some((m, rest))
-        })
-        .max_by_key(|(m, _)| m["mountPath"].as_str().map(str::len))
-        .with_context(|| format!("no volume is mounted at {path} in container {}", container["name"]))?;
-    let name = mount["name"].as_str().unwrap_or_default();
-    let volume = spec["volumes"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == name))
-        .with_context(|| format!("volume {name} is mounted but not defined"))?;
-    let key = match (mount["subPath"].as_str(), rest) {
-        (Some(sub), "") => sub.to_string(),
-        (Some(sub), rest) => format!("{sub}/{rest}"),
-        (None, rest) => rest.to_string(),
-    };
-    if let Some(cm) = volume.get("configMap") {
-        Ok(("configMap".into(), cm["name"].as_str().unwrap_or_default().into(), key))
-    } else if let Some(secret) = volume.get("secret") {
-        Ok(("secret".into(), secret["secretName"].as_str().unwrap_or_default().into(), key))
-    } else {
-        bail!("volume {name} at {path} is neither a ConfigMap nor a Secret")
-    }
-}
-
 #[test]
 fn downsync_is_a_native_sidecar_whose_mounts_and_ports_match_its_config() -> Result<()> {
     let docs = all_docs()?;
@@ -265,18 +226,12 @@ async fn the_sidecar_rbac_covers_every_resource_in_its_config() -> Result<()> {
     let config = run_config(&docs)?;
     let role = find(&docs, "ClusterRole", "downsync-sidecar")?;
     let rules = role["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let allows = |group: &str, resource: &str, verb: &str| {
-        let has = |rule: &Value, field: &str, want: &str| {
-            rule[field].as_array().is_some_and(|items| items.iter().any(|i| i == want || i == "*"))
-        };
-        rules.iter().any(|r| has(r, "apiGroups", group) && has(r, "resources", resource) && has(r, "verbs", verb))
-    };
     let mut missing = Vec::new();
     for entry in config["resources"].as_array().context("no resources")? {
         let (api_version, kind) = (entry["apiVersion"].as_str(), entry["kind"].as_str());
         let (ar, _) = resolve(&downstream, api_version.unwrap_or_default(), kind.unwrap_or_default()).await?;
         for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
-            if !allows(&ar.group, &ar.plural, verb) {
+            if !allows(rules, &ar.group, &ar.plural, verb) {
                 missing.push(format!("{verb} {}", ar.plural));
             }
         }

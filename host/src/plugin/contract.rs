@@ -153,7 +153,10 @@ pub(crate) fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> Plu
     PluginInfo {
         name: name.into(),
         version: "0.1.0".into(),
-        kinds: kinds.iter().map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
+        kinds: kinds
+            .iter()
+            .map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() })
+            .collect(),
         scope: scope.iter().map(|s| (*s).into()).collect(),
     }
 }

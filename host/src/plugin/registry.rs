@@ -590,6 +590,7 @@ impl RuleSet for RuleSnapshot {
 mod tests {
     use super::*;
     use crate::plugin::contract::mk_info;
+    use serde_json::json;
 
     #[test]
     fn overlap_needs_a_common_kind_and_names_both_plugins_and_patterns() {

@@ -1,0 +1,72 @@
+//! Shared checks of the example manifests (examples/deploy, examples/sidecar): resolving their
+//! kinds on the real API server, what RBAC rules allow, and where a container's files come from.
+
+use anyhow::{Context, Result, bail};
+use kube::Client;
+use kube::api::{ApiResource, GroupVersionKind};
+use kube::discovery::{ApiCapabilities, pinned_kind};
+use serde_json::Value;
+
+/// The resource of a kind, from the API server's discovery.
+pub async fn resolve(client: &Client, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities)> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    pinned_kind(client, &gvk).await.with_context(|| format!("discovering {kind}.{api_version}"))
+}
+
+/// What a set of (Cluster)Role rules allows, the way the RBAC authorizer reads them (rules
+/// limited to resourceNames do not count: downsync works on every object of a kind).
+pub fn allows(rules: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |rule: &Value, field: &str, want: &str| {
+        rule[field].as_array().is_some_and(|items| items.iter().any(|i| i == want || i == "*"))
+    };
+    rules.iter().any(|rule| {
+        rule["resourceNames"].as_array().is_none_or(Vec::is_empty)
+            && has(rule, "apiGroups", group)
+            && has(rule, "resources", resource)
+            && has(rule, "verbs", verb)
+    })
+}
+
+/// Which key of which ConfigMap or Secret the pod sees at `path`: `("configMap" | "secret",
+/// name, key)`, following the container's volume mounts (subPath and items included).
+pub fn source_of(spec: &Value, container: &Value, path: &str) -> Result<(String, String, String)> {
+    let mounts = container["volumeMounts"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let (mount, rest) = mounts
+        .iter()
+        .filter_map(|m| {
+            let at = m["mountPath"].as_str()?.trim_end_matches('/');
+            let rest = if path == at { "" } else { path.strip_prefix(at)?.strip_prefix('/')? };
+            Some((m, rest))
+        })
+        .max_by_key(|(m, _)| m["mountPath"].as_str().map(str::len))
+        .with_context(|| format!("deployment.yaml: no volume is mounted at {path}"))?;
+    let volume_name = mount["name"].as_str().unwrap_or_default();
+    let volume = spec["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == volume_name))
+        .with_context(|| format!("deployment.yaml: volume {volume_name} is mounted but not defined"))?;
+    // The path inside the volume.
+    let inner = match mount["subPath"].as_str() {
+        Some(sub) if rest.is_empty() => sub.to_string(),
+        Some(sub) => format!("{sub}/{rest}"),
+        None => rest.to_string(),
+    };
+    let (source_kind, source, name) = if let Some(cm) = volume.get("configMap") {
+        ("configMap", cm, cm["name"].as_str())
+    } else if let Some(secret) = volume.get("secret") {
+        ("secret", secret, secret["secretName"].as_str())
+    } else {
+        bail!("deployment.yaml: volume {volume_name} at {path} is neither a ConfigMap nor a Secret: {volume}");
+    };
+    let key = match source["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .find(|i| i["path"] == inner.as_str())
+            .and_then(|i| i["key"].as_str())
+            .with_context(|| format!("deployment.yaml: volume {volume_name} projects no item at {inner}"))?
+            .to_string(),
+        None => inner,
+    };
+    Ok((source_kind.into(), name.unwrap_or_default().into(), key))
+}
