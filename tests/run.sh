@@ -10,7 +10,19 @@
 #
 # With DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG set, the integration
 # tests run against those clusters instead and no control plane is built or started.
+#
+#   tests/run.sh --coverage
+#
+# runs the same unit and integration tests under cargo llvm-cov (installing llvm-tools-preview
+# and cargo-llvm-cov first) and writes docs/coverage.md: lines covered per module of host/src.
 set -euo pipefail
+
+coverage=0
+case "${1:-}" in
+  --coverage) coverage=1 ;;
+  "") ;;
+  *) echo "usage: tests/run.sh [--coverage]" >&2; exit 2 ;;
+esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -83,8 +95,10 @@ plugin_crates=(
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"
 
-step "unit tests"
-cargo test --workspace --locked --exclude downsync-tests
+if (( ! coverage )); then
+  step "unit tests"
+  cargo test --workspace --locked --exclude downsync-tests
+fi
 
 if (( ! external )); then
   step "starting the upstream and downstream control planes"
@@ -99,6 +113,24 @@ if (( ! external )); then
     kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${controllers[$side]}" | tail -n 1)"
     export "DOWNSYNC_${side^^}_KUBECONFIG=$kc"
   done
+fi
+
+if (( coverage )); then
+  step "coverage: unit and integration tests under cargo llvm-cov"
+  rustup component add llvm-tools-preview >/dev/null 2>&1 || die "rustup could not add llvm-tools-preview"
+  command -v cargo-llvm-cov >/dev/null 2>&1 || cargo install --locked cargo-llvm-cov
+  # Instrumented builds live apart from the ordinary ones, so neither invalidates the other.
+  cov_target="$cache/cargo-target-cov"
+  eval "$(CARGO_TARGET_DIR="$cov_target" cargo llvm-cov show-env --sh 2>/dev/null)"
+  export CARGO_TARGET_DIR="$cov_target"
+  cargo llvm-cov clean --workspace
+  # The integration tests build and run the downsync binary themselves; with this environment
+  # it is instrumented too, so what the binary runs counts.
+  cargo test --workspace --locked
+  cargo llvm-cov report --lcov --output-path "$cov_target/lcov.info"
+  python3 tests/coverage_table.py "$cov_target/lcov.info" "$(git rev-parse --short=12 HEAD)" > docs/coverage.md
+  echo "wrote docs/coverage.md" >&2
+  exit 0
 fi
 
 step "integration tests (real kube-apiserver + etcd + garbage collector)"
