@@ -1,7 +1,8 @@
 //! A misbehaving plugin and a permanent conflict, through `downsync run` between two real
 //! control planes: a plugin that panics on some objects never stops the other objects or
-//! later changes from syncing, and once it is removed every object syncs; a name taken by an
-//! object downsync does not own is reported once, not on every retry.
+//! later changes from syncing, and once it is removed every object syncs; a plugin that burns
+//! its whole deadline on every call leaves `/healthz` and other kinds working; a name taken by
+//! an object downsync does not own is reported once, not on every retry.
 
 use std::time::Duration;
 
@@ -126,5 +127,73 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="StatusUpsync""#])?, 0.0);
     assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="NamespaceCleanup""#])?, 1.0);
     assert!(d.terminate()?.success());
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_plugin_that_burns_its_deadline_leaves_healthz_and_other_kinds_working() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-deadline").await?;
+    let ns = env.namespace.clone();
+    // Twelve ConfigMaps on which the faulty plugin spins until the wall-clock deadline stops it
+    // (fuel is set so high that the deadline, not the fuel, ends each call).
+    let objects: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            let mut cm = mk_configmap(&ns, &format!("spin-{i:02}"), json!({"v": "0"}));
+            cm["metadata"]["annotations"] = json!({"downsync.dev/fault": "loop"});
+            cm
+        })
+        .collect();
+    create_all(&env.upstream, &ns, objects).await?;
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "other", "namespace": ns}, "stringData": {"v": "0"}}))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.upstream.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+
+    let plugins = std::env::temp_dir().join(format!("downsync-deadline-plugins-{ns}"));
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(plugin_path("downsync-plugin-testing-faulty")?, plugins.join("faulty.wasm"))?;
+    let config = std::env::temp_dir().join(format!("downsync-deadline-{ns}.yaml"));
+    std::fs::write(&config, "engine: {fuel: 1000000000000, deadlineMs: 1000}\n")?;
+    let args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--resource",
+        "v1/ConfigMap",
+        "--resource",
+        "v1/Secret",
+        "--namespace",
+        &ns,
+        "--target",
+        &ns,
+        "--workers",
+        "4",
+        "--plugins-dir",
+        &plugins.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    let mut d = Daemon::start("deadline", &args)?;
+    d.wait_ready(Duration::from_secs(90)).await?;
+
+    // While the spinning objects keep every worker busy a second at a time, the Secret follows
+    // its upstream changes and /healthz answers.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.downstream.clone(), &ns);
+    for round in ["1", "2", "3"] {
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.upstream.clone(), &ns)
+            .patch("other", &PatchParams::default(), &Patch::Merge(&json!({"stringData": {"v": round}})))
+            .await?;
+        eventually("the Secret to follow while the plugin spins", Duration::from_secs(60), || async {
+            assert_eq!(d.healthz()?.0, 200, "healthz answers while calls burn their deadline");
+            let got = secrets.get_opt("other").await?.and_then(|s| s.data).and_then(|m| m.get("v").cloned());
+            Ok((got.map(|b| b.0) == Some(round.as_bytes().to_vec())).then_some(()))
+        })
+        .await?;
+    }
+    let deadlines = d.metric("downsync_plugin_errors_total", &[r#"plugin="faulty""#, r#"failure="deadline""#])?;
+    assert!(deadlines >= 12.0, "the calls did burn their deadline: {deadlines}; log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+    let _ = std::fs::remove_file(&config);
     env.cleanup().await
 }
