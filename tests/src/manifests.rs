@@ -70,3 +70,37 @@ pub fn source_of(spec: &Value, container: &Value, path: &str) -> Result<(String,
     };
     Ok((source_kind.into(), name.unwrap_or_default().into(), key))
 }
+
+/// The ConfigMap that `plugins_dir` comes from in `container`: a whole volume, never a subPath
+/// mount, which Kubernetes never updates, so a hot reload would not see new plugins.
+pub fn plugins_config_map(spec: &Value, container: &Value, plugins_dir: &str) -> Result<String> {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == plugins_dir))
+        .with_context(|| format!("nothing is mounted at pluginsDir {plugins_dir}"))?;
+    if mount.get("subPath").is_some() {
+        bail!("the plugins mount at {plugins_dir} uses subPath: it would not be hot-reloaded");
+    }
+    let (kind, name, _) = source_of(spec, container, &format!("{plugins_dir}/x.wasm"))?;
+    if kind != "configMap" {
+        bail!("pluginsDir {plugins_dir} comes from a {kind}, not a ConfigMap");
+    }
+    Ok(name)
+}
+
+/// The port of the config's `metricsAddr`, checked to be the container's port named `metrics`.
+pub fn metrics_port(config: &Value, container: &Value) -> Result<u64> {
+    let port: u64 = config["metricsAddr"]
+        .as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .context("metricsAddr has no port")?;
+    let named = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
+        .context("no container port named metrics")?;
+    if named["containerPort"] != port {
+        bail!("metricsAddr port {port} and the container's metrics port {} differ", named["containerPort"]);
+    }
+    Ok(port)
+}

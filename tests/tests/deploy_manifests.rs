@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use downsync_tests::manifests::{allows, resolve, source_of};
+use downsync_tests::manifests::{allows, metrics_port, plugins_config_map, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -399,26 +399,11 @@ fn the_pod_mounts_the_config_the_upstream_kubeconfig_and_the_plugins_where_the_c
 
     // pluginsDir: a whole ConfigMap volume (a subPath mount would never see updates).
     let plugins_dir = config["pluginsDir"].as_str().context("config.yaml: no pluginsDir")?;
-    let mount = container["volumeMounts"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == plugins_dir))
-        .with_context(|| format!("nothing is mounted at pluginsDir {plugins_dir}"))?;
-    assert!(mount.get("subPath").is_none(), "the plugins mount must not use subPath: it would not be hot-reloaded");
-    let (source_kind, name, _) = source_of(spec, container, &format!("{plugins_dir}/x.wasm"))?;
-    assert_eq!(source_kind, "configMap");
+    let name = plugins_config_map(spec, container, plugins_dir)?;
     find(&docs, "ConfigMap", &name)?;
 
     // metricsAddr's port is the container's metrics port, which the probes use.
-    let metrics_port: u64 = config["metricsAddr"]
-        .as_str()
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .context("config.yaml: metricsAddr has no port")?;
-    let port = container["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .context("no container port named metrics")?;
-    assert_eq!(port["containerPort"], metrics_port, "metricsAddr and the metrics port differ");
+    let metrics_port = metrics_port(&config, container)?;
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");

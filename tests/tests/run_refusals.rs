@@ -27,19 +27,23 @@ fn refused(args: Vec<OsString>) -> anyhow::Result<String> {
     Ok(stderr)
 }
 
-fn base() -> anyhow::Result<Vec<OsString>> {
-    let c = clusters()?;
+/// `run` from `upstream` into the test downstream, for a namespace nothing lives in.
+fn run_from(upstream: &std::path::Path) -> anyhow::Result<Vec<OsString>> {
     Ok(vec![
         arg("run"),
         arg("--upstream-kubeconfig"),
-        arg(&c.upstream.kubeconfig),
+        arg(upstream),
         arg("--downstream-kubeconfig"),
-        arg(&c.downstream.kubeconfig),
+        arg(&clusters()?.downstream.kubeconfig),
         arg("--resource"),
         arg("v1/ConfigMap"),
         arg("--namespace"),
         arg("refusals-nothing-here"),
     ])
+}
+
+fn base() -> anyhow::Result<Vec<OsString>> {
+    run_from(&clusters()?.upstream.kubeconfig)
 }
 
 #[test]
@@ -75,20 +79,8 @@ fn a_misspelt_nested_setting_is_refused_with_its_path() -> anyhow::Result<()> {
 fn one_cluster_as_both_sides_is_refused_unless_allowed() -> anyhow::Result<()> {
     let c = clusters()?;
     let same = |upstream: &std::path::Path, extra: &[&str]| -> anyhow::Result<(bool, String)> {
-        let mut a = vec![
-            arg("run"),
-            arg("--metrics-addr"),
-            arg("off"),
-            arg("--once"),
-            arg("--upstream-kubeconfig"),
-            arg(upstream),
-            arg("--downstream-kubeconfig"),
-            arg(&c.downstream.kubeconfig),
-            arg("--resource"),
-            arg("v1/ConfigMap"),
-            arg("--namespace"),
-            arg("refusals-nothing-here"),
-        ];
+        let mut a = run_from(upstream)?;
+        a.extend([arg("--metrics-addr"), arg("off"), arg("--once")]);
         a.extend(extra.iter().map(arg));
         let (status, _, stderr) = run_to_end(&a)?;
         Ok((status.success(), stderr))

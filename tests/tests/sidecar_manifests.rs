@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use downsync_tests::manifests::{allows, resolve, source_of};
+use downsync_tests::manifests::{allows, metrics_port, plugins_config_map, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -191,26 +191,12 @@ fn downsync_is_a_native_sidecar_whose_mounts_and_ports_match_its_config() -> Res
     // would never see plugin updates).
     let plugins_dir = config["pluginsDir"].as_str().context("no pluginsDir")?;
     assert_eq!(plugins_dir, "/plugins");
-    let mount = sidecar["volumeMounts"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == plugins_dir))
-        .with_context(|| format!("nothing is mounted at {plugins_dir}"))?;
-    assert!(mount.get("subPath").is_none(), "the plugins mount must not use subPath");
-    let (kind, name, _) = source_of(spec, sidecar, &format!("{plugins_dir}/x.wasm"))?;
-    assert_eq!((kind.as_str(), name.as_str()), ("configMap", "downsync-plugins"));
+    let name = plugins_config_map(spec, sidecar, plugins_dir)?;
+    assert_eq!(name, "downsync-plugins");
     find(&docs, "ConfigMap", &name)?;
 
     // metricsAddr's port is the sidecar's port `metrics`, which its probes use; /readyz at start.
-    let metrics_port: u64 = config["metricsAddr"]
-        .as_str()
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .context("metricsAddr has no port")?;
-    let port = sidecar["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .context("no container port named metrics")?;
-    assert_eq!(port["containerPort"], metrics_port, "metricsAddr and the metrics port differ");
+    metrics_port(&config, sidecar)?;
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")] {
         let get = &sidecar[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
