@@ -91,6 +91,7 @@ plugin_crates=(
   downsync-plugin-testing-stamp
   downsync-plugin-testing-reserved
   downsync-plugin-testing-describe-panic
+  downsync-plugin-testing-legacy
 )
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"

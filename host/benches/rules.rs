@@ -49,7 +49,11 @@ fn bench(c: &mut Criterion) {
     let (existing, desired) = mk_pair();
     c.bench_function("service rule, native rust", |b| {
         b.iter(|| {
-            downsync_plugin_service::ServiceRule::preserve(black_box(existing.clone()), black_box(desired.clone()))
+            downsync_plugin_service::ServiceRule::preserve(
+                black_box(existing.clone()),
+                black_box(desired.clone()),
+                &downsync_plugin_sdk::Intent::unknown(),
+            )
         })
     });
 
@@ -61,7 +65,7 @@ fn bench(c: &mut Criterion) {
     let Ok(engine) = PluginEngine::new(EngineConfig::default()) else { return eprintln!("no engine") };
     let Ok(plugin) = Plugin::load_file(&engine, &path) else { return eprintln!("cannot load {}", path.display()) };
     c.bench_function("service rule, wasm, fresh instance per call", |b| {
-        b.iter(|| plugin.preserve(black_box(&existing), black_box(&desired)).is_ok())
+        b.iter(|| plugin.preserve(black_box(&existing), black_box(&desired), &downsync::sync::Intent::Unknown).is_ok())
     });
     c.bench_function("wasm, fresh instance + trivial call (ignore-paths)", |b| {
         b.iter(|| plugin.ignore_paths(black_box(""), black_box("Service")).is_ok())
@@ -71,7 +75,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("service rule, wasm, through the registry (contract check, metrics)", |b| {
         b.iter(|| registry.preserve(black_box(&existing), black_box(desired.clone())))
     });
-    if let Ok(called) = plugin.preserve(&existing, &desired) {
+    if let Ok(called) = plugin.preserve(&existing, &desired, &downsync::sync::Intent::Unknown) {
         eprintln!("fuel per preserve call: {}", called.fuel);
     }
 }

@@ -1,6 +1,7 @@
 //! Plugins that misbehave at the edges of the sandbox (stdio, sockets, panics on a tokio worker, oversized output, log floods, greedy scopes) and must not harm the host.
 
 use downsync::plugin::{CallFailure, EngineConfig, Error, Oversize, Plugin, PluginEngine};
+use downsync::sync::Intent;
 use downsync_tests::logs::logged;
 use downsync_tests::plugins::plugin_path;
 use serde_json::{Value, json};
@@ -41,19 +42,19 @@ async fn guest_panics_stdio_and_udp_on_a_tokio_worker_do_not_panic_the_host() {
     let engine = engine();
     let plugin = faulty(&engine);
 
-    let err = plugin.transform(&mk_configmap("trap")).expect_err("a panic is an error");
+    let err = plugin.transform(&mk_configmap("trap"), &Intent::Unknown).expect_err("a panic is an error");
     assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
     assert!(err.to_string().contains("faulty plugin asked to trap"), "the guest's panic message: {err}");
     assert_one_line(&err);
 
-    let out = plugin.transform(&mk_configmap("print")).expect("printing is harmless").value;
+    let out = plugin.transform(&mk_configmap("print"), &Intent::Unknown).expect("printing is harmless").value;
     assert_eq!(out["metadata"]["labels"]["faulty"], "ok");
 
-    let err = plugin.transform(&mk_configmap("udp")).expect_err("the guest reports what came of its socket");
+    let err = plugin.transform(&mk_configmap("udp"), &Intent::Unknown).expect_err("the guest reports what came of its socket");
     let Error::Rejected { message, .. } = &err else { panic!("the guest got an error and returned it: {err}") };
     assert!(message.starts_with("udp bind failed"), "the socket was refused to the guest: {message}");
 
-    let out = plugin.transform(&mk_configmap("")).expect("the plugin still works").value;
+    let out = plugin.transform(&mk_configmap(""), &Intent::Unknown).expect("the plugin still works").value;
     assert_eq!(out["metadata"]["labels"]["faulty"], "ok");
 }
 
@@ -64,14 +65,14 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
     let engine = engine();
     let plugin = faulty(&engine);
     let started = std::time::Instant::now();
-    let err = plugin.transform(&mk_configmap("sleep")).expect_err("a plugin cannot sleep");
+    let err = plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).expect_err("a plugin cannot sleep");
     assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
     assert!(err.to_string().contains("plugins cannot block"), "{err}");
     assert_one_line(&err);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let on_worker = runtime
-        .block_on(async { tokio::spawn(async move { plugin.transform(&mk_configmap("sleep")).is_err() }).await });
+        .block_on(async { tokio::spawn(async move { plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).is_err() }).await });
     assert!(on_worker.expect("no host panic on a tokio worker"));
 }
 
@@ -80,16 +81,16 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
 async fn a_guest_panic_on_a_current_thread_runtime_is_a_trap_error() {
     let engine = engine();
     let plugin = faulty(&engine);
-    let err = plugin.preserve(&mk_configmap(""), &mk_configmap("trap")).expect_err("a panic is an error");
+    let err = plugin.preserve(&mk_configmap(""), &mk_configmap("trap"), &Intent::Unknown).expect_err("a panic is an error");
     assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
-    plugin.transform(&mk_configmap("print")).expect("printing is harmless");
+    plugin.transform(&mk_configmap("print"), &Intent::Unknown).expect("printing is harmless");
 }
 
 #[test]
 fn what_a_guest_prints_lands_in_the_host_log_bounded_and_escaped() {
     let engine = engine();
     let plugin = faulty(&engine);
-    let (out, log) = logged(|| plugin.transform(&mk_configmap("print")).map_err(|e| e.to_string()));
+    let (out, log) = logged(|| plugin.transform(&mk_configmap("print"), &Intent::Unknown).map_err(|e| e.to_string()));
     out.expect("printing is harmless");
     let stdout =
         log.lines().find(|l| l.contains("stream=\"stdout\"")).unwrap_or_else(|| panic!("stdout logged: {log}"));
@@ -115,7 +116,7 @@ fn call_errors_are_one_line_with_the_cause_and_no_backtrace() {
         ("loop", "wasm trap: all fuel consumed"),
         ("memory", "memory"),
     ] {
-        let err = plugin.transform(&mk_configmap(fault)).expect_err(fault);
+        let err = plugin.transform(&mk_configmap(fault), &Intent::Unknown).expect_err(fault);
         let msg = err.to_string();
         assert!(msg.starts_with("plugin faulty: transform on ConfigMap n/c failed ("), "{fault}: {msg}");
         assert!(msg.contains(cause), "{fault}: the cause, {cause:?}: {msg}");
@@ -129,17 +130,17 @@ fn oversized_output_errors_and_ignore_paths_are_bounded() {
     let engine = engine();
     let plugin = faulty(&engine);
 
-    let err = plugin.transform(&mk_configmap("big-error")).expect_err("rejected");
+    let err = plugin.transform(&mk_configmap("big-error"), &Intent::Unknown).expect_err("rejected");
     let Error::Rejected { message, .. } = &err else { panic!("{err}") };
     assert!(message.len() < 1200, "cut to about 1 KiB, not {} bytes", message.len());
     assert!(message.ends_with(&format!("… ({} bytes truncated)", (40 << 20) - 1024)), "{}", &message[1000..]);
 
-    let err = plugin.transform(&mk_configmap("big-output")).expect_err("too large");
+    let err = plugin.transform(&mk_configmap("big-output"), &Intent::Unknown).expect_err("too large");
     assert!(matches!(err, Error::TooLarge { hook: "transform", .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("plugin faulty") && msg.contains("ConfigMap n/c"), "{msg}");
     assert!(msg.contains(&format!("over the limit of {}", 4 << 20)), "{msg}");
-    let err = plugin.preserve(&mk_configmap(""), &mk_configmap("big-output")).expect_err("too large");
+    let err = plugin.preserve(&mk_configmap(""), &mk_configmap("big-output"), &Intent::Unknown).expect_err("too large");
     assert!(matches!(err, Error::TooLarge { hook: "preserve", .. }), "{err}");
     assert_eq!(err.failure(), Some(CallFailure::Contract));
 
@@ -153,7 +154,7 @@ fn oversized_output_errors_and_ignore_paths_are_bounded() {
 #[test]
 fn a_log_flood_is_rate_limited_and_summarized_and_forged_lines_are_escaped() {
     let plugin = faulty(&engine());
-    let (out, log) = logged(|| plugin.transform(&mk_configmap("log-flood")).map_err(|e| e.to_string()));
+    let (out, log) = logged(|| plugin.transform(&mk_configmap("log-flood"), &Intent::Unknown).map_err(|e| e.to_string()));
     out.expect("flooding is not an error");
     let lines = log.lines().filter(|l| l.contains("flood line")).count();
     // The burst, plus what the bucket refills (20 a second) while the call runs.
@@ -161,13 +162,13 @@ fn a_log_flood_is_rate_limited_and_summarized_and_forged_lines_are_escaped() {
     assert!(log.contains(&format!("suppressed {} log lines from plugin faulty", 10_000 - lines)), "{log}");
 
     // The bucket is per plugin and shared by calls: a second flood right away gets almost nothing.
-    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-flood")).map_err(|e| e.to_string()));
+    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-flood"), &Intent::Unknown).map_err(|e| e.to_string()));
     let lines = log.lines().filter(|l| l.contains("flood line")).count();
     assert!(lines <= 5, "the second flood gets the refill only, not {lines} lines");
 
     // A fresh engine has a full bucket again.
     let plugin = faulty(&engine());
-    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-forge")).map_err(|e| e.to_string()));
+    let (_, log) = logged(|| plugin.transform(&mk_configmap("log-forge"), &Intent::Unknown).map_err(|e| e.to_string()));
     let forged = log.lines().find(|l| l.contains("forged host line")).unwrap_or_else(|| panic!("logged: {log}"));
     assert!(forged.contains(r"innocent\n2026-01-01T00:00:00.000000Z ERROR"), "the newline is escaped: {forged}");
     assert!(forged.contains(r"\u{1b}[31m") && !forged.contains('\u{1b}'), "so is the escape sequence: {forged}");

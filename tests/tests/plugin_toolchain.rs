@@ -1,7 +1,10 @@
 //! The WASM toolchain end to end: a plugin crate built for wasm32-wasip2 loads in the host's
 //! wasmtime and runs.
 
-use downsync::plugin::{EngineConfig, Error, Plugin, PluginEngine};
+use downsync::plugin::{
+    EngineConfig, Error, Hooks, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet, RegistryConfig, WitVersion,
+};
+use downsync::sync::{Intent, RuleDecision};
 use downsync_tests::plugins::plugin_path;
 use serde_json::json;
 
@@ -27,7 +30,7 @@ fn the_minimal_plugin_loads_and_transforms_a_configmap() {
     assert!(!plugin.info().handles("apps", "Deployment"));
 
     let desired = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}, "data": {"k": "v"}});
-    let out = plugin.transform(&desired).expect("transform runs").value;
+    let out = plugin.transform(&desired, &Intent::Unknown).expect("transform runs").value;
     assert_eq!(out["metadata"]["annotations"]["downsync.dev/minimal"], "seen");
     assert_eq!(out["data"], desired["data"], "the rest of the object is untouched");
 
@@ -44,4 +47,32 @@ fn a_file_that_is_not_a_component_is_refused_with_its_name() {
     let err = Plugin::load(&engine, "garbage", b"\0asm but not really").expect_err("refused");
     assert!(matches!(err, Error::Compile { .. }), "{err}");
     assert!(err.to_string().contains("plugin garbage"), "{err}");
+}
+
+#[test]
+fn a_0_1_0_and_a_0_2_0_component_chain_on_one_kind_and_unlisted_hooks_are_never_called() {
+    let engine = PluginEngine::new(EngineConfig { cache_dir: None, ..EngineConfig::default() }).expect("engine");
+    let legacy = Plugin::load_file(&engine, &plugin_path("downsync-plugin-testing-legacy").expect("built")).expect("0.1.0 loads");
+    let minimal = Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal").expect("built")).expect("0.2.0 loads");
+    assert_eq!((legacy.wit(), legacy.info().hooks), (WitVersion::V0_1, Hooks::ALL));
+    assert_eq!(minimal.wit(), WitVersion::V0_2);
+    assert_eq!(minimal.info().hooks, Hooks { transform: true, preserve: false, ignore_paths: false });
+    assert_eq!(minimal.info().reads, vec!["/metadata/annotations".to_string()]);
+
+    let metrics = Metrics::default();
+    let set = PluginSet::new(vec![legacy, minimal], &RegistryConfig::default()).expect("no overlap");
+    let registry = PluginRegistry::new(set, metrics.clone());
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}, "data": {"k": "v"}});
+    let out = registry.transform(cm.clone()).expect("both transform");
+    assert_eq!(out["metadata"]["annotations"]["downsync.dev/legacy"], "0.1.0");
+    assert_eq!(out["metadata"]["annotations"]["downsync.dev/minimal"], "seen");
+    assert_eq!(out["data"], cm["data"], "minimal was sent only annotations; data is merged back untouched");
+    let RuleDecision::Apply(kept) = registry.preserve(&out, out.clone()).expect("preserve") else { panic!("apply") };
+    assert_eq!(kept, out);
+    assert!(registry.ignore_paths("", "ConfigMap").expect("ignore paths").is_empty());
+    assert_eq!(metrics.calls("legacy", "preserve"), 1, "0.1.0: every hook is called");
+    assert_eq!(metrics.calls("legacy", "ignore-paths"), 1);
+    assert_eq!(metrics.calls("minimal", "transform"), 1);
+    assert_eq!(metrics.calls("minimal", "preserve"), 0, "0.2.0: an unlisted hook is never called");
+    assert_eq!(metrics.calls("minimal", "ignore-paths"), 0);
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -18,6 +19,7 @@ use super::startup::Resolved;
 use crate::kube::upstream;
 use crate::sync::Resource;
 use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
+use crate::sync::intent::{self, Intent};
 use crate::sync::ownership;
 
 /// One upstream object, by its upstream coordinates.
@@ -91,6 +93,34 @@ fn strip_managed_fields(o: &mut DynamicObject) {
     }
 }
 
+/// For upstream objects: what the rules need of `managedFields` (which fields no client asked
+/// for, see [`Intent`]) is computed here, once per object version, and kept in their place as
+/// one compact entry; the rest is dropped as downstream.
+fn compact_managed_fields(o: &mut DynamicObject) {
+    let intent = match o.metadata.managed_fields.take() {
+        Some(entries) if !entries.is_empty() => {
+            let sets: Vec<&serde_json::Value> = entries.iter().filter_map(|e| e.fields_v1.as_ref().map(|f| &f.0)).collect();
+            let mut meta = serde_json::Map::new();
+            for (k, v) in [("labels", &o.metadata.labels), ("annotations", &o.metadata.annotations)] {
+                if let Some(v) = v.as_ref().and_then(|v| serde_json::to_value(v).ok()) {
+                    meta.insert(k.into(), v);
+                }
+            }
+            if sets.is_empty() {
+                Intent::Unknown
+            } else {
+                Intent::ServerSet(intent::server_set(&sets, &o.data, &serde_json::Value::Object(meta)))
+            }
+        }
+        _ => Intent::Unknown,
+    };
+    strip_managed_fields(o);
+    o.metadata.managed_fields = intent
+        .compact_entry()
+        .and_then(|entry| serde_json::from_value::<ManagedFieldsEntry>(entry).ok())
+        .map(|entry| vec![entry]);
+}
+
 /// The event stream of one reflector.
 pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
 
@@ -113,7 +143,7 @@ pub fn reflectors(
         let up_store = up_writer.as_reader();
         let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
         let up_stream =
-            watcher::watcher(up_api, up_wc).default_backoff().modify(strip_managed_fields).reflect(up_writer);
+            watcher::watcher(up_api, up_wc).default_backoff().modify(compact_managed_fields).reflect(up_writer);
 
         let down_writer = reflector::store::Writer::new(down_ar.clone());
         let down_store = down_writer.as_reader();

@@ -6,12 +6,15 @@ use std::path::Path;
 use serde_json::Value;
 use wasmtime::Store;
 
-use super::bindings::downsync::rules::types as wit;
-use super::bindings::{Rule, RulePre};
+use super::bindings::v0_1::downsync::rules::types as wit01;
+use super::bindings::v0_2::downsync::rules::types as wit;
+use super::bindings::{v0_1, v0_2};
 use super::contract;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::{CallState, escape};
+use super::projection;
+use crate::sync::intent::Intent;
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -29,6 +32,43 @@ impl KindPattern {
     }
 }
 
+/// The version of the `downsync:rules` WIT package a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum WitVersion {
+    /// `downsync:rules@0.1.0`: every hook, the whole object, no intent.
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `downsync:rules@0.2.0`: declared hooks and reads, intent.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl std::fmt::Display for WitVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        })
+    }
+}
+
+/// The hooks a plugin implements; the others are never called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    /// `transform`.
+    pub transform: bool,
+    /// `preserve`.
+    pub preserve: bool,
+    /// `ignore-paths`.
+    pub ignore_paths: bool,
+}
+
+impl Hooks {
+    /// Every hook (what a 0.1.0 plugin gets).
+    pub const ALL: Self = Self { transform: true, preserve: true, ignore_paths: true };
+}
+
 /// What a plugin's `describe` said.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PluginInfo {
@@ -40,6 +80,12 @@ pub struct PluginInfo {
     pub kinds: Vec<KindPattern>,
     /// JSON pointer patterns it may write.
     pub scope: Vec<String>,
+    /// The WIT package version it was built against.
+    pub wit: WitVersion,
+    /// The hooks it implements.
+    pub hooks: Hooks,
+    /// JSON pointers of what it reads; empty means the whole object.
+    pub reads: Vec<String>,
 }
 
 impl PluginInfo {
@@ -69,13 +115,140 @@ pub struct Called<T> {
     pub fuel: u64,
 }
 
+/// A component linked against one of the WIT package versions, ready to instantiate.
+#[derive(Clone)]
+pub(crate) enum RulePre {
+    /// `downsync:rules@0.1.0`.
+    V0_1(v0_1::RulePre<CallState>),
+    /// `downsync:rules@0.2.0`.
+    V0_2(v0_2::RulePre<CallState>),
+}
+
+/// One instance of a component.
+enum Bound {
+    V0_1(v0_1::Rule),
+    V0_2(v0_2::Rule),
+}
+
+impl RulePre {
+    fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Bound> {
+        Ok(match self {
+            Self::V0_1(pre) => Bound::V0_1(pre.instantiate(store)?),
+            Self::V0_2(pre) => Bound::V0_2(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// What a hook returned, whichever the WIT version.
+enum Raw {
+    Info(RawInfo),
+    Text(Result<String, String>),
+    Decision(Result<wit::Decision, String>),
+    Paths(Vec<String>),
+}
+
+/// A hook to call and its inputs (JSON text, already projected).
+enum Hook<'a> {
+    Describe,
+    Transform(&'a String, &'a wit::Intent),
+    Preserve(&'a String, &'a String, &'a wit::Intent),
+    IgnorePaths(&'a str, &'a str),
+}
+
+impl Hook<'_> {
+    fn call(&self, store: &mut Store<CallState>, bound: &Bound) -> wasmtime::Result<Raw> {
+        Ok(match bound {
+            Bound::V0_2(rule) => {
+                let r = rule.downsync_rules_rules();
+                match *self {
+                    Hook::Describe => Raw::Info(RawInfo::from_v0_2(r.call_describe(store)?)),
+                    Hook::Transform(d, intent) => Raw::Text(r.call_transform(store, d, intent)?),
+                    Hook::Preserve(e, d, intent) => Raw::Decision(r.call_preserve(store, e, d, intent)?),
+                    Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
+                }
+            }
+            Bound::V0_1(rule) => {
+                let r = rule.downsync_rules_rules();
+                match *self {
+                    Hook::Describe => Raw::Info(RawInfo::from_v0_1(r.call_describe(store)?)),
+                    Hook::Transform(d, _) => Raw::Text(r.call_transform(store, d)?),
+                    Hook::Preserve(e, d, _) => Raw::Decision(r.call_preserve(store, e, d)?.map(|d| match d {
+                        wit01::Decision::Apply(t) => wit::Decision::Apply(t),
+                        wit01::Decision::Recreate(t) => wit::Decision::Recreate(t),
+                        wit01::Decision::Skip(t) => wit::Decision::Skip(t),
+                    })),
+                    Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Hook::Describe => "describe",
+            Hook::Transform(..) => "transform",
+            Hook::Preserve(..) => "preserve",
+            Hook::IgnorePaths(..) => "ignore-paths",
+        }
+    }
+}
+
+/// `describe`'s answer before it is checked.
+struct RawInfo {
+    name: String,
+    version: String,
+    kinds: Vec<(String, String)>,
+    scope: Vec<String>,
+    wit: WitVersion,
+    hooks: Hooks,
+    reads: Vec<String>,
+}
+
+impl RawInfo {
+    fn from_v0_1(i: wit01::PluginInfo) -> Self {
+        Self {
+            name: i.name,
+            version: i.version,
+            kinds: i.kinds.into_iter().map(|k| (k.group, k.kind)).collect(),
+            scope: i.scope,
+            wit: WitVersion::V0_1,
+            hooks: Hooks::ALL,
+            reads: Vec::new(),
+        }
+    }
+
+    fn from_v0_2(i: wit::PluginInfo) -> Self {
+        Self {
+            name: i.name,
+            version: i.version,
+            kinds: i.kinds.into_iter().map(|k| (k.group, k.kind)).collect(),
+            scope: i.scope,
+            wit: WitVersion::V0_2,
+            hooks: Hooks {
+                transform: i.hooks.contains(wit::Hooks::TRANSFORM),
+                preserve: i.hooks.contains(wit::Hooks::PRESERVE),
+                ignore_paths: i.hooks.contains(wit::Hooks::IGNORE_PATHS),
+            },
+            reads: i.reads,
+        }
+    }
+}
+
+/// The intent as the 0.2.0 WIT carries it, restricted to what the plugin reads.
+fn wit_intent(intent: &Intent, reads: &[String]) -> wit::Intent {
+    match intent.within(reads) {
+        Intent::Unknown => wit::Intent::Unknown,
+        Intent::ServerSet(paths) => wit::Intent::ServerSet(paths),
+    }
+}
+
 /// A compiled, checked plugin. Cheap to clone; calls never share state.
 #[derive(Clone)]
 pub struct Plugin {
     engine: PluginEngine,
     info: PluginInfo,
     digest: String,
-    pre: RulePre<CallState>,
+    pre: RulePre,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -102,14 +275,24 @@ impl Plugin {
         Self::new(engine.clone(), label, digest, pre)
     }
 
-    fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre<CallState>) -> Result<Self> {
-        let mut plugin = Self {
-            engine,
-            info: PluginInfo { name: label.to_string(), version: String::new(), kinds: vec![], scope: vec![] },
-            digest,
-            pre,
+    fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre) -> Result<Self> {
+        let wit = match pre {
+            RulePre::V0_1(_) => WitVersion::V0_1,
+            RulePre::V0_2(_) => WitVersion::V0_2,
         };
-        let raw = plugin.call("describe", "-", |store, rule| rule.downsync_rules_rules().call_describe(store))?.value;
+        let info = PluginInfo {
+            name: label.to_string(),
+            version: String::new(),
+            kinds: vec![],
+            scope: vec![],
+            wit,
+            hooks: Hooks::ALL,
+            reads: vec![],
+        };
+        let mut plugin = Self { engine, info, digest, pre };
+        let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
+            return Err(plugin.mismatch("describe"));
+        };
         plugin.info = check_describe(label, raw)?;
         contract::check_scope(&plugin.info)?;
         Ok(plugin)
@@ -130,20 +313,21 @@ impl Plugin {
         &self.digest
     }
 
+    /// The WIT package version it was built against.
+    pub fn wit(&self) -> WitVersion {
+        self.info.wit
+    }
+
     /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
     /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
-    fn call<T>(
-        &self,
-        hook: &'static str,
-        object: &str,
-        f: impl FnOnce(&mut Store<CallState>, &Rule) -> wasmtime::Result<T>,
-    ) -> Result<Called<T>> {
+    fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         let cfg = self.engine.config();
         let mut store = self.new_store(object);
         let outcome = self.arm(&mut store).and_then(|()| {
-            let rule = self.pre.instantiate(&mut store)?;
-            f(&mut store, &rule)
+            let bound = self.pre.instantiate(&mut store)?;
+            hook.call(&mut store, &bound)
         });
+        let hook = hook.name();
         let called = match outcome {
             Ok(value) => {
                 let fuel = cfg.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
@@ -188,40 +372,82 @@ impl Plugin {
         }
     }
 
-    /// Calls `transform` on the desired object.
-    pub fn transform(&self, desired: &Value) -> Result<Called<Value>> {
+    /// Calls `transform` on the desired object; `intent` is the upstream object's. A plugin
+    /// that does not implement `transform` is not called: the object passes unchanged.
+    pub fn transform(&self, desired: &Value, intent: &Intent) -> Result<Called<Value>> {
+        if !self.info.hooks.transform {
+            return Ok(Called { value: desired.clone(), fuel: 0 });
+        }
         let object = object_ref(desired);
-        let input = desired.to_string();
-        let out = self.call("transform", &object, |s, r| r.downsync_rules_rules().call_transform(s, &input))?;
-        let text = out.value.map_err(|message| self.rejected("transform", &object, &message))?;
+        let reads = projection::effective(desired, &self.info.reads);
+        let input = self.input(desired, &reads);
+        let intent = wit_intent(intent, &reads);
+        let out = self.call(&Hook::Transform(&input, &intent), &object)?;
+        let Raw::Text(text) = out.value else { return Err(self.mismatch("transform")) };
+        let text = text.map_err(|message| self.rejected("transform", &object, &message))?;
         let value = self.parse_output("transform", &object, &text)?;
+        let value = self.merged("transform", &object, desired, value, &reads)?;
         Ok(Called { value, fuel: out.fuel })
     }
 
-    /// Calls `preserve` with the live downstream object and the desired one.
-    pub fn preserve(&self, existing: &Value, desired: &Value) -> Result<Called<Decision>> {
+    /// Calls `preserve` with the live downstream object and the desired one. A plugin that
+    /// does not implement `preserve` is not called: the desired object is applied.
+    pub fn preserve(&self, existing: &Value, desired: &Value, intent: &Intent) -> Result<Called<Decision>> {
+        if !self.info.hooks.preserve {
+            return Ok(Called { value: Decision::Apply(desired.clone()), fuel: 0 });
+        }
         let object = object_ref(desired);
-        let (e, d) = (existing.to_string(), desired.to_string());
-        let out = self.call("preserve", &object, |s, r| r.downsync_rules_rules().call_preserve(s, &e, &d))?;
-        self.decision(&object, out)
+        let (existing_reads, reads) =
+            (projection::effective(existing, &self.info.reads), projection::effective(desired, &self.info.reads));
+        let (e, d) = (self.input(existing, &existing_reads), self.input(desired, &reads));
+        let intent = wit_intent(intent, &reads);
+        let out = self.call(&Hook::Preserve(&e, &d, &intent), &object)?;
+        self.decision(&object, desired, &reads, out)
+    }
+
+    /// The JSON text a hook is given: the projection on `reads`, or the whole object.
+    fn input(&self, obj: &Value, reads: &[String]) -> String {
+        if self.info.reads.is_empty() { obj.to_string() } else { projection::project(obj, reads).to_string() }
+    }
+
+    /// What a hook returned, merged into the full object when the plugin was sent a projection.
+    fn merged(&self, hook: &'static str, object: &str, full: &Value, out: Value, reads: &[String]) -> Result<Value> {
+        if self.info.reads.is_empty() {
+            return Ok(out);
+        }
+        if !out.is_object() {
+            return Err(self.contract_output(hook, object, "output is not a JSON object".into()));
+        }
+        let mut merged = full.clone();
+        projection::merge(&mut merged, out, reads)
+            .map_err(|e| self.contract_output(hook, object, format!("cannot merge the output: {e}")))?;
+        Ok(merged)
     }
 
     /// Turns what `preserve` returned into a [`Decision`].
-    fn decision(&self, object: &str, out: Called<Result<wit::Decision, String>>) -> Result<Called<Decision>> {
-        let decision = out.value.map_err(|message| self.rejected("preserve", object, &message))?;
+    fn decision(&self, object: &str, desired: &Value, reads: &[String], out: Called<Raw>) -> Result<Called<Decision>> {
+        let Raw::Decision(decision) = out.value else { return Err(self.mismatch("preserve")) };
+        let decision = decision.map_err(|message| self.rejected("preserve", object, &message))?;
         let value = match decision {
-            wit::Decision::Apply(text) => Decision::Apply(self.parse_output("preserve", object, &text)?),
+            wit::Decision::Apply(text) => {
+                let value = self.parse_output("preserve", object, &text)?;
+                Decision::Apply(self.merged("preserve", object, desired, value, reads)?)
+            }
             wit::Decision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
             wit::Decision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
         };
         Ok(Called { value, fuel: out.fuel })
     }
 
-    /// Calls `ignore-paths` for a group and kind.
+    /// Calls `ignore-paths` for a group and kind; a plugin that does not implement it ignores
+    /// nothing and is not called.
     pub fn ignore_paths(&self, group: &str, kind: &str) -> Result<Called<Vec<String>>> {
+        if !self.info.hooks.ignore_paths {
+            return Ok(Called { value: Vec::new(), fuel: 0 });
+        }
         let object = format!("{kind}.{group}");
-        let out =
-            self.call("ignore-paths", &object, |s, r| r.downsync_rules_rules().call_ignore_paths(s, group, kind))?;
+        let out = self.call(&Hook::IgnorePaths(group, kind), &object)?;
+        let Raw::Paths(paths) = out.value else { return Err(self.mismatch("ignore-paths")) };
         let too_large = |what, size, limit| Error::TooLarge {
             plugin: self.info.name.clone(),
             hook: "ignore-paths",
@@ -230,13 +456,29 @@ impl Plugin {
             size,
             limit,
         };
-        if out.value.len() > MAX_IGNORE_PATHS {
-            return Err(too_large(Oversize::List, out.value.len(), MAX_IGNORE_PATHS));
+        if paths.len() > MAX_IGNORE_PATHS {
+            return Err(too_large(Oversize::List, paths.len(), MAX_IGNORE_PATHS));
         }
-        if let Some(long) = out.value.iter().find(|p| p.len() > MAX_IGNORE_PATH_BYTES) {
+        if let Some(long) = paths.iter().find(|p| p.len() > MAX_IGNORE_PATH_BYTES) {
             return Err(too_large(Oversize::Path, long.len(), MAX_IGNORE_PATH_BYTES));
         }
-        Ok(out)
+        Ok(Called { value: paths, fuel: out.fuel })
+    }
+
+    /// A hook answered with another hook's type: cannot happen with generated bindings.
+    fn mismatch(&self, hook: &'static str) -> Error {
+        Error::Describe { plugin: self.info.name.clone(), message: format!("{hook} returned an unexpected value") }
+    }
+
+    fn contract_output(&self, hook: &'static str, object: &str, message: String) -> Error {
+        Error::Contract {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            violation: Violation::Output,
+            path: String::new(),
+            message,
+        }
     }
 
     /// The error for a plugin's own refusal, its message bounded and escaped.
@@ -286,7 +528,7 @@ impl Plugin {
             return Err(fail(&store, e));
         }
         match self.pre.instantiate(&mut store) {
-            Ok(rule) => Ok(Session { plugin: self.clone(), store, rule, broken: false }),
+            Ok(bound) => Ok(Session { plugin: self.clone(), store, bound, broken: false }),
             Err(e) => Err(fail(&store, e)),
         }
     }
@@ -296,7 +538,7 @@ impl Plugin {
 pub struct Session {
     plugin: Plugin,
     store: Store<CallState>,
-    rule: Rule,
+    bound: Bound,
     /// Set by a failed call: the instance may be left mid-way and must not be entered again.
     broken: bool,
 }
@@ -309,7 +551,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Calls `preserve` on the kept instance, with a full fuel budget and a fresh deadline.
-    pub fn preserve(&mut self, existing: &Value, desired: &Value) -> Result<Called<Decision>> {
+    pub fn preserve(&mut self, existing: &Value, desired: &Value, intent: &Intent) -> Result<Called<Decision>> {
         let object = object_ref(desired);
         let plugin = &self.plugin;
         if self.broken {
@@ -321,15 +563,20 @@ impl Session {
                 message: "the session is unusable after an earlier failed call".into(),
             });
         }
+        if !plugin.info.hooks.preserve {
+            return Ok(Called { value: Decision::Apply(desired.clone()), fuel: 0 });
+        }
         self.store.data_mut().set_object(&object);
-        let (e, d) = (existing.to_string(), desired.to_string());
-        let called = plugin
-            .arm(&mut self.store)
-            .and_then(|()| self.rule.downsync_rules_rules().call_preserve(&mut self.store, &e, &d));
+        let (existing_reads, reads) =
+            (projection::effective(existing, &plugin.info.reads), projection::effective(desired, &plugin.info.reads));
+        let (e, d) = (plugin.input(existing, &existing_reads), plugin.input(desired, &reads));
+        let intent = wit_intent(intent, &reads);
+        let hook = Hook::Preserve(&e, &d, &intent);
+        let called = plugin.arm(&mut self.store).and_then(|()| hook.call(&mut self.store, &self.bound));
         let result = match called {
             Ok(value) => {
                 let fuel = plugin.engine.config().fuel.saturating_sub(self.store.get_fuel().unwrap_or(0));
-                plugin.decision(&object, Called { value, fuel })
+                plugin.decision(&object, desired, &reads, Called { value, fuel })
             }
             Err(e) => {
                 self.broken = true;
@@ -403,7 +650,7 @@ fn classify(e: &wasmtime::Error, memory_denied: bool) -> CallFailure {
 const MAX_DESCRIBE_ENTRIES: usize = 256;
 const MAX_DESCRIBE_FIELD_BYTES: usize = 1024;
 
-fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
+fn check_describe(label: &str, raw: RawInfo) -> Result<PluginInfo> {
     let bad = |message: String| Error::Describe { plugin: label.to_string(), message };
     // Shown in messages: what a plugin says is bounded before it reaches a log line.
     let show = |text: &str| format!("{:?}", bounded(text, 100));
@@ -419,21 +666,29 @@ fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
     if raw.kinds.is_empty() {
         return Err(bad("it handles no kinds".into()));
     }
-    if raw.kinds.len() > MAX_DESCRIBE_ENTRIES || raw.scope.len() > MAX_DESCRIBE_ENTRIES {
+    if raw.kinds.len() > MAX_DESCRIBE_ENTRIES
+        || raw.scope.len() > MAX_DESCRIBE_ENTRIES
+        || raw.reads.len() > MAX_DESCRIBE_ENTRIES
+    {
         return Err(bad(format!(
-            "{} kind patterns and {} scope patterns; the limit is {MAX_DESCRIBE_ENTRIES} each",
+            "{} kind patterns, {} scope patterns and {} reads; the limit is {MAX_DESCRIBE_ENTRIES} each",
             raw.kinds.len(),
-            raw.scope.len()
+            raw.scope.len(),
+            raw.reads.len()
         )));
     }
-    for k in &raw.kinds {
-        if k.kind.is_empty() {
-            return Err(bad(format!("kind pattern with group {} has an empty kind", show(&k.group))));
+    for (group, kind) in &raw.kinds {
+        if kind.is_empty() {
+            return Err(bad(format!("kind pattern with group {} has an empty kind", show(group))));
         }
-        if k.kind.len() + k.group.len() > MAX_DESCRIBE_FIELD_BYTES {
-            return Err(bad(format!("kind pattern {}/{} is too long", show(&k.group), show(&k.kind))));
+        if kind.len() + group.len() > MAX_DESCRIBE_FIELD_BYTES {
+            return Err(bad(format!("kind pattern {}/{} is too long", show(group), show(kind))));
         }
     }
+    if raw.hooks == (Hooks { transform: false, preserve: false, ignore_paths: false }) {
+        return Err(bad("it lists no hooks (transform, preserve, ignore-paths)".into()));
+    }
+    check_reads(&raw.reads, &raw.scope).map_err(bad)?;
     for s in &raw.scope {
         if !s.starts_with('/') || s == "/" || s.len() > MAX_DESCRIBE_FIELD_BYTES {
             return Err(bad(format!(
@@ -445,22 +700,82 @@ fn check_describe(label: &str, raw: wit::PluginInfo) -> Result<PluginInfo> {
     Ok(PluginInfo {
         name: raw.name,
         version: raw.version,
-        kinds: raw.kinds.into_iter().map(|k| KindPattern { group: k.group, kind: k.kind }).collect(),
+        kinds: raw.kinds.into_iter().map(|(group, kind)| KindPattern { group, kind }).collect(),
         scope: raw.scope,
+        wit: raw.wit,
+        hooks: raw.hooks,
+        reads: raw.reads,
     })
 }
+
+/// Reads must be plain JSON pointers below the root (no wildcards), and, when there are any,
+/// every scope pattern must lie inside one: a plugin cannot write what it is not sent.
+fn check_reads(reads: &[String], scope: &[String]) -> std::result::Result<(), String> {
+    for r in reads {
+        let segments = crate::sync::pointer::parse(r).ok().filter(|s| !s.is_empty());
+        let Some(segments) = segments.filter(|_| r.len() <= MAX_DESCRIBE_FIELD_BYTES) else {
+            return Err(format!(
+                "read {:?} is not a JSON pointer below the root of at most {MAX_DESCRIBE_FIELD_BYTES} bytes",
+                bounded(r, 100)
+            ));
+        };
+        if segments.iter().any(|s| s == crate::sync::pointer::WILDCARD) {
+            return Err(format!("read {:?} has a wildcard; reads are plain JSON pointers", bounded(r, 100)));
+        }
+    }
+    if reads.is_empty() {
+        return Ok(());
+    }
+    for pattern in scope {
+        let Ok(pat) = crate::sync::pointer::parse(pattern) else { continue };
+        let inside = reads.iter().filter_map(|r| crate::sync::pointer::parse(r).ok()).any(|r| {
+            r.len() <= pat.len() && r.iter().zip(&pat).all(|(a, b)| a == b)
+        });
+        if !inside {
+            return Err(format!(
+                "scope {:?} is outside every read {:?}: the plugin would never be sent what it writes",
+                bounded(pattern, 100),
+                reads
+            ));
+        }
+    }
+    Ok(())
+}
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn mk_raw(name: &str, version: &str, kinds: usize, scope: &[&str]) -> wit::PluginInfo {
-        wit::PluginInfo {
+    fn mk_raw(name: &str, version: &str, kinds: usize, scope: &[&str]) -> RawInfo {
+        RawInfo {
             name: name.into(),
             version: version.into(),
-            kinds: (0..kinds).map(|i| wit::KindPattern { group: String::new(), kind: format!("K{i}") }).collect(),
+            kinds: (0..kinds).map(|i| (String::new(), format!("K{i}"))).collect(),
             scope: scope.iter().map(|s| (*s).to_string()).collect(),
+            wit: WitVersion::V0_2,
+            hooks: Hooks::ALL,
+            reads: Vec::new(),
         }
+    }
+
+    #[test]
+    fn reads_must_be_plain_pointers_that_hold_every_scope_and_some_hook_is_listed() {
+        let with = |reads: &[&str], scope: &[&str]| {
+            let mut raw = mk_raw("p", "0.2.0", 1, scope);
+            raw.reads = reads.iter().map(|s| (*s).to_string()).collect();
+            check_describe("p", raw)
+        };
+        assert!(with(&["/spec"], &["/spec/ports/*/nodePort", "/spec/clusterIP"]).is_ok());
+        assert!(with(&[], &["/spec/x"]).is_ok(), "no reads: the whole object");
+        let err = with(&["/spec/ports/0"], &["/spec/ports/*/nodePort"]).expect_err("a wildcard scope is wider");
+        assert!(err.to_string().contains("outside every read"), "{err}");
+        assert!(with(&["/metadata"], &["/spec/x"]).is_err());
+        assert!(with(&["/spec/*"], &[]).is_err(), "no wildcards in reads");
+        assert!(with(&["spec"], &[]).is_err(), "not a pointer");
+        let mut none = mk_raw("p", "0.2.0", 1, &[]);
+        none.hooks = Hooks { transform: false, preserve: false, ignore_paths: false };
+        assert!(check_describe("p", none).expect_err("no hooks").to_string().contains("no hooks"));
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub(crate) fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> Plu
             .map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() })
             .collect(),
         scope: scope.iter().map(|s| (*s).into()).collect(),
+        wit: crate::plugin::WitVersion::V0_1,
+        hooks: crate::plugin::Hooks::ALL,
+        reads: Vec::new(),
     }
 }
 

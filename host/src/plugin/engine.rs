@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Rule, RulePre};
+use super::bindings::{v0_1, v0_2};
+use super::component::RulePre;
 use super::cache::ArtifactCache;
 use super::error::{Error, Result};
 use super::host::{CallState, LogLimiter};
@@ -120,7 +121,10 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         super::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
-        Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+        // Both package versions: a component imports the host interface of the one it was
+        // built against.
+        v0_2::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+        v0_1::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
 
         let cache = config.cache_dir.as_deref().map(ArtifactCache::new);
         let stop = Arc::new(AtomicBool::new(false));
@@ -166,18 +170,23 @@ impl PluginEngine {
         (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
     }
 
-    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world.
-    /// Returns the component's sha256 (lowercase hex) and the prepared instance; `label` names
-    /// the plugin in errors. [`Plugin::load`](super::Plugin::load) is the public way in.
-    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre<CallState>)> {
+    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world
+    /// of `downsync:rules@0.2.0`, or failing that of 0.1.0. Returns the component's sha256
+    /// (lowercase hex) and the prepared instance; `label` names the plugin in errors.
+    /// [`Plugin::load`](super::Plugin::load) is the public way in.
+    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre)> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self.compile(label, &digest, bytes)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(RulePre::new)
-            .map_err(|source| Error::WorldMismatch { plugin: label.to_string(), source })?;
+        let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let pre = match v0_2::RulePre::new(pre.clone()) {
+            Ok(p) => RulePre::V0_2(p),
+            Err(v0_2_err) => match v0_1::RulePre::new(pre) {
+                Ok(p) => RulePre::V0_1(p),
+                // The 0.2.0 explanation: new plugins are built against it.
+                Err(_) => return Err(mismatch(v0_2_err)),
+            },
+        };
         Ok((digest, pre))
     }
 

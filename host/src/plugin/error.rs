@@ -27,7 +27,7 @@ pub enum Error {
         source: wasmtime::Error,
     },
     /// The component's imports or exports do not match the `downsync:rules` world.
-    #[error("plugin {plugin}: does not implement downsync:rules@0.1.0 world `rule`: {source}")]
+    #[error("plugin {plugin}: does not implement the `rule` world of downsync:rules@0.2.0 or @0.1.0: {source}")]
     WorldMismatch {
         /// The plugin.
         plugin: String,

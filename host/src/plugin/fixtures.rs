@@ -14,6 +14,7 @@ use super::component::{Decision, Plugin};
 use super::contract;
 use super::error::{Error, Result};
 use super::registry::group_kind;
+use crate::sync::intent::Intent;
 
 /// What a case expects.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +124,19 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String
         let gk = if group.is_empty() { kind } else { format!("{kind}.{group}") };
         return Err(format!("plugin {} does not handle {gk}", plugin.name()));
     }
-    let transformed = plugin.transform(&fixture.desired).map_err(|e| e.to_string())?.value;
-    contract::check(plugin.info(), "transform", &fixture.desired, &transformed).map_err(|e| e.to_string())?;
+    // As the syncer does: the intent is read from the upstream object's managedFields (a
+    // fixture may carry them, as `kubectl get --show-managed-fields` prints them), which are
+    // then dropped.
+    let intent = Intent::of(&fixture.desired);
+    let mut desired = fixture.desired.clone();
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    let transformed = plugin.transform(&desired, &intent).map_err(|e| e.to_string())?.value;
+    contract::check(plugin.info(), "transform", &desired, &transformed).map_err(|e| e.to_string())?;
     let decision = match &fixture.existing {
         None => Decision::Apply(transformed),
-        Some(existing) => preserve_checked(plugin, existing, &transformed)?,
+        Some(existing) => preserve_checked(plugin, existing, &transformed, &intent)?,
     };
     match (&fixture.expected, &decision) {
         (Expected::Object(want), Decision::Apply(got)) => {
@@ -135,7 +144,7 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String
                 return Err(format!("the written object differs from expected.yaml:\n{}", render_diff(want, got)));
             }
             if let Some(existing) = &fixture.existing {
-                match preserve_checked(plugin, existing, got)? {
+                match preserve_checked(plugin, existing, got, &intent)? {
                     Decision::Apply(again) if &again == got => {}
                     Decision::Apply(again) => {
                         return Err(format!(
@@ -158,8 +167,13 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> std::result::Result<(), String
     }
 }
 
-fn preserve_checked(plugin: &Plugin, existing: &Value, desired: &Value) -> std::result::Result<Decision, String> {
-    let decision = plugin.preserve(existing, desired).map_err(|e| e.to_string())?.value;
+fn preserve_checked(
+    plugin: &Plugin,
+    existing: &Value,
+    desired: &Value,
+    intent: &Intent,
+) -> std::result::Result<Decision, String> {
+    let decision = plugin.preserve(existing, desired, intent).map_err(|e| e.to_string())?.value;
     if let Decision::Apply(out) = &decision {
         contract::check(plugin.info(), "preserve", desired, out).map_err(|e| e.to_string())?;
     }

@@ -10,7 +10,8 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::downsync::rules::host::{Host, Level};
+use super::bindings::v0_1::downsync::rules::host as host_v0_1;
+use super::bindings::v0_2::downsync::rules::host::{self as host_v0_2, Level};
 use super::wasi::Captured;
 
 /// Characters of one plugin log line kept; the rest is cut.
@@ -211,7 +212,7 @@ impl WasiView for CallState {
     }
 }
 
-impl Host for CallState {
+impl host_v0_2::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
         let (plugin, object) = (self.plugin.as_str(), self.object.as_str());
         if !self.logs.admit(plugin) {
@@ -261,7 +262,21 @@ impl ResourceLimiter for Limits {
     }
 }
 
-impl super::bindings::downsync::rules::types::Host for CallState {}
+impl host_v0_1::Host for CallState {
+    fn log(&mut self, level: host_v0_1::Level, message: String) {
+        let level = match level {
+            host_v0_1::Level::Trace => Level::Trace,
+            host_v0_1::Level::Debug => Level::Debug,
+            host_v0_1::Level::Info => Level::Info,
+            host_v0_1::Level::Warn => Level::Warn,
+            host_v0_1::Level::Error => Level::Error,
+        };
+        host_v0_2::Host::log(self, level, message);
+    }
+}
+
+impl super::bindings::v0_2::downsync::rules::types::Host for CallState {}
+impl super::bindings::v0_1::downsync::rules::types::Host for CallState {}
 
 #[cfg(test)]
 mod tests {

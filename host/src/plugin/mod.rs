@@ -9,11 +9,12 @@ pub mod engine;
 pub mod error;
 pub mod fixtures;
 mod host;
+pub mod projection;
 pub mod registry;
 pub mod reload;
 mod wasi;
 
-pub use component::{Decision, KindPattern, Plugin, PluginInfo, Session};
+pub use component::{Decision, Hooks, KindPattern, Plugin, PluginInfo, Session, WitVersion};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot};

@@ -16,9 +16,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::component::{Called, Decision, Plugin, PluginInfo, object_ref};
+use super::component::{Called, Decision, Plugin, PluginInfo, WitVersion, object_ref};
 use super::contract::{self, patterns_overlap};
 use super::error::{CallFailure, Error, Result};
+use crate::sync::intent::Intent;
 use crate::sync::rules::{RuleDecision, RuleError, RuleSet, Rules};
 
 /// What happens to an object when a plugin fails on it.
@@ -347,14 +348,18 @@ impl PluginRegistry {
         self.snapshot().fingerprint()
     }
 
-    /// Runs the `transform` chain on the calling thread (blocking; see [`RuleSnapshot`]).
+    /// Runs the `transform` chain on the calling thread (blocking; see [`RuleSnapshot`]), with
+    /// the intent read from the object's own `managedFields`.
     pub fn transform(&self, desired: Value) -> Result<Value, RuleError> {
-        self.snapshot().transform(&self.metrics, desired)
+        let intent = Intent::of(&desired);
+        self.snapshot().transform(&self.metrics, desired, &intent)
     }
 
-    /// Runs the `preserve` chain on the calling thread (blocking).
+    /// Runs the `preserve` chain on the calling thread (blocking), with the intent read from
+    /// the desired object's own `managedFields`.
     pub fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
-        self.snapshot().preserve(&self.metrics, existing, desired)
+        let intent = Intent::of(&desired);
+        self.snapshot().preserve(&self.metrics, existing, desired, &intent)
     }
 
     /// Asks every matching plugin for its ignore paths on the calling thread (blocking).
@@ -402,14 +407,28 @@ impl PluginSet {
         self.matching(group, kind).next().is_some()
     }
 
+    /// Whether any plugin that handles this group and kind implements `hook`.
+    pub fn implements(&self, group: &str, kind: &str, hook: fn(&super::component::Hooks) -> bool) -> bool {
+        self.matching(group, kind).any(|e| hook(&e.plugin.info().hooks))
+    }
+
+    /// Whether a plugin for this kind is given the intent (a 0.2.0 `transform` or `preserve`).
+    pub fn uses_intent(&self, group: &str, kind: &str) -> bool {
+        self.matching(group, kind).any(|e| {
+            let info = e.plugin.info();
+            info.wit == WitVersion::V0_2 && (info.hooks.transform || info.hooks.preserve)
+        })
+    }
+
     /// Runs every matching plugin's `transform`, in order, checking each output's contract.
-    pub fn transform(&self, metrics: &Metrics, desired: Value) -> Result<Value, RuleError> {
+    /// Plugins that do not implement it are passed over without a call.
+    pub fn transform(&self, metrics: &Metrics, desired: Value, intent: &Intent) -> Result<Value, RuleError> {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
-        for entry in self.matching(&group, &kind) {
+        for entry in self.matching(&group, &kind).filter(|e| e.plugin.info().hooks.transform) {
             let out = observe(metrics, entry, "transform", |p| {
-                let called = p.transform(&cur)?;
+                let called = p.transform(&cur, intent)?;
                 contract::check(p.info(), "transform", &cur, &called.value)?;
                 Ok(called)
             });
@@ -422,13 +441,20 @@ impl PluginSet {
     }
 
     /// Runs every matching plugin's `preserve`, in order, until one asks to recreate or skip.
-    pub fn preserve(&self, metrics: &Metrics, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+    /// Plugins that do not implement it are passed over without a call.
+    pub fn preserve(
+        &self,
+        metrics: &Metrics,
+        existing: &Value,
+        desired: Value,
+        intent: &Intent,
+    ) -> Result<RuleDecision, RuleError> {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
-        for entry in self.matching(&group, &kind) {
+        for entry in self.matching(&group, &kind).filter(|e| e.plugin.info().hooks.preserve) {
             let out = observe(metrics, entry, "preserve", |p| {
-                let called = p.preserve(existing, &cur)?;
+                let called = p.preserve(existing, &cur, intent)?;
                 if let Decision::Apply(next) = &called.value {
                     contract::check(p.info(), "preserve", &cur, next)?;
                 }
@@ -462,7 +488,7 @@ impl PluginSet {
         }
         let object = format!("{kind}.{group}");
         let (mut paths, mut complete) = (Vec::<String>::new(), true);
-        for entry in self.matching(group, kind) {
+        for entry in self.matching(group, kind).filter(|e| e.plugin.info().hooks.ignore_paths) {
             match observe(metrics, entry, "ignore-paths", |p| p.ignore_paths(group, kind)) {
                 Ok(found) => {
                     for p in found {
@@ -557,25 +583,30 @@ impl RuleSet for RuleSnapshot {
         self.set.fingerprint_for(group, kind)
     }
 
-    async fn transform(&self, desired: Value) -> Result<Value, RuleError> {
-        let (group, kind) = group_kind(&desired);
-        if !self.set.handles(&group, &kind) {
-            return Ok(desired);
-        }
-        self.offload(object_ref(&desired), move |set, m| set.transform(m, desired)).await
+    fn uses_intent(&self, group: &str, kind: &str) -> bool {
+        self.set.uses_intent(group, kind)
     }
 
-    async fn preserve(&self, existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+    async fn transform(&self, desired: Value, intent: &Intent) -> Result<Value, RuleError> {
         let (group, kind) = group_kind(&desired);
-        if !self.set.handles(&group, &kind) {
+        if !self.set.implements(&group, &kind, |h| h.transform) {
+            return Ok(desired);
+        }
+        let intent = intent.clone();
+        self.offload(object_ref(&desired), move |set, m| set.transform(m, desired, &intent)).await
+    }
+
+    async fn preserve(&self, existing: &Value, desired: Value, intent: &Intent) -> Result<RuleDecision, RuleError> {
+        let (group, kind) = group_kind(&desired);
+        if !self.set.implements(&group, &kind, |h| h.preserve) {
             return Ok(RuleDecision::Apply(desired));
         }
-        let existing = existing.clone();
-        self.offload(object_ref(&desired), move |set, m| set.preserve(m, &existing, desired)).await
+        let (existing, intent) = (existing.clone(), intent.clone());
+        self.offload(object_ref(&desired), move |set, m| set.preserve(m, &existing, desired, &intent)).await
     }
 
     async fn ignore_paths(&self, group: &str, kind: &str) -> Result<Vec<String>, RuleError> {
-        if !self.set.handles(group, kind) {
+        if !self.set.implements(group, kind, |h| h.ignore_paths) {
             return Ok(Vec::new());
         }
         if let Some(hit) = self.set.cached_ignore_paths(group, kind) {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod desired;
 pub mod differ;
 pub mod error;
+pub mod intent;
 pub mod mapping;
 pub mod ownership;
 pub mod pointer;
@@ -23,6 +24,7 @@ pub mod write;
 
 pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
 pub use error::{ApiError, SyncError};
+pub use intent::Intent;
 pub use mapping::NamespaceMapping;
 pub use queue::{RateLimit, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};

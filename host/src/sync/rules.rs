@@ -11,6 +11,8 @@ use std::future::Future;
 
 use serde_json::Value;
 
+use super::intent::Intent;
+
 /// What the rules decide for an update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuleDecision {
@@ -56,8 +58,16 @@ pub trait RuleSet: Send + Sync {
     /// that swapping a Deployment rule makes only Deployments be looked at again.
     fn fingerprint_for(&self, group: &str, kind: &str) -> String;
 
-    /// Rewrites the desired object for downstream.
-    fn transform(&self, desired: Value) -> impl Future<Output = Result<Value, RuleError>> + Send;
+    /// Whether the rules for one kind read the upstream [`Intent`]. When they do, the intent
+    /// is part of the desired hash: a change of field ownership alone re-runs them.
+    fn uses_intent(&self, group: &str, kind: &str) -> bool {
+        let _ = (group, kind);
+        false
+    }
+
+    /// Rewrites the desired object for downstream. `intent` says which of the upstream
+    /// object's fields a client asked for.
+    fn transform(&self, desired: Value, intent: &Intent) -> impl Future<Output = Result<Value, RuleError>> + Send;
 
     /// Given the live downstream object and the object the core built (desired, transformed,
     /// with the built-in preservation applied), decides what to write.
@@ -65,6 +75,7 @@ pub trait RuleSet: Send + Sync {
         &self,
         existing: &Value,
         desired: Value,
+        intent: &Intent,
     ) -> impl Future<Output = Result<RuleDecision, RuleError>> + Send;
 
     /// JSON pointer patterns (`*` matches one segment) the differ must not compare.
@@ -88,11 +99,11 @@ impl RuleSet for NoRules {
         String::new()
     }
 
-    async fn transform(&self, desired: Value) -> Result<Value, RuleError> {
+    async fn transform(&self, desired: Value, _intent: &Intent) -> Result<Value, RuleError> {
         Ok(desired)
     }
 
-    async fn preserve(&self, _existing: &Value, desired: Value) -> Result<RuleDecision, RuleError> {
+    async fn preserve(&self, _existing: &Value, desired: Value, _intent: &Intent) -> Result<RuleDecision, RuleError> {
         Ok(RuleDecision::Apply(desired))
     }
 

@@ -16,6 +16,7 @@ use super::config::{DownstreamConfig, ImmutablePolicy, Propagation, UpdateStrate
 use super::desired::str_at;
 use super::differ::{self, DiffOptions};
 use super::error::{ApiError, Cause, SyncError};
+use super::intent::Intent;
 use super::ownership;
 use super::preservation::{self, PreserveOptions};
 use super::rules::{RuleDecision, RuleSet, Rules};
@@ -63,6 +64,8 @@ struct Job<'a, S> {
     object: Value,
     /// The desired hash, recorded in the state cache on success.
     hash: String,
+    /// What a client asked for upstream, for the rules.
+    intent: Intent,
     /// The one rules snapshot of this apply: a reload half-way must not mix two versions.
     rules: S,
 }
@@ -198,11 +201,18 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         cached: Option<Option<Value>>,
         result: &mut SyncResult,
     ) -> Result<Operation, SyncError> {
+        // Read before normalising, which drops managedFields.
+        let intent = Intent::of(&desired);
         let normalized = normalize_desired(desired);
         preservation::check_size(&normalized)?;
         // One version of the rules for the whole apply: a reload half-way must not mix two.
         let rules = self.rules.snapshot();
-        let hash = desired_hash(&normalized, &rules.fingerprint_for(&key.gvr.group, &key.kind));
+        let mut fingerprint = rules.fingerprint_for(&key.gvr.group, &key.kind);
+        if rules.uses_intent(&key.gvr.group, &key.kind) {
+            fingerprint.push('|');
+            fingerprint.push_str(&intent.digest());
+        }
+        let hash = desired_hash(&normalized, &fingerprint);
 
         // Fast path: same desired as last time and the downstream object has not moved since
         // our last write: nothing to do and nothing to ask the API.
@@ -213,9 +223,9 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             return Ok(Operation::Unchanged);
         }
 
-        let mut object = rules.transform(normalized).await?;
+        let mut object = rules.transform(normalized, &intent).await?;
         ownership::stamp(&mut object, &self.config.ownership, &hash);
-        let job = Job { key, object, hash, rules };
+        let job = Job { key, object, hash, intent, rules };
         match self.create_if_absent(&job, cached, result).await? {
             Found::Created => Ok(Operation::Created),
             Found::Live(existing) => self.update(&job, existing, result).await,
@@ -328,7 +338,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         }
         let opts = PreserveOptions { preserve: self.config.preserve_paths.clone() };
         let preserved = preservation::preserve(existing, &job.object, &opts)?;
-        let object = match job.rules.preserve(existing, preserved).await? {
+        let object = match job.rules.preserve(existing, preserved, &job.intent).await? {
             RuleDecision::Apply(obj) => obj,
             RuleDecision::Recreate(reason) => {
                 info!(object = %key, kind = %key.kind, reason = %reason, "rules asked for a recreate");

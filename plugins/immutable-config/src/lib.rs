@@ -13,7 +13,7 @@
 //! error (the object is not written under the default fail-closed policy).
 //! The rule never writes a field, so its scope is empty.
 
-use downsync_plugin_sdk::{Decision, Info, Rule, Value, kinds, pointer};
+use downsync_plugin_sdk::{Decision, Hook, Info, Intent, Rule, Value, kinds, pointer};
 
 /// The annotation that picks the mode.
 pub const MODE_ANNOTATION: &str = "downsync.dev/on-immutable";
@@ -32,10 +32,18 @@ pub struct ImmutableConfigRule;
 
 impl Rule for ImmutableConfigRule {
     fn describe() -> Info {
-        Info::new("immutable-config", "0.1.0").kind("", "ConfigMap").kind("", "Secret")
+        Info::new("immutable-config", "0.2.0")
+            .kind("", "ConfigMap")
+            .kind("", "Secret")
+            .hooks(&[Hook::Preserve])
+            .reads("/immutable")
+            .reads("/data")
+            .reads("/stringData")
+            .reads("/binaryData")
+            .reads("/metadata/annotations/downsync.dev~1on-immutable")
     }
 
-    fn preserve(existing: Value, desired: Value) -> Result<Decision, String> {
+    fn preserve(existing: Value, desired: Value, _intent: &Intent) -> Result<Decision, String> {
         let Some(why) = blocked_change(&existing, &desired) else { return Ok(Decision::Apply(desired)) };
         Ok(match mode(&desired)? {
             Mode::Recreate => Decision::Recreate(format!("{why}; recreating")),
@@ -133,7 +141,7 @@ mod tests {
     fn changed_data_of_an_immutable_configmap_is_recreated_by_default() {
         let live = mk_config("ConfigMap", Some(true), json!({"a": "1"}), None);
         let desired = mk_config("ConfigMap", Some(true), json!({"a": "2"}), None);
-        let d = ImmutableConfigRule::preserve(live, desired).unwrap();
+        let d = ImmutableConfigRule::preserve(live, desired, &Intent::unknown()).unwrap();
         assert!(matches!(d, Decision::Recreate(ref r) if r.contains("data changed")), "{d:?}");
     }
 
@@ -141,9 +149,9 @@ mod tests {
     fn the_annotation_selects_skip_and_rejects_nonsense() {
         let live = mk_config("ConfigMap", Some(true), json!({"a": "1"}), None);
         let skip = mk_config("ConfigMap", Some(true), json!({"a": "2"}), Some("skip"));
-        assert!(matches!(ImmutableConfigRule::preserve(live.clone(), skip).unwrap(), Decision::Skip(_)));
+        assert!(matches!(ImmutableConfigRule::preserve(live.clone(), skip, &Intent::unknown()).unwrap(), Decision::Skip(_)));
         let bad = mk_config("ConfigMap", Some(true), json!({"a": "2"}), Some("explode"));
-        assert!(ImmutableConfigRule::preserve(live, bad).unwrap_err().contains("explode"));
+        assert!(ImmutableConfigRule::preserve(live, bad, &Intent::unknown()).unwrap_err().contains("explode"));
     }
 
     #[test]
@@ -153,7 +161,7 @@ mod tests {
         assert!(blocked_change(&live, &cleared).is_some_and(|r| r.contains("clears immutable")));
         let same = mk_config("ConfigMap", Some(true), json!({"a": "1"}), None);
         assert!(
-            matches!(ImmutableConfigRule::preserve(live, same.clone()).unwrap(), Decision::Apply(ref v) if *v == same)
+            matches!(ImmutableConfigRule::preserve(live, same.clone(), &Intent::unknown()).unwrap(), Decision::Apply(ref v) if *v == same)
         );
         let mutable = mk_config("ConfigMap", Some(false), json!({"a": "1"}), None);
         assert_eq!(blocked_change(&mutable, &mk_config("ConfigMap", Some(true), json!({"a": "2"}), None)), None);

@@ -2,17 +2,21 @@
 //!
 //! It proves the toolchain end to end: built for wasm32-wasip2, loaded by the host's wasmtime.
 
-use downsync_plugin_sdk::{Info, Rule, Value, log, pointer};
+use downsync_plugin_sdk::{Hook, Info, Intent, Rule, Value, log, pointer};
 
 /// Marks every ConfigMap it transforms.
 pub struct Minimal;
 
 impl Rule for Minimal {
     fn describe() -> Info {
-        Info::new("minimal", "0.1.0").kind("", "ConfigMap").scope("/metadata/annotations/downsync.dev~1minimal")
+        Info::new("minimal", "0.2.0")
+            .kind("", "ConfigMap")
+            .scope("/metadata/annotations/downsync.dev~1minimal")
+            .hooks(&[Hook::Transform])
+            .reads("/metadata/annotations")
     }
 
-    fn transform(mut desired: Value) -> Result<Value, String> {
+    fn transform(mut desired: Value, _intent: &Intent) -> Result<Value, String> {
         if !pointer::set(&mut desired, "/metadata/annotations/downsync.dev~1minimal", Value::from("seen")) {
             return Err("metadata.annotations is not an object".into());
         }

@@ -15,7 +15,7 @@
 //! what its binder wrote: a `claimRef`'s uid and resourceVersion (the name stays, as a
 //! pre-binding request), and the binder's and provisioner's annotations.
 
-use downsync_plugin_sdk::{Decision, Info, Rule, Value, kinds, pointer};
+use downsync_plugin_sdk::{Decision, Hook, Info, Intent, Rule, Value, kinds, pointer};
 
 /// The PVC annotations the downstream binder and provisioner write, as escaped pointers.
 pub const PVC_ANNOTATIONS: [&str; 5] = [
@@ -35,7 +35,10 @@ pub struct PersistentVolumeRule;
 
 impl Rule for PersistentVolumeRule {
     fn describe() -> Info {
-        let info = Info::new("persistent-volume", "0.1.0")
+        let info = Info::new("persistent-volume", "0.2.0")
+            .hooks(&[Hook::Transform, Hook::Preserve, Hook::IgnorePaths])
+            .reads("/spec")
+            .reads("/metadata/annotations")
             .kind("", "PersistentVolume")
             .kind("", "PersistentVolumeClaim")
             .scope(CLAIM_REF)
@@ -44,12 +47,12 @@ impl Rule for PersistentVolumeRule {
         PVC_ANNOTATIONS.iter().fold(info, |info, p| info.scope(p))
     }
 
-    fn transform(mut desired: Value) -> Result<Value, String> {
+    fn transform(mut desired: Value, _intent: &Intent) -> Result<Value, String> {
         drop_upstream_binding(&mut desired);
         Ok(desired)
     }
 
-    fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+    fn preserve(existing: Value, mut desired: Value, _intent: &Intent) -> Result<Decision, String> {
         if kinds::is(&desired, "", "PersistentVolume") {
             keep_pv(&existing, &mut desired)?;
         } else if kinds::is(&desired, "", "PersistentVolumeClaim") {
@@ -135,7 +138,7 @@ mod tests {
     }
 
     fn apply(existing: Value, desired: Value) -> Value {
-        match PersistentVolumeRule::preserve(existing, desired).unwrap() {
+        match PersistentVolumeRule::preserve(existing, desired, &Intent::unknown()).unwrap() {
             Decision::Apply(v) => v,
             other => panic!("expected apply, got {other:?}"),
         }

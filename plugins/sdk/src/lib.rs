@@ -1,16 +1,23 @@
-//! Guest SDK for downsync rule plugins: WIT bindings, hook defaults and JSON helpers.
+//! Guest SDK for downsync rule plugins (`downsync:rules@0.2.0`): WIT bindings, hook defaults,
+//! intent and JSON helpers.
 //!
 //! A rule is a type that implements [`Rule`]; [`export_rule!`] turns it into the component's
-//! exports. Hooks a plugin leaves out get the defaults: `transform` and `preserve` pass the
-//! desired object through, `ignore_paths` ignores nothing.
+//! exports. [`Info::hooks`] lists the hooks the rule implements (the host never calls the
+//! others) and [`Info::reads`] the parts of an object it reads (the host sends only those).
+//! Hooks a plugin leaves out get the defaults: `transform` and `preserve` pass the desired
+//! object through, `ignore_paths` ignores nothing.
 //!
 //! ```ignore
 //! struct Keep;
 //! impl downsync_plugin_sdk::Rule for Keep {
 //!     fn describe() -> downsync_plugin_sdk::Info {
-//!         downsync_plugin_sdk::Info::new("keep", "0.1.0").kind("", "Service").scope("/spec/clusterIP")
+//!         downsync_plugin_sdk::Info::new("keep", "0.2.0")
+//!             .kind("", "Service")
+//!             .scope("/spec/clusterIP")
+//!             .hooks(&[Hook::Preserve])
+//!             .reads("/spec")
 //!     }
-//!     fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+//!     fn preserve(existing: Value, mut desired: Value, _intent: &Intent) -> Result<Decision, String> {
 //!         pointer::copy_if_absent(&existing, &mut desired, "/spec/clusterIP");
 //!         Ok(Decision::Apply(desired))
 //!     }
@@ -34,7 +41,7 @@ pub use serde_json::{self, Value, json};
 pub mod bindings {
     wit_bindgen::generate!({
         world: "rule",
-        path: "../../wit",
+        path: "../../wit/rules.wit",
         pub_export_macro: true,
         export_macro_name: "export_rule_world",
         default_bindings_module: "downsync_plugin_sdk::bindings",
@@ -42,8 +49,24 @@ pub mod bindings {
     });
 }
 
-/// What a plugin says about itself: name, version, kinds handled, and the fields it may write.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub use intent::Intent;
+
+mod intent;
+
+/// A hook a rule implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// [`Rule::transform`].
+    Transform,
+    /// [`Rule::preserve`].
+    Preserve,
+    /// [`Rule::ignore_paths`].
+    IgnorePaths,
+}
+
+/// What a plugin says about itself: name, version, kinds handled, the fields it may write,
+/// the hooks it implements and the parts of an object it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
     /// Unique plugin name.
     pub name: String,
@@ -53,6 +76,23 @@ pub struct Info {
     pub kinds: Vec<(String, String)>,
     /// JSON pointers the plugin may write; `*` matches one segment.
     pub scope: Vec<String>,
+    /// The hooks it implements; every hook unless [`Info::hooks`] says otherwise.
+    pub hooks: Vec<Hook>,
+    /// JSON pointers (no wildcards) of the parts of an object it reads; empty: all of it.
+    pub reads: Vec<String>,
+}
+
+impl Default for Info {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            version: String::new(),
+            kinds: Vec::new(),
+            scope: Vec::new(),
+            hooks: vec![Hook::Transform, Hook::Preserve, Hook::IgnorePaths],
+            reads: Vec::new(),
+        }
+    }
 }
 
 impl Info {
@@ -60,6 +100,23 @@ impl Info {
     #[must_use]
     pub fn new(name: &str, version: &str) -> Self {
         Self { name: name.into(), version: version.into(), ..Self::default() }
+    }
+
+    /// The hooks the rule implements; the host never calls the others, so an object costs
+    /// nothing in a hook the rule leaves to the default.
+    #[must_use]
+    pub fn hooks(mut self, hooks: &[Hook]) -> Self {
+        self.hooks = hooks.to_vec();
+        self
+    }
+
+    /// Adds a part of the object the rule reads (a JSON pointer such as `/spec`). With any
+    /// reads, the hooks get only those parts (plus apiVersion, kind, name and namespace), and
+    /// what they return replaces exactly those parts. Every scope pattern must lie inside one.
+    #[must_use]
+    pub fn reads(mut self, pointer: &str) -> Self {
+        self.reads.push(pointer.into());
+        self
     }
 
     /// Adds a handled group/kind pattern.
@@ -93,14 +150,16 @@ pub trait Rule {
     /// Name, version, kinds and write scope.
     fn describe() -> Info;
 
-    /// Rewrites the desired (upstream) object for downstream.
-    fn transform(desired: Value) -> Result<Value, String> {
+    /// Rewrites the desired (upstream) object for downstream. `intent` tells the fields a
+    /// client asked for upstream from those the upstream server filled in.
+    fn transform(desired: Value, intent: &Intent) -> Result<Value, String> {
+        let _ = intent;
         Ok(desired)
     }
 
     /// Decides what to write, given the live downstream object and the desired one.
-    fn preserve(existing: Value, desired: Value) -> Result<Decision, String> {
-        let _ = existing;
+    fn preserve(existing: Value, desired: Value, intent: &Intent) -> Result<Decision, String> {
+        let _ = (existing, intent);
         Ok(Decision::Apply(desired))
     }
 
@@ -128,14 +187,18 @@ macro_rules! export_rule {
             fn describe() -> $crate::bindings::downsync::rules::types::PluginInfo {
                 $crate::__private::describe::<$rule>()
             }
-            fn transform(desired: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
-                $crate::__private::transform::<$rule>(&desired)
+            fn transform(
+                desired: ::std::string::String,
+                intent: $crate::bindings::downsync::rules::types::Intent,
+            ) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                $crate::__private::transform::<$rule>(&desired, intent)
             }
             fn preserve(
                 existing: ::std::string::String,
                 desired: ::std::string::String,
+                intent: $crate::bindings::downsync::rules::types::Intent,
             ) -> ::std::result::Result<$crate::bindings::downsync::rules::types::Decision, ::std::string::String> {
-                $crate::__private::preserve::<$rule>(&existing, &desired)
+                $crate::__private::preserve::<$rule>(&existing, &desired, intent)
             }
             fn ignore_paths(group: ::std::string::String, kind: ::std::string::String) -> ::std::vec::Vec<::std::string::String> {
                 <$rule as $crate::Rule>::ignore_paths(&group, &kind)
@@ -150,18 +213,34 @@ macro_rules! export_rule {
 /// Glue used by [`export_rule!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    use super::{Decision, Rule, Value};
+    use super::{Decision, Hook, Intent, Rule, Value};
     use crate::bindings::downsync::rules::types as wit;
 
     pub use wit_bindgen;
 
     pub fn describe<R: Rule>() -> wit::PluginInfo {
         let info = R::describe();
+        let hooks = info.hooks.iter().fold(wit::Hooks::empty(), |acc, h| {
+            acc | match h {
+                Hook::Transform => wit::Hooks::TRANSFORM,
+                Hook::Preserve => wit::Hooks::PRESERVE,
+                Hook::IgnorePaths => wit::Hooks::IGNORE_PATHS,
+            }
+        });
         wit::PluginInfo {
             name: info.name,
             version: info.version,
             kinds: info.kinds.into_iter().map(|(group, kind)| wit::KindPattern { group, kind }).collect(),
             scope: info.scope,
+            hooks,
+            reads: info.reads,
+        }
+    }
+
+    fn intent(raw: wit::Intent) -> Intent {
+        match raw {
+            wit::Intent::Unknown => Intent::unknown(),
+            wit::Intent::ServerSet(paths) => Intent::server_set(paths),
         }
     }
 
@@ -173,12 +252,12 @@ pub mod __private {
         serde_json::to_string(v).map_err(|e| format!("cannot serialise result: {e}"))
     }
 
-    pub fn transform<R: Rule>(desired: &str) -> Result<String, String> {
-        render(&R::transform(parse("desired", desired)?)?)
+    pub fn transform<R: Rule>(desired: &str, raw: wit::Intent) -> Result<String, String> {
+        render(&R::transform(parse("desired", desired)?, &intent(raw))?)
     }
 
-    pub fn preserve<R: Rule>(existing: &str, desired: &str) -> Result<wit::Decision, String> {
-        Ok(match R::preserve(parse("existing", existing)?, parse("desired", desired)?)? {
+    pub fn preserve<R: Rule>(existing: &str, desired: &str, raw: wit::Intent) -> Result<wit::Decision, String> {
+        Ok(match R::preserve(parse("existing", existing)?, parse("desired", desired)?, &intent(raw))? {
             Decision::Apply(v) => wit::Decision::Apply(render(&v)?),
             Decision::Recreate(reason) => wit::Decision::Recreate(reason),
             Decision::Skip(reason) => wit::Decision::Skip(reason),

@@ -5,7 +5,7 @@
 //! live entries whose name the desired list lacks, in their live order. Without a memory of
 //! what was synced before, an entry removed upstream that exists downstream is kept too.
 
-use downsync_plugin_sdk::{Decision, Info, Rule, Value};
+use downsync_plugin_sdk::{Decision, Hook, Info, Intent, Rule, Value};
 
 /// The merged lists, as top-level keys.
 pub const LISTS: [&str; 2] = ["secrets", "imagePullSecrets"];
@@ -15,10 +15,16 @@ pub struct ServiceAccountRule;
 
 impl Rule for ServiceAccountRule {
     fn describe() -> Info {
-        Info::new("service-account", "0.1.0").kind("", "ServiceAccount").scope("/secrets").scope("/imagePullSecrets")
+        Info::new("service-account", "0.2.0")
+            .kind("", "ServiceAccount")
+            .scope("/secrets")
+            .scope("/imagePullSecrets")
+            .hooks(&[Hook::Preserve])
+            .reads("/secrets")
+            .reads("/imagePullSecrets")
     }
 
-    fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+    fn preserve(existing: Value, mut desired: Value, _intent: &Intent) -> Result<Decision, String> {
         for list in LISTS {
             merge_by_name(existing.get(list), &mut desired, list)?;
         }
@@ -72,7 +78,7 @@ mod tests {
     }
 
     fn apply(existing: Value, desired: Value) -> Value {
-        match ServiceAccountRule::preserve(existing, desired).unwrap() {
+        match ServiceAccountRule::preserve(existing, desired, &Intent::unknown()).unwrap() {
             Decision::Apply(v) => v,
             other => panic!("expected apply, got {other:?}"),
         }

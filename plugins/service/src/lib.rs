@@ -13,12 +13,14 @@
 //! - `/status/loadBalancer` is status, which the core keeps anyway.
 //!
 //! An upstream that is itself a Kubernetes cluster has allocated these fields too, for its own
-//! network; `transform` drops them from the desired object so that they never travel (a
-//! headless Service's `clusterIP: None` is a request, not an allocation, and stays). A
-//! `nodePort` asked for upstream is dropped too: upstream cannot tell a requested port from
-//! an allocated one.
+//! network; `transform` drops them from the desired object so that they never travel. What a
+//! client asked for upstream stays: with the upstream intent known (rules 0.2.0, from
+//! `managedFields`), a `nodePort`, `clusterIP` or `healthCheckNodePort` that a client set is
+//! kept and sent downstream, and only server-set ones are dropped (server-set IP families
+//! too). With the intent unknown, every upstream allocation is dropped except a headless
+//! Service's `clusterIP: None`, which is always a request.
 
-use downsync_plugin_sdk::{Decision, Info, Rule, Value, pointer};
+use downsync_plugin_sdk::{Decision, Hook, Info, Intent, Rule, Value, pointer};
 
 /// The fields this rule keeps, as scope patterns (and diff-ignore paths).
 pub const KEPT: [&str; 6] = [
@@ -35,15 +37,19 @@ pub struct ServiceRule;
 
 impl Rule for ServiceRule {
     fn describe() -> Info {
-        KEPT.iter().fold(Info::new("service", "0.1.0").kind("", "Service"), |info, p| info.scope(p))
+        let info = Info::new("service", "0.2.0")
+            .kind("", "Service")
+            .hooks(&[Hook::Transform, Hook::Preserve, Hook::IgnorePaths])
+            .reads("/spec");
+        KEPT.iter().fold(info, |info, p| info.scope(p))
     }
 
-    fn transform(mut desired: Value) -> Result<Value, String> {
-        drop_upstream_allocations(&mut desired);
+    fn transform(mut desired: Value, intent: &Intent) -> Result<Value, String> {
+        drop_upstream_allocations(&mut desired, intent);
         Ok(desired)
     }
 
-    fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+    fn preserve(existing: Value, mut desired: Value, _intent: &Intent) -> Result<Decision, String> {
         keep_allocated(&existing, &mut desired);
         Ok(Decision::Apply(desired))
     }
@@ -59,17 +65,32 @@ fn service_type(svc: &Value) -> &str {
 }
 
 /// Removes what the upstream cluster allocated: cluster IPs (except `None`), node ports and the
-/// health-check node port.
-pub fn drop_upstream_allocations(svc: &mut Value) {
+/// health-check node port; with a known intent, only those no client asked for, and the IP
+/// families too when the server chose them.
+pub fn drop_upstream_allocations(svc: &mut Value, intent: &Intent) {
     let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
-        spec.remove("clusterIP");
-        spec.remove("clusterIPs");
+    let keep = |field: &str| intent.requested(&format!("/spec/{field}"));
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    for field in ["clusterIP", "clusterIPs"] {
+        if !headless && !keep(field) {
+            spec.remove(field);
+        }
     }
-    spec.remove("healthCheckNodePort");
+    for field in ["ipFamilies", "ipFamilyPolicy"] {
+        if intent.is_server_set(&format!("/spec/{field}")) {
+            spec.remove(field);
+        }
+    }
+    if !keep("healthCheckNodePort") {
+        spec.remove("healthCheckNodePort");
+    }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
-        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-            port.remove("nodePort");
+        for (i, port) in ports.iter_mut().enumerate() {
+            if let Some(port) = port.as_object_mut()
+                && !intent.requested(&format!("/spec/ports/{i}/nodePort"))
+            {
+                port.remove("nodePort");
+            }
         }
     }
 }
@@ -142,7 +163,7 @@ mod tests {
     }
 
     fn preserve(existing: &Value, desired: Value) -> Value {
-        match ServiceRule::preserve(existing.clone(), desired).unwrap() {
+        match ServiceRule::preserve(existing.clone(), desired, &Intent::unknown()).unwrap() {
             Decision::Apply(v) => v,
             other => panic!("expected apply, got {other:?}"),
         }
@@ -160,15 +181,41 @@ mod tests {
     #[test]
     fn upstream_allocations_are_dropped_but_a_headless_request_stays() {
         let mut svc = mk_live("NodePort");
-        drop_upstream_allocations(&mut svc);
+        drop_upstream_allocations(&mut svc, &Intent::unknown());
         assert_eq!(svc["spec"].get("clusterIP"), None);
         assert_eq!(svc["spec"].get("clusterIPs"), None);
         assert_eq!(svc["spec"]["ports"][0].get("nodePort"), None);
         assert_eq!(svc["spec"].get("healthCheckNodePort"), None);
         assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]), "a family is a request, not an allocation");
         let mut headless = mk_service(None, json!({"clusterIP": "None", "clusterIPs": ["None"]}));
-        drop_upstream_allocations(&mut headless);
+        drop_upstream_allocations(&mut headless, &Intent::unknown());
         assert_eq!(headless["spec"]["clusterIP"], "None");
+    }
+
+    #[test]
+    fn with_intent_requested_fields_travel_and_server_set_ones_do_not() {
+        // kubectl asked for nodePort 30080 on port 0; the server allocated the rest.
+        let intent = Intent::server_set(vec![
+            "/spec/clusterIP".into(),
+            "/spec/clusterIPs".into(),
+            "/spec/ipFamilies".into(),
+            "/spec/ipFamilyPolicy".into(),
+            "/spec/ports/1/nodePort".into(),
+            "/spec/healthCheckNodePort".into(),
+        ]);
+        let mut svc = mk_live("LoadBalancer");
+        drop_upstream_allocations(&mut svc, &intent);
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080, "requested");
+        assert_eq!(svc["spec"]["ports"][1].get("nodePort"), None, "allocated");
+        for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort"] {
+            assert_eq!(svc["spec"].get(field), None, "{field} was server-set");
+        }
+        let asked_ip = Intent::server_set(vec!["/spec/clusterIPs".into()]);
+        let mut svc = mk_live("ClusterIP");
+        drop_upstream_allocations(&mut svc, &asked_ip);
+        assert_eq!(svc["spec"]["clusterIP"], "10.0.0.7", "a requested clusterIP travels");
+        assert_eq!(svc["spec"].get("clusterIPs"), None);
+        assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4"]), "asked for (not server-set)");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! downsync plugin test target/wasm32-wasip2/plugin/downsync_example_hpa_replicas.wasm examples/plugins/hpa-replicas/fixtures
 //! ```
 
-use downsync_plugin_sdk::{Decision, Info, Rule, Value, pointer};
+use downsync_plugin_sdk::{Decision, Hook, Info, Intent, Rule, Value, pointer};
 
 const REPLICAS: &str = "/spec/replicas";
 
@@ -26,10 +26,14 @@ pub struct HpaReplicas;
 
 impl Rule for HpaReplicas {
     fn describe() -> Info {
-        Info::new("hpa-replicas", "0.1.0").kind("apps", "Deployment").scope(REPLICAS)
+        Info::new("hpa-replicas", "0.2.0")
+            .kind("apps", "Deployment")
+            .scope(REPLICAS)
+            .hooks(&[Hook::Preserve, Hook::IgnorePaths])
+            .reads("/spec/replicas")
     }
 
-    fn preserve(existing: Value, mut desired: Value) -> Result<Decision, String> {
+    fn preserve(existing: Value, mut desired: Value, _intent: &Intent) -> Result<Decision, String> {
         keep_replicas(&existing, &mut desired)?;
         Ok(Decision::Apply(desired))
     }

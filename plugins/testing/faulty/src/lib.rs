@@ -110,7 +110,7 @@ pub fn ignore_paths(kind: &str) -> Vec<String> {
 
 #[cfg(target_arch = "wasm32")]
 mod export {
-    use downsync_plugin_sdk::bindings::downsync::rules::types::{Decision, KindPattern, PluginInfo};
+    use downsync_plugin_sdk::bindings::downsync::rules::types::{Decision, Hooks, Intent, KindPattern, PluginInfo};
     use downsync_plugin_sdk::bindings::exports::downsync::rules::rules::Guest;
 
     struct Faulty;
@@ -122,12 +122,14 @@ mod export {
                 version: "0.1.0".into(),
                 kinds: vec![KindPattern { group: "".into(), kind: "ConfigMap".into() }],
                 scope: vec!["/metadata/labels/faulty".into()],
+                hooks: Hooks::all(),
+                reads: Vec::new(),
             }
         }
-        fn transform(desired: String) -> Result<String, String> {
+        fn transform(desired: String, _intent: Intent) -> Result<String, String> {
             super::misbehave(&desired)
         }
-        fn preserve(_existing: String, desired: String) -> Result<Decision, String> {
+        fn preserve(_existing: String, desired: String, _intent: Intent) -> Result<Decision, String> {
             super::misbehave(&desired).map(Decision::Apply)
         }
         fn ignore_paths(_group: String, kind: String) -> Vec<String> {

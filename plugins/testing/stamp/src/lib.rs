@@ -5,7 +5,7 @@
 //! of one build by overwriting them with another string of the same length ([`variant`]): each
 //! version has a new sha256 and a behaviour that shows in every object it writes.
 
-use downsync_plugin_sdk::{Info, Rule, Value, pointer};
+use downsync_plugin_sdk::{Hook, Info, Intent, Rule, Value, pointer};
 
 /// The stamped annotation, as a JSON pointer.
 pub const ANNOTATION: &str = "/metadata/annotations/bench.downsync.dev~1stamp";
@@ -23,10 +23,14 @@ pub struct Stamp;
 
 impl Rule for Stamp {
     fn describe() -> Info {
-        Info::new("stamp", "0.1.0").kind("", "ConfigMap").scope(ANNOTATION)
+        Info::new("stamp", "0.2.0")
+            .kind("", "ConfigMap")
+            .scope(ANNOTATION)
+            .hooks(&[Hook::Transform])
+            .reads("/metadata/annotations")
     }
 
-    fn transform(mut desired: Value) -> Result<Value, String> {
+    fn transform(mut desired: Value, _intent: &Intent) -> Result<Value, String> {
         // black_box keeps the marker a plain run of bytes in the data segment.
         let stamp = std::hint::black_box(MARKER);
         if !pointer::set(&mut desired, ANNOTATION, Value::from(stamp)) {
@@ -53,7 +57,7 @@ mod tests {
     #[test]
     fn transform_stamps_the_annotation() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}});
-        let out = Stamp::transform(cm).unwrap();
+        let out = Stamp::transform(cm, &downsync_plugin_sdk::Intent::unknown()).unwrap();
         assert_eq!(out.pointer(ANNOTATION), Some(&json!(MARKER)));
     }
 }

@@ -1,0 +1,154 @@
+//! Projection for rules 0.2.0: what a plugin is sent (only the parts of an object it reads)
+//! and how what it returns is merged back into the full object.
+//!
+//! A read pointer that passes through a list is widened to that list (a projection that
+//! keeps list indexes would need placeholders for the other elements), so `/spec/ports/0/name`
+//! sends all of `/spec/ports`. The widening is computed per object, the same for the
+//! projection and the merge.
+
+use serde_json::{Map, Value};
+
+use crate::sync::pointer;
+
+/// Sent with every projection, read-only: what a plugin needs to name the object in a message.
+pub const IDENTITY: [&str; 4] = ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"];
+
+/// The pointers actually projected for `reads` over `obj`: each read, or the first list on
+/// its way. Empty `reads` (the whole object) stays empty.
+pub fn effective(obj: &Value, reads: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(reads.len());
+    for read in reads {
+        let widened = widen(obj, read);
+        if !out.iter().any(|o| crate::sync::intent::covers(o, &widened)) {
+            out.retain(|o| !crate::sync::intent::covers(&widened, o));
+            out.push(widened);
+        }
+    }
+    out
+}
+
+fn widen(obj: &Value, read: &str) -> String {
+    let Ok(segments) = pointer::parse(read) else { return read.to_string() };
+    let mut cur = obj;
+    for (i, seg) in segments.iter().enumerate() {
+        match cur {
+            Value::Array(_) => return pointer::join(&segments[..i]),
+            Value::Object(map) => match map.get(seg) {
+                Some(next) => cur = next,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    read.to_string()
+}
+
+/// The identity fields and the parts of `obj` at `reads` (already [`effective`]), as a new
+/// object. A part that is absent is absent from the projection too.
+pub fn project(obj: &Value, reads: &[String]) -> Value {
+    let mut out = Value::Object(Map::new());
+    for p in IDENTITY.iter().copied().chain(reads.iter().map(String::as_str)) {
+        if let Some(v) = obj.pointer(p) {
+            // Cannot fail: every parent on the way is created as an object, and the paths
+            // come from objects (never through a list, see `effective`).
+            let _ = pointer::set(&mut out, p, v.clone());
+        }
+    }
+    out
+}
+
+/// Replaces the parts of `full` at `reads` with those of `returned`: a part present there is
+/// written, a part absent there is removed. Identity fields are not merged. Fails when a part
+/// cannot be placed (a scalar where its parent object should be).
+pub fn merge(full: &mut Value, mut returned: Value, reads: &[String]) -> Result<(), pointer::Error> {
+    if !returned.is_object() {
+        return Ok(());
+    }
+    for read in reads {
+        match returned.pointer_mut(read).map(Value::take) {
+            Some(v) => pointer::set(full, read, v)?,
+            None => remove(full, read),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the value at `ptr`, if any.
+fn remove(v: &mut Value, ptr: &str) {
+    let Some((parent, last)) = ptr.rsplit_once('/') else { return };
+    let Ok(segments) = pointer::parse(&format!("/{last}")) else { return };
+    let Some(key) = segments.first() else { return };
+    match v.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.shift_remove(key);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(i) = key.parse::<usize>()
+                && i < items.len()
+            {
+                items.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mk_svc() -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "n", "labels": {"a": "1"}, "annotations": {"x/y": "2"}},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {}}})
+    }
+
+    fn reads(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn a_projection_holds_identity_and_the_reads_only() {
+        let p = project(&mk_svc(), &reads(&["/spec", "/metadata/annotations", "/data"]));
+        assert_eq!(
+            p,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "n",
+                "annotations": {"x/y": "2"}}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}})
+        );
+    }
+
+    #[test]
+    fn reads_through_a_list_widen_to_the_list_and_nested_reads_fold() {
+        let svc = mk_svc();
+        assert_eq!(effective(&svc, &reads(&["/spec/ports/0/nodePort"])), reads(&["/spec/ports"]));
+        assert_eq!(effective(&svc, &reads(&["/spec/type", "/spec", "/spec/ports"])), reads(&["/spec"]));
+        assert_eq!(effective(&svc, &reads(&["/spec/absent/x"])), reads(&["/spec/absent/x"]));
+        assert!(effective(&svc, &[]).is_empty());
+    }
+
+    #[test]
+    fn merge_writes_returned_parts_removes_dropped_ones_and_keeps_the_rest() {
+        let mut full = mk_svc();
+        let r = reads(&["/spec", "/metadata/annotations"]);
+        let mut back = project(&full, &r);
+        back["spec"]["ports"][0]["nodePort"] = json!(31000);
+        back["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+        back["metadata"]["name"] = json!("renamed");
+        merge(&mut full, back, &r).expect("merge");
+        assert_eq!(full["spec"]["ports"][0]["nodePort"], 31000);
+        assert_eq!(full["metadata"].get("annotations"), None, "left out means removed");
+        assert_eq!(full["metadata"]["name"], "web", "identity is not merged");
+        assert_eq!(full["metadata"]["labels"], json!({"a": "1"}), "outside the reads: untouched");
+        assert_eq!(full["status"], json!({"loadBalancer": {}}));
+    }
+
+    #[test]
+    fn merge_creates_missing_parents() {
+        let mut full = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        merge(&mut full, json!({"metadata": {"annotations": {"k": "v"}}}), &reads(&["/metadata/annotations"]))
+            .expect("merge");
+        assert_eq!(full["metadata"]["annotations"], json!({"k": "v"}));
+    }
+}
