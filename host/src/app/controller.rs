@@ -434,6 +434,7 @@ impl Controller {
         let state = format!("{reason}: {first_line}");
         let changed = lock(&self.last_failure).insert(key.clone(), state.clone()).as_ref() != Some(&state);
         let kind = self.kind(key);
+        self.metrics.failed(kind, reason);
         if changed {
             warn!(kind, key = ?key, reason, ?step, error = %first_line, "sync failed");
             if let Some(up) = self.upstream_object(key) {

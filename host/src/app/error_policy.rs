@@ -68,6 +68,8 @@ fn sync_policy(e: &SyncError) -> Step {
         }
         // Someone else's object holds the name; it may go away, so look again, slowly.
         SyncError::NotOwned { .. } | SyncError::Conflict { .. } | SyncError::RecreateTimeout { .. } => Step::Retry,
+        // Another object holds the port or IP asked for; it may let go.
+        SyncError::Allocated { .. } => Step::Retry,
         SyncError::Api { source, .. } => api_policy(source),
     }
 }
@@ -92,6 +94,7 @@ pub fn event_reason(error: &ReconcileError) -> &'static str {
             SyncError::Api { source: ApiError::Invalid { .. }, .. } => "InvalidObject",
             SyncError::Immutable { .. } => "ImmutableFieldChanged",
             SyncError::NotOwned { .. } => "NameConflict",
+            SyncError::Allocated { .. } => "AlreadyAllocated",
             SyncError::Rule(_) => "RuleFailed",
             _ => "SyncFailed",
         },
@@ -142,6 +145,15 @@ mod tests {
                 mk_sync(SyncError::Conflict { object: "o".into(), attempts: 9, paths: vec![], last: "l".into() }),
                 Step::Retry,
                 "SyncFailed",
+            ),
+            (
+                mk_sync(SyncError::Allocated {
+                    object: "Service a/b".into(),
+                    field: "/spec/ports/0/nodePort".into(),
+                    value: "30080".into(),
+                }),
+                Step::Retry,
+                "AlreadyAllocated",
             ),
             (mk_rule(false), Step::Park, "RuleFailed"),
             (mk_rule(true), Step::Retry, "RuleFailed"),

@@ -1,5 +1,5 @@
-//! The syncer's Prometheus metrics: syncs by kind, operation and result; conflicts; retries;
-//! queue depth; sync latency; initial-sync progress. The plugin metrics register beside them.
+//! The syncer's Prometheus metrics: syncs by kind, operation and result; failures by kind and
+//! reason; conflicts; retries; queue depth; sync latency; initial-sync progress. The plugin metrics register beside them.
 
 use std::sync::atomic::AtomicU64;
 
@@ -25,6 +25,12 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -38,6 +44,7 @@ fn duration_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub struct SyncMetrics {
     syncs: Family<SyncLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
     conflicts: Family<KindLabels, Counter>,
     retries: Family<KindLabels, Counter>,
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
@@ -50,6 +57,7 @@ impl Default for SyncMetrics {
     fn default() -> Self {
         Self {
             syncs: Family::default(),
+            failures: Family::default(),
             conflicts: Family::default(),
             retries: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -65,6 +73,11 @@ impl SyncMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("downsync");
         r.register("syncs", "Object syncs by kind, operation and result", self.syncs.clone());
+        r.register(
+            "sync_failures",
+            "Failed reconciles by kind and reason (the reason of the Warning Event, such as AlreadyAllocated)",
+            self.failures.clone(),
+        );
         r.register("conflicts", "409 conflicts met while writing downstream", self.conflicts.clone());
         r.register("retries", "Syncs queued again after a failure", self.retries.clone());
         r.register("sync_duration_seconds", "Time to sync one object", self.duration.clone());
@@ -111,6 +124,11 @@ impl SyncMetrics {
     /// Worker panics so far.
     pub fn worker_panics(&self) -> u64 {
         self.worker_panics.get()
+    }
+
+    /// Counts a failed reconcile, by the reason its Event carries.
+    pub fn failed(&self, kind: &str, reason: &str) {
+        self.failures.get_or_create(&FailureLabels { kind: kind.into(), reason: reason.into() }).inc();
     }
 
     /// Counts a sync queued again after a failure.

@@ -1,5 +1,5 @@
-//! Reading the API's refusals: its dotted field paths as JSON pointers, and which 422s are
-//! immutable-field refusals.
+//! Reading the API's refusals: its dotted field paths as JSON pointers, which 422s are
+//! immutable-field refusals, and which name a requested port or IP that is already taken.
 
 use super::error::Cause;
 use super::pointer;
@@ -41,9 +41,49 @@ pub fn immutable_fields(causes: &[Cause], changed: &[String]) -> Option<Vec<Stri
     all_changed.then_some(fields)
 }
 
+/// A requested value the downstream cluster has already given to another object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    /// The field, as a JSON pointer (`/spec/ports/0/nodePort`).
+    pub field: String,
+    /// The value asked for, as the API printed it (`30080`).
+    pub value: String,
+}
+
+/// The first cause of a 422 that refuses a requested port or IP because another object holds
+/// it (the apiserver's "provided port is already allocated" and "provided IP is already
+/// allocated"). Unlike other 422s it can succeed later, when the holder lets go.
+pub fn already_allocated(causes: &[Cause]) -> Option<Allocated> {
+    causes.iter().find(|c| c.message.contains("is already allocated")).map(|c| {
+        // "Invalid value: 30080: provided port is already allocated"
+        let value = c
+            .message
+            .strip_prefix("Invalid value: ")
+            .and_then(|rest| rest.split_once(": "))
+            .map(|(v, _)| v.trim_matches('"').to_string())
+            .unwrap_or_default();
+        Allocated { field: field_to_pointer(&c.field), value }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_node_port_is_read_from_the_cause() {
+        let taken = Cause {
+            reason: "FieldValueInvalid".into(),
+            field: "spec.ports[1].nodePort".into(),
+            message: "Invalid value: 30080: provided port is already allocated".into(),
+        };
+        let other = mk_cause("spec.selector");
+        assert_eq!(
+            already_allocated(&[other.clone(), taken]),
+            Some(Allocated { field: "/spec/ports/1/nodePort".into(), value: "30080".into() })
+        );
+        assert_eq!(already_allocated(&[other]), None);
+    }
 
     fn mk_cause(field: &str) -> Cause {
         Cause { reason: "FieldValueInvalid".into(), field: field.into(), message: String::new() }

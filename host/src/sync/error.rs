@@ -117,6 +117,17 @@ pub enum SyncError {
         /// Why it was skipped.
         reason: String,
     },
+    /// A value the object asks for (a Service's `nodePort` or `clusterIP`) is held by another
+    /// object downstream. Retried with backoff: the holder may let it go.
+    #[error("{object}: {field} {value} is already allocated downstream to another object; retrying")]
+    Allocated {
+        /// The object.
+        object: String,
+        /// The field, as a JSON pointer.
+        field: String,
+        /// The value asked for.
+        value: String,
+    },
     /// A recreate deleted the object but it did not go away in time.
     #[error("{object}: still present {waited_ms} ms after delete during recreate")]
     RecreateTimeout {

@@ -93,6 +93,11 @@ fn rv(v: &Value) -> Option<&str> {
 }
 
 fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> SyncError {
+    if let ApiError::Invalid { causes, .. } = &source
+        && let Some(taken) = super::causes::already_allocated(causes)
+    {
+        return SyncError::Allocated { object: key.to_string(), field: taken.field, value: taken.value };
+    }
     SyncError::Api { object: key.to_string(), operation, source }
 }
 
@@ -408,6 +413,10 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         result: &mut SyncResult,
     ) -> Result<Operation, SyncError> {
         let key = job.key;
+        // A taken port or IP is not an immutable field: recreating would lose the object.
+        if super::causes::already_allocated(&causes).is_some() {
+            return Err(api_error(key, "update", ApiError::Invalid { message, causes }));
+        }
         let Some(fields) = immutable_fields(&causes, changed) else {
             return Err(api_error(key, "update", ApiError::Invalid { message, causes }));
         };
