@@ -339,6 +339,21 @@ fn print_info(plugin: &Plugin) {
     println!("name:    {}", info.name);
     println!("version: {}", info.version);
     println!("sha256:  {}", plugin.digest());
+    println!("wit:     downsync:rules@{}", info.wit);
+    let hooks: Vec<&str> = [
+        ("transform", info.hooks.transform),
+        ("preserve", info.hooks.preserve),
+        ("ignore-paths", info.hooks.ignore_paths),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    println!("hooks:   {}", hooks.join(", "));
+    if info.reads.is_empty() {
+        println!("reads:   the whole object");
+    } else {
+        println!("reads:   {}", info.reads.join(", "));
+    }
     println!("kinds:");
     for k in &info.kinds {
         let group = if k.group.is_empty() { "core" } else { k.group.as_str() };

@@ -35,6 +35,9 @@ fn check_prints_kinds_scope_and_ignore_paths() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("name:    service"), "{t}");
+    assert!(t.contains("wit:     downsync:rules@0.2.0"), "{t}");
+    assert!(t.contains("hooks:   transform, preserve, ignore-paths"), "{t}");
+    assert!(t.contains("reads:   /spec\n"), "{t}");
     assert!(t.contains("  - Service (core)"), "{t}");
     assert!(t.contains("  - /spec/ports/*/nodePort"), "{t}");
     assert!(t.contains("ignore-paths:\n  Service: /spec/clusterIP"), "{t}");

@@ -50,7 +50,9 @@ async fn guest_panics_stdio_and_udp_on_a_tokio_worker_do_not_panic_the_host() {
     let out = plugin.transform(&mk_configmap("print"), &Intent::Unknown).expect("printing is harmless").value;
     assert_eq!(out["metadata"]["labels"]["faulty"], "ok");
 
-    let err = plugin.transform(&mk_configmap("udp"), &Intent::Unknown).expect_err("the guest reports what came of its socket");
+    let err = plugin
+        .transform(&mk_configmap("udp"), &Intent::Unknown)
+        .expect_err("the guest reports what came of its socket");
     let Error::Rejected { message, .. } = &err else { panic!("the guest got an error and returned it: {err}") };
     assert!(message.starts_with("udp bind failed"), "the socket was refused to the guest: {message}");
 
@@ -71,8 +73,9 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
     assert_one_line(&err);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let on_worker = runtime
-        .block_on(async { tokio::spawn(async move { plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).is_err() }).await });
+    let on_worker = runtime.block_on(async {
+        tokio::spawn(async move { plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).is_err() }).await
+    });
     assert!(on_worker.expect("no host panic on a tokio worker"));
 }
 
@@ -81,7 +84,8 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
 async fn a_guest_panic_on_a_current_thread_runtime_is_a_trap_error() {
     let engine = engine();
     let plugin = faulty(&engine);
-    let err = plugin.preserve(&mk_configmap(""), &mk_configmap("trap"), &Intent::Unknown).expect_err("a panic is an error");
+    let err =
+        plugin.preserve(&mk_configmap(""), &mk_configmap("trap"), &Intent::Unknown).expect_err("a panic is an error");
     assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
     plugin.transform(&mk_configmap("print"), &Intent::Unknown).expect("printing is harmless");
 }
@@ -154,7 +158,8 @@ fn oversized_output_errors_and_ignore_paths_are_bounded() {
 #[test]
 fn a_log_flood_is_rate_limited_and_summarized_and_forged_lines_are_escaped() {
     let plugin = faulty(&engine());
-    let (out, log) = logged(|| plugin.transform(&mk_configmap("log-flood"), &Intent::Unknown).map_err(|e| e.to_string()));
+    let (out, log) =
+        logged(|| plugin.transform(&mk_configmap("log-flood"), &Intent::Unknown).map_err(|e| e.to_string()));
     out.expect("flooding is not an error");
     let lines = log.lines().filter(|l| l.contains("flood line")).count();
     // The burst, plus what the bucket refills (20 a second) while the call runs.

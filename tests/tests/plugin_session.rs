@@ -1,7 +1,7 @@
 //! A reused plugin instance (`Plugin::session`): the same verdicts as a fresh instance, a full fuel budget per call, and no calls after a failure.
 
-use downsync::sync::Intent;
 use downsync::plugin::{CallFailure, EngineConfig, Error, Plugin, PluginEngine, fixtures};
+use downsync::sync::Intent;
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::repo_root;
 use serde_json::json;

@@ -52,8 +52,10 @@ fn a_file_that_is_not_a_component_is_refused_with_its_name() {
 #[test]
 fn a_0_1_0_and_a_0_2_0_component_chain_on_one_kind_and_unlisted_hooks_are_never_called() {
     let engine = PluginEngine::new(EngineConfig { cache_dir: None, ..EngineConfig::default() }).expect("engine");
-    let legacy = Plugin::load_file(&engine, &plugin_path("downsync-plugin-testing-legacy").expect("built")).expect("0.1.0 loads");
-    let minimal = Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal").expect("built")).expect("0.2.0 loads");
+    let legacy = Plugin::load_file(&engine, &plugin_path("downsync-plugin-testing-legacy").expect("built"))
+        .expect("0.1.0 loads");
+    let minimal =
+        Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal").expect("built")).expect("0.2.0 loads");
     assert_eq!((legacy.wit(), legacy.info().hooks), (WitVersion::V0_1, Hooks::ALL));
     assert_eq!(minimal.wit(), WitVersion::V0_2);
     assert_eq!(minimal.info().hooks, Hooks { transform: true, preserve: false, ignore_paths: false });

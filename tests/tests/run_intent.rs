@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 /// component and the 0.2.0 `minimal` one (both stamp ConfigMaps).
 fn args(ns: &str) -> anyhow::Result<Vec<String>> {
     let plugins = builtin_plugins_dir(ns)?;
-    for (krate, file) in [("downsync-plugin-testing-legacy", "legacy.wasm"), ("downsync-plugin-minimal", "minimal.wasm")]
+    for (krate, file) in
+        [("downsync-plugin-testing-legacy", "legacy.wasm"), ("downsync-plugin-minimal", "minimal.wasm")]
     {
         std::fs::copy(plugin_path(krate)?, plugins.join(file))?;
     }
@@ -52,7 +53,11 @@ fn cluster_ip(svc: &Service) -> Option<String> {
 
 async fn resource_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let list = Api::<Service>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
-    Ok(list.items.into_iter().map(|s| (s.metadata.name.unwrap_or_default(), s.metadata.resource_version.unwrap_or_default())).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.unwrap_or_default(), s.metadata.resource_version.unwrap_or_default()))
+        .collect())
 }
 
 #[tokio::test]
@@ -61,16 +66,25 @@ async fn a_requested_node_port_travels_and_allocated_fields_stay_downstream_with
     let ns = env.namespace.clone();
     let asked = node_port(&ns, 1);
     // Port 80 asks for a nodePort; port 81 and the whole of "allocated" leave it to the server.
-    let up_asked = create(&env.upstream, &ns, json!({"apiVersion": "v1", "kind": "Service",
+    let up_asked = create(
+        &env.upstream,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "asked", "namespace": ns},
         "spec": {"type": "NodePort", "selector": {"app": "a"},
-            "ports": [{"name": "http", "port": 80, "nodePort": asked}, {"name": "other", "port": 81}]}}))
+            "ports": [{"name": "http", "port": 80, "nodePort": asked}, {"name": "other", "port": 81}]}}),
+    )
     .await?;
-    let up_allocated = create(&env.upstream, &ns, json!({"apiVersion": "v1", "kind": "Service",
+    let up_allocated = create(
+        &env.upstream,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "allocated", "namespace": ns},
-        "spec": {"type": "NodePort", "selector": {"app": "b"}, "ports": [{"name": "http", "port": 80}]}}))
+        "spec": {"type": "NodePort", "selector": {"app": "b"}, "ports": [{"name": "http", "port": 80}]}}),
+    )
     .await?;
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": ns}, "data": {"k": "v"}}))?;
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": ns}, "data": {"k": "v"}}))?;
     Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns).create(&PostParams::default(), &cm).await?;
 
     let mut d = Daemon::start("intent", &args(&ns)?)?;
@@ -132,26 +146,38 @@ async fn a_requested_node_port_travels_and_allocated_fields_stay_downstream_with
 }
 
 #[tokio::test]
-async fn a_requested_node_port_taken_downstream_is_reported_by_name_and_retried_while_others_sync()
--> anyhow::Result<()> {
+async fn a_requested_node_port_taken_downstream_is_reported_by_name_and_retried_while_others_sync() -> anyhow::Result<()>
+{
     let env = TestEnv::new("run-port-taken").await?;
     let ns = env.namespace.clone();
     let port = node_port(&ns, 2);
     // Someone else's Service holds the port downstream.
-    create(&env.downstream, &ns, json!({"apiVersion": "v1", "kind": "Service",
+    create(
+        &env.downstream,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "squatter", "namespace": ns},
-        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}}))
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}}),
+    )
     .await?;
-    create(&env.upstream, &ns, json!({"apiVersion": "v1", "kind": "Service",
+    create(
+        &env.upstream,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "wants", "namespace": ns},
-        "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": port}]}}))
+        "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": port}]}}),
+    )
     .await?;
-    create(&env.upstream, &ns, json!({"apiVersion": "v1", "kind": "Service",
+    create(
+        &env.upstream,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "bystander", "namespace": ns},
-        "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80}]}}))
+        "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80}]}}),
+    )
     .await?;
 
-    let mut d = Daemon::start("port-taken", &args(&ns)?)?;
+    let d = Daemon::start("port-taken", &args(&ns)?)?;
     let services: Api<Service> = Api::namespaced(env.downstream.clone(), &ns);
     eventually("the bystander to sync", Duration::from_secs(60), || async { Ok(services.get_opt("bystander").await?) })
         .await?;
@@ -166,10 +192,11 @@ async fn a_requested_node_port_taken_downstream_is_reported_by_name_and_retried_
     let message = event.message.unwrap_or_default();
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(message.contains(&format!("Service {ns}/wants")), "names the Service: {message}");
-    assert!(message.contains("/spec/ports/0/nodePort") && message.contains(&port.to_string()), "names the port: {message}");
     assert!(
-        d.metric("downsync_sync_failures_total", &[r#"kind="Service""#, r#"reason="AlreadyAllocated""#])? >= 1.0
+        message.contains("/spec/ports/0/nodePort") && message.contains(&port.to_string()),
+        "names the port: {message}"
     );
+    assert!(d.metric("downsync_sync_failures_total", &[r#"kind="Service""#, r#"reason="AlreadyAllocated""#])? >= 1.0);
     let squatter = services.get("squatter").await?;
     assert_eq!(node_ports(&squatter), vec![Some(port)], "the other Service is untouched");
     assert!(services.get_opt("wants").await?.is_none());

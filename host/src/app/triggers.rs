@@ -18,8 +18,8 @@ use super::controller::Controller;
 use super::startup::Resolved;
 use crate::kube::upstream;
 use crate::sync::Resource;
-use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::intent::{self, Intent};
+use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::ownership;
 
 /// One upstream object, by its upstream coordinates.
@@ -99,7 +99,8 @@ fn strip_managed_fields(o: &mut DynamicObject) {
 fn compact_managed_fields(o: &mut DynamicObject) {
     let intent = match o.metadata.managed_fields.take() {
         Some(entries) if !entries.is_empty() => {
-            let sets: Vec<&serde_json::Value> = entries.iter().filter_map(|e| e.fields_v1.as_ref().map(|f| &f.0)).collect();
+            let sets: Vec<&serde_json::Value> =
+                entries.iter().filter_map(|e| e.fields_v1.as_ref().map(|f| &f.0)).collect();
             let mut meta = serde_json::Map::new();
             for (k, v) in [("labels", &o.metadata.labels), ("annotations", &o.metadata.annotations)] {
                 if let Some(v) = v.as_ref().and_then(|v| serde_json::to_value(v).ok()) {

@@ -405,9 +405,17 @@ impl Plugin {
         self.decision(&object, desired, &reads, out)
     }
 
+    /// Instantiates the component in a fresh store, as every call does, and calls nothing:
+    /// the fixed price of a call, for benchmarks.
+    pub fn instantiate_only(&self) -> Result<()> {
+        let mut store = self.new_store("-");
+        let outcome = self.arm(&mut store).and_then(|()| self.pre.instantiate(&mut store).map(drop));
+        outcome.map_err(|e| self.call_error(&store, "instantiate", "-", e))
+    }
+
     /// The JSON text a hook is given: the projection on `reads`, or the whole object.
     fn input(&self, obj: &Value, reads: &[String]) -> String {
-        if self.info.reads.is_empty() { obj.to_string() } else { projection::project(obj, reads).to_string() }
+        if self.info.reads.is_empty() { obj.to_string() } else { projection::project_text(obj, reads) }
     }
 
     /// What a hook returned, merged into the full object when the plugin was sent a projection.
@@ -728,9 +736,10 @@ fn check_reads(reads: &[String], scope: &[String]) -> std::result::Result<(), St
     }
     for pattern in scope {
         let Ok(pat) = crate::sync::pointer::parse(pattern) else { continue };
-        let inside = reads.iter().filter_map(|r| crate::sync::pointer::parse(r).ok()).any(|r| {
-            r.len() <= pat.len() && r.iter().zip(&pat).all(|(a, b)| a == b)
-        });
+        let inside = reads
+            .iter()
+            .filter_map(|r| crate::sync::pointer::parse(r).ok())
+            .any(|r| r.len() <= pat.len() && r.iter().zip(&pat).all(|(a, b)| a == b));
         if !inside {
             return Err(format!(
                 "scope {:?} is outside every read {:?}: the plugin would never be sent what it writes",
@@ -741,7 +750,6 @@ fn check_reads(reads: &[String], scope: &[String]) -> std::result::Result<(), St
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,8 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{v0_1, v0_2};
-use super::component::RulePre;
 use super::cache::ArtifactCache;
+use super::component::RulePre;
 use super::error::{Error, Result};
 use super::host::{CallState, LogLimiter};
 

@@ -57,6 +57,56 @@ pub fn project(obj: &Value, reads: &[String]) -> Value {
     out
 }
 
+/// The JSON text of [`project`]`(obj, reads)`, written from `obj` without copying it first.
+pub fn project_text(obj: &Value, reads: &[String]) -> String {
+    let mut root = Node::Map(Vec::new());
+    for p in IDENTITY.iter().copied().chain(reads.iter().map(String::as_str)) {
+        if let (Some(v), Ok(segments)) = (obj.pointer(p), pointer::parse(p)) {
+            root.insert(&segments, v);
+        }
+    }
+    serde_json::to_string(&root).unwrap_or_default()
+}
+
+/// A projection that borrows its leaves from the object.
+enum Node<'a> {
+    Leaf(&'a Value),
+    Map(Vec<(String, Node<'a>)>),
+}
+
+impl<'a> Node<'a> {
+    fn insert(&mut self, segments: &[String], v: &'a Value) {
+        let Node::Map(children) = self else { return };
+        let Some((first, rest)) = segments.split_first() else { return };
+        let i = match children.iter().position(|(k, _)| k == first) {
+            Some(i) => i,
+            None => {
+                children.push((first.clone(), if rest.is_empty() { Node::Leaf(v) } else { Node::Map(Vec::new()) }));
+                children.len() - 1
+            }
+        };
+        if !rest.is_empty() {
+            children[i].1.insert(rest, v);
+        }
+    }
+}
+
+impl serde::Serialize for Node<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Node::Leaf(v) => v.serialize(s),
+            Node::Map(children) => {
+                let mut m = s.serialize_map(Some(children.len()))?;
+                for (k, v) in children {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
 /// Replaces the parts of `full` at `reads` with those of `returned`: a part present there is
 /// written, a part absent there is removed. Identity fields are not merged. Fails when a part
 /// cannot be placed (a scalar where its parent object should be).
@@ -117,6 +167,15 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "n",
                 "annotations": {"x/y": "2"}}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}})
         );
+    }
+
+    #[test]
+    fn the_projection_text_is_the_projection() {
+        let svc = mk_svc();
+        for r in [reads(&["/spec", "/metadata/annotations"]), reads(&["/spec/type", "/status"]), reads(&["/nothing"])] {
+            let text: Value = serde_json::from_str(&project_text(&svc, &r)).expect("json");
+            assert_eq!(text, project(&svc, &r), "{r:?}");
+        }
     }
 
     #[test]

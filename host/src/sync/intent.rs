@@ -40,9 +40,10 @@ impl Intent {
         if let [entry] = entries.as_slice()
             && entry.get("fieldsType").and_then(Value::as_str) == Some(COMPACT_FIELDS_TYPE)
         {
-            let paths = entry.get("fieldsV1").and_then(Value::as_array).map(|a| {
-                a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>()
-            });
+            let paths = entry
+                .get("fieldsV1")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>());
             return paths.map_or(Self::Unknown, Self::ServerSet);
         }
         let sets: Vec<&Value> = entries.iter().filter_map(|e| e.get("fieldsV1")).collect();
@@ -136,7 +137,8 @@ fn field(sets: &[&Map<String, Value>], k: &str, v: &Value, path: &mut String, ou
     let len = path.len();
     path.push('/');
     path.push_str(&pointer::escape(k));
-    let owned: Vec<&Map<String, Value>> = sets.iter().filter_map(|s| s.get(&format!("f:{k}"))).filter_map(Value::as_object).collect();
+    let owned: Vec<&Map<String, Value>> =
+        sets.iter().filter_map(|s| s.get(&format!("f:{k}"))).filter_map(Value::as_object).collect();
     node(&owned, v, path, out);
     path.truncate(len);
 }
@@ -163,8 +165,7 @@ fn node(sets: &[&Map<String, Value>], v: &Value, path: &mut String, out: &mut Ve
                 let len = path.len();
                 path.push('/');
                 path.push_str(&i.to_string());
-                let owned: Vec<&Map<String, Value>> =
-                    sets.iter().flat_map(|s| element_sets(s, i, item)).collect();
+                let owned: Vec<&Map<String, Value>> = sets.iter().flat_map(|s| element_sets(s, i, item)).collect();
                 node(&owned, item, path, out);
                 path.truncate(len);
             }
@@ -176,10 +177,7 @@ fn node(sets: &[&Map<String, Value>], v: &Value, path: &mut String, out: &mut Ve
 /// The entries of a list's field set that name element `i` (`item`): by key fields
 /// (`k:{"port":80,"protocol":"TCP"}`), by value (`v:"a"`) or by index (`i:0`).
 fn element_sets<'a>(set: &'a Map<String, Value>, i: usize, item: &Value) -> Vec<&'a Map<String, Value>> {
-    set.iter()
-        .filter(|(k, _)| element_matches(k, i, item))
-        .filter_map(|(_, v)| v.as_object())
-        .collect()
+    set.iter().filter(|(k, _)| element_matches(k, i, item)).filter_map(|(_, v)| v.as_object()).collect()
 }
 
 fn element_matches(key: &str, i: usize, item: &Value) -> bool {

@@ -149,7 +149,10 @@ mod tests {
     fn the_annotation_selects_skip_and_rejects_nonsense() {
         let live = mk_config("ConfigMap", Some(true), json!({"a": "1"}), None);
         let skip = mk_config("ConfigMap", Some(true), json!({"a": "2"}), Some("skip"));
-        assert!(matches!(ImmutableConfigRule::preserve(live.clone(), skip, &Intent::unknown()).unwrap(), Decision::Skip(_)));
+        assert!(matches!(
+            ImmutableConfigRule::preserve(live.clone(), skip, &Intent::unknown()).unwrap(),
+            Decision::Skip(_)
+        ));
         let bad = mk_config("ConfigMap", Some(true), json!({"a": "2"}), Some("explode"));
         assert!(ImmutableConfigRule::preserve(live, bad, &Intent::unknown()).unwrap_err().contains("explode"));
     }

@@ -76,12 +76,12 @@ impl Rule for PersistentVolumeRule {
 /// resourceVersion, and the binding annotations.
 pub fn drop_upstream_binding(obj: &mut Value) {
     if kinds::is(obj, "", "PersistentVolume")
-        && let Some(claim) = obj.pointer_mut(CLAIM_REF).and_then(Value::as_object_mut)
+        && let Some(claim) = pointer::get_mut(obj, CLAIM_REF).and_then(Value::as_object_mut)
     {
         claim.remove("uid");
         claim.remove("resourceVersion");
     }
-    if let Some(annotations) = obj.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(annotations) = pointer::get_mut(obj, "/metadata/annotations").and_then(Value::as_object_mut) {
         for p in PVC_ANNOTATIONS {
             if let Some(key) = p.strip_prefix("/metadata/annotations/") {
                 annotations.remove(&key.replace("~1", "/"));

@@ -42,9 +42,9 @@ impl Intent {
     /// Whether the field at `pointer` was filled in by the upstream server (it or one of its
     /// ancestors is listed). False when the intent is unknown.
     pub fn is_server_set(&self, pointer: &str) -> bool {
-        self.server_set.iter().any(|p| {
-            pointer.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        self.server_set
+            .iter()
+            .any(|p| pointer.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
     }
 
     /// The server-set pointers, as the host sent them.

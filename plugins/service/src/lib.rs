@@ -117,7 +117,7 @@ fn port_key(port: &Value) -> (Option<&Value>, &str) {
 
 fn keep_node_ports(existing: &Value, desired: &mut Value) {
     let Some(Value::Array(live)) = pointer::get(existing, "/spec/ports") else { return };
-    let Some(Value::Array(ports)) = desired.pointer_mut("/spec/ports") else { return };
+    let Some(Value::Array(ports)) = pointer::get_mut(desired, "/spec/ports") else { return };
     for port in ports.iter_mut() {
         if port.get("nodePort").is_some_and(|v| !v.is_null()) {
             continue;

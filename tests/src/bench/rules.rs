@@ -82,7 +82,7 @@ pub struct Cost {
     pub reused: Duration,
     /// Wasm, a fresh instance per call (what the syncer does).
     pub fresh: Duration,
-    /// A fresh instance and a call that does nothing (`ignore-paths` of another kind).
+    /// A fresh store and instance, and no call.
     pub instantiate: Duration,
     /// Host side before the call: projecting and serialising both inputs.
     pub copy_in: Duration,
@@ -132,11 +132,7 @@ fn typical(mut obj: Value, live: bool) -> Value {
 /// The JSON bytes a plugin is sent for `obj`: its projection, or all of it.
 fn sent(plugin: &Plugin, obj: &Value) -> String {
     let reads = &plugin.info().reads;
-    if reads.is_empty() {
-        obj.to_string()
-    } else {
-        projection::project(obj, &projection::effective(obj, reads)).to_string()
-    }
+    if reads.is_empty() { obj.to_string() } else { projection::project_text(obj, &projection::effective(obj, reads)) }
 }
 
 /// Times every built-in rule on fixture and typical objects; `plugins` holds the built
@@ -206,7 +202,7 @@ fn measure_one(
             black_box(plugin.preserve(black_box(existing), black_box(desired), &intent).is_ok());
         };
         let mut f_instantiate = || {
-            black_box(plugin.ignore_paths(black_box("none.example"), black_box("Nothing")).is_ok());
+            black_box(plugin.instantiate_only().is_ok());
         };
         let mut f_copy_in = || {
             black_box((sent(plugin, black_box(existing)), sent(plugin, black_box(desired))));
@@ -328,7 +324,7 @@ pub fn section(costs: &[Cost]) -> Section {
          `Rule::preserve` on the full objects with cloned inputs; *fresh* is `Plugin::preserve`, a new store and \
          instance from the pooling allocator per call, which is what the syncer does, sent only the plugin's \
          `reads`; *reused* keeps one instance (`Plugin::session`). The split of *fresh*: *instantiate* is a fresh \
-         instance running a hook that returns at once; *copy in* is projecting and serialising both inputs on \
+         store and instance with no call; *copy in* is projecting and serialising both inputs on \
          the host; *parse out + merge* is parsing the output and merging it into the full object; *guest* is the \
          rest (copying the text into the instance, parsing it there, the rule, serialising the result). *saved \
          per object* is what a 0.1.0 plugin paid for each default hook it did not need (the 0.1.0 test \
