@@ -19,6 +19,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "downsync-plugin-testing-stamp",
     "downsync-plugin-testing-reserved",
     "downsync-plugin-testing-describe-panic",
+    "downsync-plugin-testing-legacy",
 ];
 
 static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
