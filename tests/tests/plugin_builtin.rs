@@ -17,6 +17,7 @@ fn small_engine() -> PluginEngine {
         deadline_ms: 2_000,
         memory_bytes: 16 << 20,
         pool_instances: 8,
+        max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
     })
     .expect("engine")

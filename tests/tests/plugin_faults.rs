@@ -13,6 +13,7 @@ fn engine() -> PluginEngine {
         fuel: 500_000_000,
         deadline_ms: 5_000,
         pool_instances: 8,
+        max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         ..EngineConfig::default()
     })
@@ -110,6 +111,7 @@ fn call_errors_are_one_line_with_the_cause_and_no_backtrace() {
         fuel: 50_000_000,
         memory_bytes: 16 << 20,
         pool_instances: 8,
+        max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         ..EngineConfig::default()
     })

@@ -32,6 +32,7 @@ fn start(dir: &Path) -> (Arc<Reloader>, downsync::plugin::WatchHandle) {
         deadline_ms: 2_000,
         memory_bytes: 16 << 20,
         pool_instances: 8,
+        max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
     })
     .expect("engine");

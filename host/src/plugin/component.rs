@@ -343,7 +343,13 @@ impl Plugin {
     /// A store with this plugin's limits; fuel and deadline are set by [`Plugin::arm`].
     fn new_store(&self, object: &str) -> Store<CallState> {
         let cfg = self.engine.config();
-        let state = CallState::new(&self.info.name, object, cfg.memory_bytes, self.engine.logs().clone());
+        let state = CallState::new(
+            &self.info.name,
+            object,
+            cfg.memory_bytes,
+            cfg.max_instances_per_call,
+            self.engine.logs().clone(),
+        );
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store

@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub memory_bytes: usize,
     /// Concurrent instances the pooling allocator keeps slots for.
     pub pool_instances: u32,
+    /// Core wasm instances one call may create. A Rust component needs a handful; a component
+    /// with an interpreter built in (componentize-py) needs more than 16.
+    pub max_instances_per_call: usize,
     /// Where precompiled components are cached; None disables the cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             deadline_ms: 1_000,
             memory_bytes: 64 << 20,
             pool_instances: 64,
+            max_instances_per_call: 32,
             cache_dir: default_cache_dir(),
         }
     }
@@ -97,7 +101,8 @@ impl PluginEngine {
         let mut pool = PoolingAllocationConfig::default();
         let slots = config.pool_instances.max(1);
         pool.total_component_instances(slots)
-            .total_core_instances(slots * 4)
+            .total_core_instances((slots * 4).max(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX)))
+            .max_core_instances_per_component(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX))
             .total_memories(slots * 2)
             .total_tables(slots * 4)
             .total_stacks(slots)
@@ -176,6 +181,7 @@ impl PluginEngine {
     /// [`Plugin::load`](super::Plugin::load) is the public way in.
     pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre)> {
         let digest = hex(&Sha256::digest(bytes));
+        super::imports::check(label, bytes)?;
         let component = self.compile(label, &digest, bytes)?;
         let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
         let pre = self.inner.linker.instantiate_pre(&component).map_err(mismatch)?;

@@ -26,6 +26,16 @@ pub enum Error {
         #[source]
         source: wasmtime::Error,
     },
+    /// The component imports what the sandbox does not offer; found before compiling.
+    #[error("plugin {plugin}: imports what the sandbox does not offer: {}; offered: {offered}", missing.join(", "))]
+    Imports {
+        /// The plugin (file name).
+        plugin: String,
+        /// The imports not offered.
+        missing: Vec<String>,
+        /// What is offered, for the message.
+        offered: String,
+    },
     /// The component's imports or exports do not match the `downsync:rules` world.
     #[error("plugin {plugin}: does not implement the `rule` world of downsync:rules@0.2.0 or @0.1.0: {source}")]
     WorldMismatch {

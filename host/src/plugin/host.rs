@@ -56,7 +56,7 @@ impl CallState {
     /// A sandbox with no filesystem, network, environment, arguments or stdin, stdout and stderr
     /// captured in memory, frozen clocks and fixed "randomness". Rust's wasm32-wasip2 std imports these WASI interfaces, so they
     /// are linked, but they give a plugin nothing to differ on.
-    pub(crate) fn new(plugin: &str, object: &str, memory_cap: usize, logs: LogLimiter) -> Self {
+    pub(crate) fn new(plugin: &str, object: &str, memory_cap: usize, instances: usize, logs: LogLimiter) -> Self {
         let (stdout, stderr) = (Captured::default(), Captured::default());
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
@@ -77,7 +77,7 @@ impl CallState {
             limits: Limits {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(memory_cap)
-                    .instances(16)
+                    .instances(instances)
                     .tables(16)
                     .memories(4)
                     .trap_on_grow_failure(true)

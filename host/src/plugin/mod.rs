@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod fixtures;
 mod host;
+pub mod imports;
 pub mod projection;
 pub mod registry;
 pub mod reload;
