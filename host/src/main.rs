@@ -120,6 +120,24 @@ struct RunArgs {
     /// (by default they are deleted once they hold nothing downsync does not own).
     #[arg(long)]
     keep_namespaces: bool,
+    /// Run as one of several replicas coordinated through Leases in the downstream cluster
+    /// (`ha.enabled`); only the holder of a shard's Lease writes its objects.
+    #[arg(long)]
+    ha: bool,
+    /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`).
+    #[arg(long, value_name = "N")]
+    ha_shards: Option<u32>,
+    /// This replica's name in the Leases and its user agent (`ha.identity`; default: POD_NAME,
+    /// else the host name).
+    #[arg(long)]
+    ha_identity: Option<String>,
+    /// Downstream namespace of the Leases (`ha.namespace`; default: POD_NAMESPACE, else default).
+    #[arg(long)]
+    ha_namespace: Option<String>,
+    /// Lease duration, renew deadline and retry period in seconds, as LEASE,RENEW,RETRY
+    /// (`ha.leaseDurationSeconds` and so on; default 15,10,2 as client-go).
+    #[arg(long, value_name = "LEASE,RENEW,RETRY")]
+    ha_timing: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +235,29 @@ impl RunArgs {
         c.status_upsync |= self.status_upsync;
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;
+        }
+        c.ha.enabled |= self.ha;
+        if let Some(n) = self.ha_shards {
+            c.ha.shards = n;
+        }
+        if self.ha_identity.is_some() {
+            c.ha.identity = self.ha_identity;
+        }
+        if self.ha_namespace.is_some() {
+            c.ha.namespace = self.ha_namespace;
+        }
+        if let Some(t) = &self.ha_timing {
+            let parts: Vec<u64> = t
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--ha-timing {t}: expected three whole seconds, such as 15,10,2"))?;
+            let [lease, renew, retry] = parts[..] else {
+                anyhow::bail!("--ha-timing {t}: expected LEASE,RENEW,RETRY, such as 15,10,2");
+            };
+            c.ha.lease_duration_seconds = lease;
+            c.ha.renew_deadline_seconds = renew;
+            c.ha.retry_period_seconds = retry;
         }
         Ok(c)
     }
