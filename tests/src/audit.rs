@@ -101,7 +101,8 @@ pub fn downsync_writes() -> Result<Vec<Write>> {
         if !line.contains("\"userAgent\":\"downsync/") {
             continue;
         }
-        let e: RawEvent = serde_json::from_str(line).with_context(|| format!("an audit event in {}", path.display()))?;
+        let e: RawEvent =
+            serde_json::from_str(line).with_context(|| format!("an audit event in {}", path.display()))?;
         let r = e.object_ref.unwrap_or(RawRef { resource: String::new(), namespace: None, name: None });
         out.push(Write {
             verb: e.verb,

@@ -116,7 +116,10 @@ fn from_env_or_start() -> Result<Clusters> {
         (None, None) => {
             let pid = std::process::id();
             Ok(Clusters {
-                upstream: ClusterRef { kubeconfig: start_control_plane(&format!("up-{pid}"), None, false)?, context: None },
+                upstream: ClusterRef {
+                    kubeconfig: start_control_plane(&format!("up-{pid}"), None, false)?,
+                    context: None,
+                },
                 downstream: ClusterRef {
                     kubeconfig: start_control_plane(&format!("down-{pid}"), Some(DOWNSTREAM_CONTROLLERS), true)?,
                     context: None,

@@ -58,7 +58,11 @@ async fn create_configmaps(client: &Client, namespaces: &[String], per_ns: usize
 }
 
 /// The `data.v` of every ConfigMap `target` owns in the namespaces, by (namespace, name).
-async fn owned_values(client: &Client, namespaces: &[String], target: &str) -> Result<BTreeMap<(String, String), String>> {
+async fn owned_values(
+    client: &Client,
+    namespaces: &[String],
+    target: &str,
+) -> Result<BTreeMap<(String, String), String>> {
     let mut out = BTreeMap::new();
     for ns in namespaces {
         let lp = ListParams::default().labels(&format!("downsync.dev/target={target}"));
@@ -223,7 +227,10 @@ async fn a_killed_holder_is_replaced_only_after_its_lease_ran_out_and_nothing_is
     let successor = &after[&0];
     let last_renew = lease_writes(&s)?
         .into_iter()
-        .filter(|w| w.replica() == Some(victim_id.as_str()) && w.name.as_deref() == Some(&*format!("downsync-{}-shard-0", s.target)))
+        .filter(|w| {
+            w.replica() == Some(victim_id.as_str())
+                && w.name.as_deref() == Some(&*format!("downsync-{}-shard-0", s.target))
+        })
         .map(|w| w.completed)
         .max()
         .context("the victim's renewals of shard 0 in the audit log")?;
@@ -272,7 +279,12 @@ async fn a_fourth_replica_takes_a_fair_share_without_any_object_written_again() 
     // periods for a late write to show.
     tokio::time::sleep(Duration::from_secs(s.timing.2 * 3)).await;
     let after = configmap_writes(&s)?;
-    assert_eq!(after.len(), before, "no object written again by the rebalance: {:?}", &after[before.min(after.len())..]);
+    assert_eq!(
+        after.len(),
+        before,
+        "no object written again by the rebalance: {:?}",
+        &after[before.min(after.len())..]
+    );
     drop(named);
     drop(replicas);
     cleanup(env, &s).await

@@ -137,13 +137,16 @@ pub async fn run(
     let resolved = resolve_all(&config, &up, &down).await?;
     let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
     let workers_alive = Arc::new(AtomicUsize::new(0));
-    let health = Arc::new(Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
-        let (alive, want) = (Arc::clone(&workers_alive), config.workers);
-        Box::new(move || {
-            let n = alive.load(Ordering::Acquire);
-            (n < want).then(|| format!("{n} of {want} sync workers running"))
+    let health = Arc::new(
+        Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
+            let (alive, want) = (Arc::clone(&workers_alive), config.workers);
+            Box::new(move || {
+                let n = alive.load(Ordering::Acquire);
+                (n < want).then(|| format!("{n} of {want} sync workers running"))
+            })
         })
-    }).with_ha_view(Arc::clone(&ha_view)));
+        .with_ha_view(Arc::clone(&ha_view)),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = match listener {
         Some(listener) => {

@@ -828,7 +828,10 @@ mod tests {
     fn the_shard_of_a_namespace_is_stable_and_spread() {
         // Fixed values: a change of hash would move every object to another shard on upgrade.
         // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the published test vector).
-        assert_eq!(shard_of(Some("a"), u32::MAX), u32::try_from(0xaf63_dc4c_8601_ec8c_u64 % u64::from(u32::MAX)).unwrap());
+        assert_eq!(
+            shard_of(Some("a"), u32::MAX),
+            u32::try_from(0xaf63_dc4c_8601_ec8c_u64 % u64::from(u32::MAX)).unwrap()
+        );
         assert_eq!((shard_of(Some("team-a"), 8), shard_of(Some("team-b"), 8)), (6, 3));
         assert_eq!(shard_of(None, 8), shard_of(Some(""), 8));
         let mut counts = [0u32; 4];
