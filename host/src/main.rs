@@ -36,6 +36,28 @@ enum Command {
     /// Work with rule plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Shows which replica holds which shard, from the Leases in the downstream cluster.
+    Shards(ShardsArgs),
+}
+
+/// Where the Leases of a target are.
+#[derive(Debug, clap::Args)]
+struct ShardsArgs {
+    /// A YAML config file: its downstream, target and `ha:` section are used.
+    #[arg(long, env = "DOWNSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Downstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    downstream_kubeconfig: Option<PathBuf>,
+    /// Downstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    downstream_context: Option<String>,
+    /// The sync target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Namespace of the Leases (default: ha.namespace, POD_NAMESPACE, else default).
+    #[arg(long)]
+    ha_namespace: Option<String>,
 }
 
 /// What to sync, from where to where. Flags override the config file.
@@ -338,6 +360,40 @@ async fn run_command() -> Result<ExitCode> {
             let result = downsync::app::diff::diff(config, &mut out).await;
             print!("{out}");
             result?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shards(a) => {
+            let mut c = match &a.config {
+                Some(path) => RunConfig::from_file(path)?,
+                None => RunConfig::default(),
+            };
+            if a.downstream_kubeconfig.is_some() {
+                c.downstream.kubeconfig = a.downstream_kubeconfig;
+            }
+            if a.downstream_context.is_some() {
+                c.downstream.context = a.downstream_context;
+            }
+            if let Some(t) = a.target {
+                c.sync.ownership.target = t;
+            }
+            if a.ha_namespace.is_some() {
+                c.ha.namespace = a.ha_namespace;
+            }
+            let timeout = std::time::Duration::from_secs(c.connect_timeout_seconds);
+            let ua = downsync::app::startup::user_agent(&c);
+            let down = downsync::kube::clients::connect("downstream", &c.downstream, timeout, &ua).await?;
+            let (ns, target) = (c.ha.resolved_namespace(), c.sync.ownership.target.clone());
+            let rows = downsync::app::ha::read_leases(down.client, &ns, &target).await?;
+            if rows.is_empty() {
+                println!("no Leases of target {target} in namespace {ns}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<40} {:<7} {:<30} {:>9} {:>9}", "LEASE", "ROLE", "HOLDER", "RENEWED", "DURATION");
+            for r in rows {
+                let holder = if r.holder.is_empty() { "(released)".to_string() } else { r.holder };
+                let age = if r.age_seconds < 0 { "-".to_string() } else { format!("{}s ago", r.age_seconds) };
+                println!("{:<40} {:<7} {:<30} {:>9} {:>8}s", r.name, r.role, holder, age, r.duration_seconds);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Check { file }) => {

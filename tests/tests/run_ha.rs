@@ -6,16 +6,17 @@
 //! being rewritten; SIGTERM hands the Lease over without waiting for it to expire.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use downsync_tests::audit::{Write, downsync_writes};
-use downsync_tests::daemon::Daemon;
+use downsync_tests::daemon::{Daemon, run_to_end};
 use downsync_tests::ha::{
     HaSetup, TEST_TIMING, create_namespaces, delete_namespaces, held, namespaces_over_shards, wait_settled,
 };
 use downsync_tests::objects::mk_configmap;
-use downsync_tests::{TestEnv, eventually};
+use downsync_tests::{TestEnv, clusters, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -167,6 +168,28 @@ async fn three_replicas_write_each_object_once_from_the_holder_of_its_shard() ->
         writers.insert(replica.to_string());
     }
     assert_eq!(writers.len(), 3, "all three replicas wrote their shards: {writers:?}");
+
+    // `downsync shards` shows the same holders, from the Leases.
+    let down = clusters()?.downstream;
+    let mut args: Vec<OsString> = vec!["shards".into(), "--downstream-kubeconfig".into(), down.kubeconfig.into()];
+    if let Some(ctx) = down.context {
+        args.extend(["--downstream-context".into(), ctx.into()]);
+    }
+    args.extend([
+        "--target".into(),
+        s.target.clone().into(),
+        "--ha-namespace".into(),
+        s.lease_namespace.clone().into(),
+    ]);
+    let (status, out, err) = run_to_end(&args)?;
+    assert!(status.success(), "downsync shards failed: {err}");
+    for (shard, holder) in &holders {
+        let line = format!("downsync-{}-shard-{shard} ", s.target);
+        let row =
+            out.lines().find(|l| l.starts_with(&line)).with_context(|| format!("no row for shard {shard}:\n{out}"))?;
+        assert!(row.contains(holder.as_str()), "shard {shard} held by {holder}: {row}");
+    }
+    assert_eq!(out.lines().filter(|l| l.contains(" member ")).count(), 3, "three members:\n{out}");
     drop(replicas);
     cleanup(env, &s).await
 }
