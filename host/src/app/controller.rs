@@ -269,7 +269,8 @@ impl Controller {
         let mut last = changes.borrow_and_update().clone();
         while changes.changed().await.is_ok() {
             let now = changes.borrow_and_update().clone();
-            let gained: HashSet<u32> = now.difference(&last).copied().collect();
+            // New shards, and shards lost and regained since the last look (a new epoch).
+            let gained: HashSet<u32> = now.iter().filter(|(i, e)| last.get(i) != Some(e)).map(|(i, _)| *i).collect();
             last = now;
             if gained.is_empty() {
                 continue;
