@@ -30,7 +30,7 @@ ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 die() { echo "controlplane: error: $*" >&2; exit 1; }
 log() { echo "controlplane: $*" >&2; }
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
 
