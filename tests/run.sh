@@ -111,7 +111,9 @@ if (( ! external )); then
   for side in upstream downstream; do
     name="ci-$side-$$"
     started+=("$name")
-    kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${controllers[$side]}" | tail -n 1)"
+    # The downstream's audit log tells which replica wrote what (tests/tests/run_ha.rs).
+    audit=(); [[ $side == downstream ]] && audit=(--audit)
+    kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${controllers[$side]}" "${audit[@]}" | tail -n 1)"
     export "DOWNSYNC_${side^^}_KUBECONFIG=$kc"
   done
 fi

@@ -36,6 +36,28 @@ enum Command {
     /// Work with rule plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Shows which replica holds which shard, from the Leases in the downstream cluster.
+    Shards(ShardsArgs),
+}
+
+/// Where the Leases of a target are.
+#[derive(Debug, clap::Args)]
+struct ShardsArgs {
+    /// A YAML config file: its downstream, target and `ha:` section are used.
+    #[arg(long, env = "DOWNSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Downstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    downstream_kubeconfig: Option<PathBuf>,
+    /// Downstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    downstream_context: Option<String>,
+    /// The sync target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Namespace of the Leases (default: ha.namespace, POD_NAMESPACE, else default).
+    #[arg(long)]
+    ha_namespace: Option<String>,
 }
 
 /// What to sync, from where to where. Flags override the config file.
@@ -120,6 +142,24 @@ struct RunArgs {
     /// (by default they are deleted once they hold nothing downsync does not own).
     #[arg(long)]
     keep_namespaces: bool,
+    /// Run as one of several replicas coordinated through Leases in the downstream cluster
+    /// (`ha.enabled`); only the holder of a shard's Lease writes its objects.
+    #[arg(long)]
+    ha: bool,
+    /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`).
+    #[arg(long, value_name = "N")]
+    ha_shards: Option<u32>,
+    /// This replica's name in the Leases and its user agent (`ha.identity`; default: POD_NAME,
+    /// else the host name).
+    #[arg(long)]
+    ha_identity: Option<String>,
+    /// Downstream namespace of the Leases (`ha.namespace`; default: POD_NAMESPACE, else default).
+    #[arg(long)]
+    ha_namespace: Option<String>,
+    /// Lease duration, renew deadline and retry period in seconds, as LEASE,RENEW,RETRY
+    /// (`ha.leaseDurationSeconds` and so on; default 15,10,2 as client-go).
+    #[arg(long, value_name = "LEASE,RENEW,RETRY")]
+    ha_timing: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +258,29 @@ impl RunArgs {
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;
         }
+        c.ha.enabled |= self.ha;
+        if let Some(n) = self.ha_shards {
+            c.ha.shards = n;
+        }
+        if self.ha_identity.is_some() {
+            c.ha.identity = self.ha_identity;
+        }
+        if self.ha_namespace.is_some() {
+            c.ha.namespace = self.ha_namespace;
+        }
+        if let Some(t) = &self.ha_timing {
+            let parts: Vec<u64> = t
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--ha-timing {t}: expected three whole seconds, such as 15,10,2"))?;
+            let [lease, renew, retry] = parts[..] else {
+                anyhow::bail!("--ha-timing {t}: expected LEASE,RENEW,RETRY, such as 15,10,2");
+            };
+            c.ha.lease_duration_seconds = lease;
+            c.ha.renew_deadline_seconds = renew;
+            c.ha.retry_period_seconds = retry;
+        }
         Ok(c)
     }
 }
@@ -297,6 +360,40 @@ async fn run_command() -> Result<ExitCode> {
             let result = downsync::app::diff::diff(config, &mut out).await;
             print!("{out}");
             result?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shards(a) => {
+            let mut c = match &a.config {
+                Some(path) => RunConfig::from_file(path)?,
+                None => RunConfig::default(),
+            };
+            if a.downstream_kubeconfig.is_some() {
+                c.downstream.kubeconfig = a.downstream_kubeconfig;
+            }
+            if a.downstream_context.is_some() {
+                c.downstream.context = a.downstream_context;
+            }
+            if let Some(t) = a.target {
+                c.sync.ownership.target = t;
+            }
+            if a.ha_namespace.is_some() {
+                c.ha.namespace = a.ha_namespace;
+            }
+            let timeout = std::time::Duration::from_secs(c.connect_timeout_seconds);
+            let ua = downsync::app::startup::user_agent(&c);
+            let down = downsync::kube::clients::connect("downstream", &c.downstream, timeout, &ua).await?;
+            let (ns, target) = (c.ha.resolved_namespace(), c.sync.ownership.target.clone());
+            let rows = downsync::app::ha::read_leases(down.client, &ns, &target).await?;
+            if rows.is_empty() {
+                println!("no Leases of target {target} in namespace {ns}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<40} {:<7} {:<30} {:>9} {:>9}", "LEASE", "ROLE", "HOLDER", "RENEWED", "DURATION");
+            for r in rows {
+                let holder = if r.holder.is_empty() { "(released)".to_string() } else { r.holder };
+                let age = if r.age_seconds < 0 { "-".to_string() } else { format!("{}s ago", r.age_seconds) };
+                println!("{:<40} {:<7} {:<30} {:>9} {:>8}s", r.name, r.role, holder, age, r.duration_seconds);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Check { file }) => {

@@ -3,7 +3,7 @@
 # kube-controller-manager, by default with the garbage-collector and namespace controllers) for
 # tests.
 #
-#   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT] [--controllers LIST]
+#   controlplane.sh up NAME [--owner-pid PID] [--api-port PORT] [--controllers LIST] [--audit]
 #       Starts control plane NAME on free loopback ports, with its own data dir and PKI, waits
 #       for /readyz, and prints the path of an admin kubeconfig (kube-rs and kubectl both read
 #       it). With --owner-pid, a watchdog stops the control plane as soon as PID exits, so a
@@ -11,7 +11,9 @@
 #       kube-controller-manager's comma-separated controller list (default
 #       garbage-collector-controller,namespace-controller); for volume binding add
 #       persistentvolume-binder-controller,persistentvolume-protection-controller,
-#       persistentvolumeclaim-protection-controller.
+#       persistentvolumeclaim-protection-controller. --audit turns on the apiserver's audit log
+#       (level Metadata, writes only: create, update, patch, delete) in NAME/logs/audit.log,
+#       one JSON event a line with the user agent of each writer.
 #   controlplane.sh down NAME
 #       Stops exactly the processes that `up NAME` started, by PID, and removes its data.
 #   controlplane.sh status [NAME]
@@ -28,7 +30,7 @@ ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 die() { echo "controlplane: error: $*" >&2; exit 1; }
 log() { echo "controlplane: $*" >&2; }
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
 
@@ -132,12 +134,13 @@ show_log_tail() {
 
 cmd_up() {
   local name="$1"; shift
-  local owner="" api_port="" controllers="garbage-collector-controller,namespace-controller"
+  local owner="" api_port="" controllers="garbage-collector-controller,namespace-controller" audit=0
   while (( $# )); do
     case "$1" in
       --owner-pid) owner="${2:?--owner-pid needs a PID}"; shift 2 ;;
       --api-port) api_port="${2:?--api-port needs a port}"; shift 2 ;;
       --controllers) controllers="${2:?--controllers needs a comma-separated list}"; shift 2 ;;
+      --audit) audit=1; shift ;;
       *) usage ;;
     esac
   done
@@ -190,6 +193,23 @@ cmd_up() {
   write_kubeconfig "$dir" "$api_port" "$name"
   echo "$api_port" > "$dir/api-port"
 
+  local audit_flags=()
+  if (( audit )); then
+    # Who wrote what: Metadata (no bodies) for writes, nothing for reads and watches, which
+    # would swamp the file. Only the ResponseComplete stage, so each write is one line.
+    cat > "$dir/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+POLICY
+    audit_flags=(--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log"
+      --audit-log-format json --audit-log-mode blocking --audit-log-maxsize 0)
+  fi
+
   local t0; t0=$(date +%s%N)
   setsid "$bin/etcd" --data-dir "$dir/etcd" \
     --listen-client-url "http://127.0.0.1:$etcd_port" --listen-peer-url "http://127.0.0.1:$peer_port" \
@@ -206,6 +226,7 @@ cmd_up() {
     --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
     --service-cluster-ip-range 10.0.0.0/16 --service-node-port-range 30000-32767 \
     --authorization-mode RBAC --disable-admission-plugins ServiceAccount --allow-privileged=true \
+    "${audit_flags[@]}" \
     >"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
   local api_pid=$!
   echo "kube-apiserver=$api_pid" >> "$dir/pids"

@@ -7,8 +7,8 @@
 //! `DOWNSYNC_UPSTREAM_CONTEXT` / `DOWNSYNC_DOWNSTREAM_CONTEXT`, if set) and nothing is built.
 //! Otherwise the first test in a process starts two control planes with
 //! `tests/cluster/controlplane.sh` (the downstream one with the volume controllers, see
-//! [`DOWNSTREAM_CONTROLLERS`]), watched by the process's PID so they stop when it exits,
-//! however it exits.
+//! [`DOWNSTREAM_CONTROLLERS`] and its audit log on, read by [`audit`]), watched by the process's
+//! PID so they stop when it exits, however it exits.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,8 +21,10 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod audit;
 pub mod bench;
 pub mod daemon;
+pub mod ha;
 pub mod logs;
 pub mod manifests;
 pub mod objects;
@@ -79,12 +81,15 @@ pub const DOWNSTREAM_CONTROLLERS: &str = "garbage-collector-controller,namespace
 persistentvolume-binder-controller,persistentvolume-protection-controller,\
 persistentvolumeclaim-protection-controller";
 
-fn start_control_plane(name: &str, controllers: Option<&str>) -> Result<PathBuf> {
+fn start_control_plane(name: &str, controllers: Option<&str>, audit: bool) -> Result<PathBuf> {
     let script = repo_root().join("tests/cluster/controlplane.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(&script).args(["up", name, "--owner-pid", &std::process::id().to_string()]);
     if let Some(list) = controllers {
         cmd.args(["--controllers", list]);
+    }
+    if audit {
+        cmd.arg("--audit");
     }
     let out =
         cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {}", script.display()))?;
@@ -111,9 +116,12 @@ fn from_env_or_start() -> Result<Clusters> {
         (None, None) => {
             let pid = std::process::id();
             Ok(Clusters {
-                upstream: ClusterRef { kubeconfig: start_control_plane(&format!("up-{pid}"), None)?, context: None },
+                upstream: ClusterRef {
+                    kubeconfig: start_control_plane(&format!("up-{pid}"), None, false)?,
+                    context: None,
+                },
                 downstream: ClusterRef {
-                    kubeconfig: start_control_plane(&format!("down-{pid}"), Some(DOWNSTREAM_CONTROLLERS))?,
+                    kubeconfig: start_control_plane(&format!("down-{pid}"), Some(DOWNSTREAM_CONTROLLERS), true)?,
                     context: None,
                 },
             })

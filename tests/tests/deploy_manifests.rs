@@ -1,6 +1,8 @@
 //! The deployment manifests in examples/deploy: every document is accepted by a real API server
 //! (server-side dry run), the RBAC on both sides covers what config.yaml syncs, the pod's volumes
 //! provide every path the config names, and the pod passes the restricted Pod Security Standard.
+//! The HA variant (examples/deploy-ha, a kustomize overlay rendered with `kubectl kustomize`)
+//! is dry-run too, and runs three replicas with Lease RBAC, a budget and a spread.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,31 @@ fn read_docs(path: &Path) -> Result<Vec<Doc>> {
             continue;
         }
         docs.push(Doc { file: file.clone(), value });
+    }
+    Ok(docs)
+}
+
+/// The HA variant, rendered by `kubectl kustomize examples/deploy-ha` (kubectl from PATH: the
+/// control plane build puts it there), each document marked as coming from `deploy-ha`.
+fn ha_docs() -> Result<Vec<Doc>> {
+    let dir = repo_root().join("examples/deploy-ha");
+    let out =
+        std::process::Command::new("kubectl").arg("kustomize").arg(&dir).output().context(
+            "running `kubectl kustomize` (kubectl must be on PATH; tests/run.sh puts the one it builds there)",
+        )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut docs = Vec::new();
+    for de in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value = Value::deserialize(de).context("the rendered HA variant does not parse")?;
+        if !value.is_null() {
+            docs.push(Doc { file: "deploy-ha".into(), value });
+        }
     }
     Ok(docs)
 }
@@ -214,6 +241,13 @@ async fn every_manifest_is_accepted_by_the_api_server_in_a_server_side_dry_run()
     let created = ensure_namespace(&downstream, ns_doc.value.pointer("/metadata/labels").unwrap_or(&json!({}))).await?;
     for doc in &others {
         if let Err(msg) = dry_run(client_for(doc), doc).await {
+            failures.push(format!("{}: {msg}", doc.describe()));
+        }
+    }
+    // The HA variant: what it adds or changes (the base's other documents were checked above).
+    for doc in ha_docs()? {
+        let ha_own = matches!(doc.kind(), "Deployment" | "PodDisruptionBudget") || doc.name() == "downsync-leases";
+        if ha_own && let Err(msg) = dry_run(&downstream, &doc).await {
             failures.push(format!("{}: {msg}", doc.describe()));
         }
     }
@@ -463,4 +497,43 @@ async fn the_downsync_pod_meets_the_restricted_pod_security_standard() -> Result
         Err(kube::Error::Api(status)) if status.is_forbidden() => Ok(()),
         other => panic!("a pod without a securityContext should be forbidden by Pod Security admission: {other:?}"),
     }
+}
+
+#[test]
+fn the_ha_variant_runs_three_spread_replicas_with_a_budget_and_lease_rbac_in_its_namespace_only() -> Result<()> {
+    let docs = ha_docs()?;
+    let (spec, container) = pod_spec(&docs)?;
+    let deployment = find(&docs, "Deployment", "downsync")?;
+    assert_eq!(deployment.value["spec"]["replicas"], 3);
+    assert_eq!(deployment.value["spec"]["strategy"]["type"], "RollingUpdate");
+    let args: Vec<&str> = container["args"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--ha"), "HA on: {args:?}");
+    // The identity and the Lease namespace come from the downward API.
+    let env = container["env"].as_array().context("no env")?;
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        let var = env.iter().find(|e| e["name"] == name).with_context(|| format!("no {name}"))?;
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], field, "{name}");
+    }
+    let spread = spec["topologySpreadConstraints"].as_array().context("no topologySpreadConstraints")?;
+    assert!(spread.iter().any(|c| c["topologyKey"] == "kubernetes.io/hostname"), "spread across nodes");
+    let labels = &deployment.value["spec"]["template"]["metadata"]["labels"];
+    let pdb = find(&docs, "PodDisruptionBudget", "downsync")?;
+    assert_eq!(&pdb.value["spec"]["selector"]["matchLabels"], labels, "the budget covers the pods");
+    assert!(pdb.value["spec"]["maxUnavailable"] == 1 || pdb.value["spec"]["minAvailable"] == 2);
+
+    // Lease RBAC: a namespaced Role in downsync-system, on leases only, allowing what downsync does.
+    let role = find(&docs, "Role", "downsync-leases")?;
+    assert_eq!(role.namespace(), Some(NAMESPACE));
+    let rules = role.value["rules"].as_array().context("no rules")?;
+    for rule in rules {
+        assert_eq!(rule["apiGroups"], json!(["coordination.k8s.io"]), "leases only: {rule}");
+        assert_eq!(rule["resources"], json!(["leases"]), "leases only: {rule}");
+    }
+    for verb in ["list", "create", "update", "delete"] {
+        assert!(allows(rules, "coordination.k8s.io", "leases", verb), "the Role must allow {verb} on leases");
+    }
+    assert!(!docs.iter().any(|d| d.kind() == "ClusterRole" && d.value.to_string().contains("leases")));
+    let binding = find(&docs, "RoleBinding", "downsync-leases")?;
+    assert_eq!(binding.value["subjects"][0]["name"], "downsync");
+    Ok(())
 }

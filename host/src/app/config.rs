@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ha::HaConfig;
 use crate::kube::clients::ClusterSettings;
 use crate::plugin::{EngineConfig, PluginSettings, RegistryConfig};
 use crate::sync::{DownstreamConfig, NamespaceMapping};
@@ -135,6 +136,8 @@ pub struct RunConfig {
     pub allow_same_cluster: bool,
     /// Feature gates by name (see [`super::features::GATES`]); unset gates take their default.
     pub feature_gates: BTreeMap<String, bool>,
+    /// High availability and sharding through Leases in the downstream cluster.
+    pub ha: HaConfig,
 }
 
 /// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
@@ -167,6 +170,7 @@ impl Default for RunConfig {
             keep_namespaces: false,
             allow_same_cluster: false,
             feature_gates: BTreeMap::new(),
+            ha: HaConfig::default(),
         }
     }
 }
@@ -304,6 +308,12 @@ impl RunConfig {
                 ),
             );
         }
+        self.ha.validate().map_err(|e| match e {
+            super::ha::Error::Invalid { setting, message } => {
+                Error::Invalid { setting: format!("ha.{setting}"), message }
+            }
+            other => Error::Invalid { setting: "ha".into(), message: other.to_string() },
+        })?;
         super::features::validate(&self.feature_gates)
             .map_err(|e| Error::Invalid { setting: "featureGates".into(), message: e.to_string() })?;
         for (on, gate, setting) in [

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::config::RunConfig;
 use super::connectivity::Connectivity;
 use super::error_policy::{ReconcileError, Step, error_policy, event_reason};
+use super::ha::{Coordinator, HaMetrics, HaView, ShardGate, SharedView};
 use super::http::{self, Health};
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
@@ -74,6 +75,8 @@ pub struct Controller {
     last_failure: Mutex<HashMap<WorkKey, String>>,
     /// Workers running now; `/healthz` fails if it falls below the configured count.
     workers_alive: Arc<AtomicUsize>,
+    /// The shards this process may write: all of them without HA.
+    pub(super) ha: Arc<ShardGate>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +92,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Summary> {
     config.validate()?;
+    if opts.once && config.ha.enabled {
+        return Err(super::config::Error::Invalid {
+            setting: "ha.enabled".into(),
+            message: "--once syncs everything in one process and exits; it cannot run as one of several replicas"
+                .into(),
+        }
+        .into());
+    }
     // Bind first: a taken address is a mistake to report before anything else happens.
     let listener = match config.metrics_addr {
         Some(addr) => Some(http::bind(addr).await?),
@@ -104,6 +115,21 @@ pub async fn run(
     let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
     connectivity.register(&mut registry);
     super::features::register(&config.feature_gates, &mut registry);
+    let ha_metrics = HaMetrics::default();
+    if config.ha.enabled {
+        ha_metrics.register(&mut registry);
+    }
+    let identity = config.ha.resolved_identity();
+    let ha_view: SharedView = Arc::new(Mutex::new(HaView {
+        enabled: config.ha.enabled,
+        identity: identity.clone(),
+        namespace: if config.ha.enabled { config.ha.resolved_namespace() } else { String::new() },
+        shards: if config.ha.enabled { config.ha.shards } else { 1 },
+        live_replicas: vec![identity],
+        fair_share: 1,
+        leases: Vec::new(),
+    }));
+    let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
     let slots = config.engine.pool_instances as usize;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
     let (reloader, _watch) = start_plugins(&config, &rules).await?;
@@ -111,13 +137,16 @@ pub async fn run(
     let resolved = resolve_all(&config, &up, &down).await?;
     let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
     let workers_alive = Arc::new(AtomicUsize::new(0));
-    let health = Arc::new(Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
-        let (alive, want) = (Arc::clone(&workers_alive), config.workers);
-        Box::new(move || {
-            let n = alive.load(Ordering::Acquire);
-            (n < want).then(|| format!("{n} of {want} sync workers running"))
+    let health = Arc::new(
+        Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
+            let (alive, want) = (Arc::clone(&workers_alive), config.workers);
+            Box::new(move || {
+                let n = alive.load(Ordering::Acquire);
+                (n < want).then(|| format!("{n} of {want} sync workers running"))
+            })
         })
-    }));
+        .with_ha_view(Arc::clone(&ha_view)),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = match listener {
         Some(listener) => {
@@ -151,6 +180,7 @@ pub async fn run(
         startup_orphans: Mutex::default(),
         last_failure: Mutex::default(),
         workers_alive,
+        ha: Arc::clone(&gate),
         watched,
         syncer,
         config,
@@ -167,6 +197,12 @@ pub async fn run(
         }
     }
     controller.enqueue_initial().await;
+    // The caches are warm: from here on this replica is a standby that can take over.
+    let shard_watch = tokio::spawn(Arc::clone(&controller).watch_shards());
+    let coordinator = controller.config.ha.enabled.then(|| {
+        Coordinator::new(down.client.clone(), &controller.config.ha, controller.target(), gate, ha_metrics, ha_view)
+            .spawn()
+    });
 
     let supervisor = tokio::spawn(Arc::clone(&controller).supervise_workers());
     let background = [
@@ -184,6 +220,12 @@ pub async fn run(
         shutdown.await;
         info!("shutdown requested; finishing the syncs in flight");
     }
+    if let Some(c) = coordinator {
+        // First: stop writing, let the syncs in flight finish, and hand the Leases over at
+        // once, so that another replica takes over within a retry period.
+        c.shutdown().await;
+    }
+    shard_watch.abort();
     controller.queue.shut_down();
     let _ = supervisor.await;
     for t in background.into_iter().chain(reflectors) {
@@ -210,6 +252,49 @@ impl Controller {
 
     pub(super) fn target(&self) -> &str {
         &self.config.sync.ownership.target
+    }
+
+    /// The shard of a key: by its upstream namespace.
+    pub(super) fn shard_of_key(&self, key: &WorkKey) -> u32 {
+        match key {
+            WorkKey::Object(k) => self.ha.shard_of(k.namespace.as_deref()),
+            WorkKey::Namespace { upstream, .. } => self.ha.shard_of(Some(upstream)),
+        }
+    }
+
+    /// Queues the objects (and created namespaces) of shards this replica just acquired, from
+    /// the warm caches: what the previous holder left in step is compared and not written.
+    async fn watch_shards(self: Arc<Self>) {
+        let mut changes = self.ha.subscribe();
+        let mut last = changes.borrow_and_update().clone();
+        while changes.changed().await.is_ok() {
+            let now = changes.borrow_and_update().clone();
+            // New shards, and shards lost and regained since the last look (a new epoch).
+            let gained: HashSet<u32> = now.iter().filter(|(i, e)| last.get(i) != Some(e)).map(|(i, _)| *i).collect();
+            last = now;
+            if gained.is_empty() {
+                continue;
+            }
+            let keys: Vec<WorkKey> =
+                self.all_keys().into_iter().filter(|k| gained.contains(&self.shard_of_key(k))).collect();
+            info!(shards = ?gained, objects = keys.len(), "shards acquired; syncing their objects");
+            for k in keys {
+                self.queue.add(k);
+            }
+            if !self.config.keeps_namespaces() {
+                match self.namespaces.created().await {
+                    Ok(created) => {
+                        for (downstream, upstream) in created {
+                            let key = WorkKey::Namespace { downstream, upstream };
+                            if gained.contains(&self.shard_of_key(&key)) {
+                                self.queue.add(key);
+                            }
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "cannot list the namespaces downsync created"),
+                }
+            }
+        }
     }
 
     pub(super) fn mapping(&self) -> &NamespaceMapping {

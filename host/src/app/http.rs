@@ -1,6 +1,7 @@
 //! The operations endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs and
 //! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
-//! file has loaded at least once; `/readyz?verbose` adds each side's connection state).
+//! file has loaded at least once; `/readyz?verbose` adds each side's connection state and the
+//! shards this replica holds) and `/shards` (which replica holds which shard, as JSON).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 
 use super::connectivity::Connectivity;
+use super::ha::SharedView;
 use crate::plugin::Reloader;
 
 /// A liveness check: `None` when live, else why not.
@@ -41,6 +43,7 @@ pub struct Health {
     reloader: Option<Arc<Reloader>>,
     connectivity: Arc<Connectivity>,
     live: LiveCheck,
+    ha: SharedView,
 }
 
 impl std::fmt::Debug for Health {
@@ -66,7 +69,35 @@ impl Health {
             reloader,
             connectivity,
             live,
+            ha: SharedView::default(),
         }
+    }
+
+    /// Serves `view` on `/shards` and in `/readyz?verbose`.
+    #[must_use]
+    pub fn with_ha_view(mut self, view: SharedView) -> Self {
+        self.ha = view;
+        self
+    }
+
+    /// Which replica holds which shard, as this replica last saw the Leases (JSON).
+    pub fn shards_json(&self) -> String {
+        super::ha::view_json(&self.ha)
+    }
+
+    fn describe_ha(&self) -> String {
+        let v = self.ha.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !v.enabled {
+            return "ha: off; this process writes every object".into();
+        }
+        let mine: Vec<String> = v.leases.iter().filter(|l| l.mine).map(|l| l.shard.to_string()).collect();
+        format!(
+            "ha: {} holds shards [{}] of {} (a standby holding none is ready: its caches are warm); live replicas: {}",
+            v.identity,
+            mine.join(", "),
+            v.shards,
+            v.live_replicas.join(", ")
+        )
     }
 
     /// `None` when live, else why not.
@@ -118,6 +149,10 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.encode_metrics())
 }
 
+async fn shards(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], h.shards_json())
+}
+
 async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
     match h.not_live_reason() {
         None => (StatusCode::OK, "ok\n".into()),
@@ -133,6 +168,8 @@ async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusC
     let verbose = q.as_deref().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
     if verbose {
         text.push_str(&h.connectivity.describe());
+        text.push('\n');
+        text.push_str(&h.describe_ha());
         text.push('\n');
     }
     (code, text)
@@ -160,6 +197,7 @@ pub fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/shards", get(shards))
         .with_state(health);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod diff;
 pub mod error_policy;
 pub mod features;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod namespaces;

@@ -42,6 +42,13 @@ pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
 
 /// Reconciles one key.
 pub async fn reconcile(key: &WorkKey, ctx: &Controller) -> Result<Action> {
+    // Only the holder of the key's shard writes; the guard keeps a release of the shard waiting
+    // until this reconcile ends.
+    let shard = ctx.shard_of_key(key);
+    let Some(_held) = ctx.ha.enter(shard).await else {
+        debug!(key = ?key, shard, "not this replica's shard; skipped");
+        return Ok(Action::Done);
+    };
     match key {
         WorkKey::Object(k) => {
             let Some(w) = ctx.watched.get(k.resource) else { return Ok(Action::Done) };

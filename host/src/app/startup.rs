@@ -81,12 +81,19 @@ pub struct Resolved {
     pub down_resource: Resource,
 }
 
+/// The user agent of this process: `downsync/VERSION (IDENTITY)`, with the HA identity (the
+/// pod name in a Deployment), so that the API servers' audit logs tell the replicas apart.
+pub fn user_agent(config: &RunConfig) -> String {
+    format!("downsync/{} ({})", env!("CARGO_PKG_VERSION"), config.ha.resolved_identity())
+}
+
 /// Connects to both clusters and checks they are two different ones.
 pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
     let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    let ua = user_agent(config);
     let (up, down) = tokio::try_join!(
-        clients::connect("upstream", &config.upstream, timeout),
-        clients::connect("downstream", &config.downstream, timeout)
+        clients::connect("upstream", &config.upstream, timeout, &ua),
+        clients::connect("downstream", &config.downstream, timeout, &ua)
     )?;
     info!(upstream = %up.url, upstream_version = %up.version, downstream = %down.url,
         downstream_version = %down.version, "connected");

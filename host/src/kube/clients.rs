@@ -61,9 +61,15 @@ pub struct Connected {
     pub version: String,
 }
 
-/// Builds a client for `side` (`upstream` or `downstream`) and checks the server answers
-/// within `timeout`.
-pub async fn connect(side: &'static str, settings: &ClusterSettings, timeout: Duration) -> Result<Connected> {
+/// Builds a client for `side` (`upstream` or `downstream`) that sends `user_agent` (the API
+/// server's audit log records it: with several replicas it tells who wrote what), and checks the
+/// server answers within `timeout`.
+pub async fn connect(
+    side: &'static str,
+    settings: &ClusterSettings,
+    timeout: Duration,
+    user_agent: &str,
+) -> Result<Connected> {
     let opts = KubeConfigOptions { context: settings.context.clone(), ..KubeConfigOptions::default() };
     let (config, source_desc) = match &settings.kubeconfig {
         Some(path) => {
@@ -98,6 +104,11 @@ pub async fn connect(side: &'static str, settings: &ClusterSettings, timeout: Du
         }
     };
     let url = config.cluster_url.to_string();
+    let mut config = config;
+    match http::HeaderValue::from_str(user_agent) {
+        Ok(v) => config.headers.push((http::header::USER_AGENT, v)),
+        Err(e) => tracing::warn!(user_agent, error = %e, "not a valid user agent; sending none"),
+    }
     let client = Client::try_from(config).map_err(|e| Error::Config { side, source_desc, message: e.to_string() })?;
     let version = match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => info.git_version,

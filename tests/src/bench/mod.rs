@@ -9,6 +9,7 @@
 
 pub mod coldstart;
 pub mod copier;
+pub mod ha;
 pub mod http;
 pub mod objects;
 pub mod process;
@@ -48,6 +49,8 @@ pub enum Part {
     Reload,
     /// 7. Cold start of 10 plugins.
     Coldstart,
+    /// 8. High availability: failover, graceful handover, sharded initial sync.
+    Ha,
 }
 
 /// What to run and how.
@@ -73,6 +76,10 @@ pub struct Options {
     pub swaps: usize,
     /// Upstream updates per second during the swaps.
     pub churn: f64,
+    /// Holders killed (and as many stopped with SIGTERM) in section 8.
+    pub ha_kills: usize,
+    /// Objects of section 8's initial sync, 1 process against 3 sharded replicas.
+    pub ha_objects: usize,
 }
 
 impl Options {
@@ -82,7 +89,7 @@ impl Options {
     }
 
     fn wants_clusters(&self) -> bool {
-        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload].iter().any(|p| self.wants(*p))
+        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha].iter().any(|p| self.wants(*p))
     }
 }
 
@@ -322,6 +329,12 @@ pub async fn run(opts: Options) -> Result<Report> {
             }
         };
         report.sections.push(section);
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Ha) {
+        eprintln!("bench: 8. high availability");
+        let figures = ha::measure(&bench, opts.ha_kills, opts.ha_objects).await;
+        report.sections.push(ha::section(&figures));
         save(&report, &out)?;
     }
     drop(started);

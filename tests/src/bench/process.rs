@@ -102,6 +102,11 @@ impl Downsync {
         cpu_time(self.pid)
     }
 
+    /// SIGKILL: no chance to release anything. Waits for the exit.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("killing downsync")
+    }
+
     /// Sends SIGTERM and waits for the exit; kills it after `timeout`. Returns the status and
     /// how long the shutdown took.
     pub async fn stop(mut self, timeout: Duration) -> Result<(ExitStatus, Duration)> {

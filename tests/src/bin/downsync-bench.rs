@@ -49,6 +49,12 @@ struct Args {
     /// Upstream updates per second during the hot-reload swaps.
     #[arg(long, default_value_t = 50.0)]
     churn: f64,
+    /// Section 8: holders killed with SIGKILL, and as many stopped with SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    ha_kills: usize,
+    /// Section 8: objects of the initial sync by 1 process against 3 sharded replicas.
+    #[arg(long, default_value_t = 10_000)]
+    ha_objects: usize,
 }
 
 #[tokio::main]
@@ -65,6 +71,8 @@ async fn main() -> Result<()> {
         reload_objects: a.reload_objects.max(1),
         swaps: a.swaps,
         churn: a.churn,
+        ha_kills: a.ha_kills,
+        ha_objects: a.ha_objects,
     };
     let report = bench::run(opts).await?;
     println!("{}", report.markdown());
