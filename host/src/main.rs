@@ -168,6 +168,8 @@ enum PluginCommand {
     Check {
         /// The `.wasm` component.
         file: PathBuf,
+        #[command(flatten)]
+        budget: Budget,
     },
     /// Runs a plugin against fixture cases (`CASE/{existing,desired,expected}.yaml` or
     /// `CASE/decision.yaml`); prints a diff for each failing case and exits non-zero.
@@ -176,7 +178,51 @@ enum PluginCommand {
         file: PathBuf,
         /// The folder holding one sub-folder per case.
         fixtures: PathBuf,
+        #[command(flatten)]
+        budget: Budget,
     },
+}
+
+/// The per-call budgets to check or test a plugin with: test with the ones it will run with
+/// (the run config's `engine.fuel` and `engine.memoryBytes`).
+#[derive(Debug, Clone, clap::Args)]
+struct Budget {
+    /// Fuel per call (default: the engine's, 200000000).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<usize>,
+}
+
+impl Budget {
+    fn engine(&self) -> EngineConfig {
+        let mut c = EngineConfig::default();
+        if let Some(fuel) = self.fuel {
+            c.fuel = fuel;
+        }
+        if let Some(memory) = self.memory {
+            c.memory_bytes = memory;
+        }
+        c
+    }
+}
+
+/// `65536`, `64Ki`, `64Mi`, `1Gi`.
+fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{text:?} is not a size such as 65536 or 64Mi"))?;
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        other => return Err(format!("unit {other:?} in {text:?}: use Ki, Mi or Gi")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl SourceArgs {
@@ -396,13 +442,13 @@ async fn run_command() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::Check { file }) => {
-            let plugin = load(&file)?;
+        Command::Plugin(PluginCommand::Check { file, budget }) => {
+            let plugin = load(&file, &budget)?;
             print_info(&plugin);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::Test { file, fixtures: dir }) => {
-            let plugin = load(&file)?;
+        Command::Plugin(PluginCommand::Test { file, fixtures: dir, budget }) => {
+            let plugin = load(&file, &budget)?;
             let cases = fixtures::load_dir(&dir).with_context(|| format!("loading fixtures from {}", dir.display()))?;
             if cases.is_empty() {
                 anyhow::bail!("no fixture cases in {}", dir.display());
@@ -426,8 +472,8 @@ async fn run_command() -> Result<ExitCode> {
     }
 }
 
-fn load(file: &std::path::Path) -> Result<Plugin> {
-    let engine = PluginEngine::new(EngineConfig::default()).context("starting the wasm engine")?;
+fn load(file: &std::path::Path, budget: &Budget) -> Result<Plugin> {
+    let engine = PluginEngine::new(budget.engine()).context("starting the wasm engine")?;
     Plugin::load_file(&engine, file).with_context(|| format!("checking {}", file.display()))
 }
 

@@ -80,3 +80,35 @@ fn check_reports_a_panic_in_describe_as_an_error_and_exits_1() {
     assert!(t.contains("describe-panic plugin refuses to describe itself"), "the guest's panic message: {t}");
     assert!(!t.contains("panicked at host/") && !t.contains("Cannot start a runtime"), "{t}");
 }
+
+#[test]
+fn check_and_test_take_the_budgets_the_plugin_will_run_with() {
+    let wasm = plugin_path("downsync-plugin-service").expect("built");
+    let good = repo_root().join("plugins/service/fixtures");
+    let starved = run(&[
+        "plugin".as_ref(),
+        "test".as_ref(),
+        wasm.as_os_str(),
+        good.as_os_str(),
+        "--fuel".as_ref(),
+        "20000".as_ref(),
+    ]);
+    let t = text(&starved);
+    assert!(!starved.status.success(), "{t}");
+    assert!(t.contains("FAIL  nodeport-kept") && t.contains("(out_of_fuel)"), "{t}");
+    assert!(!t.contains("wasm trap: wasm trap"), "{t}");
+    let roomy = run(&[
+        "plugin".as_ref(),
+        "test".as_ref(),
+        wasm.as_os_str(),
+        good.as_os_str(),
+        "--fuel".as_ref(),
+        "5000000".as_ref(),
+        "--memory".as_ref(),
+        "16Mi".as_ref(),
+    ]);
+    assert!(roomy.status.success(), "{}", text(&roomy));
+    let bad = run(&["plugin".as_ref(), "check".as_ref(), wasm.as_os_str(), "--memory".as_ref(), "12MB".as_ref()]);
+    let t = text(&bad);
+    assert!(!bad.status.success() && t.contains("use Ki, Mi or Gi"), "{t}");
+}

@@ -629,7 +629,9 @@ fn cause(e: &wasmtime::Error, stderr: &str) -> String {
     let line = if let Some(message) = panic_message(stderr) {
         format!("guest panicked: {message}")
     } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        format!("wasm trap: {trap}")
+        // wasmtime's text already starts with "wasm trap: ".
+        let text = trap.to_string();
+        if text.starts_with("wasm trap") { text } else { format!("wasm trap: {text}") }
     } else {
         let root = e.root_cause().to_string();
         let first = root.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
