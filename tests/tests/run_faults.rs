@@ -81,6 +81,26 @@ async fn a_panicking_plugin_never_stops_the_syncer_and_its_removal_heals_everyth
     }
     assert_eq!(synced_with(&env.downstream, &ns, &trapping, "3").await?, 0, "fail-closed: never written");
 
+    // One place says which plugin fails, how, and on what; /readyz?verbose names it too.
+    let (code, body) = d.get_path("/plugins")?;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let faulty = status["plugins"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "faulty")).cloned();
+    let faulty = faulty.ok_or_else(|| anyhow::anyhow!("faulty is not on /plugins: {body}"))?;
+    assert!(faulty["digest"].as_str().is_some_and(|d| d.len() == 64), "{faulty}");
+    assert_eq!(faulty["wit"], "0.2.0", "{faulty}");
+    assert!(faulty["errors"]["trap"].as_u64().is_some_and(|n| n >= 10), "{faulty}");
+    assert!(faulty["calls"]["transform"].as_u64().is_some_and(|n| n >= 40), "{faulty}");
+    let last = &faulty["lastError"];
+    assert_eq!(last["failure"], "trap", "{faulty}");
+    assert!(
+        last["message"].as_str().is_some_and(|m| m.contains("ConfigMap") && m.contains("asked to trap")),
+        "{faulty}"
+    );
+    let (code, verbose) = d.get_path("/readyz?verbose")?;
+    assert_eq!(code, 200, "a plugin failing at run time does not make the pod unready: {verbose}");
+    assert!(verbose.contains("plugin faulty fails at run time (trap "), "{verbose}");
+
     // The plugin goes: every object syncs, and later changes too.
     std::fs::remove_file(plugins.join("faulty.wasm"))?;
     eventually("the objects the plugin refused to sync once it is gone", Duration::from_secs(30), || async {

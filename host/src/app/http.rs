@@ -1,7 +1,9 @@
 //! The operations endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs and
 //! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
 //! file has loaded at least once; `/readyz?verbose` adds each side's connection state and the
-//! shards this replica holds) and `/shards` (which replica holds which shard, as JSON).
+//! shards this replica holds, and the plugins that fail at run time), `/shards` (which replica
+//! holds which shard, as JSON) and `/plugins` (per plugin: what is loaded, calls, failures by
+//! class, the last error; JSON).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,6 +151,11 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.encode_metrics())
 }
 
+async fn plugins(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let body = h.reloader.as_ref().map_or_else(|| serde_json::json!({"plugins": []}), |r| r.status_json());
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
 async fn shards(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], h.shards_json())
 }
@@ -171,6 +178,13 @@ async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusC
         text.push('\n');
         text.push_str(&h.describe_ha());
         text.push('\n');
+        // A plugin that fails at run time does not make the pod unready: its objects are held
+        // back (fail-closed) and reported, and every other kind keeps syncing; restarting or
+        // draining the pod would not fix a plugin. It is listed here and on /plugins.
+        for line in h.reloader.as_ref().map(|r| r.runtime_failures()).unwrap_or_default() {
+            text.push_str(&line);
+            text.push('\n');
+        }
     }
     (code, text)
 }
@@ -198,6 +212,7 @@ pub fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/shards", get(shards))
+        .route("/plugins", get(plugins))
         .with_state(health);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {

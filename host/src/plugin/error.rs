@@ -267,6 +267,10 @@ impl Error {
 }
 
 impl CallFailure {
+    /// Every class, in a fixed order.
+    pub const ALL: [Self; 6] =
+        [Self::Trap, Self::OutOfFuel, Self::Deadline, Self::Memory, Self::Contract, Self::Rejected];
+
     /// A short lowercase label.
     pub fn as_str(self) -> &'static str {
         match self {

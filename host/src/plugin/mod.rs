@@ -18,5 +18,7 @@ mod wasi;
 pub use component::{Decision, Hooks, KindPattern, Plugin, PluginInfo, Session, WitVersion};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
-pub use registry::{FailurePolicy, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot};
+pub use registry::{
+    FailurePolicy, LastError, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
+};
 pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};

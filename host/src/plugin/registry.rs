@@ -81,7 +81,21 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 4.0, 8))
 }
 
-/// Per-plugin metrics: calls, errors by failure class, latency, fuel, refused reloads.
+/// The last failed call of a plugin, for the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastError {
+    /// The hook.
+    pub hook: String,
+    /// The failure class (`trap`, `out_of_fuel`, `deadline`, `memory`, `contract`, `rejected`).
+    pub failure: String,
+    /// The error, naming the object (never its data).
+    pub message: String,
+    /// When, in seconds since the Unix epoch.
+    pub at_unix_seconds: u64,
+}
+
+/// Per-plugin metrics: calls, errors by failure class, latency, fuel, refused reloads, and the
+/// last error of each plugin (one entry per plugin name).
 ///
 /// Clones share the same counters. [`Metrics::register`] exposes them in a Prometheus registry.
 #[derive(Debug, Clone)]
@@ -91,6 +105,7 @@ pub struct Metrics {
     latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
     fuel: Family<PluginLabels, Counter>,
     reload_failures: Family<PluginLabels, Counter>,
+    last_errors: Arc<Mutex<HashMap<String, LastError>>>,
 }
 
 impl Default for Metrics {
@@ -101,6 +116,7 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             fuel: Family::default(),
             reload_failures: Family::default(),
+            last_errors: Arc::default(),
         }
     }
 }
@@ -131,6 +147,11 @@ impl Metrics {
         self.fuel.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
     }
 
+    /// The last failed call of one plugin, if any.
+    pub fn last_error(&self, plugin: &str) -> Option<LastError> {
+        self.last_errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(plugin).cloned()
+    }
+
     /// New versions of a plugin file refused so far.
     pub fn reload_failures(&self, plugin: &str) -> u64 {
         self.reload_failures.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
@@ -151,6 +172,11 @@ impl Metrics {
             Err(e) => {
                 let failure = e.failure().map_or("other", CallFailure::as_str);
                 self.errors.get_or_create(&ErrorLabels { plugin: plugin.into(), failure: failure.into() }).inc();
+                let at_unix_seconds =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let last =
+                    LastError { hook: hook.into(), failure: failure.into(), message: e.to_string(), at_unix_seconds };
+                self.last_errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(plugin.into(), last);
             }
         }
     }

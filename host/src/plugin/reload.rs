@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::component::Plugin;
 use super::engine::{PluginEngine, hex};
-use super::error::{Error, Result};
+use super::error::{CallFailure, Error, Result};
 use super::fixtures;
 use super::registry::{PluginRegistry, PluginSet, RegistryConfig};
 
@@ -134,6 +134,66 @@ impl Reloader {
     /// The registry this reloader swaps sets into.
     pub fn registry(&self) -> &Arc<PluginRegistry> {
         &self.registry
+    }
+
+    /// Per plugin file: what is loaded (name, WIT version, hooks, reads, digest, since when),
+    /// calls by hook, failed calls by class, the last failed call and the last refused
+    /// version; the body of `/plugins`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let registry = self.registry();
+        let (set, metrics) = (registry.snapshot(), registry.metrics());
+        let plugins: Vec<serde_json::Value> = self
+            .status()
+            .into_iter()
+            .map(|s| {
+                let info = set.get(&s.name).map(|l| l.plugin.info().clone());
+                let calls: serde_json::Map<String, serde_json::Value> = ["transform", "preserve", "ignore-paths"]
+                    .into_iter()
+                    .map(|h| (h.to_string(), metrics.calls(&s.name, h).into()))
+                    .collect();
+                let errors: serde_json::Map<String, serde_json::Value> = CallFailure::ALL
+                    .into_iter()
+                    .map(|c| (c.as_str().to_string(), metrics.errors(&s.name, c)))
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(c, n)| (c, n.into()))
+                    .collect();
+                let loaded_at =
+                    s.loaded_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+                serde_json::json!({
+                    "name": s.name,
+                    "file": s.file,
+                    "digest": s.digest,
+                    "loadedAtUnixSeconds": loaded_at,
+                    "wit": info.as_ref().map(|i| i.wit),
+                    "hooks": info.as_ref().map(|i| i.hooks),
+                    "reads": info.as_ref().map(|i| i.reads.clone()),
+                    "kinds": info.as_ref().map(|i| i.kinds.clone()),
+                    "calls": calls,
+                    "errors": errors,
+                    "lastError": metrics.last_error(&s.name),
+                    "refusedVersion": s.last_error,
+                })
+            })
+            .collect();
+        serde_json::json!({ "plugins": plugins })
+    }
+
+    /// One line per plugin whose calls have failed: the counts by class and the last error.
+    pub fn runtime_failures(&self) -> Vec<String> {
+        let metrics = self.registry().metrics();
+        self.status()
+            .into_iter()
+            .filter_map(|s| {
+                let counts: Vec<String> = CallFailure::ALL
+                    .into_iter()
+                    .map(|c| (c, metrics.errors(&s.name, c)))
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                let last = metrics.last_error(&s.name)?;
+                Some(format!("plugin {} fails at run time ({}); last: {}", s.name, counts.join(", "), last.message))
+            })
+            .collect()
     }
 
     /// The state of every plugin file seen, by file name.
