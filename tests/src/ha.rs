@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use downsync::app::ha::shard_of;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::Value;
 
 use crate::daemon::Daemon;
-use crate::{TEST_LABEL, eventually};
+use crate::eventually;
 
 /// Lease timings of a test, as `--ha-timing LEASE,RENEW,RETRY` seconds: short, so that a
 /// failover takes seconds, in the same proportions as client-go's 15,10,2.
@@ -98,18 +98,7 @@ pub fn namespaces_over_shards(prefix: &str, shards: u32, count: usize) -> Vec<St
 /// Creates the upstream namespaces (labelled as test namespaces).
 pub async fn create_namespaces(client: &Client, names: &[String]) -> Result<()> {
     for name in names {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some([(TEST_LABEL.to_string(), "true".to_string())].into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .with_context(|| format!("creating namespace {name}"))?;
+        crate::create_namespace(client, name).await?;
     }
     Ok(())
 }

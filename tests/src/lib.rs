@@ -232,7 +232,8 @@ async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
     }
 }
 
-async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+/// Creates a namespace labelled as a test namespace.
+pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),

@@ -50,8 +50,7 @@ impl Intent {
         if sets.is_empty() {
             return Self::Unknown;
         }
-        let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
-        Self::ServerSet(server_set(&sets, obj, &meta))
+        Self::ServerSet(server_set(&sets, obj, obj.get("metadata").unwrap_or(&Value::Null)))
     }
 
     /// The managedFields entry that stands for this intent in a cache, or `None` for unknown.
