@@ -65,6 +65,15 @@ export class Info {
     this.hookNames = names;
     return this;
   }
+  /**
+   * Declares the rule stateless: nothing kept between calls (module variables, caches) changes
+   * what a later call returns. The host may then run it in a reused instance when the operator
+   * configures `instances: reused`. Said in the version's build metadata: `0.2.0+stateless`.
+   */
+  stateless() {
+    this.version += this.version.includes("+") ? ".stateless" : "+stateless";
+    return this;
+  }
   /** Adds a part of the object the rule reads; the hooks then get only those parts. */
   reads(ptr) {
     this.readPaths.push(ptr);

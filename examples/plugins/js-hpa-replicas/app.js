@@ -16,6 +16,7 @@ const REPLICAS = "/spec/replicas";
 export const rules = exportRule({
   describe: () =>
     new Info("hpa-replicas", "0.2.0")
+      .stateless() // keeps nothing between calls: may run in a reused instance
       .kind("apps", "Deployment")
       .scope(REPLICAS)
       .hooks("preserve", "ignore-paths")

@@ -22,6 +22,7 @@ class HpaReplicas(Rule):
     def describe(self) -> Info:
         return (
             Info("hpa-replicas", "0.2.0")
+            .stateless()  # keeps nothing between calls: may run in a reused instance
             .kind("apps", "Deployment")
             .scope(REPLICAS)
             .hooks("preserve", "ignore-paths")

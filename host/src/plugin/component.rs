@@ -1,7 +1,9 @@
 //! A loaded plugin: its prepared instance and the hooks, each called in a fresh store (or, for
-//! batch work such as benchmarks, in one kept [`Session`]).
+//! batch work such as benchmarks, in one kept [`Session`]; or, for a plugin that declares itself
+//! stateless and is configured `instances: reused`, in a kept instance reset between calls).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use wasmtime::Store;
@@ -93,7 +95,57 @@ impl PluginInfo {
     pub fn handles(&self, group: &str, kind: &str) -> bool {
         self.kinds.iter().any(|k| k.matches(group, kind))
     }
+
+    /// Whether the plugin declares itself stateless: its version carries the semver build
+    /// metadata identifier `stateless` (`0.2.0+stateless`, `1.0.0+build.7.stateless`). The WIT
+    /// has no field for it, and build metadata does not change what a version means, so every
+    /// plugin built against 0.1.0 or 0.2.0 can say it without a new WIT package.
+    pub fn declares_stateless(&self) -> bool {
+        self.version.split_once('+').is_some_and(|(_, build)| build.split('.').any(|id| id == STATELESS))
+    }
 }
+
+/// The build metadata identifier by which a plugin declares itself stateless.
+pub const STATELESS: &str = "stateless";
+
+/// How a plugin's calls get their instance (the `instances` plugin setting).
+///
+/// ## Warning
+/// `Reused` trades isolation for speed: guest memory and globals survive from one object to
+/// the next, so a plugin that keeps anything between calls (a cache, a counter, a mutated
+/// default) makes an object's verdict depend on the objects before it. It is honoured only for
+/// plugins that declare themselves stateless ([`PluginInfo::declares_stateless`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InstancePolicy {
+    /// A fresh instance for every call, dropped afterwards (the default): nothing a call leaves
+    /// behind can reach the next one.
+    #[default]
+    Fresh,
+    /// Instances kept between calls and reset: each call gets a full fuel budget, a fresh
+    /// deadline, empty output captures and the memory-denied flag cleared. Guest memory and
+    /// globals are *not* reset. An instance is dropped, and the next call instantiates anew,
+    /// after any failed call (a trap, fuel, the deadline, memory, the guest's own error) and
+    /// after [`MAX_CALLS_PER_KEPT_INSTANCE`] calls.
+    Reused,
+}
+
+impl std::fmt::Display for InstancePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fresh => "fresh",
+            Self::Reused => "reused",
+        })
+    }
+}
+
+/// Calls one kept instance serves before it is replaced: bounds what a slow leak in a guest
+/// (an interpreter's heap, a growing cache) can accumulate.
+pub const MAX_CALLS_PER_KEPT_INSTANCE: u32 = 1_000;
+
+/// Idle kept instances per plugin. Each holds a slot of the engine's instance pool (and an
+/// interpreter's 17 core instances), so only as many as calls usually run at once are kept.
+const MAX_IDLE_KEPT_INSTANCES: usize = 4;
 
 /// The verdict of `preserve`.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +197,13 @@ enum Raw {
     Text(Result<String, String>),
     Decision(Result<wit::Decision, String>),
     Paths(Vec<String>),
+}
+
+impl Raw {
+    /// Whether the guest returned its own error (the `result`'s `err`).
+    fn is_guest_error(&self) -> bool {
+        matches!(self, Raw::Text(Err(_)) | Raw::Decision(Err(_)))
+    }
 }
 
 /// A hook to call and its inputs (JSON text, already projected).
@@ -242,13 +301,43 @@ fn wit_intent(intent: &Intent, reads: &[String]) -> wit::Intent {
     }
 }
 
-/// A compiled, checked plugin. Cheap to clone; calls never share state.
+/// A compiled, checked plugin. Cheap to clone; calls never share state, unless
+/// [`Plugin::with_instances`] made it reuse instances.
 #[derive(Clone)]
 pub struct Plugin {
     engine: PluginEngine,
     info: PluginInfo,
     digest: String,
     pre: RulePre,
+    /// Idle instances, when the plugin runs with [`InstancePolicy::Reused`].
+    kept: Option<Arc<Kept>>,
+}
+
+/// The idle instances of a plugin that reuses them. Shared by the plugin's clones.
+#[derive(Default)]
+struct Kept {
+    idle: Mutex<Vec<KeptInstance>>,
+}
+
+/// An instance kept between calls, with its store.
+struct KeptInstance {
+    store: Store<CallState>,
+    bound: Bound,
+    /// Calls served so far.
+    calls: u32,
+}
+
+impl Kept {
+    fn take(&self) -> Option<KeptInstance> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+    }
+
+    fn put(&self, instance: KeptInstance) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_KEPT_INSTANCES {
+            idle.push(instance);
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -289,7 +378,7 @@ impl Plugin {
             hooks: Hooks::ALL,
             reads: vec![],
         };
-        let mut plugin = Self { engine, info, digest, pre };
+        let mut plugin = Self { engine, info, digest, pre, kept: None };
         let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
             return Err(plugin.mismatch("describe"));
         };
@@ -318,9 +407,41 @@ impl Plugin {
         self.info.wit
     }
 
+    /// This plugin with an instance policy. `Reused` is honoured only when the plugin declares
+    /// itself stateless; otherwise the plugin keeps fresh instances, with a warning.
+    #[must_use]
+    pub fn with_instances(&self, policy: InstancePolicy) -> Self {
+        let mut plugin = self.clone();
+        plugin.kept = match policy {
+            InstancePolicy::Fresh => None,
+            InstancePolicy::Reused if self.info.declares_stateless() => {
+                Some(self.kept.clone().unwrap_or_else(|| Arc::new(Kept::default())))
+            }
+            InstancePolicy::Reused => {
+                tracing::warn!(
+                    plugin = %self.info.name,
+                    version = %self.info.version,
+                    "instances: reused ignored: the plugin does not declare itself stateless \
+                     (version build metadata '+{STATELESS}'); every call gets a fresh instance"
+                );
+                None
+            }
+        };
+        plugin
+    }
+
+    /// The instance policy in force (after the stateless check).
+    pub fn instances(&self) -> InstancePolicy {
+        if self.kept.is_some() { InstancePolicy::Reused } else { InstancePolicy::Fresh }
+    }
+
     /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
     /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
+    /// A plugin that reuses instances runs the hook in a kept one instead.
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
+        if let Some(kept) = &self.kept {
+            return self.call_kept(kept, hook, object);
+        }
         let cfg = self.engine.config();
         let mut store = self.new_store(object);
         let outcome = self.arm(&mut store).and_then(|()| {
@@ -337,6 +458,48 @@ impl Plugin {
         };
         // After the error is built: a trap's cause is read from what the guest wrote to stderr.
         store.data().flush_output(hook);
+        called
+    }
+
+    /// Runs one hook in a kept instance (or a new one, kept afterwards), reset for the call:
+    /// full fuel, a fresh deadline, the object's name, the memory-denied flag cleared. The
+    /// instance goes back only after a call that succeeded, and at most
+    /// [`MAX_CALLS_PER_KEPT_INSTANCE`] times.
+    fn call_kept(&self, kept: &Kept, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
+        let name = hook.name();
+        let mut instance = match kept.take() {
+            Some(instance) => instance,
+            None => {
+                let mut store = self.new_store(object);
+                match self.arm(&mut store).and_then(|()| self.pre.instantiate(&mut store)) {
+                    Ok(bound) => KeptInstance { store, bound, calls: 0 },
+                    Err(e) => {
+                        let error = self.call_error(&store, name, object, e);
+                        store.data().flush_output(name);
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let store = &mut instance.store;
+        store.data_mut().set_object(object);
+        store.data_mut().limits.memory_denied = false;
+        let outcome = self.arm(store).and_then(|()| hook.call(store, &instance.bound));
+        let called = match outcome {
+            Ok(value) => {
+                let fuel = self.engine.config().fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+                Ok(Called { value, fuel })
+            }
+            Err(e) => Err(self.call_error(store, name, object, e)),
+        };
+        store.data().flush_output(name);
+        instance.calls += 1;
+        // A guest that refused an object may have stopped half-way through its own state: start
+        // the next call from a clean instance, as after a trap.
+        let clean = matches!(&called, Ok(c) if !c.value.is_guest_error());
+        if clean && instance.calls < MAX_CALLS_PER_KEPT_INSTANCE {
+            kept.put(instance);
+        }
         called
     }
 

@@ -13,9 +13,10 @@ pub mod imports;
 pub mod projection;
 pub mod registry;
 pub mod reload;
+pub mod scaffold;
 mod wasi;
 
-pub use component::{Decision, Hooks, KindPattern, Plugin, PluginInfo, Session, WitVersion};
+pub use component::{Decision, Hooks, InstancePolicy, KindPattern, Plugin, PluginInfo, Session, WitVersion};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::component::{Called, Decision, Plugin, PluginInfo, WitVersion, object_ref};
+use super::component::{Called, Decision, InstancePolicy, Plugin, PluginInfo, WitVersion, object_ref};
 use super::contract::{self, patterns_overlap};
 use super::error::{CallFailure, Error, Result};
 use crate::sync::intent::Intent;
@@ -42,6 +42,9 @@ pub struct PluginSettings {
     pub failure_policy: FailurePolicy,
     /// sha256 (lowercase hex) the component must have; a different one is refused.
     pub digest: Option<String>,
+    /// `fresh` (default): a new instance per call. `reused`: kept instances reset between
+    /// calls, honoured only for a plugin that declares itself stateless (see [`InstancePolicy`]).
+    pub instances: InstancePolicy,
 }
 
 /// The typed plugin configuration: settings by plugin name. Unlisted plugins get the defaults.
@@ -220,6 +223,7 @@ impl PluginSet {
                     actual: plugin.digest().to_string(),
                 });
             }
+            let plugin = plugin.with_instances(settings.instances);
             entries.push(Loaded { plugin, settings });
         }
         entries.sort_by(|a, b| (a.settings.priority, a.plugin.name()).cmp(&(b.settings.priority, b.plugin.name())));

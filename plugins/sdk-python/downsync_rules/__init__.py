@@ -120,6 +120,14 @@ class Info:
         self.hook_names = list(names)
         return self
 
+    def stateless(self) -> "Info":
+        """Declares the rule stateless: nothing kept between calls (module globals, caches)
+        changes what a later call returns. The host may then run it in a reused instance when
+        the operator configures ``instances: reused`` (an interpreted guest's start-up is paid
+        once, not per call). Said in the version's build metadata: ``0.2.0+stateless``."""
+        self.version += (".stateless" if "+" in self.version else "+stateless")
+        return self
+
     def reads(self, ptr: str) -> "Info":
         """Adds a part of the object the rule reads; the hooks then get only those parts."""
         self.read_paths.append(ptr)

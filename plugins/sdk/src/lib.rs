@@ -119,6 +119,18 @@ impl Info {
         self
     }
 
+    /// Declares the rule stateless: nothing it keeps between calls (no static it writes, no
+    /// cache) changes what a later call returns. The host may then run it in a reused instance
+    /// when the operator configures `instances: reused`; without this, every call gets a fresh
+    /// one whatever the setting. It is said in the version's build metadata (`0.2.0` becomes
+    /// `0.2.0+stateless`), which the WIT already carries.
+    #[must_use]
+    pub fn stateless(mut self) -> Self {
+        let sep = if self.version.contains('+') { '.' } else { '+' };
+        self.version = format!("{}{sep}stateless", self.version);
+        self
+    }
+
     /// Adds a handled group/kind pattern.
     #[must_use]
     pub fn kind(mut self, group: &str, kind: &str) -> Self {
