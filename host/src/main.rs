@@ -181,6 +181,21 @@ enum PluginCommand {
         #[command(flatten)]
         budget: Budget,
     },
+    /// Writes a plugin skeleton with fixtures that pass `plugin test` once built.
+    New {
+        /// The plugin's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The guest language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: downsync::plugin::scaffold::Lang,
+        /// The folder to write (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust: downsync's `plugins/sdk` to depend on (default: found above DIR or the
+        /// working directory).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 /// The per-call budgets to check or test a plugin with: test with the ones it will run with
@@ -469,7 +484,30 @@ async fn run_command() -> Result<ExitCode> {
             );
             Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
+        Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => {
+            new_plugin(name, lang, dir, sdk)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn new_plugin(
+    name: String,
+    lang: downsync::plugin::scaffold::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> Result<()> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let skeleton = downsync::plugin::scaffold::Skeleton { name, lang, dir: dir.clone(), sdk };
+    let written = skeleton.write().context("writing the plugin skeleton")?;
+    println!("wrote {} files in {}", written.files.len(), dir.display());
+    println!("build:  (cd {} && {})", dir.display(), written.build);
+    println!(
+        "test:   downsync plugin test {} {}",
+        dir.join(&written.component).display(),
+        dir.join("fixtures").display()
+    );
+    Ok(())
 }
 
 fn load(file: &std::path::Path, budget: &Budget) -> Result<Plugin> {
@@ -483,6 +521,8 @@ fn print_info(plugin: &Plugin) {
     println!("version: {}", info.version);
     println!("sha256:  {}", plugin.digest());
     println!("wit:     downsync:rules@{}", info.wit);
+    // Whether `instances: reused` would be honoured (version build metadata `+stateless`).
+    println!("stateless: {}", if info.declares_stateless() { "yes (instances: reused is honoured)" } else { "no" });
     let hooks: Vec<&str> = [
         ("transform", info.hooks.transform),
         ("preserve", info.hooks.preserve),
