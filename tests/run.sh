@@ -4,7 +4,8 @@
 #   tests/run.sh
 #
 # In order: installs what is missing (the wasm32-wasip2 target, rustfmt, clippy, Debian
-# packages), builds the Go control plane (cached under ~/.cache/downsync), then runs
+# packages), builds the Go control plane (cached under ~/.cache/downsync), installs the Python
+# and JavaScript plugin toolchains (tests/guest-toolchains.sh, cached likewise), then runs
 # cargo fmt --check, cargo clippy -D warnings, the unit tests, and the integration tests
 # against two real control planes (upstream and downstream) that it starts and always stops.
 #
@@ -49,7 +50,8 @@ else
   rustc --print target-list | grep -qx wasm32-wasip2 || die "rustup is missing and wasm32-wasip2 is not available"
 fi
 missing=()
-for pair in openssl:openssl curl:curl ss:iproute2 flock:util-linux base64:coreutils; do
+# python3 and node (with npm) run the Python and JavaScript plugin toolchains (guest-toolchains.sh).
+for pair in openssl:openssl curl:curl ss:iproute2 flock:util-linux base64:coreutils python3:python3-venv node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if (( ${#missing[@]} )); then
@@ -89,12 +91,19 @@ plugin_crates=(
   downsync-plugin-testing-faulty
   downsync-plugin-testing-overlap
   downsync-plugin-testing-stamp
+  downsync-plugin-testing-counter
   downsync-plugin-testing-reserved
   downsync-plugin-testing-describe-panic
   downsync-plugin-testing-legacy
 )
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"
+
+step "guest toolchains: componentize-py and jco, the Python and JavaScript examples (cached)"
+# Installs the pinned tools and builds examples/plugins/{python,js}-hpa-replicas once per input
+# (cold: about a minute; warm: nothing to do), and exports where they are for the tests.
+guest_env="$(tests/guest-toolchains.sh)" || die "tests/guest-toolchains.sh failed (see above)"
+eval "$guest_env"
 
 if (( ! coverage )); then
   step "unit tests"

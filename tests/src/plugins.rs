@@ -17,6 +17,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "downsync-plugin-testing-faulty",
     "downsync-plugin-testing-overlap",
     "downsync-plugin-testing-stamp",
+    "downsync-plugin-testing-counter",
     "downsync-plugin-testing-reserved",
     "downsync-plugin-testing-describe-panic",
     "downsync-plugin-testing-legacy",
@@ -58,4 +59,59 @@ fn build() -> Result<PathBuf> {
         bail!("building the plugins failed; is the target installed? run: rustup target add wasm32-wasip2");
     }
     Ok(target_dir.join("wasm32-wasip2").join("plugin"))
+}
+
+/// The guest toolchains and the example components built with them (Python, JavaScript).
+#[derive(Debug, Clone)]
+pub struct GuestTools {
+    /// The componentize-py executable.
+    pub componentize_py: PathBuf,
+    /// The jco executable.
+    pub jco: PathBuf,
+    /// The bundler jco ships.
+    pub rolldown: PathBuf,
+    /// The folder holding `python_hpa_replicas.wasm` and `js_hpa_replicas.wasm`.
+    pub build_dir: PathBuf,
+}
+
+static GUEST: OnceLock<Result<GuestTools, String>> = OnceLock::new();
+
+/// The guest toolchains: from `DOWNSYNC_COMPONENTIZE_PY`, `DOWNSYNC_JCO`, `DOWNSYNC_ROLLDOWN`
+/// and `DOWNSYNC_GUEST_BUILD_DIR` (tests/run.sh sets them), else installed and built here by
+/// `tests/guest-toolchains.sh` (cached; slow the first time). A toolchain that cannot be had is
+/// an error: these tests are never skipped.
+pub fn guest_tools() -> Result<GuestTools> {
+    GUEST.get_or_init(|| guest().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
+/// The path of one example component built by the guest toolchains (`python_hpa_replicas`).
+pub fn guest_plugin_path(name: &str) -> Result<PathBuf> {
+    let path = guest_tools()?.build_dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!("{} was not built by tests/guest-toolchains.sh", path.display());
+    }
+    Ok(path)
+}
+
+fn guest() -> Result<GuestTools> {
+    const VARS: [&str; 4] =
+        ["DOWNSYNC_COMPONENTIZE_PY", "DOWNSYNC_JCO", "DOWNSYNC_ROLLDOWN", "DOWNSYNC_GUEST_BUILD_DIR"];
+    let mut values: Vec<Option<PathBuf>> = VARS.iter().map(|v| std::env::var_os(v).map(PathBuf::from)).collect();
+    if values.iter().any(Option::is_none) {
+        let script = crate::repo_root().join("tests/guest-toolchains.sh");
+        let out = Command::new("bash").arg(&script).output()?;
+        if !out.status.success() {
+            bail!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            let Some((name, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) else { continue };
+            if let Some(i) = VARS.iter().position(|v| *v == name) {
+                values[i] = Some(PathBuf::from(value));
+            }
+        }
+    }
+    let mut it = values.into_iter().zip(VARS).map(|(v, name)| v.ok_or_else(|| anyhow!("{name} is not set")));
+    let mut next = || it.next().unwrap_or_else(|| Err(anyhow!("missing")));
+    Ok(GuestTools { componentize_py: next()?, jco: next()?, rolldown: next()?, build_dir: next()? })
 }

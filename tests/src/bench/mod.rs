@@ -11,6 +11,7 @@ pub mod coldstart;
 pub mod copier;
 pub mod ha;
 pub mod http;
+pub mod languages;
 pub mod objects;
 pub mod process;
 pub mod reload;
@@ -51,6 +52,8 @@ pub enum Part {
     Coldstart,
     /// 8. High availability: failover, graceful handover, sharded initial sync.
     Ha,
+    /// 9. The hpa-replicas rule in Rust, Python and JavaScript.
+    Languages,
 }
 
 /// What to run and how.
@@ -270,7 +273,8 @@ pub async fn run(opts: Options) -> Result<Report> {
     std::fs::create_dir_all(&work)?;
     eprintln!("bench: scratch folder {}", work.display());
 
-    let needs_plugins = opts.wants(Part::Rules) || opts.wants(Part::Coldstart) || opts.wants_clusters();
+    let needs_plugins =
+        opts.wants(Part::Rules) || opts.wants(Part::Coldstart) || opts.wants(Part::Languages) || opts.wants_clusters();
     let plugins = if needs_plugins {
         eprintln!("bench: building the plugin components");
         crate::plugins::built_plugins_dir()?
@@ -289,6 +293,13 @@ pub async fn run(opts: Options) -> Result<Report> {
         let rounds = 3;
         let c = tokio::task::block_in_place(|| coldstart::measure(&plugins, &work, rounds))?;
         report.sections.push(coldstart::section(&c, rounds));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Languages) {
+        eprintln!("bench: 9. plugins in other languages (installs and builds with tests/guest-toolchains.sh)");
+        let guest = crate::plugins::guest_tools()?.build_dir;
+        let figures = tokio::task::block_in_place(|| languages::measure(&plugins, &guest, &work))?;
+        report.sections.push(languages::section(&figures));
         save(&report, &out)?;
     }
     if !opts.wants_clusters() {

@@ -1,0 +1,224 @@
+//! Plugins in other languages and the instance policy: the Python (componentize-py) and
+//! JavaScript (jco, QuickJS) hpa-replicas examples pass `plugin check` and `plugin test` and
+//! keep downstream replicas against the real apiserver; a fresh instance per call (the
+//! default) keeps state from leaking between objects, and `instances: reused` is honoured only
+//! for a plugin that declares itself stateless; `plugin new` skeletons pass `plugin test` as
+//! generated, in every language.
+//!
+//! The guest toolchains and the example components come from tests/guest-toolchains.sh
+//! (tests/run.sh runs it; otherwise these tests run it themselves).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use downsync::plugin::{EngineConfig, InstancePolicy, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet};
+use downsync::plugin::{PluginSettings, RegistryConfig};
+use downsync_tests::daemon::{cluster_args, run_to_end, run_to_end_with_env};
+use downsync_tests::plugins::{guest_plugin_path, guest_tools, plugin_path};
+use downsync_tests::{TestEnv, repo_root};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("downsync-lang-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `downsync plugin check FILE` and `downsync plugin test FILE FIXTURES`, both passing.
+fn check_and_test(wasm: &Path, fixtures: &Path) -> anyhow::Result<String> {
+    let (status, out, err) = run_to_end(&[OsString::from("plugin"), "check".into(), wasm.into()])?;
+    anyhow::ensure!(status.success(), "plugin check {}: {out}{err}", wasm.display());
+    let (status, tested, err) = run_to_end(&[OsString::from("plugin"), "test".into(), wasm.into(), fixtures.into()])?;
+    anyhow::ensure!(status.success(), "plugin test {}: {tested}{err}", wasm.display());
+    Ok(format!("{out}{tested}"))
+}
+
+#[test]
+fn the_python_and_js_examples_pass_plugin_check_and_their_fixtures() -> anyhow::Result<()> {
+    let root = repo_root();
+    for (name, dir) in [("python_hpa_replicas", "python-hpa-replicas"), ("js_hpa_replicas", "js-hpa-replicas")] {
+        let wasm = guest_plugin_path(name)?;
+        let out = check_and_test(&wasm, &root.join("examples/plugins").join(dir).join("fixtures"))?;
+        assert!(out.contains("name:    hpa-replicas"), "{name}: {out}");
+        assert!(out.contains("version: 0.2.0+stateless") && out.contains("stateless: yes"), "{name}: {out}");
+        assert!(out.contains("Deployment: /spec/replicas"), "{name}: ignore-paths: {out}");
+        assert!(out.contains("2 passed, 0 failed"), "{name}: {out}");
+    }
+    Ok(())
+}
+
+/// The objects under the default policy each see a fresh instance; `reused` shows the same
+/// plugin's counter climbing, which is exactly what the default prevents.
+#[test]
+fn under_the_default_policy_no_state_leaks_between_objects() -> anyhow::Result<()> {
+    let engine = PluginEngine::new(EngineConfig { cache_dir: None, ..EngineConfig::default() })?;
+    let counter = Plugin::load_file(&engine, &plugin_path("downsync-plugin-testing-counter")?)?;
+    assert!(counter.info().declares_stateless());
+    let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "n", "annotations": {}}});
+    let counts = |config: &RegistryConfig| -> anyhow::Result<Vec<String>> {
+        let registry = PluginRegistry::new(PluginSet::new(vec![counter.clone()], config)?, Metrics::default());
+        (0..4)
+            .map(|i| {
+                let out = registry.transform(cm(&format!("cm-{i}"))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(out["metadata"]["annotations"]["test.downsync.dev/calls"].as_str().unwrap_or("?").to_string())
+            })
+            .collect()
+    };
+    assert_eq!(counts(&RegistryConfig::default())?, ["1", "1", "1", "1"], "every object gets a fresh instance");
+
+    let reused = RegistryConfig {
+        plugins: [("counter".to_string(), PluginSettings { instances: InstancePolicy::Reused, ..Default::default() })]
+            .into(),
+    };
+    assert_eq!(counts(&reused)?, ["1", "2", "3", "4"], "reused: one kept instance serves every call");
+
+    // A plugin that does not declare itself stateless keeps fresh instances whatever the setting.
+    let minimal = Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal")?)?;
+    assert!(!minimal.info().declares_stateless());
+    assert_eq!(minimal.with_instances(InstancePolicy::Reused).instances(), InstancePolicy::Fresh);
+    assert_eq!(counter.with_instances(InstancePolicy::Reused).instances(), InstancePolicy::Reused);
+    Ok(())
+}
+
+async fn replicas(api: &Api<Deployment>, name: &str) -> anyhow::Result<(Option<i64>, String)> {
+    let d = serde_json::to_value(api.get(name).await?)?;
+    let image = d.pointer("/spec/template/spec/containers/0/image").and_then(|v| v.as_str()).unwrap_or_default();
+    Ok((d.pointer("/spec/replicas").and_then(serde_json::Value::as_i64), image.to_string()))
+}
+
+/// `downsync run --once` over the test namespace's Deployments with one plugin in the folder.
+fn sync_once(ns: &str, plugin: &Path, instances: &str) -> anyhow::Result<()> {
+    let dir = scratch(&format!("sync-{}", plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("p")));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(plugin, dir.join("hpa-replicas.wasm"))?;
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, format!("plugins:\n  hpa-replicas: {{instances: {instances}}}\n"))?;
+    let mut args = vec![OsString::from("run"), "--once".into(), "--config".into(), config.into_os_string()];
+    args.extend(cluster_args()?);
+    args.extend(os(&["--resource", "apps/v1/Deployment", "--namespace", ns, "--target", ns, "--plugins-dir"]));
+    args.push(dir.clone().into_os_string());
+    let (status, out, err) = run_to_end(&args)?;
+    anyhow::ensure!(status.success(), "run --once with {}: {out}\n{err}", plugin.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_python_and_js_rules_keep_the_downstream_replicas_against_the_apiserver() -> anyhow::Result<()> {
+    let (python, js) = (guest_plugin_path("python_hpa_replicas")?, guest_plugin_path("js_hpa_replicas")?);
+    let env = TestEnv::new("plugin-languages").await?;
+    let ns = env.namespace.clone();
+    let up: Api<Deployment> = Api::namespaced(env.upstream.clone(), &ns);
+    let down: Api<Deployment> = Api::namespaced(env.downstream.clone(), &ns);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}))?;
+    up.create(&PostParams::default(), &deployment).await?;
+
+    // Created downstream with the desired replicas (Python, in a fresh instance per call).
+    sync_once(&ns, &python, "fresh")?;
+    assert_eq!(replicas(&down, "web").await?, (Some(2), "nginx:1.27".into()));
+
+    // An autoscaler scales downstream; upstream changes the image. The JS rule (reused
+    // instances) keeps the downstream replicas and lets the image through.
+    let scale = |n: i32| Patch::Merge(json!({"spec": {"replicas": n}}));
+    let image =
+        |i: &str| Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": i}]}}}}));
+    down.patch("web", &PatchParams::default(), &scale(7)).await?;
+    up.patch("web", &PatchParams::default(), &image("nginx:1.28")).await?;
+    sync_once(&ns, &js, "reused")?;
+    assert_eq!(replicas(&down, "web").await?, (Some(7), "nginx:1.28".into()), "JS: live replicas kept");
+
+    // And once more with Python in reused instances.
+    down.patch("web", &PatchParams::default(), &scale(5)).await?;
+    up.patch("web", &PatchParams::default(), &image("nginx:1.29")).await?;
+    sync_once(&ns, &python, "reused")?;
+    assert_eq!(replicas(&down, "web").await?, (Some(5), "nginx:1.29".into()), "Python: live replicas kept");
+    env.cleanup().await
+}
+
+/// `downsync plugin new NAME --lang LANG`, built as its README says, passes `plugin test`.
+fn new_plugin_passes_its_fixtures(lang: &str) -> anyhow::Result<()> {
+    let dir = scratch(&format!("new-{lang}"));
+    let name = format!("keep-{lang}");
+    let mut args = os(&["plugin", "new", &name, "--lang", lang, "--dir"]);
+    args.push(dir.clone().into());
+    let sdk = repo_root().join("plugins/sdk");
+    if lang == "rust" {
+        args.extend([OsString::from("--sdk"), sdk.into_os_string()]);
+    }
+    let (status, out, err) = run_to_end(&args)?;
+    anyhow::ensure!(status.success(), "plugin new: {out}{err}");
+    let krate = name.replace('-', "_");
+    let wasm = match lang {
+        "rust" => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&dir)
+                .args(["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "plugin"])
+                .status()?;
+            anyhow::ensure!(status.success(), "cargo build of the Rust skeleton failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+            target.join("wasm32-wasip2/plugin").join(format!("{krate}.wasm"))
+        }
+        _ => {
+            let tools = guest_tools()?;
+            let out = Command::new("bash")
+                .arg(dir.join("build.sh"))
+                .env("COMPONENTIZE_PY", &tools.componentize_py)
+                .env("JCO", &tools.jco)
+                .env("ROLLDOWN", &tools.rolldown)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "build.sh of the {lang} skeleton failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            dir.join(format!("{krate}.wasm"))
+        }
+    };
+    let out = check_and_test(&wasm, &dir.join("fixtures"))?;
+    assert!(out.contains(&format!("name:    {name}")) && out.contains("2 passed, 0 failed"), "{lang}: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_new_rust_plugin_passes_plugin_test_as_generated() -> anyhow::Result<()> {
+    new_plugin_passes_its_fixtures("rust")
+}
+
+#[test]
+fn a_new_python_plugin_passes_plugin_test_as_generated() -> anyhow::Result<()> {
+    new_plugin_passes_its_fixtures("python")
+}
+
+#[test]
+fn a_new_js_plugin_passes_plugin_test_as_generated() -> anyhow::Result<()> {
+    new_plugin_passes_its_fixtures("js")
+}
+
+#[test]
+fn plugin_new_refuses_a_bad_name_and_an_occupied_folder() -> anyhow::Result<()> {
+    let dir = scratch("new-refused");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("keep.txt"), "mine")?;
+    let mut args = os(&["plugin", "new", "fine", "--lang", "python", "--dir"]);
+    args.push(dir.clone().into());
+    let (status, _, err) = run_to_end_with_env(&args, &[])?;
+    assert!(!status.success() && err.contains("is not empty"), "{err}");
+    let (status, _, err) = run_to_end(&os(&["plugin", "new", "Bad_Name", "--lang", "js"]))?;
+    assert!(!status.success() && err.contains("must be 1-63 lowercase"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
