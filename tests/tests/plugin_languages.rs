@@ -149,7 +149,11 @@ async fn the_python_and_js_rules_keep_the_downstream_replicas_against_the_apiser
 
 /// `downsync plugin new NAME --lang LANG`, built as its README says, passes `plugin test`.
 fn new_plugin_passes_its_fixtures(lang: &str) -> anyhow::Result<()> {
-    let dir = scratch(&format!("new-{lang}"));
+    // A fixed folder: componentize-py's output depends on the source path, and the same bytes
+    // each run find their compiled code in the artifact cache instead of compiling 18 MB again.
+    let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = base.join("downsync-plugin-new").join(lang);
+    let _ = std::fs::remove_dir_all(&dir);
     let name = format!("keep-{lang}");
     let mut args = os(&["plugin", "new", &name, "--lang", lang, "--dir"]);
     args.push(dir.clone().into());
@@ -173,24 +177,71 @@ fn new_plugin_passes_its_fixtures(lang: &str) -> anyhow::Result<()> {
         }
         _ => {
             let tools = guest_tools()?;
-            let out = Command::new("bash")
-                .arg(dir.join("build.sh"))
-                .env("COMPONENTIZE_PY", &tools.componentize_py)
-                .env("JCO", &tools.jco)
-                .env("ROLLDOWN", &tools.rolldown)
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "build.sh of the {lang} skeleton failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            dir.join(format!("{krate}.wasm"))
+            let wasm = dir.join(format!("{krate}.wasm"));
+            // componentize-py's output differs from build to build (and so would need a new
+            // 18 MB compile each run): the component is cached by the skeleton's contents and
+            // the tools, like the examples in tests/guest-toolchains.sh.
+            let key = skeleton_key(&dir, &[&tools.componentize_py, &tools.jco])?;
+            let cached = guest_cache().join(format!("plugin-new-{lang}-{key:016x}.wasm"));
+            if cached.is_file() {
+                std::fs::copy(&cached, &wasm)?;
+            } else {
+                let out = Command::new("bash")
+                    .arg(dir.join("build.sh"))
+                    .env("COMPONENTIZE_PY", &tools.componentize_py)
+                    .env("JCO", &tools.jco)
+                    .env("ROLLDOWN", &tools.rolldown)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "build.sh of the {lang} skeleton failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::fs::create_dir_all(guest_cache())?;
+                std::fs::copy(&wasm, &cached)?;
+            }
+            wasm
         }
     };
     let out = check_and_test(&wasm, &dir.join("fixtures"))?;
     assert!(out.contains(&format!("name:    {name}")) && out.contains("2 passed, 0 failed"), "{lang}: {out}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Where tests/guest-toolchains.sh caches components.
+fn guest_cache() -> PathBuf {
+    let base = std::env::var_os("DOWNSYNC_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        home.join("downsync")
+    });
+    base.join("guest-components")
+}
+
+/// A hash of every file of a skeleton (path and contents) and of the tool paths (which name
+/// their versions).
+fn skeleton_key(dir: &Path, tools: &[&Path]) -> anyhow::Result<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() { files(&path, out)? } else { out.push(path) }
+        }
+        Ok(())
+    }
+    let mut all = Vec::new();
+    files(dir, &mut all)?;
+    all.sort();
+    let mut h = DefaultHasher::new();
+    for f in all {
+        f.strip_prefix(dir)?.hash(&mut h);
+        std::fs::read(&f)?.hash(&mut h);
+    }
+    tools.hash(&mut h);
+    Ok(h.finish())
 }
 
 #[test]
