@@ -20,6 +20,7 @@ use downsync_tests::{TestEnv, repo_root};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use serde::Deserialize;
 use serde_json::json;
 
 fn os(args: &[&str]) -> Vec<OsString> {
@@ -79,6 +80,16 @@ fn under_the_default_policy_no_state_leaks_between_objects() -> anyhow::Result<(
             .into(),
     };
     assert_eq!(counts(&reused)?, ["1", "2", "3", "4"], "reused: one kept instance serves every call");
+
+    // After a failed call (here the plugin's own error) the kept instance is dropped: the next
+    // call starts from a new one.
+    let registry = PluginRegistry::new(PluginSet::new(vec![counter.clone()], &reused)?, Metrics::default());
+    let stamp = |out: serde_json::Value| out["metadata"]["annotations"]["test.downsync.dev/calls"].clone();
+    assert_eq!(stamp(registry.transform(cm("a")).map_err(|e| anyhow::anyhow!("{e}"))?), "1");
+    assert_eq!(stamp(registry.transform(cm("b")).map_err(|e| anyhow::anyhow!("{e}"))?), "2");
+    let bad = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad", "namespace": "n", "annotations": "x"}});
+    assert!(registry.transform(bad).is_err(), "annotations that are not an object are refused");
+    assert_eq!(stamp(registry.transform(cm("c")).map_err(|e| anyhow::anyhow!("{e}"))?), "1", "a new instance");
 
     // A plugin that does not declare itself stateless keeps fresh instances whatever the setting.
     let minimal = Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal")?)?;
@@ -272,4 +283,39 @@ fn plugin_new_refuses_a_bad_name_and_an_occupied_folder() -> anyhow::Result<()> 
     assert!(!status.success() && err.contains("must be 1-63 lowercase"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// examples/deploy-image-volume: the plugins folder comes from an OCI image (an image volume),
+/// which a real API server accepts and keeps (a server without image volumes would drop the
+/// field), next to the compiled-plugin cache the base mounts.
+#[tokio::test]
+async fn the_image_volume_overlay_is_accepted_by_the_api_server() -> anyhow::Result<()> {
+    let dir = repo_root().join("examples/deploy-image-volume");
+    let out = Command::new("kubectl").arg("kustomize").arg(&dir).output()?;
+    anyhow::ensure!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    let mut deployment = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(serde_json::Value::deserialize)
+        .filter_map(Result::ok)
+        .find(|d| d["kind"] == "Deployment")
+        .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
+    let volume = |d: &serde_json::Value, name: &str| {
+        d.pointer("/spec/template/spec/volumes")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|v| v.iter().find(|v| v["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let plugins = volume(&deployment, "plugins");
+    assert!(plugins.get("configMap").is_none(), "{plugins}");
+    assert_eq!(plugins["image"]["reference"], "registry.example.com/downsync-plugins:1.0.0", "{plugins}");
+    assert!(volume(&deployment, "cache").get("emptyDir").is_some(), "the base's cache volume is kept");
+
+    let env = TestEnv::new("image-volume").await?;
+    deployment["metadata"]["namespace"] = json!(env.namespace);
+    let typed: Deployment = serde_json::from_value(deployment)?;
+    let api: Api<Deployment> = Api::namespaced(env.downstream.clone(), &env.namespace);
+    let created = api.create(&PostParams { dry_run: true, ..PostParams::default() }, &typed).await?;
+    let kept = volume(&serde_json::to_value(&created)?, "plugins");
+    assert_eq!(kept["image"]["reference"], "registry.example.com/downsync-plugins:1.0.0", "kept by the server: {kept}");
+    env.cleanup().await
 }
