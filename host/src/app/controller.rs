@@ -110,7 +110,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = SyncMetrics::default();
     metrics.register(&mut registry);
-    let plugin_metrics = Metrics::default();
+    let plugin_metrics = Metrics::default().with_journal(config.explain_objects);
     plugin_metrics.register(&mut registry);
     let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
     connectivity.register(&mut registry);
@@ -147,6 +147,7 @@ pub async fn run(
         })
         .with_ha_view(Arc::clone(&ha_view)),
     );
+    let explainer = Arc::clone(&health);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = match listener {
         Some(listener) => {
@@ -185,6 +186,7 @@ pub async fn run(
         syncer,
         config,
     });
+    explainer.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
     let reflectors = triggers::spawn_reflectors(&controller, streams);
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -429,8 +431,16 @@ impl Controller {
     /// again, so the new behaviour shows without waiting for the next change or resync.
     async fn watch_rules(self: Arc<Self>, rules: Arc<PluginRegistry>) {
         let mut changes = rules.subscribe();
+        // A shadow version starting for a kind also counts: its objects are looked at again so
+        // the shadow sees each of them, and the active rules still decide every write.
         let fingerprints = |set: &PluginSet| -> Vec<String> {
-            self.watched.iter().map(|w| set.fingerprint_for(&w.up_ar.group, &w.up_ar.kind)).collect()
+            self.watched
+                .iter()
+                .map(|w| {
+                    let (g, k) = (&w.up_ar.group, &w.up_ar.kind);
+                    format!("{}|{}", set.fingerprint_for(g, k), set.shadow_fingerprint_for(g, k))
+                })
+                .collect()
         };
         let mut last = fingerprints(&rules.snapshot());
         while changes.changed().await.is_ok() {

@@ -10,15 +10,19 @@ pub mod error;
 pub mod fixtures;
 mod host;
 pub mod imports;
+pub mod journal;
 pub mod projection;
 pub mod registry;
 pub mod reload;
+pub mod rollout;
 mod wasi;
 
 pub use component::{Decision, Hooks, KindPattern, Plugin, PluginInfo, Session, WitVersion};
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{
-    FailurePolicy, LastError, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
+    FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
+    Shadow,
 };
 pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use rollout::{Promote, RolloutSettings, Stage, Trial};
