@@ -55,8 +55,9 @@ fn install(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 async fn create_configmaps(client: &Client, ns: &str, n: usize) -> anyhow::Result<()> {
     let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
     for i in 0..n {
-        let cm: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": format!("cm-{i}"), "namespace": ns}, "data": {"i": i.to_string()}}))?;
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": format!("cm-{i}"), "namespace": ns}, "data": {"i": i.to_string()}}),
+        )?;
         api.create(&PostParams::default(), &cm).await?;
     }
     Ok(())
@@ -127,7 +128,10 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     let mut d = Daemon::start("rollout-shadow", &args)?;
     d.wait_ready(Duration::from_secs(60)).await?;
     let (one, two) = (variant(1), variant(2));
-    eventually("v1 stamps", Duration::from_secs(30), || async { Ok(all_stamped(&env.downstream, &ns, n, &one).await?.then_some(())) }).await?;
+    eventually("v1 stamps", Duration::from_secs(30), || async {
+        Ok(all_stamped(&env.downstream, &ns, n, &one).await?.then_some(()))
+    })
+    .await?;
     let before = stamps(&env.downstream, &ns).await?;
 
     // A divergent version runs in shadow: compared on every ConfigMap, never written.
@@ -180,7 +184,8 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     .await?;
     let v3_file = plugins.with_extension("v3.wasm");
     std::fs::write(&v3_file, stamp_version(&variant(3))?)?;
-    let mut replay: Vec<OsString> = vec!["plugin".into(), "replay".into(), v3_file.clone().into(), "--against-cluster".into()];
+    let mut replay: Vec<OsString> =
+        vec!["plugin".into(), "replay".into(), v3_file.clone().into(), "--against-cluster".into()];
     replay.extend(cluster_args()?);
     replay.extend(run_args(&ns, &plugins, &["v1/ConfigMap"]).into_iter().map(OsString::from));
     let (code, text, err) = run_to_end(&replay)?;
@@ -211,10 +216,16 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     let v1 = stamp_version(&variant(1))?;
     install(&plugins, &v1)?;
     // The default rollout: no shadow, a direct swap on trial, rolled back past 50% failures.
-    let mut d = Daemon::start("rollout-rollback", &run_args(&ns, &plugins, &["v1/ConfigMap", "v1/Service"]))?;
+    // As in a Deployment, the pod's name and namespace come from the Downward API.
+    let pod = [("POD_NAME", "downsync-test-pod"), ("POD_NAMESPACE", ns.as_str())];
+    let args = run_args(&ns, &plugins, &["v1/ConfigMap", "v1/Service"]);
+    let mut d = Daemon::start_with_env("rollout-rollback", &cluster_args()?, &args, Some("info,downsync=debug"), &pod)?;
     d.wait_ready(Duration::from_secs(60)).await?;
     let one = variant(1);
-    eventually("v1 stamps", Duration::from_secs(30), || async { Ok(all_stamped(&env.downstream, &ns, n, &one).await?.then_some(())) }).await?;
+    eventually("v1 stamps", Duration::from_secs(30), || async {
+        Ok(all_stamped(&env.downstream, &ns, n, &one).await?.then_some(()))
+    })
+    .await?;
 
     // A release that traps on every call is swapped in, fails, and is taken out.
     let broken = stamp_version(TRAP)?;
@@ -243,6 +254,16 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     .await?;
     assert_eq!(cm.metadata.annotations.unwrap_or_default().get(STAMP), Some(&one));
     assert!(d.log_text().contains("plugin version rolled back; the previous version serves again"));
+    // And an Event on downsync's pod says so.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.downstream.clone(), &ns);
+    let event = eventually("a PluginRolledBack Event on the pod", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list.items.into_iter().find(|e| e.reason.as_deref() == Some("PluginRolledBack")))
+    })
+    .await?;
+    assert_eq!(event.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("downsync-test-pod"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.as_deref().is_some_and(|n| n.contains("plugin stamp") && n.contains(&sha256(&v1))), "{event:?}");
 
     // Explain: the service rule keeps the downstream cluster's clusterIP.
     let up_ip = up_svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
@@ -254,7 +275,8 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     assert_ne!(up_ip, down_ip, "each cluster allocated its own clusterIP");
     let addr = d.addr.to_string();
     let object = format!("{ns}/web");
-    let (code, text, err) = run_to_end(&["explain", "Service", &object, "--addr", &addr, "--json"].map(OsString::from))?;
+    let (code, text, err) =
+        run_to_end(&["explain", "Service", &object, "--addr", &addr, "--json"].map(OsString::from))?;
     assert!(code.success(), "{err}");
     let answer: Value = serde_json::from_str(&text)?;
     let field = answer["fields"]
@@ -263,11 +285,28 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
         .ok_or_else(|| anyhow::anyhow!("/spec/clusterIP is not explained: {text}"))?;
     let by = field["by"].as_str().unwrap_or_default();
     assert!(by.starts_with("plugin service@") && by.ends_with(" preserve"), "{field}");
-    assert_eq!((field["upstream"].as_str(), field["downstream"].as_str()), (Some(up_ip.as_str()), Some(down_ip.as_str())));
+    assert_eq!(
+        (field["upstream"].as_str(), field["downstream"].as_str()),
+        (Some(up_ip.as_str()), Some(down_ip.as_str()))
+    );
     let (code, text, _) = run_to_end(&["explain", "Service", &object, "--addr", &addr].map(OsString::from))?;
     assert!(code.success() && text.contains("/spec/clusterIP") && text.contains("kept the downstream value"), "{text}");
-    let (code, _, err) = run_to_end(&["explain", "Service", &format!("{ns}/nope"), "--addr", &addr].map(OsString::from))?;
+    let (code, _, err) =
+        run_to_end(&["explain", "Service", &format!("{ns}/nope"), "--addr", &addr].map(OsString::from))?;
     assert!(!code.success() && err.contains("not found upstream"), "{err}");
+
+    // A brand-new plugin that fails on every call has nothing to roll back to: /readyz says so
+    // and the pod stays ready (its objects are held back; the rest syncs).
+    std::fs::remove_file(plugins.join("stamp.wasm"))?;
+    std::fs::write(plugins.join(".fresh.tmp"), &broken)?;
+    std::fs::rename(plugins.join(".fresh.tmp"), plugins.join("fresh.wasm"))?;
+    let body = eventually("/readyz to warn of the failing new plugin", Duration::from_secs(60), || async {
+        let (code, body) = d.readyz()?;
+        Ok(body.contains("has no earlier version to roll back to").then_some((code, body)))
+    })
+    .await?;
+    assert_eq!(body.0, 200, "{}", body.1);
+    assert!(body.1.starts_with("ok\nwarning: plugin stamp "), "{}", body.1);
 
     d.terminate()?;
     env.cleanup().await?;

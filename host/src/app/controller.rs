@@ -21,7 +21,7 @@ use super::http::{self, Health};
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
 use super::reconcile::{Action, reconcile};
-use super::startup::{connect, resolve_all, start_plugins};
+use super::startup::{connect, plugin_reloader, resolve_all, watch_plugins};
 use super::triggers::{self, ObjectKey, Watched, WorkKey};
 use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
@@ -132,7 +132,11 @@ pub async fn run(
     let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
     let slots = config.engine.pool_instances as usize;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
-    let (reloader, _watch) = start_plugins(&config, &rules).await?;
+    let reloader = plugin_reloader(&config, &rules).await?;
+    // Compiling can take long (tens of seconds for an interpreted guest without a cached
+    // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
+    // without the rules would write what they exist to prevent.
+    let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
 
     let resolved = resolve_all(&config, &up, &down).await?;
     let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
@@ -198,6 +202,22 @@ pub async fn run(
             return Ok(Summary::default());
         }
     }
+    if let (Some(r), Some(events)) = (&reloader, crate::kube::pod_events::PodEvents::from_env(down.client.clone())) {
+        // The reload thread must not wait on the API: notices go through a channel.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::plugin::Notice>();
+        r.set_notifier(Arc::new(move |n| {
+            let _ = tx.send(n);
+        }));
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                events.publish(n.warning, n.reason, &n.message).await;
+            }
+        });
+    }
+    let _watch = match loading {
+        Some(task) => Some(task.await.map_err(|e| Error::Task(format!("loading plugins: {e}")))??),
+        None => None,
+    };
     controller.enqueue_initial().await;
     // The caches are warm: from here on this replica is a standby that can take over.
     let shard_watch = tokio::spawn(Arc::clone(&controller).watch_shards());

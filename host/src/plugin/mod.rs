@@ -24,5 +24,5 @@ pub use registry::{
     FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
     Shadow,
 };
-pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};

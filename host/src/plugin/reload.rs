@@ -94,6 +94,22 @@ fn rollout_json(s: &Slot) -> serde_json::Value {
     })
 }
 
+/// A rollout the operators should hear of (a rollback, a promotion), for an Event on the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The plugin.
+    pub plugin: String,
+    /// A rollback is a warning; a promotion is not.
+    pub warning: bool,
+    /// `PluginRolledBack` or `PluginPromoted`.
+    pub reason: &'static str,
+    /// What happened, with the digests.
+    pub message: String,
+}
+
+/// Receives [`Notice`]s; called on the reload thread, so it must not block.
+pub type Notifier = Arc<dyn Fn(Notice) + Send + Sync>;
+
 /// What the reloader knows about one `<stem>.wasm`.
 #[derive(Debug)]
 struct Slot {
@@ -168,6 +184,8 @@ pub struct Reloader {
     scanning: Mutex<()>,
     /// Wakes the reload thread when a trial may have a verdict (set by [`Reloader::watch`]).
     waker: Mutex<Option<Waker>>,
+    /// Told of rollbacks and promotions.
+    notifier: Mutex<Option<Notifier>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -195,6 +213,7 @@ impl Reloader {
             slots: Mutex::default(),
             scanning: Mutex::default(),
             waker: Mutex::default(),
+            notifier: Mutex::default(),
         })
     }
 
@@ -470,6 +489,18 @@ impl Reloader {
         self.config.settings(plugin.name()).rollout.shadow && slots.get(stem).is_some_and(|s| s.good.is_some())
     }
 
+    /// Tells `notifier` of every rollback and promotion from now on.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notifier);
+    }
+
+    fn notify(&self, plugin: &str, warning: bool, reason: &'static str, message: &str) {
+        let notifier = self.notifier.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(n) = notifier {
+            n(Notice { plugin: plugin.to_string(), warning, reason, message: message.to_string() });
+        }
+    }
+
     fn waker(&self) -> Option<Waker> {
         self.waker.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -522,6 +553,7 @@ impl Reloader {
                         let message = format!("shadow version {digest} rolled back: {why}");
                         tracing::error!(plugin = %name, digest = %digest, reason = %why, "shadow plugin version rolled back; the active one stays");
                         metrics.record_rollback(&name);
+                        self.notify(&name, true, "PluginRolledBack", &format!("plugin {name}: {message}"));
                         slot.last_error = Some(message.clone());
                         slot.last_rollout = Some(message);
                         slot.refused = Some(Refusal { digest, against: None });
@@ -565,6 +597,7 @@ impl Reloader {
                     tracing::error!(plugin = %name, digest = %digest, restored = %restored, reason = %why, "plugin version rolled back; the previous version serves again");
                     metrics.record_rollback(&name);
                     let message = format!("version {digest} rolled back to {restored}: {why}");
+                    self.notify(&name, true, "PluginRolledBack", &format!("plugin {name}: {message}"));
                     slot.good = back;
                     slot.trial = None;
                     slot.last_error = Some(message.clone());
@@ -590,7 +623,9 @@ impl Reloader {
         let rollout = self.config.settings(name).rollout;
         tracing::info!(plugin = name, digest = plugin.digest(), reason = why, "shadow plugin version promoted");
         self.registry.metrics().record_promotion(name);
-        slot.last_rollout = Some(format!("version {} promoted: {why}", plugin.digest()));
+        let message = format!("version {} promoted: {why}", plugin.digest());
+        self.notify(name, false, "PluginPromoted", &format!("plugin {name}: {message}"));
+        slot.last_rollout = Some(message);
         slot.previous = slot.good.take().map(|(p, _)| p);
         slot.trial = Some(Trial::new(Stage::Probation, rollout, self.waker()));
         slot.good = Some((plugin, SystemTime::now()));
