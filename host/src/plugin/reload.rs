@@ -353,6 +353,7 @@ impl Reloader {
 
         let mut candidates = Vec::new();
         let mut unreadable = Vec::new();
+        let mut reverted = Vec::new();
         for (stem, file) in &on_disk {
             let bytes = match std::fs::read(file) {
                 Ok(b) => b,
@@ -370,6 +371,11 @@ impl Reloader {
             let refused_again = refused.is_some_and(|r| {
                 r.digest == digest && r.against.as_ref().is_none_or(|a| *a == others(in_use.iter().copied(), stem))
             });
+            if good.as_deref() == Some(&digest) && in_shadow.contains_key(stem) {
+                // The file holds the version in use again: the shadow it held is withdrawn.
+                reverted.push(stem.clone());
+                continue;
+            }
             if good.as_deref() == Some(&digest) || refused_again || in_shadow.get(stem) == Some(&digest) {
                 continue;
             }
@@ -378,6 +384,17 @@ impl Reloader {
             candidates.push(Candidate { stem: stem.clone(), digest, checked });
         }
         let removed: Vec<String> = known.keys().filter(|k| !on_disk.contains_key(*k)).cloned().collect();
+        if !reverted.is_empty() {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            for stem in &reverted {
+                if let Some(slot) = slots.get_mut(stem) {
+                    tracing::info!(plugin = %stem, "the file holds the active version again; its shadow is withdrawn");
+                    slot.shadow = None;
+                    slot.awaiting = false;
+                }
+            }
+            self.publish(&slots);
+        }
         if candidates.is_empty() && removed.is_empty() && unreadable.is_empty() {
             return Ok(self.evaluate_locked());
         }
