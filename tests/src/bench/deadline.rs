@@ -188,10 +188,26 @@ pub fn section(f: &Figures) -> Section {
     let mut s = Section::new(
         10,
         "A plugin burning its deadline on every call",
-        &["phase", "/healthz p50", "/healthz p99", "/healthz not 200", "Secret change p50", "Secret change p99", "not seen in 30 s"],
+        &[
+            "phase",
+            "/healthz p50",
+            "/healthz p99",
+            "/healthz not 200",
+            "Secret change p50",
+            "Secret change p99",
+            "not seen in 30 s",
+        ],
     );
     if let Some(e) = &f.error {
-        s.row(vec![format!("failed to run: {e}"), String::new(), String::new(), String::new(), String::new(), String::new(), String::new()]);
+        s.row(vec![
+            format!("failed to run: {e}"),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
         s.goal("/healthz p99 ≤ 100 ms while a plugin burns its deadline", None, "failed to run".into());
         return s;
     }
@@ -209,7 +225,8 @@ pub fn section(f: &Figures) -> Section {
     let hz = percentile(&f.spinning.healthz, 99.0);
     s.goal(
         "/healthz p99 ≤ 100 ms while a plugin burns its deadline",
-        (!f.spinning.healthz.is_empty()).then_some(hz <= Duration::from_millis(100) && f.spinning.healthz_failures == 0),
+        (!f.spinning.healthz.is_empty())
+            .then_some(hz <= Duration::from_millis(100) && f.spinning.healthz_failures == 0),
         format!("p99 {} ({} probes)", millis(hz), f.spinning.healthz.len()),
     );
     let (quiet, spin) = (percentile(&f.quiet.secret, 99.0), percentile(&f.spinning.secret, 99.0));
