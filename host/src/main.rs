@@ -38,6 +38,24 @@ enum Command {
     Plugin(PluginCommand),
     /// Shows which replica holds which shard, from the Leases in the downstream cluster.
     Shards(ShardsArgs),
+    /// Says, for each field where an object's downstream copy differs from upstream, which
+    /// plugin (or built-in rule) kept or changed it; asks a running downsync (--addr).
+    Explain(ExplainArgs),
+}
+
+/// Which object, and where downsync serves.
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The upstream kind (Service, ConfigMap) or its plural.
+    kind: String,
+    /// NAMESPACE/NAME (upstream namespace), or NAME for a cluster-scoped kind.
+    object: String,
+    /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
+    #[arg(long, env = "DOWNSYNC_ADDR")]
+    addr: String,
+    /// Print the JSON answer instead.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the Leases of a target are.
@@ -180,6 +198,33 @@ enum PluginCommand {
         fixtures: PathBuf,
         #[command(flatten)]
         budget: Budget,
+    },
+    /// Shows each loaded plugin of a running downsync: the active version, its trial, a shadow
+    /// version and its progress, calls, errors by class, divergences, the last error.
+    Status {
+        /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
+        #[arg(long, env = "DOWNSYNC_ADDR")]
+        addr: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promotes the version of a plugin now running in shadow: writes `<stem>.promote` (the
+    /// component's sha256) next to it, which the running downsync acts on.
+    Promote {
+        /// The `.wasm` component in the plugins folder, as it is now (the shadow version).
+        file: PathBuf,
+    },
+    /// Runs a new version read-only over the live objects of the kinds it handles and prints,
+    /// per object, what it would write differently from the version in use. Writes nothing.
+    Replay {
+        /// The new `.wasm` component.
+        file: PathBuf,
+        /// Read the live objects of the clusters given by the source flags (as `run`).
+        #[arg(long, required = true)]
+        against_cluster: bool,
+        #[command(flatten)]
+        source: Box<SourceArgs>,
     },
     /// Writes a plugin skeleton with fixtures that pass `plugin test` once built.
     New {
@@ -455,6 +500,50 @@ async fn run_command() -> Result<ExitCode> {
                 let age = if r.age_seconds < 0 { "-".to_string() } else { format!("{}s ago", r.age_seconds) };
                 println!("{:<40} {:<7} {:<30} {:>9} {:>8}s", r.name, r.role, holder, age, r.duration_seconds);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(a) => {
+            let (namespace, name) = match a.object.split_once('/') {
+                Some((ns, name)) => (Some(ns), name),
+                None => (None, a.object.as_str()),
+            };
+            let mut path = format!("/explain?kind={}&name={name}", a.kind);
+            if let Some(ns) = namespace {
+                path.push_str(&format!("&namespace={ns}"));
+            }
+            let answer = downsync::app::ops_client::get_json(&a.addr, &path).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", downsync::app::explain::render(&answer));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Status { addr, json }) => {
+            let answer = downsync::app::ops_client::get_json(&addr, "/plugins").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", downsync::app::ops_client::render_plugins(&answer));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Promote { file }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let digest = downsync::plugin::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let stem = file.file_stem().and_then(|s| s.to_str()).context("the file has no name")?;
+            let marker = file.with_file_name(format!("{stem}.promote"));
+            std::fs::write(&marker, format!("{digest}\n")).with_context(|| format!("writing {}", marker.display()))?;
+            println!("wrote {} ({digest}); a running downsync promotes that version once it sees it", marker.display());
+            println!("(for a ConfigMap-mounted folder, add the key {stem}.promote with that value to the ConfigMap)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Replay { file, against_cluster: _, source }) => {
+            let config = source.into_config()?;
+            let mut out = String::new();
+            let result = downsync::app::replay::replay(config, &file, &mut out).await;
+            print!("{out}");
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Check { file, budget }) => {

@@ -78,6 +78,17 @@ impl Daemon {
         args: &[S],
         rust_log: Option<&str>,
     ) -> Result<Self> {
+        Self::start_with_env(name, cluster_args, args, rust_log, &[])
+    }
+
+    /// [`Daemon::start_with`] with extra environment variables (`POD_NAME` as a Deployment sets it).
+    pub fn start_with_env<S: AsRef<std::ffi::OsStr>>(
+        name: &str,
+        cluster_args: &[OsString],
+        args: &[S],
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = std::env::temp_dir().join(format!("downsync-{name}-{}-{port}.log", std::process::id()));
@@ -89,6 +100,7 @@ impl Daemon {
             None => cmd.env_remove("RUST_LOG"),
         };
         let child = cmd
+            .envs(env.iter().copied())
             .env("XDG_CACHE_HOME", std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(file)

@@ -259,3 +259,78 @@ fn a_refused_newcomer_is_reported_once_not_rechecked_in_a_loop_and_the_watch_sto
     assert_eq!(Arc::strong_count(&reloader), 1, "the reload thread let go of the reloader");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The stamp test component with `marker` in place of its own.
+fn stamp(marker: &str) -> Vec<u8> {
+    use downsync_plugin_testing_stamp::MARKER;
+    let base = std::fs::read(plugin_path("downsync-plugin-testing-stamp").expect("built")).expect("read");
+    downsync_tests::bench::reload::patch_bytes(&base, MARKER.as_bytes(), marker.as_bytes()).expect("patch")
+}
+
+fn start_with(dir: &Path, config: RegistryConfig) -> (Arc<Reloader>, downsync::plugin::WatchHandle) {
+    let engine = PluginEngine::new(EngineConfig {
+        cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
+    let reloader = Reloader::new(engine, dir, config, registry);
+    let handle = reloader
+        .watch(WatchConfig { debounce: Duration::from_millis(50), resync: Duration::from_secs(600) })
+        .expect("watch");
+    (reloader, handle)
+}
+
+/// The stamp the registry writes now, or the error.
+fn stamped(reloader: &Reloader) -> Result<String, String> {
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}});
+    let out = reloader.registry().transform(cm).map_err(|e| e.to_string())?;
+    Ok(out.pointer("/metadata/annotations/bench.downsync.dev~1stamp").and_then(Value::as_str).unwrap_or("none").into())
+}
+
+#[test]
+fn a_shadow_never_writes_and_is_withdrawn_when_the_file_goes_back_to_the_active_version() {
+    use downsync_plugin_testing_stamp::variant;
+    let dir = scratch("shadow-revert");
+    let config: RegistryConfig = serde_yaml_ng::from_str(
+        "plugins:\n  \"*\":\n    rollout:\n      shadow: true\n      windowCalls: 1000\n      windowSeconds: 600\n",
+    )
+    .expect("config");
+    std::fs::write(dir.join("stamp.wasm"), stamp(&variant(1))).expect("write v1");
+    let (reloader, _handle) = start_with(&dir, config);
+    assert_eq!(stamped(&reloader).as_deref(), Ok(variant(1).as_str()));
+
+    std::fs::write(dir.join("stamp.wasm"), stamp(&variant(2))).expect("write v2");
+    wait_for("v2 in shadow", || reloader.status().iter().any(|s| s.shadow_digest.is_some()));
+    for _ in 0..3 {
+        assert_eq!(stamped(&reloader).as_deref(), Ok(variant(1).as_str()), "the active version writes");
+    }
+    assert_eq!(reloader.registry().metrics().divergences("stamp"), 3);
+
+    std::fs::write(dir.join("stamp.wasm"), stamp(&variant(1))).expect("write v1 again");
+    wait_for("the shadow to be withdrawn", || reloader.status().iter().all(|s| s.shadow_digest.is_none()));
+    assert_eq!(stamped(&reloader).as_deref(), Ok(variant(1).as_str()));
+}
+
+#[test]
+fn a_swapped_in_version_that_traps_is_rolled_back_to_the_previous_one() {
+    use downsync_plugin_testing_stamp::{TRAP, variant};
+    let dir = scratch("rollback");
+    std::fs::write(dir.join("stamp.wasm"), stamp(&variant(1))).expect("write v1");
+    let (reloader, _handle) = start_with(&dir, RegistryConfig::default());
+    std::fs::write(dir.join("stamp.wasm"), stamp(TRAP)).expect("write the broken one");
+    wait_for("the broken version in use", || stamped(&reloader).is_err());
+    // Five failed calls (minCalls) over 50%: the reload thread is woken and rolls it back.
+    for _ in 0..5 {
+        let _ = stamped(&reloader);
+    }
+    wait_for("v1 back", || stamped(&reloader).as_deref() == Ok(variant(1).as_str()));
+    assert_eq!(reloader.registry().metrics().rollbacks("stamp"), 1);
+    let status = reloader.status();
+    let refused = status.iter().find_map(|s| s.last_error.clone()).unwrap_or_default();
+    assert!(refused.contains("rolled back"), "{refused}");
+    // The broken file stays on disk and is not loaded again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(reloader.scan().is_ok());
+    assert_eq!(stamped(&reloader).as_deref(), Ok(variant(1).as_str()));
+}

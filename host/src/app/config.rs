@@ -138,6 +138,10 @@ pub struct RunConfig {
     pub feature_gates: BTreeMap<String, bool>,
     /// High availability and sharding through Leases in the downstream cluster.
     pub ha: HaConfig,
+    /// Objects whose last rule decisions are kept for `downsync explain` (0 keeps none). Each
+    /// keeps its last 4 hook calls with at most 32 changed paths apiece: under 1 KiB per object
+    /// typically and 8 KiB at most, so the default 1024 bounds the record at 8 MiB.
+    pub explain_objects: usize,
 }
 
 /// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
@@ -171,6 +175,7 @@ impl Default for RunConfig {
             allow_same_cluster: false,
             feature_gates: BTreeMap::new(),
             ha: HaConfig::default(),
+            explain_objects: crate::plugin::journal::DEFAULT_MAX_OBJECTS,
         }
     }
 }

@@ -21,7 +21,7 @@ use super::http::{self, Health};
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
 use super::reconcile::{Action, reconcile};
-use super::startup::{connect, resolve_all, start_plugins};
+use super::startup::{connect, plugin_reloader, resolve_all, watch_plugins};
 use super::triggers::{self, ObjectKey, Watched, WorkKey};
 use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
@@ -110,7 +110,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = SyncMetrics::default();
     metrics.register(&mut registry);
-    let plugin_metrics = Metrics::default();
+    let plugin_metrics = Metrics::default().with_journal(config.explain_objects);
     plugin_metrics.register(&mut registry);
     let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
     connectivity.register(&mut registry);
@@ -132,7 +132,11 @@ pub async fn run(
     let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
     let slots = config.engine.pool_instances as usize;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
-    let (reloader, _watch) = start_plugins(&config, &rules).await?;
+    let reloader = plugin_reloader(&config, &rules).await?;
+    // Compiling can take long (tens of seconds for an interpreted guest without a cached
+    // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
+    // without the rules would write what they exist to prevent.
+    let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
 
     let resolved = resolve_all(&config, &up, &down).await?;
     let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
@@ -147,6 +151,7 @@ pub async fn run(
         })
         .with_ha_view(Arc::clone(&ha_view)),
     );
+    let explainer = Arc::clone(&health);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = match listener {
         Some(listener) => {
@@ -185,6 +190,7 @@ pub async fn run(
         syncer,
         config,
     });
+    explainer.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
     let reflectors = triggers::spawn_reflectors(&controller, streams);
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -196,6 +202,22 @@ pub async fn run(
             return Ok(Summary::default());
         }
     }
+    if let (Some(r), Some(events)) = (&reloader, crate::kube::pod_events::PodEvents::from_env(down.client.clone())) {
+        // The reload thread must not wait on the API: notices go through a channel.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::plugin::Notice>();
+        r.set_notifier(Arc::new(move |n| {
+            let _ = tx.send(n);
+        }));
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                events.publish(n.warning, n.reason, &n.message).await;
+            }
+        });
+    }
+    let _watch = match loading {
+        Some(task) => Some(task.await.map_err(|e| Error::Task(format!("loading plugins: {e}")))??),
+        None => None,
+    };
     controller.enqueue_initial().await;
     // The caches are warm: from here on this replica is a standby that can take over.
     let shard_watch = tokio::spawn(Arc::clone(&controller).watch_shards());
@@ -429,8 +451,16 @@ impl Controller {
     /// again, so the new behaviour shows without waiting for the next change or resync.
     async fn watch_rules(self: Arc<Self>, rules: Arc<PluginRegistry>) {
         let mut changes = rules.subscribe();
+        // A shadow version starting for a kind also counts: its objects are looked at again so
+        // the shadow sees each of them, and the active rules still decide every write.
         let fingerprints = |set: &PluginSet| -> Vec<String> {
-            self.watched.iter().map(|w| set.fingerprint_for(&w.up_ar.group, &w.up_ar.kind)).collect()
+            self.watched
+                .iter()
+                .map(|w| {
+                    let (g, k) = (&w.up_ar.group, &w.up_ar.kind);
+                    format!("{}|{}", set.fingerprint_for(g, k), set.shadow_fingerprint_for(g, k))
+                })
+                .collect()
         };
         let mut last = fingerprints(&rules.snapshot());
         while changes.changed().await.is_ok() {

@@ -41,26 +41,31 @@ pub struct DiffSummary {
 
 /// The before and after of one object, as seen through the dry-run downstream.
 #[derive(Debug, Default, Clone)]
-struct Seen {
-    before: Option<Value>,
-    after: Option<Value>,
+pub(super) struct Seen {
+    pub(super) before: Option<Value>,
+    pub(super) after: Option<Value>,
     /// The create was refused only because the namespace does not exist yet (`run` creates it).
-    namespace_missing: bool,
+    pub(super) namespace_missing: bool,
 }
 
 /// The dry-run downstream, remembering what it was shown and what it answered.
-struct Recording {
+pub(super) struct Recording {
     inner: KubeDownstream,
     seen: Mutex<BTreeMap<ObjectKey, Seen>>,
 }
 
 impl Recording {
+    /// Over a dry-run client: the API validates and defaults every write and persists nothing.
+    pub(super) fn dry_run(client: kube::Client) -> Self {
+        Self { inner: KubeDownstream::dry_run(client), seen: Mutex::default() }
+    }
+
     fn note(&self, key: &ObjectKey, f: impl FnOnce(&mut Seen)) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         f(seen.entry(key.clone()).or_default());
     }
 
-    fn take(&self, key: &ObjectKey) -> Seen {
+    pub(super) fn take(&self, key: &ObjectKey) -> Seen {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).remove(key).unwrap_or_default()
     }
 }
@@ -104,7 +109,7 @@ impl Downstream for Recording {
 }
 
 /// What the reader compares: no server bookkeeping, no status, no downsync bookkeeping.
-fn for_display(mut obj: Value) -> Value {
+pub(super) fn for_display(mut obj: Value) -> Value {
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
     }
@@ -156,10 +161,51 @@ fn mask_secrets(before: &mut Value, after: &mut Value) {
 
 /// A unified diff of two objects' YAML, three lines of context. Secret values are masked.
 pub fn unified(before: &Value, after: &Value) -> String {
+    unified_with(before, after, ("live", "after sync"))
+}
+
+/// [`unified`] with the two sides named.
+pub fn unified_with(before: &Value, after: &Value, names: (&str, &str)) -> String {
     let (mut before, mut after) = (for_display(before.clone()), for_display(after.clone()));
     mask_secrets(&mut before, &mut after);
     let (a, b) = (yaml(&before), yaml(&after));
-    similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("live", "after sync").to_string()
+    similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header(names.0, names.1).to_string()
+}
+
+/// The selected upstream objects of one resource, sorted, each as the desired object `run`
+/// would sync (or why it cannot be placed).
+pub(super) async fn desired_objects(
+    config: &RunConfig,
+    up: &kube::Client,
+    index: usize,
+    resolved: &Resolved,
+) -> Result<Vec<(DynamicObject, std::result::Result<Value, String>)>> {
+    let Resolved { config: r, up_ar, .. } = resolved;
+    let mut lp = ListParams::default();
+    if let Some(sel) = &r.label_selector {
+        lp = lp.labels(sel);
+    }
+    let upstream = Api::<DynamicObject>::all_with(up.clone(), up_ar).list(&lp).await.map_err(|e| Error::Resource {
+        index,
+        resource: r.describe(),
+        side: "upstream",
+        message: format!("cannot list: {}", classify(e)),
+    })?;
+    let mut objects: Vec<DynamicObject> = upstream
+        .items
+        .into_iter()
+        .filter(|o| config.selects(r, o.metadata.namespace.as_deref(), &o.name_any()))
+        .collect();
+    objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.name_any()));
+    Ok(objects
+        .into_iter()
+        .map(|obj| {
+            let value = super::reconcile::to_value(&obj, up_ar);
+            let desired = mapping::prepare_desired(value, &config.namespace_mapping, &config.sync.ownership.target)
+                .map_err(|e| e.to_string());
+            (obj, desired)
+        })
+        .collect())
 }
 
 /// Runs the diff and writes the report to `out`.
@@ -177,47 +223,28 @@ pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     let mut sync_config = config.sync.clone();
     // A dry-run delete never completes: a recreate is reported, not waited for.
     sync_config.recreate_timeout = Duration::ZERO;
-    let recording = Recording { inner: KubeDownstream::dry_run(down.client.clone()), seen: Mutex::default() };
+    let recording = Recording::dry_run(down.client.clone());
     let syncer = Syncer::new(recording, Arc::clone(&rules), sync_config, StateCache::new());
     let mut summary = DiffSummary::default();
     let owned_selector = ownership::owned_selector(&config.sync.ownership);
-    for (index, Resolved { config: r, up_ar, down_ar, down_resource }) in resolved.iter().enumerate() {
-        let mut lp = ListParams::default();
-        if let Some(sel) = &r.label_selector {
-            lp = lp.labels(sel);
-        }
+    for (index, resolved) in resolved.iter().enumerate() {
+        let Resolved { config: r, down_ar, down_resource, .. } = resolved;
         let list_err = |side: &'static str, e: kube::Error| Error::Resource {
             index,
             resource: r.describe(),
             side,
             message: format!("cannot list: {}", classify(e)),
         };
-        let upstream = Api::<DynamicObject>::all_with(up.client.clone(), up_ar)
-            .list(&lp)
-            .await
-            .map_err(|e| list_err("upstream", e))?;
         let mut wanted = HashSet::new();
-        let mut objects: Vec<DynamicObject> = upstream
-            .items
-            .into_iter()
-            .filter(|o| config.selects(r, o.metadata.namespace.as_deref(), &o.name_any()))
-            .collect();
-        objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.name_any()));
-        for obj in objects {
-            let mut value = serde_json::to_value(&obj).unwrap_or(Value::Null);
-            if let Some(o) = value.as_object_mut() {
-                o.insert("apiVersion".into(), Value::String(up_ar.api_version.clone()));
-                o.insert("kind".into(), Value::String(up_ar.kind.clone()));
-            }
-            let desired =
-                match mapping::prepare_desired(value, &config.namespace_mapping, &config.sync.ownership.target) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        summary.errors += 1;
-                        let _ = writeln!(out, "! {e}");
-                        continue;
-                    }
-                };
+        for (obj, desired) in desired_objects(&config, &up.client, index, resolved).await? {
+            let desired = match desired {
+                Ok(d) => d,
+                Err(e) => {
+                    summary.errors += 1;
+                    let _ = writeln!(out, "! {e}");
+                    continue;
+                }
+            };
             let ns = desired.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
             wanted.insert((ns, obj.name_any()));
             let result = syncer.apply(desired, None).await;

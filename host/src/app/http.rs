@@ -2,12 +2,13 @@
 //! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
 //! file has loaded at least once; `/readyz?verbose` adds each side's connection state and the
 //! shards this replica holds, and the plugins that fail at run time), `/shards` (which replica
-//! holds which shard, as JSON) and `/plugins` (per plugin: what is loaded, calls, failures by
-//! class, the last error; JSON).
+//! holds which shard, as JSON), `/plugins` (per plugin: what is loaded, calls, failures by
+//! class, the last error, shadow and rollback state; JSON) and `/explain` (which rule kept or
+//! changed each field of one object; JSON, see [`super::explain`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -22,6 +23,28 @@ use crate::plugin::Reloader;
 
 /// A liveness check: `None` when live, else why not.
 pub type LiveCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Answers `/explain` for one object, by upstream kind, namespace and name.
+pub trait Explainer: Send + Sync {
+    /// The explanation as JSON, or why there is none (an unknown kind or object).
+    fn explain<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, String>>;
+}
+
+impl Explainer for super::controller::Controller {
+    fn explain<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(super::controller::Controller::explain(self, kind, namespace, name))
+    }
+}
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +69,7 @@ pub struct Health {
     connectivity: Arc<Connectivity>,
     live: LiveCheck,
     ha: SharedView,
+    explainer: OnceLock<Arc<dyn Explainer>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -72,6 +96,7 @@ impl Health {
             connectivity,
             live,
             ha: SharedView::default(),
+            explainer: OnceLock::new(),
         }
     }
 
@@ -100,6 +125,11 @@ impl Health {
             v.shards,
             v.live_replicas.join(", ")
         )
+    }
+
+    /// Serves `/explain` through `explainer` (set once the controller exists).
+    pub fn set_explainer(&self, explainer: Arc<dyn Explainer>) {
+        let _ = self.explainer.set(explainer);
     }
 
     /// `None` when live, else why not.
@@ -156,6 +186,40 @@ async fn plugins(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
+/// The `key=value` pairs of a query string. Names and kinds never need escapes, so a `%` is
+/// refused rather than decoded.
+fn query_pairs(q: Option<&str>) -> Result<Vec<(&str, &str)>, String> {
+    let q = q.unwrap_or_default();
+    if q.contains('%') {
+        return Err("escaped characters are not accepted: kinds, namespaces and names need none".into());
+    }
+    Ok(q.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect())
+}
+
+async fn explain(
+    State(h): State<Arc<Health>>,
+    RawQuery(q): RawQuery,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let error =
+        |code: StatusCode, message: String| (code, json.clone(), serde_json::json!({"error": message}).to_string());
+    let pairs = match query_pairs(q.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let get = |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v).filter(|v| !v.is_empty());
+    let (Some(kind), Some(name)) = (get("kind"), get("name")) else {
+        return error(StatusCode::BAD_REQUEST, "give kind, name and (for namespaced kinds) namespace".into());
+    };
+    let Some(explainer) = h.explainer.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the sync loop has not started yet".into());
+    };
+    match explainer.explain(kind, get("namespace"), name).await {
+        Ok(answer) => (StatusCode::OK, json, answer.to_string()),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
 async fn shards(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], h.shards_json())
 }
@@ -172,6 +236,13 @@ async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusC
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     };
+    // A brand-new plugin that fails on (nearly) every call has nothing to roll back to: said
+    // on every /readyz, while the pod stays ready (the README says why).
+    for line in h.reloader.as_ref().map(|r| r.failing_without_fallback()).unwrap_or_default() {
+        text.push_str("warning: ");
+        text.push_str(&line);
+        text.push('\n');
+    }
     let verbose = q.as_deref().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
     if verbose {
         text.push_str(&h.connectivity.describe());
@@ -213,6 +284,7 @@ pub fn serve(
         .route("/readyz", get(readyz))
         .route("/shards", get(shards))
         .route("/plugins", get(plugins))
+        .route("/explain", get(explain))
         .with_state(health);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {

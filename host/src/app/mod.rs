@@ -6,12 +6,15 @@ pub mod connectivity;
 pub mod controller;
 pub mod diff;
 pub mod error_policy;
+pub mod explain;
 pub mod features;
 pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod namespaces;
+pub mod ops_client;
 pub mod reconcile;
+pub mod replay;
 pub mod startup;
 pub mod triggers;
 

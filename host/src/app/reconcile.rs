@@ -29,15 +29,22 @@ pub enum Action {
 /// Result of one reconcile.
 pub type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
-/// The object as JSON, with its apiVersion and kind: list and watch items often lack them.
+/// The object as JSON, with its apiVersion and kind: list and watch items often lack them. A
+/// cached object's body is kept as text ([`super::triggers::body`]) and parsed here.
 pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
-    // A DynamicObject is a JSON map with typed metadata; it always serialises.
-    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
-        o.insert("kind".into(), Value::String(ar.kind.clone()));
+    let mut map = serde_json::Map::new();
+    map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+    map.insert("kind".into(), Value::String(ar.kind.clone()));
+    // Typed metadata always serialises.
+    map.insert("metadata".into(), serde_json::to_value(&obj.metadata).unwrap_or(Value::Null));
+    if let Value::Object(body) = super::triggers::body(obj) {
+        for (k, v) in body {
+            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                map.insert(k, v);
+            }
+        }
     }
-    v
+    Value::Object(map)
 }
 
 /// Reconciles one key.
@@ -104,9 +111,9 @@ async fn sync(
     }
     if ctx.config.status_upsync
         && let Some(d) = down
-        && let Some(status) = d.data.get("status")
-        && up.data.get("status") != Some(status)
-        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, status).await
+        && let Some(status) = super::triggers::body(d).get("status").cloned()
+        && super::triggers::body(up).get("status") != Some(&status)
+        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, &status).await
     {
         ctx.metrics.record_failure(kind, "upsync");
         return Err(ReconcileError::Upstream { operation: "copying the status", message: e.to_string() });

@@ -129,15 +129,32 @@ pub async fn start_plugins(
     config: &RunConfig,
     rules: &Arc<PluginRegistry>,
 ) -> Result<(Option<Arc<Reloader>>, Option<WatchHandle>)> {
-    let Some(dir) = config.plugins_dir.clone() else { return Ok((None, None)) };
+    let Some(reloader) = plugin_reloader(config, rules).await? else { return Ok((None, None)) };
+    let handle = watch_plugins(Arc::clone(&reloader)).await?;
+    Ok((Some(reloader), Some(handle)))
+}
+
+/// The reloader of the plugins folder, if one is configured; nothing is loaded yet.
+pub async fn plugin_reloader(config: &RunConfig, rules: &Arc<PluginRegistry>) -> Result<Option<Arc<Reloader>>> {
+    let Some(dir) = config.plugins_dir.clone() else { return Ok(None) };
     let (engine_config, registry_config, rules) = (config.engine.clone(), config.registry_config(), Arc::clone(rules));
-    let (reloader, handle) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let reloader = tokio::task::spawn_blocking(move || -> Result<_> {
         let engine = PluginEngine::new(engine_config)?;
-        let reloader = Reloader::new(engine, &dir, registry_config, rules);
+        Ok(Reloader::new(engine, &dir, registry_config, rules))
+    })
+    .await
+    .map_err(|e| Error::Task(format!("starting the plugin engine: {e}")))??;
+    Ok(Some(reloader))
+}
+
+/// Loads every plugin (a compile can take many seconds for an interpreted guest, so `run`
+/// fills its caches meanwhile) and starts watching the folder.
+pub async fn watch_plugins(reloader: Arc<Reloader>) -> Result<WatchHandle> {
+    let r = Arc::clone(&reloader);
+    let handle = tokio::task::spawn_blocking(move || -> Result<_> {
         // A short debounce: a swap is one rename (or one ConfigMap `..data` flip), so there is
         // little to coalesce, and operators expect to see it at once.
-        let handle = reloader.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?;
-        Ok((reloader, handle))
+        Ok(r.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?)
     })
     .await
     .map_err(|e| Error::Task(format!("loading plugins: {e}")))??;
@@ -148,7 +165,7 @@ pub async fn start_plugins(
             (None, None) => {}
         }
     }
-    Ok((Some(reloader), Some(handle)))
+    Ok(handle)
 }
 
 async fn resolve_one(client: &Client, gvk: &GroupVersionKind) -> std::result::Result<(ApiResource, bool), String> {

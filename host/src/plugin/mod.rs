@@ -10,9 +10,11 @@ pub mod error;
 pub mod fixtures;
 mod host;
 pub mod imports;
+pub mod journal;
 pub mod projection;
 pub mod registry;
 pub mod reload;
+pub mod rollout;
 pub mod scaffold;
 mod wasi;
 
@@ -20,6 +22,8 @@ pub use component::{Decision, Hooks, InstancePolicy, KindPattern, Plugin, Plugin
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use registry::{
-    FailurePolicy, LastError, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
+    FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
+    Shadow,
 };
-pub use reload::{PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use rollout::{Promote, RolloutSettings, Stage, Trial};

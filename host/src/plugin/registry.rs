@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +19,9 @@ use tokio::sync::Semaphore;
 use super::component::{Called, Decision, InstancePolicy, Plugin, PluginInfo, WitVersion, object_ref};
 use super::contract::{self, patterns_overlap};
 use super::error::{CallFailure, Error, Result};
+use super::journal::{self, Journal};
+use super::rollout::{RolloutSettings, Trial, compare_decisions, compare_values, decision_name};
+use crate::sync::delta::delta;
 use crate::sync::intent::Intent;
 use crate::sync::rules::{RuleDecision, RuleError, RuleSet, Rules};
 
@@ -42,12 +45,15 @@ pub struct PluginSettings {
     pub failure_policy: FailurePolicy,
     /// sha256 (lowercase hex) the component must have; a different one is refused.
     pub digest: Option<String>,
+    /// How new versions are rolled out: shadow, promotion, automatic rollback.
+    pub rollout: RolloutSettings,
     /// `fresh` (default): a new instance per call. `reused`: kept instances reset between
     /// calls, honoured only for a plugin that declares itself stateless (see [`InstancePolicy`]).
     pub instances: InstancePolicy,
 }
 
-/// The typed plugin configuration: settings by plugin name. Unlisted plugins get the defaults.
+/// The typed plugin configuration: settings by plugin name. Unlisted plugins get the settings
+/// under `"*"`, if given, else the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -58,7 +64,7 @@ pub struct RegistryConfig {
 impl RegistryConfig {
     /// The settings of one plugin.
     pub fn settings(&self, name: &str) -> PluginSettings {
-        self.plugins.get(name).cloned().unwrap_or_default()
+        self.plugins.get(name).or_else(|| self.plugins.get("*")).cloned().unwrap_or_default()
     }
 }
 
@@ -108,7 +114,12 @@ pub struct Metrics {
     latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
     fuel: Family<PluginLabels, Counter>,
     reload_failures: Family<PluginLabels, Counter>,
+    shadow_calls: Family<PluginLabels, Counter>,
+    divergences: Family<PluginLabels, Counter>,
+    rollbacks: Family<PluginLabels, Counter>,
+    promotions: Family<PluginLabels, Counter>,
     last_errors: Arc<Mutex<HashMap<String, LastError>>>,
+    journal: Journal,
 }
 
 impl Default for Metrics {
@@ -119,7 +130,12 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             fuel: Family::default(),
             reload_failures: Family::default(),
+            shadow_calls: Family::default(),
+            divergences: Family::default(),
+            rollbacks: Family::default(),
+            promotions: Family::default(),
             last_errors: Arc::default(),
+            journal: Journal::default(),
         }
     }
 }
@@ -133,6 +149,54 @@ impl Metrics {
         r.register("call_seconds", "Plugin call latency", self.latency.clone());
         r.register("fuel", "Fuel burnt by plugin calls", self.fuel.clone());
         r.register("reload_failures", "New plugin versions refused by the reload checks", self.reload_failures.clone());
+        r.register("shadow_calls", "Calls of plugin versions running in shadow", self.shadow_calls.clone());
+        r.register(
+            "shadow_divergences",
+            "Shadow calls whose result differed from the active version's",
+            self.divergences.clone(),
+        );
+        r.register("rollbacks", "Plugin versions taken out automatically", self.rollbacks.clone());
+        r.register("promotions", "Shadow plugin versions promoted to active", self.promotions.clone());
+    }
+
+    /// Keeps the explain record of at most `max_objects` objects (0: none).
+    #[must_use]
+    pub fn with_journal(mut self, max_objects: usize) -> Self {
+        self.journal = Journal::new(max_objects);
+        self
+    }
+
+    /// The explain record.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Calls of one plugin's shadow versions so far.
+    pub fn shadow_calls(&self, plugin: &str) -> u64 {
+        self.shadow_calls.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    /// Divergences of one plugin's shadow versions so far.
+    pub fn divergences(&self, plugin: &str) -> u64 {
+        self.divergences.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    /// Versions of one plugin rolled back so far.
+    pub fn rollbacks(&self, plugin: &str) -> u64 {
+        self.rollbacks.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    /// Shadow versions of one plugin promoted so far.
+    pub fn promotions(&self, plugin: &str) -> u64 {
+        self.promotions.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    pub(crate) fn record_rollback(&self, plugin: &str) {
+        self.rollbacks.get_or_create(&PluginLabels { plugin: plugin.into() }).inc();
+    }
+
+    pub(crate) fn record_promotion(&self, plugin: &str) {
+        self.promotions.get_or_create(&PluginLabels { plugin: plugin.into() }).inc();
     }
 
     /// Calls of one hook of one plugin so far.
@@ -192,6 +256,37 @@ pub struct Loaded {
     pub plugin: Plugin,
     /// Its settings.
     pub settings: PluginSettings,
+    /// The trial of this version, while it is on one (or, for a brand-new plugin, its counts).
+    pub trial: Option<Arc<Trial>>,
+    /// A newer version running beside this one, compared and never used.
+    pub shadow: Option<Shadow>,
+}
+
+/// A version running in shadow.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    /// The new version.
+    pub plugin: Plugin,
+    /// Its counts.
+    pub trial: Arc<Trial>,
+}
+
+/// One plugin of a set as the reloader builds it: the active version, its trial, its shadow.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The active version.
+    pub plugin: Plugin,
+    /// Its trial, if on one.
+    pub trial: Option<Arc<Trial>>,
+    /// A new version in shadow.
+    pub shadow: Option<Shadow>,
+}
+
+impl Loaded {
+    /// The shadow, while its trial is open (a settled one no longer runs).
+    fn live_shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref().filter(|s| !s.trial.is_settled())
+    }
 }
 
 /// An immutable set of plugins, checked for pins and overlapping scopes, in call order.
@@ -203,6 +298,8 @@ pub struct PluginSet {
     ignore_cache: Mutex<HashMap<(String, String), Vec<String>>>,
     /// Sorted `name@digest`, comma-separated; computed once (the syncer asks per object).
     fingerprint: String,
+    /// The fingerprint plus the shadow versions: what a reload compares to see a change.
+    identity: String,
 }
 
 impl PluginSet {
@@ -211,8 +308,16 @@ impl PluginSet {
     /// Refuses a digest that does not match its pin, two components with the same name, and two
     /// plugins that handle a common kind with overlapping write scopes.
     pub fn new(plugins: Vec<Plugin>, config: &RegistryConfig) -> Result<Self> {
-        let mut entries = Vec::with_capacity(plugins.len());
-        for plugin in plugins {
+        Self::from_members(
+            plugins.into_iter().map(|plugin| Member { plugin, trial: None, shadow: None }).collect(),
+            config,
+        )
+    }
+
+    /// Builds a set of active versions with their trials and shadows, checked as [`PluginSet::new`].
+    pub fn from_members(members: Vec<Member>, config: &RegistryConfig) -> Result<Self> {
+        let mut entries = Vec::with_capacity(members.len());
+        for Member { plugin, trial, shadow } in members {
             let settings = config.settings(plugin.name());
             if let Some(pin) = &settings.digest
                 && !pin.eq_ignore_ascii_case(plugin.digest())
@@ -223,8 +328,10 @@ impl PluginSet {
                     actual: plugin.digest().to_string(),
                 });
             }
+            // A shadow version runs with the same instance policy as the version it would replace.
             let plugin = plugin.with_instances(settings.instances);
-            entries.push(Loaded { plugin, settings });
+            let shadow = shadow.map(|s| Shadow { plugin: s.plugin.with_instances(settings.instances), ..s });
+            entries.push(Loaded { plugin, settings, trial, shadow });
         }
         entries.sort_by(|a, b| (a.settings.priority, a.plugin.name()).cmp(&(b.settings.priority, b.plugin.name())));
         for (i, a) in entries.iter().enumerate() {
@@ -242,7 +349,34 @@ impl PluginSet {
         let mut ids: Vec<String> =
             entries.iter().map(|e| format!("{}@{}", e.plugin.name(), e.plugin.digest())).collect();
         ids.sort();
-        Ok(Self { entries, ignore_cache: Mutex::default(), fingerprint: ids.join(",") })
+        let fingerprint = ids.join(",");
+        let mut shadows: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.shadow.as_ref().map(|s| format!("{}@{}", s.plugin.name(), s.plugin.digest())))
+            .collect();
+        shadows.sort();
+        let identity = format!("{fingerprint}|shadow:{}", shadows.join(","));
+        Ok(Self { entries, ignore_cache: Mutex::default(), fingerprint, identity })
+    }
+
+    /// The fingerprint plus the versions in shadow: differs whenever calls would differ.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// `name@digest` of the shadow versions running for one kind, comma-separated.
+    pub fn shadow_fingerprint_for(&self, group: &str, kind: &str) -> String {
+        let ids: Vec<String> = self
+            .matching(group, kind)
+            .filter_map(|e| e.live_shadow().map(|s| format!("{}@{}", s.plugin.name(), s.plugin.digest())))
+            .collect();
+        ids.join(",")
+    }
+
+    /// Whether a shadow version is running for this kind (the syncer then runs the rules even
+    /// when nothing changed, so the shadow sees every object).
+    pub fn shadowing(&self, group: &str, kind: &str) -> bool {
+        self.matching(group, kind).any(|e| e.live_shadow().is_some())
     }
 
     /// The plugins in call order.
@@ -353,7 +487,7 @@ impl PluginRegistry {
 
     /// Puts `set` in use for every call that starts from now on; returns the previous set.
     pub fn swap(&self, set: PluginSet) -> Arc<PluginSet> {
-        let fingerprint = set.fingerprint();
+        let fingerprint = set.identity().to_string();
         let new = Arc::new(set);
         let old = {
             let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -398,17 +532,73 @@ impl PluginRegistry {
     }
 }
 
-/// Runs one hook and records its metrics.
+/// Runs one hook of the active version and records its metrics and its trial's counts.
 fn observe<T>(
     metrics: &Metrics,
     entry: &Loaded,
     hook: &'static str,
     f: impl FnOnce(&Plugin) -> Result<Called<T>>,
-) -> Result<T> {
+) -> (Result<Called<T>>, Duration) {
     let started = Instant::now();
     let outcome = f(&entry.plugin);
     metrics.record(entry.plugin.name(), hook, started, &outcome);
-    outcome.map(|c| c.value)
+    if let Some(trial) = &entry.trial {
+        trial.record(outcome.is_err(), outcome.as_ref().map_or(0, |c| c.fuel));
+    }
+    (outcome, started.elapsed())
+}
+
+/// Runs one hook of the shadow version, if one is running, on the same input; counts it and
+/// compares its result with the active version's through `compare`. Its result is dropped.
+fn shadow_call<T>(
+    metrics: &Metrics,
+    entry: &Loaded,
+    object: &str,
+    f: impl FnOnce(&Plugin) -> Result<Called<T>>,
+    compare: impl FnOnce(Result<&T, &str>) -> Option<String>,
+) {
+    let Some(shadow) = entry.live_shadow() else { return };
+    let outcome = f(&shadow.plugin);
+    metrics.shadow_calls.get_or_create(&PluginLabels { plugin: entry.plugin.name().into() }).inc();
+    shadow.trial.record(outcome.is_err(), outcome.as_ref().map_or(0, |c| c.fuel));
+    let message = outcome.as_ref().err().map(|e| e.failure().map_or("other", CallFailure::as_str).to_string());
+    let result = match &outcome {
+        Ok(c) => Ok(&c.value),
+        Err(_) => Err(message.as_deref().unwrap_or("other")),
+    };
+    if let Some(what) = compare(result) {
+        metrics.divergences.get_or_create(&PluginLabels { plugin: entry.plugin.name().into() }).inc();
+        shadow.trial.record_divergence(object, &what);
+    }
+}
+
+/// The explain record of one active call.
+fn journal_entry(
+    entry: &Loaded,
+    hook: &'static str,
+    changed: Option<crate::sync::delta::Delta>,
+    decision: String,
+    fuel: u64,
+    took: Duration,
+) -> journal::Entry {
+    let digest = entry.plugin.digest();
+    let changed = changed.unwrap_or_default();
+    journal::Entry {
+        plugin: entry.plugin.name().to_string(),
+        digest: digest.get(..12).unwrap_or(digest).to_string(),
+        hook,
+        paths: changed.paths,
+        truncated: changed.truncated,
+        decision,
+        fuel,
+        micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        at_unix_seconds: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// The failure class of a failed call, for comparisons and the record.
+fn failure_of(e: &Error) -> &'static str {
+    e.failure().map_or("other", CallFailure::as_str)
 }
 
 /// Applies the plugin's failure policy: `Ok(())` means "skip it for this call".
@@ -456,14 +646,25 @@ impl PluginSet {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
+        let journal = metrics.journal();
         for entry in self.matching(&group, &kind).filter(|e| e.plugin.info().hooks.transform) {
-            let out = observe(metrics, entry, "transform", |p| {
+            let call = |p: &Plugin| {
                 let called = p.transform(&cur, intent)?;
                 contract::check(p.info(), "transform", &cur, &called.value)?;
                 Ok(called)
-            });
+            };
+            let (out, took) = observe(metrics, entry, "transform", call);
+            let active = out.as_ref().map(|c| &c.value).map_err(failure_of);
+            shadow_call(metrics, entry, &object, call, |shadow| compare_values(active, shadow));
+            if journal.enabled() {
+                let (changed, decision, fuel) = match &out {
+                    Ok(c) => (Some(delta(&cur, &c.value)), "apply".to_string(), c.fuel),
+                    Err(e) => (None, format!("failed: {}", failure_of(e)), 0),
+                };
+                journal.record(&object, journal_entry(entry, "transform", changed, decision, fuel, took));
+            }
             match out {
-                Ok(next) => cur = next,
+                Ok(next) => cur = next.value,
                 Err(e) => on_failure(entry, "transform", &object, e)?,
             }
         }
@@ -482,15 +683,32 @@ impl PluginSet {
         let (group, kind) = group_kind(&desired);
         let object = object_ref(&desired);
         let mut cur = desired;
+        let journal = metrics.journal();
         for entry in self.matching(&group, &kind).filter(|e| e.plugin.info().hooks.preserve) {
-            let out = observe(metrics, entry, "preserve", |p| {
+            let call = |p: &Plugin| {
                 let called = p.preserve(existing, &cur, intent)?;
                 if let Decision::Apply(next) = &called.value {
                     contract::check(p.info(), "preserve", &cur, next)?;
                 }
                 Ok(called)
-            });
-            match out {
+            };
+            let (out, took) = observe(metrics, entry, "preserve", call);
+            let active = out.as_ref().map(|c| &c.value).map_err(failure_of);
+            shadow_call(metrics, entry, &object, call, |shadow| compare_decisions(active, shadow));
+            if journal.enabled() {
+                let (changed, decision, fuel) = match &out {
+                    Ok(c) => {
+                        let changed = match &c.value {
+                            Decision::Apply(next) => Some(delta(&cur, next)),
+                            _ => None,
+                        };
+                        (changed, decision_name(&c.value).to_string(), c.fuel)
+                    }
+                    Err(e) => (None, format!("failed: {}", failure_of(e)), 0),
+                };
+                journal.record(&object, journal_entry(entry, "preserve", changed, decision, fuel, took));
+            }
+            match out.map(|c| c.value) {
                 Ok(Decision::Apply(next)) => cur = next,
                 Ok(Decision::Recreate(reason)) => {
                     tracing::info!(plugin = entry.plugin.name(), object, kind, reason, "plugin asks to recreate");
@@ -519,7 +737,7 @@ impl PluginSet {
         let object = format!("{kind}.{group}");
         let (mut paths, mut complete) = (Vec::<String>::new(), true);
         for entry in self.matching(group, kind).filter(|e| e.plugin.info().hooks.ignore_paths) {
-            match observe(metrics, entry, "ignore-paths", |p| p.ignore_paths(group, kind)) {
+            match observe(metrics, entry, "ignore-paths", |p| p.ignore_paths(group, kind)).0.map(|c| c.value) {
                 Ok(found) => {
                     for p in found {
                         if !paths.contains(&p) {
@@ -611,6 +829,10 @@ impl Rules for PluginRegistry {
 impl RuleSet for RuleSnapshot {
     fn fingerprint_for(&self, group: &str, kind: &str) -> String {
         self.set.fingerprint_for(group, kind)
+    }
+
+    fn shadowing(&self, group: &str, kind: &str) -> bool {
+        self.set.shadowing(group, kind)
     }
 
     fn uses_intent(&self, group: &str, kind: &str) -> bool {

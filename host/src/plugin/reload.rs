@@ -25,7 +25,8 @@ use super::component::Plugin;
 use super::engine::{PluginEngine, hex};
 use super::error::{CallFailure, Error, Result};
 use super::fixtures;
-use super::registry::{PluginRegistry, PluginSet, RegistryConfig};
+use super::registry::{Member, PluginRegistry, PluginSet, RegistryConfig, Shadow};
+use super::rollout::{Stage, Trial, Verdict, Waker};
 
 /// How the folder is watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,7 @@ impl Default for WatchConfig {
 }
 
 /// The state of one plugin file, for /readyz and the CLI.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PluginStatus {
     /// The plugin's name once loaded; the file stem until then.
     pub name: String,
@@ -53,9 +54,61 @@ pub struct PluginStatus {
     pub digest: Option<String>,
     /// When the version in use was swapped in.
     pub loaded_at: Option<SystemTime>,
-    /// Why the latest version on disk was refused, if it was.
+    /// Why the latest version on disk was refused (or rolled back), if it was.
     pub last_error: Option<String>,
+    /// sha256 of a new version running in shadow, if any.
+    pub shadow_digest: Option<String>,
+    /// The rollout state, as `/plugins` shows it (`active`, `shadow`, `previousDigest`, ...).
+    pub rollout: serde_json::Value,
 }
+
+/// The rollout state of one file for `/plugins`: the trial of the version in use, the shadow
+/// and its progress, the version kept to roll back to, the last rollback or promotion.
+fn rollout_json(s: &Slot) -> serde_json::Value {
+    let trial_json = |t: &Trial| {
+        let (stats, settings) = (t.stats(), t.settings());
+        serde_json::json!({
+            "stage": t.stage(),
+            "open": !t.is_settled(),
+            "calls": stats.calls,
+            "errors": stats.errors,
+            "divergences": stats.divergences,
+            "fuel": stats.fuel,
+            "elapsedSeconds": t.elapsed().as_secs(),
+            "windowCalls": settings.window_calls,
+            "windowSeconds": settings.window_seconds,
+            "promote": settings.promote,
+            "lastDivergence": t.last_divergence(),
+        })
+    };
+    serde_json::json!({
+        "trial": s.trial.as_deref().map(trial_json),
+        "previousDigest": s.previous.as_ref().map(|p| p.digest().to_string()),
+        "shadow": s.shadow.as_ref().map(|(p, t, _)| {
+            let mut j = trial_json(t);
+            j["digest"] = p.digest().into();
+            j["awaitingPromotion"] = s.awaiting.into();
+            j
+        }),
+        "lastRollout": s.last_rollout,
+    })
+}
+
+/// A rollout the operators should hear of (a rollback, a promotion), for an Event on the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The plugin.
+    pub plugin: String,
+    /// A rollback is a warning; a promotion is not.
+    pub warning: bool,
+    /// `PluginRolledBack` or `PluginPromoted`.
+    pub reason: &'static str,
+    /// What happened, with the digests.
+    pub message: String,
+}
+
+/// Receives [`Notice`]s; called on the reload thread, so it must not block.
+pub type Notifier = Arc<dyn Fn(Notice) + Send + Sync>;
 
 /// What the reloader knows about one `<stem>.wasm`.
 #[derive(Debug)]
@@ -63,6 +116,17 @@ struct Slot {
     file: PathBuf,
     /// The version in use and when it was loaded.
     good: Option<(Plugin, SystemTime)>,
+    /// The trial of the version in use (probation after a swap, or a brand-new plugin's counts).
+    trial: Option<Arc<Trial>>,
+    /// The version to roll back to while the one in use is on probation.
+    previous: Option<Plugin>,
+    /// A new version running in shadow, and when it started.
+    shadow: Option<(Plugin, Arc<Trial>, SystemTime)>,
+    /// The shadow's window closed but it needs an operator (divergent, or `promote: manual`);
+    /// said once.
+    awaiting: bool,
+    /// The last automatic rollback or promotion, for the status.
+    last_rollout: Option<String>,
     /// Why the latest bytes were refused.
     last_error: Option<String>,
     /// The refused bytes, so the same file is not checked again and again.
@@ -74,7 +138,18 @@ struct Slot {
 
 impl Slot {
     fn new(file: PathBuf) -> Self {
-        Self { file, good: None, last_error: None, refused: None, reported: None }
+        Self {
+            file,
+            good: None,
+            trial: None,
+            previous: None,
+            shadow: None,
+            awaiting: false,
+            last_rollout: None,
+            last_error: None,
+            refused: None,
+            reported: None,
+        }
     }
 }
 
@@ -98,7 +173,6 @@ fn others<'a>(good: impl Iterator<Item = (&'a String, &'a str)>, stem: &str) -> 
 }
 
 /// Loads the plugins of a folder into a registry and keeps them current.
-#[derive(Debug)]
 pub struct Reloader {
     engine: PluginEngine,
     dir: PathBuf,
@@ -108,6 +182,16 @@ pub struct Reloader {
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Serialises scans (the watcher thread and explicit calls).
     scanning: Mutex<()>,
+    /// Wakes the reload thread when a trial may have a verdict (set by [`Reloader::watch`]).
+    waker: Mutex<Option<Waker>>,
+    /// Told of rollbacks and promotions.
+    notifier: Mutex<Option<Notifier>>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").field("dir", &self.dir).field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 /// A file that changed and what came of checking it.
@@ -128,6 +212,8 @@ impl Reloader {
             registry,
             slots: Mutex::default(),
             scanning: Mutex::default(),
+            waker: Mutex::default(),
+            notifier: Mutex::default(),
         })
     }
 
@@ -172,6 +258,12 @@ impl Reloader {
                     "errors": errors,
                     "lastError": metrics.last_error(&s.name),
                     "refusedVersion": s.last_error,
+                    "shadowDigest": s.shadow_digest,
+                    "shadowCalls": metrics.shadow_calls(&s.name),
+                    "divergences": metrics.divergences(&s.name),
+                    "promotions": metrics.promotions(&s.name),
+                    "rollbacks": metrics.rollbacks(&s.name),
+                    "rollout": s.rollout,
                 })
             })
             .collect();
@@ -207,6 +299,30 @@ impl Reloader {
                 digest: s.good.as_ref().map(|(p, _)| p.digest().to_string()),
                 loaded_at: s.good.as_ref().map(|(_, at)| *at),
                 last_error: s.last_error.clone(),
+                shadow_digest: s.shadow.as_ref().map(|(p, _, _)| p.digest().to_string()),
+                rollout: rollout_json(s),
+            })
+            .collect()
+    }
+
+    /// One line per brand-new plugin (no earlier version to roll back to) whose calls mostly
+    /// fail: `/readyz` says so even without `verbose`.
+    pub fn failing_without_fallback(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .filter_map(|(stem, s)| {
+                let trial = s.trial.as_ref().filter(|t| t.stage() == Stage::New)?;
+                let (stats, settings) = (trial.stats(), trial.settings());
+                let failing = stats.calls >= settings.min_calls.max(1)
+                    && stats.errors * 100 > u64::from(settings.max_error_percent.min(100)) * stats.calls;
+                failing.then(|| {
+                    let name = s.good.as_ref().map_or(stem.as_str(), |(p, _)| p.name());
+                    format!(
+                        "plugin {name} has no earlier version to roll back to and {} of its {} calls failed; its objects are held back",
+                        stats.errors, stats.calls
+                    )
+                })
             })
             .collect()
     }
@@ -224,6 +340,10 @@ impl Reloader {
                 .map(|(k, s)| (k.clone(), (s.good.as_ref().map(|(p, _)| p.digest().to_string()), s.refused.clone())))
                 .collect()
         };
+        let in_shadow: BTreeMap<String, String> = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.iter().filter_map(|(k, s)| Some((k.clone(), s.shadow.as_ref()?.0.digest().to_string()))).collect()
+        };
         // The versions in use of the files still on disk, as the next commit will see them.
         let in_use: Vec<(&String, &str)> = known
             .iter()
@@ -233,6 +353,7 @@ impl Reloader {
 
         let mut candidates = Vec::new();
         let mut unreadable = Vec::new();
+        let mut reverted = Vec::new();
         for (stem, file) in &on_disk {
             let bytes = match std::fs::read(file) {
                 Ok(b) => b,
@@ -250,7 +371,12 @@ impl Reloader {
             let refused_again = refused.is_some_and(|r| {
                 r.digest == digest && r.against.as_ref().is_none_or(|a| *a == others(in_use.iter().copied(), stem))
             });
-            if good.as_deref() == Some(&digest) || refused_again {
+            if good.as_deref() == Some(&digest) && in_shadow.contains_key(stem) {
+                // The file holds the version in use again: the shadow it held is withdrawn.
+                reverted.push(stem.clone());
+                continue;
+            }
+            if good.as_deref() == Some(&digest) || refused_again || in_shadow.get(stem) == Some(&digest) {
                 continue;
             }
             tracing::info!(plugin = %stem, digest = %digest, file = %file.display(), "checking a new plugin version");
@@ -258,10 +384,22 @@ impl Reloader {
             candidates.push(Candidate { stem: stem.clone(), digest, checked });
         }
         let removed: Vec<String> = known.keys().filter(|k| !on_disk.contains_key(*k)).cloned().collect();
-        if candidates.is_empty() && removed.is_empty() && unreadable.is_empty() {
-            return Ok(false);
+        if !reverted.is_empty() {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            for stem in &reverted {
+                if let Some(slot) = slots.get_mut(stem) {
+                    tracing::info!(plugin = %stem, "the file holds the active version again; its shadow is withdrawn");
+                    slot.shadow = None;
+                    slot.awaiting = false;
+                }
+            }
+            self.publish(&slots);
         }
-        Ok(self.commit(&on_disk, candidates, &removed, unreadable))
+        if candidates.is_empty() && removed.is_empty() && unreadable.is_empty() {
+            return Ok(self.evaluate_locked());
+        }
+        let committed = self.commit(&on_disk, candidates, &removed, unreadable);
+        Ok(self.evaluate_locked() || committed)
     }
 
     /// Builds and swaps in the new set; records every outcome in the slots.
@@ -283,7 +421,9 @@ impl Reloader {
         // (overlap, pin, duplicate name) is refused and its last good version stays. Such a
         // refusal depends on the other plugins, so it is remembered with the versions it was
         // refused against: a scan tries it again only once those change (say, after the plugin
-        // it collided with was removed), not on every scan.
+        // it collided with was removed), not on every scan. A version headed for shadow is
+        // checked as if it were in use, since it will be once promoted; the set keeps the
+        // active one meanwhile.
         let mut set_refusals: BTreeMap<String, String> = BTreeMap::new();
         for c in &mut candidates {
             let Ok(plugin) = &c.checked else { continue };
@@ -291,7 +431,8 @@ impl Reloader {
             let mut trial = base.clone();
             trial.insert(c.stem.clone(), plugin.clone());
             match PluginSet::new(trial.values().cloned().collect(), &self.config) {
-                Ok(_) => base = trial,
+                Ok(_) if !self.to_shadow(&slots, &c.stem, plugin) => base = trial,
+                Ok(_) => {}
                 Err(e) => {
                     set_refusals.insert(c.stem.clone(), against);
                     c.checked =
@@ -299,21 +440,36 @@ impl Reloader {
                 }
             }
         }
-        let set = match PluginSet::new(base.into_values().collect(), &self.config) {
-            Ok(set) => Some(set),
-            Err(e) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, "the plugin set cannot be built; keeping the one in use");
-                None
-            }
-        };
         let now = SystemTime::now();
         for c in candidates {
             let file = on_disk.get(&c.stem).cloned().unwrap_or_default();
+            let shadow = matches!(&c.checked, Ok(p) if self.to_shadow(&slots, &c.stem, p));
             let slot = slots.entry(c.stem.clone()).or_insert_with(|| Slot::new(file));
             match c.checked {
+                Ok(plugin) if shadow => {
+                    let rollout = self.config.settings(plugin.name()).rollout;
+                    tracing::info!(
+                        plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(),
+                        window_calls = rollout.window_calls, window_seconds = rollout.window_seconds,
+                        "new plugin version runs in shadow; the active one keeps writing"
+                    );
+                    let trial = Trial::new(Stage::Shadow, rollout, self.waker());
+                    slot.shadow = Some((plugin, trial, now));
+                    slot.awaiting = false;
+                    slot.last_error = None;
+                    slot.refused = None;
+                    slot.reported = None;
+                }
                 Ok(plugin) => {
                     tracing::info!(plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(), "plugin version loaded");
+                    let rollout = self.config.settings(plugin.name()).rollout;
+                    let previous = slot.good.take().map(|(p, _)| p);
+                    let stage = if previous.is_some() { Stage::Probation } else { Stage::New };
+                    slot.trial = Some(Trial::new(stage, rollout, self.waker()));
+                    slot.previous = previous;
                     slot.good = Some((plugin, now));
+                    // A direct swap replaces a shadow too: the file now holds this version.
+                    slot.shadow = None;
                     slot.last_error = None;
                     slot.refused = None;
                     slot.reported = None;
@@ -341,13 +497,178 @@ impl Reloader {
             tracing::info!(plugin = %stem, "plugin file removed; unloading it");
             slots.remove(stem);
         }
-        let Some(set) = set else { return false };
-        let changed = set.fingerprint() != self.registry.fingerprint();
+        self.publish(&slots)
+    }
+
+    /// Whether a checked new version of `stem` goes to shadow: the plugin is loaded already and
+    /// its settings ask for it.
+    fn to_shadow(&self, slots: &BTreeMap<String, Slot>, stem: &str, plugin: &Plugin) -> bool {
+        self.config.settings(plugin.name()).rollout.shadow && slots.get(stem).is_some_and(|s| s.good.is_some())
+    }
+
+    /// Tells `notifier` of every rollback and promotion from now on.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notifier);
+    }
+
+    fn notify(&self, plugin: &str, warning: bool, reason: &'static str, message: &str) {
+        let notifier = self.notifier.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(n) = notifier {
+            n(Notice { plugin: plugin.to_string(), warning, reason, message: message.to_string() });
+        }
+    }
+
+    fn waker(&self) -> Option<Waker> {
+        self.waker.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Builds the set from the slots and swaps it in if it differs from the one in use.
+    fn publish(&self, slots: &BTreeMap<String, Slot>) -> bool {
+        let members: Vec<Member> = slots
+            .values()
+            .filter_map(|s| {
+                let (plugin, _) = s.good.as_ref()?;
+                let shadow = s.shadow.as_ref().map(|(p, t, _)| Shadow { plugin: p.clone(), trial: Arc::clone(t) });
+                Some(Member { plugin: plugin.clone(), trial: s.trial.clone(), shadow })
+            })
+            .collect();
+        let set = match PluginSet::from_members(members, &self.config) {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "the plugin set cannot be built; keeping the one in use");
+                return false;
+            }
+        };
+        let changed = set.identity() != self.registry.snapshot().identity();
         if changed {
             tracing::info!(fingerprint = %set.fingerprint(), "plugin set swapped");
             self.registry.swap(set);
         }
         changed
+    }
+
+    /// Acts on the trials: promotes clean shadows (and those an operator promoted with a
+    /// `<stem>.promote` file holding the shadow's digest), rolls back failing versions, ends
+    /// probations that passed. Returns whether the set changed.
+    pub fn evaluate(&self) -> bool {
+        let _one_at_a_time = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
+        self.evaluate_locked()
+    }
+
+    fn evaluate_locked(&self) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let metrics = self.registry.metrics();
+        let mut dirty = false;
+        for (stem, slot) in slots.iter_mut() {
+            if let Some((plugin, trial, _)) = &slot.shadow {
+                let name = plugin.name().to_string();
+                let digest = plugin.digest().to_string();
+                let promoted_by_hand = self.promote_marker(stem).is_some_and(|m| digest.starts_with(&m));
+                match trial.verdict() {
+                    Verdict::RollBack(why) => {
+                        trial.settle();
+                        let message = format!("shadow version {digest} rolled back: {why}");
+                        tracing::error!(plugin = %name, digest = %digest, reason = %why, "shadow plugin version rolled back; the active one stays");
+                        metrics.record_rollback(&name);
+                        self.notify(&name, true, "PluginRolledBack", &format!("plugin {name}: {message}"));
+                        slot.last_error = Some(message.clone());
+                        slot.last_rollout = Some(message);
+                        slot.refused = Some(Refusal { digest, against: None });
+                        slot.reported = slot.refused.as_ref().map(|r| r.digest.clone());
+                        slot.shadow = None;
+                        dirty = true;
+                    }
+                    Verdict::Pass => {
+                        trial.settle();
+                        self.promote(slot, &name, "its shadow window closed clean");
+                        dirty = true;
+                    }
+                    _ if promoted_by_hand => {
+                        trial.settle();
+                        self.promote(slot, &name, "an operator promoted it");
+                        dirty = true;
+                    }
+                    Verdict::AwaitPromotion if !slot.awaiting => {
+                        slot.awaiting = true;
+                        let stats = trial.stats();
+                        tracing::warn!(
+                            plugin = %name, digest = %digest, calls = stats.calls, divergences = stats.divergences,
+                            errors = stats.errors, last_divergence = trial.last_divergence().unwrap_or_default(),
+                            "shadow window closed; the new version needs an operator to promote it (downsync plugin promote)"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            let Some(trial) = slot.trial.clone() else { continue };
+            if trial.is_settled() || trial.stage() != Stage::Probation {
+                continue;
+            }
+            match trial.verdict() {
+                Verdict::RollBack(why) => {
+                    trial.settle();
+                    let Some((bad, _)) = slot.good.take() else { continue };
+                    let (name, digest) = (bad.name().to_string(), bad.digest().to_string());
+                    let back = slot.previous.take().map(|p| (p, SystemTime::now()));
+                    let restored = back.as_ref().map_or_else(String::new, |(p, _)| p.digest().to_string());
+                    tracing::error!(plugin = %name, digest = %digest, restored = %restored, reason = %why, "plugin version rolled back; the previous version serves again");
+                    metrics.record_rollback(&name);
+                    let message = format!("version {digest} rolled back to {restored}: {why}");
+                    self.notify(&name, true, "PluginRolledBack", &format!("plugin {name}: {message}"));
+                    slot.good = back;
+                    slot.trial = None;
+                    slot.last_error = Some(message.clone());
+                    slot.last_rollout = Some(message);
+                    slot.refused = Some(Refusal { digest: digest.clone(), against: None });
+                    slot.reported = Some(digest);
+                    dirty = true;
+                }
+                Verdict::Pass | Verdict::AwaitPromotion => {
+                    trial.settle();
+                    slot.previous = None;
+                    tracing::info!(plugin = %stem, "plugin version passed its trial window");
+                }
+                Verdict::Pending => {}
+            }
+        }
+        dirty && self.publish(&slots)
+    }
+
+    /// Makes the shadow the version in use, on probation with the old one kept to roll back to.
+    fn promote(&self, slot: &mut Slot, name: &str, why: &str) {
+        let Some((plugin, _, _)) = slot.shadow.take() else { return };
+        let rollout = self.config.settings(name).rollout;
+        tracing::info!(plugin = name, digest = plugin.digest(), reason = why, "shadow plugin version promoted");
+        self.registry.metrics().record_promotion(name);
+        let message = format!("version {} promoted: {why}", plugin.digest());
+        self.notify(name, false, "PluginPromoted", &format!("plugin {name}: {message}"));
+        slot.last_rollout = Some(message);
+        slot.previous = slot.good.take().map(|(p, _)| p);
+        slot.trial = Some(Trial::new(Stage::Probation, rollout, self.waker()));
+        slot.good = Some((plugin, SystemTime::now()));
+        slot.awaiting = false;
+    }
+
+    /// The digest (or prefix) in `<stem>.promote`, if that file exists.
+    fn promote_marker(&self, stem: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(format!("{stem}.promote"))).ok()?;
+        let digest = text.trim().to_ascii_lowercase();
+        // A prefix short enough to match by accident is not an operator's decision.
+        (digest.len() >= 12).then_some(digest)
+    }
+
+    /// When the next open trial window closes by time, if any.
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .values()
+            .flat_map(|s| {
+                let shadow = s.shadow.as_ref().map(|(_, t, _)| t).filter(|t| !t.is_settled());
+                let probation = s.trial.as_ref().filter(|t| !t.is_settled() && t.stage() == Stage::Probation);
+                shadow.into_iter().chain(probation)
+            })
+            .map(|t| t.deadline())
+            .min()
     }
 
     /// The `<stem>.wasm` entries of the folder (symlinks followed), hidden ones skipped.
@@ -404,6 +725,13 @@ impl Reloader {
         })
         .map_err(watch_err)?;
         watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive).map_err(watch_err)?;
+        {
+            let tx = Mutex::new(tx.clone());
+            let waker: Waker = Arc::new(move || {
+                let _ = tx.lock().unwrap_or_else(PoisonError::into_inner).send(Wake::Rollout);
+            });
+            *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+        }
         self.scan()?;
         let me = Arc::clone(self);
         let thread = std::thread::Builder::new()
@@ -417,20 +745,30 @@ impl Reloader {
     }
 
     fn run(&self, rx: &Receiver<Wake>, config: &WatchConfig) {
+        let mut next_scan = std::time::Instant::now() + config.resync;
         loop {
-            match rx.recv_timeout(config.resync) {
+            // A trial window that closes by time is acted on when it closes, not at the next resync.
+            let now = std::time::Instant::now();
+            let until = self.next_deadline().map_or(next_scan, |d| d.min(next_scan));
+            let scan = match rx.recv_timeout(until.saturating_duration_since(now)) {
                 Ok(Wake::Changed) => loop {
                     match rx.recv_timeout(config.debounce) {
-                        Ok(Wake::Changed) => continue,
-                        Err(RecvTimeoutError::Timeout) => break,
+                        Ok(Wake::Changed | Wake::Rollout) => continue,
+                        Err(RecvTimeoutError::Timeout) => break true,
                         Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                 },
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Wake::Rollout) => false,
+                Err(RecvTimeoutError::Timeout) => std::time::Instant::now() >= next_scan,
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-            if let Err(e) = self.scan() {
-                tracing::error!(dir = %self.dir.display(), error = %e, "cannot scan the plugin folder");
+            };
+            if scan {
+                next_scan = std::time::Instant::now() + config.resync;
+                if let Err(e) = self.scan() {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "cannot scan the plugin folder");
+                }
+            } else {
+                self.evaluate();
             }
         }
     }
@@ -441,6 +779,8 @@ impl Reloader {
 enum Wake {
     /// Something in the folder changed.
     Changed,
+    /// A trial may have a verdict.
+    Rollout,
     /// The handle was dropped.
     Stop,
 }

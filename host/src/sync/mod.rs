@@ -7,6 +7,7 @@
 
 pub mod causes;
 pub mod config;
+pub mod delta;
 pub mod desired;
 pub mod differ;
 pub mod error;

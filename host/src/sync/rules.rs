@@ -65,6 +65,14 @@ pub trait RuleSet: Send + Sync {
         false
     }
 
+    /// Whether a new version of the rules for one kind is on trial beside the active one. The
+    /// syncer then runs the rules even for an object that has not changed, so the trial sees
+    /// every object; the result is compared and the write is still decided by the active rules.
+    fn shadowing(&self, group: &str, kind: &str) -> bool {
+        let _ = (group, kind);
+        false
+    }
+
     /// Rewrites the desired object for downstream. `intent` says which of the upstream
     /// object's fields a client asked for.
     fn transform(&self, desired: Value, intent: &Intent) -> impl Future<Output = Result<Value, RuleError>> + Send;

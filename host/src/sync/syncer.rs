@@ -122,6 +122,11 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         &self.downstream
     }
 
+    /// The rules.
+    pub fn rules(&self) -> &R {
+        &self.rules
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.config.backoff_base.saturating_mul(1u32 << attempt.min(16));
         let cap = exp.min(self.config.backoff_max);
@@ -224,6 +229,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         if let (Some(state), Some(Some(live))) = (self.state.get(key), cached.as_ref())
             && state.desired_hash == hash
             && rv(live) == Some(state.resource_version.as_str())
+            && !rules.shadowing(&key.gvr.group, &key.kind)
         {
             return Ok(Operation::Unchanged);
         }

@@ -9,6 +9,7 @@
 
 pub mod coldstart;
 pub mod copier;
+pub mod deadline;
 pub mod ha;
 pub mod http;
 pub mod languages;
@@ -54,6 +55,8 @@ pub enum Part {
     Ha,
     /// 9. The hpa-replicas rule in Rust, Python and JavaScript.
     Languages,
+    /// 10. A plugin burning its deadline: `/healthz` and another kind's latency.
+    Deadline,
 }
 
 /// What to run and how.
@@ -92,7 +95,9 @@ impl Options {
     }
 
     fn wants_clusters(&self) -> bool {
-        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha].iter().any(|p| self.wants(*p))
+        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha, Part::Deadline]
+            .iter()
+            .any(|p| self.wants(*p))
     }
 }
 
@@ -346,6 +351,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         eprintln!("bench: 8. high availability");
         let figures = ha::measure(&bench, opts.ha_kills, opts.ha_objects).await;
         report.sections.push(ha::section(&figures));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Deadline) {
+        eprintln!("bench: 10. a plugin burning its deadline");
+        let figures = deadline::measure(&bench).await;
+        report.sections.push(deadline::section(&figures));
         save(&report, &out)?;
     }
     drop(started);

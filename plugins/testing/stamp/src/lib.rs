@@ -3,7 +3,8 @@
 //! `transform` sets the annotation `bench.downsync.dev/stamp` to [`MARKER`]. The marker's bytes
 //! sit once in the component's data segment, so `downsync-bench` makes any number of versions
 //! of one build by overwriting them with another string of the same length ([`variant`]): each
-//! version has a new sha256 and a behaviour that shows in every object it writes.
+//! version has a new sha256 and a behaviour that shows in every object it writes. The variant
+//! [`TRAP`] traps on every call instead: a broken release, for the rollback tests.
 
 use downsync_plugin_sdk::{Hook, Info, Intent, Rule, Value, pointer};
 
@@ -12,6 +13,9 @@ pub const ANNOTATION: &str = "/metadata/annotations/bench.downsync.dev~1stamp";
 
 /// The stamp of the unpatched build; variants replace these bytes.
 pub const MARKER: &str = "downsync-bench-stamp-000000000000";
+
+/// A variant that traps on every call (a panic in the guest), as long as [`MARKER`].
+pub const TRAP: &str = "downsync-bench-stamp-trap-trap-tr";
 
 /// The stamp of version `n`: as long as [`MARKER`], so it can replace it in place.
 pub fn variant(n: u64) -> String {
@@ -33,6 +37,9 @@ impl Rule for Stamp {
     fn transform(mut desired: Value, _intent: &Intent) -> Result<Value, String> {
         // black_box keeps the marker a plain run of bytes in the data segment.
         let stamp = std::hint::black_box(MARKER);
+        if stamp.as_bytes().get(21..25) == Some(b"trap".as_slice()) {
+            panic!("this stamp version is broken on purpose");
+        }
         if !pointer::set(&mut desired, ANNOTATION, Value::from(stamp)) {
             return Err("metadata.annotations is not an object".into());
         }
@@ -52,6 +59,7 @@ mod tests {
         assert_eq!(variant(7).len(), MARKER.len());
         assert_eq!(variant(0), MARKER);
         assert_ne!(variant(1), variant(2));
+        assert_eq!(TRAP.len(), MARKER.len());
     }
 
     #[test]

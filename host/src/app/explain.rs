@@ -1,0 +1,331 @@
+//! `downsync explain`: for each field where an object's downstream copy differs from upstream,
+//! which plugin (or built-in rule) kept or changed it.
+//!
+//! The running process answers `/explain?kind=K&namespace=NS&name=N`: it evaluates the rules in
+//! use on the cached upstream object against the live downstream one (every hook, nothing
+//! written), records each step's changed paths, and attributes every differing field to the
+//! last step that touched it. The answer also carries the explain record of the object's last
+//! syncs ([`crate::plugin::journal`]). Secret values never appear.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::controller::Controller;
+use super::reconcile::to_value;
+use super::triggers::ObjectKey;
+use crate::plugin::journal::Entry;
+use crate::plugin::{PluginRegistry, RuleSnapshot};
+use crate::sync::delta::{covers, delta};
+use crate::sync::desired::{normalize_desired, object_ref};
+use crate::sync::intent::Intent;
+use crate::sync::mapping;
+use crate::sync::ownership;
+use crate::sync::preservation::{self, MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION, PreserveOptions};
+use crate::sync::rules::RuleDecision;
+
+/// One step of the rule pipeline and the fields it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// `plugin service@0123456789ab` or `built-in preservation`.
+    pub who: String,
+    /// `transform`, `preserve` or `preservation`.
+    pub hook: String,
+    /// Its decision (`apply`, `recreate`, `skip`, `failed: …`).
+    pub decision: String,
+    /// The fields it changed.
+    pub paths: Vec<String>,
+}
+
+impl Step {
+    fn of(e: &Entry) -> Self {
+        Self {
+            who: format!("plugin {}@{}", e.plugin, e.digest),
+            hook: e.hook.to_string(),
+            decision: e.decision.clone(),
+            paths: e.paths.clone(),
+        }
+    }
+}
+
+/// Why one field differs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Field {
+    /// JSON pointer.
+    pub path: String,
+    /// The upstream value (`***` for Secret data), or absent.
+    pub upstream: Option<Value>,
+    /// The downstream value (`***` for Secret data), or absent.
+    pub downstream: Option<Value>,
+    /// Who kept or changed it: a plugin with its digest, a built-in rule, or the downstream cluster.
+    pub by: String,
+    /// In a sentence.
+    pub why: String,
+}
+
+/// What the reader compares: no status, no server bookkeeping, no downsync bookkeeping.
+fn comparable(mut obj: Value) -> Value {
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in ownership::SERVER_METADATA {
+            meta.remove(f);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            for f in [
+                ownership::DESIRED_HASH_ANNOTATION,
+                ownership::OWNER_ANNOTATION,
+                MANAGED_LABELS_ANNOTATION,
+                MANAGED_ANNOTATIONS_ANNOTATION,
+            ] {
+                a.remove(f);
+            }
+        }
+        if let Some(l) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+            l.remove(ownership::MANAGED_BY_LABEL);
+            l.remove(ownership::TARGET_LABEL);
+        }
+        for side in ["annotations", "labels"] {
+            if meta.get(side).and_then(Value::as_object).is_some_and(serde_json::Map::is_empty) {
+                meta.remove(side);
+            }
+        }
+    }
+    obj
+}
+
+/// Attributes each field where `downstream` differs from `upstream` to the last step that
+/// touched it (or a path under or over it); fields no step touched are explained by where they
+/// are. Pure: the pipeline's steps are given.
+pub fn attribute(upstream: &Value, downstream: &Value, steps: &[Step], ignore: &[String], secret: bool) -> Vec<Field> {
+    let (up, down) = (comparable(upstream.clone()), comparable(downstream.clone()));
+    let shown = |v: Option<&Value>, path: &str| {
+        let hidden = secret && ["/data", "/stringData"].iter().any(|p| covers(p, path) || covers(path, p));
+        v.map(|v| if hidden { Value::String("***".into()) } else { v.clone() })
+    };
+    delta(&up, &down)
+        .paths
+        .into_iter()
+        .map(|path| {
+            let (u, d) = (up.pointer(&path), down.pointer(&path));
+            let step = steps.iter().rev().find(|s| s.paths.iter().any(|p| covers(p, &path) || covers(&path, p)));
+            let ignored = ignore.iter().find(|pat| crate::sync::pointer::is_prefix_pattern(pat, &path));
+            let (by, why) = match (step, ignored) {
+                (Some(s), _) => {
+                    let verb = match (s.hook.as_str(), u.is_some(), d.is_some()) {
+                        (_, _, false) => "removed it",
+                        ("transform", _, _) => "changed it",
+                        (_, false, true) => "kept the downstream value (upstream has none)",
+                        _ => "kept the downstream value over the upstream one",
+                    };
+                    (format!("{} {}", s.who, s.hook), format!("{verb} (decision {})", s.decision))
+                }
+                (None, Some(pat)) => (
+                    "ignore-paths".to_string(),
+                    format!("matches the ignored path {pat}: the differ leaves it to the downstream cluster"),
+                ),
+                (None, None) if u.is_none() => (
+                    "downstream cluster".to_string(),
+                    "set downstream (a server default or another writer); downsync does not set it".to_string(),
+                ),
+                (None, None) if d.is_none() => (
+                    "not synced".to_string(),
+                    "upstream has it and downstream does not: the next sync writes it, or its last sync failed"
+                        .to_string(),
+                ),
+                (None, None) => (
+                    "not synced".to_string(),
+                    "no rule changes it: drift downstream or a pending sync, which writes the upstream value"
+                        .to_string(),
+                ),
+            };
+            Field { path: path.clone(), upstream: shown(u, &path), downstream: shown(d, &path), by, why }
+        })
+        .collect()
+}
+
+/// Runs every hook of the rules in use on `desired` against `live`, with a private record, and
+/// returns the steps in order and the ignore paths. Blocking (the hooks run WASM).
+fn evaluate(
+    rules: &PluginRegistry,
+    snapshot: &RuleSnapshot,
+    raw: Value,
+    live: &Value,
+    opts: &PreserveOptions,
+    config_ignore: &[String],
+) -> Result<(Vec<Step>, Vec<String>), String> {
+    let intent = Intent::of(&raw);
+    let desired = normalize_desired(raw);
+    let object = object_ref(&desired);
+    let (group, kind) = crate::plugin::registry::group_kind(&desired);
+    let set = snapshot.set();
+    let metrics = rules.metrics().clone().with_journal(4);
+    let transformed = set.transform(&metrics, desired, &intent).map_err(|e| e.to_string())?;
+    let transform_steps: Vec<Step> = metrics.journal().entries(&object).iter().map(Step::of).collect();
+    let preserved = preservation::preserve(live, &transformed, opts).map_err(|e| e.to_string())?;
+    let builtin = Step {
+        who: "built-in preservation".into(),
+        hook: "preservation".into(),
+        decision: "apply".into(),
+        paths: delta(&transformed, &preserved).paths,
+    };
+    let before = metrics.journal().entries(&object).len();
+    let decision = set.preserve(&metrics, live, preserved, &intent).map_err(|e| e.to_string())?;
+    let preserve_steps = metrics.journal().entries(&object).into_iter().skip(before).map(|e| Step::of(&e));
+    let mut steps = transform_steps;
+    steps.push(builtin);
+    steps.extend(preserve_steps);
+    if let RuleDecision::Recreate(why) | RuleDecision::Skip(why) = &decision {
+        tracing::debug!(object, reason = %why, "explain: the rules would not write in place");
+    }
+    let mut ignore = config_ignore.to_vec();
+    ignore.extend(set.ignore_paths(&metrics, &group, &kind).map_err(|e| e.to_string())?);
+    Ok((steps, ignore))
+}
+
+impl Controller {
+    /// The explanation of one object, by upstream kind, namespace and name.
+    pub(super) async fn explain(&self, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value, String> {
+        let (index, w) = self
+            .watched
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.config.kind.eq_ignore_ascii_case(kind) || w.up_ar.plural.eq_ignore_ascii_case(kind))
+            .ok_or_else(|| format!("kind {kind} is not synced by this process"))?;
+        let key = ObjectKey { resource: index, namespace: namespace.map(str::to_string), name: name.to_string() };
+        let up = w.upstream(&key).ok_or_else(|| format!("{kind} {} not found upstream", describe(namespace, name)))?;
+        let raw = mapping::prepare_desired(to_value(&up, &w.up_ar), self.mapping(), self.target())
+            .map_err(|e| e.to_string())?;
+        let down_ns = self.downstream_ns(&key);
+        let live = w
+            .downstream(name, down_ns.as_deref())
+            .map(|d| to_value(&d, &w.down_ar))
+            .ok_or_else(|| format!("{kind} {} has no owned copy downstream yet", describe(down_ns.as_deref(), name)))?;
+        let object = object_ref(&raw);
+        let secret = w.up_ar.kind == "Secret" && w.up_ar.group.is_empty();
+        let rules: Arc<PluginRegistry> = Arc::clone(self.syncer.rules());
+        let snapshot = crate::sync::Rules::snapshot(&rules);
+        let opts = PreserveOptions { preserve: self.syncer.config().preserve_paths.clone() };
+        let ignore = self.syncer.config().ignore_paths.clone();
+        let (upstream_view, live_view) = (raw.clone(), live.clone());
+        let evaluated = tokio::task::spawn_blocking(move || evaluate(&rules, &snapshot, raw, &live, &opts, &ignore))
+            .await
+            .map_err(|e| format!("the evaluation stopped: {e}"))??;
+        let (steps, ignore) = evaluated;
+        let fields = attribute(&upstream_view, &live_view, &steps, &ignore, secret);
+        let history = self.syncer.rules().metrics().journal().entries(&object);
+        Ok(json!({
+            "object": object,
+            "fields": fields,
+            "steps": steps.iter().map(|s| json!({"by": s.who, "hook": s.hook, "decision": s.decision, "paths": s.paths})).collect::<Vec<_>>(),
+            "history": history,
+        }))
+    }
+}
+
+fn describe(namespace: Option<&str>, name: &str) -> String {
+    namespace.map_or_else(|| name.to_string(), |ns| format!("{ns}/{name}"))
+}
+
+/// Renders the `/explain` answer for a terminal.
+pub fn render(answer: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", answer["object"].as_str().unwrap_or("?"));
+    let fields = answer["fields"].as_array().cloned().unwrap_or_default();
+    if fields.is_empty() {
+        let _ = writeln!(out, "  downstream matches upstream (status and server bookkeeping aside)");
+    }
+    let show = |v: &Value| if v.is_null() { "(absent)".to_string() } else { v.to_string() };
+    for f in &fields {
+        let _ = writeln!(out, "  {}", f["path"].as_str().unwrap_or("?"));
+        let _ = writeln!(out, "    upstream:   {}", show(&f["upstream"]));
+        let _ = writeln!(out, "    downstream: {}", show(&f["downstream"]));
+        let _ = writeln!(out, "    by {}: {}", f["by"].as_str().unwrap_or("?"), f["why"].as_str().unwrap_or(""));
+    }
+    let history = answer["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        let _ = writeln!(out, "last rule calls (oldest first):");
+        for h in history {
+            let _ = writeln!(
+                out,
+                "  {}@{} {} -> {} ({} fuel, {} us) changed: {}",
+                h["plugin"].as_str().unwrap_or("?"),
+                h["digest"].as_str().unwrap_or("?"),
+                h["hook"].as_str().unwrap_or("?"),
+                h["decision"].as_str().unwrap_or("?"),
+                h["fuel"],
+                h["micros"],
+                h["paths"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_svc(ip: &str, node_port: u64) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "a", "resourceVersion": "9"},
+               "spec": {"clusterIP": ip, "ports": [{"port": 80, "nodePort": node_port}], "sessionAffinity": "None"}})
+    }
+
+    fn mk_step(who: &str, hook: &str, paths: &[&str]) -> Step {
+        Step {
+            who: who.into(),
+            hook: hook.into(),
+            decision: "apply".into(),
+            paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_last_step_that_touched_a_field_is_named() {
+        let mut up = mk_svc("10.0.0.5", 30080);
+        up["spec"].as_object_mut().unwrap().remove("sessionAffinity");
+        let down = mk_svc("10.96.0.12", 30080);
+        let steps = [
+            mk_step("plugin service@0123456789ab", "transform", &["/spec/clusterIP"]),
+            mk_step("built-in preservation", "preservation", &[]),
+            mk_step("plugin service@0123456789ab", "preserve", &["/spec/clusterIP"]),
+        ];
+        let fields = attribute(&up, &down, &steps, &[], false);
+        let ip = fields.iter().find(|f| f.path == "/spec/clusterIP").unwrap();
+        assert_eq!(ip.by, "plugin service@0123456789ab preserve");
+        assert!(ip.why.starts_with("kept the downstream value"), "{}", ip.why);
+        assert_eq!(ip.downstream, Some(json!("10.96.0.12")));
+        let affinity = fields.iter().find(|f| f.path == "/spec/sessionAffinity").unwrap();
+        assert_eq!(affinity.by, "downstream cluster");
+        assert_eq!(fields.len(), 2, "{fields:?}");
+    }
+
+    #[test]
+    fn ignored_and_unsynced_fields_say_so_and_secret_values_are_masked() {
+        let up =
+            json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "c2VjcmV0"}, "spec": {"replicas": 3}});
+        let down =
+            json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "b3RoZXI="}, "spec": {"replicas": 5}});
+        let fields = attribute(&up, &down, &[], &["/spec/replicas".into()], true);
+        let data = fields.iter().find(|f| f.path == "/data/k").unwrap();
+        assert_eq!((data.upstream.clone(), data.downstream.clone()), (Some(json!("***")), Some(json!("***"))));
+        assert_eq!(data.by, "not synced");
+        assert_eq!(fields.iter().find(|f| f.path == "/spec/replicas").unwrap().by, "ignore-paths");
+    }
+
+    #[test]
+    fn downsync_bookkeeping_is_not_a_difference() {
+        let up = mk_svc("10.0.0.5", 1);
+        let mut down = up.clone();
+        down["metadata"]["annotations"] = json!({ownership::DESIRED_HASH_ANNOTATION: "h"});
+        down["metadata"]["labels"] = json!({ownership::MANAGED_BY_LABEL: "downsync"});
+        down["metadata"]["resourceVersion"] = json!("12");
+        assert!(attribute(&up, &down, &[], &[], false).is_empty());
+    }
+}
