@@ -81,25 +81,25 @@ async fn phases(b: &Bench, run: &str, ns: &str, f: &mut Figures) -> Result<()> {
     std::fs::copy(b.plugins.join("downsync_plugin_testing_faulty.wasm"), plugins.join("faulty.wasm"))?;
     let config = b.work.join(format!("deadline-{run}.yaml"));
     std::fs::write(&config, "engine: {fuel: 1000000000000, deadlineMs: 1000}\n")?;
-    let args: Vec<String> = [
-        "--config",
-        &config.display().to_string(),
-        "--resource",
-        "v1/ConfigMap",
-        "--resource",
-        "v1/Secret",
-        "--namespace",
-        ns,
-        "--target",
-        ns,
-        "--plugins-dir",
-        &plugins.display().to_string(),
-        "--workers",
-        &b.opts.workers.to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_string())
-    .collect();
+    let mut args = super::sync::run_args(b, &[], &[], None);
+    args.extend(
+        [
+            "--config",
+            &config.display().to_string(),
+            "--resource",
+            "v1/ConfigMap",
+            "--resource",
+            "v1/Secret",
+            "--namespace",
+            ns,
+            "--target",
+            ns,
+            "--plugins-dir",
+            &plugins.display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_string()),
+    );
     let mut d = b.spawn(&args, &format!("deadline-{run}"))?;
     d.wait_ready(Duration::from_secs(120)).await?;
     eprintln!("bench: 10. deadline: quiet phase");
