@@ -12,16 +12,17 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::controller::Controller;
+use super::diff::for_display;
 use super::reconcile::to_value;
 use super::triggers::ObjectKey;
-use crate::plugin::journal::Entry;
+use crate::plugin::journal::{Entry, Journal};
 use crate::plugin::{PluginRegistry, RuleSnapshot};
 use crate::sync::delta::{covers, delta};
 use crate::sync::desired::{normalize_desired, object_ref};
 use crate::sync::intent::Intent;
 use crate::sync::mapping;
 use crate::sync::ownership;
-use crate::sync::preservation::{self, MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION, PreserveOptions};
+use crate::sync::preservation::{self, PreserveOptions};
 use crate::sync::rules::RuleDecision;
 
 /// One step of the rule pipeline and the fields it changed.
@@ -64,24 +65,13 @@ pub struct Field {
     pub why: String,
 }
 
-/// What the reader compares: no status, no server bookkeeping, no downsync bookkeeping.
-fn comparable(mut obj: Value) -> Value {
-    if let Some(o) = obj.as_object_mut() {
-        o.remove("status");
-    }
+/// What the reader compares: `diff`'s view ([`for_display`]) less the ownership stamp too,
+/// which upstream never has.
+fn comparable(obj: Value) -> Value {
+    let mut obj = for_display(obj);
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ownership::SERVER_METADATA {
-            meta.remove(f);
-        }
         if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            for f in [
-                ownership::DESIRED_HASH_ANNOTATION,
-                ownership::OWNER_ANNOTATION,
-                MANAGED_LABELS_ANNOTATION,
-                MANAGED_ANNOTATIONS_ANNOTATION,
-            ] {
-                a.remove(f);
-            }
+            a.remove(ownership::OWNER_ANNOTATION);
         }
         if let Some(l) = meta.get_mut("labels").and_then(Value::as_object_mut) {
             l.remove(ownership::MANAGED_BY_LABEL);
@@ -161,7 +151,9 @@ fn evaluate(
     let object = object_ref(&desired);
     let (group, kind) = crate::plugin::registry::group_kind(&desired);
     let set = snapshot.set();
-    let metrics = rules.metrics().clone().with_journal(4);
+    // A record of its own per chain, holding every step however long the chain.
+    let record = || Journal::with_entries(1, 1024);
+    let metrics = rules.metrics().clone().recording_into(record());
     let transformed = set.transform(&metrics, desired, &intent).map_err(|e| e.to_string())?;
     let transform_steps: Vec<Step> = metrics.journal().entries(&object).iter().map(Step::of).collect();
     let preserved = preservation::preserve(live, &transformed, opts).map_err(|e| e.to_string())?;
@@ -171,9 +163,9 @@ fn evaluate(
         decision: "apply".into(),
         paths: delta(&transformed, &preserved).paths,
     };
-    let before = metrics.journal().entries(&object).len();
+    let metrics = metrics.recording_into(record());
     let decision = set.preserve(&metrics, live, preserved, &intent).map_err(|e| e.to_string())?;
-    let preserve_steps = metrics.journal().entries(&object).into_iter().skip(before).map(|e| Step::of(&e));
+    let preserve_steps = metrics.journal().entries(&object).into_iter().map(|e| Step::of(&e));
     let mut steps = transform_steps;
     steps.push(builtin);
     steps.extend(preserve_steps);

@@ -54,6 +54,7 @@ struct Inner {
 pub struct Journal {
     inner: Arc<Mutex<Inner>>,
     max_objects: usize,
+    per_object: usize,
 }
 
 impl Default for Journal {
@@ -65,7 +66,13 @@ impl Default for Journal {
 impl Journal {
     /// A record of at most `max_objects` objects; 0 records nothing.
     pub fn new(max_objects: usize) -> Self {
-        Self { inner: Arc::default(), max_objects }
+        Self::with_entries(max_objects, ENTRIES_PER_OBJECT)
+    }
+
+    /// A record of at most `max_objects` objects, keeping `per_object` entries of each: a
+    /// one-off evaluation (`explain`) keeps every step of a long chain.
+    pub fn with_entries(max_objects: usize, per_object: usize) -> Self {
+        Self { inner: Arc::default(), max_objects, per_object: per_object.max(1) }
     }
 
     /// Whether anything is recorded (callers skip the path walk when not).
@@ -83,7 +90,7 @@ impl Journal {
         let touch = inner.touches;
         let slot = inner.objects.entry(object.to_string()).or_default();
         slot.0 = touch;
-        if slot.1.len() == ENTRIES_PER_OBJECT {
+        if slot.1.len() >= self.per_object {
             slot.1.pop_front();
         }
         slot.1.push_back(entry);

@@ -161,8 +161,14 @@ impl Metrics {
 
     /// Keeps the explain record of at most `max_objects` objects (0: none).
     #[must_use]
-    pub fn with_journal(mut self, max_objects: usize) -> Self {
-        self.journal = Journal::new(max_objects);
+    pub fn with_journal(self, max_objects: usize) -> Self {
+        self.recording_into(Journal::new(max_objects))
+    }
+
+    /// Records hook calls into `journal` instead (the counters stay shared).
+    #[must_use]
+    pub fn recording_into(mut self, journal: Journal) -> Self {
+        self.journal = journal;
         self
     }
 
