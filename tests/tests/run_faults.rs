@@ -197,20 +197,33 @@ async fn a_plugin_that_burns_its_deadline_leaves_healthz_and_other_kinds_working
     let mut d = Daemon::start("deadline", &args)?;
     d.wait_ready(Duration::from_secs(90)).await?;
 
-    // While the spinning objects keep every worker busy a second at a time, the Secret follows
-    // its upstream changes and /healthz answers.
+    // While the spinning objects keep their share of the workers (3 of 4: workersPerKind's
+    // default) busy a second at a time, the Secret follows its upstream changes and /healthz
+    // answers. The ConfigMaps never hold the last worker.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.downstream.clone(), &ns);
+    let busy = || d.metric("downsync_workers_busy", &[r#"kind="ConfigMap""#]);
+    let most_busy = std::cell::Cell::new(0.0_f64);
     for round in ["1", "2", "3"] {
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.upstream.clone(), &ns)
             .patch("other", &PatchParams::default(), &Patch::Merge(&json!({"stringData": {"v": round}})))
             .await?;
         eventually("the Secret to follow while the plugin spins", Duration::from_secs(60), || async {
             assert_eq!(d.healthz()?.0, 200, "healthz answers while calls burn their deadline");
+            let now = busy()?;
+            assert!(now <= 3.0, "the spinning kind holds {now} of the 4 workers; its share is 3");
+            most_busy.set(most_busy.get().max(now));
             let got = secrets.get_opt("other").await?.and_then(|s| s.data).and_then(|m| m.get("v").cloned());
             Ok((got.map(|b| b.0) == Some(round.as_bytes().to_vec())).then_some(()))
         })
         .await?;
     }
+    eventually("the spinning kind to fill its share of the workers", Duration::from_secs(30), || async {
+        let now = busy()?;
+        assert!(now <= 3.0, "the spinning kind holds {now} of the 4 workers; its share is 3");
+        most_busy.set(most_busy.get().max(now));
+        Ok((most_busy.get() >= 3.0).then_some(()))
+    })
+    .await?;
     let deadlines = d.metric("downsync_plugin_errors_total", &[r#"plugin="faulty""#, r#"failure="deadline""#])?;
     assert!(deadlines >= 12.0, "the calls did burn their deadline: {deadlines}; log: {}", d.log.display());
     assert!(d.terminate()?.success());

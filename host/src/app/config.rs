@@ -109,6 +109,15 @@ pub struct RunConfig {
     pub namespace_mapping: NamespaceMapping,
     /// Concurrent syncs.
     pub workers: usize,
+    /// The most workers one kind may hold at once, so a kind whose rule is slow (or burns its
+    /// whole deadline on every call) cannot take them all and stall the other kinds. Default:
+    /// `workers` less a quarter of them (at least 1 kept free), or all of them when one kind is synced.
+    pub workers_per_kind: Option<usize>,
+    /// The most workers bulk re-syncs (after a rule change, the periodic resync) may hold at
+    /// once; ordinary changes pass them whatever this is. Default: a quarter of `workers` (at
+    /// least 1), so that changes arriving during a re-sync of everything meet an unloaded
+    /// process and unloaded API servers.
+    pub resync_workers: Option<usize>,
     /// Every object is looked at again this often, even without events.
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
@@ -162,6 +171,8 @@ impl Default for RunConfig {
             exclude_namespaces: Vec::new(),
             namespace_mapping: NamespaceMapping::default(),
             workers: 8,
+            workers_per_kind: None,
+            resync_workers: None,
             resync_seconds: 600,
             orphan_grace_seconds: 30,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -245,6 +256,20 @@ impl RunConfig {
         self.keep_namespaces || !self.feature(super::features::NAMESPACE_CLEANUP)
     }
 
+    /// The most workers one kind may hold: `workersPerKind`, or its default.
+    pub fn workers_per_kind(&self) -> usize {
+        self.workers_per_kind.unwrap_or(if self.resources.len() <= 1 || self.workers <= 1 {
+            self.workers
+        } else {
+            self.workers - (self.workers / 4).max(1)
+        })
+    }
+
+    /// The most workers bulk re-syncs may hold: `resyncWorkers`, or its default.
+    pub fn resync_workers(&self) -> usize {
+        self.resync_workers.unwrap_or((self.workers / 4).max(1))
+    }
+
     /// The resync period.
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds)
@@ -301,6 +326,13 @@ impl RunConfig {
         }
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return invalid("workers", format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers));
+        }
+        for (setting, value) in [("workersPerKind", self.workers_per_kind), ("resyncWorkers", self.resync_workers)] {
+            if let Some(n) = value
+                && (n == 0 || n > self.workers)
+            {
+                return invalid(setting, format!("{n} is out of range: give 1 to workers ({})", self.workers));
+            }
         }
         let slots = self.engine.pool_instances as usize;
         if self.plugins_dir.is_some() && self.workers > slots {

@@ -27,7 +27,7 @@ use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
 use crate::plugin::{Metrics, PluginRegistry, PluginSet};
 use crate::sync::mapping::NamespaceMapping;
-use crate::sync::{RateLimit, StateCache, Syncer, WorkQueue};
+use crate::sync::{RateLimit, Shares, StateCache, Syncer, WorkQueue};
 
 pub use super::startup::{Error, Result};
 
@@ -174,7 +174,7 @@ pub async fn run(
     let controller = Arc::new(Controller {
         upstream: Upstream::new(up.client.clone(), "downsync", opts.instance.clone()),
         namespaces: Namespaces::new(down.client.clone(), up.client.clone(), config.sync.ownership.clone()),
-        queue: WorkQueue::new(RateLimit::default()),
+        queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
         metrics,
         health,
         connectivity,
@@ -262,6 +262,15 @@ pub async fn run(
     let pending = lock(&controller.initial_pending).len() as u64;
     info!("stopped");
     Ok(Summary { synced: total.saturating_sub(failed + pending), failed })
+}
+
+/// One class per kind, and one for the namespaces downsync creates.
+fn shares(config: &RunConfig, kinds: usize) -> Shares<WorkKey> {
+    let class_of = Arc::new(move |key: &WorkKey| match key {
+        WorkKey::Object(k) => k.resource,
+        WorkKey::Namespace { .. } => kinds,
+    });
+    Shares { class_of, per_class: config.workers_per_kind(), low: config.resync_workers() }
 }
 
 impl Controller {
@@ -503,6 +512,7 @@ impl Controller {
         self.workers_alive.fetch_add(1, Ordering::AcqRel);
         let _alive = AliveGuard(Arc::clone(&self.workers_alive));
         while let Some(key) = self.queue.next().await {
+            self.metrics.busy(self.kind(&key), 1);
             let outcome = std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().await;
             let ok = match outcome {
                 Ok(Ok(action)) => {
@@ -525,6 +535,7 @@ impl Controller {
                     false
                 }
             };
+            self.metrics.busy(self.kind(&key), -1);
             self.queue.done(&key);
             self.initial_done_with(&key, ok);
             self.metrics.set_queue_depth(self.queue.len());

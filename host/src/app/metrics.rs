@@ -49,6 +49,7 @@ pub struct SyncMetrics {
     retries: Family<KindLabels, Counter>,
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
+    busy: Family<KindLabels, Gauge>,
     initial: Family<StateLabels, Gauge<u64, AtomicU64>>,
     worker_panics: Counter,
 }
@@ -62,6 +63,7 @@ impl Default for SyncMetrics {
             retries: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Gauge::default(),
+            busy: Family::default(),
             initial: Family::default(),
             worker_panics: Counter::default(),
         }
@@ -82,6 +84,11 @@ impl SyncMetrics {
         r.register("retries", "Syncs queued again after a failure", self.retries.clone());
         r.register("sync_duration_seconds", "Time to sync one object", self.duration.clone());
         r.register("queue_depth", "Objects waiting for a worker", self.queue_depth.clone());
+        r.register(
+            "workers_busy",
+            "Workers syncing an object of the kind now (at most workersPerKind each)",
+            self.busy.clone(),
+        );
         r.register("initial_sync_objects", "Initial sync progress: synced and total objects", self.initial.clone());
         r.register("worker_panics", "Sync workers that panicked; the key was queued again", self.worker_panics.clone());
     }
@@ -139,6 +146,11 @@ impl SyncMetrics {
     /// Sets the queue depth.
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a worker taking (`+1`) or leaving (`-1`) an object of `kind`.
+    pub fn busy(&self, kind: &str, delta: i64) {
+        self.busy.get_or_create(&KindLabels { kind: kind.into() }).inc_by(delta);
     }
 
     /// Sets initial-sync progress.

@@ -89,14 +89,7 @@ impl ArtifactCache {
     /// Creates the folder (0700) if needed and checks that only this user can write it; warns
     /// once when it cannot be used.
     fn usable(&self, label: &str) -> bool {
-        let checked = DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| format!("cannot create it: {e}"))
-            .and_then(|()| std::fs::metadata(&self.dir).map_err(|e| format!("cannot stat it: {e}")))
-            .and_then(|meta| check_owner(&meta, "folder"));
-        match checked {
+        match ensure_private_dir(&self.dir) {
             Ok(()) => true,
             Err(why) => {
                 if !self.warned.swap(true, Ordering::Relaxed) {
@@ -107,23 +100,38 @@ impl ArtifactCache {
         }
     }
 
-    /// Writes `bytes` to `path` through a temporary file (0600) unique to this call, renamed
-    /// into place when complete, so a reader never sees a partial entry.
     fn write_atomically(&self, digest: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".{digest}.{}.{seq}.tmp", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        write_private_atomically(&self.dir, digest, path, bytes)
     }
+}
+
+/// Creates `dir` (0700) if needed and checks that only this user can write it.
+pub(super) fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create it: {e}"))
+        .and_then(|()| std::fs::metadata(dir).map_err(|e| format!("cannot stat it: {e}")))
+        .and_then(|meta| check_owner(&meta, "folder"))
+}
+
+/// Writes `bytes` to `path` through a temporary file (0600) in `dir`, renamed into place when
+/// complete, so a reader never sees a partial entry.
+pub(super) fn write_private_atomically(dir: &Path, stem: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{stem}.{}.{seq}.tmp", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The effective user id of this process.
@@ -137,7 +145,7 @@ fn euid() -> u32 {
 
 /// Refuses what another user owns or could write; for a file, also anything but a regular file
 /// (a symlink could point anywhere).
-fn check_owner(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+pub(super) fn check_owner(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
     if what == "file" && !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }

@@ -15,6 +15,7 @@ use super::bindings::{v0_1, v0_2};
 use super::cache::ArtifactCache;
 use super::component::RulePre;
 use super::error::{Error, Result};
+use super::function_cache::FunctionCache;
 use super::host::{CallState, LogLimiter};
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
@@ -32,7 +33,8 @@ pub struct EngineConfig {
     /// Core wasm instances one call may create. A Rust component needs a handful; a component
     /// with an interpreter built in (componentize-py) needs more than 16.
     pub max_instances_per_call: usize,
-    /// Where precompiled components are cached; None disables the cache.
+    /// Where precompiled components (and, under `functions/`, Cranelift's compiled functions,
+    /// so a new version of a plugin compiles only what changed) are cached; None disables both.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -92,6 +94,8 @@ struct Inner {
     logs: LogLimiter,
     /// Precompiled components on disk, if configured.
     cache: Option<ArtifactCache>,
+    /// Compiled functions on disk, if configured.
+    functions: Option<Arc<FunctionCache>>,
     _ticker: Ticker,
 }
 
@@ -122,6 +126,11 @@ impl PluginEngine {
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let functions = config.cache_dir.as_deref().map(|dir| Arc::new(FunctionCache::new(&dir.join("functions"))));
+        if let Some(store) = &functions {
+            wasm.enable_incremental_compilation(Arc::clone(store) as Arc<dyn wasmtime::CacheStore>)
+                .map_err(Error::Engine)?;
+        }
         let engine = Engine::new(&wasm).map_err(Error::Engine)?;
 
         let mut linker = Linker::new(&engine);
@@ -151,6 +160,7 @@ impl PluginEngine {
                 config,
                 logs: LogLimiter::default(),
                 cache,
+                functions,
                 _ticker: Ticker(stop),
             }),
         })
@@ -173,6 +183,11 @@ impl PluginEngine {
     /// Epoch ticks that make up the per-call deadline.
     pub(crate) fn deadline_ticks(&self) -> u64 {
         (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
+    }
+
+    /// Functions taken from the compiled-function cache and functions compiled, since start.
+    pub fn function_counts(&self) -> (u64, u64) {
+        self.inner.functions.as_ref().map_or((0, 0), |f| f.counts())
     }
 
     /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world
@@ -218,7 +233,17 @@ impl PluginEngine {
                 }
             }
         }
+        let before = self.function_counts();
+        let started = std::time::Instant::now();
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
+        let (hits, misses) = self.function_counts();
+        tracing::info!(
+            plugin = label,
+            ms = started.elapsed().as_millis() as u64,
+            functions_reused = hits.saturating_sub(before.0),
+            functions_compiled = misses.saturating_sub(before.1),
+            "compiled"
+        );
         cache.put(label, digest, &compat, &artifact);
         // SAFETY: `artifact` was produced just above by this very engine.
         #[allow(unsafe_code)]

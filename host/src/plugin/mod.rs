@@ -8,6 +8,7 @@ pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod fixtures;
+mod function_cache;
 mod host;
 pub mod imports;
 pub mod journal;

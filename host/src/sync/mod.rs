@@ -27,7 +27,7 @@ pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, Upda
 pub use error::{ApiError, SyncError};
 pub use intent::Intent;
 pub use mapping::NamespaceMapping;
-pub use queue::{RateLimit, WorkQueue};
+pub use queue::{RateLimit, Shares, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};
 pub use syncer::{Downstream, Syncer};

@@ -1,10 +1,18 @@
 //! The work queue: keys to reconcile, duplicates collapsed, one worker per key at a time,
-//! delayed and rate-limited re-adds, and a shutdown that lets in-flight work finish.
+//! delayed and rate-limited re-adds, shares of the workers per kind and for bulk re-syncs, and
+//! a shutdown that lets in-flight work finish.
 //!
-//! This is client-go's `workqueue` semantics. kube-runtime's `Controller` has a scheduler
-//! and runner of its own, but it only reconciles objects still present in its reflector
-//! store (so it cannot drive deletes of objects gone upstream), is keyed by one resource
-//! type, and keeps its runner private; so the queue is written here, over tokio only.
+//! This is client-go's `workqueue` semantics plus two shares. kube-runtime's `Controller` has a
+//! scheduler and runner of its own, but it only reconciles objects still present in its
+//! reflector store (so it cannot drive deletes of objects gone upstream), is keyed by one
+//! resource type, and keeps its runner private; so the queue is written here, over tokio only.
+//!
+//! Keys belong to classes (the controller uses one per kind). Classes take turns, and a class
+//! may hold at most `per_class` workers at once: a kind whose rule is slow, or burns its whole
+//! deadline on every call, cannot take every worker and stall the other kinds. Keys added
+//! with [`WorkQueue::add_low`] (bulk re-syncs) wait in a low lane that is served only when no
+//! ordinary key can be, and by at most `low` workers at once, so the changes that come in
+//! during a re-sync of everything find a free worker and an unloaded process.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -29,18 +37,73 @@ impl Default for RateLimit {
     }
 }
 
+/// The class of a key (a small index: the controller uses the kind's position).
+pub type Classify<K> = Arc<dyn Fn(&K) -> usize + Send + Sync>;
+
+/// How the workers are shared. The default puts every key in one class with no caps.
+pub struct Shares<K> {
+    /// The class of a key.
+    pub class_of: Classify<K>,
+    /// The most keys of one class handed out at once.
+    pub per_class: usize,
+    /// The most keys from the low lane handed out at once.
+    pub low: usize,
+}
+
+impl<K> Clone for Shares<K> {
+    fn clone(&self) -> Self {
+        Self { class_of: Arc::clone(&self.class_of), per_class: self.per_class, low: self.low }
+    }
+}
+
+impl<K> Default for Shares<K> {
+    fn default() -> Self {
+        Self { class_of: Arc::new(|_| 0), per_class: usize::MAX, low: usize::MAX }
+    }
+}
+
+impl<K> std::fmt::Debug for Shares<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shares").field("per_class", &self.per_class).field("low", &self.low).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Class<K> {
+    queue: VecDeque<K>,
+    /// May hold stale entries (keys promoted to `queue` since), which `State::low_keys` tells
+    /// apart.
+    low: VecDeque<K>,
+    /// Keys of this class a worker holds.
+    busy: usize,
+}
+
+impl<K> Default for Class<K> {
+    fn default() -> Self {
+        Self { queue: VecDeque::new(), low: VecDeque::new(), busy: 0 }
+    }
+}
+
+/// A key a worker holds: its class and whether it came from the low lane.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    class: usize,
+    low: bool,
+}
+
 #[derive(Debug)]
 struct State<K> {
-    queue: VecDeque<K>,
-    /// Keys in `queue` or `low`.
+    classes: Vec<Class<K>>,
+    /// The class served first on the next hand-out, so classes take turns.
+    turn: usize,
+    /// Keys in a `queue` or a `low` lane.
     queued: HashSet<K>,
-    /// The low-priority lane: handed out only when `queue` is empty. May hold stale entries
-    /// (keys promoted to `queue` since), which `low_keys` tells apart.
-    low: VecDeque<K>,
-    /// Keys waiting in the low-priority lane.
+    /// Keys waiting in a low lane.
     low_keys: HashSet<K>,
-    /// Keys a worker holds.
-    processing: HashSet<K>,
+    /// Keys workers hold.
+    processing: HashMap<K, Held>,
+    /// Keys held from the low lane.
+    low_busy: usize,
     /// Keys added while a worker held them; queued again on `done`.
     dirty: HashSet<K>,
     /// Earliest pending delayed add per key, so repeated delays do not pile up timers.
@@ -49,35 +112,105 @@ struct State<K> {
     closed: bool,
 }
 
+impl<K: Clone + Eq + Hash> State<K> {
+    fn class(&mut self, c: usize) -> &mut Class<K> {
+        if c >= self.classes.len() {
+            self.classes.resize_with(c + 1, Class::default);
+        }
+        &mut self.classes[c]
+    }
+
+    /// The next key a worker may take under the shares, if any.
+    fn take(&mut self, per_class: usize, low_cap: usize) -> Option<K> {
+        let n = self.classes.len();
+        for i in 0..n {
+            let c = (self.turn + i) % n;
+            let class = &mut self.classes[c];
+            if class.busy >= per_class {
+                continue;
+            }
+            if let Some(key) = class.queue.pop_front() {
+                class.busy += 1;
+                self.turn = (c + 1) % n;
+                self.queued.remove(&key);
+                self.processing.insert(key.clone(), Held { class: c, low: false });
+                return Some(key);
+            }
+        }
+        if self.low_busy >= low_cap {
+            return None;
+        }
+        for i in 0..n {
+            let c = (self.turn + i) % n;
+            if self.classes[c].busy >= per_class {
+                continue;
+            }
+            while let Some(key) = self.classes[c].low.pop_front() {
+                if self.low_keys.remove(&key) {
+                    self.classes[c].busy += 1;
+                    self.low_busy += 1;
+                    self.turn = (c + 1) % n;
+                    self.queued.remove(&key);
+                    self.processing.insert(key.clone(), Held { class: c, low: true });
+                    return Some(key);
+                }
+            }
+        }
+        None
+    }
+
+    fn waiting(&self) -> usize {
+        self.classes.iter().map(|c| c.queue.len()).sum::<usize>() + self.low_keys.len()
+    }
+}
+
 /// A queue of keys shared by producers (watch events, timers) and workers. Cheap to clone.
-#[derive(Debug)]
 pub struct WorkQueue<K> {
     state: Arc<Mutex<State<K>>>,
     ready: Arc<Notify>,
     limit: RateLimit,
+    shares: Shares<K>,
+}
+
+impl<K> std::fmt::Debug for WorkQueue<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkQueue").field("limit", &self.limit).field("shares", &self.shares).finish_non_exhaustive()
+    }
 }
 
 impl<K> Clone for WorkQueue<K> {
     fn clone(&self) -> Self {
-        Self { state: Arc::clone(&self.state), ready: Arc::clone(&self.ready), limit: self.limit }
+        Self {
+            state: Arc::clone(&self.state),
+            ready: Arc::clone(&self.ready),
+            limit: self.limit,
+            shares: self.shares.clone(),
+        }
     }
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
-    /// An empty queue.
+    /// An empty queue: one class, no caps.
     pub fn new(limit: RateLimit) -> Self {
+        Self::with_shares(limit, Shares::default())
+    }
+
+    /// An empty queue that shares its workers as `shares` says.
+    pub fn with_shares(limit: RateLimit, shares: Shares<K>) -> Self {
         let state = State {
-            queue: VecDeque::new(),
+            classes: Vec::new(),
+            turn: 0,
             queued: HashSet::new(),
-            low: VecDeque::new(),
             low_keys: HashSet::new(),
-            processing: HashSet::new(),
+            processing: HashMap::new(),
+            low_busy: 0,
             dirty: HashSet::new(),
             delayed: HashMap::new(),
             failures: HashMap::new(),
             closed: false,
         };
-        Self { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()), limit }
+        let shares = Shares { per_class: shares.per_class.max(1), low: shares.low.max(1), ..shares };
+        Self { state: Arc::new(Mutex::new(state)), ready: Arc::new(Notify::new()), limit, shares }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
@@ -89,13 +222,14 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     /// Queues a key. A key already queued is not queued twice; a key a worker holds is
     /// queued again once that worker is done.
     pub fn add(&self, key: K) {
+        let class = (self.shares.class_of)(&key);
         let mut s = self.lock();
         if s.closed {
             return;
         }
         if s.low_keys.remove(&key) {
             // Waiting in the low lane: a real change promotes it (its low entry goes stale).
-            s.queue.push_back(key);
+            s.class(class).queue.push_back(key);
             drop(s);
             self.ready.notify_one();
             return;
@@ -103,35 +237,36 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         if s.queued.contains(&key) {
             return;
         }
-        if s.processing.contains(&key) {
+        if s.processing.contains_key(&key) {
             s.dirty.insert(key);
             return;
         }
         s.queued.insert(key.clone());
-        s.queue.push_back(key);
+        s.class(class).queue.push_back(key);
         drop(s);
         self.ready.notify_one();
     }
 
-    /// Queues a key in the low-priority lane, handed out only when no ordinary key waits: for
-    /// bulk re-syncs (a rule change, the periodic resync), so that they never hold up the
-    /// changes that come in meanwhile. A key already queued, in either lane, stays where it is.
+    /// Queues a key in the low-priority lane, handed out only when no ordinary key can be, and
+    /// to at most `Shares::low` workers at once: for bulk re-syncs (a rule change, the periodic
+    /// resync), so that they never hold up the changes that come in meanwhile. A key already
+    /// queued, in either lane, stays where it is.
     pub fn add_low(&self, key: K) {
+        let class = (self.shares.class_of)(&key);
         let mut s = self.lock();
         if s.closed || s.queued.contains(&key) {
             return;
         }
-        if s.processing.contains(&key) {
+        if s.processing.contains_key(&key) {
             s.dirty.insert(key);
             return;
         }
         s.queued.insert(key.clone());
         s.low_keys.insert(key.clone());
-        s.low.push_back(key);
+        s.class(class).low.push_back(key);
         drop(s);
         self.ready.notify_one();
     }
-
     /// Queues a key after `delay`. Of several pending delays for one key, the earliest wins.
     pub fn add_after(&self, key: K, delay: Duration) {
         if delay.is_zero() {
@@ -193,8 +328,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.lock().failures.get(key).copied().unwrap_or(0)
     }
 
-    /// Waits for the next key and hands it to the caller, who must call [`WorkQueue::done`].
-    /// `None` once the queue is shut down: queued keys are abandoned, held ones finish.
+    /// Waits for the next key the shares allow and hands it to the caller, who must call
+    /// [`WorkQueue::done`]. `None` once the queue is shut down: queued keys are abandoned, held
+    /// ones finish.
     pub async fn next(&self) -> Option<K> {
         loop {
             // Registering interest before checking avoids missing a notify in between.
@@ -204,17 +340,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 if s.closed {
                     return None;
                 }
-                if let Some(key) = s.queue.pop_front() {
-                    s.queued.remove(&key);
-                    s.processing.insert(key.clone());
+                if let Some(key) = s.take(self.shares.per_class, self.shares.low) {
                     return Some(key);
-                }
-                while let Some(key) = s.low.pop_front() {
-                    if s.low_keys.remove(&key) {
-                        s.queued.remove(&key);
-                        s.processing.insert(key.clone());
-                        return Some(key);
-                    }
                 }
             }
             notified.await;
@@ -223,18 +350,23 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
 
     /// Marks a key handed out by [`WorkQueue::next`] as finished.
     pub fn done(&self, key: &K) {
-        let requeue = {
+        let wake = {
             let mut s = self.lock();
-            s.processing.remove(key);
-            if s.dirty.remove(key) && !s.closed {
-                s.queued.insert(key.clone());
-                s.queue.push_back(key.clone());
-                true
-            } else {
-                false
+            if let Some(held) = s.processing.remove(key) {
+                let class = s.class(held.class);
+                class.busy = class.busy.saturating_sub(1);
+                if held.low {
+                    s.low_busy = s.low_busy.saturating_sub(1);
+                }
+                if s.dirty.remove(key) && !s.closed {
+                    s.queued.insert(key.clone());
+                    s.class(held.class).queue.push_back(key.clone());
+                }
             }
+            // A freed share may let a waiting key of a capped class (or the low lane) go.
+            s.waiting() > 0
         };
-        if requeue {
+        if wake {
             self.ready.notify_one();
         }
     }
@@ -242,8 +374,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     /// Keys waiting for a worker, in both lanes (not counting delayed ones or ones being
     /// worked on).
     pub fn len(&self) -> usize {
-        let s = self.lock();
-        s.queue.len() + s.low_keys.len()
+        self.lock().waiting()
     }
 
     /// Whether no key waits for a worker.
@@ -288,6 +419,79 @@ mod tests {
         assert_eq!(q.next().await, Some("resync-a"));
         q.done(&"resync-a");
         assert!(q.is_empty(), "the promoted key's stale low entry is not handed out again");
+    }
+
+    /// Keys are "class:name"; class "a" is 0, "b" is 1, anything else 2.
+    fn mk_shared_queue(per_class: usize, low: usize) -> WorkQueue<&'static str> {
+        let class_of: Classify<&'static str> = Arc::new(|k: &&'static str| match k.split(':').next() {
+            Some("a") => 0,
+            Some("b") => 1,
+            _ => 2,
+        });
+        WorkQueue::with_shares(RateLimit::default(), Shares { class_of, per_class, low })
+    }
+
+    /// The next key if one can be handed out now, without waiting.
+    async fn try_next(q: &WorkQueue<&'static str>) -> Option<&'static str> {
+        tokio::time::timeout(Duration::from_millis(20), q.next()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn a_class_never_holds_more_than_its_share_and_other_classes_still_get_workers() {
+        let q = mk_shared_queue(2, usize::MAX);
+        for k in ["a:1", "a:2", "a:3", "a:4"] {
+            q.add(k);
+        }
+        assert_eq!(try_next(&q).await, Some("a:1"));
+        assert_eq!(try_next(&q).await, Some("a:2"));
+        assert_eq!(try_next(&q).await, None, "class a holds its 2 workers; a:3 waits");
+        q.add("b:1");
+        assert_eq!(try_next(&q).await, Some("b:1"), "another kind is served while a is at its share");
+        q.done(&"a:1");
+        assert_eq!(try_next(&q).await, Some("a:3"), "a freed share lets the next a go");
+        assert_eq!(q.in_flight(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_on_a_full_share_is_woken_when_the_share_frees() {
+        let q = mk_shared_queue(1, usize::MAX);
+        q.add("a:1");
+        q.add("a:2");
+        assert_eq!(try_next(&q).await, Some("a:1"));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::task::yield_now().await;
+        q.done(&"a:1");
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(got.ok().and_then(Result::ok).flatten(), Some("a:2"));
+    }
+
+    #[tokio::test]
+    async fn classes_take_turns() {
+        let q = mk_shared_queue(usize::MAX, usize::MAX);
+        for k in ["a:1", "a:2", "a:3", "b:1", "b:2"] {
+            q.add(k);
+        }
+        let mut order = Vec::new();
+        while let Some(k) = try_next(&q).await {
+            order.push(k);
+        }
+        assert_eq!(order, ["a:1", "b:1", "a:2", "b:2", "a:3"], "a burst of one kind does not starve another");
+    }
+
+    #[tokio::test]
+    async fn the_low_lane_gets_at_most_its_share_and_ordinary_keys_pass_it() {
+        let q = mk_shared_queue(usize::MAX, 1);
+        q.add_low("a:1");
+        q.add_low("a:2");
+        assert_eq!(try_next(&q).await, Some("a:1"));
+        assert_eq!(try_next(&q).await, None, "one low key at a time");
+        q.add("b:1");
+        assert_eq!(try_next(&q).await, Some("b:1"), "an ordinary key goes past the low lane's share");
+        q.done(&"a:1");
+        assert_eq!(try_next(&q).await, Some("a:2"));
     }
 
     fn mk_queue() -> WorkQueue<&'static str> {

@@ -34,6 +34,17 @@ impl Downsync {
     /// Spawns `bin run ARGS --metrics-addr 127.0.0.1:PORT`, logging to `log`, with its
     /// compiled-plugin cache under `cache_home` (as `XDG_CACHE_HOME`).
     pub fn spawn(bin: &Path, args: &[String], log: &Path, cache_home: &Path) -> Result<Self> {
+        Self::spawn_with_env(bin, args, log, cache_home, &[])
+    }
+
+    /// [`Downsync::spawn`] with more environment variables (a profiler's `LD_PRELOAD`).
+    pub fn spawn_with_env(
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+        cache_home: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -43,6 +54,7 @@ impl Downsync {
             .args(args)
             .args(["--metrics-addr", &addr.to_string()])
             .env("XDG_CACHE_HOME", cache_home)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

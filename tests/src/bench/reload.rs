@@ -27,9 +27,22 @@ use super::sync::run_args;
 use super::timing::{millis, percentile};
 use super::tracker::Tracker;
 
+/// How a series' new versions reach downsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Compiled by downsync with its compiled-function cache emptied before each swap.
+    Cold,
+    /// Compiled by downsync, its function cache holding the earlier versions' functions.
+    Warm,
+    /// Compiled by the bench into downsync's artifact cache before the swap.
+    Precompiled,
+}
+
 /// One series of swaps.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
+    /// Whether downsync compiles the new version itself (the reload goal counts the compile).
+    pub compiled: bool,
     /// What the series does differently.
     pub name: String,
     /// Per swap: file rename to the first downstream write with the new behaviour.
@@ -186,17 +199,27 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     // The bench's engine has downsync's configuration, so what it compiles into downsync's
     // cache directory is what downsync would have compiled.
     let cache_dir = b.cache_home().join("downsync").join("components");
+    let functions = cache_dir.join("functions");
     let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
     let mut version: u64 = 1;
-    for precompiled in [false, true] {
-        let name = if precompiled { "precompiled into the artifact cache" } else { "compiled by downsync on the swap" };
-        let mut series = Series { name: name.into(), ..Series::default() };
+    for way in [Way::Cold, Way::Warm, Way::Precompiled] {
+        let precompiled = way == Way::Precompiled;
+        let name = match way {
+            Way::Cold => "compiled on the swap, every function (compiled-function cache emptied first)",
+            Way::Warm => "compiled on the swap, changed functions only (earlier versions' functions cached)",
+            Way::Precompiled => "precompiled into the artifact cache",
+        };
+        let mut series = Series { name: name.into(), compiled: !precompiled, ..Series::default() };
         let mut writes = Vec::new();
         for s in 0..swaps {
             version += 1;
             let stamp = variant(version);
             let old: Vec<String> = (1..version).map(variant).collect();
             let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
+            if way == Way::Cold {
+                // What a plugin that shares nothing with anything compiled before pays.
+                let _ = std::fs::remove_dir_all(&functions);
+            }
             if precompiled {
                 tokio::task::block_in_place(|| {
                     Plugin::load(&engine, "stamp", &bytes).map(drop).map_err(anyhow::Error::from)
@@ -305,18 +328,20 @@ pub fn section(r: &Reload) -> Section {
             x.writes_per_swap.to_string(),
         ]);
     }
-    if let Some(cold) = r.series.first() {
-        let p99 = percentile(&cold.first, 99.0);
-        s.goal(
-            "hot reload p99 ≤ 250 ms",
-            (!cold.first.is_empty()).then_some(p99 <= Duration::from_millis(250) && cold.missed == 0),
-            format!("p99 {} (compiled on the swap)", millis(p99)),
+    for x in r.series.iter().filter(|x| x.compiled) {
+        let p99 = percentile(&x.first, 99.0);
+        s.issue_goal(
+            3,
+            &format!("hot reload p99 ≤ 250 ms, including compilation: {}", x.name),
+            (!x.first.is_empty()).then_some(p99 <= Duration::from_millis(250) && x.missed == 0),
+            format!("p99 {} (p50 {})", millis(p99), millis(percentile(&x.first, 50.0))),
         );
     }
     s.goal("0 failed syncs during reloads", Some(r.failed_syncs == 0.0), format!("{}", r.failed_syncs));
     let (steady, swapping) = (percentile(&r.steady_latencies, 99.0), percentile(&r.sync_latencies, 99.0));
-    s.goal(
-        "upstream change p99 during swaps ≤ 2× steady p99",
+    s.issue_goal(
+        4,
+        "upstream change p99 during rule swaps over 1,000 objects ≤ 2× its steady p99",
         (!r.steady_latencies.is_empty() && !r.sync_latencies.is_empty()).then_some(swapping <= steady * 2),
         format!("{} during swaps, {} steady", millis(swapping), millis(steady)),
     );
@@ -326,8 +351,13 @@ pub fn section(r: &Reload) -> Section {
          plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
          object* is from the rename to the first downstream write carrying the new stamp, seen through a \
          downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
-         the rules change). The second series puts each new version into downsync's artifact cache before \
-         the rename, which leaves out the compile. p99 of 20 swaps is their maximum.",
+         the rules change, at most `resyncWorkers` at once). The first series empties downsync's \
+         compiled-function cache before each swap, so every function of the new version is compiled; in the \
+         second, the functions of earlier versions are cached, and since each version differs from the one \
+         before only in a data constant, no function is compiled again (a redeploy or a changed constant; a \
+         code change compiles the functions it touches, which lies between the two). The third puts each \
+         new version into downsync's artifact cache before the rename, which leaves out the compile. p99 of \
+         20 swaps is their maximum.",
         r.objects, r.churn
     ));
     s.note(format!(

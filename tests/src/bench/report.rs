@@ -42,6 +42,8 @@ pub struct Goal {
     pub met: Option<bool>,
     /// The measured figure.
     pub measured: String,
+    /// The goal's row in the performance issue's table (issue 11), if it is one of those.
+    pub row: Option<u8>,
 }
 
 /// One section's table and what it says.
@@ -79,7 +81,12 @@ impl Section {
 
     /// Adds a goal.
     pub fn goal(&mut self, text: &str, met: Option<bool>, measured: String) {
-        self.goals.push(Goal { text: text.into(), met, measured });
+        self.goals.push(Goal { text: text.into(), met, measured, row: None });
+    }
+
+    /// Adds a goal that is row `row` of the performance issue's table.
+    pub fn issue_goal(&mut self, row: u8, text: &str, met: Option<bool>, measured: String) {
+        self.goals.push(Goal { text: text.into(), met, measured, row: Some(row) });
     }
 
     /// Adds a remark.
@@ -127,23 +134,41 @@ impl Report {
             vec!["command".to_string(), format!("`{}`", e.command.replace('|', "\\|"))],
         ];
         out.push_str(&table(&["run".to_string(), String::new()], &facts));
-        let goals: Vec<Vec<String>> = self
-            .sections
-            .iter()
-            .flat_map(|s| {
-                s.goals.iter().map(move |g| {
-                    let met = match g.met {
-                        Some(true) => "met",
-                        Some(false) => "**missed**",
-                        None => "not measured",
-                    };
-                    vec![s.number.to_string(), g.text.clone(), g.measured.clone(), met.to_string()]
-                })
-            })
-            .collect();
-        if !goals.is_empty() {
+        let verdict = |g: &Goal| match g.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let mut issue: Vec<(u8, Vec<String>)> = Vec::new();
+        let mut other = Vec::new();
+        for s in &self.sections {
+            for g in &s.goals {
+                match g.row {
+                    Some(row) => issue.push((
+                        row,
+                        vec![
+                            row.to_string(),
+                            g.text.clone(),
+                            g.measured.clone(),
+                            verdict(g).into(),
+                            s.number.to_string(),
+                        ],
+                    )),
+                    None => {
+                        other.push(vec![s.number.to_string(), g.text.clone(), g.measured.clone(), verdict(g).into()])
+                    }
+                }
+            }
+        }
+        issue.sort_by_key(|(row, _)| *row);
+        if !issue.is_empty() {
             out.push_str("\n## Goals\n\n");
-            out.push_str(&table(&["#", "goal", "measured", ""].map(String::from), &goals));
+            let rows: Vec<Vec<String>> = issue.into_iter().map(|(_, r)| r).collect();
+            out.push_str(&table(&["#", "goal", "measured", "", "section"].map(String::from), &rows));
+        }
+        if !other.is_empty() {
+            out.push_str(if rows_empty(self) { "\n## Goals\n\n" } else { "\nGoals kept from earlier issues:\n\n" });
+            out.push_str(&table(&["section", "goal", "measured", ""].map(String::from), &other));
         }
         for s in &self.sections {
             out.push('\n');
@@ -151,6 +176,11 @@ impl Report {
         }
         out
     }
+}
+
+/// Whether no goal of the run is a row of the performance issue.
+fn rows_empty(r: &Report) -> bool {
+    r.sections.iter().all(|s| s.goals.iter().all(|g| g.row.is_none()))
 }
 
 /// A markdown table.
@@ -223,6 +253,12 @@ mod tests {
         s.goal("peak RSS ≤ 100 MiB at 10,000", Some(true), "40 MiB".into());
         let md = Report { env: Environment::default(), sections: vec![s] }.markdown();
         assert!(md.contains("| 4 | peak RSS ≤ 100 MiB at 10,000 | 40 MiB | met |"), "{md}");
+        let mut s = Section::new(6, "Hot reload", &["swaps"]);
+        s.goal("0 failed syncs", Some(true), "0".into());
+        s.issue_goal(3, "reload p99 ≤ 250 ms", Some(false), "300 ms".into());
+        let md = Report { env: Environment::default(), sections: vec![s] }.markdown();
+        assert!(md.contains("| 3 | reload p99 ≤ 250 ms | 300 ms | **missed** | 6 |"), "{md}");
+        assert!(md.contains("Goals kept from earlier issues:\n\n| section | goal | measured |  |\n| --- | --- | --- | --- |\n| 6 | 0 failed syncs | 0 | met |"), "{md}");
         assert!(md.contains("## 4. Memory\n\n| N | peak RSS |\n| --- | --- |\n| 1000 | 40 MiB |"), "{md}");
     }
 }

@@ -58,6 +58,8 @@ pub struct Figures {
     pub rss_restart: Option<u64>,
     /// Resident set size of the restarted process at the end (after the peak has passed).
     pub rss_end: Option<u64>,
+    /// What was live at the heap's peak of a restart, by owner (`--heap-profile`).
+    pub heap: Option<super::heap::HeapProfile>,
     /// What went wrong, if anything.
     pub errors: Vec<String>,
 }
@@ -219,6 +221,13 @@ async fn phases(b: &Bench, w: &Workload, f: &mut Figures) -> Result<()> {
     let (status, _) = second.stop(Duration::from_secs(60)).await?;
     if !status.success() {
         f.errors.push(format!("the restarted downsync exited with {status} after SIGTERM"));
+    }
+    if b.opts.heap_profile && Some(n) == b.opts.sizes.iter().max().copied() {
+        eprintln!("bench: N={n}: heap profile of a restart (heaptrack)");
+        match super::heap::profile(b, &args, &format!("{}-heap", w.run), Duration::from_secs(5)).await {
+            Ok(h) => f.heap = Some(h),
+            Err(e) => f.errors.push(format!("heap profile: {e:#}")),
+        }
     }
     Ok(())
 }

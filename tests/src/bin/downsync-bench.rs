@@ -55,6 +55,9 @@ struct Args {
     /// Section 8: objects of the initial sync by 1 process against 3 sharded replicas.
     #[arg(long, default_value_t = 10_000)]
     ha_objects: usize,
+    /// Section 4: also profile the heap of a restart at the largest size (needs heaptrack).
+    #[arg(long)]
+    heap_profile: bool,
 }
 
 #[tokio::main]
@@ -73,6 +76,7 @@ async fn main() -> Result<()> {
         churn: a.churn,
         ha_kills: a.ha_kills,
         ha_objects: a.ha_objects,
+        heap_profile: a.heap_profile,
     };
     let report = bench::run(opts).await?;
     println!("{}", report.markdown());
