@@ -502,6 +502,28 @@ mod tests {
     }
 
     #[test]
+    fn kinds_share_the_workers_and_re_syncs_get_a_quarter() {
+        let two = "resources: [{apiVersion: v1, kind: ConfigMap}, {apiVersion: v1, kind: Secret}]\n";
+        for (yaml, per_kind, resync) in [
+            (format!("{two}workers: 8"), 6, 2),
+            (format!("{two}workers: 4"), 3, 1),
+            (format!("{two}workers: 2"), 1, 1),
+            (format!("{two}workers: 1"), 1, 1),
+            ("resources: [{apiVersion: v1, kind: ConfigMap}]\nworkers: 8".to_string(), 8, 2),
+            (format!("{two}workers: 8\nworkersPerKind: 8\nresyncWorkers: 8"), 8, 8),
+        ] {
+            let c = mk_config(&yaml).unwrap();
+            assert!(c.validate().is_ok(), "{yaml}");
+            assert_eq!((c.workers_per_kind(), c.resync_workers()), (per_kind, resync), "{yaml}");
+        }
+        for bad in ["workersPerKind: 9", "resyncWorkers: 0"] {
+            let err = mk_config(&format!("{two}workers: 8\n{bad}")).unwrap().validate().unwrap_err().to_string();
+            let setting = bad.split(':').next().unwrap_or_default();
+            assert!(err.contains(setting) && err.contains("give 1 to workers (8)"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn system_namespaces_are_excluded_unless_listed() {
         let c = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
         let cm = &c.resources[0];
