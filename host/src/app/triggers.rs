@@ -93,6 +93,14 @@ fn strip_managed_fields(o: &mut DynamicObject) {
     }
 }
 
+/// Objects per page of a watcher's initial list. A page is decoded whole (its text, then a
+/// `serde_json::Value` tree per object, managedFields included, before [`pack`] and
+/// [`compact_managed_fields`] shrink them), and every reflector of both sides lists at once on
+/// a start: with kube's default of 500, the pages in flight were 18 MiB of the 71 MiB heap peak
+/// at 10,000 objects (docs/benchmarks.md, section 4). 100 cuts that by five, for four times as
+/// many list requests (100 per kind and side at 10,000 objects).
+const LIST_PAGE: u32 = 100;
+
 /// Keeps a cached object's body (everything but its metadata) as its JSON text. A
 /// `serde_json::Value` tree costs about five times the text (a map entry, a key and a value
 /// allocation per field): the two caches of 10,000 objects held 122 MiB of trees at their
@@ -159,7 +167,7 @@ pub fn reflectors(
     let mut streams = Vec::new();
     let mut watched = Vec::new();
     for Resolved { config, up_ar, down_ar, down_resource } in resolved {
-        let mut up_wc = watcher::Config::default();
+        let mut up_wc = watcher::Config::default().page_size(LIST_PAGE);
         if let Some(sel) = &config.label_selector {
             up_wc = up_wc.labels(sel);
         }
@@ -172,7 +180,7 @@ pub fn reflectors(
         let down_writer = reflector::store::Writer::new(down_ar.clone());
         let down_store = down_writer.as_reader();
         let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
-        let down_stream = watcher::watcher(down_api, watcher::Config::default().labels(&owned))
+        let down_stream = watcher::watcher(down_api, watcher::Config::default().page_size(LIST_PAGE).labels(&owned))
             .default_backoff()
             .modify(|o| {
                 strip_managed_fields(o);

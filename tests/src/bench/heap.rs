@@ -17,13 +17,17 @@ use super::Bench;
 const LIBRARY_DIRS: [&str; 2] = ["/usr/lib/heaptrack", "/usr/lib/x86_64-linux-gnu/heaptrack"];
 
 /// Owners, by a name in the stack; the first that matches is charged.
-const OWNERS: [(&str, &[&str]); 6] = [
+const OWNERS: [(&str, &[&str]); 7] = [
     ("reflector stores (the cached upstream and downstream objects)", &["reflector::store"]),
     ("state cache (desired hash and resourceVersion per object)", &["sync::state", "StateCache"]),
     ("work queue", &["sync::queue"]),
     ("explain record", &["plugin::journal"]),
     ("wasmtime and Cranelift (heap only; pooled memories are mappings)", &["wasmtime", "cranelift"]),
     ("HTTP clients, TLS and watch buffers", &["hyper", "h2::", "kube_client", "rustls", "tower"]),
+    (
+        "objects being decoded (list pages and watch events, before they are compacted)",
+        &["serde_json..value..de", "serde_json::value::de", "ContentRefDeserializer", "ContentDeserializer"],
+    ),
 ];
 
 /// Peak heap by owner, largest first, and the total.
