@@ -114,7 +114,7 @@ pub struct RunConfig {
     /// `workers` less a quarter of them (at least 1 kept free), or all of them when one kind is synced.
     pub workers_per_kind: Option<usize>,
     /// The most workers bulk re-syncs (after a rule change, the periodic resync) may hold at
-    /// once; ordinary changes pass them whatever this is. Default: a quarter of `workers` (at
+    /// once; ordinary changes pass them whatever this is. Default: an eighth of `workers` (at
     /// least 1), so that changes arriving during a re-sync of everything meet an unloaded
     /// process and unloaded API servers.
     pub resync_workers: Option<usize>,
@@ -267,7 +267,7 @@ impl RunConfig {
 
     /// The most workers bulk re-syncs may hold: `resyncWorkers`, or its default.
     pub fn resync_workers(&self) -> usize {
-        self.resync_workers.unwrap_or((self.workers / 4).max(1))
+        self.resync_workers.unwrap_or((self.workers / 8).max(1))
     }
 
     /// The resync period.
@@ -502,14 +502,15 @@ mod tests {
     }
 
     #[test]
-    fn kinds_share_the_workers_and_re_syncs_get_a_quarter() {
+    fn kinds_share_the_workers_and_re_syncs_get_an_eighth() {
         let two = "resources: [{apiVersion: v1, kind: ConfigMap}, {apiVersion: v1, kind: Secret}]\n";
         for (yaml, per_kind, resync) in [
-            (format!("{two}workers: 8"), 6, 2),
+            (format!("{two}workers: 8"), 6, 1),
+            (format!("{two}workers: 16"), 12, 2),
             (format!("{two}workers: 4"), 3, 1),
             (format!("{two}workers: 2"), 1, 1),
             (format!("{two}workers: 1"), 1, 1),
-            ("resources: [{apiVersion: v1, kind: ConfigMap}]\nworkers: 8".to_string(), 8, 2),
+            ("resources: [{apiVersion: v1, kind: ConfigMap}]\nworkers: 8".to_string(), 8, 1),
             (format!("{two}workers: 8\nworkersPerKind: 8\nresyncWorkers: 8"), 8, 8),
         ] {
             let c = mk_config(&yaml).unwrap();
