@@ -102,15 +102,26 @@ impl FunctionCache {
                 for job in rx {
                     match job {
                         Job::Write(dir, name, bytes) => {
-                            if !made.contains(&dir) {
-                                if let Err(why) = ensure_private_dir(&dir) {
-                                    tracing::debug!(dir = %dir.display(), reason = %why, "cannot cache a compiled function");
-                                    continue;
+                            // A folder made before may be gone (the cache was deleted while
+                            // running, which is allowed): make it again and retry once.
+                            for _ in 0..2 {
+                                if !made.contains(&dir) {
+                                    if let Err(why) = ensure_private_dir(&dir) {
+                                        tracing::debug!(dir = %dir.display(), reason = %why, "cannot cache a compiled function");
+                                        break;
+                                    }
+                                    made.insert(dir.clone());
                                 }
-                                made.insert(dir.clone());
-                            }
-                            if let Err(e) = write_private_atomically(&dir, &name, &dir.join(&name), &bytes) {
-                                tracing::debug!(dir = %dir.display(), error = %e, "cannot cache a compiled function");
+                                match write_private_atomically(&dir, &name, &dir.join(&name), &bytes) {
+                                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                        made.remove(&dir);
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(dir = %dir.display(), error = %e, "cannot cache a compiled function");
+                                        break;
+                                    }
+                                    Ok(()) => break,
+                                }
                             }
                         }
                         Job::Flush(done) => {
@@ -237,6 +248,11 @@ mod tests {
         std::fs::write(&path, bytes).expect("tamper");
         assert!(cache.get(&key).is_none(), "a corrupt entry is not used");
         assert!(!path.exists(), "and is removed, so the next compile replaces it");
+
+        std::fs::remove_dir_all(&dir).expect("delete the cache while in use");
+        assert!(cache.insert(&key, b"again".to_vec()));
+        cache.flush();
+        assert_eq!(cache.get(&key).as_deref(), Some(&b"again"[..]), "a deleted cache is made again");
         let _ = std::fs::remove_dir_all(&base);
     }
 
