@@ -253,12 +253,12 @@ mod tests {
         s.goal("peak RSS ≤ 100 MiB at 10,000", Some(true), "40 MiB".into());
         let md = Report { env: Environment::default(), sections: vec![s] }.markdown();
         assert!(md.contains("| 4 | peak RSS ≤ 100 MiB at 10,000 | 40 MiB | met |"), "{md}");
+        assert!(md.contains("## 4. Memory\n\n| N | peak RSS |\n| --- | --- |\n| 1000 | 40 MiB |"), "{md}");
         let mut s = Section::new(6, "Hot reload", &["swaps"]);
         s.goal("0 failed syncs", Some(true), "0".into());
         s.issue_goal(3, "reload p99 ≤ 250 ms", Some(false), "300 ms".into());
         let md = Report { env: Environment::default(), sections: vec![s] }.markdown();
         assert!(md.contains("| 3 | reload p99 ≤ 250 ms | 300 ms | **missed** | 6 |"), "{md}");
         assert!(md.contains("Goals kept from earlier issues:\n\n| section | goal | measured |  |\n| --- | --- | --- | --- |\n| 6 | 0 failed syncs | 0 | met |"), "{md}");
-        assert!(md.contains("## 4. Memory\n\n| N | peak RSS |\n| --- | --- |\n| 1000 | 40 MiB |"), "{md}");
     }
 }
