@@ -34,8 +34,13 @@ fn the_minimal_plugin_loads_and_transforms_a_configmap() {
     assert_eq!(out["metadata"]["annotations"]["downsync.dev/minimal"], "seen");
     assert_eq!(out["data"], desired["data"], "the rest of the object is untouched");
 
-    let cached: Vec<_> = std::fs::read_dir(&cache).expect("cache dir").flatten().collect();
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
     assert_eq!(cached.len(), 1, "the precompiled component is cached on disk");
+    assert!(cache.join("functions").is_dir(), "and its compiled functions, for the next version's compile");
     let again = Plugin::load_file(&engine_with_cache(&cache), &wasm).expect("loads from cache");
     assert_eq!(again.digest(), plugin.digest());
     let _ = std::fs::remove_dir_all(&cache);
