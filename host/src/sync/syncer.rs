@@ -226,9 +226,9 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
 
         // Fast path: same desired as last time and the downstream object has not moved since
         // our last write: nothing to do and nothing to ask the API.
-        if let (Some(state), Some(Some(live))) = (self.state.get(key), cached.as_ref())
-            && state.desired_hash == hash
-            && rv(live) == Some(state.resource_version.as_str())
+        if let Some(Some(live)) = cached.as_ref()
+            && let Some(live_rv) = rv(live)
+            && self.state.is_current(key, &hash, live_rv)
             && !rules.shadowing(&key.gvr.group, &key.kind)
         {
             return Ok(Operation::Unchanged);
