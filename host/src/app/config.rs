@@ -118,6 +118,11 @@ pub struct RunConfig {
     /// least 1), so that changes arriving during a re-sync of everything meet an unloaded
     /// process and unloaded API servers.
     pub resync_workers: Option<usize>,
+    /// How long, at most, bulk re-syncs step aside while ordinary changes are being synced: a
+    /// re-sync starts when no change is in flight, or once it has waited this long. Their
+    /// writes go through the same API servers, so overlapping them with a change slows the
+    /// change. 0 never steps aside.
+    pub resync_yield_millis: u64,
     /// Every object is looked at again this often, even without events.
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
@@ -173,6 +178,7 @@ impl Default for RunConfig {
             workers: 8,
             workers_per_kind: None,
             resync_workers: None,
+            resync_yield_millis: 50,
             resync_seconds: 600,
             orphan_grace_seconds: 30,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -270,6 +276,11 @@ impl RunConfig {
         self.resync_workers.unwrap_or((self.workers / 8).max(1))
     }
 
+    /// How long bulk re-syncs step aside for changes in flight, at most.
+    pub fn resync_yield(&self) -> Duration {
+        Duration::from_millis(self.resync_yield_millis)
+    }
+
     /// The resync period.
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds)
@@ -360,6 +371,15 @@ impl RunConfig {
             if on && !self.feature(gate) {
                 return invalid(setting, format!("needs the {gate} feature gate, which is off"));
             }
+        }
+        if self.resync_yield_millis > 10_000 {
+            return invalid(
+                "resyncYieldMillis",
+                format!(
+                    "{} is out of range: give 0 to 10000 (a re-sync waits at most this long)",
+                    self.resync_yield_millis
+                ),
+            );
         }
         if self.resync_seconds == 0 {
             return invalid("resyncSeconds", "must be at least 1".into());
@@ -517,11 +537,19 @@ mod tests {
             assert!(c.validate().is_ok(), "{yaml}");
             assert_eq!((c.workers_per_kind(), c.resync_workers()), (per_kind, resync), "{yaml}");
         }
-        for bad in ["workersPerKind: 9", "resyncWorkers: 0"] {
+        for (bad, range) in [
+            ("workersPerKind: 9", "give 1 to workers (8)"),
+            ("resyncWorkers: 0", "give 1 to workers (8)"),
+            ("resyncYieldMillis: 60000", "give 0 to 10000"),
+        ] {
             let err = mk_config(&format!("{two}workers: 8\n{bad}")).unwrap().validate().unwrap_err().to_string();
             let setting = bad.split(':').next().unwrap_or_default();
-            assert!(err.contains(setting) && err.contains("give 1 to workers (8)"), "{bad}: {err}");
+            assert!(err.contains(setting) && err.contains(range), "{bad}: {err}");
         }
+        let c = mk_config(&format!("{two}resyncYieldMillis: 0")).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.resync_yield(), Duration::ZERO, "0 turns the yield off");
+        assert_eq!(RunConfig::default().resync_yield(), Duration::from_millis(50));
     }
 
     #[test]

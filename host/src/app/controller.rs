@@ -270,7 +270,12 @@ fn shares(config: &RunConfig, kinds: usize) -> Shares<WorkKey> {
         WorkKey::Object(k) => k.resource,
         WorkKey::Namespace { .. } => kinds,
     });
-    Shares { class_of, per_class: config.workers_per_kind(), low: config.resync_workers() }
+    Shares {
+        class_of,
+        per_class: config.workers_per_kind(),
+        low: config.resync_workers(),
+        low_yield: config.resync_yield(),
+    }
 }
 
 impl Controller {

@@ -12,7 +12,9 @@
 //! deadline on every call, cannot take every worker and stall the other kinds. Keys added
 //! with [`WorkQueue::add_low`] (bulk re-syncs) wait in a low lane that is served only when no
 //! ordinary key can be, and by at most `low` workers at once, so the changes that come in
-//! during a re-sync of everything find a free worker and an unloaded process.
+//! during a re-sync of everything find a free worker and an unloaded process. The low lane
+//! also steps aside while ordinary keys are held, for at most `low_yield`: the writes of both
+//! go through the same API servers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -48,23 +50,36 @@ pub struct Shares<K> {
     pub per_class: usize,
     /// The most keys from the low lane handed out at once.
     pub low: usize,
+    /// How long the low lane steps aside while ordinary keys are being worked on: a low key
+    /// starts when no ordinary key is held, or once the lane has waited this long (checked
+    /// whenever a key is done, so it cannot starve). Zero never steps aside.
+    pub low_yield: Duration,
 }
 
 impl<K> Clone for Shares<K> {
     fn clone(&self) -> Self {
-        Self { class_of: Arc::clone(&self.class_of), per_class: self.per_class, low: self.low }
+        Self {
+            class_of: Arc::clone(&self.class_of),
+            per_class: self.per_class,
+            low: self.low,
+            low_yield: self.low_yield,
+        }
     }
 }
 
 impl<K> Default for Shares<K> {
     fn default() -> Self {
-        Self { class_of: Arc::new(|_| 0), per_class: usize::MAX, low: usize::MAX }
+        Self { class_of: Arc::new(|_| 0), per_class: usize::MAX, low: usize::MAX, low_yield: Duration::ZERO }
     }
 }
 
 impl<K> std::fmt::Debug for Shares<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shares").field("per_class", &self.per_class).field("low", &self.low).finish_non_exhaustive()
+        f.debug_struct("Shares")
+            .field("per_class", &self.per_class)
+            .field("low", &self.low)
+            .field("low_yield", &self.low_yield)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,6 +119,8 @@ struct State<K> {
     processing: HashMap<K, Held>,
     /// Keys held from the low lane.
     low_busy: usize,
+    /// Since when the low lane has stepped aside for ordinary keys in flight.
+    low_waiting_since: Option<Instant>,
     /// Keys added while a worker held them; queued again on `done`.
     dirty: HashSet<K>,
     /// Earliest pending delayed add per key, so repeated delays do not pile up timers.
@@ -121,7 +138,8 @@ impl<K: Clone + Eq + Hash> State<K> {
     }
 
     /// The next key a worker may take under the shares, if any.
-    fn take(&mut self, per_class: usize, low_cap: usize) -> Option<K> {
+    fn take(&mut self, shares: &Shares<K>) -> Option<K> {
+        let per_class = shares.per_class;
         let n = self.classes.len();
         for i in 0..n {
             let c = (self.turn + i) % n;
@@ -137,8 +155,19 @@ impl<K: Clone + Eq + Hash> State<K> {
                 return Some(key);
             }
         }
-        if self.low_busy >= low_cap {
+        if self.low_keys.is_empty() {
+            self.low_waiting_since = None;
             return None;
+        }
+        if self.low_busy >= shares.low {
+            return None;
+        }
+        if !shares.low_yield.is_zero() && self.processing.len() > self.low_busy {
+            let now = Instant::now();
+            let since = *self.low_waiting_since.get_or_insert(now);
+            if now.duration_since(since) < shares.low_yield {
+                return None;
+            }
         }
         for i in 0..n {
             let c = (self.turn + i) % n;
@@ -149,6 +178,7 @@ impl<K: Clone + Eq + Hash> State<K> {
                 if self.low_keys.remove(&key) {
                     self.classes[c].busy += 1;
                     self.low_busy += 1;
+                    self.low_waiting_since = None;
                     self.turn = (c + 1) % n;
                     self.queued.remove(&key);
                     self.processing.insert(key.clone(), Held { class: c, low: true });
@@ -204,6 +234,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             low_keys: HashSet::new(),
             processing: HashMap::new(),
             low_busy: 0,
+            low_waiting_since: None,
             dirty: HashSet::new(),
             delayed: HashMap::new(),
             failures: HashMap::new(),
@@ -340,7 +371,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 if s.closed {
                     return None;
                 }
-                if let Some(key) = s.take(self.shares.per_class, self.shares.low) {
+                if let Some(key) = s.take(&self.shares) {
                     return Some(key);
                 }
             }
@@ -363,7 +394,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                     s.class(held.class).queue.push_back(key.clone());
                 }
             }
-            // A freed share may let a waiting key of a capped class (or the low lane) go.
+            // A freed share may let a waiting key of a capped class (or the low lane, stepping
+            // aside for ordinary keys) go.
             s.waiting() > 0
         };
         if wake {
@@ -423,12 +455,16 @@ mod tests {
 
     /// Keys are "class:name"; class "a" is 0, "b" is 1, anything else 2.
     fn mk_shared_queue(per_class: usize, low: usize) -> WorkQueue<&'static str> {
+        mk_yielding_queue(per_class, low, Duration::ZERO)
+    }
+
+    fn mk_yielding_queue(per_class: usize, low: usize, low_yield: Duration) -> WorkQueue<&'static str> {
         let class_of: Classify<&'static str> = Arc::new(|k: &&'static str| match k.split(':').next() {
             Some("a") => 0,
             Some("b") => 1,
             _ => 2,
         });
-        WorkQueue::with_shares(RateLimit::default(), Shares { class_of, per_class, low })
+        WorkQueue::with_shares(RateLimit::default(), Shares { class_of, per_class, low, low_yield })
     }
 
     /// The next key if one can be handed out now, without waiting.
@@ -492,6 +528,46 @@ mod tests {
         assert_eq!(try_next(&q).await, Some("b:1"), "an ordinary key goes past the low lane's share");
         q.done(&"a:1");
         assert_eq!(try_next(&q).await, Some("a:2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_low_lane_steps_aside_while_ordinary_keys_are_held_but_not_for_ever() {
+        let q = mk_yielding_queue(usize::MAX, usize::MAX, Duration::from_millis(50));
+        q.add("a:live");
+        q.add_low("b:resync-1");
+        q.add_low("b:resync-2");
+        assert_eq!(try_next(&q).await, Some("a:live"));
+        assert_eq!(try_next(&q).await, None, "a live change is in flight: the re-syncs wait");
+        q.done(&"a:live");
+        assert_eq!(try_next(&q).await, Some("b:resync-1"), "nothing live in flight: the low lane goes");
+        q.done(&"b:resync-1");
+
+        // A live change that keeps being held does not starve the low lane: once the lane
+        // has waited its yield, the next hand-out serves it.
+        q.add("a:busy");
+        assert_eq!(try_next(&q).await, Some("a:busy"));
+        assert_eq!(try_next(&q).await, None);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(try_next(&q).await, Some("b:resync-2"), "waited longer than the yield");
+        q.done(&"b:resync-2");
+        q.done(&"a:busy");
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_on_a_stepping_aside_low_lane_is_woken_when_the_live_key_is_done() {
+        let q = mk_yielding_queue(usize::MAX, usize::MAX, Duration::from_secs(3600));
+        q.add("a:live");
+        q.add_low("b:resync");
+        assert_eq!(try_next(&q).await, Some("a:live"));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::task::yield_now().await;
+        q.done(&"a:live");
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(got.ok().and_then(Result::ok).flatten(), Some("b:resync"));
     }
 
     fn mk_queue() -> WorkQueue<&'static str> {
