@@ -70,6 +70,10 @@ pub struct Reload {
     pub sync_latencies: Vec<Duration>,
     /// The same, for patches sent before the first swap (steady state).
     pub steady_latencies: Vec<Duration>,
+    /// Of `sync_latencies`: patches sent while a new version was being loaded (from the rename
+    /// to its first write), while the objects were being re-synced to it (from its first write
+    /// until every object carried it), and in between swaps.
+    pub phase_latencies: [Vec<Duration>; 3],
     /// `downsync_syncs_total{result="error"}` during the swaps.
     pub failed_syncs: f64,
     /// `downsync_plugin_reload_failures_total` during the swaps.
@@ -202,6 +206,8 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     let functions = cache_dir.join("functions");
     let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
     let mut version: u64 = 1;
+    // Per swap: the rename, the first write of the new version, the last object's.
+    let mut windows: Vec<(Instant, Option<Instant>, Option<Instant>)> = Vec::new();
     for way in [Way::Cold, Way::Warm, Way::Precompiled] {
         let precompiled = way == Way::Precompiled;
         let name = match way {
@@ -260,6 +266,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             if let Some(at) = all {
                 series.all.push(at - t0);
             }
+            windows.push((t0, first, all));
             tokio::time::sleep(Duration::from_millis(300)).await;
             if let Some(at) = first {
                 r.late_old_writes +=
@@ -296,7 +303,20 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             continue;
         }
         let latency = at.saturating_duration_since(*t0);
-        if *t0 < swaps_started { r.steady_latencies.push(latency) } else { r.sync_latencies.push(latency) }
+        if *t0 < swaps_started {
+            r.steady_latencies.push(latency);
+            continue;
+        }
+        r.sync_latencies.push(latency);
+        let phase = windows.iter().find_map(|(renamed, first, all)| {
+            let loaded = first.unwrap_or(*renamed + Duration::from_secs(30));
+            if (*renamed..loaded).contains(t0) {
+                Some(0)
+            } else {
+                (*t0 >= loaded && all.is_none_or(|all| *t0 < all)).then_some(1)
+            }
+        });
+        r.phase_latencies[phase.unwrap_or(2)].push(latency);
     }
     ds.stop(Duration::from_secs(60)).await?;
     Ok(r)
@@ -357,8 +377,10 @@ pub fn section(r: &Reload) -> Section {
          before only in a data constant, no function is compiled again (a redeploy or a changed constant; a \
          code change compiles the functions it touches, which lies between the two). The third puts each \
          new version into downsync's artifact cache before the rename, which leaves out the compile. p99 of \
-         20 swaps is their maximum.",
-        r.objects, r.churn
+         {} swaps is their maximum.",
+        r.objects,
+        r.churn,
+        r.series.first().map_or(0, |x| x.first.len() + x.missed)
     ));
     s.note(format!(
         "During the swaps: {} failed syncs, {} refused reloads, {} writes with an older stamp after the new one \
@@ -374,6 +396,21 @@ pub fn section(r: &Reload) -> Section {
         millis(percentile(&r.steady_latencies, 50.0)),
         millis(percentile(&r.steady_latencies, 99.0)),
         r.steady_latencies.len(),
+    ));
+    let [loading, resyncing, between] = &r.phase_latencies;
+    s.note(format!(
+        "The patches sent during the swaps, by what downsync was doing when they were sent: loading the new \
+         version (rename to its first write) p50 {}, p99 {} ({} patches); re-syncing every object to it (first \
+         write to the last object) p50 {}, p99 {} ({}); neither, between swaps p50 {}, p99 {} ({}).",
+        millis(percentile(loading, 50.0)),
+        millis(percentile(loading, 99.0)),
+        loading.len(),
+        millis(percentile(resyncing, 50.0)),
+        millis(percentile(resyncing, 99.0)),
+        resyncing.len(),
+        millis(percentile(between, 50.0)),
+        millis(percentile(between, 99.0)),
+        between.len(),
     ));
     s
 }
