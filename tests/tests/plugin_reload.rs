@@ -27,6 +27,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn start(dir: &Path) -> (Arc<Reloader>, downsync::plugin::WatchHandle) {
+    start_debounced(dir, Duration::from_millis(50))
+}
+
+fn start_debounced(dir: &Path, debounce: Duration) -> (Arc<Reloader>, downsync::plugin::WatchHandle) {
     let engine = PluginEngine::new(EngineConfig {
         fuel: 50_000_000,
         deadline_ms: 2_000,
@@ -39,9 +43,7 @@ fn start(dir: &Path) -> (Arc<Reloader>, downsync::plugin::WatchHandle) {
     let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let reloader = Reloader::new(engine, dir, RegistryConfig::default(), registry);
     // A long resync: what becomes visible must come from the watcher.
-    let handle = reloader
-        .watch(WatchConfig { debounce: Duration::from_millis(50), resync: Duration::from_secs(600) })
-        .expect("watch");
+    let handle = reloader.watch(WatchConfig { debounce, resync: Duration::from_secs(600) }).expect("watch");
     (reloader, handle)
 }
 
@@ -94,6 +96,23 @@ fn a_plain_write_and_a_rename_swap_the_plugin_and_a_broken_file_keeps_the_old_on
     std::fs::write(dir.join("rule.wasm"), version_b()).expect("write b again");
     wait_for("recovery with version b", || running(&reloader) == "b");
     assert_eq!(reloader.status()[0].last_error, None, "a good version clears the error");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_finished_write_or_a_rename_is_acted_on_without_waiting_for_quiet() {
+    let dir = scratch("settled");
+    std::fs::write(dir.join("rule.wasm"), version_a()).expect("write a");
+    // A quiet period longer than the test's wait: only a change known to be complete can load.
+    let (reloader, _handle) = start_debounced(&dir, Duration::from_secs(3600));
+    assert_eq!(running(&reloader), "a");
+
+    std::fs::write(dir.join("rule.wasm"), version_b()).expect("write b");
+    wait_for("version b once the writer closed the file", || running(&reloader) == "b");
+
+    std::fs::write(dir.join(".rule.wasm.tmp"), version_a()).expect("write tmp");
+    std::fs::rename(dir.join(".rule.wasm.tmp"), dir.join("rule.wasm")).expect("rename");
+    wait_for("version a once renamed in", || running(&reloader) == "a");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,7 +1,9 @@
 //! Hot reload: watches the plugins folder, checks changed components off the hot path, swaps them in atomically.
 //!
-//! The folder is watched non-recursively and re-scanned as a whole after any event (with a short
-//! debounce) and on a slow resync timer, so a plain write, a write-to-temp-then-rename and a
+//! The folder is watched non-recursively and re-scanned as a whole after any event and on a slow
+//! resync timer. A finished write (the file closed after writing) or a rename into the folder is
+//! acted on at once; other events (data still being written, a removal, which `ln -sf` follows
+//! with a create) wait for a short quiet period first. So a plain write, a write-to-temp-then-rename and a
 //! Kubernetes ConfigMap volume's `..data` symlink swap all look the same: `<name>.wasm` (symlinks
 //! followed) has new bytes, hence a new sha256. A changed component is compiled and checked on
 //! the reload thread — it implements the world, `describe` is sane, the fixtures in
@@ -31,7 +33,8 @@ use super::rollout::{Stage, Trial, Verdict, Waker};
 /// How the folder is watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchConfig {
-    /// Quiet time after the last event before re-scanning.
+    /// Quiet time after the last event before re-scanning, for events that may be the middle of
+    /// a change (data written, a file removed). A finished write or a rename does not wait.
     pub debounce: Duration,
     /// Re-scan this often even without events (a missed event is not fatal).
     pub resync: Duration,
@@ -712,11 +715,10 @@ impl Reloader {
         let (tx, rx) = channel::<Wake>();
         let events = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // A scan opens and reads every file (inotify reports that as access): re-scanning
-            // on our own reads would loop.
-            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
-            Ok(_) => {
-                let _ = events.send(Wake::Changed);
+            Ok(e) => {
+                if let Some(wake) = wake_for(&e.kind) {
+                    let _ = events.send(wake);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "plugin folder watch error; re-scanning");
@@ -754,10 +756,11 @@ impl Reloader {
                 Ok(Wake::Changed) => loop {
                     match rx.recv_timeout(config.debounce) {
                         Ok(Wake::Changed | Wake::Rollout) => continue,
-                        Err(RecvTimeoutError::Timeout) => break true,
+                        Ok(Wake::Settled) | Err(RecvTimeoutError::Timeout) => break true,
                         Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                 },
+                Ok(Wake::Settled) => true,
                 Ok(Wake::Rollout) => false,
                 Err(RecvTimeoutError::Timeout) => std::time::Instant::now() >= next_scan,
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
@@ -774,11 +777,29 @@ impl Reloader {
     }
 }
 
+/// What a folder event asks of the reload thread, if anything.
+fn wake_for(kind: &notify::EventKind) -> Option<Wake> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    match kind {
+        // A writer closed the file: its bytes are complete.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Wake::Settled),
+        // A scan opens and reads every file (inotify reports that as access): re-scanning on our
+        // own reads would loop.
+        EventKind::Access(_) => None,
+        // Something arrived under its final name: a temp file renamed over a plugin, or the
+        // kubelet's `..data_tmp` renamed to `..data`. A name moving away (`From`) is a removal.
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Some(Wake::Settled),
+        _ => Some(Wake::Changed),
+    }
+}
+
 /// What wakes the reload thread.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum Wake {
-    /// Something in the folder changed.
+    /// Something in the folder changed and more may follow: re-scan once it is quiet.
     Changed,
+    /// A change in the folder is complete: re-scan now.
+    Settled,
     /// A trial may have a verdict.
     Rollout,
     /// The handle was dropped.
@@ -802,6 +823,34 @@ impl Drop for WatchHandle {
         let _ = self.stop.send(Wake::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    use super::{Wake, wake_for};
+
+    #[test]
+    fn finished_writes_and_arrivals_wake_at_once_partial_changes_wait_and_reads_do_not_wake() {
+        let cases = [
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), Some(Wake::Settled)),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), Some(Wake::Settled)),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), Some(Wake::Settled)),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), Some(Wake::Changed)),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), Some(Wake::Changed)),
+            (EventKind::Create(CreateKind::File), Some(Wake::Changed)),
+            (EventKind::Remove(RemoveKind::File), Some(Wake::Changed)),
+            (EventKind::Any, Some(Wake::Changed)),
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), None),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), None),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(wake_for(&kind), want, "{kind:?}");
         }
     }
 }
