@@ -4,9 +4,10 @@
 //! One `downsync run` syncs Secrets and ConfigMaps with the `faulty` test plugin on ConfigMaps.
 //! First a quiet phase (no ConfigMap asks the plugin to spin), then a phase with 12 ConfigMaps
 //! whose every call spins until the 1 s wall-clock deadline stops it (the fuel is set so high
-//! that the deadline ends each call) and is retried with backoff. In each phase `/healthz` is
-//! probed every 50 ms and one Secret after another is patched upstream, timed until a
-//! downstream GET sees the change.
+//! that the deadline ends each call) and is retried with backoff; the bench patches them twice a
+//! second so new calls keep coming. Each phase lasts at least 10 s: `/healthz` is probed every
+//! 50 ms and one Secret after another is patched upstream, timed until a downstream GET sees
+//! the change.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,8 @@ pub struct Figures {
 
 const SECRETS: usize = 20;
 const SPINNERS: usize = 12;
+/// How long each phase measures at least: long enough for a p99 over a few hundred samples.
+const PHASE_MIN: Duration = Duration::from_secs(10);
 
 /// Runs the section.
 pub async fn measure(b: &Bench) -> Figures {
@@ -103,7 +106,7 @@ async fn phases(b: &Bench, run: &str, ns: &str, f: &mut Figures) -> Result<()> {
     let mut d = b.spawn(&args, &format!("deadline-{run}"))?;
     d.wait_ready(Duration::from_secs(120)).await?;
     eprintln!("bench: 10. deadline: quiet phase");
-    f.quiet = phase(b, ns, d.addr, 1).await?;
+    f.quiet = phase(b, ns, d.addr, 1, false).await?;
     let configmaps = Api::<ConfigMap>::namespaced(b.up.clone(), ns);
     for i in 0..SPINNERS {
         let obj: ConfigMap = serde_json::from_value(json!({
@@ -116,7 +119,7 @@ async fn phases(b: &Bench, run: &str, ns: &str, f: &mut Figures) -> Result<()> {
     // Let the spinning calls fill the workers before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("bench: 10. deadline: spinning phase");
-    f.spinning = phase(b, ns, d.addr, 2).await?;
+    f.spinning = phase(b, ns, d.addr, 2, true).await?;
     if let Ok(m) = d.metrics().await {
         f.deadlines = m.sum("downsync_plugin_errors_total", &[("plugin", "faulty"), ("failure", "deadline")]);
     }
@@ -125,8 +128,10 @@ async fn phases(b: &Bench, run: &str, ns: &str, f: &mut Figures) -> Result<()> {
     Ok(())
 }
 
-/// Probes `/healthz` every 50 ms while patching each Secret once and timing its arrival.
-async fn phase(b: &Bench, ns: &str, addr: std::net::SocketAddr, round: usize) -> Result<Phase> {
+/// Probes `/healthz` every 50 ms while patching the Secrets in turn (each at least once, for at
+/// least [`PHASE_MIN`]) and timing each change's arrival; with `spin`, also patches the spinning
+/// ConfigMaps twice a second, so the plugin is asked to spin again while their retries back off.
+async fn phase(b: &Bench, ns: &str, addr: std::net::SocketAddr, round: usize, spin: bool) -> Result<Phase> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = {
         let stop = std::sync::Arc::clone(&stop);
@@ -143,12 +148,31 @@ async fn phase(b: &Bench, ns: &str, addr: std::net::SocketAddr, round: usize) ->
             (times, failures)
         })
     };
+    let toucher = spin.then(|| {
+        let stop = std::sync::Arc::clone(&stop);
+        let configmaps = Api::<ConfigMap>::namespaced(b.up.clone(), ns);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                for i in 0..SPINNERS {
+                    let patch = Patch::Merge(json!({"data": {"v": n.to_string()}}));
+                    // A failed touch only means one fewer spinning call; the figures still stand.
+                    let _ = configmaps.patch(&format!("spin-{i:02}"), &PatchParams::default(), &patch).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    });
     let up = Api::<Secret>::namespaced(b.up.clone(), ns);
     let down = Api::<Secret>::namespaced(b.down.clone(), ns);
     let mut p = Phase::default();
-    let want = format!("{round}");
-    for i in 0..SECRETS {
-        let name = format!("s-{i:02}");
+    let started = Instant::now();
+    let mut k = 0;
+    while k < SECRETS || started.elapsed() < PHASE_MIN {
+        let name = format!("s-{:02}", k % SECRETS);
+        let want = format!("{round}-{k}");
+        k += 1;
         let t0 = Instant::now();
         up.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"stringData": {"v": want}}))).await?;
         loop {
@@ -166,6 +190,9 @@ async fn phase(b: &Bench, ns: &str, addr: std::net::SocketAddr, round: usize) ->
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     (p.healthz, p.healthz_failures) = probe.await?;
+    if let Some(t) = toucher {
+        t.await?;
+    }
     Ok(p)
 }
 
@@ -240,10 +267,17 @@ pub fn section(f: &Figures) -> Section {
     s.note(format!(
         "One `downsync run` over Secrets and ConfigMaps with the `faulty` test plugin on ConfigMaps, fuel set so \
          high that a 1 s wall-clock deadline ends each spinning call. In each phase `/healthz` is probed every \
-         50 ms and {SECRETS} Secrets are patched upstream one after another, each timed until a downstream GET \
-         (polled every 5 ms) sees it. The spinning phase adds {SPINNERS} ConfigMaps on which every call spins to \
-         its deadline and is retried with backoff ({:.0} calls ended at the deadline by the end).",
-        f.deadlines
+         50 ms and {SECRETS} Secrets are patched upstream in turn, each change timed until a downstream GET \
+         (polled every 5 ms) sees it, for at least {} s. The spinning phase adds {SPINNERS} ConfigMaps on which \
+         every call spins to its deadline and is retried with backoff; the bench patches them twice a second so \
+         new calls keep coming ({:.0} calls ended at the deadline by the end). Samples: {} probes and {} Secret \
+         changes quiet, {} and {} spinning.",
+        PHASE_MIN.as_secs(),
+        f.deadlines,
+        f.quiet.healthz.len(),
+        f.quiet.secret.len(),
+        f.spinning.healthz.len(),
+        f.spinning.secret.len()
     ));
     s
 }
