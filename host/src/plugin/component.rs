@@ -15,6 +15,7 @@ use super::contract;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::{CallState, escape};
+use super::overrun::Overruns;
 use super::projection;
 use crate::sync::intent::Intent;
 
@@ -311,6 +312,8 @@ pub struct Plugin {
     pre: RulePre,
     /// Idle instances, when the plugin runs with [`InstancePolicy::Reused`].
     kept: Option<Arc<Kept>>,
+    /// Objects whose latest call ended at the deadline; their calls run one at a time.
+    overruns: Arc<Overruns>,
 }
 
 /// The idle instances of a plugin that reuses them. Shared by the plugin's clones.
@@ -378,7 +381,7 @@ impl Plugin {
             hooks: Hooks::ALL,
             reads: vec![],
         };
-        let mut plugin = Self { engine, info, digest, pre, kept: None };
+        let mut plugin = Self { engine, info, digest, pre, kept: None, overruns: Arc::default() };
         let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
             return Err(plugin.mismatch("describe"));
         };
@@ -439,6 +442,15 @@ impl Plugin {
     /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
     /// A plugin that reuses instances runs the hook in a kept one instead.
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
+        let turn = self.overruns.turn(object);
+        let called = self.call_unthrottled(hook, object);
+        drop(turn);
+        let overran = matches!(&called, Err(e) if e.failure() == Some(CallFailure::Deadline));
+        self.overruns.record(object, overran);
+        called
+    }
+
+    fn call_unthrottled(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         if let Some(kept) = &self.kept {
             return self.call_kept(kept, hook, object);
         }

@@ -12,6 +12,7 @@ mod function_cache;
 mod host;
 pub mod imports;
 pub mod journal;
+mod overrun;
 pub mod projection;
 pub mod registry;
 pub mod reload;
