@@ -8,6 +8,7 @@
 //! held up. An object leaves the set when a call for it ends in time.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// How many overrun objects a plugin remembers; past that, the set starts again (the
@@ -18,18 +19,27 @@ const MAX_REMEMBERED: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct Overruns {
     objects: Mutex<HashSet<String>>,
+    /// The set's size, kept beside it so that calls of a plugin with no overrun object (the
+    /// usual case) pass without taking the lock.
+    len: AtomicUsize,
     turn: Mutex<()>,
 }
 
 impl Overruns {
     /// Waits for the turn when `object`'s latest call overran; the guard ends the turn.
     pub(crate) fn turn(&self, object: &str) -> Option<MutexGuard<'_, ()>> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let overran = self.objects.lock().unwrap_or_else(PoisonError::into_inner).contains(object);
         overran.then(|| self.turn.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Records how `object`'s call ended: `overran` when at the deadline.
     pub(crate) fn record(&self, object: &str, overran: bool) {
+        if !overran && self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
         if overran {
             if objects.len() >= MAX_REMEMBERED && !objects.contains(object) {
@@ -39,6 +49,7 @@ impl Overruns {
         } else if !objects.is_empty() {
             objects.remove(object);
         }
+        self.len.store(objects.len(), Ordering::Release);
     }
 }
 
