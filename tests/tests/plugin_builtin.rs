@@ -19,6 +19,7 @@ fn small_engine() -> PluginEngine {
         pool_instances: 8,
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
+        tiered_compilation: true,
     })
     .expect("engine")
 }

@@ -16,7 +16,10 @@ fn scratch(name: &str) -> PathBuf {
 fn load(cache: &Path, crate_name: &str) -> Plugin {
     let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache.to_path_buf()), ..EngineConfig::default() })
         .expect("engine");
-    Plugin::load_file(&engine, &plugin_path(crate_name).expect("built")).expect("loads")
+    let plugin = Plugin::load_file(&engine, &plugin_path(crate_name).expect("built")).expect("loads");
+    // The artifact is Cranelift's, written by the background compile when it was not cached.
+    assert!(plugin.wait_optimized(std::time::Duration::from_secs(120)), "optimized code in use");
+    plugin
 }
 
 /// The cache entry of the component with this digest.

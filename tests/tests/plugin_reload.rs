@@ -38,6 +38,7 @@ fn start_debounced(dir: &Path, debounce: Duration) -> (Arc<Reloader>, downsync::
         pool_instances: 8,
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
+        tiered_compilation: true,
     })
     .expect("engine");
     let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));

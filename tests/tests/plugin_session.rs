@@ -14,6 +14,7 @@ fn engine(fuel: u64) -> PluginEngine {
         pool_instances: 8,
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
+        tiered_compilation: true,
     })
     .expect("engine")
 }

@@ -431,7 +431,11 @@ mod tests {
         assert_eq!(c.workers, 8);
         assert_eq!(c.namespace_mapping, NamespaceMapping::Identity);
         assert_eq!(c.sync.ownership.identity, "downsync");
+        assert!(c.engine.tiered_compilation, "Winch first, Cranelift in the background");
         c.validate().unwrap();
+        let c =
+            mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nengine: {tieredCompilation: false}").unwrap();
+        assert!(!c.engine.tiered_compilation);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::{CallState, escape};
 use super::overrun::Overruns;
 use super::projection;
+use super::tiering::{Code, Compiled, Tier};
 use crate::sync::intent::Intent;
 
 /// A group/kind pattern; `*` matches anything, the core group is "".
@@ -309,7 +310,8 @@ pub struct Plugin {
     engine: PluginEngine,
     info: PluginInfo,
     digest: String,
-    pre: RulePre,
+    /// The compiled component; its baseline code is replaced by optimized code in place.
+    code: Arc<Code>,
     /// Idle instances, when the plugin runs with [`InstancePolicy::Reused`].
     kept: Option<Arc<Kept>>,
     /// Objects whose latest call ended at the deadline; their calls run one at a time.
@@ -325,14 +327,18 @@ struct Kept {
 /// An instance kept between calls, with its store.
 struct KeptInstance {
     store: Store<CallState>,
+    /// The code it was made from: once optimized code is in use, baseline instances go.
+    tier: Tier,
     bound: Bound,
     /// Calls served so far.
     calls: u32,
 }
 
 impl Kept {
-    fn take(&self) -> Option<KeptInstance> {
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+    fn take(&self, tier: Tier) -> Option<KeptInstance> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|i| i.tier == tier);
+        idle.pop()
     }
 
     fn put(&self, instance: KeptInstance) {
@@ -363,12 +369,12 @@ impl Plugin {
 
     /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
     pub fn load(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
-        let (digest, pre) = engine.prepare(label, bytes)?;
-        Self::new(engine.clone(), label, digest, pre)
+        let (digest, code) = engine.prepare(label, bytes)?;
+        Self::new(engine.clone(), label, digest, code)
     }
 
-    fn new(engine: PluginEngine, label: &str, digest: String, pre: RulePre) -> Result<Self> {
-        let wit = match pre {
+    fn new(engine: PluginEngine, label: &str, digest: String, code: Arc<Code>) -> Result<Self> {
+        let wit = match code.current().pre {
             RulePre::V0_1(_) => WitVersion::V0_1,
             RulePre::V0_2(_) => WitVersion::V0_2,
         };
@@ -381,7 +387,7 @@ impl Plugin {
             hooks: Hooks::ALL,
             reads: vec![],
         };
-        let mut plugin = Self { engine, info, digest, pre, kept: None, overruns: Arc::default() };
+        let mut plugin = Self { engine, info, digest, code, kept: None, overruns: Arc::default() };
         let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
             return Err(plugin.mismatch("describe"));
         };
@@ -408,6 +414,17 @@ impl Plugin {
     /// The WIT package version it was built against.
     pub fn wit(&self) -> WitVersion {
         self.info.wit
+    }
+
+    /// Which compiler's code new calls run: baseline (Winch's) until Cranelift's is ready.
+    pub fn tier(&self) -> Tier {
+        self.code.current().tier
+    }
+
+    /// Waits up to `timeout` for Cranelift's code to be in use; whether it is. For tools and
+    /// benchmarks that want the steady state; the syncer never waits.
+    pub fn wait_optimized(&self, timeout: std::time::Duration) -> bool {
+        self.code.wait_optimized(timeout)
     }
 
     /// This plugin with an instance policy. `Reused` is honoured only when the plugin declares
@@ -455,9 +472,10 @@ impl Plugin {
             return self.call_kept(kept, hook, object);
         }
         let cfg = self.engine.config();
-        let mut store = self.new_store(object);
+        let code = self.code.current();
+        let mut store = self.new_store(&code, object);
         let outcome = self.arm(&mut store).and_then(|()| {
-            let bound = self.pre.instantiate(&mut store)?;
+            let bound = code.pre.instantiate(&mut store)?;
             hook.call(&mut store, &bound)
         });
         let hook = hook.name();
@@ -479,12 +497,13 @@ impl Plugin {
     /// [`MAX_CALLS_PER_KEPT_INSTANCE`] times.
     fn call_kept(&self, kept: &Kept, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         let name = hook.name();
-        let mut instance = match kept.take() {
+        let code = self.code.current();
+        let mut instance = match kept.take(code.tier) {
             Some(instance) => instance,
             None => {
-                let mut store = self.new_store(object);
-                match self.arm(&mut store).and_then(|()| self.pre.instantiate(&mut store)) {
-                    Ok(bound) => KeptInstance { store, bound, calls: 0 },
+                let mut store = self.new_store(&code, object);
+                match self.arm(&mut store).and_then(|()| code.pre.instantiate(&mut store)) {
+                    Ok(bound) => KeptInstance { store, tier: code.tier, bound, calls: 0 },
                     Err(e) => {
                         let error = self.call_error(&store, name, object, e);
                         store.data().flush_output(name);
@@ -516,7 +535,7 @@ impl Plugin {
     }
 
     /// A store with this plugin's limits; fuel and deadline are set by [`Plugin::arm`].
-    fn new_store(&self, object: &str) -> Store<CallState> {
+    fn new_store(&self, code: &Compiled, object: &str) -> Store<CallState> {
         let cfg = self.engine.config();
         let state = CallState::new(
             &self.info.name,
@@ -525,7 +544,7 @@ impl Plugin {
             cfg.max_instances_per_call,
             self.engine.logs().clone(),
         );
-        let mut store = Store::new(self.engine.engine(), state);
+        let mut store = Store::new(&code.engine, state);
         store.limiter(|s| &mut s.limits);
         store
     }
@@ -589,8 +608,9 @@ impl Plugin {
     /// Instantiates the component in a fresh store, as every call does, and calls nothing:
     /// the fixed price of a call, for benchmarks.
     pub fn instantiate_only(&self) -> Result<()> {
-        let mut store = self.new_store("-");
-        let outcome = self.arm(&mut store).and_then(|()| self.pre.instantiate(&mut store).map(drop));
+        let code = self.code.current();
+        let mut store = self.new_store(&code, "-");
+        let outcome = self.arm(&mut store).and_then(|()| code.pre.instantiate(&mut store).map(drop));
         outcome.map_err(|e| self.call_error(&store, "instantiate", "-", e))
     }
 
@@ -711,12 +731,13 @@ impl Plugin {
     /// a plugin's verdict depend on its input alone. Each call still gets the full fuel budget
     /// and a fresh deadline; after a failed call the session refuses further calls.
     pub fn session(&self) -> Result<Session> {
-        let mut store = self.new_store("-");
+        let code = self.code.current();
+        let mut store = self.new_store(&code, "-");
         let fail = |store: &Store<CallState>, e| self.call_error(store, "instantiate", "-", e);
         if let Err(e) = self.arm(&mut store) {
             return Err(fail(&store, e));
         }
-        match self.pre.instantiate(&mut store) {
+        match code.pre.instantiate(&mut store) {
             Ok(bound) => Ok(Session { plugin: self.clone(), store, bound, broken: false }),
             Err(e) => Err(fail(&store, e)),
         }

@@ -1,15 +1,15 @@
-//! The one wasmtime engine: pooling allocator, fuel, epoch ticker, and the on-disk cache of
-//! precompiled components.
+//! The wasmtime engines (Cranelift's, pooled, and Winch's for code in use at once: see
+//! `tiering`): fuel, epoch ticker, and the on-disk cache of precompiled components.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::bindings::{v0_1, v0_2};
 use super::cache::ArtifactCache;
@@ -17,12 +17,14 @@ use super::component::RulePre;
 use super::error::{Error, Result};
 use super::function_cache::FunctionCache;
 use super::host::{CallState, LogLimiter};
+use super::tiering::{Background, Code, Compiled, Tier};
 
 /// Limits and cache settings for the engine. Deserialised from the config file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Instructions-ish a call may burn; the same object always gets the same verdict.
+    /// Instructions-ish a call may burn; the same object always gets the same verdict from the
+    /// same code (Winch's and Cranelift's count within a percent of each other: see `tiering`).
     pub fuel: u64,
     /// Wall-clock backstop per call, in milliseconds.
     pub deadline_ms: u64,
@@ -36,6 +38,11 @@ pub struct EngineConfig {
     /// Where precompiled components (and, under `functions/`, Cranelift's compiled functions,
     /// so a new version of a plugin compiles only what changed) are cached; None disables both.
     pub cache_dir: Option<PathBuf>,
+    /// Puts a component that is not in the artifact cache in use with Winch's code, compiled
+    /// in a fraction of Cranelift's time, and replaces it with Cranelift's when a background
+    /// thread has compiled that (a rule change then waits for the quick compile only). Off:
+    /// Cranelift compiles before the version is used.
+    pub tiered_compilation: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +54,7 @@ impl Default for EngineConfig {
             pool_instances: 64,
             max_instances_per_call: 32,
             cache_dir: default_cache_dir(),
+            tiered_compilation: true,
         }
     }
 }
@@ -89,6 +97,10 @@ impl std::fmt::Debug for PluginEngine {
 struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
+    /// Winch's engine, when tiered compilation is on and Winch runs on this machine.
+    baseline: Option<Baseline>,
+    /// Compiles optimized code for versions running baseline code.
+    background: Background,
     config: EngineConfig,
     /// Plugin log lines per plugin name, across all calls.
     logs: LogLimiter,
@@ -97,6 +109,12 @@ struct Inner {
     /// Compiled functions on disk, if configured.
     functions: Option<Arc<FunctionCache>>,
     _ticker: Ticker,
+}
+
+/// The engine and linker of baseline (Winch) code.
+struct Baseline {
+    engine: Engine,
+    linker: Linker<CallState>,
 }
 
 impl PluginEngine {
@@ -131,24 +149,25 @@ impl PluginEngine {
             wasm.enable_incremental_compilation(Arc::clone(store) as Arc<dyn wasmtime::CacheStore>)
                 .map_err(Error::Engine)?;
         }
+        let baseline = if config.tiered_compilation { baseline_engine() } else { None };
+        // With baseline code in use meanwhile, Cranelift compiles on the background thread
+        // alone, at low priority, instead of on every core at once. (A component Winch cannot
+        // compile is then compiled on one core before use: slower, and rare.)
+        wasm.parallel_compilation(baseline.is_none());
         let engine = Engine::new(&wasm).map_err(Error::Engine)?;
-
-        let mut linker = Linker::new(&engine);
-        super::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
-        // Both package versions: a component imports the host interface of the one it was
-        // built against.
-        v0_2::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
-        v0_1::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+        let linker = rule_linker(&engine)?;
 
         let cache = config.cache_dir.as_deref().map(ArtifactCache::new);
         let stop = Arc::new(AtomicBool::new(false));
-        let (ticking, stop_flag) = (engine.clone(), stop.clone());
+        let ticking: Vec<Engine> =
+            std::iter::once(engine.clone()).chain(baseline.as_ref().map(|b| b.engine.clone())).collect();
+        let stop_flag = stop.clone();
         std::thread::Builder::new()
             .name("downsync-epoch".into())
             .spawn(move || {
                 while !stop_flag.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    ticking.increment_epoch();
+                    ticking.iter().for_each(Engine::increment_epoch);
                 }
             })
             .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("cannot start the epoch ticker: {e}"))))?;
@@ -157,6 +176,8 @@ impl PluginEngine {
             inner: Arc::new(Inner {
                 engine,
                 linker,
+                baseline,
+                background: Background::default(),
                 config,
                 logs: LogLimiter::default(),
                 cache,
@@ -169,10 +190,6 @@ impl PluginEngine {
     /// The engine's configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
     }
 
     /// The rate limit on plugin log lines, shared by every call.
@@ -190,49 +207,105 @@ impl PluginEngine {
         self.inner.functions.as_ref().map_or((0, 0), |f| f.counts())
     }
 
-    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world
-    /// of `downsync:rules@0.2.0`, or failing that of 0.1.0. Returns the component's sha256
-    /// (lowercase hex) and the prepared instance; `label` names the plugin in errors.
-    /// [`Plugin::load`](super::Plugin::load) is the public way in.
-    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, RulePre)> {
-        let digest = hex(&Sha256::digest(bytes));
-        super::imports::check(label, bytes)?;
-        let component = self.compile(label, &digest, bytes)?;
-        let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(mismatch)?;
-        let pre = match v0_2::RulePre::new(pre.clone()) {
-            Ok(p) => RulePre::V0_2(p),
-            Err(v0_2_err) => match v0_1::RulePre::new(pre) {
-                Ok(p) => RulePre::V0_1(p),
-                // The 0.2.0 explanation: new plugins are built against it.
-                Err(_) => return Err(mismatch(v0_2_err)),
-            },
-        };
-        Ok((digest, pre))
+    /// Whether a component not in the artifact cache starts on Winch's code (see `tiering`).
+    pub fn tiered(&self) -> bool {
+        self.inner.baseline.is_some()
     }
 
+    /// Compiles `bytes` (or takes them from the cache) and links them against the `rule` world
+    /// of `downsync:rules@0.2.0`, or failing that of 0.1.0. Returns the component's sha256
+    /// (lowercase hex) and its code: Cranelift's when cached or when tiering is off, otherwise
+    /// Winch's, replaced by Cranelift's once compiled in the background. `label` names the
+    /// plugin in errors. [`Plugin::load`](super::Plugin::load) is the public way in.
+    pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, Arc<Code>)> {
+        let digest = hex(&Sha256::digest(bytes));
+        super::imports::check(label, bytes)?;
+        let inner = &self.inner;
+        if let Some(component) = self.cached(label, &digest) {
+            let pre = link(label, &inner.linker, &component)?;
+            return Ok((digest, Code::new(Compiled { engine: inner.engine.clone(), pre, tier: Tier::Optimized })));
+        }
+        if let Some(baseline) = &inner.baseline {
+            let started = std::time::Instant::now();
+            match Component::new(&baseline.engine, bytes) {
+                Ok(component) => {
+                    let pre = link(label, &baseline.linker, &component)?;
+                    tracing::info!(
+                        plugin = label,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled (baseline code, Winch); Cranelift compiles in the background"
+                    );
+                    let code = Code::new(Compiled { engine: baseline.engine.clone(), pre, tier: Tier::Baseline });
+                    self.optimize_later(label, &digest, bytes, &code);
+                    return Ok((digest, code));
+                }
+                // Winch lacks a few proposals (tail calls, exceptions, GC): Cranelift has them.
+                Err(e) => {
+                    tracing::info!(plugin = label, error = %e, "Winch cannot compile this component; Cranelift compiles it now")
+                }
+            }
+        }
+        let component = self.compile(label, &digest, bytes)?;
+        let pre = link(label, &inner.linker, &component)?;
+        Ok((digest, Code::new(Compiled { engine: inner.engine.clone(), pre, tier: Tier::Optimized })))
+    }
+
+    /// Has the background thread compile `bytes` with Cranelift and put the result in `code`,
+    /// unless every holder of `code` is gone by then (a version refused, or replaced).
+    fn optimize_later(&self, label: &str, digest: &str, bytes: &[u8], code: &Arc<Code>) {
+        let (engine, code): (Weak<Inner>, Weak<Code>) = (Arc::downgrade(&self.inner), Arc::downgrade(code));
+        let (label, digest, bytes) = (label.to_string(), digest.to_string(), bytes.to_vec());
+        self.inner.background.submit(Box::new(move || {
+            let (Some(inner), true) = (engine.upgrade(), code.strong_count() > 0) else { return };
+            let engine = PluginEngine { inner };
+            let started = std::time::Instant::now();
+            let optimized = engine
+                .compile(&label, &digest, &bytes)
+                .and_then(|component| link(&label, &engine.inner.linker, &component));
+            match (optimized, code.upgrade()) {
+                (Ok(pre), Some(code)) => {
+                    code.install(Compiled { engine: engine.inner.engine.clone(), pre, tier: Tier::Optimized });
+                    tracing::info!(plugin = %label, ms = started.elapsed().as_millis() as u64, "optimized code (Cranelift) in use");
+                }
+                (Ok(_), None) => {}
+                (Err(e), _) => {
+                    tracing::warn!(plugin = %label, error = %e, "Cranelift cannot compile a component Winch compiled; it keeps running Winch's code")
+                }
+            }
+        }));
+    }
+
+    /// The component from the artifact cache, if it holds a usable one.
+    fn cached(&self, label: &str, digest: &str) -> Option<Component> {
+        let cache = self.inner.cache.as_ref()?;
+        let artifact = cache.get(label, digest, &self.compat())?;
+        // SAFETY: the artifact comes from a folder and file only this user can write (see
+        // plugin::cache), and its header ties it to this component's sha256 and to this
+        // engine's compatibility hash, with a sha256 of the artifact itself. wasmtime also
+        // checks its own header.
+        #[allow(unsafe_code)]
+        match unsafe { Component::deserialize(&self.inner.engine, &artifact) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(plugin = label, error = %e, "discarding an unusable cached artifact; recompiling");
+                None
+            }
+        }
+    }
+
+    fn compat(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Compiles with Cranelift, and puts the artifact in the cache if there is one.
     fn compile(&self, label: &str, digest: &str, bytes: &[u8]) -> Result<Component> {
         let engine = &self.inner.engine;
         let compile_err = |source| Error::Compile { plugin: label.to_string(), source };
         let Some(cache) = &self.inner.cache else {
             return Component::new(engine, bytes).map_err(compile_err);
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let compat = format!("{:016x}", h.finish());
-        if let Some(artifact) = cache.get(label, digest, &compat) {
-            // SAFETY: the artifact comes from a folder and file only this user can write (see
-            // plugin::cache), and its header ties it to this component's sha256 and to this
-            // engine's compatibility hash, with a sha256 of the artifact itself. wasmtime also
-            // checks its own header.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize(engine, &artifact) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(plugin = label, error = %e, "discarding an unusable cached artifact; recompiling")
-                }
-            }
-        }
         let before = self.function_counts();
         let started = std::time::Instant::now();
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
@@ -244,10 +317,57 @@ impl PluginEngine {
             functions_compiled = misses.saturating_sub(before.1),
             "compiled"
         );
-        cache.put(label, digest, &compat, &artifact);
+        cache.put(label, digest, &self.compat(), &artifact);
         // SAFETY: `artifact` was produced just above by this very engine.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(engine, &artifact) }.map_err(compile_err)
+    }
+}
+
+/// Links `component` against the `rule` world of 0.2.0, or failing that of 0.1.0.
+fn link(label: &str, linker: &Linker<CallState>, component: &Component) -> Result<RulePre> {
+    let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
+    let pre = linker.instantiate_pre(component).map_err(mismatch)?;
+    match v0_2::RulePre::new(pre.clone()) {
+        Ok(p) => Ok(RulePre::V0_2(p)),
+        Err(v0_2_err) => match v0_1::RulePre::new(pre) {
+            Ok(p) => Ok(RulePre::V0_1(p)),
+            // The 0.2.0 explanation: new plugins are built against it.
+            Err(_) => Err(mismatch(v0_2_err)),
+        },
+    }
+}
+
+/// The host functions a rule component may import, for one engine.
+fn rule_linker(engine: &Engine) -> Result<Linker<CallState>> {
+    let mut linker = Linker::new(engine);
+    super::wasi::add_to_linker(&mut linker).map_err(Error::Engine)?;
+    // Both package versions: a component imports the host interface of the one it was
+    // built against.
+    v0_2::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+    v0_1::Rule::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(Error::Engine)?;
+    Ok(linker)
+}
+
+/// Winch's engine, with the same fuel and deadline checks, or None where Winch does not run.
+/// Its instances are allocated on demand: baseline code runs only until Cranelift's is ready,
+/// so a second pool would reserve memory for nothing.
+fn baseline_engine() -> Option<Baseline> {
+    let mut wasm = Config::new();
+    wasm.strategy(Strategy::Winch).wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+    let engine = match Engine::new(&wasm) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::info!(error = %e, "Winch does not run here; plugins are compiled with Cranelift before use");
+            return None;
+        }
+    };
+    match rule_linker(&engine) {
+        Ok(linker) => Some(Baseline { engine, linker }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot link Winch's engine; plugins are compiled with Cranelift before use");
+            None
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The WASM rule runtime: one wasmtime engine, precompiled components, a fresh sandboxed store
-//! per call. Nothing outside this module sees a `Store`.
+//! The WASM rule runtime: wasmtime engines, precompiled and tiered components, a fresh
+//! sandboxed store per call. Nothing outside this module sees a `Store`.
 
 mod bindings;
 mod cache;
@@ -18,6 +18,7 @@ pub mod registry;
 pub mod reload;
 pub mod rollout;
 pub mod scaffold;
+pub mod tiering;
 mod wasi;
 
 pub use component::{Decision, Hooks, InstancePolicy, KindPattern, Plugin, PluginInfo, Session, WitVersion};
@@ -29,3 +30,4 @@ pub use registry::{
 };
 pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
+pub use tiering::Tier;

@@ -236,6 +236,7 @@ impl Reloader {
             .into_iter()
             .map(|s| {
                 let info = set.get(&s.name).map(|l| l.plugin.info().clone());
+                let code = set.get(&s.name).map(|l| l.plugin.tier());
                 let calls: serde_json::Map<String, serde_json::Value> = ["transform", "preserve", "ignore-paths"]
                     .into_iter()
                     .map(|h| (h.to_string(), metrics.calls(&s.name, h).into()))
@@ -254,6 +255,7 @@ impl Reloader {
                     "digest": s.digest,
                     "loadedAtUnixSeconds": loaded_at,
                     "wit": info.as_ref().map(|i| i.wit),
+                    "code": code,
                     "hooks": info.as_ref().map(|i| i.hooks),
                     "reads": info.as_ref().map(|i| i.reads.clone()),
                     "kinds": info.as_ref().map(|i| i.kinds.clone()),

@@ -164,7 +164,12 @@ impl Bench {
     /// time syncing, not a first compile (section 7 times that).
     pub fn warm_cache(&self) -> Result<()> {
         let cache_dir = self.cache_home().join("downsync").join("components");
-        let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+        // Not tiered: Cranelift's artifacts are written before this returns.
+        let engine = PluginEngine::new(EngineConfig {
+            cache_dir: Some(cache_dir),
+            tiered_compilation: false,
+            ..EngineConfig::default()
+        })?;
         for file in coldstart::BUILTINS {
             Plugin::load_file(&engine, &self.plugins.join(file))?;
         }

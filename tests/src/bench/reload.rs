@@ -201,18 +201,23 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     let swaps_started = Instant::now();
 
     // The bench's engine has downsync's configuration, so what it compiles into downsync's
-    // cache directory is what downsync would have compiled.
+    // cache directory is what downsync would have compiled; not tiered, so that the artifact
+    // is written before the swap.
     let cache_dir = b.cache_home().join("downsync").join("components");
     let functions = cache_dir.join("functions");
-    let engine = PluginEngine::new(EngineConfig { cache_dir: Some(cache_dir), ..EngineConfig::default() })?;
+    let engine = PluginEngine::new(EngineConfig {
+        cache_dir: Some(cache_dir),
+        tiered_compilation: false,
+        ..EngineConfig::default()
+    })?;
     let mut version: u64 = 1;
     // Per swap: the rename, the first write of the new version, the last object's.
     let mut windows: Vec<(Instant, Option<Instant>, Option<Instant>)> = Vec::new();
     for way in [Way::Cold, Way::Warm, Way::Precompiled] {
         let precompiled = way == Way::Precompiled;
         let name = match way {
-            Way::Cold => "compiled on the swap, every function (compiled-function cache emptied first)",
-            Way::Warm => "compiled on the swap, changed functions only (earlier versions' functions cached)",
+            Way::Cold => "compiled on the swap, nothing cached (compiled-function cache emptied first)",
+            Way::Warm => "compiled on the swap, earlier versions' functions cached",
             Way::Precompiled => "precompiled into the artifact cache",
         };
         let mut series = Series { name: name.into(), compiled: !precompiled, ..Series::default() };
@@ -371,12 +376,14 @@ pub fn section(r: &Reload) -> Section {
          plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
          object* is from the rename to the first downstream write carrying the new stamp, seen through a \
          downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
-         the rules change, at most `resyncWorkers` at once). The first series empties downsync's \
-         compiled-function cache before each swap, so every function of the new version is compiled; in the \
-         second, the functions of earlier versions are cached, and since each version differs from the one \
-         before only in a data constant, no function is compiled again (a redeploy or a changed constant; a \
-         code change compiles the functions it touches, which lies between the two). The third puts each \
-         new version into downsync's artifact cache before the rename, which leaves out the compile. p99 of \
+         the rules change, at most `resyncWorkers` at once). A version not in the artifact cache is put in use \
+         with the code of Winch, wasmtime's baseline compiler; one background thread compiles it with Cranelift \
+         at low priority and puts that code in its place, with no re-sync. The first series empties downsync's \
+         compiled-function cache before each swap, so Cranelift compiles every function of the new version; in \
+         the second, the functions of earlier versions are cached, and since each version differs from the one \
+         before only in a data constant, Cranelift compiles no function again (a redeploy or a changed \
+         constant). The third puts each new version into downsync's artifact cache before the rename, which \
+         leaves out both compiles. p99 of \
          {} swaps is their maximum.",
         r.objects,
         r.churn,
