@@ -87,7 +87,11 @@ pub fn render_plugins(answer: &Value) -> String {
     let short = |v: &Value| v.as_str().map_or_else(|| "-".to_string(), |d| d.get(..12).unwrap_or(d).to_string());
     for p in plugins {
         let _ = writeln!(out, "{} ({})", p["name"].as_str().unwrap_or("?"), p["file"].as_str().unwrap_or("?"));
-        let _ = writeln!(out, "  active:      {} wit {}", short(&p["digest"]), p["wit"].as_str().unwrap_or("-"));
+        let code = match p["code"].as_str() {
+            Some("baseline") => ", Winch's code (Cranelift's is being compiled)",
+            _ => "",
+        };
+        let _ = writeln!(out, "  active:      {} wit {}{code}", short(&p["digest"]), p["wit"].as_str().unwrap_or("-"));
         let calls =
             p["calls"].as_object().map(|c| c.iter().map(|(h, n)| format!("{h} {n}")).collect::<Vec<_>>().join(", "));
         let _ = writeln!(out, "  calls:       {}", calls.unwrap_or_default());
@@ -147,4 +151,24 @@ pub fn render_plugins(answer: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render_plugins;
+
+    fn mk_answer(code: &str) -> serde_json::Value {
+        json!({"plugins": [{"name": "service", "file": "service.wasm", "digest": "0123456789abcdef", "wit": "0.2.0",
+            "code": code, "calls": {}, "errors": {}, "rollout": {}}]})
+    }
+
+    #[test]
+    fn a_plugin_still_on_winch_code_says_so() {
+        let text = render_plugins(&mk_answer("baseline"));
+        assert!(text.contains("active:      0123456789ab wit 0.2.0, Winch's code"), "{text}");
+        let text = render_plugins(&mk_answer("optimized"));
+        assert!(text.contains("active:      0123456789ab wit 0.2.0\n"), "{text}");
+    }
 }

@@ -120,15 +120,7 @@ struct Baseline {
 impl PluginEngine {
     /// Builds the engine and starts its epoch ticker.
     pub fn new(config: EngineConfig) -> Result<Self> {
-        let mut pool = PoolingAllocationConfig::default();
-        let slots = config.pool_instances.max(1);
-        pool.total_component_instances(slots)
-            .total_core_instances((slots * 4).max(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX)))
-            .max_core_instances_per_component(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX))
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
-            .total_stacks(slots)
-            .max_memory_size(config.memory_bytes);
+        let mut pool = pool_limits(&config);
         if PoolingAllocationConfig::is_pagemap_scan_available() {
             // A fresh instance per call is the hot path. By default each freed slot's memory is
             // given back with madvise (and a TLB shootdown) and the next instance faults every
@@ -149,7 +141,7 @@ impl PluginEngine {
             wasm.enable_incremental_compilation(Arc::clone(store) as Arc<dyn wasmtime::CacheStore>)
                 .map_err(Error::Engine)?;
         }
-        let baseline = if config.tiered_compilation { baseline_engine() } else { None };
+        let baseline = if config.tiered_compilation { baseline_engine(&config) } else { None };
         // With baseline code in use meanwhile, Cranelift compiles on the background thread
         // alone, at low priority, instead of on every core at once. (A component Winch cannot
         // compile is then compiled on one core before use: slower, and rare.)
@@ -259,17 +251,22 @@ impl PluginEngine {
             let (Some(inner), true) = (engine.upgrade(), code.strong_count() > 0) else { return };
             let engine = PluginEngine { inner };
             let started = std::time::Instant::now();
-            let optimized = engine
-                .compile(&label, &digest, &bytes)
-                .and_then(|component| link(&label, &engine.inner.linker, &component));
-            match (optimized, code.upgrade()) {
-                (Ok(pre), Some(code)) => {
+            let optimized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.compile(&label, &digest, &bytes).and_then(|component| link(&label, &engine.inner.linker, &component))
+            }));
+            let Some(code) = code.upgrade() else { return };
+            match optimized {
+                Ok(Ok(pre)) => {
                     code.install(Compiled { engine: engine.inner.engine.clone(), pre, tier: Tier::Optimized });
                     tracing::info!(plugin = %label, ms = started.elapsed().as_millis() as u64, "optimized code (Cranelift) in use");
                 }
-                (Ok(_), None) => {}
-                (Err(e), _) => {
-                    tracing::warn!(plugin = %label, error = %e, "Cranelift cannot compile a component Winch compiled; it keeps running Winch's code")
+                Ok(Err(e)) => {
+                    code.fail();
+                    tracing::warn!(plugin = %label, error = %e, "Cranelift cannot compile a component Winch compiled; it keeps running Winch's code");
+                }
+                Err(_) => {
+                    code.fail();
+                    tracing::error!(plugin = %label, "the background compile panicked; the plugin keeps running Winch's code");
                 }
             }
         }));
@@ -349,12 +346,32 @@ fn rule_linker(engine: &Engine) -> Result<Linker<CallState>> {
     Ok(linker)
 }
 
-/// Winch's engine, with the same fuel and deadline checks, or None where Winch does not run.
-/// Its instances are allocated on demand: baseline code runs only until Cranelift's is ready,
-/// so a second pool would reserve memory for nothing.
-fn baseline_engine() -> Option<Baseline> {
+/// The instance pool's limits: calls at once, and per call its core instances, memories,
+/// tables and memory size. Winch's code gets the same, so a component runs under the same
+/// limits whichever code it runs.
+fn pool_limits(config: &EngineConfig) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    let slots = config.pool_instances.max(1);
+    pool.total_component_instances(slots)
+        .total_core_instances((slots * 4).max(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX)))
+        .max_core_instances_per_component(u32::try_from(config.max_instances_per_call).unwrap_or(u32::MAX))
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .max_memory_size(config.memory_bytes);
+    pool
+}
+
+/// Winch's engine, with the same fuel and deadline checks and the same pool limits, or None
+/// where Winch does not run. Its pool keeps no pages resident: baseline code runs only until
+/// Cranelift's is ready, and what its instances touched goes back to the system.
+fn baseline_engine(config: &EngineConfig) -> Option<Baseline> {
     let mut wasm = Config::new();
-    wasm.strategy(Strategy::Winch).wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+    wasm.strategy(Strategy::Winch)
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool_limits(config)));
     let engine = match Engine::new(&wasm) {
         Ok(engine) => engine,
         Err(e) => {

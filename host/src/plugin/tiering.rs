@@ -37,41 +37,57 @@ pub(crate) struct Compiled {
 
 /// The code of one plugin version, shared by its clones; replaced once, by optimized code.
 pub(crate) struct Code {
-    current: Mutex<Arc<Compiled>>,
-    optimized: Condvar,
+    state: Mutex<State>,
+    settled: Condvar,
+}
+
+struct State {
+    current: Arc<Compiled>,
+    /// Set when the optimized compile failed: the baseline code stays for good.
+    failed: bool,
 }
 
 impl Code {
     pub(crate) fn new(compiled: Compiled) -> Arc<Self> {
-        Arc::new(Self { current: Mutex::new(Arc::new(compiled)), optimized: Condvar::new() })
+        Arc::new(Self {
+            state: Mutex::new(State { current: Arc::new(compiled), failed: false }),
+            settled: Condvar::new(),
+        })
     }
 
     /// The code to run now. Calls in flight keep the code they started with.
     pub(crate) fn current(&self) -> Arc<Compiled> {
-        Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.state.lock().unwrap_or_else(PoisonError::into_inner).current)
     }
 
     /// Puts optimized code in use in place of baseline code.
     pub(crate) fn install(&self, compiled: Compiled) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.tier == Tier::Baseline && compiled.tier == Tier::Optimized {
-            *current = Arc::new(compiled);
-            self.optimized.notify_all();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.current.tier == Tier::Baseline && compiled.tier == Tier::Optimized {
+            state.current = Arc::new(compiled);
+            self.settled.notify_all();
         }
     }
 
-    /// Waits up to `timeout` for optimized code; whether it is in use.
+    /// Records that no optimized code will come.
+    pub(crate) fn fail(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).failed = true;
+        self.settled.notify_all();
+    }
+
+    /// Waits up to `timeout` for optimized code; whether it is in use. Returns at once when
+    /// its compile failed.
     pub(crate) fn wait_optimized(&self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        while current.tier != Tier::Optimized {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.current.tier != Tier::Optimized && !state.failed {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break;
             }
-            current = self.optimized.wait_timeout(current, left).unwrap_or_else(PoisonError::into_inner).0;
+            state = self.settled.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
         }
-        true
+        state.current.tier == Tier::Optimized
     }
 }
 
@@ -99,18 +115,22 @@ impl Background {
             None => job,
         };
         let (tx, rx) = channel();
-        let started = std::thread::Builder::new().name("downsync-compile".into()).spawn(move || run(&rx));
-        match started {
+        let job = match std::thread::Builder::new().name("downsync-compile".into()).spawn(move || run(&rx)) {
             Ok(_) => match tx.send(job) {
-                Ok(()) => *jobs = Some(tx),
-                Err(returned) => (returned.0)(),
+                Ok(()) => {
+                    *jobs = Some(tx);
+                    return;
+                }
+                Err(returned) => returned.0,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the background compiler; compiling in the foreground");
-                drop(jobs);
-                job();
+                job
             }
-        }
+        };
+        // Not under the lock: other submitters need not wait for this compile.
+        drop(jobs);
+        job();
     }
 }
 
@@ -124,17 +144,17 @@ fn run(rx: &Receiver<Job>) {
     }
 }
 
-/// Gives this thread (only) the lowest CPU priority short of idle: nice 10.
+/// Lowers this thread's CPU priority (only this thread's: on Linux a priority belongs to a
+/// thread) to nice 10, below every other thread of downsync, which run at 0.
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on Linux
-    // PRIO_PROCESS with a thread id changes that thread only.
-    #[allow(unsafe_code)]
-    let failed = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, u32::try_from(tid).unwrap_or(0), 10) != 0
-    };
-    if failed {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the background compiler's priority");
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0;
+        if failed {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the background compiler's priority");
+        }
     }
 }
 
