@@ -27,6 +27,9 @@ use super::sync::run_args;
 use super::timing::{millis, percentile};
 use super::tracker::Tracker;
 
+/// Churn without swaps before the first swap, which gives the steady-state latencies.
+const STEADY: Duration = Duration::from_secs(15);
+
 /// How a series' new versions reach downsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -74,6 +77,8 @@ pub struct Reload {
     /// to its first write), while the objects were being re-synced to it (from its first write
     /// until every object carried it), and in between swaps.
     pub phase_latencies: [Vec<Duration>; 3],
+    /// Of `sync_latencies`: the patches sent during each series (same order as `series`).
+    pub series_latencies: Vec<Vec<Duration>>,
     /// `downsync_syncs_total{result="error"}` during the swaps.
     pub failed_syncs: f64,
     /// `downsync_plugin_reload_failures_total` during the swaps.
@@ -191,18 +196,11 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     tracker.wait_done(Duration::from_secs(300), || ds.check_alive()).await?;
     ds.wait_ready(Duration::from_secs(60)).await?;
 
-    let m0 = ds.metrics().await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(Mutex::new(HashMap::new()));
-    let churner = tokio::spawn(churn(b.up.clone(), ns.to_string(), n, rate, stop.clone(), sent.clone()));
-    let started = Instant::now();
-    // Steady state first: enough churn without swaps for its own p99.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let swaps_started = Instant::now();
-
     // The bench's engine has downsync's configuration, so what it compiles into downsync's
     // cache directory is what downsync would have compiled; not tiered, so that the artifact
-    // is written before the swap.
+    // is written at once. The precompiled series' versions are compiled here, before the
+    // churn, so that the bench's own compiles do not compete with downsync while the change
+    // latencies are measured.
     let cache_dir = b.cache_home().join("downsync").join("components");
     let functions = cache_dir.join("functions");
     let engine = PluginEngine::new(EngineConfig {
@@ -210,11 +208,32 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
         tiered_compilation: false,
         ..EngineConfig::default()
     })?;
+    let ways = [Way::Cold, Way::Warm, Way::Precompiled];
+    let first_precompiled = 2 + ways.iter().position(|w| *w == Way::Precompiled).unwrap_or(0) as u64 * swaps as u64;
+    for version in first_precompiled..first_precompiled + swaps as u64 {
+        let bytes = patch_bytes(&base, MARKER.as_bytes(), variant(version).as_bytes())?;
+        tokio::task::block_in_place(|| Plugin::load(&engine, "stamp", &bytes).map(drop).map_err(anyhow::Error::from))?;
+    }
+    drop(engine);
+
+    let m0 = ds.metrics().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    let churner = tokio::spawn(churn(b.up.clone(), ns.to_string(), n, rate, stop.clone(), sent.clone()));
+    let started = Instant::now();
+    // Steady state first: enough churn without swaps for its own p99 (750 patches at 50/s: the
+    // p99 of 400, as before, was 12 to 19 ms from run to run).
+    tokio::time::sleep(STEADY).await;
+    let swaps_started = Instant::now();
+
     let mut version: u64 = 1;
     // Per swap: the rename, the first write of the new version, the last object's.
     let mut windows: Vec<(Instant, Option<Instant>, Option<Instant>)> = Vec::new();
-    for way in [Way::Cold, Way::Warm, Way::Precompiled] {
+    // When each series started.
+    let mut series_started = Vec::new();
+    for way in ways {
         let precompiled = way == Way::Precompiled;
+        series_started.push(Instant::now());
         let name = match way {
             Way::Cold => "compiled on the swap, nothing cached (compiled-function cache emptied first)",
             Way::Warm => "compiled on the swap, earlier versions' functions cached",
@@ -230,11 +249,6 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             if way == Way::Cold {
                 // What a plugin that shares nothing with anything compiled before pays.
                 let _ = std::fs::remove_dir_all(&functions);
-            }
-            if precompiled {
-                tokio::task::block_in_place(|| {
-                    Plugin::load(&engine, "stamp", &bytes).map(drop).map_err(anyhow::Error::from)
-                })?;
             }
             let tmp = dir.join(".stamp.wasm.tmp");
             std::fs::write(&tmp, bytes)?;
@@ -313,6 +327,10 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             continue;
         }
         r.sync_latencies.push(latency);
+        if let Some(k) = series_started.iter().rposition(|at| at <= t0) {
+            r.series_latencies.resize(series_started.len(), Vec::new());
+            r.series_latencies[k].push(latency);
+        }
         let phase = windows.iter().find_map(|(renamed, first, all)| {
             let loaded = first.unwrap_or(*renamed + Duration::from_secs(30));
             if (*renamed..loaded).contains(t0) {
@@ -382,8 +400,8 @@ pub fn section(r: &Reload) -> Section {
          compiled-function cache before each swap, so Cranelift compiles every function of the new version; in \
          the second, the functions of earlier versions are cached, and since each version differs from the one \
          before only in a data constant, Cranelift compiles no function again (a redeploy or a changed \
-         constant). The third puts each new version into downsync's artifact cache before the rename, which \
-         leaves out both compiles. p99 of \
+         constant). The third has each new version in downsync's artifact cache (compiled by the bench before \
+         the churn starts), which leaves out both compiles. p99 of \
          {} swaps is their maximum.",
         r.objects,
         r.churn,
@@ -392,7 +410,7 @@ pub fn section(r: &Reload) -> Section {
     s.note(format!(
         "During the swaps: {} failed syncs, {} refused reloads, {} writes with an older stamp after the new one \
          showed (syncs in flight finishing on the version they started with). Upstream patch to the first \
-         downstream write carrying it: p50 {}, p99 {} during the swaps ({} patches); p50 {}, p99 {} in the 8 s \
+         downstream write carrying it: p50 {}, p99 {} during the swaps ({} patches); p50 {}, p99 {} in the {} s \
          of churn before the first swap ({} patches).",
         r.failed_syncs,
         r.reload_failures,
@@ -402,6 +420,7 @@ pub fn section(r: &Reload) -> Section {
         r.sync_latencies.len(),
         millis(percentile(&r.steady_latencies, 50.0)),
         millis(percentile(&r.steady_latencies, 99.0)),
+        STEADY.as_secs(),
         r.steady_latencies.len(),
     ));
     let [loading, resyncing, between] = &r.phase_latencies;
@@ -419,6 +438,23 @@ pub fn section(r: &Reload) -> Section {
         millis(percentile(between, 99.0)),
         between.len(),
     ));
+    let by_series: Vec<String> = r
+        .series
+        .iter()
+        .zip(&r.series_latencies)
+        .map(|(x, l)| {
+            format!(
+                "{}: p50 {}, p99 {} ({})",
+                x.name,
+                millis(percentile(l, 50.0)),
+                millis(percentile(l, 99.0)),
+                l.len()
+            )
+        })
+        .collect();
+    if !by_series.is_empty() {
+        s.note(format!("The same patches by series: {}.", by_series.join("; ")));
+    }
     s
 }
 
