@@ -209,8 +209,10 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
         ..EngineConfig::default()
     })?;
     let ways = [Way::Cold, Way::Warm, Way::Precompiled];
-    let first_precompiled = 2 + ways.iter().position(|w| *w == Way::Precompiled).unwrap_or(0) as u64 * swaps as u64;
-    for version in first_precompiled..first_precompiled + swaps as u64 {
+    // Version 1 is in place before the swaps; series k swaps in the next `swaps` versions.
+    let versions = |k: usize| (2 + (k * swaps) as u64)..(2 + ((k + 1) * swaps) as u64);
+    let precompiled_series = ways.iter().position(|w| *w == Way::Precompiled).unwrap_or(ways.len());
+    for version in versions(precompiled_series) {
         let bytes = patch_bytes(&base, MARKER.as_bytes(), variant(version).as_bytes())?;
         tokio::task::block_in_place(|| Plugin::load(&engine, "stamp", &bytes).map(drop).map_err(anyhow::Error::from))?;
     }
@@ -226,12 +228,11 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     tokio::time::sleep(STEADY).await;
     let swaps_started = Instant::now();
 
-    let mut version: u64 = 1;
     // Per swap: the rename, the first write of the new version, the last object's.
     let mut windows: Vec<(Instant, Option<Instant>, Option<Instant>)> = Vec::new();
     // When each series started.
     let mut series_started = Vec::new();
-    for way in ways {
+    for (k, way) in ways.into_iter().enumerate() {
         let precompiled = way == Way::Precompiled;
         series_started.push(Instant::now());
         let name = match way {
@@ -241,8 +242,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
         };
         let mut series = Series { name: name.into(), compiled: !precompiled, ..Series::default() };
         let mut writes = Vec::new();
-        for s in 0..swaps {
-            version += 1;
+        for (s, version) in versions(k).enumerate() {
             let stamp = variant(version);
             let old: Vec<String> = (1..version).map(variant).collect();
             let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
@@ -315,6 +315,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     // Only the first write carrying a tick is its sync: later writes of the same object (a rule
     // swap re-syncing it) carry the same tick and say nothing about how fast the change came.
     let mut seen = std::collections::HashSet::new();
+    r.series_latencies = vec![Vec::new(); series_started.len()];
     for (at, fp) in tracker.log_since(started) {
         let Some(tick) = fp["tick"].as_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
         let Some(t0) = sent.get(&tick) else { continue };
@@ -328,7 +329,6 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
         }
         r.sync_latencies.push(latency);
         if let Some(k) = series_started.iter().rposition(|at| at <= t0) {
-            r.series_latencies.resize(series_started.len(), Vec::new());
             r.series_latencies[k].push(latency);
         }
         let phase = windows.iter().find_map(|(renamed, first, all)| {
