@@ -80,6 +80,31 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
     assert!(on_worker.expect("no host panic on a tokio worker"));
 }
 
+/// A rule that spins on an object until the wall-clock deadline keeps ending there, call after
+/// call (its later calls run on a thread of their own at the lowest CPU priority), and the
+/// object's first call that ends in time, its fault gone, succeeds as before.
+#[test]
+fn a_call_that_keeps_running_to_its_deadline_keeps_failing_there_and_the_object_recovers() {
+    let engine = PluginEngine::new(EngineConfig {
+        // Fuel for minutes of spinning, so that the 300 ms deadline is what stops the calls.
+        fuel: u64::MAX / 2,
+        deadline_ms: 300,
+        pool_instances: 8,
+        cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let plugin = faulty(&engine);
+    for call in 1..=3 {
+        let err = plugin.transform(&mk_configmap("loop"), &Intent::Unknown).expect_err("a spinning call fails");
+        assert!(matches!(err, Error::Call { kind: CallFailure::Deadline, .. }), "call {call}: {err}");
+        assert!(err.to_string().contains("n/c"), "call {call} names the object: {err}");
+        assert_one_line(&err);
+    }
+    let out = plugin.transform(&mk_configmap(""), &Intent::Unknown).expect("the object's fault is gone").value;
+    assert_eq!(out["metadata"]["labels"]["faulty"], "ok");
+}
+
 /// The same on a current-thread runtime (`#[tokio::main(flavor = "current_thread")]`, tests).
 #[tokio::test]
 async fn a_guest_panic_on_a_current_thread_runtime_is_a_trap_error() {

@@ -123,6 +123,10 @@ pub struct RunConfig {
     /// writes go through the same API servers, so overlapping them with a change slows the
     /// change. 0 never steps aside.
     pub resync_yield_millis: u64,
+    /// The most bulk re-syncs started per second, so that a re-sync of everything (after a
+    /// rule change) loads the API servers and the cores they share at a bounded rate and the
+    /// changes that arrive meanwhile keep their latency. 0: unpaced.
+    pub resync_per_second: u32,
     /// Every object is looked at again this often, even without events.
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
@@ -165,6 +169,10 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 /// The most sync workers a process may run; more only adds contention on the two API servers.
 pub const MAX_WORKERS: usize = 256;
 
+/// The highest `resyncPerSecond`: beyond it the pace's interval (10 µs) is below what a re-sync
+/// takes, so it would not pace anything.
+pub const MAX_RESYNC_PER_SECOND: u32 = 100_000;
+
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
@@ -179,6 +187,7 @@ impl Default for RunConfig {
             workers_per_kind: None,
             resync_workers: None,
             resync_yield_millis: 50,
+            resync_per_second: 200,
             resync_seconds: 600,
             orphan_grace_seconds: 30,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -281,6 +290,15 @@ impl RunConfig {
         Duration::from_millis(self.resync_yield_millis)
     }
 
+    /// The least time between two bulk re-syncs starting: `resyncPerSecond` as an interval
+    /// (zero when unpaced).
+    pub fn resync_interval(&self) -> Duration {
+        match self.resync_per_second {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1) / n,
+        }
+    }
+
     /// The resync period.
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds)
@@ -379,6 +397,12 @@ impl RunConfig {
                     "{} is out of range: give 0 to 10000 (a re-sync waits at most this long)",
                     self.resync_yield_millis
                 ),
+            );
+        }
+        if self.resync_per_second > MAX_RESYNC_PER_SECOND {
+            return invalid(
+                "resyncPerSecond",
+                format!("{} is out of range: give 0 (unpaced) to {MAX_RESYNC_PER_SECOND}", self.resync_per_second),
             );
         }
         if self.resync_seconds == 0 {
@@ -545,6 +569,7 @@ mod tests {
             ("workersPerKind: 9", "give 1 to workers (8)"),
             ("resyncWorkers: 0", "give 1 to workers (8)"),
             ("resyncYieldMillis: 60000", "give 0 to 10000"),
+            ("resyncPerSecond: 2000000", "give 0 (unpaced) to 100000"),
         ] {
             let err = mk_config(&format!("{two}workers: 8\n{bad}")).unwrap().validate().unwrap_err().to_string();
             let setting = bad.split(':').next().unwrap_or_default();
@@ -554,6 +579,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.resync_yield(), Duration::ZERO, "0 turns the yield off");
         assert_eq!(RunConfig::default().resync_yield(), Duration::from_millis(50));
+        assert_eq!(RunConfig::default().resync_interval(), Duration::from_millis(5), "200 re-syncs a second");
+        let c = mk_config(&format!("{two}resyncPerSecond: 0")).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.resync_interval(), Duration::ZERO, "0 turns the pace off");
     }
 
     #[test]

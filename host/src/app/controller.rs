@@ -275,6 +275,7 @@ fn shares(config: &RunConfig, kinds: usize) -> Shares<WorkKey> {
         per_class: config.workers_per_kind(),
         low: config.resync_workers(),
         low_yield: config.resync_yield(),
+        low_interval: config.resync_interval(),
     }
 }
 

@@ -460,11 +460,37 @@ impl Plugin {
     /// A plugin that reuses instances runs the hook in a kept one instead.
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         let turn = self.overruns.turn(object);
-        let called = self.call_unthrottled(hook, object);
+        let called = match turn {
+            Some(_) => self.call_at_lowest_priority(hook, object),
+            None => self.call_unthrottled(hook, object),
+        };
         drop(turn);
         let overran = matches!(&called, Err(e) if e.failure() == Some(CallFailure::Deadline));
         self.overruns.record(object, overran);
         called
+    }
+
+    /// Runs the call of an object whose latest call ran to the deadline (so likely spins again)
+    /// on a thread of its own at the lowest CPU priority: it then takes only the CPU that
+    /// syncing, `/healthz` and the API servers leave, and still ends at its wall-clock deadline.
+    /// A thread of its own because an unprivileged thread cannot raise its priority again; a
+    /// thread start is some tens of microseconds, against a call that took a whole deadline.
+    fn call_at_lowest_priority(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new().name("downsync-runaway".into()).spawn_scoped(scope, || {
+                let _entered = span.enter();
+                super::priority::lower_this_thread(super::priority::RUNAWAY, "runaway call");
+                self.call_unthrottled(hook, object)
+            });
+            match spawned {
+                Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => {
+                    tracing::debug!(error = %e, plugin = %self.info.name, "cannot start a thread for a runaway call; calling here");
+                    self.call_unthrottled(hook, object)
+                }
+            }
+        })
     }
 
     fn call_unthrottled(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {

@@ -13,6 +13,7 @@ mod host;
 pub mod imports;
 pub mod journal;
 mod overrun;
+mod priority;
 pub mod projection;
 pub mod registry;
 pub mod reload;

@@ -135,25 +135,11 @@ impl Background {
 }
 
 fn run(rx: &Receiver<Job>) {
-    lower_priority();
+    super::priority::lower_this_thread(super::priority::BACKGROUND, "background compiler");
     while let Ok(job) = rx.recv() {
         // A job that panics loses its own result only; the thread serves the next.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
             tracing::error!("a background compile panicked; that plugin keeps its baseline code");
-        }
-    }
-}
-
-/// Lowers this thread's CPU priority (only this thread's: on Linux a priority belongs to a
-/// thread) to nice 10, below every other thread of downsync, which run at 0.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: setpriority takes plain integers and touches no memory of ours.
-        #[allow(unsafe_code)]
-        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0;
-        if failed {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the background compiler's priority");
         }
     }
 }

@@ -14,7 +14,9 @@
 //! ordinary key can be, and by at most `low` workers at once, so the changes that come in
 //! during a re-sync of everything find a free worker and an unloaded process. The low lane
 //! also steps aside while ordinary keys are held, for at most `low_yield`: the writes of both
-//! go through the same API servers.
+//! go through the same API servers. And the low lane is paced: at most one key every
+//! `low_interval`, so a re-sync of everything loads the API servers (and the cores they share)
+//! at a bounded rate instead of as fast as its workers go.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -54,6 +56,9 @@ pub struct Shares<K> {
     /// starts when no ordinary key is held, or once the lane has waited this long (checked
     /// whenever a key is done, so it cannot starve). Zero never steps aside.
     pub low_yield: Duration,
+    /// The least time between two hand-outs from the low lane, so that a bulk re-sync writes
+    /// at a bounded rate however fast each re-sync is. Zero: unpaced.
+    pub low_interval: Duration,
 }
 
 impl<K> Clone for Shares<K> {
@@ -63,13 +68,20 @@ impl<K> Clone for Shares<K> {
             per_class: self.per_class,
             low: self.low,
             low_yield: self.low_yield,
+            low_interval: self.low_interval,
         }
     }
 }
 
 impl<K> Default for Shares<K> {
     fn default() -> Self {
-        Self { class_of: Arc::new(|_| 0), per_class: usize::MAX, low: usize::MAX, low_yield: Duration::ZERO }
+        Self {
+            class_of: Arc::new(|_| 0),
+            per_class: usize::MAX,
+            low: usize::MAX,
+            low_yield: Duration::ZERO,
+            low_interval: Duration::ZERO,
+        }
     }
 }
 
@@ -79,6 +91,7 @@ impl<K> std::fmt::Debug for Shares<K> {
             .field("per_class", &self.per_class)
             .field("low", &self.low)
             .field("low_yield", &self.low_yield)
+            .field("low_interval", &self.low_interval)
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +134,8 @@ struct State<K> {
     low_busy: usize,
     /// Since when the low lane has stepped aside for ordinary keys in flight.
     low_waiting_since: Option<Instant>,
+    /// The earliest the low lane may hand out its next key (its pace).
+    low_next: Option<Instant>,
     /// Keys added while a worker held them; queued again on `done`.
     dirty: HashSet<K>,
     /// Earliest pending delayed add per key, so repeated delays do not pile up timers.
@@ -162,6 +177,9 @@ impl<K: Clone + Eq + Hash> State<K> {
         if self.low_busy >= shares.low {
             return None;
         }
+        if self.low_paced_until().is_some() {
+            return None;
+        }
         if !shares.low_yield.is_zero() && self.processing.len() > self.low_busy {
             let now = Instant::now();
             let since = *self.low_waiting_since.get_or_insert(now);
@@ -179,6 +197,9 @@ impl<K: Clone + Eq + Hash> State<K> {
                     self.classes[c].busy += 1;
                     self.low_busy += 1;
                     self.low_waiting_since = None;
+                    if !shares.low_interval.is_zero() {
+                        self.low_next = Some(Instant::now() + shares.low_interval);
+                    }
                     self.turn = (c + 1) % n;
                     self.queued.remove(&key);
                     self.processing.insert(key.clone(), Held { class: c, low: true });
@@ -187,6 +208,12 @@ impl<K: Clone + Eq + Hash> State<K> {
             }
         }
         None
+    }
+
+    /// When the low lane's pace next lets a key go, while keys wait in it and that is later
+    /// than now.
+    fn low_paced_until(&self) -> Option<Instant> {
+        self.low_next.filter(|at| !self.low_keys.is_empty() && *at > Instant::now())
     }
 
     fn waiting(&self) -> usize {
@@ -235,6 +262,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             processing: HashMap::new(),
             low_busy: 0,
             low_waiting_since: None,
+            low_next: None,
             dirty: HashSet::new(),
             delayed: HashMap::new(),
             failures: HashMap::new(),
@@ -366,7 +394,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         loop {
             // Registering interest before checking avoids missing a notify in between.
             let notified = self.ready.notified();
-            {
+            let paced_until = {
                 let mut s = self.lock();
                 if s.closed {
                     return None;
@@ -374,8 +402,15 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 if let Some(key) = s.take(&self.shares) {
                     return Some(key);
                 }
+                s.low_paced_until()
+            };
+            // A paced low lane has no event to wake it when its time comes, so a timer does.
+            match paced_until {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, notified).await;
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
@@ -464,7 +499,58 @@ mod tests {
             Some("b") => 1,
             _ => 2,
         });
-        WorkQueue::with_shares(RateLimit::default(), Shares { class_of, per_class, low, low_yield })
+        WorkQueue::with_shares(
+            RateLimit::default(),
+            Shares { class_of, per_class, low, low_yield, low_interval: Duration::ZERO },
+        )
+    }
+
+    fn mk_paced_queue(low_interval: Duration) -> WorkQueue<&'static str> {
+        WorkQueue::with_shares(RateLimit::default(), Shares { low_interval, ..Shares::default() })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_low_lane_hands_out_at_most_one_key_per_interval_and_ordinary_keys_are_not_paced() {
+        let q = mk_paced_queue(Duration::from_millis(10));
+        let start = Instant::now();
+        for k in ["resync-1", "resync-2", "resync-3"] {
+            q.add_low(k);
+        }
+        let mut low = Vec::new();
+        for _ in 0..3 {
+            let key = q.next().await;
+            low.push((key, start.elapsed().as_millis()));
+            if let Some(k) = key {
+                q.done(&k);
+            }
+        }
+        assert_eq!(low, [(Some("resync-1"), 0), (Some("resync-2"), 10), (Some("resync-3"), 20)]);
+
+        q.add_low("resync-4");
+        for k in ["change-1", "change-2"] {
+            q.add(k);
+        }
+        let at = Instant::now();
+        assert_eq!(q.next().await, Some("change-1"));
+        assert_eq!(q.next().await, Some("change-2"));
+        assert_eq!(at.elapsed(), Duration::ZERO, "changes go at once while the low lane waits its turn");
+        assert_eq!(q.next().await, Some("resync-4"));
+        assert_eq!(at.elapsed(), Duration::from_millis(10), "the low lane's pace is kept across the changes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_waiting_on_the_pace_wakes_when_it_ends_with_no_other_event() {
+        let q = mk_paced_queue(Duration::from_secs(1));
+        q.add_low("resync-1");
+        q.add_low("resync-2");
+        assert_eq!(q.next().await, Some("resync-1"));
+        let start = Instant::now();
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { (q.next().await, start.elapsed()) }
+        });
+        let got = waiting.await.ok();
+        assert_eq!(got, Some((Some("resync-2"), Duration::from_secs(1))));
     }
 
     /// The next key if one can be handed out now, without waiting.
