@@ -47,6 +47,42 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// Its stderr (the log).
     pub log: PathBuf,
+    launch: Launch,
+    /// Starts left on another port when the metrics port was taken before downsync bound it.
+    port_retries: u8,
+}
+
+/// How a [`Daemon`] was started, to start it again on another port.
+struct Launch {
+    name: String,
+    cluster_args: Vec<OsString>,
+    args: Vec<OsString>,
+    rust_log: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Spawns `downsync run` with a free metrics port: the child, that address, its log.
+    fn spawn(&self) -> Result<(Child, SocketAddr, PathBuf)> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::env::temp_dir().join(format!("downsync-{}-{}-{port}.log", self.name, std::process::id()));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(downsync_bin()?);
+        cmd.arg("run").args(&self.cluster_args).args(["--metrics-addr", &addr.to_string()]).args(&self.args);
+        match &self.rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("XDG_CACHE_HOME", std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("starting downsync run")?;
+        Ok((child, addr, log))
+    }
 }
 
 /// The arguments that point `downsync` at the test clusters.
@@ -89,24 +125,15 @@ impl Daemon {
         rust_log: Option<&str>,
         env: &[(&str, &str)],
     ) -> Result<Self> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::env::temp_dir().join(format!("downsync-{name}-{}-{port}.log", std::process::id()));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(downsync_bin()?);
-        cmd.arg("run").args(cluster_args).args(["--metrics-addr", &addr.to_string()]).args(args);
-        match rust_log {
-            Some(filter) => cmd.env("RUST_LOG", filter),
-            None => cmd.env_remove("RUST_LOG"),
+        let launch = Launch {
+            name: name.to_string(),
+            cluster_args: cluster_args.to_vec(),
+            args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
+            rust_log: rust_log.map(str::to_string),
+            env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
         };
-        let child = cmd
-            .envs(env.iter().copied())
-            .env("XDG_CACHE_HOME", std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .context("starting downsync run")?;
-        Ok(Self { child: Some(child), addr, log })
+        let (child, addr, log) = launch.spawn()?;
+        Ok(Self { child: Some(child), addr, log, launch, port_retries: 3 })
     }
 
     /// The log so far.
@@ -132,7 +159,17 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("downsync exited with {status} before it was ready; log:\n{}", self.log_text());
+                let log = self.log_text();
+                // The free port was free when picked, but the kernel may hand it to an outgoing
+                // connection (ours or a control plane's) before downsync binds it.
+                let taken = format!("metricsAddr {}: cannot listen: Address already in use", self.addr);
+                if log.contains(&taken) && self.port_retries > 0 {
+                    self.port_retries -= 1;
+                    let (child, addr, log) = self.launch.spawn()?;
+                    (self.child, self.addr, self.log) = (Some(child), addr, log);
+                    continue;
+                }
+                bail!("downsync exited with {status} before it was ready; log:\n{log}");
             }
             let last = match self.get("/readyz") {
                 Ok((200, _)) => return Ok(()),
