@@ -9,15 +9,21 @@ use serde_json::{Value, json};
 /// Small limits keep the runaway plugins quick to stop; the defaults' memory leaves room for
 /// the 40 MB error string.
 fn engine() -> PluginEngine {
-    PluginEngine::new(EngineConfig {
-        fuel: 500_000_000,
-        deadline_ms: 5_000,
+    mk_engine(EngineConfig { fuel: 500_000_000, deadline_ms: 5_000, ..test_config() })
+}
+
+/// What every engine here shares: a small pool and the tests' compiled-artifact cache.
+fn test_config() -> EngineConfig {
+    EngineConfig {
         pool_instances: 8,
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         ..EngineConfig::default()
-    })
-    .expect("engine")
+    }
+}
+
+fn mk_engine(config: EngineConfig) -> PluginEngine {
+    PluginEngine::new(config).expect("engine")
 }
 
 fn faulty(engine: &PluginEngine) -> Plugin {
@@ -85,15 +91,8 @@ fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
 /// object's first call that ends in time, its fault gone, succeeds as before.
 #[test]
 fn a_call_that_keeps_running_to_its_deadline_keeps_failing_there_and_the_object_recovers() {
-    let engine = PluginEngine::new(EngineConfig {
-        // Fuel for minutes of spinning, so that the 300 ms deadline is what stops the calls.
-        fuel: u64::MAX / 2,
-        deadline_ms: 300,
-        pool_instances: 8,
-        cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    // Fuel for minutes of spinning, so that the 300 ms deadline is what stops the calls.
+    let engine = mk_engine(EngineConfig { fuel: u64::MAX / 2, deadline_ms: 300, ..test_config() });
     let plugin = faulty(&engine);
     for call in 1..=3 {
         let err = plugin.transform(&mk_configmap("loop"), &Intent::Unknown).expect_err("a spinning call fails");
@@ -132,15 +131,7 @@ fn what_a_guest_prints_lands_in_the_host_log_bounded_and_escaped() {
 
 #[test]
 fn call_errors_are_one_line_with_the_cause_and_no_backtrace() {
-    let engine = PluginEngine::new(EngineConfig {
-        fuel: 50_000_000,
-        memory_bytes: 16 << 20,
-        pool_instances: 8,
-        max_instances_per_call: 32,
-        cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    let engine = mk_engine(EngineConfig { fuel: 50_000_000, memory_bytes: 16 << 20, ..test_config() });
     let plugin = faulty(&engine);
     for (fault, cause) in [
         ("trap", "guest panicked: faulty plugin asked to trap"),
