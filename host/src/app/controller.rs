@@ -275,7 +275,7 @@ fn shares(config: &RunConfig, kinds: usize) -> Shares<WorkKey> {
         per_class: config.workers_per_kind(),
         low: config.resync_workers(),
         low_yield: config.resync_yield(),
-        low_interval: config.resync_interval(),
+        low_pace: config.resync_pace(),
     }
 }
 
@@ -440,6 +440,7 @@ impl Controller {
         loop {
             tick.tick().await;
             self.metrics.set_queue_depth(self.queue.len());
+            self.metrics.set_resync_interval(self.queue.resync_interval());
             let pending = lock(&self.initial_pending).len() as u64;
             if pending > 0 {
                 let total = self.initial_total.load(Ordering::Relaxed);

@@ -14,6 +14,7 @@ pub mod error;
 pub mod intent;
 pub mod mapping;
 pub mod ownership;
+pub mod pace;
 pub mod pointer;
 pub mod preservation;
 pub mod queue;
@@ -27,6 +28,7 @@ pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, Upda
 pub use error::{ApiError, SyncError};
 pub use intent::Intent;
 pub use mapping::NamespaceMapping;
+pub use pace::PaceLimits;
 pub use queue::{RateLimit, Shares, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};

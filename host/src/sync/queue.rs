@@ -14,9 +14,10 @@
 //! ordinary key can be, and by at most `low` workers at once, so the changes that come in
 //! during a re-sync of everything find a free worker and an unloaded process. The low lane
 //! also steps aside while ordinary keys are held, for at most `low_yield`: the writes of both
-//! go through the same API servers. And the low lane is paced: at most one key every
-//! `low_interval`, so a re-sync of everything loads the API servers (and the cores they share)
-//! at a bounded rate instead of as fast as its workers go.
+//! go through the same API servers. And the low lane is paced ([`super::pace`]): at most one
+//! key per interval, so a re-sync of everything loads the API servers (and the cores they
+//! share) at a bounded rate instead of as fast as its workers go; the interval lengthens while
+//! ordinary keys take longer than they did with no re-sync running.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -25,6 +26,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::pace::{Pace, PaceLimits};
 
 /// Backoff settings for [`WorkQueue::add_rate_limited`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +59,10 @@ pub struct Shares<K> {
     /// starts when no ordinary key is held, or once the lane has waited this long (checked
     /// whenever a key is done, so it cannot starve). Zero never steps aside.
     pub low_yield: Duration,
-    /// The least time between two hand-outs from the low lane, so that a bulk re-sync writes
-    /// at a bounded rate however fast each re-sync is. Zero: unpaced.
-    pub low_interval: Duration,
+    /// The bounds of the time between two hand-outs from the low lane, so that a bulk re-sync
+    /// writes at a bounded rate however fast each re-sync is, and slower while ordinary keys
+    /// are slowed by it. Zero fastest: unpaced.
+    pub low_pace: PaceLimits,
 }
 
 impl<K> Clone for Shares<K> {
@@ -68,7 +72,7 @@ impl<K> Clone for Shares<K> {
             per_class: self.per_class,
             low: self.low,
             low_yield: self.low_yield,
-            low_interval: self.low_interval,
+            low_pace: self.low_pace,
         }
     }
 }
@@ -80,7 +84,7 @@ impl<K> Default for Shares<K> {
             per_class: usize::MAX,
             low: usize::MAX,
             low_yield: Duration::ZERO,
-            low_interval: Duration::ZERO,
+            low_pace: PaceLimits::default(),
         }
     }
 }
@@ -91,7 +95,7 @@ impl<K> std::fmt::Debug for Shares<K> {
             .field("per_class", &self.per_class)
             .field("low", &self.low)
             .field("low_yield", &self.low_yield)
-            .field("low_interval", &self.low_interval)
+            .field("low_pace", &self.low_pace)
             .finish_non_exhaustive()
     }
 }
@@ -112,11 +116,12 @@ impl<K> Default for Class<K> {
     }
 }
 
-/// A key a worker holds: its class and whether it came from the low lane.
+/// A key a worker holds: its class, whether it came from the low lane, and since when.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     class: usize,
     low: bool,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -136,6 +141,8 @@ struct State<K> {
     low_waiting_since: Option<Instant>,
     /// The earliest the low lane may hand out its next key (its pace).
     low_next: Option<Instant>,
+    /// The low lane's interval, following how long ordinary keys are held.
+    pace: Pace,
     /// Keys added while a worker held them; queued again on `done`.
     dirty: HashSet<K>,
     /// Earliest pending delayed add per key, so repeated delays do not pile up timers.
@@ -166,7 +173,7 @@ impl<K: Clone + Eq + Hash> State<K> {
                 class.busy += 1;
                 self.turn = (c + 1) % n;
                 self.queued.remove(&key);
-                self.processing.insert(key.clone(), Held { class: c, low: false });
+                self.processing.insert(key.clone(), Held { class: c, low: false, since: Instant::now() });
                 return Some(key);
             }
         }
@@ -197,12 +204,14 @@ impl<K: Clone + Eq + Hash> State<K> {
                     self.classes[c].busy += 1;
                     self.low_busy += 1;
                     self.low_waiting_since = None;
-                    if !shares.low_interval.is_zero() {
-                        self.low_next = Some(Instant::now() + shares.low_interval);
+                    let now = Instant::now();
+                    let interval = self.pace.step();
+                    if !interval.is_zero() {
+                        self.low_next = Some(now + interval);
                     }
                     self.turn = (c + 1) % n;
                     self.queued.remove(&key);
-                    self.processing.insert(key.clone(), Held { class: c, low: true });
+                    self.processing.insert(key.clone(), Held { class: c, low: true, since: now });
                     return Some(key);
                 }
             }
@@ -263,6 +272,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             low_busy: 0,
             low_waiting_since: None,
             low_next: None,
+            pace: Pace::new(shares.low_pace),
             dirty: HashSet::new(),
             delayed: HashMap::new(),
             failures: HashMap::new(),
@@ -423,6 +433,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 class.busy = class.busy.saturating_sub(1);
                 if held.low {
                     s.low_busy = s.low_busy.saturating_sub(1);
+                } else {
+                    let resyncing = s.low_busy > 0 || !s.low_keys.is_empty();
+                    s.pace.observe(held.since.elapsed(), resyncing);
                 }
                 if s.dirty.remove(key) && !s.closed {
                     s.queued.insert(key.clone());
@@ -447,6 +460,11 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     /// Whether no key waits for a worker.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The low lane's pace now: the least time between two bulk re-syncs starting.
+    pub fn resync_interval(&self) -> Duration {
+        self.lock().pace.interval()
     }
 
     /// Keys being worked on now.
@@ -501,12 +519,15 @@ mod tests {
         });
         WorkQueue::with_shares(
             RateLimit::default(),
-            Shares { class_of, per_class, low, low_yield, low_interval: Duration::ZERO },
+            Shares { class_of, per_class, low, low_yield, low_pace: PaceLimits::default() },
         )
     }
 
     fn mk_paced_queue(low_interval: Duration) -> WorkQueue<&'static str> {
-        WorkQueue::with_shares(RateLimit::default(), Shares { low_interval, ..Shares::default() })
+        WorkQueue::with_shares(
+            RateLimit::default(),
+            Shares { low_pace: PaceLimits::fixed(low_interval), ..Shares::default() },
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -551,6 +572,40 @@ mod tests {
         });
         let got = waiting.await.ok();
         assert_eq!(got, Some((Some("resync-2"), Duration::from_secs(1))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_lengthens_while_ordinary_keys_are_held_longer_during_re_syncs() {
+        let limits = PaceLimits { fastest: Duration::from_millis(10), slowest: Duration::from_secs(1) };
+        let q = WorkQueue::with_shares(RateLimit::default(), Shares { low_pace: limits, ..Shares::default() });
+        let hold = |ms| {
+            let q = q.clone();
+            async move {
+                q.add("change");
+                assert_eq!(q.next().await, Some("change"));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                q.done(&"change");
+            }
+        };
+        for _ in 0..20 {
+            hold(10).await;
+        }
+        for k in ["resync-1", "resync-2", "resync-3"] {
+            q.add_low(k);
+        }
+        assert_eq!(q.next().await, Some("resync-1"));
+        q.done(&"resync-1");
+        assert_eq!(q.resync_interval(), Duration::from_millis(10), "changes as quick as before: the fastest");
+
+        for _ in 0..5 {
+            hold(50).await;
+        }
+        assert_eq!(q.next().await, Some("resync-2"));
+        q.done(&"resync-2");
+        assert_eq!(q.resync_interval(), Duration::from_millis(20), "changes five times slower: doubled");
+        let at = Instant::now();
+        assert_eq!(q.next().await, Some("resync-3"));
+        assert_eq!(at.elapsed(), Duration::from_millis(20), "and the lane keeps the longer interval");
     }
 
     /// The next key if one can be handed out now, without waiting.
