@@ -73,12 +73,11 @@ async fn guest_panics_stdio_and_udp_on_a_tokio_worker_do_not_panic_the_host() {
 fn a_sleeping_plugin_fails_instead_of_blocking_the_thread() {
     let engine = engine();
     let plugin = faulty(&engine);
-    let started = std::time::Instant::now();
     let err = plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).expect_err("a plugin cannot sleep");
+    // A trap, not the deadline: the call ended at the sleep instead of waiting out its time.
     assert!(matches!(err, Error::Call { kind: CallFailure::Trap, .. }), "{err}");
     assert!(err.to_string().contains("plugins cannot block"), "{err}");
     assert_one_line(&err);
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let on_worker = runtime.block_on(async {
         tokio::spawn(async move { plugin.transform(&mk_configmap("sleep"), &Intent::Unknown).is_err() }).await
