@@ -93,14 +93,11 @@ impl Pace {
             return Duration::ZERO;
         }
         let fresh = std::mem::take(&mut self.fresh);
-        self.interval = if fresh && self.congested() {
-            self.interval.saturating_mul(2).min(slowest)
-        } else if !fresh && self.congested() {
-            // No new evidence either way: hold, so that one old reading does not double it
-            // again and again.
-            self.interval
-        } else {
-            (self.interval - self.interval / 8).max(fastest)
+        self.interval = match (self.congested(), fresh) {
+            (true, true) => self.interval.saturating_mul(2).min(slowest),
+            // No new evidence: hold, so that one old reading does not double it again and again.
+            (true, false) => self.interval,
+            (false, _) => (self.interval - self.interval / 8).max(fastest),
         };
         self.interval
     }
