@@ -29,6 +29,8 @@ pub struct Write {
     pub received: Timestamp,
     /// When the API server completed the response.
     pub completed: Timestamp,
+    /// Whether it was a server-side dry run (`dryRun=All`): nothing was persisted.
+    pub dry_run: bool,
 }
 
 impl Write {
@@ -53,6 +55,8 @@ struct RawEvent {
     user_agent: String,
     #[serde(default)]
     object_ref: Option<RawRef>,
+    #[serde(default, rename = "requestURI")]
+    request_uri: String,
     #[serde(default)]
     response_status: Option<RawStatus>,
     request_received_timestamp: Timestamp,
@@ -113,6 +117,7 @@ pub fn downsync_writes() -> Result<Vec<Write>> {
             code: e.response_status.map_or(0, |s| s.code),
             received: e.request_received_timestamp,
             completed: e.stage_timestamp,
+            dry_run: e.request_uri.contains("dryRun=All"),
         });
     }
     Ok(out)

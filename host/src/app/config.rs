@@ -62,6 +62,10 @@ pub struct ResourceConfig {
     /// Never these upstream namespaces (added to the global list).
     #[serde(default)]
     pub exclude_namespaces: Vec<String>,
+    /// What happens when a field downsync enforces is changed downstream by another writer:
+    /// revert it (the default), keep it, or report it, per field manager.
+    #[serde(default)]
+    pub drift: crate::sync::DriftPolicy,
 }
 
 impl ResourceConfig {
@@ -80,6 +84,7 @@ impl ResourceConfig {
             label_selector: None,
             namespaces: Vec::new(),
             exclude_namespaces: Vec::new(),
+            drift: crate::sync::DriftPolicy::default(),
         })
     }
 
@@ -352,6 +357,9 @@ impl RunConfig {
                     &format!("resources[{i}].apiVersion"),
                     format!("{:?} is not GROUP/VERSION or VERSION (such as apps/v1 or v1)", r.api_version),
                 );
+            }
+            if let Err(message) = r.drift.check() {
+                return invalid(&format!("resources[{i}].drift"), message);
             }
             let dup = self.resources[..i].iter().any(|o| o.api_version == r.api_version && o.kind == r.kind);
             if dup {

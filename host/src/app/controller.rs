@@ -165,12 +165,17 @@ pub async fn run(
         None => None,
     };
 
+    let drift = watched
+        .iter()
+        .map(|w| ((w.down_resource.gvr.group.clone(), w.down_resource.kind.clone()), w.config.drift.clone()))
+        .collect();
     let syncer = Syncer::new(
         KubeDownstream::new(down.client.clone()),
         Arc::clone(&rules),
         config.sync.clone(),
         StateCache::new(),
-    );
+    )
+    .with_drift_policies(drift);
     let controller = Arc::new(Controller {
         upstream: Upstream::new(up.client.clone(), "downsync", opts.instance.clone()),
         namespaces: Namespaces::new(down.client.clone(), up.client.clone(), config.sync.ownership.clone()),

@@ -103,6 +103,10 @@ impl Downstream for Recording {
         Ok(out)
     }
 
+    async fn dry_run(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+        self.inner.dry_run(key, write).await
+    }
+
     async fn delete(&self, key: &ObjectKey, uid: &str, propagation: crate::sync::Propagation) -> Result<(), ApiError> {
         self.inner.delete(key, uid, propagation).await
     }

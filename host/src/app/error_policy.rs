@@ -66,6 +66,10 @@ fn sync_policy(e: &SyncError) -> Step {
                 Step::Park
             }
         }
+        // Another writer keeps changing it back: wait out the guard's pause.
+        SyncError::WriteLoop { wait, .. } => Step::RetryAfter((*wait).max(Duration::from_secs(1))),
+        // Server-side apply: other managers hold fields; they may let go.
+        SyncError::FieldConflict { .. } => Step::Retry,
         // Someone else's object holds the name; it may go away, so look again, slowly.
         SyncError::NotOwned { .. } | SyncError::Conflict { .. } | SyncError::RecreateTimeout { .. } => Step::Retry,
         // Another object holds the port or IP asked for; it may let go.
@@ -95,6 +99,8 @@ pub fn event_reason(error: &ReconcileError) -> &'static str {
             SyncError::Immutable { .. } => "ImmutableFieldChanged",
             SyncError::NotOwned { .. } => "NameConflict",
             SyncError::Allocated { .. } => "AlreadyAllocated",
+            SyncError::WriteLoop { .. } => "WriteLoop",
+            SyncError::FieldConflict { .. } => "FieldConflict",
             SyncError::Rule(_) => "RuleFailed",
             _ => "SyncFailed",
         },
@@ -154,6 +160,20 @@ mod tests {
                 }),
                 Step::Retry,
                 "AlreadyAllocated",
+            ),
+            (
+                mk_sync(SyncError::WriteLoop {
+                    object: "Deployment a/b".into(),
+                    fields: "/spec/replicas by flipper (Update)".into(),
+                    wait: Duration::from_secs(30),
+                }),
+                Step::RetryAfter(Duration::from_secs(30)),
+                "WriteLoop",
+            ),
+            (
+                mk_sync(SyncError::FieldConflict { object: "Deployment a/b".into(), fields: "/spec/replicas".into() }),
+                Step::Retry,
+                "FieldConflict",
             ),
             (mk_rule(false), Step::Park, "RuleFailed"),
             (mk_rule(true), Step::Retry, "RuleFailed"),

@@ -20,6 +20,7 @@ use crate::plugin::{PluginRegistry, RuleSnapshot};
 use crate::sync::delta::{covers, delta};
 use crate::sync::desired::{normalize_desired, object_ref};
 use crate::sync::intent::Intent;
+use crate::sync::managers::{self, Manager};
 use crate::sync::mapping;
 use crate::sync::ownership;
 use crate::sync::preservation::{self, PreserveOptions};
@@ -206,7 +207,14 @@ impl Controller {
             .await
             .map_err(|e| format!("the evaluation stopped: {e}"))??;
         let (steps, ignore) = evaluated;
-        let fields = attribute(&upstream_view, &live_view, &steps, &ignore, secret);
+        let mut fields = attribute(&upstream_view, &live_view, &steps, &ignore, secret);
+        // Who wrote each field downstream is in managedFields, which the watch cache drops.
+        let key = crate::sync::ObjectKey::new(&w.down_resource, down_ns.as_deref(), name);
+        let managers = match crate::sync::Downstream::get(self.syncer.downstream(), &key).await {
+            Ok(Some(fresh)) => managers::managers(&fresh),
+            _ => Vec::new(),
+        };
+        name_writers(&mut fields, &Intent::of(&upstream_view), &managers);
         let history = self.syncer.rules().metrics().journal().entries(&object);
         Ok(json!({
             "object": object,
@@ -214,6 +222,26 @@ impl Controller {
             "steps": steps.iter().map(|s| json!({"by": s.who, "hook": s.hook, "decision": s.decision, "paths": s.paths})).collect::<Vec<_>>(),
             "history": history,
         }))
+    }
+}
+
+/// Says more of the fields that no rule explains: one no upstream client asked for is the
+/// downstream's (downsync keeps its value), and one another writer changed downstream names
+/// that writer (its field manager), which is a drift.
+pub fn name_writers(fields: &mut [Field], intent: &Intent, managers: &[Manager]) {
+    for f in fields.iter_mut().filter(|f| f.by == "not synced" || f.by == "downstream cluster") {
+        let owners = managers::owners_of(managers, &f.path, &["downsync"]);
+        let who: Vec<String> = owners.iter().map(|m| m.describe()).collect();
+        if intent.is_known() && f.upstream.is_some() && !intent.requested(&f.path) {
+            f.by = "downstream cluster".into();
+            f.why = "no upstream client asked for it (the upstream server filled it in), so downsync keeps the downstream value".into();
+            if !who.is_empty() {
+                f.why.push_str(&format!("; set downstream by {}", who.join(" and ")));
+            }
+        } else if !who.is_empty() && f.by == "not synced" {
+            f.by = who.join(" and ");
+            f.why = "changed downstream by this field manager: a drift, which the resource's drift policy reverts, keeps or reports".into();
+        }
     }
 }
 
@@ -319,5 +347,32 @@ mod tests {
         down["metadata"]["labels"] = json!({ownership::MANAGED_BY_LABEL: "downsync"});
         down["metadata"]["resourceVersion"] = json!("12");
         assert!(attribute(&up, &down, &[], &[], false).is_empty());
+    }
+
+    #[test]
+    fn fields_no_rule_explains_name_their_writer() {
+        let up = json!({"kind": "Deployment", "metadata": {"name": "a"}, "spec": {"replicas": 1, "paused": false}});
+        let down = json!({"kind": "Deployment", "metadata": {"name": "a"}, "spec": {"replicas": 3, "paused": true}});
+        let mut fields = attribute(&up, &down, &[], &[], false);
+        let managers = vec![
+            Manager {
+                name: "hpa".into(),
+                operation: "Update".into(),
+                subresource: Some("scale".into()),
+                fields: vec!["/spec/replicas".into()],
+            },
+            Manager {
+                name: "kubectl-edit".into(),
+                operation: "Update".into(),
+                subresource: None,
+                fields: vec!["/spec/paused".into()],
+            },
+        ];
+        name_writers(&mut fields, &Intent::ServerSet(vec!["/spec/replicas".into()]), &managers);
+        let by: Vec<(&str, &str)> = fields.iter().map(|f| (f.path.as_str(), f.by.as_str())).collect();
+        assert_eq!(by, vec![("/spec/paused", "kubectl-edit (Update)"), ("/spec/replicas", "downstream cluster")]);
+        assert!(
+            fields[1].why.contains("no upstream client asked for it") && fields[1].why.contains("hpa (Update scale)")
+        );
     }
 }

@@ -31,6 +31,13 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    kind: String,
+    manager: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -53,6 +60,8 @@ pub struct SyncMetrics {
     busy: Family<KindLabels, Gauge>,
     initial: Family<StateLabels, Gauge<u64, AtomicU64>>,
     worker_panics: Counter,
+    drift: Family<DriftLabels, Counter>,
+    dry_runs: Family<KindLabels, Counter>,
 }
 
 impl Default for SyncMetrics {
@@ -68,6 +77,8 @@ impl Default for SyncMetrics {
             busy: Family::default(),
             initial: Family::default(),
             worker_panics: Counter::default(),
+            drift: Family::default(),
+            dry_runs: Family::default(),
         }
     }
 }
@@ -98,6 +109,16 @@ impl SyncMetrics {
         );
         r.register("initial_sync_objects", "Initial sync progress: synced and total objects", self.initial.clone());
         r.register("worker_panics", "Sync workers that panicked; the key was queued again", self.worker_panics.clone());
+        r.register(
+            "drift",
+            "Fields changed downstream by another writer since downsync's write, by kind, manager and the policy's action (revert or report)",
+            self.drift.clone(),
+        );
+        r.register(
+            "dry_runs",
+            "Server-side dry runs made to tell a drift from what the downstream server adds at a write",
+            self.dry_runs.clone(),
+        );
     }
 
     /// Records the outcome of one sync.
@@ -121,7 +142,17 @@ impl SyncMetrics {
             // One per retried write; the last attempt succeeded or gave up.
             self.conflicts.get_or_create(&kind).inc_by(u64::from(result.attempts.saturating_sub(1).max(1)));
         }
+        if result.dry_runs > 0 {
+            self.dry_runs.get_or_create(&kind).inc_by(u64::from(result.dry_runs));
+        }
         self.duration.get_or_create(&kind).observe(seconds);
+        for f in &result.drift {
+            for manager in &f.manager_names {
+                let labels =
+                    DriftLabels { kind: kind.kind.clone(), manager: manager.clone(), action: f.action.as_str().into() };
+                self.drift.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Records a failure outside the core syncer (namespace creation, finalizer, bad input).

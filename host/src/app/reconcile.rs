@@ -105,6 +105,9 @@ async fn sync(
     let started = Instant::now();
     let result = ctx.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
     ctx.metrics.record(kind, &result, started.elapsed().as_secs_f64());
+    if !result.drift.is_empty() {
+        report_drift(ctx, w, up, &result).await;
+    }
     if let Some(e) = result.error {
         if let SyncError::Api { source: crate::sync::ApiError::NotFound, .. } = &e
             && let Some(ns) = ctx.downstream_ns(key)
@@ -124,6 +127,24 @@ async fn sync(
         return Err(ReconcileError::Upstream { operation: "copying the status", message: e.to_string() });
     }
     Ok(result.retry_after.map_or(Action::Done, Action::After))
+}
+
+/// Publishes a Warning Event `Drift` on the upstream object: which fields changed downstream,
+/// who changed them, and what the kind's drift policy did.
+async fn report_drift(ctx: &Controller, w: &Watched, up: &DynamicObject, result: &crate::sync::SyncResult) {
+    let object = result.key.as_ref().map(ToString::to_string).unwrap_or_default();
+    let mut by_action: Vec<String> = Vec::new();
+    for action in [crate::sync::DriftAction::Revert, crate::sync::DriftAction::Report] {
+        let fields: Vec<_> = result.drift.iter().filter(|f| f.action == action).cloned().collect();
+        if !fields.is_empty() {
+            let done = if action == crate::sync::DriftAction::Revert { "reverted" } else { "kept (policy: report)" };
+            by_action.push(format!("{}; {done}", crate::sync::drift::describe(&fields)));
+        }
+    }
+    let note = format!("{object} drifted downstream: {}", by_action.join("; "));
+    if let Err(e) = ctx.upstream.warn(&w.up_ar, up, "Drift", note).await {
+        debug!(kind = %w.config.kind, error = %e, "cannot publish an upstream event");
+    }
 }
 
 async fn remove(

@@ -43,10 +43,6 @@ impl KubeDownstream {
         PostParams { dry_run: self.dry_run, ..PostParams::default() }
     }
 
-    fn patch_params(&self) -> PatchParams {
-        PatchParams { dry_run: self.dry_run, ..PatchParams::default() }
-    }
-
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -68,6 +64,28 @@ impl KubeDownstream {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
             None => Api::all_with(self.client.clone(), &ar),
         }
+    }
+}
+
+impl KubeDownstream {
+    /// Sends an update; with `dry_run`, as a server-side dry run.
+    async fn send(&self, key: &ObjectKey, write: &Write, dry_run: bool) -> Result<Value, ApiError> {
+        let api = self.api(key);
+        let pp = PatchParams { dry_run, ..PatchParams::default() };
+        let out = match write {
+            Write::Replace(obj) => {
+                api.replace(&key.name, &PostParams { dry_run, ..PostParams::default() }, &to_dynamic(obj)?).await
+            }
+            Write::Merge(patch) => api.patch(&key.name, &pp, &Patch::Merge(patch)).await,
+            Write::Strategic(patch) => api.patch(&key.name, &pp, &Patch::Strategic(patch)).await,
+            Write::Apply { object, field_manager, force } => {
+                let mut pp = PatchParams::apply(field_manager);
+                pp.force = *force;
+                pp.dry_run = dry_run;
+                api.patch(&key.name, &pp, &Patch::Apply(object)).await
+            }
+        };
+        to_value(out.map_err(classify)?)
     }
 }
 
@@ -112,19 +130,11 @@ impl Downstream for KubeDownstream {
     }
 
     async fn update(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
-        let api = self.api(key);
-        let out = match write {
-            Write::Replace(obj) => api.replace(&key.name, &self.post_params(), &to_dynamic(obj)?).await,
-            Write::Merge(patch) => api.patch(&key.name, &self.patch_params(), &Patch::Merge(patch)).await,
-            Write::Strategic(patch) => api.patch(&key.name, &self.patch_params(), &Patch::Strategic(patch)).await,
-            Write::Apply { object, field_manager, force } => {
-                let mut pp = PatchParams::apply(field_manager);
-                pp.force = *force;
-                pp.dry_run = self.dry_run;
-                api.patch(&key.name, &pp, &Patch::Apply(object)).await
-            }
-        };
-        to_value(out.map_err(classify)?)
+        self.send(key, write, self.dry_run).await
+    }
+
+    async fn dry_run(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+        self.send(key, write, true).await
     }
 
     async fn delete(&self, key: &ObjectKey, uid: &str, propagation: Propagation) -> Result<(), ApiError> {

@@ -84,6 +84,43 @@ fn feed_canonical(h: &mut Sha256, v: &Value) {
     }
 }
 
+/// A digest of what an object holds, as downstream stores it: everything but its status and
+/// the server's bookkeeping ([`SERVER_METADATA`]). Two reads with the same digest differ at
+/// most in status, resourceVersion, generation or managedFields.
+pub fn content_digest(obj: &Value) -> u64 {
+    let mut h = Sha256::new();
+    if let Value::Object(map) = obj {
+        let mut keys: Vec<&String> = map.keys().filter(|k| *k != "status").collect();
+        keys.sort_unstable();
+        for k in keys {
+            h.update(k.as_bytes());
+            h.update(b":");
+            match (k.as_str(), map.get(k)) {
+                ("metadata", Some(Value::Object(meta))) => {
+                    let mut mk: Vec<&String> = meta.keys().filter(|k| !SERVER_METADATA.contains(&k.as_str())).collect();
+                    mk.sort_unstable();
+                    for k in mk {
+                        h.update(k.as_bytes());
+                        h.update(b"=");
+                        if let Some(v) = meta.get(k) {
+                            feed_canonical(&mut h, v);
+                        }
+                    }
+                }
+                (_, Some(v)) => feed_canonical(&mut h, v),
+                (_, None) => {}
+            }
+            h.update(b",");
+        }
+    } else {
+        feed_canonical(&mut h, obj);
+    }
+    let bytes = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// `Kind namespace/name` of an object, as far as it has them, for messages.
 pub fn object_ref(obj: &Value) -> String {
     let kind = str_at(obj, "/kind").unwrap_or("<no kind>");
@@ -149,6 +186,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(desired_hash(&a, ""), desired_hash(&reordered, ""), "field order does not matter");
+    }
+
+    #[test]
+    fn the_content_digest_sees_content_and_not_status_or_bookkeeping() {
+        let a = mk_configmap("a", json!({"resourceVersion": "1", "managedFields": [{"m": 1}]}), json!({"x": "1"}));
+        let mut b = mk_configmap("a", json!({"resourceVersion": "2", "generation": 4}), json!({"x": "1"}));
+        b["status"] = json!({"ready": true});
+        assert_eq!(content_digest(&a), content_digest(&b));
+        let c = mk_configmap("a", json!({"resourceVersion": "1", "labels": {"l": "v"}}), json!({"x": "1"}));
+        let d = mk_configmap("a", json!({"resourceVersion": "1"}), json!({"x": "2"}));
+        assert_ne!(content_digest(&a), content_digest(&c), "a label is content");
+        assert_ne!(content_digest(&a), content_digest(&d));
     }
 
     #[test]

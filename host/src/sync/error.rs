@@ -128,6 +128,31 @@ pub enum SyncError {
         /// The value asked for.
         value: String,
     },
+    /// Written again and again with no upstream change: another writer keeps changing it back.
+    /// Not written for a while, with a growing pause, until the upstream object, its rules or
+    /// the drift policy change.
+    #[error(
+        "{object}: written again and again with no upstream change, and changed back downstream each time: {fields}; writes paused with a growing backoff until the upstream object, its rules or the drift policy change"
+    )]
+    WriteLoop {
+        /// The object.
+        object: String,
+        /// The fields that keep changing and who changes them.
+        fields: String,
+        /// How long until the next write may go.
+        wait: std::time::Duration,
+    },
+    /// Server-side apply: other field managers own fields downsync applies with other values.
+    /// The rest of the object was written; these fields are retried with backoff.
+    #[error(
+        "{object}: server-side apply conflicts with other field managers on {fields}; the other fields were written, these are retried (set strategy.force, or a drift policy that keeps these managers' fields)"
+    )]
+    FieldConflict {
+        /// The object.
+        object: String,
+        /// The fields in conflict and their managers.
+        fields: String,
+    },
     /// A recreate deleted the object but it did not go away in time.
     #[error("{object}: still present {waited_ms} ms after delete during recreate")]
     RecreateTimeout {

@@ -99,6 +99,25 @@ impl Intent {
     }
 }
 
+/// What downsync enforces of `object` (the desired object after the rules): the fields some
+/// upstream client asked for. Each field the upstream server filled in (a default, an
+/// allocation) is taken out, unless a rule changed it from the `upstream` value (then the rule
+/// decided it). With the intent unknown, nothing is taken out.
+///
+/// Taken-out fields are the downstream's: a write keeps their live values, a server-side apply
+/// leaves them out so downsync never becomes their manager, and a create lets the downstream
+/// server fill them in as the upstream one did.
+pub fn enforced(mut object: Value, intent: &Intent, upstream: &Value) -> Value {
+    let Intent::ServerSet(paths) = intent else { return object };
+    // Last first: taking out a list element shifts the later ones.
+    for path in paths.iter().rev() {
+        if object.pointer(path).is_some() && object.pointer(path) == upstream.pointer(path) {
+            pointer::remove(&mut object, path);
+        }
+    }
+    object
+}
+
 /// Whether pointer `outer` is `inner` or one of its ancestors (segment-wise).
 pub fn covers(outer: &str, inner: &str) -> bool {
     inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -179,7 +198,8 @@ fn element_sets<'a>(set: &'a Map<String, Value>, i: usize, item: &Value) -> Vec<
     set.iter().filter(|(k, _)| element_matches(k, i, item)).filter_map(|(_, v)| v.as_object()).collect()
 }
 
-fn element_matches(key: &str, i: usize, item: &Value) -> bool {
+/// Whether a list's field-set key (`k:{…}`, `v:…`, `i:N`) names element `i`, `item`.
+pub(crate) fn element_matches(key: &str, i: usize, item: &Value) -> bool {
     if let Some(keys) = key.strip_prefix("k:") {
         let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(keys) else { return false };
         keys.iter().all(|(f, want)| item.get(f) == Some(want))
@@ -286,6 +306,26 @@ mod tests {
                 "/metadata/annotations/set~0by".into()
             ])
         );
+    }
+
+    #[test]
+    fn only_what_a_client_asked_for_is_enforced() {
+        let svc = mk_created_service();
+        let intent = Intent::of(&svc);
+        let mut object = svc.clone();
+        object["spec"]["clusterIP"] = json!("10.0.0.9");
+        let out = enforced(object, &intent, &svc);
+        assert_eq!(out["spec"]["clusterIP"], json!("10.0.0.9"), "a rule changed it: the rule decided");
+        assert_eq!(out["spec"].get("clusterIPs"), None);
+        assert_eq!(out["spec"].get("ipFamilyPolicy"), None);
+        assert_eq!(out["spec"]["ports"][0]["nodePort"], json!(30080), "asked for");
+        assert_eq!(out["spec"]["ports"][1].get("nodePort"), None, "allocated");
+        assert_eq!(out["spec"]["type"], json!("NodePort"));
+        assert_eq!(enforced(svc.clone(), &Intent::Unknown, &svc), svc, "intent unknown: everything, as before");
+
+        let with_list = json!({"spec": {"finalizers": ["x", "y", "z"]}});
+        let intent = Intent::ServerSet(vec!["/spec/finalizers/0".into(), "/spec/finalizers/2".into()]);
+        assert_eq!(enforced(with_list.clone(), &intent, &with_list), json!({"spec": {"finalizers": ["y"]}}));
     }
 
     #[test]

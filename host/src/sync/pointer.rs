@@ -83,6 +83,21 @@ pub fn set(v: &mut Value, ptr: &str, new: Value) -> Result<()> {
     }
 }
 
+/// Removes the value at `ptr` (an object key, or a list element, which shifts the later ones)
+/// and returns it; `None` when there is nothing there or `ptr` is the root or malformed.
+pub fn remove(v: &mut Value, ptr: &str) -> Option<Value> {
+    let (parent, last) = ptr.rsplit_once('/')?;
+    let last = unescape(last)?;
+    match v.pointer_mut(parent)? {
+        Value::Object(map) => map.remove(&last),
+        Value::Array(items) => {
+            let i = parse_index(&last).filter(|&i| i < items.len())?;
+            Some(items.remove(i))
+        }
+        _ => None,
+    }
+}
+
 /// Steps into `seg` of `cur`; `create` inserts an empty object for a missing object key.
 fn child_mut<'a>(cur: &'a mut Value, seg: &str, ptr: &str, at: &[String], create: bool) -> Result<&'a mut Value> {
     match cur {

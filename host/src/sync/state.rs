@@ -22,6 +22,11 @@ pub struct ResourceState {
     pub uid: String,
     /// Hash of the desired object (and rules) last applied.
     pub desired_hash: String,
+    /// Digest of the object's content as the server stored it after our last write or check
+    /// ([`crate::sync::desired::content_digest`]): what a later change downstream is told apart
+    /// from. What the server adds at our write (admission, defaults) is in it, so it never reads
+    /// as a change.
+    pub content: u64,
     /// When it was last synced.
     pub last_sync: SystemTime,
 }
@@ -54,6 +59,7 @@ struct Entry {
     generation: Option<i64>,
     uid: Box<str>,
     desired_hash: Box<str>,
+    content: u64,
     last_sync: SystemTime,
 }
 
@@ -77,6 +83,7 @@ fn expand(gvr: &Gvr, kind: &str, id: &str, e: &Entry) -> ResourceState {
         generation: e.generation,
         uid: e.uid.to_string(),
         desired_hash: e.desired_hash.to_string(),
+        content: e.content,
         last_sync: e.last_sync,
     }
 }
@@ -114,6 +121,7 @@ impl StateCache {
             generation: e.generation,
             uid: e.uid.to_string(),
             desired_hash: e.desired_hash.to_string(),
+            content: e.content,
             last_sync: e.last_sync,
         })
     }
@@ -130,6 +138,26 @@ impl StateCache {
             .unwrap_or(false)
     }
 
+    /// Whether the object was last synced from `desired_hash` and its content is still what
+    /// the server stored then (`content`, a [`crate::sync::desired::content_digest`]): only
+    /// its status or server bookkeeping moved since.
+    pub fn is_settled(&self, key: &ObjectKey, desired_hash: &str, content: u64) -> bool {
+        self.with_entry(key, |_, e| &*e.desired_hash == desired_hash && e.content == content).unwrap_or(false)
+    }
+
+    /// Notes that the object, settled, is now at `resource_version`.
+    pub fn touch(&self, key: &ObjectKey, resource_version: &str) {
+        let mut map = self.write();
+        if let Some(e) = map.get_mut(&key.gvr).and_then(|r| r.objects.get_mut(object_id(key).as_str())) {
+            e.resource_version = resource_version.into();
+        }
+    }
+
+    /// The desired hash last applied to the object, if it is tracked.
+    pub fn desired_hash(&self, key: &ObjectKey) -> Option<String> {
+        self.with_entry(key, |_, e| e.desired_hash.to_string())
+    }
+
     /// Records the state of an object.
     pub fn insert(&self, state: ResourceState) {
         let id = object_id(&state.key).into_boxed_str();
@@ -138,6 +166,7 @@ impl StateCache {
             generation: state.generation,
             uid: state.uid.into_boxed_str(),
             desired_hash: state.desired_hash.into_boxed_str(),
+            content: state.content,
             last_sync: state.last_sync,
         };
         let mut map = self.write();
@@ -204,8 +233,22 @@ mod tests {
             generation: None,
             uid: "u".into(),
             desired_hash: "h".into(),
+            content: 7,
             last_sync: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn a_settled_object_is_the_same_desired_and_the_same_content() {
+        let cache = StateCache::new();
+        let key = mk_key("configmaps", "a");
+        cache.insert(mk_state(key.clone(), "1"));
+        assert!(cache.is_settled(&key, "h", 7));
+        assert!(!cache.is_settled(&key, "h", 8), "the content moved");
+        assert!(!cache.is_settled(&key, "h2", 7), "the desired object changed");
+        cache.touch(&key, "5");
+        assert!(cache.has_resource_version(&key, "5") && cache.is_current(&key, "h", "5"));
+        assert_eq!(cache.desired_hash(&key).as_deref(), Some("h"));
     }
 
     #[test]

@@ -6,23 +6,29 @@
 //! where `plan_update` decides what to write and `after_conflict` / `after_invalid` handle the
 //! API's 409s and 422s. The pure pieces live in `desired.rs`, `write.rs` and `causes.rs`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::config::{DownstreamConfig, ImmutablePolicy, Propagation, UpdateStrategy};
-use super::desired::str_at;
+use super::delta::delta;
+use super::desired::{content_digest, str_at};
 use super::differ::{self, DiffOptions};
+use super::drift::{self, DriftAction, DriftPolicy, DriftedField};
 use super::error::{ApiError, Cause, SyncError};
-use super::intent::Intent;
+use super::intent::{self, Intent};
+use super::managers;
 use super::ownership;
 use super::preservation::{self, PreserveOptions};
 use super::rules::{RuleDecision, RuleSet, Rules};
 use super::state::{ResourceState, StateCache};
 use super::types::{ObjectKey, Operation, Resource, SyncResult};
-use super::write::write_for;
+use super::write::{write_for, write_holding};
+use super::write_loop::{LoopGuard, Verdict};
 
 // Moved to files named for what they hold; re-exported here, where callers found them.
 pub use super::causes::{field_to_pointer, immutable_fields};
@@ -40,6 +46,9 @@ pub trait Downstream: Send + Sync {
     fn create(&self, key: &ObjectKey, obj: &Value) -> impl Future<Output = Result<Value, ApiError>> + Send;
     /// Updates an object.
     fn update(&self, key: &ObjectKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
+    /// Sends an update as a server-side dry run (`dryRun=All`): the API runs admission and
+    /// defaulting and answers with what it would store, and persists nothing.
+    fn dry_run(&self, key: &ObjectKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
     /// Deletes an object with a UID precondition. `NotFound` when it is already gone.
     fn delete(
         &self,
@@ -55,6 +64,10 @@ pub struct Syncer<D, R> {
     rules: R,
     config: DownstreamConfig,
     state: StateCache,
+    /// The drift policy of each kind, by (group, kind); the default where none is set.
+    drift: HashMap<(String, String), DriftPolicy>,
+    /// Objects written again and again with no upstream change.
+    loops: Mutex<LoopGuard>,
 }
 
 /// One apply past the fast path: what downstream should hold, and the rules it was built with.
@@ -68,6 +81,10 @@ struct Job<'a, S> {
     intent: Intent,
     /// The one rules snapshot of this apply: a reload half-way must not mix two versions.
     rules: S,
+    /// Fields of the object that are the downstream's to set: the ones the upstream server
+    /// filled in (not in `object`), as JSON pointers. A write keeps their live values; a
+    /// server-side apply leaves them out.
+    server_set: Vec<String>,
 }
 
 /// What the create path found.
@@ -84,8 +101,44 @@ enum Plan {
     Done(Operation),
     /// The rules asked for a delete and create.
     Recreate,
-    /// Write this object; `changed` are the paths the diff found.
-    Write { object: Value, changed: Vec<String> },
+    /// Write this object; `changed` are the paths the diff found; `held` the fields whose live
+    /// values it carries because they are not downsync's to set.
+    Write { object: Value, changed: Vec<String>, held: Vec<String> },
+    /// The desired object did not change since downsync's last write, yet writing it would
+    /// change the live one: a drift, or only what the server adds at a write. Settled by a
+    /// server-side dry run.
+    Settle { object: Value, held: Vec<String> },
+}
+
+/// What settling a [`Plan::Settle`] found.
+enum Settled {
+    /// Nothing to write.
+    Done(Operation),
+    /// Write this, as [`Plan::Write`].
+    Write { object: Value, changed: Vec<String>, held: Vec<String> },
+}
+
+/// Whether a 409 is server-side apply's conflict between field managers (not a stale
+/// resourceVersion).
+fn is_manager_conflict(write: &Write, causes: &[Cause]) -> bool {
+    matches!(write, Write::Apply { force: false, .. })
+        && !causes.is_empty()
+        && causes.iter().all(|c| c.reason == "FieldManagerConflict")
+}
+
+/// The part of an object a write can change, for telling what a write would store from what
+/// is stored: no status, no server bookkeeping.
+fn stored_content(obj: &Value) -> Value {
+    let mut out = obj.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove("status");
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in super::ownership::SERVER_METADATA {
+                meta.remove(f);
+            }
+        }
+    }
+    out
 }
 
 fn rv(v: &Value) -> Option<&str> {
@@ -104,7 +157,33 @@ fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> Sync
 impl<D: Downstream, R: Rules> Syncer<D, R> {
     /// A syncer over a downstream, with rules, configuration and a state cache.
     pub fn new(downstream: D, rules: R, config: DownstreamConfig, state: StateCache) -> Self {
-        Self { downstream, rules, config, state }
+        Self { downstream, rules, config, state, drift: HashMap::new(), loops: Mutex::default() }
+    }
+
+    /// Sets the drift policy of each kind, by (group, kind).
+    #[must_use]
+    pub fn with_drift_policies(mut self, policies: HashMap<(String, String), DriftPolicy>) -> Self {
+        self.drift = policies;
+        self
+    }
+
+    fn drift_policy(&self, key: &ObjectKey) -> DriftPolicy {
+        self.drift.get(&(key.gvr.group.clone(), key.kind.clone())).cloned().unwrap_or_default()
+    }
+
+    /// downsync's own field managers, never blamed for a drift: the one the API derives from
+    /// its user agent for updates, and the server-side apply field manager.
+    fn own_managers(&self) -> Vec<&str> {
+        let mut own = vec!["downsync"];
+        if let UpdateStrategy::ServerSideApply { field_manager, .. } = &self.config.strategy {
+            own.push(field_manager.as_str());
+        }
+        own
+    }
+
+    fn loops(&self) -> std::sync::MutexGuard<'_, LoopGuard> {
+        // Single calls on plain maps: a poisoned lock is still consistent.
+        self.loops.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The state cache.
@@ -140,6 +219,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             generation: obj.pointer("/metadata/generation").and_then(Value::as_i64),
             uid: str_at(obj, "/metadata/uid").unwrap_or_default().to_string(),
             desired_hash: hash.to_string(),
+            content: content_digest(obj),
             last_sync: SystemTime::now(),
         });
     }
@@ -217,26 +297,42 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         preservation::check_size(&normalized)?;
         // One version of the rules for the whole apply: a reload half-way must not mix two.
         let rules = self.rules.snapshot();
+        // What downsync enforces follows the intent, so a change of intent is a change.
         let mut fingerprint = rules.fingerprint_for(&key.gvr.group, &key.kind);
-        if rules.uses_intent(&key.gvr.group, &key.kind) {
-            fingerprint.push('|');
-            fingerprint.push_str(&intent.digest());
-        }
+        fingerprint.push('|');
+        fingerprint.push_str(&intent.digest());
         let hash = desired_hash(&normalized, &fingerprint);
 
         // Fast path: same desired as last time and the downstream object has not moved since
-        // our last write: nothing to do and nothing to ask the API.
+        // our last write (or moved only in its status and bookkeeping): nothing to do and
+        // nothing to ask the API.
         if let Some(Some(live)) = cached.as_ref()
             && let Some(live_rv) = rv(live)
-            && self.state.is_current(key, &hash, live_rv)
             && !rules.shadowing(&key.gvr.group, &key.kind)
         {
-            return Ok(Operation::Unchanged);
+            if self.state.is_current(key, &hash, live_rv) {
+                return Ok(Operation::Unchanged);
+            }
+            if self.state.is_settled(key, &hash, content_digest(live)) {
+                self.state.touch(key, live_rv);
+                return Ok(Operation::Unchanged);
+            }
         }
 
-        let mut object = rules.transform(normalized, &intent).await?;
+        let server_set = match &intent {
+            Intent::ServerSet(paths) if !paths.is_empty() => paths.clone(),
+            _ => Vec::new(),
+        };
+        let mut object = if server_set.is_empty() {
+            rules.transform(normalized, &intent).await?
+        } else {
+            let transformed = rules.transform(normalized.clone(), &intent).await?;
+            intent::enforced(transformed, &intent, &normalized)
+        };
         ownership::stamp(&mut object, &self.config.ownership, &hash);
-        let job = Job { key, object, hash, intent, rules };
+        // Only the server-set fields the object no longer carries are the downstream's.
+        let server_set = server_set.into_iter().filter(|p| object.pointer(p).is_none()).collect();
+        let job = Job { key, object, hash, intent, rules, server_set };
         match self.create_if_absent(&job, cached, result).await? {
             Found::Created => Ok(Operation::Created),
             Found::Live(existing) => self.update(&job, existing, result).await,
@@ -301,20 +397,35 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         result: &mut SyncResult,
     ) -> Result<Operation, SyncError> {
         let key = job.key;
+        let policy = self.drift_policy(key);
         loop {
-            let (object, changed) = match self.plan_update(job, &existing, result).await? {
+            if policy.holds_fields() && existing.pointer("/metadata/managedFields").is_none() {
+                // The watch cache drops managedFields; which fields the managers this kind's
+                // policy leaves alone own is read from the object itself.
+                existing = self.get(key).await?.ok_or_else(|| api_error(key, "get", ApiError::NotFound))?;
+            }
+            let (object, changed, held) = match self.plan_update(job, &existing, &policy, result).await? {
                 Plan::Done(op) => return Ok(op),
                 Plan::Recreate => return self.recreate(job, &existing, result).await,
-                Plan::Write { object, changed } => (object, changed),
+                Plan::Write { object, changed, held } => (object, changed, held),
+                Plan::Settle { object, held } => {
+                    match self.settle(job, &existing, object, held, &policy, result).await? {
+                        Settled::Done(op) => return Ok(op),
+                        Settled::Write { object, changed, held } => (object, changed, held),
+                    }
+                }
             };
             debug!(object = %key, changes = changed.len(), "updating");
-            let write = write_for(&self.config.strategy, &existing, object);
+            let write = self.write(&existing, object, &held);
             result.attempts += 1;
             match self.downstream.update(key, &write).await {
                 Ok(updated) => {
                     info!(object = %key, kind = %key.kind, attempts = result.attempts, "updated");
                     self.record(key, &updated, &job.hash);
                     return Ok(Operation::Updated);
+                }
+                Err(ApiError::Conflict { message, causes }) if is_manager_conflict(&write, &causes) => {
+                    return self.after_manager_conflict(job, write, &message, &causes, result).await;
                 }
                 Err(ApiError::Conflict { message, causes }) => {
                     existing = self.after_conflict(key, message, &causes, changed, result).await?;
@@ -327,12 +438,18 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         }
     }
 
+    /// The write of `object` over `existing`, holding the `held` fields ([`write_holding`]).
+    fn write(&self, existing: &Value, object: Value, held: &[String]) -> Write {
+        write_holding(&self.config.strategy, existing, object, held)
+    }
+
     /// Decides what one round of the update path writes over `existing`: checks ownership and
     /// deletion, applies the built-in preservation, asks the rules, and diffs.
     async fn plan_update(
         &self,
         job: &Job<'_, R::Set>,
         existing: &Value,
+        policy: &DriftPolicy,
         result: &mut SyncResult,
     ) -> Result<Plan, SyncError> {
         let key = job.key;
@@ -347,8 +464,25 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             result.retry_after = Some(Duration::from_secs(1));
             return Ok(Plan::Done(Operation::Deleting));
         }
+        // Not downsync's to set: what the upstream server filled in, and what the managers this
+        // kind's policy leaves alone own downstream.
+        let mut held = job.server_set.clone();
+        if policy.holds_fields() {
+            let own = self.own_managers();
+            for m in managers::managers(existing) {
+                if !own.contains(&m.name.as_str()) && policy.action_for(&m.name) != DriftAction::Revert {
+                    held.extend(m.fields);
+                }
+            }
+        }
         let opts = PreserveOptions { preserve: self.config.preserve_paths.clone() };
-        let preserved = preservation::preserve(existing, &job.object, &opts)?;
+        let mut preserved = preservation::preserve(existing, &job.object, &opts)?;
+        for path in &held {
+            if let Some(live) = existing.pointer(path) {
+                // A failure means the desired object has no place for it: nothing to keep it in.
+                let _ = crate::sync::pointer::set(&mut preserved, path, live.clone());
+            }
+        }
         let object = match job.rules.preserve(existing, preserved, &job.intent).await? {
             RuleDecision::Apply(obj) => obj,
             RuleDecision::Recreate(reason) => {
@@ -365,12 +499,139 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         let mut ignore = self.config.ignore_paths.clone();
         ignore.extend(job.rules.ignore_paths(&key.gvr.group, &key.kind).await?);
         let diff = differ::diff(existing, &object, &DiffOptions { ignore });
-        if diff.is_empty() && ownership::recorded_hash(existing) == Some(job.hash.as_str()) {
+        let stamped = ownership::recorded_hash(existing) == Some(job.hash.as_str());
+        if diff.is_empty() && stamped {
             self.record(key, existing, &job.hash);
             return Ok(Plan::Done(Operation::Unchanged));
         }
+        // The desired object is the one downsync last wrote (by this process's record, or the
+        // stamp on the object after a restart): what differs now changed downstream.
+        let unchanged = stamped || self.state.desired_hash(key).as_deref() == Some(job.hash.as_str());
+        if unchanged && !diff.is_empty() {
+            return Ok(Plan::Settle { object, held });
+        }
+        self.loops().forget(key);
         let changed = diff.paths().into_iter().map(str::to_string).collect();
-        Ok(Plan::Write { object, changed })
+        Ok(Plan::Write { object, changed, held })
+    }
+
+    /// Settles a [`Plan::Settle`]: the cheap compare says the write would change the object,
+    /// but the desired object did not change since downsync's last write. Either the
+    /// downstream server changes what downsync sends (mutating admission, defaulting: a
+    /// list gains an element, a field appears), which is not a difference, or someone changed
+    /// a field downsync enforces: a drift. A server-side dry run of the write tells which,
+    /// since it answers with what the server would store. It costs one extra API call per
+    /// change of the downstream object that the compare cannot settle (two when the object is
+    /// first read for its managedFields), and none when nothing moved downstream.
+    async fn settle(
+        &self,
+        job: &Job<'_, R::Set>,
+        existing: &Value,
+        object: Value,
+        mut held: Vec<String>,
+        policy: &DriftPolicy,
+        result: &mut SyncResult,
+    ) -> Result<Settled, SyncError> {
+        let key = job.key;
+        if let Some((wait, fields)) = self.loops().paused(key, &job.hash, tokio::time::Instant::now()) {
+            // Paused by the write-loop guard: not even a dry run until the pause ends.
+            result.retry_after = Some(wait);
+            return Err(SyncError::WriteLoop { object: key.to_string(), fields, wait });
+        }
+        result.dry_runs += 1;
+        let would_store = match self.downstream.dry_run(key, &self.write(existing, object.clone(), &held)).await {
+            Ok(stored) => stored,
+            // A conflict with other field managers is the write path's to handle and report;
+            // a stale resourceVersion, the write path's to retry.
+            Err(ApiError::Conflict { .. }) => {
+                let changed = Vec::new();
+                return Ok(Settled::Write { object, changed, held });
+            }
+            Err(source) => return Err(api_error(key, "dry-run update", source)),
+        };
+        let moved = delta(&stored_content(existing), &stored_content(&would_store));
+        if moved.is_empty() {
+            // Only what the server adds: the live object is what downsync's write gives.
+            debug!(object = %key, kind = %key.kind, "settled by a dry run: no difference");
+            self.record(key, existing, &job.hash);
+            return Ok(Settled::Done(Operation::Unchanged));
+        }
+        let live = if existing.pointer("/metadata/managedFields").is_some() {
+            existing.clone()
+        } else {
+            // Who changed it is in managedFields, which the watch cache drops.
+            self.get(key).await?.unwrap_or_else(|| existing.clone())
+        };
+        let fields = drift::classify(&moved.paths, &managers::managers(&live), &self.own_managers(), policy);
+        let reverted: Vec<&DriftedField> = fields.iter().filter(|f| f.action == DriftAction::Revert).collect();
+        let described = drift::describe(&fields);
+        info!(object = %key, kind = %key.kind, fields = %described, "drifted downstream");
+        if reverted.is_empty() {
+            // Left as it is: the downstream values become the baseline.
+            result.drift = fields.into_iter().filter(|f| f.action == DriftAction::Report).collect();
+            self.record(key, existing, &job.hash);
+            return Ok(Settled::Done(Operation::Unchanged));
+        }
+        let verdict = self.loops().check(key, &job.hash, tokio::time::Instant::now());
+        if let Verdict::Paused { wait, engaged, writes } = verdict {
+            let fields = drift::describe(&reverted.into_iter().cloned().collect::<Vec<_>>());
+            if engaged {
+                warn!(object = %key, kind = %key.kind, writes, wait_s = wait.as_secs(), fields = %fields, "write loop: paused");
+                self.loops().note(key, fields.clone());
+            }
+            result.retry_after = Some(wait);
+            return Err(SyncError::WriteLoop { object: key.to_string(), fields, wait });
+        }
+        self.loops().wrote(key, &job.hash, tokio::time::Instant::now());
+        let mut object = object;
+        for f in fields.iter().filter(|f| f.action != DriftAction::Revert) {
+            if let Some(v) = existing.pointer(&f.path) {
+                let _ = crate::sync::pointer::set(&mut object, &f.path, v.clone());
+            }
+            held.push(f.path.clone());
+        }
+        let changed = reverted.iter().map(|f| f.path.clone()).collect();
+        result.drift = fields.into_iter().filter(|f| f.action != DriftAction::Keep).collect();
+        Ok(Settled::Write { object, changed, held })
+    }
+
+    /// After a server-side apply refused because other field managers own fields downsync
+    /// applies with other values: applies the rest of the object, so one contested field never
+    /// blocks the others, and reports the contested fields, which are retried with backoff.
+    async fn after_manager_conflict(
+        &self,
+        job: &Job<'_, R::Set>,
+        write: Write,
+        message: &str,
+        causes: &[Cause],
+        result: &mut SyncResult,
+    ) -> Result<Operation, SyncError> {
+        let key = job.key;
+        let Write::Apply { mut object, field_manager, force } = write else {
+            return Err(api_error(
+                key,
+                "apply",
+                ApiError::Conflict { message: message.to_string(), causes: causes.to_vec() },
+            ));
+        };
+        let mut contested = Vec::new();
+        for c in causes {
+            let path = field_to_pointer(&c.field);
+            crate::sync::pointer::remove(&mut object, &path);
+            contested.push(format!("{path} ({})", c.message.trim()));
+            result.conflicts.push(path);
+        }
+        let rest = Write::Apply { object, field_manager, force };
+        result.attempts += 1;
+        match self.downstream.update(key, &rest).await {
+            Ok(updated) => {
+                info!(object = %key, kind = %key.kind, fields = ?result.conflicts, "applied all but the contested fields");
+                // Recorded as not settled: the contested fields are still to be written.
+                self.record(key, &updated, &format!("{}!contested", job.hash));
+            }
+            Err(source) => return Err(api_error(key, "apply", source)),
+        }
+        Err(SyncError::FieldConflict { object: key.to_string(), fields: contested.join(", ") })
     }
 
     /// After a 409: notes the paths in conflict (the API's, or else the ones we changed), gives

@@ -130,11 +130,26 @@ pub struct SyncResult {
     pub error: Option<SyncError>,
     /// Why the object was skipped, when a rule said so.
     pub reason: Option<String>,
+    /// Fields changed downstream by someone else since downsync's last write, with what the
+    /// drift policy did about them.
+    pub drift: Vec<crate::sync::drift::DriftedField>,
+    /// Server-side dry runs made to tell a drift from what the server adds at a write.
+    pub dry_runs: u32,
 }
 
 impl SyncResult {
     pub(crate) fn new(key: Option<ObjectKey>, operation: Operation) -> Self {
-        Self { key, operation, attempts: 0, conflicts: Vec::new(), retry_after: None, error: None, reason: None }
+        Self {
+            key,
+            operation,
+            attempts: 0,
+            conflicts: Vec::new(),
+            retry_after: None,
+            error: None,
+            reason: None,
+            drift: Vec::new(),
+            dry_runs: 0,
+        }
     }
 
     /// Whether the sync failed.

@@ -47,6 +47,25 @@ pub fn write_for(strategy: &UpdateStrategy, existing: &Value, obj: Value) -> Wri
     }
 }
 
+/// The write of `obj` over `existing` where the `held` fields (JSON pointers) are not
+/// downsync's to set (the upstream server filled them in, or a manager the drift policy keeps
+/// owns them): server-side apply leaves them out of the applied configuration, so downsync
+/// never becomes their manager; the other strategies send their live values, so a PUT does not
+/// reset them and a patch does not change them.
+pub fn write_holding(strategy: &UpdateStrategy, existing: &Value, mut obj: Value, held: &[String]) -> Write {
+    let ssa = matches!(strategy, UpdateStrategy::ServerSideApply { .. });
+    // Last first: taking out a list element shifts the later ones.
+    for path in held.iter().rev() {
+        if ssa {
+            pointer::remove(&mut obj, path);
+        } else if let Some(live) = existing.pointer(path) {
+            // A failure means the object has no place for it: nothing to keep it in.
+            let _ = pointer::set(&mut obj, path, live.clone());
+        }
+    }
+    write_for(strategy, existing, obj)
+}
+
 /// A patch or applied configuration: status and server-set metadata out, but the
 /// resourceVersion stays (when there is one) so that the write is conditional on the object we
 /// checked ownership of.
@@ -115,6 +134,37 @@ mod tests {
         };
         assert_eq!(patch["metadata"], json!({"name": "a", "namespace": "ns", "resourceVersion": "7"}));
         assert_eq!(patch["data"], json!({"a": "1", "old": null}));
+    }
+
+    #[test]
+    fn what_upstream_never_asked_for_is_kept_live_or_left_out_under_each_strategy() {
+        use crate::sync::intent::{Intent, enforced};
+        // Upstream: replicas defaulted by the server (nobody owns it); the image asked for.
+        let upstream = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "app", "image": "nginx:2"}]}}}});
+        let intent = Intent::ServerSet(vec!["/spec/replicas".into()]);
+        let object = enforced(upstream.clone(), &intent, &upstream);
+        assert_eq!(object["spec"].get("replicas"), None, "not enforced");
+        // Downstream: an HPA scaled it to 3.
+        let mut live = upstream.clone();
+        live["spec"]["replicas"] = json!(3);
+        live["metadata"]["resourceVersion"] = json!("9");
+        let held = ["/spec/replicas".to_string()];
+        let ssa = UpdateStrategy::ServerSideApply { field_manager: "downsync".into(), force: false };
+        let table: [(UpdateStrategy, Option<Value>); 4] = [
+            (UpdateStrategy::Replace, Some(json!(3))),
+            (UpdateStrategy::Merge, Some(json!(3))),
+            (UpdateStrategy::StrategicMerge, Some(json!(3))),
+            (ssa, None),
+        ];
+        for (strategy, want) in table {
+            let sent = match write_holding(&strategy, &live, object.clone(), &held) {
+                Write::Replace(o) | Write::Merge(o) | Write::Strategic(o) | Write::Apply { object: o, .. } => o,
+            };
+            assert_eq!(sent["spec"].get("replicas").cloned(), want, "{strategy:?}");
+            assert_eq!(sent["spec"]["template"]["spec"]["containers"][0]["image"], json!("nginx:2"), "{strategy:?}");
+        }
     }
 
     #[test]
