@@ -370,9 +370,9 @@ mod tests {
         ];
         name_writers(&mut fields, &Intent::ServerSet(vec!["/spec/replicas".into()]), &managers);
         let by: Vec<(&str, &str)> = fields.iter().map(|f| (f.path.as_str(), f.by.as_str())).collect();
-        assert_eq!(by, vec![("/spec/paused", "kubectl-edit (Update)"), ("/spec/replicas", "downstream cluster")]);
+        assert_eq!(by, vec![("/spec/replicas", "downstream cluster"), ("/spec/paused", "kubectl-edit (Update)")]);
         assert!(
-            fields[1].why.contains("no upstream client asked for it") && fields[1].why.contains("hpa (Update scale)")
+            fields[0].why.contains("no upstream client asked for it") && fields[0].why.contains("hpa (Update scale)")
         );
     }
 }
