@@ -55,6 +55,24 @@ async fn create_upstream(env: &TestEnv, d: Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates it upstream with the real `kubectl apply` (client-side, the default): the API
+/// server records `kubectl-client-side-apply` as owning every field, defaults included, and
+/// the applied fields are in the last-applied-configuration annotation.
+fn kubectl_apply_upstream(d: &Deployment) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let kubeconfig = std::env::var("DOWNSYNC_UPSTREAM_KUBECONFIG")?;
+    let mut child = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kubeconfig, "apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(&serde_json::to_vec(d)?)?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
 /// Scales through the `scale` subresource as manager `hpa`, as an HorizontalPodAutoscaler does.
 async fn hpa_scale(client: &Client, ns: &str, name: &str, replicas: i32) -> anyhow::Result<()> {
     let pp = PatchParams { field_manager: Some("hpa".into()), ..PatchParams::default() };
@@ -97,10 +115,15 @@ async fn events(up: &Client, ns: &str, reason: &str) -> anyhow::Result<Vec<Strin
 /// The HPA case: upstream never asked for `replicas` (the server defaulted it); downstream an
 /// HPA stand-in scales to 3. No write of the Deployment in 30 s, `replicas` stays 3, and an
 /// upstream image change made meanwhile syncs without touching `replicas`.
-async fn hpa_is_never_fought(test: &str, extra: &str) -> anyhow::Result<()> {
+async fn hpa_is_never_fought(test: &str, extra: &str, client_side_apply: bool) -> anyhow::Result<()> {
     let env = TestEnv::new(test).await?;
     let ns = env.namespace.clone();
-    create_upstream(&env, mk_deployment(&ns, "web", "nginx:1", None)?).await?;
+    let web = mk_deployment(&ns, "web", "nginx:1", None)?;
+    if client_side_apply {
+        kubectl_apply_upstream(&web)?;
+    } else {
+        create_upstream(&env, web).await?;
+    }
     let d = start(&ns, DEPLOYMENTS, extra).await?;
     eventually("the Deployment downstream", Duration::from_secs(30), || async {
         Ok(deployment(&env.downstream, &ns, "web").await?.filter(|d| replicas(d) == Some(1)).map(|_| ()))
@@ -131,12 +154,17 @@ async fn hpa_is_never_fought(test: &str, extra: &str) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_hpa_scaling_what_upstream_never_asked_for_is_not_fought_under_replace() -> anyhow::Result<()> {
-    hpa_is_never_fought("coexist-hpa-replace", "").await
+    hpa_is_never_fought("coexist-hpa-replace", "", false).await
+}
+
+#[tokio::test]
+async fn an_hpa_is_not_fought_when_upstream_was_made_by_client_side_kubectl_apply() -> anyhow::Result<()> {
+    hpa_is_never_fought("coexist-hpa-csa", "", true).await
 }
 
 #[tokio::test]
 async fn an_hpa_scaling_what_upstream_never_asked_for_is_not_fought_under_server_side_apply() -> anyhow::Result<()> {
-    hpa_is_never_fought("coexist-hpa-ssa", SSA).await
+    hpa_is_never_fought("coexist-hpa-ssa", SSA, false).await
 }
 
 #[tokio::test]

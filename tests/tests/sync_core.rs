@@ -218,7 +218,7 @@ async fn a_conflict_storm_converges_and_keeps_the_writers_fields() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn an_unresolvable_conflict_is_reported_with_its_paths() -> anyhow::Result<()> {
+async fn a_field_another_manager_holds_is_reported_by_name_and_the_rest_is_written() -> anyhow::Result<()> {
     let env = TestEnv::new("core-conflict-limit").await?;
     let ns = env.namespace.clone();
     // Server-side apply without force: another manager owns `data.v`; that conflict never resolves.
@@ -236,15 +236,17 @@ async fn an_unresolvable_conflict_is_reported_with_its_paths() -> anyhow::Result
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned-field"}, "data": {"v": "theirs"}});
     cms.patch("owned-field", &PatchParams::apply("someone-else").force(), &Patch::Apply(&theirs)).await?;
 
-    let r = syncer.apply(mk_configmap(&ns, "owned-field", json!({"v": "ours"})), None).await;
+    let r = syncer.apply(mk_configmap(&ns, "owned-field", json!({"v": "ours", "w": "new"})), None).await;
     match &r.error {
-        Some(SyncError::Conflict { paths, attempts, .. }) => {
-            assert_eq!(*attempts, 3);
-            assert!(paths.iter().any(|p| p.contains("/data")), "paths: {paths:?}");
+        Some(SyncError::FieldConflict { fields, .. }) => {
+            assert!(fields.contains("/data/v") && fields.contains("\"someone-else\""), "fields: {fields}");
         }
-        other => panic!("expected a conflict, got {other:?}"),
+        other => panic!("expected a field conflict, got {other:?}"),
     }
-    assert_eq!(get_json(&env.downstream, &ns, "owned-field").await["data"]["v"], "theirs");
+    assert_eq!(r.attempts, 2, "the refused apply, then the rest of the object");
+    let live = get_json(&env.downstream, &ns, "owned-field").await;
+    assert_eq!(live["data"]["v"], "theirs", "the other manager's field is not taken without force");
+    assert_eq!(live["data"]["w"], "new", "one contested field does not block the others");
     env.cleanup().await
 }
 

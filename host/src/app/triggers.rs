@@ -194,8 +194,15 @@ pub fn annotation(o: &DynamicObject, name: &str) -> Option<String> {
 fn compact_managed_fields(o: &mut DynamicObject) {
     let intent = match o.metadata.managed_fields.take() {
         Some(entries) if !entries.is_empty() => {
-            let sets: Vec<&serde_json::Value> =
-                entries.iter().filter_map(|e| e.fields_v1.as_ref().map(|f| &f.0)).collect();
+            let last_applied = o.metadata.annotations.as_ref().and_then(|a| a.get(intent::LAST_APPLIED_ANNOTATION));
+            let sets: Vec<std::borrow::Cow<'_, serde_json::Value>> = entries
+                .iter()
+                .filter_map(|e| {
+                    let set = &e.fields_v1.as_ref()?.0;
+                    Some(intent::asked_fields(e.manager.as_deref(), set, last_applied.map(String::as_str)))
+                })
+                .collect();
+            let sets: Vec<&serde_json::Value> = sets.iter().map(AsRef::as_ref).collect();
             let mut meta = serde_json::Map::new();
             for (k, v) in [("labels", &o.metadata.labels), ("annotations", &o.metadata.annotations)] {
                 if let Some(v) = v.as_ref().and_then(|v| serde_json::to_value(v).ok()) {

@@ -10,6 +10,8 @@
 //! drops it. [`Intent::compact_entry`] is what the cache keeps in its place: one entry that
 //! lists the server-set pointers, usually none or a handful. [`Intent::of`] reads either form.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value, json};
 
 use super::pointer;
@@ -46,10 +48,17 @@ impl Intent {
                 .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>());
             return paths.map_or(Self::Unknown, Self::ServerSet);
         }
-        let sets: Vec<&Value> = entries.iter().filter_map(|e| e.get("fieldsV1")).collect();
+        let last_applied = obj.pointer(LAST_APPLIED_POINTER).and_then(Value::as_str);
+        let sets: Vec<Cow<'_, Value>> = entries
+            .iter()
+            .filter_map(|e| {
+                Some(asked_fields(e.get("manager").and_then(Value::as_str), e.get("fieldsV1")?, last_applied))
+            })
+            .collect();
         if sets.is_empty() {
             return Self::Unknown;
         }
+        let sets: Vec<&Value> = sets.iter().map(AsRef::as_ref).collect();
         Self::ServerSet(server_set(&sets, obj, obj.get("metadata").unwrap_or(&Value::Null)))
     }
 
@@ -116,6 +125,39 @@ pub fn enforced(mut object: Value, intent: &Intent, upstream: &Value) -> Value {
         }
     }
     object
+}
+
+/// The field manager of client-side `kubectl apply`. It sends the whole object as an update,
+/// so the API server records it as owning every field of the result, server defaults included;
+/// what the user applied is kept in the [`LAST_APPLIED_ANNOTATION`].
+pub const CLIENT_SIDE_APPLY: &str = "kubectl-client-side-apply";
+
+/// The annotation client-side `kubectl apply` keeps the applied configuration in.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+const LAST_APPLIED_POINTER: &str = "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration";
+
+/// The fields a manager asked for, as a `fieldsV1` set: its own set, except for client-side
+/// `kubectl apply` with a readable last-applied configuration, whose fields are the ones it
+/// asked for (lists by index, each element's fields under it).
+pub fn asked_fields<'a>(manager: Option<&str>, fields_v1: &'a Value, last_applied: Option<&str>) -> Cow<'a, Value> {
+    if manager == Some(CLIENT_SIDE_APPLY)
+        && let Some(Ok(applied @ Value::Object(_))) = last_applied.map(serde_json::from_str::<Value>)
+    {
+        return Cow::Owned(field_set_of(&applied));
+    }
+    Cow::Borrowed(fields_v1)
+}
+
+/// The `fieldsV1` set that owns every field of `v`.
+fn field_set_of(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (format!("f:{k}"), field_set_of(v))).collect()),
+        Value::Array(items) => {
+            Value::Object(items.iter().enumerate().map(|(i, v)| (format!("i:{i}"), field_set_of(v))).collect())
+        }
+        _ => Value::Object(Map::new()),
+    }
 }
 
 /// Whether pointer `outer` is `inner` or one of its ancestors (segment-wise).
@@ -326,6 +368,39 @@ mod tests {
         let with_list = json!({"spec": {"finalizers": ["x", "y", "z"]}});
         let intent = Intent::ServerSet(vec!["/spec/finalizers/0".into(), "/spec/finalizers/2".into()]);
         assert_eq!(enforced(with_list.clone(), &intent, &with_list), json!({"spec": {"finalizers": ["y"]}}));
+    }
+
+    #[test]
+    fn client_side_apply_asked_for_what_its_last_applied_configuration_holds() {
+        // `kubectl apply` (client-side) of a Deployment without replicas, read back from
+        // kube-apiserver v1.37: the manager owns every field, defaults included.
+        let applied = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":"ns"},"spec":{"selector":{"matchLabels":{"app":"web"}},"template":{"spec":{"containers":[{"name":"app","image":"nginx"}]}}}}"#;
+        let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns",
+                "annotations": {LAST_APPLIED_ANNOTATION: applied},
+                "managedFields": [{"manager": CLIENT_SIDE_APPLY, "operation": "Update", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}},
+                        "f:spec": {"f:replicas": {}, "f:progressDeadlineSeconds": {}, "f:selector": {},
+                        "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {
+                            ".": {}, "f:image": {}, "f:name": {}, "f:imagePullPolicy": {}}}}}}}},
+                    {"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:paused": {}}}}]},
+            "spec": {"replicas": 1, "progressDeadlineSeconds": 600, "paused": false,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "app", "image": "nginx", "imagePullPolicy": "Always"}]}}}});
+        let intent = Intent::of(&obj);
+        for server_set in
+            ["/spec/replicas", "/spec/progressDeadlineSeconds", "/spec/template/spec/containers/0/imagePullPolicy"]
+        {
+            assert!(!intent.requested(server_set), "{server_set} was defaulted: {intent:?}");
+        }
+        for asked in ["/spec/selector/matchLabels/app", "/spec/template/spec/containers/0/image", "/spec/paused"] {
+            assert!(intent.requested(asked), "{asked}: {intent:?}");
+        }
+        // Without a readable annotation, the manager's own set counts, as for any other.
+        let mut plain = obj.clone();
+        plain["metadata"]["annotations"][LAST_APPLIED_ANNOTATION] = json!("not json");
+        assert!(Intent::of(&plain).requested("/spec/replicas"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! markdown and written to `--out` after each section, so a failure late in the run keeps
 //! what was measured.
 
+pub mod coexist;
 pub mod coldstart;
 pub mod copier;
 pub mod deadline;
@@ -58,6 +59,8 @@ pub enum Part {
     Languages,
     /// 10. A plugin burning its deadline: `/healthz` and another kind's latency.
     Deadline,
+    /// 11. Coexistence: an HPA and an admission policy share the downstream (issue 28).
+    Coexist,
 }
 
 /// What to run and how.
@@ -89,6 +92,10 @@ pub struct Options {
     pub ha_objects: usize,
     /// Section 4: also profile the heap (heaptrack) of a restart at the largest size.
     pub heap_profile: bool,
+    /// Section 11: Deployments.
+    pub coexist_objects: usize,
+    /// Section 11: an earlier `downsync` binary to compare against.
+    pub baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -98,7 +105,7 @@ impl Options {
     }
 
     fn wants_clusters(&self) -> bool {
-        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha, Part::Deadline]
+        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha, Part::Deadline, Part::Coexist]
             .iter()
             .any(|p| self.wants(*p))
     }
@@ -365,6 +372,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         eprintln!("bench: 10. a plugin burning its deadline");
         let figures = deadline::measure(&bench).await;
         report.sections.push(deadline::section(&figures));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Coexist) {
+        eprintln!("bench: 11. coexistence");
+        let figures = coexist::measure(&bench, opts.coexist_objects, opts.baseline.as_deref()).await;
+        report.sections.push(coexist::section(&figures));
         save(&report, &out)?;
     }
     drop(started);

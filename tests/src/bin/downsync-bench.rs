@@ -58,6 +58,12 @@ struct Args {
     /// Section 4: also profile the heap of a restart at the largest size (needs heaptrack).
     #[arg(long)]
     heap_profile: bool,
+    /// Section 11: Deployments shared with an HPA stand-in and an admission policy.
+    #[arg(long, default_value_t = 1000)]
+    coexist_objects: usize,
+    /// Section 11: an earlier `downsync` binary to compare against (API calls, initial sync).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -77,6 +83,8 @@ async fn main() -> Result<()> {
         ha_kills: a.ha_kills,
         ha_objects: a.ha_objects,
         heap_profile: a.heap_profile,
+        coexist_objects: a.coexist_objects.max(2),
+        baseline: a.baseline,
     };
     let report = bench::run(opts).await?;
     println!("{}", report.markdown());
