@@ -81,7 +81,8 @@ struct ShardsArgs {
 /// What to sync, from where to where. Flags override the config file.
 #[derive(Debug, clap::Args)]
 struct SourceArgs {
-    /// A YAML config file (see examples/deploy/config.yaml).
+    /// A YAML config file, or a ConfigMap manifest holding one as data."config.yaml" (such as
+    /// examples/deploy/config.yaml, which works here as it is).
     #[arg(long, env = "DOWNSYNC_CONFIG")]
     config: Option<PathBuf>,
     /// Upstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).

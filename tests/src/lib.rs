@@ -21,6 +21,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+pub mod admission;
 pub mod audit;
 pub mod bench;
 pub mod daemon;

@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
+use downsync_tests::admission::{create_injecting_policy, delete_injecting_policy};
 use downsync_tests::audit::downsync_writes;
 use downsync_tests::daemon::Daemon;
 use downsync_tests::{TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -158,6 +159,11 @@ async fn an_hpa_scaling_what_upstream_never_asked_for_is_not_fought_under_replac
 }
 
 #[tokio::test]
+async fn an_hpa_scaling_what_upstream_never_asked_for_is_not_fought_under_merge() -> anyhow::Result<()> {
+    hpa_is_never_fought("coexist-hpa-merge", "sync: {strategy: {type: merge}}", false).await
+}
+
+#[tokio::test]
 async fn an_hpa_is_not_fought_when_upstream_was_made_by_client_side_kubectl_apply() -> anyhow::Result<()> {
     hpa_is_never_fought("coexist-hpa-csa", "", true).await
 }
@@ -245,73 +251,10 @@ async fn a_server_side_apply_conflict_is_named_and_never_blocks_the_other_fields
     env.cleanup().await
 }
 
-fn admission_ar(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "admissionregistration.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "admissionregistration.k8s.io/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-/// Deletes the policy and binding of [`mutating_policy`] (cluster-scoped: the namespace's
-/// deletion does not take them).
-async fn delete_mutating_policy(down: &Client, ns: &str) -> anyhow::Result<()> {
-    let name = format!("inject-{ns}");
-    let dp = kube::api::DeleteParams::default();
-    for (kind, plural) in [
-        ("MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings"),
-        ("MutatingAdmissionPolicy", "mutatingadmissionpolicies"),
-    ] {
-        Api::<DynamicObject>::all_with(down.clone(), &admission_ar(kind, plural)).delete(&name, &dp).await?;
-    }
-    Ok(())
-}
-
-/// A MutatingAdmissionPolicy that adds a label and an env var to every Deployment in `ns`.
-async fn mutating_policy(down: &Client, ns: &str) -> anyhow::Result<()> {
-    let ar = admission_ar;
-    let policy: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": format!("inject-{ns}")},
-        "spec": {
-            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
-            "failurePolicy": "Fail", "reinvocationPolicy": "Never",
-            "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
-                "Object{metadata: Object.metadata{labels: {\"injected\": \"yes\"}}, spec: Object.spec{template: Object.spec.template{spec: Object.spec.template.spec{containers: [Object.spec.template.spec.containers{name: \"app\", env: [Object.spec.template.spec.containers.env{name: \"INJECTED\", value: \"1\"}]}]}}}}"}}]}
-    }))?;
-    let binding: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": format!("inject-{ns}")},
-        "spec": {"policyName": format!("inject-{ns}"),
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-    }))?;
-    let pp = PostParams::default();
-    Api::<DynamicObject>::all_with(down.clone(), &ar("MutatingAdmissionPolicy", "mutatingadmissionpolicies"))
-        .create(&pp, &policy)
-        .await?;
-    Api::<DynamicObject>::all_with(
-        down.clone(),
-        &ar("MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings"),
-    )
-    .create(&pp, &binding)
-    .await?;
-    // The policy takes effect once the API server's informers saw it: wait for a dry run to show it.
-    let probe = mk_deployment(ns, "probe", "nginx:1", None)?;
-    let dry = PostParams { dry_run: true, ..PostParams::default() };
-    eventually("the admission policy in effect", Duration::from_secs(30), || async {
-        let d = Api::<Deployment>::namespaced(down.clone(), ns).create(&dry, &probe).await?;
-        Ok(d.metadata.labels.as_ref().and_then(|l| l.get("injected")).map(|_| ()))
-    })
-    .await
-}
-
 async fn admission_is_never_fought(test: &str, extra: &str) -> anyhow::Result<()> {
     let env = TestEnv::new(test).await?;
     let ns = env.namespace.clone();
-    mutating_policy(&env.downstream, &ns).await?;
+    create_injecting_policy(&env.downstream, &ns).await?;
     create_upstream(&env, mk_deployment(&ns, "web", "nginx:1", None)?).await?;
     let d = start(&ns, DEPLOYMENTS, extra).await?;
     let injected = |d: &Deployment| {
@@ -358,13 +301,18 @@ async fn admission_is_never_fought(test: &str, extra: &str) -> anyhow::Result<()
     let live = deployment(&env.downstream, &ns, "web").await?.ok_or_else(|| anyhow::anyhow!("gone"))?;
     assert!(injected(&live), "the mutation stays");
     d.terminate()?;
-    delete_mutating_policy(&env.downstream, &ns).await?;
+    delete_injecting_policy(&env.downstream, &ns).await?;
     env.cleanup().await
 }
 
 #[tokio::test]
 async fn a_mutating_admission_policy_is_never_fought_under_replace() -> anyhow::Result<()> {
     admission_is_never_fought("coexist-admission-replace", "").await
+}
+
+#[tokio::test]
+async fn a_mutating_admission_policy_is_never_fought_under_strategic_merge() -> anyhow::Result<()> {
+    admission_is_never_fought("coexist-admission-smp", "sync: {strategy: {type: strategicMerge}}").await
 }
 
 #[tokio::test]

@@ -263,8 +263,26 @@ impl RunConfig {
         Self::from_yaml(&text, path)
     }
 
-    /// Parses YAML text; `path` is only for messages.
+    /// Parses YAML text; `path` is only for messages. A ConfigMap manifest holding the config
+    /// under `data."config.yaml"` (as `examples/deploy/config.yaml` does for the pod) is read
+    /// too: the file that deploys downsync also runs it locally.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Self> {
+        if let Ok(manifest) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            && manifest.get("kind").and_then(serde_yaml_ng::Value::as_str) == Some("ConfigMap")
+        {
+            let Some(inner) = manifest.get("data").and_then(|d| d.get("config.yaml")).and_then(|v| v.as_str()) else {
+                return Err(Error::Parse {
+                    path: path.into(),
+                    message:
+                        "a ConfigMap without data.\"config.yaml\": put the config there, or give the config itself"
+                            .into(),
+                });
+            };
+            return serde_yaml_ng::from_str(inner).map_err(|e| Error::Parse {
+                path: path.into(),
+                message: format!("data.\"config.yaml\": {}", with_setting(inner, e)),
+            });
+        }
         serde_yaml_ng::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: with_setting(text, e) })
     }
 
@@ -539,6 +557,18 @@ mod tests {
         // The pod mounts /plugins; here any existing folder stands in for it.
         c.plugins_dir = Some(std::env::temp_dir());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_deployment_configmap_itself_is_a_config_file() {
+        let path = Path::new("examples/deploy/config.yaml");
+        let c = RunConfig::from_yaml(include_str!("../../../examples/deploy/config.yaml"), path).unwrap();
+        assert_eq!(c.resources.len(), 6);
+        let bad = "apiVersion: v1\nkind: ConfigMap\ndata:\n  config.yaml: |\n    workerz: 3\n";
+        let err = RunConfig::from_yaml(bad, path).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("data.\"config.yaml\"") && err.contains("workerz"), "{err}");
+        let empty = "apiVersion: v1\nkind: ConfigMap\ndata: {}\n";
+        assert!(RunConfig::from_yaml(empty, path).map(|_| ()).unwrap_err().to_string().contains("without data"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -84,66 +84,12 @@ pub async fn measure(b: &Bench, n: usize, baseline: Option<&Path>) -> Figures {
     f
 }
 
-fn admission(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "admissionregistration.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "admissionregistration.k8s.io/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-const POLICY: (&str, &str) = ("MutatingAdmissionPolicy", "mutatingadmissionpolicies");
-const BINDING: (&str, &str) = ("MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings");
-
 async fn cleanup(b: &Bench, ns: &str) -> Result<()> {
-    for (kind, plural) in [BINDING, POLICY] {
-        let api = Api::<DynamicObject>::all_with(b.down.clone(), &admission(kind, plural));
-        match api.delete(ns, &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    crate::admission::delete_injecting_policy(&b.down, ns).await?;
     for client in [&b.up, &b.down] {
         objects::delete_namespaces(client, &[ns.to_string()], Duration::from_secs(300)).await?;
     }
     Ok(())
-}
-
-/// The policy (named after the namespace) that adds a label and an env var to its Deployments.
-async fn admission_policy(down: &Client, ns: &str) -> Result<()> {
-    let policy: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": POLICY.0, "metadata": {"name": ns},
-        "spec": {
-            "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
-            "failurePolicy": "Fail", "reinvocationPolicy": "Never",
-            "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
-                "Object{metadata: Object.metadata{labels: {\"injected\": \"yes\"}}, spec: Object.spec{template: Object.spec.template{spec: Object.spec.template.spec{containers: [Object.spec.template.spec.containers{name: \"app\", env: [Object.spec.template.spec.containers.env{name: \"INJECTED\", value: \"1\"}]}]}}}}"}}]}
-    }))?;
-    let binding: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": BINDING.0, "metadata": {"name": ns},
-        "spec": {"policyName": ns,
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
-    }))?;
-    let pp = PostParams::default();
-    Api::<DynamicObject>::all_with(down.clone(), &admission(POLICY.0, POLICY.1)).create(&pp, &policy).await?;
-    Api::<DynamicObject>::all_with(down.clone(), &admission(BINDING.0, BINDING.1)).create(&pp, &binding).await?;
-    let probe: Deployment = serde_json::from_value(deployment(ns, "probe", "nginx:1"))?;
-    let dry = PostParams { dry_run: true, ..PostParams::default() };
-    let api = Api::<Deployment>::namespaced(down.clone(), ns);
-    let started = Instant::now();
-    loop {
-        let d = api.create(&dry, &probe).await?;
-        if d.metadata.labels.as_ref().is_some_and(|l| l.contains_key("injected")) {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("the admission policy did not take effect in 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn deployment(ns: &str, name: &str, image: &str) -> Value {
@@ -241,7 +187,7 @@ async fn one(b: &Bench, bin: &Path, ns: &str, n: usize, run: &mut Run) -> Result
     for client in [&b.up, &b.down] {
         objects::create_namespaces(client, &[ns.to_string()], ns).await?;
     }
-    admission_policy(&b.down, ns).await?;
+    crate::admission::create_injecting_policy(&b.down, ns).await?;
     let all: Vec<usize> = (0..n).collect();
     apply_all(b, ns, &all, "nginx:1").await?;
 
