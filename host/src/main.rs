@@ -548,7 +548,7 @@ async fn run_command() -> Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Promote { file }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let digest = downsync::plugin::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let digest = downsync::plugin::sha256_hex(&bytes);
             let stem = file.file_stem().and_then(|s| s.to_str()).context("the file has no name")?;
             let marker = file.with_file_name(format!("{stem}.promote"));
             std::fs::write(&marker, format!("{digest}\n")).with_context(|| format!("writing {}", marker.display()))?;

@@ -4,13 +4,14 @@
 
 use serde_json::{Map, Value};
 
-use super::component::{PluginInfo, object_ref};
 use super::error::{Error, Result, Violation};
+use super::types::PluginInfo;
 use crate::sync::mapping::{NAMESPACE_LOCATOR_ANNOTATION, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::ownership::IDENTITY_PATHS;
 use crate::sync::ownership::{DESIRED_HASH_ANNOTATION, MANAGED_BY_LABEL, OWNER_ANNOTATION, TARGET_LABEL};
 use crate::sync::pointer;
 use crate::sync::preservation::{MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION};
+use crate::sync::syncer::object_ref;
 
 /// The labels downsync stamps on every object it writes; a plugin that could rewrite them could
 /// hand an object to another owner or make downsync adopt or delete what it does not own.
@@ -153,13 +154,10 @@ pub(crate) fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> Plu
     PluginInfo {
         name: name.into(),
         version: "0.1.0".into(),
-        kinds: kinds
-            .iter()
-            .map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() })
-            .collect(),
+        kinds: kinds.iter().map(|(g, k)| super::types::KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
         scope: scope.iter().map(|s| (*s).into()).collect(),
-        wit: crate::plugin::WitVersion::V0_1,
-        hooks: crate::plugin::Hooks::ALL,
+        wit: super::types::WitVersion::V0_1,
+        hooks: super::types::Hooks::ALL,
         reads: Vec::new(),
     }
 }

@@ -16,14 +16,16 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::component::{Called, Decision, InstancePolicy, Plugin, PluginInfo, WitVersion, object_ref};
+use super::component::Plugin;
 use super::contract::{self, patterns_overlap};
 use super::error::{CallFailure, Error, Result};
 use super::journal::{self, Journal};
 use super::rollout::{RolloutSettings, Trial, compare_decisions, compare_values, decision_name};
+use super::types::{Called, Decision, Hooks, InstancePolicy, PluginInfo, WitVersion};
 use crate::sync::delta::delta;
 use crate::sync::intent::Intent;
 use crate::sync::rules::{RuleDecision, RuleError, RuleSet, Rules};
+use crate::sync::syncer::object_ref;
 
 /// What happens to an object when a plugin fails on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -634,7 +636,7 @@ impl PluginSet {
     }
 
     /// Whether any plugin that handles this group and kind implements `hook`.
-    pub fn implements(&self, group: &str, kind: &str, hook: fn(&super::component::Hooks) -> bool) -> bool {
+    pub fn implements(&self, group: &str, kind: &str, hook: fn(&Hooks) -> bool) -> bool {
         self.matching(group, kind).any(|e| hook(&e.plugin.info().hooks))
     }
 

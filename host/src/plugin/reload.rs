@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
-use sha2::{Digest, Sha256};
 
 use super::component::Plugin;
-use super::engine::{PluginEngine, hex};
+use super::digest::sha256_hex;
+use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Result};
 use super::fixtures;
 use super::registry::{Member, PluginRegistry, PluginSet, RegistryConfig, Shadow};
@@ -371,7 +371,7 @@ impl Reloader {
                     continue;
                 }
             };
-            let digest = hex(&Sha256::digest(&bytes));
+            let digest = sha256_hex(&bytes);
             let (good, refused) = known.get(stem).cloned().unwrap_or_default();
             let refused_again = refused.is_some_and(|r| {
                 r.digest == digest && r.against.as_ref().is_none_or(|a| *a == others(in_use.iter().copied(), stem))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::component::Decision;
+use super::types::Decision;
 use crate::sync::delta::{Delta, delta};
 
 /// When a shadow version may take over.
