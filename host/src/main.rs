@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use downsync::app::{ResourceConfig, RunConfig, RunOptions};
-use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures, scaffold};
 use downsync::sync::NamespaceMapping;
 
 /// downsync: syncs desired objects from an upstream Kubernetes API into a downstream cluster.
@@ -232,7 +232,7 @@ enum PluginCommand {
         name: String,
         /// The guest language.
         #[arg(long, value_enum, default_value = "rust")]
-        lang: downsync::plugin::scaffold::Lang,
+        lang: scaffold::Lang,
         /// The folder to write (default: ./NAME); it must not exist or be empty.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -598,14 +598,9 @@ async fn run_command() -> Result<ExitCode> {
     }
 }
 
-fn new_plugin(
-    name: String,
-    lang: downsync::plugin::scaffold::Lang,
-    dir: Option<PathBuf>,
-    sdk: Option<PathBuf>,
-) -> Result<()> {
+fn new_plugin(name: String, lang: scaffold::Lang, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> Result<()> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-    let skeleton = downsync::plugin::scaffold::Skeleton { name, lang, dir: dir.clone(), sdk };
+    let skeleton = scaffold::Skeleton { name, lang, dir: dir.clone(), sdk };
     let written = skeleton.write().context("writing the plugin skeleton")?;
     println!("wrote {} files in {}", written.files.len(), dir.display());
     println!("build:  (cd {} && {})", dir.display(), written.build);

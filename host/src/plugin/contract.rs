@@ -30,7 +30,7 @@ const RESERVED_ANNOTATIONS: [&str; 6] = [
 
 /// Every JSON pointer no plugin scope may cover: the identity fields and downsync's own
 /// labels and annotations.
-pub fn reserved_paths() -> Vec<String> {
+pub(super) fn reserved_paths() -> Vec<String> {
     let identity = IDENTITY_PATHS.iter().map(|p| (*p).to_string());
     let labels = RESERVED_LABELS.iter().map(|k| format!("/metadata/labels/{}", pointer::escape(k)));
     let annotations = RESERVED_ANNOTATIONS.iter().map(|k| format!("/metadata/annotations/{}", pointer::escape(k)));
@@ -39,7 +39,7 @@ pub fn reserved_paths() -> Vec<String> {
 
 /// Refuses a write scope that covers a reserved path, as itself, a prefix (`/metadata/labels`)
 /// or a wildcard (`/metadata/labels/*`), and a scope that is not a JSON pointer pattern.
-pub fn check_scope(info: &PluginInfo) -> Result<()> {
+pub(super) fn check_scope(info: &PluginInfo) -> Result<()> {
     let reserved = reserved_paths();
     for scope in &info.scope {
         if pointer::parse(scope).is_err() {
@@ -57,7 +57,7 @@ pub fn check_scope(info: &PluginInfo) -> Result<()> {
 
 /// Checks a hook's output against its input: a JSON object with the same identity, changed only
 /// inside the plugin's declared scope.
-pub fn check(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
+pub(super) fn check(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
     let violation = |violation, path: &str, message: String| Error::Contract {
         plugin: info.name.clone(),
         hook,
@@ -141,7 +141,7 @@ fn uncovered(scope: &[String], old: Option<&Value>, new: Option<&Value>, path: &
 
 /// Whether two scope patterns can cover a common field: one is a prefix-pattern of the other,
 /// or both can match the same path (`*` matches any one segment on either side).
-pub fn patterns_overlap(a: &str, b: &str) -> bool {
+pub(super) fn patterns_overlap(a: &str, b: &str) -> bool {
     match (pointer::parse(a), pointer::parse(b)) {
         (Ok(a), Ok(b)) => a.iter().zip(&b).all(|(x, y)| x == y || x == pointer::WILDCARD || y == pointer::WILDCARD),
         _ => false,

@@ -1,32 +1,42 @@
 //! The WASM rule runtime: wasmtime engines, precompiled and tiered components, a fresh
 //! sandboxed store per call. Nothing outside this module sees a `Store`.
+//!
+//! Outside code uses the items re-exported here and three tool modules ([`fixtures`] for
+//! `downsync plugin test`, [`scaffold`] for `downsync plugin new`, [`projection`] for the
+//! bench). Inside, imports point one way, from the ground floor up:
+//! - plain types: `types`, `error`, `digest`, `output`, `projection`, `imports`, `journal`;
+//! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
+//!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
+//!   `component` (a loaded [`Plugin`]), `session`;
+//! - the lifecycle: `fixtures`, `rollout`, `registry` (the [`PluginRegistry`] the syncer
+//!   calls), `reload` (the [`Reloader`] that watches the plugin folder).
 
 mod bindings;
 mod cache;
 mod capture;
-pub mod component;
-pub mod contract;
+mod component;
+mod contract;
 mod describe;
 mod digest;
 mod dispatch;
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
 pub mod fixtures;
 mod function_cache;
 mod host;
-pub mod imports;
-pub mod journal;
+mod imports;
+mod journal;
 mod output;
 mod overrun;
 mod priority;
 pub mod projection;
-pub mod registry;
-pub mod reload;
+mod registry;
+mod reload;
 mod reuse;
-pub mod rollout;
+mod rollout;
 pub mod scaffold;
 mod session;
-pub mod tiering;
+mod tiering;
 mod types;
 mod wasi;
 
@@ -34,9 +44,10 @@ pub use component::Plugin;
 pub use digest::sha256_hex;
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
+pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
 pub use registry::{
     FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
-    Shadow,
+    Shadow, group_kind,
 };
 pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
