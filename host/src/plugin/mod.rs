@@ -8,7 +8,7 @@
 //! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
 //!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
-//! - the lifecycle: `fixtures`, `rollout`, `registry` (the [`PluginRegistry`] the syncer
+//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `registry` (the [`PluginRegistry`] the syncer
 //!   calls), `reload` (the [`Reloader`] that watches the plugin folder).
 
 mod bindings;
@@ -26,6 +26,7 @@ mod function_cache;
 mod host;
 mod imports;
 mod journal;
+mod metrics;
 mod output;
 mod overrun;
 mod priority;
@@ -36,6 +37,7 @@ mod reuse;
 mod rollout;
 pub mod scaffold;
 mod session;
+mod settings;
 mod tiering;
 mod types;
 mod wasi;
@@ -45,12 +47,11 @@ pub use digest::sha256_hex;
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
-pub use registry::{
-    FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
-    Shadow, group_kind,
-};
+pub use metrics::{LastError, Metrics};
+pub use registry::{Member, PluginRegistry, PluginSet, RuleSnapshot, Shadow, group_kind};
 pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
 pub use session::Session;
+pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
 pub use tiering::Tier;
 pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion};

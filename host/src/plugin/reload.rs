@@ -27,8 +27,9 @@ use super::digest::sha256_hex;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Result};
 use super::fixtures;
-use super::registry::{Member, PluginRegistry, PluginSet, RegistryConfig, Shadow};
+use super::registry::{Member, PluginRegistry, PluginSet, Shadow};
 use super::rollout::{Stage, Trial, Verdict, Waker};
+use super::settings::RegistryConfig;
 
 /// How the folder is watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
