@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::component::Plugin;
 use super::contract;
 use super::error::{Error, Result};
-use super::registry::group_kind;
 use super::types::Decision;
+use super::types::group_kind;
 use crate::sync::intent::Intent;
 
 /// What a case expects.

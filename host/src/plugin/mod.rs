@@ -8,7 +8,7 @@
 //! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
 //!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
-//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `registry` (the [`PluginRegistry`] the syncer
+//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry` (the [`PluginRegistry`] the syncer
 //!   calls), `reload` (the [`Reloader`] that watches the plugin folder).
 
 mod bindings;
@@ -29,6 +29,7 @@ mod journal;
 mod metrics;
 mod output;
 mod overrun;
+mod plugin_set;
 mod priority;
 pub mod projection;
 mod registry;
@@ -48,10 +49,11 @@ pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
 pub use metrics::{LastError, Metrics};
-pub use registry::{Member, PluginRegistry, PluginSet, RuleSnapshot, Shadow, group_kind};
+pub use plugin_set::{Member, PluginSet, Shadow};
+pub use registry::{PluginRegistry, RuleSnapshot};
 pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
 pub use session::Session;
 pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
 pub use tiering::Tier;
-pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion};
+pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion, group_kind};

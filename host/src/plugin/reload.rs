@@ -27,7 +27,8 @@ use super::digest::sha256_hex;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Result};
 use super::fixtures;
-use super::registry::{Member, PluginRegistry, PluginSet, Shadow};
+use super::plugin_set::{Member, PluginSet, Shadow};
+use super::registry::PluginRegistry;
 use super::rollout::{Stage, Trial, Verdict, Waker};
 use super::settings::RegistryConfig;
 

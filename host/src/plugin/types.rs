@@ -143,3 +143,26 @@ pub struct Called<T> {
     /// Fuel consumed.
     pub fuel: u64,
 }
+
+/// The (group, kind) of an object; the core group is "".
+pub fn group_kind(obj: &Value) -> (String, String) {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or_default();
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    (group.to_string(), kind.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn group_kind_splits_the_api_version() {
+        assert_eq!(
+            group_kind(&json!({"apiVersion": "apps/v1", "kind": "Deployment"})),
+            ("apps".into(), "Deployment".into())
+        );
+        assert_eq!(group_kind(&json!({"apiVersion": "v1", "kind": "Service"})), (String::new(), "Service".into()));
+    }
+}
