@@ -8,8 +8,9 @@
 //! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
 //!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
-//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry` (the [`PluginRegistry`] the syncer
-//!   calls), `reload` (the [`Reloader`] that watches the plugin folder).
+//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry`
+//!   (the [`PluginRegistry`] the syncer calls), `reload` (the [`Reloader`] that keeps it
+//!   current with the plugin folder), `status` and `watch` (its status view, its folder watch).
 
 mod bindings;
 mod cache;
@@ -39,9 +40,11 @@ mod rollout;
 pub mod scaffold;
 mod session;
 mod settings;
+mod status;
 mod tiering;
 mod types;
 mod wasi;
+mod watch;
 
 pub use component::Plugin;
 pub use digest::sha256_hex;
@@ -51,9 +54,11 @@ pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as Journ
 pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};
 pub use registry::{PluginRegistry, RuleSnapshot};
-pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use reload::{Notice, Notifier, Reloader};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
 pub use session::Session;
 pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
+pub use status::PluginStatus;
 pub use tiering::Tier;
 pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion, group_kind};
+pub use watch::{WatchConfig, WatchHandle};
