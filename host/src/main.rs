@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use downsync::app::{ResourceConfig, RunConfig, RunOptions};
-use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures, scaffold};
 use downsync::sync::NamespaceMapping;
 
 /// downsync: syncs desired objects from an upstream Kubernetes API into a downstream cluster.
@@ -233,7 +233,7 @@ enum PluginCommand {
         name: String,
         /// The guest language.
         #[arg(long, value_enum, default_value = "rust")]
-        lang: downsync::plugin::scaffold::Lang,
+        lang: scaffold::Lang,
         /// The folder to write (default: ./NAME); it must not exist or be empty.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -549,7 +549,7 @@ async fn run_command() -> Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Promote { file }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let digest = downsync::plugin::engine::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let digest = downsync::plugin::sha256_hex(&bytes);
             let stem = file.file_stem().and_then(|s| s.to_str()).context("the file has no name")?;
             let marker = file.with_file_name(format!("{stem}.promote"));
             std::fs::write(&marker, format!("{digest}\n")).with_context(|| format!("writing {}", marker.display()))?;
@@ -599,14 +599,9 @@ async fn run_command() -> Result<ExitCode> {
     }
 }
 
-fn new_plugin(
-    name: String,
-    lang: downsync::plugin::scaffold::Lang,
-    dir: Option<PathBuf>,
-    sdk: Option<PathBuf>,
-) -> Result<()> {
+fn new_plugin(name: String, lang: scaffold::Lang, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> Result<()> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-    let skeleton = downsync::plugin::scaffold::Skeleton { name, lang, dir: dir.clone(), sdk };
+    let skeleton = scaffold::Skeleton { name, lang, dir: dir.clone(), sdk };
     let written = skeleton.write().context("writing the plugin skeleton")?;
     println!("wrote {} files in {}", written.files.len(), dir.display());
     println!("build:  (cd {} && {})", dir.display(), written.build);

@@ -213,7 +213,7 @@ impl Default for RunConfig {
             allow_same_cluster: false,
             feature_gates: BTreeMap::new(),
             ha: HaConfig::default(),
-            explain_objects: crate::plugin::journal::DEFAULT_MAX_OBJECTS,
+            explain_objects: crate::plugin::DEFAULT_EXPLAIN_OBJECTS,
         }
     }
 }

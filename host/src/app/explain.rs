@@ -5,7 +5,7 @@
 //! use on the cached upstream object against the live downstream one (every hook, nothing
 //! written), records each step's changed paths, and attributes every differing field to the
 //! last step that touched it. The answer also carries the explain record of the object's last
-//! syncs ([`crate::plugin::journal`]). Secret values never appear.
+//! syncs ([`crate::plugin::Journal`]). Secret values never appear.
 
 use std::sync::Arc;
 
@@ -15,8 +15,7 @@ use super::controller::Controller;
 use super::diff::for_display;
 use super::reconcile::to_value;
 use super::triggers::ObjectKey;
-use crate::plugin::journal::{Entry, Journal};
-use crate::plugin::{PluginRegistry, RuleSnapshot};
+use crate::plugin::{Journal, JournalEntry as Entry, PluginRegistry, RuleSnapshot, group_kind};
 use crate::sync::delta::{covers, delta};
 use crate::sync::desired::{normalize_desired, object_ref};
 use crate::sync::intent::Intent;
@@ -150,7 +149,7 @@ fn evaluate(
     let intent = Intent::of(&raw);
     let desired = normalize_desired(raw);
     let object = object_ref(&desired);
-    let (group, kind) = crate::plugin::registry::group_kind(&desired);
+    let (group, kind) = group_kind(&desired);
     let set = snapshot.set();
     // A record of its own per chain, holding every step however long the chain.
     let record = || Journal::with_entries(1, 1024);

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::engine::hex;
+use super::digest::hex;
 
 /// The first word of every entry; a new layout gets a new version.
 const MAGIC: &str = "downsync-cwasm-v1";

@@ -4,13 +4,14 @@
 
 use serde_json::{Map, Value};
 
-use super::component::{PluginInfo, object_ref};
 use super::error::{Error, Result, Violation};
+use super::types::PluginInfo;
 use crate::sync::mapping::{NAMESPACE_LOCATOR_ANNOTATION, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::ownership::IDENTITY_PATHS;
 use crate::sync::ownership::{DESIRED_HASH_ANNOTATION, MANAGED_BY_LABEL, OWNER_ANNOTATION, TARGET_LABEL};
 use crate::sync::pointer;
 use crate::sync::preservation::{MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION};
+use crate::sync::syncer::object_ref;
 
 /// The labels downsync stamps on every object it writes; a plugin that could rewrite them could
 /// hand an object to another owner or make downsync adopt or delete what it does not own.
@@ -29,7 +30,7 @@ const RESERVED_ANNOTATIONS: [&str; 6] = [
 
 /// Every JSON pointer no plugin scope may cover: the identity fields and downsync's own
 /// labels and annotations.
-pub fn reserved_paths() -> Vec<String> {
+pub(super) fn reserved_paths() -> Vec<String> {
     let identity = IDENTITY_PATHS.iter().map(|p| (*p).to_string());
     let labels = RESERVED_LABELS.iter().map(|k| format!("/metadata/labels/{}", pointer::escape(k)));
     let annotations = RESERVED_ANNOTATIONS.iter().map(|k| format!("/metadata/annotations/{}", pointer::escape(k)));
@@ -38,7 +39,7 @@ pub fn reserved_paths() -> Vec<String> {
 
 /// Refuses a write scope that covers a reserved path, as itself, a prefix (`/metadata/labels`)
 /// or a wildcard (`/metadata/labels/*`), and a scope that is not a JSON pointer pattern.
-pub fn check_scope(info: &PluginInfo) -> Result<()> {
+pub(super) fn check_scope(info: &PluginInfo) -> Result<()> {
     let reserved = reserved_paths();
     for scope in &info.scope {
         if pointer::parse(scope).is_err() {
@@ -56,7 +57,7 @@ pub fn check_scope(info: &PluginInfo) -> Result<()> {
 
 /// Checks a hook's output against its input: a JSON object with the same identity, changed only
 /// inside the plugin's declared scope.
-pub fn check(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
+pub(super) fn check(info: &PluginInfo, hook: &'static str, input: &Value, output: &Value) -> Result<()> {
     let violation = |violation, path: &str, message: String| Error::Contract {
         plugin: info.name.clone(),
         hook,
@@ -140,7 +141,7 @@ fn uncovered(scope: &[String], old: Option<&Value>, new: Option<&Value>, path: &
 
 /// Whether two scope patterns can cover a common field: one is a prefix-pattern of the other,
 /// or both can match the same path (`*` matches any one segment on either side).
-pub fn patterns_overlap(a: &str, b: &str) -> bool {
+pub(super) fn patterns_overlap(a: &str, b: &str) -> bool {
     match (pointer::parse(a), pointer::parse(b)) {
         (Ok(a), Ok(b)) => a.iter().zip(&b).all(|(x, y)| x == y || x == pointer::WILDCARD || y == pointer::WILDCARD),
         _ => false,
@@ -153,13 +154,10 @@ pub(crate) fn mk_info(name: &str, kinds: &[(&str, &str)], scope: &[&str]) -> Plu
     PluginInfo {
         name: name.into(),
         version: "0.1.0".into(),
-        kinds: kinds
-            .iter()
-            .map(|(g, k)| crate::plugin::KindPattern { group: (*g).into(), kind: (*k).into() })
-            .collect(),
+        kinds: kinds.iter().map(|(g, k)| super::types::KindPattern { group: (*g).into(), kind: (*k).into() }).collect(),
         scope: scope.iter().map(|s| (*s).into()).collect(),
-        wit: crate::plugin::WitVersion::V0_1,
-        hooks: crate::plugin::Hooks::ALL,
+        wit: super::types::WitVersion::V0_1,
+        hooks: super::types::Hooks::ALL,
         reads: Vec::new(),
     }
 }

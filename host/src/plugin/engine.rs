@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::bindings::{v0_1, v0_2};
 use super::cache::ArtifactCache;
-use super::component::RulePre;
+use super::digest::sha256_hex;
+use super::dispatch::RulePre;
 use super::error::{Error, Result};
 use super::function_cache::FunctionCache;
 use super::host::{CallState, LogLimiter};
@@ -210,7 +210,7 @@ impl PluginEngine {
     /// Winch's, replaced by Cranelift's once compiled in the background. `label` names the
     /// plugin in errors. [`Plugin::load`](super::Plugin::load) is the public way in.
     pub(crate) fn prepare(&self, label: &str, bytes: &[u8]) -> Result<(String, Arc<Code>)> {
-        let digest = hex(&Sha256::digest(bytes));
+        let digest = sha256_hex(bytes);
         super::imports::check(label, bytes)?;
         let inner = &self.inner;
         if let Some(component) = self.cached(label, &digest) {
@@ -386,9 +386,4 @@ fn baseline_engine(config: &EngineConfig) -> Option<Baseline> {
             None
         }
     }
-}
-
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::component::{Decision, Plugin};
+use super::component::Plugin;
 use super::contract;
 use super::error::{Error, Result};
-use super::registry::group_kind;
+use super::types::Decision;
+use super::types::group_kind;
 use crate::sync::intent::Intent;
 
 /// What a case expects.

@@ -24,7 +24,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use sha2::{Digest, Sha256};
 
 use super::cache::{check_owner, ensure_private_dir, write_private_atomically};
-use super::engine::hex;
+use super::digest::hex;
 
 /// The first word of every entry; a new layout gets a new version.
 const MAGIC: &str = "downsync-fn-v1";

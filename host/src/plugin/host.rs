@@ -12,7 +12,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 
 use super::bindings::v0_1::downsync::rules::host as host_v0_1;
 use super::bindings::v0_2::downsync::rules::host::{self as host_v0_2, Level};
-use super::wasi::Captured;
+use super::capture::Captured;
 
 /// Characters of one plugin log line kept; the rest is cut.
 const LOG_MESSAGE_CHARS: usize = 2048;

@@ -10,7 +10,7 @@ use super::error::{Error, Result};
 /// 0.2.x (every interface of `wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`,
 /// `wasi:random` and `wasi:sockets`, most of them denied at run time: no files, no network, a
 /// frozen clock); `downsync:rules` at 0.1.0 and 0.2.0.
-pub const OFFERED: [(&str, &str); 7] = [
+pub(super) const OFFERED: [(&str, &str); 7] = [
     ("wasi:cli", "0.2"),
     ("wasi:clocks", "0.2"),
     ("wasi:filesystem", "0.2"),
@@ -22,7 +22,7 @@ pub const OFFERED: [(&str, &str); 7] = [
 
 /// The top-level imports of a component, as written (`wasi:io/streams@0.2.6`). `None` when the
 /// bytes are not a component that can be read: the compiler then says why.
-pub fn imports(bytes: &[u8]) -> Option<Vec<String>> {
+pub(super) fn imports(bytes: &[u8]) -> Option<Vec<String>> {
     if !Parser::is_component(bytes) {
         return None;
     }
@@ -58,7 +58,7 @@ fn offered(name: &str) -> bool {
 
 /// Refuses a component that imports what the sandbox does not offer, naming the imports it
 /// lacks and what is offered.
-pub fn check(label: &str, bytes: &[u8]) -> Result<()> {
+pub(super) fn check(label: &str, bytes: &[u8]) -> Result<()> {
     let Some(names) = imports(bytes) else { return Ok(()) };
     let missing: Vec<String> = names.into_iter().filter(|n| !offered(n)).collect();
     if missing.is_empty() {

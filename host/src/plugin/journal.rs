@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Entries kept per object: the last sync's calls, with room for a chain of a few plugins.
-pub const ENTRIES_PER_OBJECT: usize = 4;
+pub(super) const ENTRIES_PER_OBJECT: usize = 4;
 
 /// Objects kept by default.
 pub const DEFAULT_MAX_OBJECTS: usize = 1024;

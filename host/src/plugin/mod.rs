@@ -1,34 +1,64 @@
 //! The WASM rule runtime: wasmtime engines, precompiled and tiered components, a fresh
 //! sandboxed store per call. Nothing outside this module sees a `Store`.
+//!
+//! Outside code uses the items re-exported here and three tool modules ([`fixtures`] for
+//! `downsync plugin test`, [`scaffold`] for `downsync plugin new`, [`projection`] for the
+//! bench). Inside, imports point one way, from the ground floor up:
+//! - plain types: `types`, `error`, `digest`, `output`, `projection`, `imports`, `journal`;
+//! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
+//!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
+//!   `component` (a loaded [`Plugin`]), `session`;
+//! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry`
+//!   (the [`PluginRegistry`] the syncer calls), `reload` (the [`Reloader`] that keeps it
+//!   current with the plugin folder), `status` and `watch` (its status view, its folder watch).
 
 mod bindings;
 mod cache;
-pub mod component;
-pub mod contract;
-pub mod engine;
-pub mod error;
+mod capture;
+mod component;
+mod contract;
+mod describe;
+mod digest;
+mod dispatch;
+mod engine;
+mod error;
 pub mod fixtures;
 mod function_cache;
 mod host;
-pub mod imports;
-pub mod journal;
+mod imports;
+mod journal;
+mod metrics;
+mod output;
 mod overrun;
+mod plugin_set;
 mod priority;
 pub mod projection;
-pub mod registry;
-pub mod reload;
-pub mod rollout;
+mod registry;
+mod reload;
+mod reuse;
+mod rollout;
 pub mod scaffold;
-pub mod tiering;
+mod session;
+mod settings;
+mod status;
+mod tiering;
+mod types;
 mod wasi;
+mod watch;
 
-pub use component::{Decision, Hooks, InstancePolicy, KindPattern, Plugin, PluginInfo, Session, WitVersion};
+pub use component::Plugin;
+pub use digest::sha256_hex;
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
-pub use registry::{
-    FailurePolicy, LastError, Member, Metrics, PluginRegistry, PluginSet, PluginSettings, RegistryConfig, RuleSnapshot,
-    Shadow,
-};
-pub use reload::{Notice, Notifier, PluginStatus, Reloader, WatchConfig, WatchHandle};
+pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
+pub use metrics::{LastError, Metrics};
+pub use plugin_set::{Member, PluginSet, Shadow};
+pub use registry::{PluginRegistry, RuleSnapshot};
+pub use reload::{Notice, Notifier, Reloader};
 pub use rollout::{Promote, RolloutSettings, Stage, Trial};
+pub use session::Session;
+pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
+pub use status::PluginStatus;
 pub use tiering::Tier;
+pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion, group_kind};
+pub use watch::{WatchConfig, WatchHandle};

@@ -29,6 +29,30 @@ pub(crate) fn lower_this_thread(nice: i32, what: &str) {
     let _ = (nice, what);
 }
 
+/// Runs `call` (the call of an object whose latest call ran to the deadline, so likely spins
+/// again) on a thread of its own at the lowest CPU priority: it then takes only the CPU that
+/// syncing, `/healthz` and the API servers leave, and still ends at its wall-clock deadline.
+/// A thread of its own because an unprivileged thread cannot raise its priority again; a
+/// thread start is some tens of microseconds, against a call that took a whole deadline. When
+/// no thread can be started, `call` runs here; `plugin` names it in that log line.
+pub(crate) fn on_runaway_thread<T: Send>(plugin: &str, call: impl Fn() -> T + Sync) -> T {
+    let span = tracing::Span::current();
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().name("downsync-runaway".into()).spawn_scoped(scope, || {
+            let _entered = span.enter();
+            lower_this_thread(RUNAWAY, "runaway call");
+            call()
+        });
+        match spawned {
+            Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => {
+                tracing::debug!(error = %e, plugin = %plugin, "cannot start a thread for a runaway call; calling here");
+                call()
+            }
+        }
+    })
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

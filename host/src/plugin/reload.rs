@@ -13,89 +13,24 @@
 //! `reload_failures` metric) and in [`Reloader::status`]; it is checked again only when its
 //! bytes change or, for a refusal caused by the other plugins, when they change. The watcher's
 //! own reads of the folder do not wake it. Hidden entries (`.tmp` files, `..data`) are ignored.
+//!
+//! The folder watch itself is in `watch.rs`, the status view in `status.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
 
-use notify::Watcher;
-use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use super::component::Plugin;
-use super::engine::{PluginEngine, hex};
-use super::error::{CallFailure, Error, Result};
+use super::digest::sha256_hex;
+use super::engine::PluginEngine;
+use super::error::{Error, Result};
 use super::fixtures;
-use super::registry::{Member, PluginRegistry, PluginSet, RegistryConfig, Shadow};
+use super::plugin_set::{Member, PluginSet, Shadow};
+use super::registry::PluginRegistry;
 use super::rollout::{Stage, Trial, Verdict, Waker};
-
-/// How the folder is watched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// Quiet time after the last event before re-scanning, for events that may be the middle of
-    /// a change (data written, a file removed). A finished write or a rename does not wait.
-    pub debounce: Duration,
-    /// Re-scan this often even without events (a missed event is not fatal).
-    pub resync: Duration,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        Self { debounce: Duration::from_millis(200), resync: Duration::from_secs(30) }
-    }
-}
-
-/// The state of one plugin file, for /readyz and the CLI.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PluginStatus {
-    /// The plugin's name once loaded; the file stem until then.
-    pub name: String,
-    /// The `.wasm` file.
-    pub file: PathBuf,
-    /// sha256 of the version in use, if any.
-    pub digest: Option<String>,
-    /// When the version in use was swapped in.
-    pub loaded_at: Option<SystemTime>,
-    /// Why the latest version on disk was refused (or rolled back), if it was.
-    pub last_error: Option<String>,
-    /// sha256 of a new version running in shadow, if any.
-    pub shadow_digest: Option<String>,
-    /// The rollout state, as `/plugins` shows it (`active`, `shadow`, `previousDigest`, ...).
-    pub rollout: serde_json::Value,
-}
-
-/// The rollout state of one file for `/plugins`: the trial of the version in use, the shadow
-/// and its progress, the version kept to roll back to, the last rollback or promotion.
-fn rollout_json(s: &Slot) -> serde_json::Value {
-    let trial_json = |t: &Trial| {
-        let (stats, settings) = (t.stats(), t.settings());
-        serde_json::json!({
-            "stage": t.stage(),
-            "open": !t.is_settled(),
-            "calls": stats.calls,
-            "errors": stats.errors,
-            "divergences": stats.divergences,
-            "fuel": stats.fuel,
-            "elapsedSeconds": t.elapsed().as_secs(),
-            "windowCalls": settings.window_calls,
-            "windowSeconds": settings.window_seconds,
-            "promote": settings.promote,
-            "lastDivergence": t.last_divergence(),
-        })
-    };
-    serde_json::json!({
-        "trial": s.trial.as_deref().map(trial_json),
-        "previousDigest": s.previous.as_ref().map(|p| p.digest().to_string()),
-        "shadow": s.shadow.as_ref().map(|(p, t, _)| {
-            let mut j = trial_json(t);
-            j["digest"] = p.digest().into();
-            j["awaitingPromotion"] = s.awaiting.into();
-            j
-        }),
-        "lastRollout": s.last_rollout,
-    })
-}
+use super::settings::RegistryConfig;
 
 /// A rollout the operators should hear of (a rollback, a promotion), for an Event on the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,23 +50,23 @@ pub type Notifier = Arc<dyn Fn(Notice) + Send + Sync>;
 
 /// What the reloader knows about one `<stem>.wasm`.
 #[derive(Debug)]
-struct Slot {
-    file: PathBuf,
+pub(super) struct Slot {
+    pub(super) file: PathBuf,
     /// The version in use and when it was loaded.
-    good: Option<(Plugin, SystemTime)>,
+    pub(super) good: Option<(Plugin, SystemTime)>,
     /// The trial of the version in use (probation after a swap, or a brand-new plugin's counts).
-    trial: Option<Arc<Trial>>,
+    pub(super) trial: Option<Arc<Trial>>,
     /// The version to roll back to while the one in use is on probation.
-    previous: Option<Plugin>,
+    pub(super) previous: Option<Plugin>,
     /// A new version running in shadow, and when it started.
-    shadow: Option<(Plugin, Arc<Trial>, SystemTime)>,
+    pub(super) shadow: Option<(Plugin, Arc<Trial>, SystemTime)>,
     /// The shadow's window closed but it needs an operator (divergent, or `promote: manual`);
     /// said once.
-    awaiting: bool,
+    pub(super) awaiting: bool,
     /// The last automatic rollback or promotion, for the status.
-    last_rollout: Option<String>,
+    pub(super) last_rollout: Option<String>,
     /// Why the latest bytes were refused.
-    last_error: Option<String>,
+    pub(super) last_error: Option<String>,
     /// The refused bytes, so the same file is not checked again and again.
     refused: Option<Refusal>,
     /// The digest whose refusal was last logged and counted: a refusal is reported once per
@@ -178,15 +113,15 @@ fn others<'a>(good: impl Iterator<Item = (&'a String, &'a str)>, stem: &str) -> 
 /// Loads the plugins of a folder into a registry and keeps them current.
 pub struct Reloader {
     engine: PluginEngine,
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     config: RegistryConfig,
     registry: Arc<PluginRegistry>,
     /// By file stem. Held only to read or update, never across a compile or a plugin call.
-    slots: Mutex<BTreeMap<String, Slot>>,
+    pub(super) slots: Mutex<BTreeMap<String, Slot>>,
     /// Serialises scans (the watcher thread and explicit calls).
     scanning: Mutex<()>,
     /// Wakes the reload thread when a trial may have a verdict (set by [`Reloader::watch`]).
-    waker: Mutex<Option<Waker>>,
+    pub(super) waker: Mutex<Option<Waker>>,
     /// Told of rollbacks and promotions.
     notifier: Mutex<Option<Notifier>>,
 }
@@ -223,113 +158,6 @@ impl Reloader {
     /// The registry this reloader swaps sets into.
     pub fn registry(&self) -> &Arc<PluginRegistry> {
         &self.registry
-    }
-
-    /// Per plugin file: what is loaded (name, WIT version, hooks, reads, digest, since when),
-    /// calls by hook, failed calls by class, the last failed call and the last refused
-    /// version; the body of `/plugins`.
-    pub fn status_json(&self) -> serde_json::Value {
-        let registry = self.registry();
-        let (set, metrics) = (registry.snapshot(), registry.metrics());
-        let plugins: Vec<serde_json::Value> = self
-            .status()
-            .into_iter()
-            .map(|s| {
-                let info = set.get(&s.name).map(|l| l.plugin.info().clone());
-                let code = set.get(&s.name).map(|l| l.plugin.tier());
-                let calls: serde_json::Map<String, serde_json::Value> = ["transform", "preserve", "ignore-paths"]
-                    .into_iter()
-                    .map(|h| (h.to_string(), metrics.calls(&s.name, h).into()))
-                    .collect();
-                let errors: serde_json::Map<String, serde_json::Value> = CallFailure::ALL
-                    .into_iter()
-                    .map(|c| (c.as_str().to_string(), metrics.errors(&s.name, c)))
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(c, n)| (c, n.into()))
-                    .collect();
-                let loaded_at =
-                    s.loaded_at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
-                serde_json::json!({
-                    "name": s.name,
-                    "file": s.file,
-                    "digest": s.digest,
-                    "loadedAtUnixSeconds": loaded_at,
-                    "wit": info.as_ref().map(|i| i.wit),
-                    "code": code,
-                    "hooks": info.as_ref().map(|i| i.hooks),
-                    "reads": info.as_ref().map(|i| i.reads.clone()),
-                    "kinds": info.as_ref().map(|i| i.kinds.clone()),
-                    "calls": calls,
-                    "errors": errors,
-                    "lastError": metrics.last_error(&s.name),
-                    "refusedVersion": s.last_error,
-                    "shadowDigest": s.shadow_digest,
-                    "shadowCalls": metrics.shadow_calls(&s.name),
-                    "divergences": metrics.divergences(&s.name),
-                    "promotions": metrics.promotions(&s.name),
-                    "rollbacks": metrics.rollbacks(&s.name),
-                    "rollout": s.rollout,
-                })
-            })
-            .collect();
-        serde_json::json!({ "plugins": plugins })
-    }
-
-    /// One line per plugin whose calls have failed: the counts by class and the last error.
-    pub fn runtime_failures(&self) -> Vec<String> {
-        let metrics = self.registry().metrics();
-        self.status()
-            .into_iter()
-            .filter_map(|s| {
-                let counts: Vec<String> = CallFailure::ALL
-                    .into_iter()
-                    .map(|c| (c, metrics.errors(&s.name, c)))
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(c, n)| format!("{c} {n}"))
-                    .collect();
-                let last = metrics.last_error(&s.name)?;
-                Some(format!("plugin {} fails at run time ({}); last: {}", s.name, counts.join(", "), last.message))
-            })
-            .collect()
-    }
-
-    /// The state of every plugin file seen, by file name.
-    pub fn status(&self) -> Vec<PluginStatus> {
-        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .iter()
-            .map(|(stem, s)| PluginStatus {
-                name: s.good.as_ref().map_or_else(|| stem.clone(), |(p, _)| p.name().to_string()),
-                file: s.file.clone(),
-                digest: s.good.as_ref().map(|(p, _)| p.digest().to_string()),
-                loaded_at: s.good.as_ref().map(|(_, at)| *at),
-                last_error: s.last_error.clone(),
-                shadow_digest: s.shadow.as_ref().map(|(p, _, _)| p.digest().to_string()),
-                rollout: rollout_json(s),
-            })
-            .collect()
-    }
-
-    /// One line per brand-new plugin (no earlier version to roll back to) whose calls mostly
-    /// fail: `/readyz` says so even without `verbose`.
-    pub fn failing_without_fallback(&self) -> Vec<String> {
-        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .iter()
-            .filter_map(|(stem, s)| {
-                let trial = s.trial.as_ref().filter(|t| t.stage() == Stage::New)?;
-                let (stats, settings) = (trial.stats(), trial.settings());
-                let failing = stats.calls >= settings.min_calls.max(1)
-                    && stats.errors * 100 > u64::from(settings.max_error_percent.min(100)) * stats.calls;
-                failing.then(|| {
-                    let name = s.good.as_ref().map_or(stem.as_str(), |(p, _)| p.name());
-                    format!(
-                        "plugin {name} has no earlier version to roll back to and {} of its {} calls failed; its objects are held back",
-                        stats.errors, stats.calls
-                    )
-                })
-            })
-            .collect()
     }
 
     /// Re-reads the folder once: checks new and changed components, drops removed ones and swaps
@@ -371,7 +199,7 @@ impl Reloader {
                     continue;
                 }
             };
-            let digest = hex(&Sha256::digest(&bytes));
+            let digest = sha256_hex(&bytes);
             let (good, refused) = known.get(stem).cloned().unwrap_or_default();
             let refused_again = refused.is_some_and(|r| {
                 r.digest == digest && r.against.as_ref().is_none_or(|a| *a == others(in_use.iter().copied(), stem))
@@ -663,7 +491,7 @@ impl Reloader {
     }
 
     /// When the next open trial window closes by time, if any.
-    fn next_deadline(&self) -> Option<std::time::Instant> {
+    pub(super) fn next_deadline(&self) -> Option<std::time::Instant> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots
             .values()
@@ -709,150 +537,5 @@ impl Reloader {
             }
         }
         Ok(plugin)
-    }
-
-    /// Scans once now, then watches the folder on a background thread until the handle is dropped.
-    pub fn watch(self: &Arc<Self>, config: WatchConfig) -> Result<WatchHandle> {
-        let watch_err = |e: notify::Error| Error::Watch { path: self.dir.clone(), message: e.to_string() };
-        let (tx, rx) = channel::<Wake>();
-        let events = tx.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) => {
-                if let Some(wake) = wake_for(&e.kind) {
-                    let _ = events.send(wake);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "plugin folder watch error; re-scanning");
-                let _ = events.send(Wake::Changed);
-            }
-        })
-        .map_err(watch_err)?;
-        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive).map_err(watch_err)?;
-        {
-            let tx = Mutex::new(tx.clone());
-            let waker: Waker = Arc::new(move || {
-                let _ = tx.lock().unwrap_or_else(PoisonError::into_inner).send(Wake::Rollout);
-            });
-            *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
-        }
-        self.scan()?;
-        let me = Arc::clone(self);
-        let thread = std::thread::Builder::new()
-            .name("downsync-plugin-reload".into())
-            .spawn(move || me.run(&rx, &config))
-            .map_err(|e| Error::Watch {
-                path: self.dir.clone(),
-                message: format!("cannot start the reload thread: {e}"),
-            })?;
-        Ok(WatchHandle { watcher: Some(watcher), stop: tx, thread: Some(thread) })
-    }
-
-    fn run(&self, rx: &Receiver<Wake>, config: &WatchConfig) {
-        let mut next_scan = std::time::Instant::now() + config.resync;
-        loop {
-            // A trial window that closes by time is acted on when it closes, not at the next resync.
-            let now = std::time::Instant::now();
-            let until = self.next_deadline().map_or(next_scan, |d| d.min(next_scan));
-            let scan = match rx.recv_timeout(until.saturating_duration_since(now)) {
-                Ok(Wake::Changed) => loop {
-                    match rx.recv_timeout(config.debounce) {
-                        Ok(Wake::Changed | Wake::Rollout) => continue,
-                        Ok(Wake::Settled) | Err(RecvTimeoutError::Timeout) => break true,
-                        Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                },
-                Ok(Wake::Settled) => true,
-                Ok(Wake::Rollout) => false,
-                Err(RecvTimeoutError::Timeout) => std::time::Instant::now() >= next_scan,
-                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            };
-            if scan {
-                next_scan = std::time::Instant::now() + config.resync;
-                if let Err(e) = self.scan() {
-                    tracing::error!(dir = %self.dir.display(), error = %e, "cannot scan the plugin folder");
-                }
-            } else {
-                self.evaluate();
-            }
-        }
-    }
-}
-
-/// What a folder event asks of the reload thread, if anything.
-fn wake_for(kind: &notify::EventKind) -> Option<Wake> {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
-    match kind {
-        // A writer closed the file: its bytes are complete.
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Wake::Settled),
-        // A scan opens and reads every file (inotify reports that as access): re-scanning on our
-        // own reads would loop.
-        EventKind::Access(_) => None,
-        // Something arrived under its final name: a temp file renamed over a plugin, or the
-        // kubelet's `..data_tmp` renamed to `..data`. A name moving away (`From`) is a removal.
-        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Some(Wake::Settled),
-        _ => Some(Wake::Changed),
-    }
-}
-
-/// What wakes the reload thread.
-#[derive(Debug, PartialEq, Eq)]
-enum Wake {
-    /// Something in the folder changed and more may follow: re-scan once it is quiet.
-    Changed,
-    /// A change in the folder is complete: re-scan now.
-    Settled,
-    /// A trial may have a verdict.
-    Rollout,
-    /// The handle was dropped.
-    Stop,
-}
-
-/// Keeps the watch running; dropping it stops the watcher and joins the reload thread.
-#[derive(Debug)]
-pub struct WatchHandle {
-    watcher: Option<notify::RecommendedWatcher>,
-    stop: Sender<Wake>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.watcher.take();
-        // The watcher's own sender may outlive it (notify drops its handler on its own thread),
-        // so the thread is told to stop rather than left to notice a closed channel. A scan in
-        // progress finishes first.
-        let _ = self.stop.send(Wake::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::event::{
-        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind, RenameMode,
-    };
-
-    use super::{Wake, wake_for};
-
-    #[test]
-    fn finished_writes_and_arrivals_wake_at_once_partial_changes_wait_and_reads_do_not_wake() {
-        let cases = [
-            (EventKind::Access(AccessKind::Close(AccessMode::Write)), Some(Wake::Settled)),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), Some(Wake::Settled)),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), Some(Wake::Settled)),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::From)), Some(Wake::Changed)),
-            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), Some(Wake::Changed)),
-            (EventKind::Create(CreateKind::File), Some(Wake::Changed)),
-            (EventKind::Remove(RemoveKind::File), Some(Wake::Changed)),
-            (EventKind::Any, Some(Wake::Changed)),
-            (EventKind::Access(AccessKind::Open(AccessMode::Any)), None),
-            (EventKind::Access(AccessKind::Close(AccessMode::Read)), None),
-        ];
-        for (kind, want) in cases {
-            assert_eq!(wake_for(&kind), want, "{kind:?}");
-        }
     }
 }

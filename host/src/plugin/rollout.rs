@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::component::Decision;
+use super::types::Decision;
 use crate::sync::delta::{Delta, delta};
 
 /// When a shadow version may take over.
@@ -110,7 +110,7 @@ pub enum Verdict {
 }
 
 /// Decides a trial from its counts: pure, so the policy is table-tested.
-pub fn verdict(stage: Stage, settings: &RolloutSettings, stats: Stats, elapsed: Duration) -> Verdict {
+pub(super) fn verdict(stage: Stage, settings: &RolloutSettings, stats: Stats, elapsed: Duration) -> Verdict {
     let failing = stats.calls >= settings.min_calls.max(1)
         && stats.errors * 100 > u64::from(settings.max_error_percent.min(100)) * stats.calls;
     if failing && settings.rollback && stage != Stage::New {
@@ -132,7 +132,7 @@ pub fn verdict(stage: Stage, settings: &RolloutSettings, stats: Stats, elapsed: 
 }
 
 /// Wakes the reloader when a trial may have reached a verdict.
-pub type Waker = Arc<dyn Fn() + Send + Sync>;
+pub(super) type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The live counts of one version on trial; the call path adds, the reloader decides.
 pub struct Trial {
@@ -267,7 +267,7 @@ impl Trial {
 
 /// Compares the two versions' results of one call; `None` when they agree. Names paths and
 /// error classes, never values.
-pub fn compare_values(active: Result<&Value, &str>, shadow: Result<&Value, &str>) -> Option<String> {
+pub(super) fn compare_values(active: Result<&Value, &str>, shadow: Result<&Value, &str>) -> Option<String> {
     match (active, shadow) {
         (Ok(a), Ok(b)) => describe(&delta(a, b)),
         (Ok(_), Err(e)) => Some(format!("shadow failed where the active version did not: {e}")),
@@ -277,7 +277,7 @@ pub fn compare_values(active: Result<&Value, &str>, shadow: Result<&Value, &str>
 }
 
 /// Compares two `preserve` decisions; `None` when they agree.
-pub fn compare_decisions(active: Result<&Decision, &str>, shadow: Result<&Decision, &str>) -> Option<String> {
+pub(super) fn compare_decisions(active: Result<&Decision, &str>, shadow: Result<&Decision, &str>) -> Option<String> {
     match (active, shadow) {
         (Ok(Decision::Apply(a)), Ok(Decision::Apply(b))) => describe(&delta(a, b)),
         (Ok(a), Ok(b)) if std::mem::discriminant(a) == std::mem::discriminant(b) => None,
@@ -289,7 +289,7 @@ pub fn compare_decisions(active: Result<&Decision, &str>, shadow: Result<&Decisi
 }
 
 /// The name of a decision, for reports.
-pub fn decision_name(d: &Decision) -> &'static str {
+pub(super) fn decision_name(d: &Decision) -> &'static str {
     match d {
         Decision::Apply(_) => "apply",
         Decision::Recreate(_) => "recreate",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
-use super::component::RulePre;
+use super::dispatch::RulePre;
 
 /// Which compiler made the code a plugin runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,65 @@
+//! The per-plugin settings of the config file: order, failure policy, digest pin, rollout and
+//! instance policy, keyed by plugin name.
+
+use std::collections::BTreeMap;
+
+use super::rollout::RolloutSettings;
+use super::types::InstancePolicy;
+
+/// What happens to an object when a plugin fails on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum FailurePolicy {
+    /// The object is not written; the failure is reported (the default).
+    #[default]
+    FailClosed,
+    /// The plugin is skipped for this call, with a warning; the chain goes on without it.
+    FailOpen,
+}
+
+/// Per-plugin settings from the config file, keyed by plugin name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Lower runs first; ties are broken by name.
+    pub priority: i32,
+    /// What a failure of this plugin does to the object.
+    pub failure_policy: FailurePolicy,
+    /// sha256 (lowercase hex) the component must have; a different one is refused.
+    pub digest: Option<String>,
+    /// How new versions are rolled out: shadow, promotion, automatic rollback.
+    pub rollout: RolloutSettings,
+    /// `fresh` (default): a new instance per call. `reused`: kept instances reset between
+    /// calls, honoured only for a plugin that declares itself stateless (see [`InstancePolicy`]).
+    pub instances: InstancePolicy,
+}
+
+/// The typed plugin configuration: settings by plugin name. Unlisted plugins get the settings
+/// under `"*"`, if given, else the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Settings by plugin name (as `describe` gives it).
+    pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+impl RegistryConfig {
+    /// The settings of one plugin.
+    pub fn settings(&self, name: &str) -> PluginSettings {
+        self.plugins.get(name).or_else(|| self.plugins.get("*")).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_default_to_fail_closed_and_parse_from_yaml() {
+        let cfg: RegistryConfig =
+            serde_yaml_ng::from_str("plugins:\n  service:\n    priority: -1\n    failurePolicy: FailOpen\n").unwrap();
+        assert_eq!(cfg.settings("service").failure_policy, FailurePolicy::FailOpen);
+        assert_eq!(cfg.settings("service").priority, -1);
+        assert_eq!(cfg.settings("other"), PluginSettings::default());
+        assert_eq!(PluginSettings::default().failure_policy, FailurePolicy::FailClosed);
+    }
+}
