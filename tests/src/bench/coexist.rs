@@ -132,7 +132,7 @@ async fn hpa(b: &Bench, ns: &str) -> Result<usize> {
             let name = d.metadata.name.clone()?;
             let i: usize = name.strip_prefix("d-")?.parse().ok()?;
             let replicas = serde_json::to_value(d).ok()?.pointer("/spec/replicas").and_then(Value::as_i64);
-            (i % 2 == 0 && replicas != Some(3)).then_some(name)
+            (i.is_multiple_of(2) && replicas != Some(3)).then_some(name)
         })
         .collect();
     let count = wrong.len();
@@ -254,7 +254,7 @@ async fn one(b: &Bench, bin: &Path, ns: &str, n: usize, run: &mut Run) -> Result
                 .and_then(Value::as_str)
                 .and_then(|n| n.strip_prefix("d-"))
                 .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i % 2 == 0);
+                .is_some_and(|i| i.is_multiple_of(2));
             even && v.pointer("/spec/replicas").and_then(Value::as_i64) == Some(3)
         })
         .count();
