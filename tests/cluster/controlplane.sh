@@ -18,6 +18,9 @@
 #       Stops exactly the processes that `up NAME` started, by PID, and removes its data.
 #   controlplane.sh status [NAME]
 #       Lists running control planes.
+#   controlplane.sh stop-apiserver NAME | start-apiserver NAME
+#       Stops only the kube-apiserver of NAME (etcd and its data stay), or starts it again with
+#       the same flags and port and waits for /readyz: an API server outage and its return.
 #
 # Environment: DOWNSYNC_CP_ROOT (default ${TMPDIR:-/tmp}/downsync-controlplanes) holds one
 # folder per control plane. DOWNSYNC_CP_READY_TIMEOUT (default 180) is in seconds.
@@ -30,7 +33,7 @@ ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 die() { echo "controlplane: error: $*" >&2; exit 1; }
 log() { echo "controlplane: $*" >&2; }
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
 
@@ -132,6 +135,56 @@ show_log_tail() {
   echo "----" >&2
 }
 
+# Starts the kube-apiserver of control plane dir $1 (name $2) from its kept command, records its
+# PID, and waits for /readyz; on failure says why and returns 1.
+start_apiserver() {
+  local dir="$1" name="$2" api_port api_pid cmd=()
+  api_port="$(cat "$dir/api-port")"
+  mapfile -d '' -t cmd < "$dir/apiserver-cmd"
+  setsid "${cmd[@]}" >>"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
+  api_pid=$!
+  sed -i '/^kube-apiserver=/d' "$dir/pids"
+  echo "kube-apiserver=$api_pid" >> "$dir/pids"
+  local deadline=$(( $(date +%s) + ready_timeout ))
+  while (( $(date +%s) < deadline )); do
+    if ! alive "$api_pid"; then
+      show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+      if grep -q "address already in use" "$dir/logs/kube-apiserver.log"; then
+        echo "controlplane: error: port $api_port was taken while the apiserver started; run again (or pass --api-port)" >&2
+      else
+        show_log_tail "$dir/logs/etcd.log" etcd
+        echo "controlplane: error: kube-apiserver for '$name' exited before it became ready (log above)" >&2
+      fi
+      return 1
+    fi
+    if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
+         "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+  echo "controlplane: error: kube-apiserver for '$name' was not ready after ${ready_timeout}s (log above; raise DOWNSYNC_CP_READY_TIMEOUT on a slow machine)" >&2
+  return 1
+}
+
+cmd_stop_apiserver() {
+  local name="$1" dir="$root/$1" pid
+  [[ -f "$dir/pids" ]] || die "no control plane '$name'"
+  pid="$(grep '^kube-apiserver=' "$dir/pids" | cut -d= -f2 || true)"
+  stop_pids "$dir" "$pid"
+  log "kube-apiserver of '$name' stopped (etcd keeps its data)"
+}
+
+cmd_start_apiserver() {
+  local name="$1" dir="$root/$1" pid
+  [[ -f "$dir/apiserver-cmd" ]] || die "no control plane '$name' (or one started by an older controlplane.sh)"
+  pid="$(grep '^kube-apiserver=' "$dir/pids" | cut -d= -f2 || true)"
+  alive "$pid" && die "the kube-apiserver of '$name' is running (PID $pid)"
+  start_apiserver "$dir" "$name" || exit 1
+  log "kube-apiserver of '$name' ready again: https://127.0.0.1:$(cat "$dir/api-port")"
+}
+
 cmd_up() {
   local name="$1"; shift
   local owner="" api_port="" controllers="garbage-collector-controller,namespace-controller" audit=0
@@ -216,44 +269,22 @@ POLICY
     >"$dir/logs/etcd.log" 2>&1 < /dev/null &
   echo "etcd=$!" >> "$dir/pids"
 
-  setsid "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --endpoint-reconciler-type none \
-    --tls-cert-file "$dir/pki/server.crt" --tls-private-key-file "$dir/pki/server.key" \
-    --client-ca-file "$dir/pki/ca.crt" \
-    --service-account-issuer "https://127.0.0.1:$api_port/" \
-    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/16 --service-node-port-range 30000-32767 \
-    --authorization-mode RBAC --disable-admission-plugins ServiceAccount --allow-privileged=true \
-    "${audit_flags[@]}" \
-    >"$dir/logs/kube-apiserver.log" 2>&1 < /dev/null &
-  local api_pid=$!
-  echo "kube-apiserver=$api_pid" >> "$dir/pids"
-
-  local ready=0 deadline=$(( $(date +%s) + ready_timeout ))
-  while (( $(date +%s) < deadline )); do
-    if ! alive "$api_pid"; then
-      if grep -q "address already in use" "$dir/logs/kube-apiserver.log"; then
-        show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
-        cmd_down "$name" >/dev/null 2>&1; trap - ERR
-        die "port $api_port was taken while the apiserver started; run again (or pass --api-port)"
-      fi
-      show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
-      show_log_tail "$dir/logs/etcd.log" etcd
-      cmd_down "$name" >/dev/null 2>&1; trap - ERR
-      die "kube-apiserver for '$name' exited before it became ready (log above)"
-    fi
-    if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
-         "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1; then
-      ready=1; break
-    fi
-    sleep 0.25
-  done
-  if (( ! ready )); then
-    show_log_tail "$dir/logs/kube-apiserver.log" kube-apiserver
+  # Kept, so that start-apiserver runs it again as it was.
+  local api_cmd=("$bin/kube-apiserver"
+    --etcd-servers "http://127.0.0.1:$etcd_port"
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port"
+    --endpoint-reconciler-type none
+    --tls-cert-file "$dir/pki/server.crt" --tls-private-key-file "$dir/pki/server.key"
+    --client-ca-file "$dir/pki/ca.crt"
+    --service-account-issuer "https://127.0.0.1:$api_port/"
+    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key"
+    --service-cluster-ip-range 10.0.0.0/16 --service-node-port-range 30000-32767
+    --authorization-mode RBAC --disable-admission-plugins ServiceAccount --allow-privileged=true
+    "${audit_flags[@]}")
+  printf '%s\0' "${api_cmd[@]}" > "$dir/apiserver-cmd"
+  if ! start_apiserver "$dir" "$name"; then
     cmd_down "$name" >/dev/null 2>&1; trap - ERR
-    die "kube-apiserver for '$name' was not ready after ${ready_timeout}s (log above; raise DOWNSYNC_CP_READY_TIMEOUT on a slow machine)"
+    exit 1
   fi
   local ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
@@ -290,5 +321,7 @@ case "${1:-}" in
   up) [[ $# -ge 2 ]] || usage; shift; cmd_up "$@" ;;
   down) [[ $# -ge 2 ]] || usage; if [[ "${3:-}" == "--from-watchdog" ]]; then cmd_down "$2" self; else cmd_down "$2"; fi ;;
   status) cmd_status "${2:-}" ;;
+  stop-apiserver) [[ $# -ge 2 ]] || usage; cmd_stop_apiserver "$2" ;;
+  start-apiserver) [[ $# -ge 2 ]] || usage; cmd_start_apiserver "$2" ;;
   *) usage ;;
 esac

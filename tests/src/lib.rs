@@ -103,6 +103,46 @@ fn start_control_plane(name: &str, controllers: Option<&str>, audit: bool) -> Re
     Ok(path)
 }
 
+/// A control plane of one test's own, for what would disturb the shared ones (stopping its API
+/// server); stopped and removed when dropped.
+pub struct PrivateControlPlane {
+    name: String,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+impl PrivateControlPlane {
+    /// Starts control plane `name` (garbage collector and namespace controller).
+    pub fn start(name: &str) -> Result<Self> {
+        Ok(Self { name: name.to_string(), kubeconfig: start_control_plane(name, None, false)? })
+    }
+
+    fn run(&self, verb: &str) -> Result<()> {
+        let script = repo_root().join("tests/cluster/controlplane.sh");
+        let status = Command::new("bash").arg(&script).args([verb, &self.name]).status()?;
+        if !status.success() {
+            bail!("controlplane.sh {verb} {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// Stops its kube-apiserver; etcd and the data stay.
+    pub fn stop_apiserver(&self) -> Result<()> {
+        self.run("stop-apiserver")
+    }
+
+    /// Starts its kube-apiserver again, as it was, and waits until it is ready.
+    pub fn start_apiserver(&self) -> Result<()> {
+        self.run("start-apiserver")
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        let _ = self.run("down");
+    }
+}
+
 fn from_env_or_start() -> Result<Clusters> {
     let up = std::env::var_os("DOWNSYNC_UPSTREAM_KUBECONFIG");
     let down = std::env::var_os("DOWNSYNC_DOWNSTREAM_KUBECONFIG");

@@ -1,7 +1,9 @@
 //! A network outage between downsync and the downstream API server, made with a real TCP cut:
 //! the loss is logged once with the server's URL and once when it returns, `/readyz?verbose`
 //! and `downsync_connected` show it, kube's own per-attempt errors stay out of the log, and a
-//! change made upstream during the outage syncs once the network is back.
+//! change made upstream during the outage syncs once the network is back. An upstream API
+//! server that stops for longer than kube's default watch backoff and starts again over the same
+//! etcd is taken up again and its changes sync.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -74,5 +76,49 @@ async fn a_downstream_outage_is_reported_once_each_way_and_changes_sync_after_it
     assert!(!log.contains("kube_client"), "kube's per-attempt errors stay out; log: {}", d.log.display());
     assert_eq!(d.metric("downsync_connected", &[r#"side="downstream""#])?, 1.0);
     assert!(d.terminate()?.success());
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn an_upstream_api_server_that_stops_and_starts_again_is_taken_up_again() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-restart").await?;
+    let ns = env.namespace.clone();
+    // An upstream of its own: stopping the shared one would disturb every other test.
+    let up = downsync_tests::PrivateControlPlane::start(&format!("restart-up-{}", std::process::id()))?;
+    let up_client = downsync_tests::ClusterRef { kubeconfig: up.kubeconfig.clone(), context: None }.client().await?;
+    downsync_tests::create_namespace(&up_client, &ns).await?;
+    create_all(&up_client, &ns, vec![mk_configmap(&ns, "cfg", json!({"v": "0"}))]).await?;
+    let cluster_args: Vec<OsString> = vec![
+        "--upstream-kubeconfig".into(),
+        up.kubeconfig.clone().into(),
+        "--downstream-kubeconfig".into(),
+        clusters()?.downstream.kubeconfig.into(),
+    ];
+    let args = ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns];
+    let mut d = Daemon::start_with("restart", &cluster_args, &args, None)?;
+    d.wait_ready(Duration::from_secs(60)).await?;
+    let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+    let value = |cm: Option<ConfigMap>| cm.and_then(|c| c.data).and_then(|d| d.get("v").cloned());
+    assert_eq!(value(down.get_opt("cfg").await?).as_deref(), Some("0"));
+
+    up.stop_apiserver()?;
+    // Longer than kube's default watch backoff needs to reach its 25.6 s step.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    up.start_apiserver()?;
+    let back = std::time::Instant::now();
+    let up_client = downsync_tests::ClusterRef { kubeconfig: up.kubeconfig.clone(), context: None }.client().await?;
+    Api::<ConfigMap>::namespaced(up_client, &ns)
+        .patch("cfg", &PatchParams::default(), &Patch::Merge(&json!({"data": {"v": "1"}})))
+        .await?;
+    eventually("the change made after the restart to sync", Duration::from_secs(60), || async {
+        Ok((value(down.get_opt("cfg").await?).as_deref() == Some("1")).then_some(()))
+    })
+    .await?;
+    eprintln!("run-restart: the change synced {:.1} s after the API server was ready", back.elapsed().as_secs_f64());
+    let log = d.log_text();
+    assert_eq!(log.matches("lost the connection").count(), 1, "log: {}", d.log.display());
+    assert_eq!(log.matches("connection to the API server is back").count(), 1, "log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+    drop(up);
     env.cleanup().await
 }

@@ -16,7 +16,7 @@ use tracing::warn;
 use super::config::{ResourceConfig, RunConfig};
 use super::controller::Controller;
 use super::startup::Resolved;
-use crate::kube::upstream;
+use crate::kube::{reconnect, upstream};
 use crate::sync::Resource;
 use crate::sync::intent::{self, Intent};
 use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
@@ -246,14 +246,16 @@ pub fn reflectors(
         let up_writer = reflector::store::Writer::new(up_ar.clone());
         let up_store = up_writer.as_reader();
         let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
-        let up_stream =
-            watcher::watcher(up_api, up_wc).default_backoff().modify(compact_managed_fields).reflect(up_writer);
+        let up_stream = watcher::watcher(up_api, up_wc)
+            .backoff(reconnect::backoff())
+            .modify(compact_managed_fields)
+            .reflect(up_writer);
 
         let down_writer = reflector::store::Writer::new(down_ar.clone());
         let down_store = down_writer.as_reader();
         let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
         let down_stream = watcher::watcher(down_api, watcher::Config::default().page_size(LIST_PAGE).labels(&owned))
-            .default_backoff()
+            .backoff(reconnect::backoff())
             .modify(|o| {
                 strip_managed_fields(o);
                 pack(o);

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod downstream;
 pub mod errors;
 pub mod pod_events;
+pub mod reconnect;
 pub mod upstream;
 
 pub use downstream::KubeDownstream;
