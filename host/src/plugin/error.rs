@@ -26,6 +26,14 @@ pub enum Error {
         #[source]
         source: wasmtime::Error,
     },
+    /// The file is not a WebAssembly component at all; found before compiling.
+    #[error("plugin {plugin}: {what}")]
+    NotAComponent {
+        /// The plugin (file name).
+        plugin: String,
+        /// What the file is instead, and what to do.
+        what: &'static str,
+    },
     /// The component imports what the sandbox does not offer; found before compiling.
     #[error("plugin {plugin}: imports what the sandbox does not offer: {}; offered: {offered}", missing.join(", "))]
     Imports {
@@ -148,10 +156,12 @@ pub enum Error {
         message: String,
     },
     /// A new version of a plugin failed its checks and was not swapped in.
-    #[error("plugin {plugin}: new version {digest} refused: {message}")]
+    #[error("plugin {plugin} ({file}): new version {digest} refused: {message}")]
     Check {
-        /// The plugin (file name).
+        /// The plugin, by the name it describes itself with.
         plugin: String,
+        /// Its file in the plugins folder.
+        file: String,
         /// sha256 of the refused component.
         digest: String,
         /// Why.

@@ -268,8 +268,12 @@ impl Reloader {
                 Ok(_) => {}
                 Err(e) => {
                     set_refusals.insert(c.stem.clone(), against);
-                    c.checked =
-                        Err(Error::Check { plugin: c.stem.clone(), digest: c.digest.clone(), message: e.to_string() });
+                    c.checked = Err(Error::Check {
+                        plugin: plugin.name().to_string(),
+                        file: format!("{}.wasm", c.stem),
+                        digest: c.digest.clone(),
+                        message: e.to_string(),
+                    });
                 }
             }
         }
@@ -523,8 +527,12 @@ impl Reloader {
     /// Compiles and checks a new version without touching the registry.
     fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
         let plugin = Plugin::load(&self.engine, stem, bytes)?;
-        let refuse =
-            |message: String| Error::Check { plugin: stem.to_string(), digest: plugin.digest().to_string(), message };
+        let refuse = |message: String| Error::Check {
+            plugin: plugin.name().to_string(),
+            file: format!("{stem}.wasm"),
+            digest: plugin.digest().to_string(),
+            message,
+        };
         let dir = file.with_file_name(format!("{stem}.fixtures"));
         if dir.is_dir() {
             let cases = fixtures::load_dir(&dir)?;
