@@ -257,6 +257,10 @@ struct Budget {
     /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<usize>,
+    /// The largest component file read, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi;
+    /// the run config's `engine.maxComponentBytes`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_component_size: Option<usize>,
 }
 
 impl Budget {
@@ -267,6 +271,9 @@ impl Budget {
         }
         if let Some(memory) = self.memory {
             c.memory_bytes = memory;
+        }
+        if let Some(size) = self.max_component_size {
+            c.max_component_bytes = size as u64;
         }
         c
     }
@@ -599,7 +606,7 @@ async fn run_command(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Promote { file }) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes = downsync::plugin::read_component(&file, downsync::plugin::DEFAULT_MAX_COMPONENT_BYTES)?;
             let digest = downsync::plugin::sha256_hex(&bytes);
             let stem = file.file_stem().and_then(|s| s.to_str()).context("the file has no name")?;
             let marker = file.with_file_name(format!("{stem}.promote"));

@@ -197,3 +197,23 @@ fn version_names_the_commit() {
         _ => assert_eq!(commit, "unknown", "no git here: {t}"),
     }
 }
+
+#[test]
+fn a_component_over_the_size_limit_is_refused_before_it_is_read() {
+    let dir = std::env::temp_dir().join(format!("downsync-cli-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let big = dir.join("big.wasm");
+    // 1 GiB on paper (sparse): nothing is on disk, and nothing may be read.
+    std::fs::File::create(&big).and_then(|f| f.set_len(1 << 30)).expect("sparse file");
+    let started = std::time::Instant::now();
+    let out = run(&["plugin".as_ref(), "check".as_ref(), big.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "refused, not read");
+    assert!(stderr.contains("is 1.0 GiB, over the limit of 64.0 MiB (engine.maxComponentBytes)"), "{stderr}");
+    let out =
+        run(&["plugin".as_ref(), "check".as_ref(), "--max-component-size".as_ref(), "1Ki".as_ref(), big.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("over the limit of 1.0 KiB"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,9 +53,15 @@ impl Plugin {
     /// that it implements the `rule` world, and calls `describe`. The file stem names it in
     /// errors until `describe` gives its name.
     pub fn load_file(engine: &PluginEngine, path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let bytes = Self::read_file(engine, path)?;
         let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
         Self::load(engine, label, &bytes)
+    }
+
+    /// Reads a component file no larger than the engine's `maxComponentBytes`, checked before
+    /// reading.
+    pub fn read_file(engine: &PluginEngine, path: &Path) -> Result<Vec<u8>> {
+        super::files::read_component(path, engine.config().max_component_bytes)
     }
 
     /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.

@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// thread has compiled that (a rule change then waits for the quick compile only). Off:
     /// Cranelift compiles before the version is used.
     pub tiered_compilation: bool,
+    /// The largest plugin file (`.wasm`) read, in bytes; a larger one is refused before it is
+    /// read. Default 64 MiB (a component with a Python interpreter built in is 19 MB).
+    pub max_component_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             max_instances_per_call: 32,
             cache_dir: default_cache_dir(),
             tiered_compilation: true,
+            max_component_bytes: super::files::DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
