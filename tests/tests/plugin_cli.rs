@@ -205,8 +205,13 @@ fn a_component_over_the_size_limit_is_refused_before_it_is_read() {
     let big = dir.join("big.wasm");
     // 1 GiB on paper (sparse): nothing is on disk, and nothing may be read.
     std::fs::File::create(&big).and_then(|f| f.set_len(1 << 30)).expect("sparse file");
+    let bin = downsync_bin();
     let started = std::time::Instant::now();
-    let out = run(&["plugin".as_ref(), "check".as_ref(), big.as_os_str()]);
+    let out = Command::new(bin)
+        .args(["plugin".as_ref(), "check".as_ref(), big.as_os_str()])
+        .env("XDG_CACHE_HOME", std::env::temp_dir())
+        .output()
+        .expect("downsync runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "refused, not read");
