@@ -8,10 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use wasmtime::Store;
 
-use super::bindings::v0_2::downsync::rules::types as wit;
 use super::contract;
 use super::describe::check_describe;
-use super::dispatch::{Hook, Raw, RulePre, wit_intent};
+use super::dispatch::{Hook, Json, Raw, RawDecision, RulePre, wit_intent};
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::CallState;
@@ -72,8 +71,8 @@ impl Plugin {
 
     fn new(engine: PluginEngine, label: &str, digest: String, code: Arc<Code>) -> Result<Self> {
         let wit = match code.current().pre {
-            RulePre::V0_1(_) => WitVersion::V0_1,
-            RulePre::V0_2(_) => WitVersion::V0_2,
+            RulePre::V0_1(..) => WitVersion::V0_1,
+            RulePre::V0_2(..) => WitVersion::V0_2,
         };
         let info = PluginInfo {
             name: label.to_string(),
@@ -350,12 +349,12 @@ impl Plugin {
         let Raw::Decision(decision) = out.value else { return Err(self.mismatch("preserve")) };
         let decision = decision.map_err(|message| self.rejected("preserve", object, &message))?;
         let value = match decision {
-            wit::Decision::Apply(text) => {
+            RawDecision::Apply(text) => {
                 let value = self.parse_output("preserve", object, &text)?;
                 Decision::Apply(self.merged("preserve", object, desired, value, reads)?)
             }
-            wit::Decision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
-            wit::Decision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
+            RawDecision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
+            RawDecision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
         };
         Ok(Called { value, fuel: out.fuel })
     }
@@ -403,6 +402,17 @@ impl Plugin {
     }
 
     /// The error for a plugin's own refusal, its message bounded and escaped.
+    fn too_large(&self, hook: &'static str, object: &str, size: usize) -> Error {
+        Error::TooLarge {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            what: Oversize::Object,
+            size,
+            limit: MAX_OUTPUT_BYTES,
+        }
+    }
+
     fn rejected(&self, hook: &'static str, object: &str, message: &str) -> Error {
         Error::Rejected {
             plugin: self.info.name.clone(),
@@ -412,17 +422,12 @@ impl Plugin {
         }
     }
 
-    fn parse_output(&self, hook: &'static str, object: &str, text: &str) -> Result<Value> {
-        if text.len() > MAX_OUTPUT_BYTES {
-            return Err(Error::TooLarge {
-                plugin: self.info.name.clone(),
-                hook,
-                object: object.to_string(),
-                what: Oversize::Object,
-                size: text.len(),
-                limit: MAX_OUTPUT_BYTES,
-            });
-        }
+    fn parse_output(&self, hook: &'static str, object: &str, json: &Json) -> Result<Value> {
+        let text = match json {
+            Json::Text(text) if text.len() <= MAX_OUTPUT_BYTES => text,
+            Json::Text(text) => return Err(self.too_large(hook, object, text.len())),
+            Json::TooLarge(size) => return Err(self.too_large(hook, object, *size)),
+        };
         serde_json::from_str(text).map_err(|e| Error::Contract {
             plugin: self.info.name.clone(),
             hook,

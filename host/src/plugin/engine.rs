@@ -329,10 +329,10 @@ impl PluginEngine {
 fn link(label: &str, linker: &Linker<CallState>, component: &Component) -> Result<RulePre> {
     let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
     let pre = linker.instantiate_pre(component).map_err(mismatch)?;
-    match v0_2::RulePre::new(pre.clone()) {
-        Ok(p) => Ok(RulePre::V0_2(p)),
-        Err(v0_2_err) => match v0_1::RulePre::new(pre) {
-            Ok(p) => Ok(RulePre::V0_1(p)),
+    match v0_2::RulePre::new(pre.clone()).and_then(RulePre::v0_2) {
+        Ok(p) => Ok(p),
+        Err(v0_2_err) => match v0_1::RulePre::new(pre).and_then(RulePre::v0_1) {
+            Ok(p) => Ok(p),
             // The 0.2.0 explanation: new plugins are built against it.
             Err(_) => Err(mismatch(v0_2_err)),
         },
