@@ -85,9 +85,8 @@ fn ten_calls_returning_40_mb_errors_at_once_copy_kilobytes_into_the_host() {
         PEAK.store(before, Ordering::Relaxed);
         let rss_before = peak_rss_kib();
         std::thread::scope(|s| {
-            let calls: Vec<_> = (0..10)
-                .map(|_| s.spawn(|| plugin.transform(&mk(fault), &Intent::Unknown).map(|_| ())))
-                .collect();
+            let calls: Vec<_> =
+                (0..10).map(|_| s.spawn(|| plugin.transform(&mk(fault), &Intent::Unknown).map(|_| ()))).collect();
             for c in calls {
                 let err = c.join().expect("no panic").expect_err(fault);
                 assert!(matches!(err, Error::Rejected { .. } | Error::TooLarge { .. }), "{fault}: {err}");

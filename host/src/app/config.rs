@@ -191,9 +191,10 @@ fn metrics_addr<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<O
     let text: Option<String> = Option::deserialize(d)?;
     match text.as_deref().map(str::trim) {
         None | Some("off" | "") => Ok(None),
-        Some(a) => a.parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("{a:?} is not HOST:PORT such as 0.0.0.0:8080, or `off`"))
-        }),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{a:?} is not HOST:PORT such as 0.0.0.0:8080, or `off`"))),
     }
 }
 

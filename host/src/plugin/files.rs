@@ -105,7 +105,10 @@ mod tests {
         let err = read_bounded(&path, DEFAULT_MAX_COMPONENT_BYTES, "engine.maxComponentBytes").expect_err("too large");
         assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused without reading");
         let msg = err.to_string();
-        assert!(msg.contains("1.0 GiB") && msg.contains("64.0 MiB") && msg.contains("engine.maxComponentBytes"), "{msg}");
+        assert!(
+            msg.contains("1.0 GiB") && msg.contains("64.0 MiB") && msg.contains("engine.maxComponentBytes"),
+            "{msg}"
+        );
         std::fs::write(&path, b"small").expect("write");
         assert_eq!(read_bounded(&path, 5, "x").expect("at the limit"), b"small");
         assert!(read_bounded(&path, 4, "x").is_err());

@@ -61,7 +61,9 @@ fn offered(name: &str) -> bool {
 pub(super) fn check(label: &str, bytes: &[u8]) -> Result<()> {
     let not = |what: &'static str| Err(Error::NotAComponent { plugin: label.to_string(), what });
     if Parser::is_core_wasm(bytes) {
-        return not("a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `wasm-tools component new`");
+        return not(
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `wasm-tools component new`",
+        );
     }
     if !bytes.starts_with(b"\0asm") {
         return not("not a WebAssembly file (it does not begin with \\0asm)");
