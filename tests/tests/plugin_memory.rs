@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use downsync::plugin::{EngineConfig, Error, Plugin, PluginEngine};
+use downsync::plugin::{EngineConfig, Plugin, PluginEngine};
 use downsync::sync::Intent;
 use downsync_tests::plugins::plugin_path;
 use serde_json::json;
@@ -85,11 +85,15 @@ fn ten_calls_returning_40_mb_errors_at_once_copy_kilobytes_into_the_host() {
         PEAK.store(before, Ordering::Relaxed);
         let rss_before = peak_rss_kib();
         std::thread::scope(|s| {
-            let calls: Vec<_> =
-                (0..10).map(|_| s.spawn(|| plugin.transform(&mk(fault), &Intent::Unknown).map(|_| ()))).collect();
+            let calls: Vec<_> = (0..10)
+                .map(|_| {
+                    s.spawn(|| plugin.transform(&mk(fault), &Intent::Unknown).map(|_| ()).map_err(|e| e.to_string()))
+                })
+                .collect();
             for c in calls {
                 let err = c.join().expect("no panic").expect_err(fault);
-                assert!(matches!(err, Error::Rejected { .. } | Error::TooLarge { .. }), "{fault}: {err}");
+                let bounded = err.contains("bytes truncated") || err.contains("over the limit");
+                assert!(bounded && err.len() < 1500, "{fault}: {err}");
             }
         });
         let grew = PEAK.load(Ordering::Relaxed).saturating_sub(before);
