@@ -196,6 +196,45 @@ fn links_out_of_the_folder_and_oversized_files_are_refused_before_they_are_read(
 }
 
 #[test]
+fn a_refused_version_is_never_compiled_by_cranelift_and_an_accepted_one_is() {
+    // A fresh cache: nothing is found there, so a new version starts on Winch's code, and the
+    // engine counts the functions Cranelift compiles.
+    let cache = scratch("refused-cache");
+    let engine = PluginEngine::new(EngineConfig {
+        pool_instances: 8,
+        cache_dir: Some(cache.clone()),
+        tiered_compilation: true,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    if !engine.tiered() {
+        return; // No Winch on this machine: every version is compiled by Cranelift first.
+    }
+    let dir = scratch("refused");
+    std::fs::write(dir.join("rule.wasm"), version_a()).expect("write a");
+    let case = dir.join("rule.fixtures/wrong");
+    std::fs::create_dir_all(&case).expect("fixture dir");
+    std::fs::write(case.join("desired.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n")
+        .expect("desired");
+    std::fs::write(case.join("expected.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n")
+        .expect("expected");
+    let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
+    let reloader = Reloader::new(engine.clone(), &dir, RegistryConfig::default(), registry);
+    reloader.scan().expect("scan");
+    assert!(reloader.status()[0].last_error.as_deref().is_some_and(|e| e.contains("fixture wrong")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(engine.function_counts(), (0, 0), "the refused version was not compiled by Cranelift");
+
+    std::fs::remove_dir_all(dir.join("rule.fixtures")).expect("fixtures gone");
+    std::fs::write(dir.join("rule.wasm"), version_b()).expect("write b");
+    reloader.scan().expect("scan");
+    assert_eq!(running(&reloader), "b");
+    wait_for("Cranelift's compile of the accepted version", || engine.function_counts().1 > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
 fn a_version_that_fails_its_fixtures_is_refused() {
     let dir = scratch("fixtures");
     std::fs::write(dir.join("rule.wasm"), version_a()).expect("write a");

@@ -64,9 +64,23 @@ impl Plugin {
     }
 
     /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
+    /// Once it passes its checks, Cranelift compiles it in the background (see `tiering`).
     pub fn load(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
+        let plugin = Self::load_unaccepted(engine, label, bytes)?;
+        plugin.accept();
+        Ok(plugin)
+    }
+
+    /// [`Plugin::load`] without the background compile: the reloader starts it with
+    /// [`Plugin::accept`] once the version passed its fixtures and joined the others.
+    pub(super) fn load_unaccepted(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
         let (digest, code) = engine.prepare(label, bytes)?;
         Self::new(engine.clone(), label, digest, code)
+    }
+
+    /// Starts the background compile of Cranelift's code, if it is due (once per version).
+    pub(super) fn accept(&self) {
+        self.engine.optimize(&self.code);
     }
 
     fn new(engine: PluginEngine, label: &str, digest: String, code: Arc<Code>) -> Result<Self> {

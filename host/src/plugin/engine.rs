@@ -229,7 +229,7 @@ impl PluginEngine {
                     tracing::info!(
                         plugin = label,
                         ms = started.elapsed().as_millis() as u64,
-                        "compiled (baseline code, Winch); Cranelift compiles in the background"
+                        "compiled (baseline code, Winch); Cranelift's follows once the version is accepted"
                     );
                     let code = Code::new(Compiled { engine: baseline.engine.clone(), pre, tier: Tier::Baseline });
                     self.optimize_later(label, &digest, bytes, &code);
@@ -246,12 +246,21 @@ impl PluginEngine {
         Ok((digest, Code::new(Compiled { engine: inner.engine.clone(), pre, tier: Tier::Optimized })))
     }
 
-    /// Has the background thread compile `bytes` with Cranelift and put the result in `code`,
-    /// unless every holder of `code` is gone by then (a version refused, or replaced).
-    fn optimize_later(&self, label: &str, digest: &str, bytes: &[u8], code: &Arc<Code>) {
-        let (engine, code): (Weak<Inner>, Weak<Code>) = (Arc::downgrade(&self.inner), Arc::downgrade(code));
+    /// Starts the background compile [`PluginEngine::prepare`] left in `code`, if any: called
+    /// once the version is accepted, so a refused one is never compiled by Cranelift.
+    pub(crate) fn optimize(&self, code: &Code) {
+        if let Some(job) = code.take_pending() {
+            self.inner.background.submit(job);
+        }
+    }
+
+    /// Leaves in `code` a job for the background thread: compile `bytes` with Cranelift and put
+    /// the result in `code`, unless every holder of `code` is gone by then (a version replaced).
+    /// [`PluginEngine::optimize`] starts it.
+    fn optimize_later(&self, label: &str, digest: &str, bytes: &[u8], held: &Arc<Code>) {
+        let (engine, code): (Weak<Inner>, Weak<Code>) = (Arc::downgrade(&self.inner), Arc::downgrade(held));
         let (label, digest, bytes) = (label.to_string(), digest.to_string(), bytes.to_vec());
-        self.inner.background.submit(Box::new(move || {
+        held.defer(Box::new(move || {
             let (Some(inner), true) = (engine.upgrade(), code.strong_count() > 0) else { return };
             let engine = PluginEngine { inner };
             let started = std::time::Instant::now();

@@ -290,6 +290,7 @@ impl Reloader {
                         "new plugin version runs in shadow; the active one keeps writing"
                     );
                     let trial = Trial::new(Stage::Shadow, rollout, self.waker());
+                    plugin.accept();
                     slot.shadow = Some((plugin, trial, now));
                     slot.awaiting = false;
                     slot.last_error = None;
@@ -303,6 +304,7 @@ impl Reloader {
                     let stage = if previous.is_some() { Stage::Probation } else { Stage::New };
                     slot.trial = Some(Trial::new(stage, rollout, self.waker()));
                     slot.previous = previous;
+                    plugin.accept();
                     slot.good = Some((plugin, now));
                     // A direct swap replaces a shadow too: the file now holds this version.
                     slot.shadow = None;
@@ -537,7 +539,7 @@ impl Reloader {
 
     /// Compiles and checks a new version without touching the registry.
     fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
-        let plugin = Plugin::load(&self.engine, stem, bytes)?;
+        let plugin = Plugin::load_unaccepted(&self.engine, stem, bytes)?;
         let refuse = |message: String| Error::Check {
             plugin: plugin.name().to_string(),
             file: format!("{stem}.wasm"),
