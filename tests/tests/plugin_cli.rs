@@ -222,3 +222,15 @@ fn a_component_over_the_size_limit_is_refused_before_it_is_read() {
     assert!(stderr.contains("over the limit of 1.0 KiB"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_plugin_reading_metadata_is_sent_all_of_it_and_keeps_labels_and_annotations() {
+    // Reads `/metadata`, a parent of the identity fields: it used to be sent name and namespace
+    // only, and the merge then dropped every label and annotation.
+    let wasm = plugin_path("downsync-plugin-testing-metadata-reader").expect("built");
+    let fixtures = repo_root().join("plugins/testing/metadata-reader/fixtures");
+    let out = run(&["plugin".as_ref(), "test".as_ref(), wasm.as_os_str(), fixtures.as_os_str()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("ok    labels-and-annotations-kept") && t.contains("1 passed, 0 failed"), "{t}");
+}
