@@ -95,6 +95,7 @@ plugin_crates=(
   downsync-plugin-testing-reserved
   downsync-plugin-testing-describe-panic
   downsync-plugin-testing-legacy
+  downsync-plugin-testing-metadata-reader
 )
 cargo build --locked --target wasm32-wasip2 --profile plugin "${plugin_crates[@]/#/-p=}"
 export DOWNSYNC_PLUGIN_BUILD_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/plugin"

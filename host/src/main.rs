@@ -10,9 +10,12 @@ use downsync::app::{ResourceConfig, RunConfig, RunOptions};
 use downsync::plugin::{EngineConfig, Plugin, PluginEngine, fixtures, scaffold};
 use downsync::sync::NamespaceMapping;
 
+/// `downsync --version`: the version and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DOWNSYNC_COMMIT"), ")");
+
 /// downsync: syncs desired objects from an upstream Kubernetes API into a downstream cluster.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -254,6 +257,10 @@ struct Budget {
     /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<usize>,
+    /// The largest component file read, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi;
+    /// the run config's `engine.maxComponentBytes`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_component_size: Option<usize>,
 }
 
 impl Budget {
@@ -264,6 +271,9 @@ impl Budget {
         }
         if let Some(memory) = self.memory {
             c.memory_bytes = memory;
+        }
+        if let Some(size) = self.max_component_size {
+            c.max_component_bytes = size as u64;
         }
         c
     }
@@ -392,11 +402,15 @@ impl RunArgs {
     }
 }
 
-fn init_logs(format: LogFormat) {
+/// Starts logging to stderr. `quiet` (the commands that answer on stdout and exit, such as
+/// `plugin check`) logs warnings and errors only, unless RUST_LOG says otherwise: how the
+/// engine compiled is not what a person checking a plugin asked.
+fn init_logs(format: LogFormat, quiet: bool) {
     // kube's client logs every failed connection attempt at ERROR without naming the server;
     // downsync reports a lost connection itself, once per side, with the URL.
+    let level = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,kube_client=error,kube_client::client::builder=off")
+        tracing_subscriber::EnvFilter::new(format!("{level},kube_client=error,kube_client::client::builder=off"))
     });
     // Colour only for a person at a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -444,8 +458,24 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Lets a closed stdout end the process quietly, as it ends `cat` or `grep`
+/// (`downsync plugin check X | head -1`): SIGPIPE back to its default action. Rust ignores it,
+/// so that a write to a closed pipe fails instead, and `println!` then panics. Not for `run`: a
+/// long-lived process handles its failed writes itself.
+fn die_quietly_on_a_closed_stdout() {
+    // SAFETY: signal(2) only resets a disposition; it runs before any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    let args = Args::parse();
+    if !matches!(args.command, Command::Run(_)) {
+        die_quietly_on_a_closed_stdout();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -453,20 +483,48 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command()) {
+    match runtime.block_on(run_command(args)) {
         Ok(code) => code,
         // The cause chain on one line; no backtrace even with RUST_BACKTRACE set: these are
         // the user's errors (a setting, a cluster), not the program's.
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run_command() -> Result<ExitCode> {
-    let args = Args::parse();
-    init_logs(args.log_format);
+/// The error and its causes on one line, each cause said once: many errors here already end
+/// with their cause's text (`cannot read plugin x.wasm: No such file or directory (os error 2)`),
+/// and a cause's line breaks (a parser's dump) become spaces.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+async fn run_command(args: Args) -> Result<ExitCode> {
+    let quiet = matches!(
+        args.command,
+        Command::Plugin(
+            PluginCommand::Check { .. }
+                | PluginCommand::Test { .. }
+                | PluginCommand::New { .. }
+                | PluginCommand::Promote { .. }
+                | PluginCommand::Status { .. }
+        ) | Command::Explain(_)
+            | Command::Shards(_)
+    );
+    init_logs(args.log_format, quiet);
     match args.command {
         Command::Run(run) => {
             let once = run.once;
@@ -548,7 +606,7 @@ async fn run_command() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Promote { file }) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes = downsync::plugin::read_component(&file, downsync::plugin::DEFAULT_MAX_COMPONENT_BYTES)?;
             let digest = downsync::plugin::sha256_hex(&bytes);
             let stem = file.file_stem().and_then(|s| s.to_str()).context("the file has no name")?;
             let marker = file.with_file_name(format!("{stem}.promote"));

@@ -21,6 +21,7 @@ pub const PLUGIN_CRATES: &[&str] = &[
     "downsync-plugin-testing-reserved",
     "downsync-plugin-testing-describe-panic",
     "downsync-plugin-testing-legacy",
+    "downsync-plugin-testing-metadata-reader",
 ];
 
 static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();

@@ -20,6 +20,7 @@ fn small_engine() -> PluginEngine {
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         tiered_compilation: true,
+        ..EngineConfig::default()
     })
     .expect("engine")
 }

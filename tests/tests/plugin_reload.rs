@@ -39,6 +39,7 @@ fn start_debounced(dir: &Path, debounce: Duration) -> (Arc<Reloader>, downsync::
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         tiered_compilation: true,
+        ..EngineConfig::default()
     })
     .expect("engine");
     let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
@@ -137,6 +138,100 @@ fn a_configmap_volume_data_symlink_swap_is_picked_up() {
     wait_for("version b after the ..data swap", || running(&reloader) == "b");
     assert_eq!(reloader.status().len(), 1, "hidden entries are not plugins");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn links_out_of_the_folder_and_oversized_files_are_refused_before_they_are_read() {
+    let root = scratch("outside");
+    let (dir, elsewhere) = (root.join("plugins"), root.join("elsewhere"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    // Inside: the kubelet's layout keeps working.
+    std::fs::create_dir(dir.join("..2026_01_01_00_00_00.1")).expect("mkdir");
+    std::fs::write(dir.join("..2026_01_01_00_00_00.1/rule.wasm"), version_a()).expect("write a");
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", dir.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/rule.wasm", dir.join("rule.wasm")).expect("rule.wasm");
+    // Out: a component elsewhere, and fixtures that are /etc.
+    std::fs::write(elsewhere.join("other.wasm"), version_b()).expect("write b");
+    std::os::unix::fs::symlink("../elsewhere/other.wasm", dir.join("other.wasm")).expect("link out");
+    std::os::unix::fs::symlink("/etc", dir.join("rule.fixtures")).expect("fixtures link out");
+    // Too large: 1 GiB on paper (sparse), refused without reading a byte.
+    let big = std::fs::File::create(dir.join("big.wasm")).expect("create");
+    big.set_len(1 << 30).expect("set_len");
+    let started = Instant::now();
+    let (reloader, handle) = start(&dir);
+    assert!(started.elapsed() < Duration::from_secs(20), "no 1 GiB read: {:?}", started.elapsed());
+
+    let status = reloader.status();
+    let error = |name: &str| {
+        status.iter().find(|s| s.file.ends_with(name)).and_then(|s| s.last_error.clone()).unwrap_or_default()
+    };
+    assert!(error("other.wasm").contains("outside the plugins folder"), "{status:?}");
+    assert!(error("big.wasm").contains("over the limit of 64.0 MiB (engine.maxComponentBytes)"), "{status:?}");
+    let rule = error("rule.wasm");
+    assert!(rule.contains("rule.fixtures") && rule.contains("outside the plugins folder"), "{status:?}");
+    assert_eq!(running(&reloader), "none", "the rule whose fixtures lead out is refused too");
+
+    drop(handle);
+
+    // Fixtures through ..data, as a ConfigMap holds them (`items` with paths): followed.
+    let dir = root.join("configmap");
+    let data = dir.join("..2026_01_01_00_00_00.1");
+    let case = data.join("rule.fixtures/stamps");
+    std::fs::create_dir_all(&case).expect("case");
+    std::fs::write(data.join("rule.wasm"), version_a()).expect("write a");
+    std::fs::write(case.join("desired.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n")
+        .expect("desired");
+    std::fs::write(
+        case.join("expected.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n, annotations: {downsync.dev/minimal: seen}}\n",
+    )
+    .expect("expected");
+    std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", dir.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/rule.wasm", dir.join("rule.wasm")).expect("rule.wasm");
+    std::os::unix::fs::symlink("..data/rule.fixtures", dir.join("rule.fixtures")).expect("rule.fixtures");
+    let (reloader, _handle) = start(&dir);
+    assert_eq!(running(&reloader), "a", "{:?}", reloader.status());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_refused_version_is_never_compiled_by_cranelift_and_an_accepted_one_is() {
+    // A fresh cache: nothing is found there, so a new version starts on Winch's code, and the
+    // engine counts the functions Cranelift compiles.
+    let cache = scratch("refused-cache");
+    let engine = PluginEngine::new(EngineConfig {
+        pool_instances: 8,
+        cache_dir: Some(cache.clone()),
+        tiered_compilation: true,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    if !engine.tiered() {
+        return; // No Winch on this machine: every version is compiled by Cranelift first.
+    }
+    let dir = scratch("refused");
+    std::fs::write(dir.join("rule.wasm"), version_a()).expect("write a");
+    let case = dir.join("rule.fixtures/wrong");
+    std::fs::create_dir_all(&case).expect("fixture dir");
+    std::fs::write(case.join("desired.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n")
+        .expect("desired");
+    std::fs::write(case.join("expected.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n")
+        .expect("expected");
+    let registry = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
+    let reloader = Reloader::new(engine.clone(), &dir, RegistryConfig::default(), registry);
+    reloader.scan().expect("scan");
+    assert!(reloader.status()[0].last_error.as_deref().is_some_and(|e| e.contains("fixture wrong")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(engine.function_counts(), (0, 0), "the refused version was not compiled by Cranelift");
+
+    std::fs::remove_dir_all(dir.join("rule.fixtures")).expect("fixtures gone");
+    std::fs::write(dir.join("rule.wasm"), version_b()).expect("write b");
+    reloader.scan().expect("scan");
+    assert_eq!(running(&reloader), "b");
+    wait_for("Cranelift's compile of the accepted version", || engine.function_counts().1 > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]

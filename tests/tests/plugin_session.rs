@@ -15,6 +15,7 @@ fn engine(fuel: u64) -> PluginEngine {
         max_instances_per_call: 32,
         cache_dir: Some(std::env::temp_dir().join("downsync-test-component-cache")),
         tiered_compilation: true,
+        ..EngineConfig::default()
     })
     .expect("engine")
 }

@@ -230,3 +230,53 @@ async fn a_plugin_that_burns_its_deadline_leaves_healthz_and_other_kinds_working
     let _ = std::fs::remove_file(&config);
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_rule_failing_for_another_cause_gets_an_event_saying_so() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::ListParams;
+
+    let env = TestEnv::new("run-rule-event").await?;
+    let ns = env.namespace.clone();
+    let mut cm = mk_configmap(&ns, "flaky", json!({"v": "0"}));
+    cm["metadata"]["annotations"] = json!({"downsync.dev/fault": "trap"});
+    create_all(&env.upstream, &ns, vec![cm]).await?;
+    let plugins = std::env::temp_dir().join(format!("downsync-rule-event-plugins-{ns}"));
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(plugin_path("downsync-plugin-testing-faulty")?, plugins.join("faulty.wasm"))?;
+    let args: Vec<String> = ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain(["--plugins-dir".to_string(), plugins.display().to_string()])
+        .collect();
+    let mut d = Daemon::start("rule-event", &args)?;
+    d.wait_ready(Duration::from_secs(90)).await?;
+
+    let events: Api<Event> = Api::namespaced(env.upstream.clone(), &ns);
+    let rule_failed = |needle: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("RuleFailed")
+                    && e.involved_object.name.as_deref() == Some("flaky")
+                    && e.message.as_deref().is_some_and(|m| m.contains(needle))
+            }))
+        }
+    };
+    eventually("a RuleFailed event naming the trap", Duration::from_secs(30), || rule_failed("trap")).await?;
+
+    // The same rule now fails for another cause: the event says that cause, not the first.
+    let patch = json!({"metadata": {"annotations": {"downsync.dev/fault": "bad-json"}}});
+    Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns)
+        .patch("flaky", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let later = eventually("a RuleFailed event naming the new cause", Duration::from_secs(30), || {
+        rule_failed("not valid JSON")
+    })
+    .await?;
+    assert!(!later.message.unwrap_or_default().contains("trap"), "the new cause alone");
+    assert!(d.terminate()?.success());
+    let _ = std::fs::remove_dir_all(&plugins);
+    env.cleanup().await
+}

@@ -114,3 +114,43 @@ fn bad_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn periods_of_2_to_the_64_are_refused_naming_the_setting_and_its_range() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("downsync-refusals-periods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("resync.yaml");
+    std::fs::write(&file, "resyncSeconds: 18446744073709551615\n")?;
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg("off"), arg("--config"), arg(&file)]);
+    let err = refused(a)?;
+    assert!(err.contains("resyncSeconds") && err.contains("give 1 to 31536000"), "{err}");
+
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg("off"), arg("--orphan-grace-seconds"), arg("18446744073709551615")]);
+    let err = refused(a)?;
+    assert!(err.contains("orphanGraceSeconds") && err.contains("give 0 to 31536000"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn config_type_errors_say_what_to_write_and_metrics_addr_off_is_taken() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("downsync-refusals-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("workers.yaml");
+    std::fs::write(&file, "workers: many\n")?;
+    let mut a = base()?;
+    a.extend([arg("--config"), arg(&file)]);
+    let err = refused(a)?;
+    assert!(err.contains("workers") && err.contains("expected a whole number, 0 or more"), "{err}");
+    assert!(!err.contains("usize"), "no Rust types: {err}");
+
+    // `metricsAddr: off` in the file as `--metrics-addr off` on the command line: the run
+    // gets past it (and stops at the worker count, a later check).
+    std::fs::write(&file, "metricsAddr: off\nworkers: 100000\n")?;
+    let mut a = base()?;
+    a.extend([arg("--config"), arg(&file)]);
+    let err = refused(a)?;
+    assert!(!err.contains("metricsAddr") && err.contains("workers") && err.contains("out of range"), "{err}");
+    Ok(())
+}

@@ -143,7 +143,9 @@ pub struct RunConfig {
     /// Owned downstream objects found without an upstream object at startup are deleted only
     /// after this long, so a slow or misconfigured upstream does not wipe the downstream.
     pub orphan_grace_seconds: u64,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served. None: not served.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served. None (`off` in the file, as for
+    /// `--metrics-addr`): not served.
+    #[serde(deserialize_with = "metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
     /// Put a finalizer on upstream objects so that their deletion waits for the downstream one.
     pub upstream_finalizer: bool,
@@ -179,6 +181,63 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 
 /// The most sync workers a process may run; more only adds contention on the two API servers.
 pub const MAX_WORKERS: usize = 256;
+
+/// The longest `resyncSeconds` and `orphanGraceSeconds`: a year. Longer is a typo, and far
+/// longer (2^64-1) overflows the clock it is added to.
+pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
+
+/// `metricsAddr`: `HOST:PORT`, or `off` (or empty, or null) to serve nothing.
+fn metrics_addr<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    match text.as_deref().map(str::trim) {
+        None | Some("off" | "") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{a:?} is not HOST:PORT such as 0.0.0.0:8080, or `off`"))),
+    }
+}
+
+/// The parser's message in the user's terms: the Rust type it expected (`usize`, `u64`,
+/// `struct HaConfig`) said as what to write.
+fn user_terms(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("expected ") {
+        let (before, after) = rest.split_at(i + "expected ".len());
+        out.push_str(before);
+        let end = after.find([',', ' ', '\n']).unwrap_or(after.len());
+        let (word, tail) = after.split_at(end);
+        let said = match word {
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => Some("a whole number, 0 or more"),
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => Some("a whole number"),
+            "f32" | "f64" => Some("a number"),
+            _ => None,
+        };
+        match (said, word) {
+            (Some(s), _) => {
+                out.push_str(s);
+                rest = tail;
+            }
+            (None, "struct") => {
+                // `struct HaConfig`: the name is the program's, not a setting.
+                let name_end = tail.trim_start().find([',', ' ', '\n']).map_or(tail.len(), |e| e + 1);
+                out.push_str("a mapping of settings (key: value)");
+                rest = &tail[name_end.min(tail.len())..];
+            }
+            (None, "a") if tail.starts_with(" boolean") => {
+                out.push_str("true or false");
+                rest = &tail[" boolean".len()..];
+            }
+            _ => {
+                out.push_str(word);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
 
 /// The highest `resyncPerSecond`: beyond it the pace's interval (10 µs) is below what a re-sync
 /// takes, so it would not pace anything.
@@ -242,7 +301,7 @@ fn label_safe(value: &str) -> bool {
 /// The parser's message, led by the top-level setting at fault when the parser lost track of it
 /// (inside a tagged enum such as `namespaceMapping` it knows no path).
 fn with_setting(text: &str, e: serde_yaml_ng::Error) -> String {
-    let message = e.to_string();
+    let message = user_terms(&e.to_string());
     let Ok(serde_yaml_ng::Value::Mapping(top)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
         return message;
     };
@@ -445,8 +504,17 @@ impl RunConfig {
                 ),
             );
         }
-        if self.resync_seconds == 0 {
-            return invalid("resyncSeconds", "must be at least 1".into());
+        if self.resync_seconds == 0 || self.resync_seconds > MAX_PERIOD_SECONDS {
+            return invalid(
+                "resyncSeconds",
+                format!("{} is out of range: give 1 to {MAX_PERIOD_SECONDS} (a year)", self.resync_seconds),
+            );
+        }
+        if self.orphan_grace_seconds > MAX_PERIOD_SECONDS {
+            return invalid(
+                "orphanGraceSeconds",
+                format!("{} is out of range: give 0 to {MAX_PERIOD_SECONDS} (a year)", self.orphan_grace_seconds),
+            );
         }
         let o = &self.sync.ownership;
         if !label_safe(&o.identity) {
@@ -500,6 +568,46 @@ mod tests {
         let c =
             mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nengine: {tieredCompilation: false}").unwrap();
         assert!(!c.engine.tiered_compilation);
+    }
+
+    #[test]
+    fn metrics_addr_off_in_the_file_serves_nothing_as_the_flag_does() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        for off in ["metricsAddr: off", "metricsAddr: \"off\"", "metricsAddr: ''", "metricsAddr: null"] {
+            assert_eq!(mk_config(&format!("{base}{off}")).expect(off).metrics_addr, None, "{off}");
+        }
+        let c = mk_config(&format!("{base}metricsAddr: 127.0.0.1:9090")).unwrap();
+        assert_eq!(c.metrics_addr, Some(SocketAddr::from(([127, 0, 0, 1], 9090))));
+        let err = mk_config(&format!("{base}metricsAddr: nowhere")).unwrap_err().to_string();
+        assert!(err.contains("metricsAddr") && err.contains("HOST:PORT") && err.contains("`off`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_say_what_to_write_not_the_rust_type() {
+        for (yaml, setting, said) in [
+            ("workers: many", "workers", "a whole number, 0 or more"),
+            ("resyncSeconds: -1", "resyncSeconds", "a whole number, 0 or more"),
+            ("engine: {fuel: lots}", "engine", "a whole number, 0 or more"),
+            ("keepNamespaces: maybe", "keepNamespaces", "true or false"),
+            ("ha: 3", "ha", "a mapping of settings"),
+        ] {
+            let err = mk_config(yaml).map(|_| ()).expect_err(yaml).to_string();
+            assert!(err.contains(setting) && err.contains(said), "{yaml}: {err}");
+            for rust in ["usize", "u64", "u32", "struct", "HaConfig", "a boolean"] {
+                assert!(!err.contains(rust), "{yaml}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn periods_beyond_a_year_are_refused_naming_the_setting_and_the_range() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        for (setting, range) in [("resyncSeconds", "1 to 31536000"), ("orphanGraceSeconds", "0 to 31536000")] {
+            let c = mk_config(&format!("{base}{setting}: 18446744073709551615")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(setting) && err.contains(range) && err.contains("18446744073709551615"), "{err}");
+            assert!(mk_config(&format!("{base}{setting}: 31536000")).unwrap().validate().is_ok());
+        }
     }
 
     #[test]

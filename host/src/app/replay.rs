@@ -25,14 +25,6 @@ pub enum Error {
     /// Connecting, loading the plugins folder or resolving the kinds failed.
     #[error(transparent)]
     Startup(#[from] startup::Error),
-    /// The new component cannot be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The new component does not load, or cannot join the plugins in use.
     #[error("{path}: {source}")]
     Candidate {
@@ -81,7 +73,8 @@ fn outcome(result: &SyncResult, seen: Seen) -> std::result::Result<(Operation, V
 /// Runs the replay and writes the report to `out`.
 pub async fn replay(config: RunConfig, file: &Path, out: &mut String) -> Result<ReplaySummary> {
     config.validate().map_err(startup::Error::from)?;
-    let bytes = std::fs::read(file).map_err(|source| Error::Read { path: file.to_path_buf(), source })?;
+    let bytes = crate::plugin::read_component(file, config.engine.max_component_bytes)
+        .map_err(|e| Error::Candidate { path: file.to_path_buf(), source: Box::new(e) })?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
     let (engine_config, registry_config) = (config.engine.clone(), config.registry_config());
     let (up, down) = startup::connect(&config).await?;

@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod downstream;
 pub mod errors;
+mod events;
 pub mod pod_events;
 pub mod reconnect;
 pub mod upstream;

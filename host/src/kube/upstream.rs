@@ -2,12 +2,14 @@
 //! test what they change, so a concurrent writer is never overwritten), the downstream
 //! status, and Events on the upstream object when a sync fails.
 
+use std::sync::Arc;
+
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _};
 use serde_json::{Value, json};
 
 use super::errors::classify;
+use super::events::Recorder;
 use crate::sync::error::ApiError;
 
 /// The finalizer downsync puts on upstream objects when asked to, so that an upstream delete
@@ -18,7 +20,7 @@ pub const FINALIZER: &str = "downsync.dev/syncer";
 #[derive(Clone)]
 pub struct Upstream {
     client: Client,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
 }
 
 fn api(client: &Client, ar: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -36,8 +38,7 @@ pub fn has_finalizer(obj: &DynamicObject) -> bool {
 impl Upstream {
     /// The upstream through `client`; events are reported as `controller`/`instance`.
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: controller.to_string(), instance };
-        Self { recorder: Recorder::new(client.clone(), reporter), client }
+        Self { recorder: Arc::new(Recorder::new(client.clone(), controller, instance)), client }
     }
 
     /// The client.
@@ -97,8 +98,8 @@ impl Upstream {
         Ok(())
     }
 
-    /// Publishes a Warning Event on the upstream object. Repeats of the same failure are
-    /// folded into one Event series by the recorder.
+    /// Publishes a Warning Event on the upstream object. Repeats of the same failure (same
+    /// reason and note) are folded into one Event series; another note is another Event.
     pub async fn warn(
         &self,
         ar: &ApiResource,
@@ -115,13 +116,6 @@ impl Upstream {
             }
             note.truncate(cut);
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: "Sync".into(),
-            secondary: None,
-        };
-        self.recorder.publish(&event, &reference).await.map_err(classify)
+        self.recorder.warn(&reference, "Sync", reason, &note).await.map_err(classify)
     }
 }

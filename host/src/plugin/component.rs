@@ -8,10 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use wasmtime::Store;
 
-use super::bindings::v0_2::downsync::rules::types as wit;
 use super::contract;
 use super::describe::check_describe;
-use super::dispatch::{Hook, Raw, RulePre, wit_intent};
+use super::dispatch::{Hook, Json, Raw, RawDecision, RulePre, wit_intent};
 use super::engine::PluginEngine;
 use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::CallState;
@@ -53,21 +52,41 @@ impl Plugin {
     /// that it implements the `rule` world, and calls `describe`. The file stem names it in
     /// errors until `describe` gives its name.
     pub fn load_file(engine: &PluginEngine, path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let bytes = Self::read_file(engine, path)?;
         let label = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
         Self::load(engine, label, &bytes)
     }
 
+    /// Reads a component file no larger than the engine's `maxComponentBytes`, checked before
+    /// reading.
+    pub fn read_file(engine: &PluginEngine, path: &Path) -> Result<Vec<u8>> {
+        super::files::read_component(path, engine.config().max_component_bytes)
+    }
+
     /// Loads a plugin from its bytes; `label` names it in errors until `describe` gives its name.
+    /// Once it passes its checks, Cranelift compiles it in the background (see `tiering`).
     pub fn load(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
+        let plugin = Self::load_unaccepted(engine, label, bytes)?;
+        plugin.accept();
+        Ok(plugin)
+    }
+
+    /// [`Plugin::load`] without the background compile: the reloader starts it with
+    /// [`Plugin::accept`] once the version passed its fixtures and joined the others.
+    pub(super) fn load_unaccepted(engine: &PluginEngine, label: &str, bytes: &[u8]) -> Result<Self> {
         let (digest, code) = engine.prepare(label, bytes)?;
         Self::new(engine.clone(), label, digest, code)
     }
 
+    /// Starts the background compile of Cranelift's code, if it is due (once per version).
+    pub(super) fn accept(&self) {
+        self.engine.optimize(&self.code);
+    }
+
     fn new(engine: PluginEngine, label: &str, digest: String, code: Arc<Code>) -> Result<Self> {
         let wit = match code.current().pre {
-            RulePre::V0_1(_) => WitVersion::V0_1,
-            RulePre::V0_2(_) => WitVersion::V0_2,
+            RulePre::V0_1(..) => WitVersion::V0_1,
+            RulePre::V0_2(..) => WitVersion::V0_2,
         };
         let info = PluginInfo {
             name: label.to_string(),
@@ -344,12 +363,12 @@ impl Plugin {
         let Raw::Decision(decision) = out.value else { return Err(self.mismatch("preserve")) };
         let decision = decision.map_err(|message| self.rejected("preserve", object, &message))?;
         let value = match decision {
-            wit::Decision::Apply(text) => {
+            RawDecision::Apply(text) => {
                 let value = self.parse_output("preserve", object, &text)?;
                 Decision::Apply(self.merged("preserve", object, desired, value, reads)?)
             }
-            wit::Decision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
-            wit::Decision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
+            RawDecision::Recreate(reason) => Decision::Recreate(bounded(&reason, MAX_MESSAGE_BYTES)),
+            RawDecision::Skip(reason) => Decision::Skip(bounded(&reason, MAX_MESSAGE_BYTES)),
         };
         Ok(Called { value, fuel: out.fuel })
     }
@@ -397,6 +416,17 @@ impl Plugin {
     }
 
     /// The error for a plugin's own refusal, its message bounded and escaped.
+    fn too_large(&self, hook: &'static str, object: &str, size: usize) -> Error {
+        Error::TooLarge {
+            plugin: self.info.name.clone(),
+            hook,
+            object: object.to_string(),
+            what: Oversize::Object,
+            size,
+            limit: MAX_OUTPUT_BYTES,
+        }
+    }
+
     fn rejected(&self, hook: &'static str, object: &str, message: &str) -> Error {
         Error::Rejected {
             plugin: self.info.name.clone(),
@@ -406,17 +436,12 @@ impl Plugin {
         }
     }
 
-    fn parse_output(&self, hook: &'static str, object: &str, text: &str) -> Result<Value> {
-        if text.len() > MAX_OUTPUT_BYTES {
-            return Err(Error::TooLarge {
-                plugin: self.info.name.clone(),
-                hook,
-                object: object.to_string(),
-                what: Oversize::Object,
-                size: text.len(),
-                limit: MAX_OUTPUT_BYTES,
-            });
-        }
+    fn parse_output(&self, hook: &'static str, object: &str, json: &Json) -> Result<Value> {
+        let text = match json {
+            Json::Text(text) if text.len() <= MAX_OUTPUT_BYTES => text,
+            Json::Text(text) => return Err(self.too_large(hook, object, text.len())),
+            Json::TooLarge(size) => return Err(self.too_large(hook, object, *size)),
+        };
         serde_json::from_str(text).map_err(|e| Error::Contract {
             plugin: self.info.name.clone(),
             hook,

@@ -68,8 +68,9 @@ pub(super) fn check_describe(label: &str, raw: RawInfo) -> Result<PluginInfo> {
     })
 }
 
-/// Reads must be plain JSON pointers below the root (no wildcards), and, when there are any,
-/// every scope pattern must lie inside one: a plugin cannot write what it is not sent.
+/// Reads must be plain JSON pointers below the root (no wildcards) or `/` (the whole object),
+/// and, when there are any, every scope pattern must lie inside one: a plugin cannot write what
+/// it is not sent.
 fn check_reads(reads: &[String], scope: &[String]) -> std::result::Result<(), String> {
     for r in reads {
         let segments = crate::sync::pointer::parse(r).ok().filter(|s| !s.is_empty());
@@ -90,7 +91,7 @@ fn check_reads(reads: &[String], scope: &[String]) -> std::result::Result<(), St
         let Ok(pat) = crate::sync::pointer::parse(pattern) else { continue };
         let inside = reads
             .iter()
-            .filter_map(|r| crate::sync::pointer::parse(r).ok())
+            .filter_map(|r| crate::sync::pointer::parse(super::projection::read_pointer(r)).ok())
             .any(|r| r.len() <= pat.len() && r.iter().zip(&pat).all(|(a, b)| a == b));
         if !inside {
             return Err(format!(
@@ -132,6 +133,8 @@ mod tests {
         let err = with(&["/spec/ports/0"], &["/spec/ports/*/nodePort"]).expect_err("a wildcard scope is wider");
         assert!(err.to_string().contains("outside every read"), "{err}");
         assert!(with(&["/metadata"], &["/spec/x"]).is_err());
+        assert!(with(&["/"], &["/spec/x", "/metadata/labels/a"]).is_ok(), "/ reads the whole object");
+        assert!(with(&["/metadata"], &["/metadata/labels/a"]).is_ok());
         assert!(with(&["/spec/*"], &[]).is_err(), "no wildcards in reads");
         assert!(with(&["spec"], &[]).is_err(), "not a pointer");
         let mut none = mk_raw("p", "0.2.0", 1, &[]);

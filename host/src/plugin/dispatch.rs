@@ -1,12 +1,19 @@
 //! The two WIT package versions behind one call: a component linked against either, its
 //! instance, a hook to call on it and what the hook returned, mapped to the 0.2.0 shapes.
+//!
+//! `transform` and `preserve` return text the guest chose the size of: an object, an error
+//! message, a reason. Those are read in place, in the guest's memory, and copied out only up
+//! to their limits ([`MAX_OUTPUT_BYTES`], [`MAX_MESSAGE_BYTES`]): a guest returning a 40 MB
+//! error costs the host 1 KiB, not 40 MB (or twice that, lifted and then cut).
 
 use wasmtime::Store;
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, WasmStr};
 
 use super::bindings::v0_1::downsync::rules::types as wit01;
 use super::bindings::v0_2::downsync::rules::types as wit;
 use super::bindings::{v0_1, v0_2};
 use super::host::CallState;
+use super::output::{MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
 use super::types::{Hooks, WitVersion};
 use crate::sync::intent::Intent;
 
@@ -14,32 +21,149 @@ use crate::sync::intent::Intent;
 #[derive(Clone)]
 pub(crate) enum RulePre {
     /// `downsync:rules@0.1.0`.
-    V0_1(v0_1::RulePre<CallState>),
+    V0_1(v0_1::RulePre<CallState>, Exports),
     /// `downsync:rules@0.2.0`.
-    V0_2(v0_2::RulePre<CallState>),
+    V0_2(v0_2::RulePre<CallState>, Exports),
+}
+
+/// Where `transform` and `preserve` are in the component, looked up once: they are called
+/// without the generated bindings, to read what they return in place.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    transform: ComponentExportIndex,
+    preserve: ComponentExportIndex,
+}
+
+impl Exports {
+    /// The two hooks of the `rules` interface of package `version` (`0.2.0`).
+    fn new<T>(pre: &InstancePre<T>, version: &str) -> wasmtime::Result<Self> {
+        let interface = format!("downsync:rules/rules@{version}");
+        let component = pre.component();
+        let find = |instance: Option<&ComponentExportIndex>, name: &str| {
+            component
+                .get_export_index(instance, name)
+                .ok_or_else(|| wasmtime::Error::msg(format!("no export `{name}` in `{interface}`")))
+        };
+        let rules = find(None, &interface)?;
+        Ok(Self { transform: find(Some(&rules), "transform")?, preserve: find(Some(&rules), "preserve")? })
+    }
+}
+
+impl RulePre {
+    /// `downsync:rules@0.2.0`'s bindings and hooks.
+    pub(super) fn v0_2(pre: v0_2::RulePre<CallState>) -> wasmtime::Result<Self> {
+        let exports = Exports::new(pre.instance_pre(), "0.2.0")?;
+        Ok(Self::V0_2(pre, exports))
+    }
+
+    /// `downsync:rules@0.1.0`'s bindings and hooks.
+    pub(super) fn v0_1(pre: v0_1::RulePre<CallState>) -> wasmtime::Result<Self> {
+        let exports = Exports::new(pre.instance_pre(), "0.1.0")?;
+        Ok(Self::V0_1(pre, exports))
+    }
+
+    pub(super) fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Bound> {
+        Ok(match self {
+            Self::V0_1(pre, exports) => {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                let rule = v0_1::Rule::new(&mut *store, &instance)?;
+                Bound::V0_1(rule, instance, exports.clone())
+            }
+            Self::V0_2(pre, exports) => {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                let rule = v0_2::Rule::new(&mut *store, &instance)?;
+                Bound::V0_2(rule, instance, exports.clone())
+            }
+        })
+    }
 }
 
 /// One instance of a component.
 pub(super) enum Bound {
-    V0_1(v0_1::Rule),
-    V0_2(v0_2::Rule),
-}
-
-impl RulePre {
-    pub(super) fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Bound> {
-        Ok(match self {
-            Self::V0_1(pre) => Bound::V0_1(pre.instantiate(store)?),
-            Self::V0_2(pre) => Bound::V0_2(pre.instantiate(store)?),
-        })
-    }
+    V0_1(v0_1::Rule, Instance, Exports),
+    V0_2(v0_2::Rule, Instance, Exports),
 }
 
 /// What a hook returned, whichever the WIT version.
 pub(super) enum Raw {
     Info(RawInfo),
-    Text(Result<String, String>),
-    Decision(Result<wit::Decision, String>),
+    Text(Result<Json, String>),
+    Decision(Result<RawDecision, String>),
     Paths(Vec<String>),
+}
+
+/// An object a hook returned: its JSON text, or only its size when that is over
+/// [`MAX_OUTPUT_BYTES`] (it was not copied out of the guest).
+pub(super) enum Json {
+    Text(String),
+    TooLarge(usize),
+}
+
+/// `preserve`'s decision, its texts read as [`Json`] and [`message`]s.
+pub(super) enum RawDecision {
+    Apply(Json),
+    Recreate(String),
+    Skip(String),
+}
+
+/// The decision variant as both WIT versions define it, its strings left in the guest.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(variant)]
+enum DecisionStr {
+    #[component(name = "apply")]
+    Apply(WasmStr),
+    #[component(name = "recreate")]
+    Recreate(WasmStr),
+    #[component(name = "skip")]
+    Skip(WasmStr),
+}
+
+/// A `result<json, string>` read in place.
+type TextResult = (Result<WasmStr, WasmStr>,);
+
+/// A `result<decision, string>` read in place.
+type DecisionResult = (Result<DecisionStr, WasmStr>,);
+
+/// An object the guest returned: copied out when at most [`MAX_OUTPUT_BYTES`].
+fn json(store: &Store<CallState>, s: &WasmStr) -> wasmtime::Result<Json> {
+    let text = s.to_str(store)?;
+    Ok(if text.len() > MAX_OUTPUT_BYTES { Json::TooLarge(text.len()) } else { Json::Text(text.into_owned()) })
+}
+
+/// A message the guest returned (an error, a reason): at most [`MAX_MESSAGE_BYTES`] of it are
+/// copied out, with the size of the rest.
+fn message(store: &Store<CallState>, s: &WasmStr) -> wasmtime::Result<String> {
+    Ok(cut(&s.to_str(store)?))
+}
+
+/// `text`, or its start and how much was left out, in at most [`MAX_MESSAGE_BYTES`] bytes.
+pub(super) fn cut(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_string();
+    }
+    // Room for the marker, so that the whole fits the limit and is not cut again.
+    let room = MAX_MESSAGE_BYTES - 48;
+    let at = (0..=room).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes truncated)", &text[..at], text.len() - at)
+}
+
+fn text_result(store: &Store<CallState>, r: Result<WasmStr, WasmStr>) -> wasmtime::Result<Result<Json, String>> {
+    Ok(match r {
+        Ok(s) => Ok(json(store, &s)?),
+        Err(s) => Err(message(store, &s)?),
+    })
+}
+
+fn decision_result(
+    store: &Store<CallState>,
+    r: Result<DecisionStr, WasmStr>,
+) -> wasmtime::Result<Result<RawDecision, String>> {
+    Ok(match r {
+        Ok(DecisionStr::Apply(s)) => Ok(RawDecision::Apply(json(store, &s)?)),
+        Ok(DecisionStr::Recreate(s)) => Ok(RawDecision::Recreate(message(store, &s)?)),
+        Ok(DecisionStr::Skip(s)) => Ok(RawDecision::Skip(message(store, &s)?)),
+        Err(s) => Err(message(store, &s)?),
+    })
 }
 
 impl Raw {
@@ -60,25 +184,42 @@ pub(super) enum Hook<'a> {
 impl Hook<'_> {
     pub(super) fn call(&self, store: &mut Store<CallState>, bound: &Bound) -> wasmtime::Result<Raw> {
         Ok(match bound {
-            Bound::V0_2(rule) => {
+            Bound::V0_2(rule, instance, exports) => {
                 let r = rule.downsync_rules_rules();
                 match *self {
                     Hook::Describe => Raw::Info(RawInfo::from_v0_2(r.call_describe(store)?)),
-                    Hook::Transform(d, intent) => Raw::Text(r.call_transform(store, d, intent)?),
-                    Hook::Preserve(e, d, intent) => Raw::Decision(r.call_preserve(store, e, d, intent)?),
+                    Hook::Transform(d, intent) => {
+                        let f = instance
+                            .get_typed_func::<(&str, &wit::Intent), TextResult>(&mut *store, &exports.transform)?;
+                        let (out,) = f.call(&mut *store, (d.as_str(), intent))?;
+                        Raw::Text(text_result(store, out)?)
+                    }
+                    Hook::Preserve(e, d, intent) => {
+                        let f = instance.get_typed_func::<(&str, &str, &wit::Intent), DecisionResult>(
+                            &mut *store,
+                            &exports.preserve,
+                        )?;
+                        let (out,) = f.call(&mut *store, (e.as_str(), d.as_str(), intent))?;
+                        Raw::Decision(decision_result(store, out)?)
+                    }
                     Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
                 }
             }
-            Bound::V0_1(rule) => {
+            Bound::V0_1(rule, instance, exports) => {
                 let r = rule.downsync_rules_rules();
                 match *self {
                     Hook::Describe => Raw::Info(RawInfo::from_v0_1(r.call_describe(store)?)),
-                    Hook::Transform(d, _) => Raw::Text(r.call_transform(store, d)?),
-                    Hook::Preserve(e, d, _) => Raw::Decision(r.call_preserve(store, e, d)?.map(|d| match d {
-                        wit01::Decision::Apply(t) => wit::Decision::Apply(t),
-                        wit01::Decision::Recreate(t) => wit::Decision::Recreate(t),
-                        wit01::Decision::Skip(t) => wit::Decision::Skip(t),
-                    })),
+                    Hook::Transform(d, _) => {
+                        let f = instance.get_typed_func::<(&str,), TextResult>(&mut *store, &exports.transform)?;
+                        let (out,) = f.call(&mut *store, (d.as_str(),))?;
+                        Raw::Text(text_result(store, out)?)
+                    }
+                    Hook::Preserve(e, d, _) => {
+                        let f =
+                            instance.get_typed_func::<(&str, &str), DecisionResult>(&mut *store, &exports.preserve)?;
+                        let (out,) = f.call(&mut *store, (e.as_str(), d.as_str()))?;
+                        Raw::Decision(decision_result(store, out)?)
+                    }
                     Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
                 }
             }

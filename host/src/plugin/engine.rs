@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// thread has compiled that (a rule change then waits for the quick compile only). Off:
     /// Cranelift compiles before the version is used.
     pub tiered_compilation: bool,
+    /// The largest plugin file (`.wasm`) read, in bytes; a larger one is refused before it is
+    /// read. Default 64 MiB (a component with a Python interpreter built in is 19 MB).
+    pub max_component_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             max_instances_per_call: 32,
             cache_dir: default_cache_dir(),
             tiered_compilation: true,
+            max_component_bytes: super::files::DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
@@ -225,7 +229,7 @@ impl PluginEngine {
                     tracing::info!(
                         plugin = label,
                         ms = started.elapsed().as_millis() as u64,
-                        "compiled (baseline code, Winch); Cranelift compiles in the background"
+                        "compiled (baseline code, Winch); Cranelift's follows once the version is accepted"
                     );
                     let code = Code::new(Compiled { engine: baseline.engine.clone(), pre, tier: Tier::Baseline });
                     self.optimize_later(label, &digest, bytes, &code);
@@ -242,12 +246,21 @@ impl PluginEngine {
         Ok((digest, Code::new(Compiled { engine: inner.engine.clone(), pre, tier: Tier::Optimized })))
     }
 
-    /// Has the background thread compile `bytes` with Cranelift and put the result in `code`,
-    /// unless every holder of `code` is gone by then (a version refused, or replaced).
-    fn optimize_later(&self, label: &str, digest: &str, bytes: &[u8], code: &Arc<Code>) {
-        let (engine, code): (Weak<Inner>, Weak<Code>) = (Arc::downgrade(&self.inner), Arc::downgrade(code));
+    /// Starts the background compile [`PluginEngine::prepare`] left in `code`, if any: called
+    /// once the version is accepted, so a refused one is never compiled by Cranelift.
+    pub(crate) fn optimize(&self, code: &Code) {
+        if let Some(job) = code.take_pending() {
+            self.inner.background.submit(job);
+        }
+    }
+
+    /// Leaves in `code` a job for the background thread: compile `bytes` with Cranelift and put
+    /// the result in `code`, unless every holder of `code` is gone by then (a version replaced).
+    /// [`PluginEngine::optimize`] starts it.
+    fn optimize_later(&self, label: &str, digest: &str, bytes: &[u8], held: &Arc<Code>) {
+        let (engine, code): (Weak<Inner>, Weak<Code>) = (Arc::downgrade(&self.inner), Arc::downgrade(held));
         let (label, digest, bytes) = (label.to_string(), digest.to_string(), bytes.to_vec());
-        self.inner.background.submit(Box::new(move || {
+        held.defer(Box::new(move || {
             let (Some(inner), true) = (engine.upgrade(), code.strong_count() > 0) else { return };
             let engine = PluginEngine { inner };
             let started = std::time::Instant::now();
@@ -325,10 +338,10 @@ impl PluginEngine {
 fn link(label: &str, linker: &Linker<CallState>, component: &Component) -> Result<RulePre> {
     let mismatch = |source| Error::WorldMismatch { plugin: label.to_string(), source };
     let pre = linker.instantiate_pre(component).map_err(mismatch)?;
-    match v0_2::RulePre::new(pre.clone()) {
-        Ok(p) => Ok(RulePre::V0_2(p)),
-        Err(v0_2_err) => match v0_1::RulePre::new(pre) {
-            Ok(p) => Ok(RulePre::V0_1(p)),
+    match v0_2::RulePre::new(pre.clone()).and_then(RulePre::v0_2) {
+        Ok(p) => Ok(p),
+        Err(v0_2_err) => match v0_1::RulePre::new(pre).and_then(RulePre::v0_1) {
+            Ok(p) => Ok(p),
             // The 0.2.0 explanation: new plugins are built against it.
             Err(_) => Err(mismatch(v0_2_err)),
         },

@@ -17,6 +17,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A plugin or fixture file is larger than the limit; found before reading it.
+    #[error(
+        "{path} is {}, over the limit of {} ({setting}); a larger file is refused before it is read",
+        human_bytes(*size),
+        human_bytes(*limit)
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+        /// What sets the limit.
+        setting: &'static str,
+    },
+    /// An entry of the plugins folder is a link that leads out of it.
+    #[error(
+        "{path} leads to {target}, outside the plugins folder {folder}: only links inside it (a ConfigMap's ..data) are followed"
+    )]
+    OutsideFolder {
+        /// The entry.
+        path: PathBuf,
+        /// Where its links lead.
+        target: PathBuf,
+        /// The plugins folder.
+        folder: PathBuf,
+    },
     /// The file is not a valid component, or could not be compiled.
     #[error("plugin {plugin}: not a loadable wasm component: {source}")]
     Compile {
@@ -25,6 +53,14 @@ pub enum Error {
         /// Why.
         #[source]
         source: wasmtime::Error,
+    },
+    /// The file is not a WebAssembly component at all; found before compiling.
+    #[error("plugin {plugin}: {what}")]
+    NotAComponent {
+        /// The plugin (file name).
+        plugin: String,
+        /// What the file is instead, and what to do.
+        what: &'static str,
     },
     /// The component imports what the sandbox does not offer; found before compiling.
     #[error("plugin {plugin}: imports what the sandbox does not offer: {}; offered: {offered}", missing.join(", "))]
@@ -148,10 +184,12 @@ pub enum Error {
         message: String,
     },
     /// A new version of a plugin failed its checks and was not swapped in.
-    #[error("plugin {plugin}: new version {digest} refused: {message}")]
+    #[error("plugin {plugin} ({file}): new version {digest} refused: {message}")]
     Check {
-        /// The plugin (file name).
+        /// The plugin, by the name it describes itself with.
         plugin: String,
+        /// Its file in the plugins folder.
+        file: String,
         /// sha256 of the refused component.
         digest: String,
         /// Why.
@@ -292,3 +330,18 @@ impl std::fmt::Display for CallFailure {
 
 /// Result of plugin operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A size for a person: `512 bytes`, `1.5 KiB`, `64.0 MiB`, `1.0 GiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}

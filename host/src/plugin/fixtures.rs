@@ -5,6 +5,9 @@
 //! optional `reason:` substring). The runner calls `transform`, then `preserve` when there is
 //! an existing object, checks the host contract, and checks that preserving the result again
 //! changes nothing. `downsync plugin test` and the hot-reload checks both use it.
+//!
+//! Each file is read only when it holds at most [`MAX_FIXTURE_FILE_BYTES`]; in the plugins
+//! folder (the hot-reload checks), only through links that stay inside it.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,7 @@ use serde_json::Value;
 use super::component::Plugin;
 use super::contract;
 use super::error::{Error, Result};
+use super::files::{Folder, MAX_FIXTURE_FILE_BYTES, read_text_bounded};
 use super::types::Decision;
 use super::types::group_kind;
 use crate::sync::intent::Intent;
@@ -49,11 +53,24 @@ struct DecisionFile {
     reason: Option<String>,
 }
 
-fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+/// What sets the largest fixture file, for messages.
+const FIXTURE_LIMIT: &str = "the limit of a fixture file";
+
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path, folder: Option<&Folder>) -> Result<Option<T>> {
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Fixture { path: path.to_path_buf(), message: e.to_string() }),
+        Ok(_) => {}
+    }
+    if let Some(folder) = folder {
+        folder.resolve(path)?;
+    }
+    let text = match read_text_bounded(path, MAX_FIXTURE_FILE_BYTES, FIXTURE_LIMIT) {
+        Ok(t) => t,
+        Err(Error::Read { source, .. }) => {
+            return Err(Error::Fixture { path: path.to_path_buf(), message: source.to_string() });
+        }
+        Err(e) => return Err(e),
     };
     serde_yaml_ng::from_str(&text)
         .map(Some)
@@ -62,13 +79,18 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 /// Loads one case folder.
 pub fn load_case(dir: &Path) -> Result<Fixture> {
+    load_case_in(dir, None)
+}
+
+/// Loads one case folder; with `folder`, every file must lie inside it, links resolved.
+fn load_case_in(dir: &Path, folder: Option<&Folder>) -> Result<Fixture> {
+    let read_yaml = |path: &Path| read_yaml(path, folder);
     let missing = |file: &str| Error::Fixture { path: dir.join(file), message: "missing".into() };
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let desired: Value = read_yaml(&dir.join("desired.yaml"))?.ok_or_else(|| missing("desired.yaml"))?;
     let existing: Option<Value> = read_yaml(&dir.join("existing.yaml"))?;
     let expected =
-        match (read_yaml::<Value>(&dir.join("expected.yaml"))?, read_yaml::<DecisionFile>(&dir.join("decision.yaml"))?)
-        {
+        match (read_yaml(&dir.join("expected.yaml"))?, read_yaml_decision(&dir.join("decision.yaml"), folder)?) {
             (Some(obj), None) => Expected::Object(obj),
             (None, Some(d)) => match d.decision.to_ascii_lowercase().as_str() {
                 "recreate" => Expected::Recreate(d.reason),
@@ -91,8 +113,24 @@ pub fn load_case(dir: &Path) -> Result<Fixture> {
     Ok(Fixture { name, existing, desired, expected })
 }
 
+/// `decision.yaml`, typed.
+fn read_yaml_decision(path: &Path, folder: Option<&Folder>) -> Result<Option<DecisionFile>> {
+    read_yaml(path, folder)
+}
+
 /// Loads every case folder of `dir`, sorted by name. Files and hidden entries are ignored.
 pub fn load_dir(dir: &Path) -> Result<Vec<Fixture>> {
+    load_dir_in(dir, None)
+}
+
+/// [`load_dir`] for a fixtures folder in the plugins folder: `dir`, its cases and their files
+/// must lie inside `folder`, links resolved (a ConfigMap's `..data` links do).
+pub(super) fn load_dir_within(dir: &Path, folder: &Folder) -> Result<Vec<Fixture>> {
+    folder.resolve(dir)?;
+    load_dir_in(dir, Some(folder))
+}
+
+fn load_dir_in(dir: &Path, folder: Option<&Folder>) -> Result<Vec<Fixture>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| Error::Fixture { path: dir.to_path_buf(), message: e.to_string() })?;
     let mut cases: Vec<PathBuf> = entries
@@ -101,7 +139,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Fixture>> {
         .filter(|p| p.is_dir() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();
     cases.sort();
-    cases.iter().map(|c| load_case(c)).collect()
+    cases
+        .iter()
+        .map(|c| {
+            if let Some(folder) = folder {
+                folder.resolve(c)?;
+            }
+            load_case_in(c, folder)
+        })
+        .collect()
 }
 
 /// The result of one case.

@@ -59,6 +59,15 @@ fn offered(name: &str) -> bool {
 /// Refuses a component that imports what the sandbox does not offer, naming the imports it
 /// lacks and what is offered.
 pub(super) fn check(label: &str, bytes: &[u8]) -> Result<()> {
+    let not = |what: &'static str| Err(Error::NotAComponent { plugin: label.to_string(), what });
+    if Parser::is_core_wasm(bytes) {
+        return not(
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `wasm-tools component new`",
+        );
+    }
+    if !bytes.starts_with(b"\0asm") {
+        return not("not a WebAssembly file (it does not begin with \\0asm)");
+    }
     let Some(names) = imports(bytes) else { return Ok(()) };
     let missing: Vec<String> = names.into_iter().filter(|n| !offered(n)).collect();
     if missing.is_empty() {
@@ -101,8 +110,13 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_are_not_a_component_are_left_to_the_compiler() {
+    fn a_file_that_is_no_component_is_named_in_one_line_before_any_compile() {
         assert_eq!(imports(b"\0asm but not really"), None);
-        assert!(check("garbage", b"garbage").is_ok());
+        let err = check("garbage", b"hello\n").expect_err("not wasm").to_string();
+        assert_eq!(err, "plugin garbage: not a WebAssembly file (it does not begin with \\0asm)");
+        let core = wasm_encoder::Module::new().finish();
+        let err = check("core", &core).expect_err("a core module").to_string();
+        assert!(err.contains("a core WebAssembly module, not a component") && !err.contains('\n'), "{err}");
+        assert!(check("odd", b"\0asm of another version").is_ok(), "left to the compiler to explain");
     }
 }

@@ -4,7 +4,8 @@
 //! Outside code uses the items re-exported here and three tool modules ([`fixtures`] for
 //! `downsync plugin test`, [`scaffold`] for `downsync plugin new`, [`projection`] for the
 //! bench). Inside, imports point one way, from the ground floor up:
-//! - plain types: `types`, `error`, `digest`, `output`, `projection`, `imports`, `journal`;
+//! - plain types: `types`, `error`, `digest`, `files`, `output`, `projection`, `imports`,
+//!   `journal`;
 //! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
 //!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
@@ -22,6 +23,7 @@ mod digest;
 mod dispatch;
 mod engine;
 mod error;
+mod files;
 pub mod fixtures;
 mod function_cache;
 mod host;
@@ -50,6 +52,7 @@ pub use component::Plugin;
 pub use digest::sha256_hex;
 pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
+pub use files::{DEFAULT_MAX_COMPONENT_BYTES, MAX_FIXTURE_FILE_BYTES, read_component};
 pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
 pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};

@@ -5,6 +5,10 @@
 //! keeps list indexes would need placeholders for the other elements), so `/spec/ports/0/name`
 //! sends all of `/spec/ports`. The widening is computed per object, the same for the
 //! projection and the merge.
+//!
+//! A read that holds an identity field (`/metadata`, or `/`, the whole object) sends the whole
+//! subtree, identity included, and the merge puts back exactly what was sent: what the plugin
+//! returns replaces it, and the identity fields always keep the object's own values.
 
 use serde_json::{Map, Value};
 
@@ -13,12 +17,21 @@ use crate::sync::pointer;
 /// Sent with every projection, read-only: what a plugin needs to name the object in a message.
 pub const IDENTITY: [&str; 4] = ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace"];
 
+/// The read a plugin writes for the whole object. RFC 6901 would read `/` as the key `""`,
+/// which no Kubernetes object has at its top; as a read it means the root (pointer `""`).
+pub const ROOT_READ: &str = "/";
+
+/// The JSON pointer a read stands for: itself, or `""` (the root) for [`ROOT_READ`].
+pub fn read_pointer(read: &str) -> &str {
+    if read == ROOT_READ { "" } else { read }
+}
+
 /// The pointers actually projected for `reads` over `obj`: each read, or the first list on
-/// its way. Empty `reads` (the whole object) stays empty.
+/// its way; [`ROOT_READ`] becomes `""`. Empty `reads` (the whole object) stays empty.
 pub fn effective(obj: &Value, reads: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(reads.len());
     for read in reads {
-        let widened = widen(obj, read);
+        let widened = widen(obj, read_pointer(read));
         if !out.iter().any(|o| crate::sync::intent::covers(o, &widened)) {
             out.retain(|o| !crate::sync::intent::covers(&widened, o));
             out.push(widened);
@@ -75,18 +88,22 @@ enum Node<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// Places `v` (the object's value at `segments`) in the tree. A leaf already on the way
+    /// holds it; a node already at `segments` (made for a field below, such as an identity
+    /// field) is replaced by the whole subtree, which holds what it held.
     fn insert(&mut self, segments: &[String], v: &'a Value) {
         let Node::Map(children) = self else { return };
-        let Some((first, rest)) = segments.split_first() else { return };
-        let i = match children.iter().position(|(k, _)| k == first) {
-            Some(i) => i,
-            None => {
-                children.push((first.clone(), if rest.is_empty() { Node::Leaf(v) } else { Node::Map(Vec::new()) }));
-                children.len() - 1
-            }
+        let Some((first, rest)) = segments.split_first() else {
+            *self = Node::Leaf(v);
+            return;
         };
-        if !rest.is_empty() {
-            children[i].1.insert(rest, v);
+        match children.iter_mut().find(|(k, _)| k == first) {
+            Some((_, child)) => child.insert(rest, v),
+            None => {
+                let mut child = Node::Map(Vec::new());
+                child.insert(rest, v);
+                children.push((first.clone(), child));
+            }
         }
     }
 }
@@ -107,17 +124,30 @@ impl serde::Serialize for Node<'_> {
     }
 }
 
-/// Replaces the parts of `full` at `reads` with those of `returned`: a part present there is
-/// written, a part absent there is removed. Identity fields are not merged. Fails when a part
-/// cannot be placed (a scalar where its parent object should be).
+/// Replaces the parts of `full` at `reads` (already [`effective`]) with those of `returned`: a
+/// part present there is written, a part absent there is removed. Nothing outside the reads is
+/// touched, and identity fields are not merged, even under a read that holds them (`/metadata`):
+/// they keep `full`'s values. Fails when a part cannot be placed (a scalar where its parent
+/// object should be).
 pub fn merge(full: &mut Value, mut returned: Value, reads: &[String]) -> Result<(), pointer::Error> {
     if !returned.is_object() {
         return Ok(());
     }
+    let identity: Vec<(&str, Option<Value>)> = IDENTITY
+        .iter()
+        .filter(|id| reads.iter().any(|r| crate::sync::intent::covers(r, id)))
+        .map(|id| (*id, full.pointer(id).cloned()))
+        .collect();
     for read in reads {
         match returned.pointer_mut(read).map(Value::take) {
             Some(v) => pointer::set(full, read, v)?,
             None => remove(full, read),
+        }
+    }
+    for (id, kept) in identity {
+        match kept {
+            Some(v) => pointer::set(full, id, v)?,
+            None => remove(full, id),
         }
     }
     Ok(())
@@ -209,5 +239,122 @@ mod tests {
         merge(&mut full, json!({"metadata": {"annotations": {"k": "v"}}}), &reads(&["/metadata/annotations"]))
             .expect("merge");
         assert_eq!(full["metadata"]["annotations"], json!({"k": "v"}));
+    }
+
+    /// Every overlap of a read with the identity paths: equal to one, a parent of some
+    /// (`/metadata`, the root `/`), a child of one, a sibling, unrelated.
+    const OVERLAPS: [&str; 11] = [
+        "/apiVersion",
+        "/kind",
+        "/metadata/name",
+        "/metadata/namespace",
+        "/metadata",
+        "/",
+        "/metadata/name/x",
+        "/kind/x",
+        "/metadata/labels",
+        "/spec",
+        "/absent",
+    ];
+
+    #[test]
+    fn a_read_sends_identity_and_the_whole_subtree_it_names_whatever_it_overlaps() {
+        let svc = mk_svc();
+        for read in OVERLAPS {
+            let r = effective(&svc, &reads(&[read]));
+            let sent: Value = serde_json::from_str(&project_text(&svc, &r)).expect("json");
+            assert_eq!(sent, project(&svc, &r), "{read}: the text is the projection");
+            for id in IDENTITY {
+                assert_eq!(sent.pointer(id), svc.pointer(id), "{read}: identity {id} is sent");
+            }
+            let at = read_pointer(read);
+            assert_eq!(sent.pointer(at), svc.pointer(at), "{read}: the whole subtree is sent");
+        }
+        let metadata = project_text(&svc, &reads(&["/metadata"]));
+        assert!(metadata.contains(r#""labels":{"a":"1"}"#) && metadata.contains(r#""annotations""#), "{metadata}");
+        let root: Value = serde_json::from_str(&project_text(&svc, &effective(&svc, &reads(&["/"])))).expect("json");
+        assert_eq!(root, svc, "the root read sends the whole object");
+    }
+
+    #[test]
+    fn returning_what_was_sent_changes_nothing_whatever_the_read_overlaps() {
+        for read in OVERLAPS {
+            let svc = mk_svc();
+            let r = effective(&svc, &reads(&[read]));
+            let mut full = svc.clone();
+            merge(&mut full, project(&svc, &r), &r).expect("merge");
+            assert_eq!(full, svc, "{read}: nothing the plugin was not sent is dropped");
+        }
+    }
+
+    #[test]
+    fn identity_fields_keep_their_values_under_every_read_that_holds_them() {
+        for read in OVERLAPS {
+            let svc = mk_svc();
+            let r = effective(&svc, &reads(&[read]));
+            let mut back = project(&svc, &r);
+            back["apiVersion"] = json!("v2");
+            back["kind"] = json!("Other");
+            back["metadata"]["name"] = json!("renamed");
+            back["metadata"]["namespace"] = json!("elsewhere");
+            let mut full = svc.clone();
+            merge(&mut full, back, &r).expect("merge");
+            assert_eq!(full, svc, "{read}: identity is not merged");
+        }
+    }
+
+    #[test]
+    fn a_metadata_read_keeps_labels_and_annotations_and_merges_the_change() {
+        let svc = mk_svc();
+        let r = effective(&svc, &reads(&["/metadata"]));
+        assert_eq!(r, reads(&["/metadata"]));
+        let mut back: Value = serde_json::from_str(&project_text(&svc, &r)).expect("json");
+        back["metadata"]["labels"]["b"] = json!("2");
+        let mut full = svc.clone();
+        merge(&mut full, back, &r).expect("merge");
+        assert_eq!(full["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        assert_eq!(full["metadata"]["annotations"], json!({"x/y": "2"}));
+        assert_eq!(full["spec"], svc["spec"], "outside the read: untouched");
+    }
+
+    #[test]
+    fn the_root_read_is_the_whole_object_and_folds_every_other_read() {
+        let svc = mk_svc();
+        assert_eq!(effective(&svc, &reads(&["/spec", "/", "/metadata"])), reads(&[""]));
+        let r = effective(&svc, &reads(&["/"]));
+        let mut back = project(&svc, &r);
+        back["status"] = json!({"x": 1});
+        back.as_object_mut().map(|m| m.remove("spec"));
+        let mut full = svc.clone();
+        merge(&mut full, back, &r).expect("merge");
+        assert_eq!(full["status"], json!({"x": 1}));
+        assert_eq!(full.get("spec"), None, "sent and left out: removed");
+        assert_eq!(full["metadata"], svc["metadata"]);
+    }
+
+    #[test]
+    fn a_read_below_an_identity_field_sends_and_changes_nothing_more() {
+        let svc = mk_svc();
+        let r = effective(&svc, &reads(&["/metadata/name/x"]));
+        assert_eq!(
+            project(&svc, &r),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "n"}})
+        );
+        let bad = merge(&mut svc.clone(), json!({"metadata": {"name": {"x": 1}}}), &r);
+        assert!(bad.is_err(), "name is a string: nothing can go below it");
+        let mut full = svc.clone();
+        merge(&mut full, json!({"metadata": {"name": "web"}}), &r).expect("merge");
+        assert_eq!(full, svc);
+    }
+
+    #[test]
+    fn a_cluster_scoped_object_gets_no_namespace_from_a_metadata_read() {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "labels": {"x": "1"}}});
+        let r = effective(&ns, &reads(&["/metadata"]));
+        let mut back = project(&ns, &r);
+        back["metadata"]["namespace"] = json!("sneaked");
+        let mut full = ns.clone();
+        merge(&mut full, back, &r).expect("merge");
+        assert_eq!(full, ns);
     }
 }

@@ -13,6 +13,8 @@
 //! `reload_failures` metric) and in [`Reloader::status`]; it is checked again only when its
 //! bytes change or, for a refusal caused by the other plugins, when they change. The watcher's
 //! own reads of the folder do not wake it. Hidden entries (`.tmp` files, `..data`) are ignored.
+//! A file larger than `engine.maxComponentBytes`, or an entry that is a link leading out of the
+//! folder (links inside it, as a ConfigMap's, are followed), is refused before it is read.
 //!
 //! The folder watch itself is in `watch.rs`, the status view in `status.rs`.
 
@@ -26,6 +28,7 @@ use super::component::Plugin;
 use super::digest::sha256_hex;
 use super::engine::PluginEngine;
 use super::error::{Error, Result};
+use super::files::Folder;
 use super::fixtures;
 use super::plugin_set::{Member, PluginSet, Shadow};
 use super::registry::PluginRegistry;
@@ -188,14 +191,10 @@ impl Reloader {
         let mut unreadable = Vec::new();
         let mut reverted = Vec::new();
         for (stem, file) in &on_disk {
-            let bytes = match std::fs::read(file) {
+            let bytes = match self.read(file) {
                 Ok(b) => b,
-                Err(source) => {
-                    unreadable.push((
-                        stem.clone(),
-                        file.clone(),
-                        Error::Read { path: file.clone(), source }.to_string(),
-                    ));
+                Err(e) => {
+                    unreadable.push((stem.clone(), file.clone(), e.to_string()));
                     continue;
                 }
             };
@@ -268,8 +267,12 @@ impl Reloader {
                 Ok(_) => {}
                 Err(e) => {
                     set_refusals.insert(c.stem.clone(), against);
-                    c.checked =
-                        Err(Error::Check { plugin: c.stem.clone(), digest: c.digest.clone(), message: e.to_string() });
+                    c.checked = Err(Error::Check {
+                        plugin: plugin.name().to_string(),
+                        file: format!("{}.wasm", c.stem),
+                        digest: c.digest.clone(),
+                        message: e.to_string(),
+                    });
                 }
             }
         }
@@ -287,6 +290,7 @@ impl Reloader {
                         "new plugin version runs in shadow; the active one keeps writing"
                     );
                     let trial = Trial::new(Stage::Shadow, rollout, self.waker());
+                    plugin.accept();
                     slot.shadow = Some((plugin, trial, now));
                     slot.awaiting = false;
                     slot.last_error = None;
@@ -300,6 +304,7 @@ impl Reloader {
                     let stage = if previous.is_some() { Stage::Probation } else { Stage::New };
                     slot.trial = Some(Trial::new(stage, rollout, self.waker()));
                     slot.previous = previous;
+                    plugin.accept();
                     slot.good = Some((plugin, now));
                     // A direct swap replaces a shadow too: the file now holds this version.
                     slot.shadow = None;
@@ -321,8 +326,13 @@ impl Reloader {
             }
         }
         for (stem, file, message) in unreadable {
-            tracing::error!(plugin = %stem, file = %file.display(), error = %message, "cannot read plugin file; keeping the last good version");
-            self.registry.metrics().record_reload_failure(&stem);
+            let again = slots.get(&stem).is_some_and(|s| s.last_error.as_deref() == Some(message.as_str()));
+            if again {
+                tracing::debug!(plugin = %stem, file = %file.display(), error = %message, "plugin file still unreadable");
+            } else {
+                tracing::error!(plugin = %stem, file = %file.display(), error = %message, "cannot read plugin file; keeping the last good version");
+                self.registry.metrics().record_reload_failure(&stem);
+            }
             let slot = slots.entry(stem).or_insert_with(|| Slot::new(file));
             slot.last_error = Some(message);
         }
@@ -520,14 +530,25 @@ impl Reloader {
         Ok(out)
     }
 
+    /// The bytes of `file`, an entry of the folder: refused when its links lead out of the
+    /// folder or it is larger than `engine.maxComponentBytes`, before it is read.
+    fn read(&self, file: &Path) -> Result<Vec<u8>> {
+        Folder::new(&self.dir)?.resolve(file)?;
+        Plugin::read_file(&self.engine, file)
+    }
+
     /// Compiles and checks a new version without touching the registry.
     fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
-        let plugin = Plugin::load(&self.engine, stem, bytes)?;
-        let refuse =
-            |message: String| Error::Check { plugin: stem.to_string(), digest: plugin.digest().to_string(), message };
+        let plugin = Plugin::load_unaccepted(&self.engine, stem, bytes)?;
+        let refuse = |message: String| Error::Check {
+            plugin: plugin.name().to_string(),
+            file: format!("{stem}.wasm"),
+            digest: plugin.digest().to_string(),
+            message,
+        };
         let dir = file.with_file_name(format!("{stem}.fixtures"));
         if dir.is_dir() {
-            let cases = fixtures::load_dir(&dir)?;
+            let cases = fixtures::load_dir_within(&dir, &Folder::new(&self.dir)?)?;
             let failures: Vec<String> = fixtures::run_all(&plugin, &cases)
                 .into_iter()
                 .filter_map(|o| o.failure.map(|f| format!("fixture {}: {f}", o.name)))

@@ -39,6 +39,9 @@ pub(crate) struct Compiled {
 pub(crate) struct Code {
     state: Mutex<State>,
     settled: Condvar,
+    /// The background compile of Cranelift's code, held until the version is accepted (a
+    /// version refused at load, by its fixtures or by the other plugins is never compiled).
+    pending: Mutex<Option<Job>>,
 }
 
 struct State {
@@ -52,7 +55,18 @@ impl Code {
         Arc::new(Self {
             state: Mutex::new(State { current: Arc::new(compiled), failed: false }),
             settled: Condvar::new(),
+            pending: Mutex::new(None),
         })
+    }
+
+    /// Holds the background compile until [`Code::take_pending`].
+    pub(crate) fn defer(&self, job: Job) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
+    }
+
+    /// The background compile, once: None when there is none or it was taken.
+    pub(crate) fn take_pending(&self) -> Option<Job> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// The code to run now. Calls in flight keep the code they started with.
