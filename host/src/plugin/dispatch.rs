@@ -2,16 +2,17 @@
 //! instance, a hook to call on it and what the hook returned, mapped to the 0.2.0 shapes.
 //!
 //! `transform` and `preserve` return text the guest chose the size of: an object, an error
-//! message, a reason. Those are read in place, in the guest's memory, and copied out only up
-//! to their limits ([`MAX_OUTPUT_BYTES`], [`MAX_MESSAGE_BYTES`]): a guest returning a 40 MB
+//! message, a reason. Those are copied out of the guest's memory only up to their limits
+//! ([`MAX_OUTPUT_BYTES`], [`MAX_MESSAGE_BYTES`]; see `capped`): a guest returning a 40 MB
 //! error costs the host 1 KiB, not 40 MB (or twice that, lifted and then cut).
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentExportIndex, Instance, InstancePre, WasmStr};
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
 
 use super::bindings::v0_1::downsync::rules::types as wit01;
 use super::bindings::v0_2::downsync::rules::types as wit;
 use super::bindings::{v0_1, v0_2};
+use super::capped::Capped;
 use super::host::CallState;
 use super::output::{MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
 use super::types::{Hooks, WitVersion};
@@ -106,64 +107,58 @@ pub(super) enum RawDecision {
     Skip(String),
 }
 
-/// The decision variant as both WIT versions define it, its strings left in the guest.
+/// An object as it is copied out: whole up to [`MAX_OUTPUT_BYTES`], else not at all.
+type ObjectStr = Capped<MAX_OUTPUT_BYTES, false>;
+
+/// A message as it is copied out: its first [`MAX_MESSAGE_BYTES`].
+type MessageStr = Capped<MAX_MESSAGE_BYTES, true>;
+
+/// The decision variant as both WIT versions define it, its strings copied out capped.
 #[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
 #[component(variant)]
 enum DecisionStr {
     #[component(name = "apply")]
-    Apply(WasmStr),
+    Apply(ObjectStr),
     #[component(name = "recreate")]
-    Recreate(WasmStr),
+    Recreate(MessageStr),
     #[component(name = "skip")]
-    Skip(WasmStr),
+    Skip(MessageStr),
 }
 
-/// A `result<json, string>` read in place.
-type TextResult = (Result<WasmStr, WasmStr>,);
+/// A `result<json, string>`, capped.
+type TextResult = (Result<ObjectStr, MessageStr>,);
 
-/// A `result<decision, string>` read in place.
-type DecisionResult = (Result<DecisionStr, WasmStr>,);
+/// A `result<decision, string>`, capped.
+type DecisionResult = (Result<DecisionStr, MessageStr>,);
 
-/// An object the guest returned: copied out when at most [`MAX_OUTPUT_BYTES`].
-fn json(store: &Store<CallState>, s: &WasmStr) -> wasmtime::Result<Json> {
-    let text = s.to_str(store)?;
-    Ok(if text.len() > MAX_OUTPUT_BYTES { Json::TooLarge(text.len()) } else { Json::Text(text.into_owned()) })
+/// An object the guest returned: its text when at most [`MAX_OUTPUT_BYTES`].
+fn json(s: ObjectStr) -> Json {
+    if s.whole() { Json::Text(s.text) } else { Json::TooLarge(s.len) }
 }
 
-/// A message the guest returned (an error, a reason): at most [`MAX_MESSAGE_BYTES`] of it are
-/// copied out, with the size of the rest.
-fn message(store: &Store<CallState>, s: &WasmStr) -> wasmtime::Result<String> {
-    Ok(cut(&s.to_str(store)?))
-}
-
-/// `text`, or its start and how much was left out, in at most [`MAX_MESSAGE_BYTES`] bytes.
-pub(super) fn cut(text: &str) -> String {
-    if text.len() <= MAX_MESSAGE_BYTES {
-        return text.to_string();
+/// A message the guest returned: at most [`MAX_MESSAGE_BYTES`] of it, with the size of the
+/// rest.
+fn message(s: MessageStr) -> String {
+    if s.whole() {
+        return s.text;
     }
     // Room for the marker, so that the whole fits the limit and is not cut again.
     let room = MAX_MESSAGE_BYTES - 48;
-    let at = (0..=room).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    format!("{}… ({} bytes truncated)", &text[..at], text.len() - at)
+    let at = (0..=room.min(s.text.len())).rev().find(|&i| s.text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes truncated)", &s.text[..at], s.len - at)
 }
 
-fn text_result(store: &Store<CallState>, r: Result<WasmStr, WasmStr>) -> wasmtime::Result<Result<Json, String>> {
-    Ok(match r {
-        Ok(s) => Ok(json(store, &s)?),
-        Err(s) => Err(message(store, &s)?),
-    })
+fn text_result(r: Result<ObjectStr, MessageStr>) -> Result<Json, String> {
+    r.map(json).map_err(message)
 }
 
-fn decision_result(
-    store: &Store<CallState>,
-    r: Result<DecisionStr, WasmStr>,
-) -> wasmtime::Result<Result<RawDecision, String>> {
-    Ok(match r {
-        Ok(DecisionStr::Apply(s)) => Ok(RawDecision::Apply(json(store, &s)?)),
-        Ok(DecisionStr::Recreate(s)) => Ok(RawDecision::Recreate(message(store, &s)?)),
-        Ok(DecisionStr::Skip(s)) => Ok(RawDecision::Skip(message(store, &s)?)),
-        Err(s) => Err(message(store, &s)?),
-    })
+fn decision_result(r: Result<DecisionStr, MessageStr>) -> Result<RawDecision, String> {
+    match r {
+        Ok(DecisionStr::Apply(s)) => Ok(RawDecision::Apply(json(s))),
+        Ok(DecisionStr::Recreate(s)) => Ok(RawDecision::Recreate(message(s))),
+        Ok(DecisionStr::Skip(s)) => Ok(RawDecision::Skip(message(s))),
+        Err(s) => Err(message(s)),
+    }
 }
 
 impl Raw {
@@ -192,7 +187,7 @@ impl Hook<'_> {
                         let f = instance
                             .get_typed_func::<(&str, &wit::Intent), TextResult>(&mut *store, &exports.transform)?;
                         let (out,) = f.call(&mut *store, (d.as_str(), intent))?;
-                        Raw::Text(text_result(store, out)?)
+                        Raw::Text(text_result(out))
                     }
                     Hook::Preserve(e, d, intent) => {
                         let f = instance.get_typed_func::<(&str, &str, &wit::Intent), DecisionResult>(
@@ -200,7 +195,7 @@ impl Hook<'_> {
                             &exports.preserve,
                         )?;
                         let (out,) = f.call(&mut *store, (e.as_str(), d.as_str(), intent))?;
-                        Raw::Decision(decision_result(store, out)?)
+                        Raw::Decision(decision_result(out))
                     }
                     Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
                 }
@@ -212,13 +207,13 @@ impl Hook<'_> {
                     Hook::Transform(d, _) => {
                         let f = instance.get_typed_func::<(&str,), TextResult>(&mut *store, &exports.transform)?;
                         let (out,) = f.call(&mut *store, (d.as_str(),))?;
-                        Raw::Text(text_result(store, out)?)
+                        Raw::Text(text_result(out))
                     }
                     Hook::Preserve(e, d, _) => {
                         let f =
                             instance.get_typed_func::<(&str, &str), DecisionResult>(&mut *store, &exports.preserve)?;
                         let (out,) = f.call(&mut *store, (e.as_str(), d.as_str()))?;
-                        Raw::Decision(decision_result(store, out)?)
+                        Raw::Decision(decision_result(out))
                     }
                     Hook::IgnorePaths(g, k) => Raw::Paths(r.call_ignore_paths(store, g, k)?),
                 }
@@ -282,5 +277,22 @@ pub(super) fn wit_intent(intent: &Intent, reads: &[String]) -> wit::Intent {
     match intent.within(reads) {
         Intent::Unknown => wit::Intent::Unknown,
         Intent::ServerSet(paths) => wit::Intent::ServerSet(paths),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_keeps_its_start_and_says_how_much_was_left_out_within_the_limit() {
+        let short = MessageStr { text: "no".into(), len: 2 };
+        assert_eq!(message(short), "no");
+        let long = MessageStr { text: "é".repeat(MAX_MESSAGE_BYTES / 2), len: 40 << 20 };
+        let m = message(long);
+        assert!(m.len() <= MAX_MESSAGE_BYTES && m.starts_with("éé"), "{m}");
+        assert!(m.ends_with(&format!("… ({} bytes truncated)", (40 << 20) - 976)), "{m}");
+        assert!(matches!(json(ObjectStr { text: String::new(), len: 5 << 20 }), Json::TooLarge(n) if n == 5 << 20));
+        assert!(matches!(json(ObjectStr { text: "{}".into(), len: 2 }), Json::Text(t) if t == "{}"));
     }
 }

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod cache;
+mod capped;
 mod capture;
 mod component;
 mod contract;
