@@ -15,7 +15,7 @@ use super::journal;
 use super::metrics::Metrics;
 use super::rollout::{Trial, compare_decisions, compare_values, decision_name};
 use super::settings::{FailurePolicy, PluginSettings, RegistryConfig};
-use super::types::{Called, Decision, Hooks, PluginInfo, WitVersion, group_kind};
+use super::types::{Called, Decision, Hooks, PluginInfo, group_kind};
 use crate::sync::delta::delta;
 use crate::sync::intent::Intent;
 use crate::sync::rules::{RuleDecision, RuleError};
@@ -306,14 +306,6 @@ impl PluginSet {
     /// Whether any plugin that handles this group and kind implements `hook`.
     pub fn implements(&self, group: &str, kind: &str, hook: fn(&Hooks) -> bool) -> bool {
         self.matching(group, kind).any(|e| hook(&e.plugin.info().hooks))
-    }
-
-    /// Whether a plugin for this kind is given the intent (a 0.2.0 `transform` or `preserve`).
-    pub fn uses_intent(&self, group: &str, kind: &str) -> bool {
-        self.matching(group, kind).any(|e| {
-            let info = e.plugin.info();
-            info.wit == WitVersion::V0_2 && (info.hooks.transform || info.hooks.preserve)
-        })
     }
 
     /// Runs every matching plugin's `transform`, in order, checking each output's contract.

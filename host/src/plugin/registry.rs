@@ -180,10 +180,6 @@ impl RuleSet for RuleSnapshot {
         self.set.shadowing(group, kind)
     }
 
-    fn uses_intent(&self, group: &str, kind: &str) -> bool {
-        self.set.uses_intent(group, kind)
-    }
-
     async fn transform(&self, desired: Value, intent: &Intent) -> Result<Value, RuleError> {
         let (group, kind) = group_kind(&desired);
         if !self.set.implements(&group, &kind, |h| h.transform) {

@@ -58,13 +58,6 @@ pub trait RuleSet: Send + Sync {
     /// that swapping a Deployment rule makes only Deployments be looked at again.
     fn fingerprint_for(&self, group: &str, kind: &str) -> String;
 
-    /// Whether the rules for one kind read the upstream [`Intent`]. When they do, the intent
-    /// is part of the desired hash: a change of field ownership alone re-runs them.
-    fn uses_intent(&self, group: &str, kind: &str) -> bool {
-        let _ = (group, kind);
-        false
-    }
-
     /// Whether a new version of the rules for one kind is on trial beside the active one. The
     /// syncer then runs the rules even for an object that has not changed, so the trial sees
     /// every object; the result is compared and the write is still decided by the active rules.
