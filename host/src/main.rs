@@ -129,10 +129,6 @@ struct SourceArgs {
     /// The sync target's name in the ownership stamp.
     #[arg(long)]
     target: Option<String>,
-    /// Allow upstream and downstream to be the same cluster (refused by default: it is almost
-    /// always a kubeconfig mistake).
-    #[arg(long)]
-    allow_same_cluster: bool,
     /// Feature gates, as Name=true,Other=false (added to the config file's `featureGates`).
     #[arg(long, value_name = "NAME=BOOL,...", long_help = downsync::app::features::help())]
     feature_gates: Option<String>,
@@ -171,16 +167,9 @@ struct RunArgs {
     /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`).
     #[arg(long, value_name = "N")]
     ha_shards: Option<u32>,
-    /// This replica's name in the Leases and its user agent (`ha.identity`; default: POD_NAME,
-    /// else the host name).
-    #[arg(long)]
-    ha_identity: Option<String>,
-    /// Downstream namespace of the Leases (`ha.namespace`; default: POD_NAMESPACE, else default).
-    #[arg(long)]
-    ha_namespace: Option<String>,
     /// Lease duration, renew deadline and retry period in seconds, as LEASE,RENEW,RETRY
-    /// (`ha.leaseDurationSeconds` and so on; default 15,10,2 as client-go).
-    #[arg(long, value_name = "LEASE,RENEW,RETRY")]
+    /// (default 15,10,2 as client-go). For tests, which cannot wait as long; hidden.
+    #[arg(long, value_name = "LEASE,RENEW,RETRY", hide = true)]
     ha_timing: Option<String>,
 }
 
@@ -257,10 +246,6 @@ struct Budget {
     /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<usize>,
-    /// The largest component file read, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi;
-    /// the run config's `engine.maxComponentBytes`).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_component_size: Option<usize>,
 }
 
 impl Budget {
@@ -271,9 +256,6 @@ impl Budget {
         }
         if let Some(memory) = self.memory {
             c.memory_bytes = memory;
-        }
-        if let Some(size) = self.max_component_size {
-            c.max_component_bytes = size as u64;
         }
         c
     }
@@ -346,7 +328,6 @@ impl SourceArgs {
         if let Some(t) = self.target {
             c.sync.ownership.target = t;
         }
-        c.allow_same_cluster |= self.allow_same_cluster;
         if let Some(flag) = &self.feature_gates {
             let gates = downsync::app::features::parse(flag).context("--feature-gates")?;
             c.feature_gates.extend(gates);
@@ -378,12 +359,6 @@ impl RunArgs {
         c.ha.enabled |= self.ha;
         if let Some(n) = self.ha_shards {
             c.ha.shards = n;
-        }
-        if self.ha_identity.is_some() {
-            c.ha.identity = self.ha_identity;
-        }
-        if self.ha_namespace.is_some() {
-            c.ha.namespace = self.ha_namespace;
         }
         if let Some(t) = &self.ha_timing {
             let parts: Vec<u64> = t
@@ -562,7 +537,7 @@ async fn run_command(args: Args) -> Result<ExitCode> {
             if a.ha_namespace.is_some() {
                 c.ha.namespace = a.ha_namespace;
             }
-            let timeout = std::time::Duration::from_secs(c.connect_timeout_seconds);
+            let timeout = downsync::app::config::CONNECT_TIMEOUT;
             let ua = downsync::app::startup::user_agent(&c);
             let down = downsync::kube::clients::connect("downstream", &c.downstream, timeout, &ua).await?;
             let (ns, target) = (c.ha.resolved_namespace(), c.sync.ownership.target.clone());

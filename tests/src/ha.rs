@@ -11,7 +11,7 @@ use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, cluster_args};
 use crate::eventually;
 
 /// Lease timings of a test, as `--ha-timing LEASE,RENEW,RETRY` seconds: short, so that a
@@ -55,10 +55,6 @@ impl HaSetup {
                 "--ha",
                 "--ha-shards",
                 &self.shards.to_string(),
-                "--ha-identity",
-                &self.identity(n),
-                "--ha-namespace",
-                &self.lease_namespace,
                 "--ha-timing",
                 &format!("{lease},{renew},{retry}"),
                 "--workers",
@@ -67,7 +63,11 @@ impl HaSetup {
             .map(String::from),
         );
         args.extend(self.extra.iter().cloned());
-        Daemon::start(&self.identity(n), &args)
+        // As a Deployment names its pods and places them: the replica's identity and the
+        // Leases' namespace come from the downward API.
+        let id = self.identity(n);
+        let env = [("POD_NAME", id.as_str()), ("POD_NAMESPACE", self.lease_namespace.as_str())];
+        Daemon::start_with_env(&id, &cluster_args()?, &args, Some("info,downsync=debug"), &env)
     }
 
     /// The shard of an upstream namespace.

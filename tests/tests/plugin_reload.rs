@@ -167,7 +167,7 @@ fn links_out_of_the_folder_and_oversized_files_are_refused_before_they_are_read(
         status.iter().find(|s| s.file.ends_with(name)).and_then(|s| s.last_error.clone()).unwrap_or_default()
     };
     assert!(error("other.wasm").contains("outside the plugins folder"), "{status:?}");
-    assert!(error("big.wasm").contains("over the limit of 64.0 MiB (engine.maxComponentBytes)"), "{status:?}");
+    assert!(error("big.wasm").contains("over the limit of 64.0 MiB (the limit of a plugin file)"), "{status:?}");
     let rule = error("rule.wasm");
     assert!(rule.contains("rule.fixtures") && rule.contains("outside the plugins folder"), "{status:?}");
     assert_eq!(running(&reloader), "none", "the rule whose fixtures lead out is refused too");
@@ -198,7 +198,7 @@ fn links_out_of_the_folder_and_oversized_files_are_refused_before_they_are_read(
 #[test]
 fn a_refused_version_is_never_compiled_by_cranelift_and_an_accepted_one_is() {
     // A fresh cache: nothing is found there, so a new version starts on Winch's code, and the
-    // engine counts the functions Cranelift compiles.
+    // engine counts the components Cranelift compiles.
     let cache = scratch("refused-cache");
     let engine = PluginEngine::new(EngineConfig {
         pool_instances: 8,
@@ -223,13 +223,13 @@ fn a_refused_version_is_never_compiled_by_cranelift_and_an_accepted_one_is() {
     reloader.scan().expect("scan");
     assert!(reloader.status()[0].last_error.as_deref().is_some_and(|e| e.contains("fixture wrong")));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(engine.function_counts(), (0, 0), "the refused version was not compiled by Cranelift");
+    assert_eq!(engine.optimized_compiles(), 0, "the refused version was not compiled by Cranelift");
 
     std::fs::remove_dir_all(dir.join("rule.fixtures")).expect("fixtures gone");
     std::fs::write(dir.join("rule.wasm"), version_b()).expect("write b");
     reloader.scan().expect("scan");
     assert_eq!(running(&reloader), "b");
-    wait_for("Cranelift's compile of the accepted version", || engine.function_counts().1 > 0);
+    wait_for("Cranelift's compile of the accepted version", || engine.optimized_compiles() > 0);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -130,7 +130,7 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     Api::<ConfigMap>::namespaced(env.downstream.clone(), &ns).create(&PostParams::default(), &squatter).await?;
     create_all(&env.upstream, &ns, vec![mk_configmap(&ns, "taken", json!({"owner": "upstream"}))]).await?;
     let args: Vec<String> =
-        ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns, "--feature-gates", "StatusUpsync=false"]
+        ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns, "--feature-gates", "Sharding=false"]
             .iter()
             .map(|s| (*s).to_string())
             .collect();
@@ -144,8 +144,8 @@ async fn a_permanent_name_conflict_is_reported_once() -> anyhow::Result<()> {
     let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("taken")).count();
     assert_eq!(warnings, 1, "one warning per change of state; log: {}", d.log.display());
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
-    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="StatusUpsync""#])?, 0.0);
-    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="NamespaceCleanup""#])?, 1.0);
+    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="Sharding""#])?, 0.0);
+    assert_eq!(d.metric("downsync_feature_enabled", &[r#"name="ClientIntent""#])?, 1.0);
     assert!(d.terminate()?.success());
     env.cleanup().await
 }
@@ -197,8 +197,8 @@ async fn a_plugin_that_burns_its_deadline_leaves_healthz_and_other_kinds_working
     let mut d = Daemon::start("deadline", &args)?;
     d.wait_ready(Duration::from_secs(90)).await?;
 
-    // While the spinning objects keep their share of the workers (3 of 4: workersPerKind's
-    // default) busy a second at a time, the Secret follows its upstream changes and /healthz
+    // While the spinning objects keep their share of the workers (3 of 4: a kind's share of
+    // the workers) busy a second at a time, the Secret follows its upstream changes and /healthz
     // answers. The ConfigMaps never hold the last worker.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.downstream.clone(), &ns);
     let busy = || d.metric("downsync_workers_busy", &[r#"kind="ConfigMap""#]);

@@ -1,7 +1,7 @@
 //! Settings that would make `downsync run` do harm are refused at start, naming the setting:
 //! a metrics address already in use, a misspelt nested setting, upstream and downstream being
-//! the same cluster (by URL or through another URL), an unknown feature gate and an absurd
-//! worker count.
+//! the same cluster onto the same names (by URL or through another URL), an unknown feature
+//! gate and an absurd worker count. Into other namespaces, one cluster syncs into itself.
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -76,35 +76,63 @@ fn a_misspelt_nested_setting_is_refused_with_its_path() -> anyhow::Result<()> {
 }
 
 #[test]
-fn one_cluster_as_both_sides_is_refused_unless_allowed() -> anyhow::Result<()> {
+fn one_cluster_as_both_sides_is_refused_onto_the_same_names() -> anyhow::Result<()> {
     let c = clusters()?;
-    let same = |upstream: &std::path::Path, extra: &[&str]| -> anyhow::Result<(bool, String)> {
+    let same = |upstream: &std::path::Path| -> anyhow::Result<(bool, String)> {
         let mut a = run_from(upstream)?;
         a.extend([arg("--metrics-addr"), arg("off"), arg("--once")]);
-        a.extend(extra.iter().map(arg));
         let (status, _, stderr) = run_to_end(&a)?;
         Ok((status.success(), stderr))
     };
-    let (ok, err) = same(&c.downstream.kubeconfig, &[])?;
-    assert!(!ok && err.contains("same cluster"), "{err}");
+    let (ok, err) = same(&c.downstream.kubeconfig)?;
+    assert!(!ok && err.contains("same cluster") && err.contains("--namespace-prefix"), "{err}");
 
     // The same server under another name: caught by the cluster's identity, not the URL.
     let text = std::fs::read_to_string(&c.downstream.kubeconfig)?;
     assert!(text.contains("https://127.0.0.1:"), "the test clusters serve on 127.0.0.1");
     let other_name = std::env::temp_dir().join(format!("downsync-localhost-{}.kubeconfig", std::process::id()));
     std::fs::write(&other_name, text.replace("https://127.0.0.1:", "https://localhost:"))?;
-    let (ok, err) = same(&other_name, &[])?;
+    let (ok, err) = same(&other_name)?;
     assert!(!ok && err.contains("same cluster") && err.contains("kube-system"), "{err}");
-
-    let (ok, err) = same(&other_name, &["--allow-same-cluster"])?;
-    assert!(ok, "allowed explicitly, it runs: {err}");
     Ok(())
+}
+
+#[tokio::test]
+async fn one_cluster_syncs_into_other_namespaces_of_itself_and_never_copies_its_copies() -> anyhow::Result<()> {
+    use downsync_tests::TestEnv;
+    use downsync_tests::objects::{create_all, mk_configmap};
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::Api;
+    let env = TestEnv::new("same-cluster").await?;
+    let ns = env.namespace.clone();
+    create_all(&env.downstream, &ns, vec![mk_configmap(&ns, "app", serde_json::json!({"k": "v"}))]).await?;
+    let prefix = "copy-";
+    let (copy_ns, copy_of_copy) = (format!("{prefix}{ns}"), format!("{prefix}{prefix}{ns}"));
+    let down = clusters()?.downstream.kubeconfig;
+    let run = || -> anyhow::Result<()> {
+        let mut a = vec![arg("run"), arg("--upstream-kubeconfig"), arg(&down), arg("--downstream-kubeconfig")];
+        a.extend([arg(&down), arg("--resource"), arg("v1/ConfigMap"), arg("--namespace"), arg(&ns)]);
+        a.extend([arg("--namespace"), arg(&copy_ns), arg("--namespace-prefix"), arg(prefix)]);
+        a.extend([arg("--target"), arg(&ns), arg("--metrics-addr"), arg("off"), arg("--once")]);
+        let (status, _, stderr) = run_to_end(&a)?;
+        assert!(status.success(), "into other namespaces one cluster is its own downstream:\n{stderr}");
+        Ok(())
+    };
+    run()?;
+    let copy = Api::<ConfigMap>::namespaced(env.downstream.clone(), &copy_ns).get("app").await?;
+    assert_eq!(copy.data.and_then(|d| d.get("k").cloned()).as_deref(), Some("v"));
+    // The copy is in a selected namespace now: a second run sees it upstream, and leaves it.
+    run()?;
+    let namespaces = Api::<Namespace>::all(env.downstream.clone());
+    assert!(namespaces.get_opt(&copy_of_copy).await?.is_none(), "downsync never copies what it wrote");
+    let _ = namespaces.delete(&copy_ns, &Default::default()).await;
+    env.cleanup().await
 }
 
 #[test]
 fn bad_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
     for (flag, value, want) in [
-        ("--feature-gates", "NamespaceCleanup=true,Teleport=true", ["--feature-gates", "Teleport", "StatusUpsync"]),
+        ("--feature-gates", "Sharding=true,Teleport=true", ["--feature-gates", "Teleport", "ClientIntent"]),
         ("--workers", "18446744073709551615", ["workers", "out of range", "256"]),
     ] {
         let mut a = base()?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ha::HaConfig;
 use crate::kube::clients::ClusterSettings;
 use crate::plugin::{EngineConfig, PluginSettings, RegistryConfig};
-use crate::sync::{DownstreamConfig, NamespaceMapping, PaceLimits};
+use crate::sync::{DownstreamConfig, NamespaceMapping};
 
 /// A bad configuration.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +56,6 @@ pub struct ResourceConfig {
     /// Only upstream objects matching this label selector.
     #[serde(default)]
     pub label_selector: Option<String>,
-    /// Only these upstream namespaces (empty: the global list, then all).
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Never these upstream namespaces (added to the global list).
-    #[serde(default)]
-    pub exclude_namespaces: Vec<String>,
     /// What happens when a field downsync enforces is changed downstream by another writer:
     /// revert it (the default), keep it, or report it, per field manager.
     #[serde(default)]
@@ -82,8 +76,6 @@ impl ResourceConfig {
             api_version: api_version.into(),
             kind: kind.into(),
             label_selector: None,
-            namespaces: Vec::new(),
-            exclude_namespaces: Vec::new(),
             drift: crate::sync::DriftPolicy::default(),
         })
     }
@@ -106,7 +98,7 @@ pub struct RunConfig {
     pub plugins_dir: Option<PathBuf>,
     /// The kinds to sync.
     pub resources: Vec<ResourceConfig>,
-    /// Upstream namespaces to sync, for every resource without its own list (empty: all).
+    /// Upstream namespaces to sync (empty: all but the [`SYSTEM_NAMESPACES`]).
     pub namespaces: Vec<String>,
     /// Upstream namespaces never synced.
     pub exclude_namespaces: Vec<String>,
@@ -114,30 +106,6 @@ pub struct RunConfig {
     pub namespace_mapping: NamespaceMapping,
     /// Concurrent syncs.
     pub workers: usize,
-    /// The most workers one kind may hold at once, so a kind whose rule is slow (or burns its
-    /// whole deadline on every call) cannot take them all and stall the other kinds. Default:
-    /// `workers` less a quarter of them (at least 1 kept free), or all of them when one kind is synced.
-    pub workers_per_kind: Option<usize>,
-    /// The most workers bulk re-syncs (after a rule change, the periodic resync) may hold at
-    /// once; ordinary changes pass them whatever this is. Default: an eighth of `workers` (at
-    /// least 1), so that changes arriving during a re-sync of everything meet an unloaded
-    /// process and unloaded API servers.
-    pub resync_workers: Option<usize>,
-    /// How long, at most, bulk re-syncs step aside while ordinary changes are being synced: a
-    /// re-sync starts when no change is in flight, or once it has waited this long. Their
-    /// writes go through the same API servers, so overlapping them with a change slows the
-    /// change. 0 never steps aside.
-    pub resync_yield_millis: u64,
-    /// The most bulk re-syncs started per second, so that a re-sync of everything (after a
-    /// rule change) loads the API servers and the cores they share at a bounded rate and the
-    /// changes that arrive meanwhile keep their latency. 0: unpaced. This is the fastest pace:
-    /// while ordinary changes take longer to sync than they did with no re-sync running, the
-    /// pace slows, down to `resyncMinPerSecond`.
-    pub resync_per_second: u32,
-    /// The slowest the re-sync pace goes however slow ordinary changes get, so that a re-sync of
-    /// everything ends (10,000 objects in under 17 minutes at the default 10). At or above
-    /// `resyncPerSecond` the pace is fixed.
-    pub resync_min_per_second: u32,
     /// Every object is looked at again this often, even without events.
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
@@ -153,26 +121,17 @@ pub struct RunConfig {
     pub status_upsync: bool,
     /// How downstream objects are written, and who owns them.
     pub sync: DownstreamConfig,
-    /// Per-plugin settings (priority, failure policy, pinned digest), by plugin name.
+    /// Per-plugin settings (failure policy, pinned digest, rollout, instances), by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
-    /// How long to wait for a cluster to answer at startup.
-    pub connect_timeout_seconds: u64,
     /// Plugin sandbox limits (fuel, deadline, memory) and the compiled-component cache.
     pub engine: EngineConfig,
     /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
     /// By default such a namespace is deleted once it holds nothing downsync does not own.
     pub keep_namespaces: bool,
-    /// Allow upstream and downstream to be the same cluster (a loop onto itself is almost
-    /// always a kubeconfig mistake, so it is refused by default).
-    pub allow_same_cluster: bool,
     /// Feature gates by name (see [`super::features::GATES`]); unset gates take their default.
     pub feature_gates: BTreeMap<String, bool>,
     /// High availability and sharding through Leases in the downstream cluster.
     pub ha: HaConfig,
-    /// Objects whose last rule decisions are kept for `downsync explain` (0 keeps none). Each
-    /// keeps its last 4 hook calls with at most 32 changed paths apiece: under 1 KiB per object
-    /// typically and 8 KiB at most, so the default 1024 bounds the record at 8 MiB.
-    pub explain_objects: usize,
 }
 
 /// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
@@ -239,9 +198,14 @@ fn user_terms(message: &str) -> String {
     out
 }
 
-/// The highest `resyncPerSecond`: beyond it the pace's interval (10 µs) is below what a re-sync
-/// takes, so it would not pace anything.
-pub const MAX_RESYNC_PER_SECOND: u32 = 100_000;
+/// The least time between two bulk re-syncs starting (after a rule change, the periodic
+/// resync): 200 a second, so that a re-sync of everything loads the API servers and the cores
+/// they share at a bounded rate, and the changes that arrive meanwhile keep their latency
+/// (docs/benchmarks.md, the hot-reload section). 10,000 objects take 50 s.
+pub const RESYNC_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long to wait for a cluster to answer at startup.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -254,11 +218,6 @@ impl Default for RunConfig {
             exclude_namespaces: Vec::new(),
             namespace_mapping: NamespaceMapping::default(),
             workers: 8,
-            workers_per_kind: None,
-            resync_workers: None,
-            resync_yield_millis: 50,
-            resync_per_second: 200,
-            resync_min_per_second: 10,
             resync_seconds: 600,
             orphan_grace_seconds: 30,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -266,13 +225,10 @@ impl Default for RunConfig {
             status_upsync: false,
             sync: DownstreamConfig::default(),
             plugins: BTreeMap::new(),
-            connect_timeout_seconds: 10,
             engine: EngineConfig::default(),
             keep_namespaces: false,
-            allow_same_cluster: false,
             feature_gates: BTreeMap::new(),
             ha: HaConfig::default(),
-            explain_objects: crate::plugin::DEFAULT_EXPLAIN_OBJECTS,
         }
     }
 }
@@ -355,35 +311,50 @@ impl RunConfig {
         super::features::enabled(&self.feature_gates, name)
     }
 
-    /// Whether namespaces downsync created are kept after their upstream namespace is gone.
-    pub fn keeps_namespaces(&self) -> bool {
-        self.keep_namespaces || !self.feature(super::features::NAMESPACE_CLEANUP)
+    /// Whether only the fields upstream clients asked for are enforced (the `ClientIntent`
+    /// feature gate); off, every field of the upstream object is.
+    pub fn client_intent(&self) -> bool {
+        self.feature(super::features::CLIENT_INTENT)
     }
 
-    /// The most workers one kind may hold: `workersPerKind`, or its default.
+    /// Whether namespaces downsync created are kept after their upstream namespace is gone.
+    pub fn keeps_namespaces(&self) -> bool {
+        self.keep_namespaces
+    }
+
+    /// The most workers one kind may hold at once, so that a kind whose rule is slow (or burns
+    /// its whole deadline on every call) cannot take them all and stall the other kinds:
+    /// `workers` less a quarter of them (at least 1 kept free), or all of them for one kind.
     pub fn workers_per_kind(&self) -> usize {
-        self.workers_per_kind.unwrap_or(if self.resources.len() <= 1 || self.workers <= 1 {
+        if self.resources.len() <= 1 || self.workers <= 1 {
             self.workers
         } else {
             self.workers - (self.workers / 4).max(1)
-        })
+        }
     }
 
-    /// The most workers bulk re-syncs may hold: `resyncWorkers`, or its default.
+    /// The most workers bulk re-syncs may hold at once: an eighth of `workers` (at least 1), so
+    /// that changes arriving during a re-sync of everything meet an unloaded process.
     pub fn resync_workers(&self) -> usize {
-        self.resync_workers.unwrap_or((self.workers / 8).max(1))
+        (self.workers / 8).max(1)
     }
 
-    /// How long bulk re-syncs step aside for changes in flight, at most.
-    pub fn resync_yield(&self) -> Duration {
-        Duration::from_millis(self.resync_yield_millis)
+    /// The plugin engine's settings: the file's budgets, with instance slots for every worker
+    /// and a shadow version beside each.
+    pub fn engine_config(&self) -> EngineConfig {
+        use super::features::{INPUT_PROJECTION, TIERED_COMPILATION};
+        let slots = u32::try_from(self.workers.saturating_mul(2)).unwrap_or(u32::MAX);
+        EngineConfig {
+            pool_instances: self.engine.pool_instances.max(slots),
+            tiered_compilation: self.engine.tiered_compilation && self.feature(TIERED_COMPILATION),
+            project_inputs: self.engine.project_inputs && self.feature(INPUT_PROJECTION),
+            ..self.engine.clone()
+        }
     }
 
-    /// The bounds of the time between two bulk re-syncs starting: `resyncPerSecond` and
-    /// `resyncMinPerSecond` as intervals (zero when unpaced).
-    pub fn resync_pace(&self) -> PaceLimits {
-        let interval = |n: u32| if n == 0 { Duration::ZERO } else { Duration::from_secs(1) / n };
-        PaceLimits { fastest: interval(self.resync_per_second), slowest: interval(self.resync_min_per_second) }
+    /// Objects whose last rule decisions are kept for `downsync explain`.
+    pub fn explain_objects(&self) -> usize {
+        crate::plugin::DEFAULT_EXPLAIN_OBJECTS
     }
 
     /// The resync period.
@@ -399,18 +370,17 @@ impl RunConfig {
     /// Whether an upstream object is synced for resource `r`: its namespace is selected and it
     /// is not one of the objects every cluster makes for itself.
     pub fn selects(&self, r: &ResourceConfig, ns: Option<&str>, name: &str) -> bool {
-        !is_per_cluster(&r.api_version, &r.kind, ns, name) && self.selects_namespace(r, ns)
+        !is_per_cluster(&r.api_version, &r.kind, ns, name) && self.selects_namespace(ns)
     }
 
-    /// Whether upstream namespace `ns` is synced for resource `r` (cluster-scoped: always).
-    /// The [`SYSTEM_NAMESPACES`] are synced only when an include list names them.
-    pub fn selects_namespace(&self, r: &ResourceConfig, ns: Option<&str>) -> bool {
+    /// Whether upstream namespace `ns` is synced (cluster-scoped objects: always). The
+    /// [`SYSTEM_NAMESPACES`] are synced only when `namespaces` names them.
+    pub fn selects_namespace(&self, ns: Option<&str>) -> bool {
         let Some(ns) = ns else { return true };
-        let include = if r.namespaces.is_empty() { &self.namespaces } else { &r.namespaces };
+        let include = &self.namespaces;
         let included =
             if include.is_empty() { !SYSTEM_NAMESPACES.contains(&ns) } else { include.iter().any(|n| n == ns) };
-        let excluded = self.exclude_namespaces.iter().chain(&r.exclude_namespaces).any(|n| n == ns);
-        included && !excluded
+        included && !self.exclude_namespaces.iter().any(|n| n == ns)
     }
 
     /// Checks the settings that can be checked without a cluster.
@@ -446,24 +416,6 @@ impl RunConfig {
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return invalid("workers", format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers));
         }
-        for (setting, value) in [("workersPerKind", self.workers_per_kind), ("resyncWorkers", self.resync_workers)] {
-            if let Some(n) = value
-                && (n == 0 || n > self.workers)
-            {
-                return invalid(setting, format!("{n} is out of range: give 1 to workers ({})", self.workers));
-            }
-        }
-        let slots = self.engine.pool_instances as usize;
-        if self.plugins_dir.is_some() && self.workers > slots {
-            return invalid(
-                "workers",
-                format!(
-                    "{} workers but the plugin engine has {slots} instance slots (engine.poolInstances); \
-                     raise engine.poolInstances or lower workers",
-                    self.workers
-                ),
-            );
-        }
         self.ha.validate().map_err(|e| match e {
             super::ha::Error::Invalid { setting, message } => {
                 Error::Invalid { setting: format!("ha.{setting}"), message }
@@ -472,36 +424,19 @@ impl RunConfig {
         })?;
         super::features::validate(&self.feature_gates)
             .map_err(|e| Error::Invalid { setting: "featureGates".into(), message: e.to_string() })?;
-        for (on, gate, setting) in [
-            (self.status_upsync, super::features::STATUS_UPSYNC, "statusUpsync"),
-            (self.upstream_finalizer, super::features::UPSTREAM_FINALIZER, "upstreamFinalizer"),
-        ] {
-            if on && !self.feature(gate) {
-                return invalid(setting, format!("needs the {gate} feature gate, which is off"));
-            }
-        }
-        if self.resync_yield_millis > 10_000 {
+        use super::features::{SHADOW_ROLLOUT, SHARDING};
+        if self.ha.shards > 1 && !self.feature(SHARDING) {
             return invalid(
-                "resyncYieldMillis",
-                format!(
-                    "{} is out of range: give 0 to 10000 (a re-sync waits at most this long)",
-                    self.resync_yield_millis
-                ),
+                "ha.shards",
+                format!("{} shards need the {SHARDING} feature gate, which is off", self.ha.shards),
             );
         }
-        if self.resync_per_second > MAX_RESYNC_PER_SECOND {
+        if let Some((name, _)) = self.plugins.iter().find(|(_, p)| p.rollout.shadow)
+            && !self.feature(SHADOW_ROLLOUT)
+        {
             return invalid(
-                "resyncPerSecond",
-                format!("{} is out of range: give 0 (unpaced) to {MAX_RESYNC_PER_SECOND}", self.resync_per_second),
-            );
-        }
-        if self.resync_min_per_second == 0 || self.resync_min_per_second > MAX_RESYNC_PER_SECOND {
-            return invalid(
-                "resyncMinPerSecond",
-                format!(
-                    "{} is out of range: give 1 to {MAX_RESYNC_PER_SECOND} (a re-sync of everything must end)",
-                    self.resync_min_per_second
-                ),
+                &format!("plugins.{name}.rollout.shadow"),
+                format!("needs the {SHADOW_ROLLOUT} feature gate, which is off"),
             );
         }
         if self.resync_seconds == 0 || self.resync_seconds > MAX_PERIOD_SECONDS {
@@ -563,11 +498,8 @@ mod tests {
         assert_eq!(c.workers, 8);
         assert_eq!(c.namespace_mapping, NamespaceMapping::Identity);
         assert_eq!(c.sync.ownership.identity, "downsync");
-        assert!(c.engine.tiered_compilation, "Winch first, Cranelift in the background");
+        assert!(c.engine_config().tiered_compilation, "Winch first, Cranelift in the background");
         c.validate().unwrap();
-        let c =
-            mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nengine: {tieredCompilation: false}").unwrap();
-        assert!(!c.engine.tiered_compilation);
     }
 
     #[test]
@@ -639,20 +571,19 @@ mod tests {
     }
 
     #[test]
-    fn namespace_selection_combines_global_and_per_resource_lists() {
-        let c = mk_config(
-            "namespaces: [a, b]\nexcludeNamespaces: [b]\nresources:\n- {apiVersion: v1, kind: ConfigMap}\n- \
-             {apiVersion: v1, kind: Secret, namespaces: [c]}",
-        )
-        .unwrap();
-        let (cm, secret) = (&c.resources[0], &c.resources[1]);
-        assert!(c.selects_namespace(cm, Some("a")));
-        assert!(!c.selects_namespace(cm, Some("b")), "excluded wins over included");
-        assert!(!c.selects_namespace(cm, Some("c")));
-        assert!(c.selects_namespace(secret, Some("c")), "a resource's own list replaces the global one");
-        assert!(c.selects_namespace(secret, None), "cluster-scoped objects have no namespace to filter");
+    fn namespace_selection_includes_then_excludes() {
+        let c =
+            mk_config("namespaces: [a, b]\nexcludeNamespaces: [b]\nresources:\n- {apiVersion: v1, kind: ConfigMap}")
+                .unwrap();
+        let cm = &c.resources[0];
+        assert!(c.selects_namespace(Some("a")));
+        assert!(!c.selects_namespace(Some("b")), "excluded wins over included");
+        assert!(!c.selects_namespace(Some("c")));
+        assert!(c.selects_namespace(None), "cluster-scoped objects have no namespace to filter");
         assert!(!c.selects(cm, Some("a"), "kube-root-ca.crt"), "each cluster makes its own");
         assert!(c.selects(cm, Some("a"), "app-config"));
+        let err = mk_config("resources: [{apiVersion: v1, kind: ConfigMap, namespaces: [a]}]").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("namespaces"), "per-kind namespace lists are gone: {err}");
     }
 
     #[test]
@@ -698,15 +629,14 @@ mod tests {
     }
 
     #[test]
-    fn workers_are_bounded_by_the_maximum_and_the_plugin_slots() {
+    fn workers_are_bounded_and_the_plugin_engine_has_a_slot_for_each() {
         let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
         let huge = mk_config(&format!("{base}workers: 18446744073709551615")).unwrap();
         assert!(huge.validate().unwrap_err().to_string().contains("workers"));
-        let mut c = mk_config(&format!("{base}workers: 16\nengine: {{poolInstances: 8}}")).unwrap();
-        assert!(c.validate().is_ok(), "without plugins the pool does not bound the workers");
-        c.plugins_dir = Some(std::env::temp_dir());
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("workers") && err.contains("poolInstances"), "{err}");
+        let c = mk_config(&format!("{base}workers: 200")).unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.engine_config().pool_instances >= 400, "a slot per worker and per shadow call");
+        assert_eq!(RunConfig::default().engine_config().pool_instances, 64, "at least the engine's default");
     }
 
     #[test]
@@ -719,36 +649,16 @@ mod tests {
             (format!("{two}workers: 2"), 1, 1),
             (format!("{two}workers: 1"), 1, 1),
             ("resources: [{apiVersion: v1, kind: ConfigMap}]\nworkers: 8".to_string(), 8, 1),
-            (format!("{two}workers: 8\nworkersPerKind: 8\nresyncWorkers: 8"), 8, 8),
         ] {
             let c = mk_config(&yaml).unwrap();
             assert!(c.validate().is_ok(), "{yaml}");
             assert_eq!((c.workers_per_kind(), c.resync_workers()), (per_kind, resync), "{yaml}");
         }
-        for (bad, range) in [
-            ("workersPerKind: 9", "give 1 to workers (8)"),
-            ("resyncWorkers: 0", "give 1 to workers (8)"),
-            ("resyncYieldMillis: 60000", "give 0 to 10000"),
-            ("resyncPerSecond: 2000000", "give 0 (unpaced) to 100000"),
-            ("resyncMinPerSecond: 0", "give 1 to 100000"),
-        ] {
-            let err = mk_config(&format!("{two}workers: 8\n{bad}")).unwrap().validate().unwrap_err().to_string();
-            let setting = bad.split(':').next().unwrap_or_default();
-            assert!(err.contains(setting) && err.contains(range), "{bad}: {err}");
+        for gone in ["workersPerKind: 8", "resyncWorkers: 1", "resyncYieldMillis: 0", "resyncPerSecond: 50"] {
+            let err = mk_config(&format!("{two}{gone}")).map(|_| ()).unwrap_err().to_string();
+            let setting = gone.split(':').next().unwrap_or_default();
+            assert!(err.contains(setting), "{gone}: {err}");
         }
-        let c = mk_config(&format!("{two}resyncYieldMillis: 0")).unwrap();
-        assert!(c.validate().is_ok());
-        assert_eq!(c.resync_yield(), Duration::ZERO, "0 turns the yield off");
-        assert_eq!(RunConfig::default().resync_yield(), Duration::from_millis(50));
-        let ms = Duration::from_millis;
-        let pace = RunConfig::default().resync_pace();
-        assert_eq!((pace.fastest, pace.slowest), (ms(5), ms(100)), "200 re-syncs a second, 10 at the slowest");
-        let c = mk_config(&format!("{two}resyncPerSecond: 0")).unwrap();
-        assert!(c.validate().is_ok());
-        assert_eq!(c.resync_pace().fastest, Duration::ZERO, "0 turns the pace off");
-        let c = mk_config(&format!("{two}resyncPerSecond: 50\nresyncMinPerSecond: 50")).unwrap();
-        assert!(c.validate().is_ok());
-        assert_eq!(c.resync_pace(), PaceLimits::fixed(ms(20)), "the same rate twice: a fixed pace");
     }
 
     #[test]
@@ -756,25 +666,46 @@ mod tests {
         let c = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
         let cm = &c.resources[0];
         for ns in SYSTEM_NAMESPACES {
-            assert!(!c.selects_namespace(cm, Some(ns)), "{ns}");
+            assert!(!c.selects_namespace(Some(ns)), "{ns}");
+            assert!(!c.selects(cm, Some(ns), "x"), "{ns}");
         }
-        assert!(c.selects_namespace(cm, Some("default")));
+        assert!(c.selects_namespace(Some("default")));
         let listed = mk_config("namespaces: [kube-system]\nresources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
-        assert!(listed.selects_namespace(&listed.resources[0], Some("kube-system")), "an explicit entry overrides");
+        assert!(listed.selects_namespace(Some("kube-system")), "an explicit entry overrides");
     }
 
     #[test]
-    fn feature_gates_are_checked_and_guard_their_settings() {
+    fn feature_gates_are_checked_and_each_gate_works_on_and_off() {
+        use super::super::features::{
+            CLIENT_INTENT, GATES, INPUT_PROJECTION, SHADOW_ROLLOUT, SHARDING, TIERED_COMPILATION,
+        };
         let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
         let unknown = mk_config(&format!("{base}featureGates: {{NoSuchGate: true}}")).unwrap();
         let err = unknown.validate().unwrap_err().to_string();
         assert!(err.contains("featureGates") && err.contains("NoSuchGate"), "{err}");
-        let off = mk_config(&format!("{base}statusUpsync: true\nfeatureGates: {{StatusUpsync: false}}")).unwrap();
-        let err = off.validate().unwrap_err().to_string();
-        assert!(err.contains("statusUpsync") && err.contains("StatusUpsync"), "{err}");
-        let keep = mk_config(&format!("{base}featureGates: {{NamespaceCleanup: false}}")).unwrap();
-        assert!(keep.keeps_namespaces());
-        assert!(!mk_config(base).unwrap().keeps_namespaces());
+        for gone in ["StatusUpsync", "UpstreamFinalizer", "NamespaceCleanup"] {
+            let c = mk_config(&format!("{base}featureGates: {{{gone}: true}}")).unwrap();
+            assert!(c.validate().is_err(), "{gone} duplicated a setting and is gone");
+        }
+        let on = mk_config(base).unwrap();
+        let off = |gate: &str| mk_config(&format!("{base}featureGates: {{{gate}: false}}")).unwrap();
+        for g in GATES {
+            assert!(on.feature(g.name), "{} is on by default", g.name);
+            assert!(!off(g.name).feature(g.name), "{} turns off", g.name);
+        }
+        // What each gate does, on and off.
+        assert!(on.engine_config().tiered_compilation && !off(TIERED_COMPILATION).engine_config().tiered_compilation);
+        assert!(on.engine_config().project_inputs && !off(INPUT_PROJECTION).engine_config().project_inputs);
+        assert!(on.client_intent() && !off(CLIENT_INTENT).client_intent());
+        let sharded = format!("{base}ha: {{enabled: true, shards: 3}}\n");
+        assert!(mk_config(&sharded).unwrap().validate().is_ok());
+        let err = mk_config(&format!("{sharded}featureGates: {{{SHARDING}: false}}")).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("ha.shards") && err.to_string().contains(SHARDING), "{err}");
+        let shadow = format!("{base}plugins: {{stamp: {{rollout: {{shadow: true}}}}}}\n");
+        assert!(mk_config(&shadow).unwrap().validate().is_ok());
+        let err =
+            mk_config(&format!("{shadow}featureGates: {{{SHADOW_ROLLOUT}: false}}")).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("plugins.stamp.rollout.shadow"), "{err}");
     }
 
     #[test]

@@ -46,9 +46,20 @@ pub enum Step {
     Park,
 }
 
-/// Decides what happens to a key whose reconcile failed.
-pub fn error_policy(error: &ReconcileError) -> Step {
+/// Calls of a rule that ended at the deadline for one object, in a row, after which the object
+/// is parked: a rule that spins on it burns a core for the whole deadline at each retry, and
+/// the next change of the object, of the rules, or the periodic resync tries again.
+pub const DEADLINES_BEFORE_PARKING: u32 = 3;
+
+/// Decides what happens to a key whose reconcile failed; `failures` is how many times in a row
+/// it failed before this one.
+pub fn error_policy(error: &ReconcileError, failures: u32) -> Step {
     match error {
+        ReconcileError::Sync(SyncError::Rule(RuleError { retryable: true, .. }))
+            if failures + 1 >= DEADLINES_BEFORE_PARKING =>
+        {
+            Step::Park
+        }
         ReconcileError::Sync(e) => sync_policy(e),
         ReconcileError::Placement(_) => Step::Park,
         ReconcileError::Namespace { source, .. } => api_policy(source),
@@ -202,8 +213,15 @@ mod tests {
             (ReconcileError::Upstream { operation: "finalizer", message: "m".into() }, Step::Retry, "UpstreamFailed"),
         ];
         for (error, step, reason) in table {
-            assert_eq!(error_policy(&error), step, "{error}");
+            assert_eq!(error_policy(&error, 0), step, "{error}");
             assert_eq!(event_reason(&error), reason, "{error}");
         }
+    }
+
+    #[test]
+    fn an_object_whose_rule_keeps_running_to_the_deadline_is_parked_after_a_few_tries() {
+        let steps: Vec<Step> = (0..4).map(|failures| error_policy(&mk_rule(true), failures)).collect();
+        assert_eq!(steps, [Step::Retry, Step::Retry, Step::Park, Step::Park]);
+        assert_eq!(error_policy(&mk_api(ApiError::Transport("x".into())), 10), Step::Retry, "only rule deadlines");
     }
 }

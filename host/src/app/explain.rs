@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::controller::Controller;
+use super::context::Controller;
 use super::diff::for_display;
+use super::http::Explainer;
+use super::keys::ObjectKey;
 use super::reconcile::to_value;
-use super::triggers::ObjectKey;
 use crate::plugin::{Journal, JournalEntry as Entry, PluginRegistry, RuleSnapshot, group_kind};
 use crate::sync::delta::{covers, delta};
 use crate::sync::desired::{normalize_desired, object_ref};
@@ -285,6 +286,17 @@ pub fn render(answer: &Value) -> String {
         }
     }
     out
+}
+
+impl Explainer for Controller {
+    fn explain<'a>(
+        &'a self,
+        kind: &'a str,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(Controller::explain(self, kind, namespace, name))
+    }
 }
 
 #[cfg(test)]

@@ -45,32 +45,51 @@ pub struct Gate {
     pub description: &'static str,
 }
 
-/// The status subresource of upstream objects follows the downstream status (with `statusUpsync`).
-pub const STATUS_UPSYNC: &str = "StatusUpsync";
-/// Upstream deletes wait for the downstream copy through a finalizer (with `upstreamFinalizer`).
-pub const UPSTREAM_FINALIZER: &str = "UpstreamFinalizer";
-/// Namespaces downsync created are deleted with their upstream namespace.
-pub const NAMESPACE_CLEANUP: &str = "NamespaceCleanup";
+/// Only the fields upstream clients asked for are enforced downstream: what the upstream
+/// server filled in (read from `managedFields`) is left to the downstream server and its
+/// writers. Off: every field of the upstream object is enforced.
+pub const CLIENT_INTENT: &str = "ClientIntent";
+/// A 0.2.0 plugin is sent only the fields its `reads` names. Off: it is sent whole objects.
+pub const INPUT_PROJECTION: &str = "InputProjection";
+/// A new plugin version runs on Winch's code at once, and on Cranelift's once a background
+/// thread has compiled it. Off: Cranelift compiles before the version is used.
+pub const TIERED_COMPILATION: &str = "TieredCompilation";
+/// `plugins.<name>.rollout.shadow`: a new version runs beside the active one before use.
+pub const SHADOW_ROLLOUT: &str = "ShadowRollout";
+/// `ha.shards` above 1: upstream namespaces split across replicas, a Lease each.
+pub const SHARDING: &str = "Sharding";
 
 /// Every gate downsync knows.
 pub const GATES: &[Gate] = &[
     Gate {
-        name: NAMESPACE_CLEANUP,
+        name: CLIENT_INTENT,
         stage: Stage::Beta,
         default: true,
-        description: "delete a downstream namespace downsync created once its upstream namespace is gone",
+        description: "enforce only the fields upstream clients asked for (managedFields); leave server-set fields to the downstream",
     },
     Gate {
-        name: STATUS_UPSYNC,
+        name: INPUT_PROJECTION,
         stage: Stage::Beta,
         default: true,
-        description: "allow `statusUpsync: true` (--status-upsync): copy downstream status upstream",
+        description: "send a 0.2.0 plugin only the fields its `reads` names",
     },
     Gate {
-        name: UPSTREAM_FINALIZER,
+        name: SHADOW_ROLLOUT,
         stage: Stage::Beta,
         default: true,
-        description: "allow `upstreamFinalizer: true` (--upstream-finalizer): upstream deletes wait for the copy",
+        description: "allow `rollout.shadow`: a new plugin version runs beside the active one before it is used",
+    },
+    Gate {
+        name: SHARDING,
+        stage: Stage::Beta,
+        default: true,
+        description: "allow `ha.shards` above 1: upstream namespaces split across replicas, a Lease each",
+    },
+    Gate {
+        name: TIERED_COMPILATION,
+        stage: Stage::Beta,
+        default: true,
+        description: "run a new plugin version on Winch's code while Cranelift compiles it in the background",
     },
 ];
 
@@ -179,15 +198,15 @@ mod tests {
 
     #[test]
     fn gates_parse_with_defaults_and_refuse_unknown_names_and_bad_values() {
-        let s = parse("StatusUpsync=false, NamespaceCleanup=true").unwrap();
-        assert!(!enabled(&s, STATUS_UPSYNC));
-        assert!(enabled(&s, NAMESPACE_CLEANUP));
-        assert!(enabled(&s, UPSTREAM_FINALIZER), "unset: the default");
+        let s = parse("Sharding=false, ClientIntent=true").unwrap();
+        assert!(!enabled(&s, SHARDING));
+        assert!(enabled(&s, CLIENT_INTENT));
+        assert!(enabled(&s, SHADOW_ROLLOUT), "unset: the default");
         assert!(matches!(parse("NoSuchGate=true"), Err(Error::Unknown { .. })));
         let err = parse("NoSuchGate=true").unwrap_err().to_string();
-        assert!(err.contains("NoSuchGate") && err.contains(STATUS_UPSYNC), "{err}");
-        assert!(matches!(parse("StatusUpsync"), Err(Error::Syntax { .. })));
-        assert!(matches!(parse("StatusUpsync=yes"), Err(Error::Syntax { .. })));
+        assert!(err.contains("NoSuchGate") && err.contains(SHARDING), "{err}");
+        assert!(matches!(parse("Sharding"), Err(Error::Syntax { .. })));
+        assert!(matches!(parse("Sharding=yes"), Err(Error::Syntax { .. })));
         assert_eq!(parse("").unwrap(), BTreeMap::new());
     }
 
@@ -202,10 +221,12 @@ mod tests {
     #[test]
     fn every_gate_is_exported() {
         let mut registry = Registry::default();
-        register(&parse("StatusUpsync=false").unwrap(), &mut registry);
+        register(&parse("Sharding=false").unwrap(), &mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"downsync_feature_enabled{name="StatusUpsync"} 0"#), "{text}");
-        assert!(text.contains(r#"downsync_feature_enabled{name="NamespaceCleanup"} 1"#), "{text}");
+        assert!(text.contains(r#"downsync_feature_enabled{name="Sharding"} 0"#), "{text}");
+        for g in GATES.iter().filter(|g| g.name != SHARDING) {
+            assert!(text.contains(&format!(r#"downsync_feature_enabled{{name="{}"}} 1"#, g.name)), "{text}");
+        }
     }
 }

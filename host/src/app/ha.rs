@@ -75,7 +75,9 @@ pub enum Error {
 /// Result of the Lease loop.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The `ha:` section of the config.
+/// The `ha:` section of the config: `enabled` and `shards`. The replica's name comes from
+/// `POD_NAME` (else the host name), the Leases' namespace from `POD_NAMESPACE` (else
+/// `default`), and the Lease timings are client-go's; tests shorten them (`--ha-timing`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HaConfig {
@@ -85,14 +87,19 @@ pub struct HaConfig {
     pub shards: u32,
     /// This replica's name in the Leases (and its user agent). Unset: `POD_NAME`, else the
     /// host name.
+    #[serde(skip)]
     pub identity: Option<String>,
     /// The downstream namespace of the Leases. Unset: `POD_NAMESPACE`, else `default`.
+    #[serde(skip)]
     pub namespace: Option<String>,
     /// How long a Lease is valid after its last renewal (client-go: 15).
+    #[serde(skip)]
     pub lease_duration_seconds: u64,
     /// A holder that could not renew for this long stops writing (client-go: 10).
+    #[serde(skip)]
     pub renew_deadline_seconds: u64,
     /// How often Leases are renewed, and free ones looked for (client-go: 2).
+    #[serde(skip)]
     pub retry_period_seconds: u64,
 }
 

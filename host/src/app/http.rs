@@ -35,17 +35,6 @@ pub trait Explainer: Send + Sync {
     ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, String>>;
 }
 
-impl Explainer for super::controller::Controller {
-    fn explain<'a>(
-        &'a self,
-        kind: &'a str,
-        namespace: Option<&'a str>,
-        name: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<serde_json::Value, String>> {
-        Box::pin(super::controller::Controller::explain(self, kind, namespace, name))
-    }
-}
-
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -56,7 +56,6 @@ pub struct SyncMetrics {
     retries: Family<KindLabels, Counter>,
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
-    resync_interval: Gauge<f64, AtomicU64>,
     busy: Family<KindLabels, Gauge>,
     initial: Family<StateLabels, Gauge<u64, AtomicU64>>,
     worker_panics: Counter,
@@ -73,7 +72,6 @@ impl Default for SyncMetrics {
             retries: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Gauge::default(),
-            resync_interval: Gauge::default(),
             busy: Family::default(),
             initial: Family::default(),
             worker_panics: Counter::default(),
@@ -97,11 +95,6 @@ impl SyncMetrics {
         r.register("retries", "Syncs queued again after a failure", self.retries.clone());
         r.register("sync_duration_seconds", "Time to sync one object", self.duration.clone());
         r.register("queue_depth", "Objects waiting for a worker", self.queue_depth.clone());
-        r.register(
-            "resync_interval_seconds",
-            "The re-sync pace: least time between two bulk re-syncs starting (longer while they slow ordinary changes)",
-            self.resync_interval.clone(),
-        );
         r.register(
             "workers_busy",
             "Workers syncing an object of the kind now (at most workersPerKind each)",
@@ -186,11 +179,6 @@ impl SyncMetrics {
         self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
-    /// Sets the re-sync pace's interval.
-    pub fn set_resync_interval(&self, interval: std::time::Duration) {
-        self.resync_interval.set(interval.as_secs_f64());
-    }
-
     /// Counts a worker taking (`+1`) or leaving (`-1`) an object of `kind`.
     pub fn busy(&self, kind: &str, delta: i64) {
         self.busy.get_or_create(&KindLabels { kind: kind.into() }).inc_by(delta);
@@ -225,13 +213,11 @@ mod tests {
         r.conflicts.push("/data".into());
         m.record("ConfigMap", &r, 0.01);
         m.set_queue_depth(4);
-        m.set_resync_interval(std::time::Duration::from_millis(40));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains(r#"downsync_syncs_total{kind="ConfigMap",operation="updated",result="ok"} 1"#), "{text}");
         assert!(text.contains(r#"downsync_conflicts_total{kind="ConfigMap"} 2"#), "{text}");
         assert!(text.contains("downsync_queue_depth 4"), "{text}");
-        assert!(text.contains("downsync_resync_interval_seconds 0.04"), "{text}");
         assert_eq!(m.syncs("ConfigMap", "updated", "ok"), 1);
     }
 }

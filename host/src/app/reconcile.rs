@@ -9,10 +9,11 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::controller::Controller;
+use super::context::{Controller, Watched};
 use super::error_policy::ReconcileError;
+use super::keys::{ObjectKey, WorkKey};
 use super::namespaces::Cleanup;
-use super::triggers::{ObjectKey, Watched, WorkKey};
+use super::packing::{body, unpack};
 use crate::kube::upstream;
 use crate::sync::mapping;
 use crate::sync::{ObjectKey as DownKey, Operation, SyncError};
@@ -30,12 +31,12 @@ pub enum Action {
 pub type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
 /// The object as JSON, with its apiVersion and kind: list and watch items often lack them. A
-/// cached object's body is kept as text ([`super::triggers::body`]) and parsed here.
+/// cached object's body is kept as text ([`super::packing::body`]) and parsed here.
 pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
     let mut map = serde_json::Map::new();
     map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
     map.insert("kind".into(), Value::String(ar.kind.clone()));
-    let (body, packed) = super::triggers::unpack(obj);
+    let (body, packed) = unpack(obj);
     // Typed metadata always serialises, to a map.
     let mut metadata = serde_json::to_value(&obj.metadata).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut metadata {
@@ -119,8 +120,8 @@ async fn sync(
     }
     if ctx.config.status_upsync
         && let Some(d) = down
-        && let Some(status) = super::triggers::body(d).get("status").cloned()
-        && super::triggers::body(up).get("status") != Some(&status)
+        && let Some(status) = body(d).get("status").cloned()
+        && body(up).get("status") != Some(&status)
         && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, &status).await
     {
         ctx.metrics.record_failure(kind, "upsync");

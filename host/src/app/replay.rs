@@ -76,7 +76,7 @@ pub async fn replay(config: RunConfig, file: &Path, out: &mut String) -> Result<
     let bytes = crate::plugin::read_component(file, config.engine.max_component_bytes)
         .map_err(|e| Error::Candidate { path: file.to_path_buf(), source: Box::new(e) })?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
-    let (engine_config, registry_config) = (config.engine.clone(), config.registry_config());
+    let (engine_config, registry_config) = (config.engine_config(), config.registry_config());
     let (up, down) = startup::connect(&config).await?;
     let active = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let (reloader, _watch) = startup::start_plugins(&config, &active).await?;

@@ -16,7 +16,7 @@ use crate::kube::clients::{self, Connected};
 use crate::kube::errors::classify;
 use crate::plugin::{PluginEngine, PluginRegistry, Reloader, WatchConfig, WatchHandle};
 use crate::sync::error::ApiError;
-use crate::sync::{Gvr, Resource, ownership};
+use crate::sync::{Gvr, NamespaceMapping, Resource, ownership};
 
 /// Why the program cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +35,9 @@ pub enum Error {
     Plugins(Box<crate::plugin::Error>),
     /// Upstream and downstream are one cluster.
     #[error(
-        "upstream and downstream are the same cluster ({reason}); downsync would sync the cluster onto itself. \
-         Check --upstream-kubeconfig/--downstream-kubeconfig (and KUBECONFIG), or set allowSameCluster: true"
+        "upstream and downstream are the same cluster ({reason}); with namespaceMapping identity, downsync \
+         would write over the objects it reads. Check --upstream-kubeconfig/--downstream-kubeconfig (and KUBECONFIG), \
+         or map the namespaces (--namespace-prefix, --hashed-namespaces)"
     )]
     SameCluster {
         /// How it was detected.
@@ -89,7 +90,7 @@ pub fn user_agent(config: &RunConfig) -> String {
 
 /// Connects to both clusters and checks they are two different ones.
 pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
-    let timeout = Duration::from_secs(config.connect_timeout_seconds);
+    let timeout = super::config::CONNECT_TIMEOUT;
     let ua = user_agent(config);
     let (up, down) = tokio::try_join!(
         clients::connect("upstream", &config.upstream, timeout, &ua),
@@ -97,7 +98,10 @@ pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
     )?;
     info!(upstream = %up.url, upstream_version = %up.version, downstream = %down.url,
         downstream_version = %down.version, "connected");
-    if !config.allow_same_cluster
+    // Into other namespaces, one cluster is its own downstream safely: downsync never takes
+    // an object it wrote (one carrying its stamp) as desired. Onto the same names it would
+    // overwrite the objects it reads.
+    if config.namespace_mapping == NamespaceMapping::Identity
         && let Some(reason) = same_cluster(&up, &down).await
     {
         return Err(Error::SameCluster { reason });
@@ -137,7 +141,7 @@ pub async fn start_plugins(
 /// The reloader of the plugins folder, if one is configured; nothing is loaded yet.
 pub async fn plugin_reloader(config: &RunConfig, rules: &Arc<PluginRegistry>) -> Result<Option<Arc<Reloader>>> {
     let Some(dir) = config.plugins_dir.clone() else { return Ok(None) };
-    let (engine_config, registry_config, rules) = (config.engine.clone(), config.registry_config(), Arc::clone(rules));
+    let (engine_config, registry_config, rules) = (config.engine_config(), config.registry_config(), Arc::clone(rules));
     let reloader = tokio::task::spawn_blocking(move || -> Result<_> {
         let engine = PluginEngine::new(engine_config)?;
         Ok(Reloader::new(engine, &dir, registry_config, rules))

@@ -12,13 +12,11 @@ use super::contract;
 use super::describe::check_describe;
 use super::dispatch::{Hook, Json, Raw, RawDecision, RulePre, wit_intent};
 use super::engine::PluginEngine;
-use super::error::{CallFailure, Error, Oversize, Result, Violation};
+use super::error::{Error, Oversize, Result, Violation};
 use super::host::CallState;
 use super::output::{
     MAX_IGNORE_PATH_BYTES, MAX_IGNORE_PATHS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, bounded, cause, classify,
 };
-use super::overrun::Overruns;
-use super::priority;
 use super::projection;
 use super::reuse::{Kept, KeptInstance, MAX_CALLS_PER_KEPT_INSTANCE};
 use super::tiering::{Code, Compiled, Tier};
@@ -37,8 +35,6 @@ pub struct Plugin {
     pub(super) code: Arc<Code>,
     /// Idle instances, when the plugin runs with [`InstancePolicy::Reused`].
     kept: Option<Arc<Kept>>,
-    /// Objects whose latest call ended at the deadline; their calls run one at a time.
-    overruns: Arc<Overruns>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -57,7 +53,7 @@ impl Plugin {
         Self::load(engine, label, &bytes)
     }
 
-    /// Reads a component file no larger than the engine's `maxComponentBytes`, checked before
+    /// Reads a component file no larger than the plugin file limit (64 MiB), checked before
     /// reading.
     pub fn read_file(engine: &PluginEngine, path: &Path) -> Result<Vec<u8>> {
         super::files::read_component(path, engine.config().max_component_bytes)
@@ -97,7 +93,7 @@ impl Plugin {
             hooks: Hooks::ALL,
             reads: vec![],
         };
-        let mut plugin = Self { engine, info, digest, code, kept: None, overruns: Arc::default() };
+        let mut plugin = Self { engine, info, digest, code, kept: None };
         let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
             return Err(plugin.mismatch("describe"));
         };
@@ -169,18 +165,6 @@ impl Plugin {
     /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
     /// A plugin that reuses instances runs the hook in a kept one instead.
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
-        let turn = self.overruns.turn(object);
-        let called = match turn {
-            Some(_) => priority::on_runaway_thread(&self.info.name, || self.call_unthrottled(hook, object)),
-            None => self.call_unthrottled(hook, object),
-        };
-        drop(turn);
-        let overran = matches!(&called, Err(e) if e.failure() == Some(CallFailure::Deadline));
-        self.overruns.record(object, overran);
-        called
-    }
-
-    fn call_unthrottled(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         if let Some(kept) = &self.kept {
             return self.call_kept(kept, hook, object);
         }
@@ -333,14 +317,20 @@ impl Plugin {
         outcome.map_err(|e| self.call_error(&store, "instantiate", "-", e))
     }
 
+    /// Whether hooks are sent the projection on the plugin's `reads` (it names some, and the
+    /// engine projects: the `InputProjection` feature gate), rather than whole objects.
+    fn projects(&self) -> bool {
+        !self.info.reads.is_empty() && self.engine.config().project_inputs
+    }
+
     /// The JSON text a hook is given: the projection on `reads`, or the whole object.
     pub(super) fn input(&self, obj: &Value, reads: &[String]) -> String {
-        if self.info.reads.is_empty() { obj.to_string() } else { projection::project_text(obj, reads) }
+        if self.projects() { projection::project_text(obj, reads) } else { obj.to_string() }
     }
 
     /// What a hook returned, merged into the full object when the plugin was sent a projection.
     fn merged(&self, hook: &'static str, object: &str, full: &Value, out: Value, reads: &[String]) -> Result<Value> {
-        if self.info.reads.is_empty() {
+        if !self.projects() {
             return Ok(out);
         }
         if !out.is_object() {

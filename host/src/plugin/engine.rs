@@ -15,11 +15,12 @@ use super::cache::ArtifactCache;
 use super::digest::sha256_hex;
 use super::dispatch::RulePre;
 use super::error::{Error, Result};
-use super::function_cache::FunctionCache;
 use super::host::{CallState, LogLimiter};
 use super::tiering::{Background, Code, Compiled, Tier};
 
-/// Limits and cache settings for the engine. Deserialised from the config file.
+/// Limits and cache settings for the engine. Deserialised from the config file, where a user
+/// sets the per-call budgets (`fuel`, `deadlineMs`, `memoryBytes`); the rest follow from
+/// them, from `workers` or from the environment, and are set by tests and the bench.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
@@ -31,21 +32,30 @@ pub struct EngineConfig {
     /// Linear memory cap per call, in bytes.
     pub memory_bytes: usize,
     /// Concurrent instances the pooling allocator keeps slots for.
+    #[serde(skip)]
     pub pool_instances: u32,
     /// Core wasm instances one call may create. A Rust component needs a handful; a component
     /// with an interpreter built in (componentize-py) needs more than 16.
+    #[serde(skip)]
     pub max_instances_per_call: usize,
-    /// Where precompiled components (and, under `functions/`, Cranelift's compiled functions,
-    /// so a new version of a plugin compiles only what changed) are cached; None disables both.
+    /// Where precompiled components are cached (`$XDG_CACHE_HOME/downsync/components`, else
+    /// `~/.cache/downsync/components`); None disables the cache.
+    #[serde(skip)]
     pub cache_dir: Option<PathBuf>,
     /// Puts a component that is not in the artifact cache in use with Winch's code, compiled
     /// in a fraction of Cranelift's time, and replaces it with Cranelift's when a background
     /// thread has compiled that (a rule change then waits for the quick compile only). Off:
     /// Cranelift compiles before the version is used.
+    #[serde(skip)]
     pub tiered_compilation: bool,
     /// The largest plugin file (`.wasm`) read, in bytes; a larger one is refused before it is
     /// read. Default 64 MiB (a component with a Python interpreter built in is 19 MB).
+    #[serde(skip)]
     pub max_component_bytes: u64,
+    /// Sends a 0.2.0 plugin only the fields its `reads` names (the `InputProjection` feature
+    /// gate). Off: whole objects, and the plugin's output replaces them whole.
+    #[serde(skip)]
+    pub project_inputs: bool,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +69,7 @@ impl Default for EngineConfig {
             cache_dir: default_cache_dir(),
             tiered_compilation: true,
             max_component_bytes: super::files::DEFAULT_MAX_COMPONENT_BYTES,
+            project_inputs: true,
         }
     }
 }
@@ -110,8 +121,8 @@ struct Inner {
     logs: LogLimiter,
     /// Precompiled components on disk, if configured.
     cache: Option<ArtifactCache>,
-    /// Compiled functions on disk, if configured.
-    functions: Option<Arc<FunctionCache>>,
+    /// Components Cranelift compiled, since start.
+    optimized_compiles: std::sync::atomic::AtomicU64,
     _ticker: Ticker,
 }
 
@@ -140,11 +151,6 @@ impl PluginEngine {
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let functions = config.cache_dir.as_deref().map(|dir| Arc::new(FunctionCache::new(&dir.join("functions"))));
-        if let Some(store) = &functions {
-            wasm.enable_incremental_compilation(Arc::clone(store) as Arc<dyn wasmtime::CacheStore>)
-                .map_err(Error::Engine)?;
-        }
         let baseline = if config.tiered_compilation { baseline_engine(&config) } else { None };
         // With baseline code in use meanwhile, Cranelift compiles on the background thread
         // alone, at low priority, instead of on every core at once. (A component Winch cannot
@@ -177,7 +183,7 @@ impl PluginEngine {
                 config,
                 logs: LogLimiter::default(),
                 cache,
-                functions,
+                optimized_compiles: std::sync::atomic::AtomicU64::new(0),
                 _ticker: Ticker(stop),
             }),
         })
@@ -198,9 +204,9 @@ impl PluginEngine {
         (self.inner.config.deadline_ms / TICK.as_millis() as u64).max(1)
     }
 
-    /// Functions taken from the compiled-function cache and functions compiled, since start.
-    pub fn function_counts(&self) -> (u64, u64) {
-        self.inner.functions.as_ref().map_or((0, 0), |f| f.counts())
+    /// Components Cranelift compiled since the engine started (a cached artifact is not one).
+    pub fn optimized_compiles(&self) -> u64 {
+        self.inner.optimized_compiles.load(Ordering::Relaxed)
     }
 
     /// Whether a component not in the artifact cache starts on Winch's code (see `tiering`).
@@ -313,20 +319,13 @@ impl PluginEngine {
     fn compile(&self, label: &str, digest: &str, bytes: &[u8]) -> Result<Component> {
         let engine = &self.inner.engine;
         let compile_err = |source| Error::Compile { plugin: label.to_string(), source };
+        self.inner.optimized_compiles.fetch_add(1, Ordering::Relaxed);
         let Some(cache) = &self.inner.cache else {
             return Component::new(engine, bytes).map_err(compile_err);
         };
-        let before = self.function_counts();
         let started = std::time::Instant::now();
         let artifact = engine.precompile_component(bytes).map_err(compile_err)?;
-        let (hits, misses) = self.function_counts();
-        tracing::info!(
-            plugin = label,
-            ms = started.elapsed().as_millis() as u64,
-            functions_reused = hits.saturating_sub(before.0),
-            functions_compiled = misses.saturating_sub(before.1),
-            "compiled"
-        );
+        tracing::info!(plugin = label, ms = started.elapsed().as_millis() as u64, "compiled");
         cache.put(label, digest, &self.compat(), &artifact);
         // SAFETY: `artifact` was produced just above by this very engine.
         #[allow(unsafe_code)]

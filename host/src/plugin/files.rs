@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result};
 
-/// The default largest plugin component (`engine.maxComponentBytes`): 64 MiB. The largest
+/// The largest plugin component read: 64 MiB. The largest
 /// component known to work, an interpreter built in (componentize-py), is 19 MB.
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+/// What sets the component limit, for the message.
+const COMPONENT_LIMIT: &str = "the limit of a plugin file";
 
 /// The largest fixture file: 4 MiB. A fixture holds one object, and the API server stores no
 /// object over 1.5 MiB.
@@ -39,10 +42,9 @@ pub(crate) fn read_bounded(path: &Path, limit: u64, setting: &'static str) -> Re
     Ok(bytes)
 }
 
-/// Reads a component file of at most `limit` bytes (`engine.maxComponentBytes`), checked
-/// before reading.
+/// Reads a component file of at most `limit` bytes, checked before reading.
 pub fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    read_bounded(path, limit, "engine.maxComponentBytes")
+    read_bounded(path, limit, COMPONENT_LIMIT)
 }
 
 /// [`read_bounded`] as text.
@@ -102,13 +104,10 @@ mod tests {
         // Sparse: 1 GiB on paper, nothing on disk, and nothing read.
         file.set_len(1 << 30).expect("set_len");
         let started = std::time::Instant::now();
-        let err = read_bounded(&path, DEFAULT_MAX_COMPONENT_BYTES, "engine.maxComponentBytes").expect_err("too large");
+        let err = read_bounded(&path, DEFAULT_MAX_COMPONENT_BYTES, COMPONENT_LIMIT).expect_err("too large");
         assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused without reading");
         let msg = err.to_string();
-        assert!(
-            msg.contains("1.0 GiB") && msg.contains("64.0 MiB") && msg.contains("engine.maxComponentBytes"),
-            "{msg}"
-        );
+        assert!(msg.contains("1.0 GiB") && msg.contains("64.0 MiB") && msg.contains(COMPONENT_LIMIT), "{msg}");
         std::fs::write(&path, b"small").expect("write");
         assert_eq!(read_bounded(&path, 5, "x").expect("at the limit"), b"small");
         assert!(read_bounded(&path, 4, "x").is_err());

@@ -7,7 +7,7 @@
 //! - plain types: `types`, `error`, `digest`, `files`, `output`, `projection`, `imports`,
 //!   `journal`;
 //! - the runtime: `bindings`, `capture`, `host`, `wasi`, `dispatch`, `describe`, `priority`,
-//!   `overrun`, `reuse`, `cache`, `function_cache`, `tiering`, `engine`, `contract`,
+//!   `reuse`, `cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
 //! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry`
 //!   (the [`PluginRegistry`] the syncer calls), `reload` (the [`Reloader`] that keeps it
@@ -26,13 +26,11 @@ mod engine;
 mod error;
 mod files;
 pub mod fixtures;
-mod function_cache;
 mod host;
 mod imports;
 mod journal;
 mod metrics;
 mod output;
-mod overrun;
 mod plugin_set;
 mod priority;
 pub mod projection;

@@ -1,5 +1,5 @@
-//! Thread CPU priorities: the plugin work that must not compete with syncing (background
-//! compiles, calls of a rule that keeps spinning to its deadline) runs below it.
+//! Thread CPU priority of the background compiler: Cranelift's compile of a new version must
+//! not compete with syncing, which already runs the version on Winch's code.
 //!
 //! On Linux a priority belongs to a thread, so lowering one thread's leaves every other thread
 //! of downsync at nice 0. An unprivileged thread cannot raise its priority again, so only
@@ -7,10 +7,6 @@
 
 /// Nice value of the background compiler: below syncing, above nothing else of downsync's.
 pub(crate) const BACKGROUND: i32 = 10;
-
-/// Nice value of a call whose object's latest call ran to the deadline: the lowest there is,
-/// so a runaway rule gets only the CPU that syncing and the API servers leave.
-pub(crate) const RUNAWAY: i32 = 19;
 
 /// Lowers the calling thread's CPU priority to `nice`; `what` names the thread in the log line
 /// written when that is refused.
@@ -27,30 +23,6 @@ pub(crate) fn lower_this_thread(nice: i32, what: &str) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (nice, what);
-}
-
-/// Runs `call` (the call of an object whose latest call ran to the deadline, so likely spins
-/// again) on a thread of its own at the lowest CPU priority: it then takes only the CPU that
-/// syncing, `/healthz` and the API servers leave, and still ends at its wall-clock deadline.
-/// A thread of its own because an unprivileged thread cannot raise its priority again; a
-/// thread start is some tens of microseconds, against a call that took a whole deadline. When
-/// no thread can be started, `call` runs here; `plugin` names it in that log line.
-pub(crate) fn on_runaway_thread<T: Send>(plugin: &str, call: impl Fn() -> T + Sync) -> T {
-    let span = tracing::Span::current();
-    std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new().name("downsync-runaway".into()).spawn_scoped(scope, || {
-            let _entered = span.enter();
-            lower_this_thread(RUNAWAY, "runaway call");
-            call()
-        });
-        match spawned {
-            Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(e) => {
-                tracing::debug!(error = %e, plugin = %plugin, "cannot start a thread for a runaway call; calling here");
-                call()
-            }
-        }
-    })
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -70,12 +42,12 @@ mod tests {
     fn only_the_calling_thread_is_lowered() {
         let before = nice_of_this_thread();
         let lowered = std::thread::spawn(|| {
-            lower_this_thread(RUNAWAY, "test");
+            lower_this_thread(BACKGROUND, "test");
             nice_of_this_thread()
         })
         .join()
         .ok();
-        assert_eq!(lowered, Some(RUNAWAY));
+        assert_eq!(lowered, Some(BACKGROUND));
         assert_eq!(nice_of_this_thread(), before, "the spawning thread keeps its priority");
     }
 }

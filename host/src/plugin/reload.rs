@@ -13,7 +13,7 @@
 //! `reload_failures` metric) and in [`Reloader::status`]; it is checked again only when its
 //! bytes change or, for a refusal caused by the other plugins, when they change. The watcher's
 //! own reads of the folder do not wake it. Hidden entries (`.tmp` files, `..data`) are ignored.
-//! A file larger than `engine.maxComponentBytes`, or an entry that is a link leading out of the
+//! A file larger than the plugin file limit (64 MiB), or an entry that is a link leading out of the
 //! folder (links inside it, as a ConfigMap's, are followed), is refused before it is read.
 //!
 //! The folder watch itself is in `watch.rs`, the status view in `status.rs`.
@@ -531,7 +531,7 @@ impl Reloader {
     }
 
     /// The bytes of `file`, an entry of the folder: refused when its links lead out of the
-    /// folder or it is larger than `engine.maxComponentBytes`, before it is read.
+    /// folder or it is larger than the plugin file limit (64 MiB), before it is read.
     fn read(&self, file: &Path) -> Result<Vec<u8>> {
         Folder::new(&self.dir)?.resolve(file)?;
         Plugin::read_file(&self.engine, file)

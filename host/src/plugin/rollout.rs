@@ -40,11 +40,16 @@ pub struct RolloutSettings {
     pub window_seconds: u64,
     /// Whether a clean shadow window promotes the new version by itself.
     pub promote: Promote,
-    /// Take a new version out when too many of its calls fail during its window.
+    /// Take a new version out when too many of its calls fail during its window (always, for
+    /// users).
+    #[serde(skip)]
     pub rollback: bool,
     /// The share of failed calls (0–100) above which a version on trial is rolled back.
+    #[serde(skip)]
     pub max_error_percent: u8,
-    /// Calls needed before the error share counts: one early failure is not a verdict.
+    /// Calls needed before the error share counts: one early failure is not a verdict. For
+    /// users 5, or `windowCalls` when the window is shorter (see [`RolloutSettings::min_calls`]).
+    #[serde(skip)]
     pub min_calls: u64,
 }
 
@@ -63,6 +68,17 @@ impl Default for RolloutSettings {
 }
 
 impl RolloutSettings {
+    /// Calls needed before the error share counts: `min_calls`, but never more than the window.
+    pub fn min_calls(&self) -> u64 {
+        self.min_calls.min(self.window_calls.max(1))
+    }
+
+    /// Whether a version with these counts fails: enough calls, and more of them failed than
+    /// the share allows.
+    pub fn failing(&self, stats: &Stats) -> bool {
+        stats.calls >= self.min_calls() && stats.errors * 100 > u64::from(self.max_error_percent.min(100)) * stats.calls
+    }
+
     /// The window as a duration.
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_seconds)
@@ -111,15 +127,16 @@ pub enum Verdict {
 
 /// Decides a trial from its counts: pure, so the policy is table-tested.
 pub(super) fn verdict(stage: Stage, settings: &RolloutSettings, stats: Stats, elapsed: Duration) -> Verdict {
-    let failing = stats.calls >= settings.min_calls.max(1)
-        && stats.errors * 100 > u64::from(settings.max_error_percent.min(100)) * stats.calls;
+    // A window with no calls says nothing about the version: it stays open however long.
+    let closed = stats.calls >= settings.window_calls || (elapsed >= settings.window() && stats.calls > 0);
+    // Below `min_calls`, a version whose every call failed is failing once its window closes.
+    let failing = settings.failing(&stats) || (closed && stats.errors == stats.calls);
     if failing && settings.rollback && stage != Stage::New {
         return Verdict::RollBack(format!(
             "{} of {} calls failed (over {}%) within its trial window",
             stats.errors, stats.calls, settings.max_error_percent
         ));
     }
-    let closed = stats.calls >= settings.window_calls || elapsed >= settings.window();
     if !closed {
         return Verdict::Pending;
     }
@@ -326,7 +343,17 @@ mod tests {
         let cases: Vec<Case<'_>> = vec![
             (Stage::Shadow, &s, mk_stats(3, 0, 0), early, |v| *v == Verdict::Pending, "window open"),
             (Stage::Shadow, &s, mk_stats(10, 0, 0), early, |v| *v == Verdict::Pass, "clean by calls"),
-            (Stage::Shadow, &s, mk_stats(0, 0, 0), late, |v| *v == Verdict::Pass, "clean by time, quiet kind"),
+            (Stage::Shadow, &s, mk_stats(3, 0, 0), late, |v| *v == Verdict::Pass, "clean by time"),
+            (
+                Stage::Shadow,
+                &s,
+                mk_stats(0, 0, 0),
+                late,
+                |v| *v == Verdict::Pending,
+                "no calls: never promoted by time",
+            ),
+            (Stage::Probation, &s, mk_stats(2, 2, 0), early, |v| *v == Verdict::Pending, "few calls, window open"),
+            (Stage::Probation, &s, mk_stats(2, 2, 0), late, rolled, "every call failed when the window closes"),
             (Stage::Shadow, &s, mk_stats(10, 0, 1), early, |v| *v == Verdict::AwaitPromotion, "divergent"),
             (Stage::Shadow, &manual, mk_stats(10, 0, 0), early, |v| *v == Verdict::AwaitPromotion, "manual"),
             (Stage::Shadow, &s, mk_stats(5, 5, 0), early, rolled, "shadow failing"),

@@ -20,7 +20,9 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginSettings {
-    /// Lower runs first; ties are broken by name.
+    /// Lower runs first; ties are broken by name. Not a setting: in the config, plugins run in
+    /// the order of their names, as Kubernetes calls mutating admission webhooks.
+    #[serde(skip)]
     pub priority: i32,
     /// What a failure of this plugin does to the object.
     pub failure_policy: FailurePolicy,
@@ -56,9 +58,10 @@ mod tests {
     #[test]
     fn settings_default_to_fail_closed_and_parse_from_yaml() {
         let cfg: RegistryConfig =
-            serde_yaml_ng::from_str("plugins:\n  service:\n    priority: -1\n    failurePolicy: FailOpen\n").unwrap();
+            serde_yaml_ng::from_str("plugins:\n  service:\n    failurePolicy: FailOpen\n").unwrap();
         assert_eq!(cfg.settings("service").failure_policy, FailurePolicy::FailOpen);
-        assert_eq!(cfg.settings("service").priority, -1);
+        let priority = serde_yaml_ng::from_str::<RegistryConfig>("plugins:\n  service:\n    priority: -1\n");
+        assert!(priority.is_err(), "plugins run in the order of their names");
         assert_eq!(cfg.settings("other"), PluginSettings::default());
         assert_eq!(PluginSettings::default().failure_policy, FailurePolicy::FailClosed);
     }

@@ -155,8 +155,9 @@ impl Reloader {
             .filter_map(|(stem, s)| {
                 let trial = s.trial.as_ref().filter(|t| t.stage() == Stage::New)?;
                 let (stats, settings) = (trial.stats(), trial.settings());
-                let failing = stats.calls >= settings.min_calls.max(1)
-                    && stats.errors * 100 > u64::from(settings.max_error_percent.min(100)) * stats.calls;
+                // Every call so far failed: named at once, however few (a failing object is
+                // parked after its first call, so the count may never reach `min_calls`).
+                let failing = settings.failing(&stats) || (stats.calls > 0 && stats.errors == stats.calls);
                 failing.then(|| {
                     let name = s.good.as_ref().map_or(stem.as_str(), |(p, _)| p.name());
                     format!(

@@ -77,32 +77,38 @@ impl Default for Ownership {
     }
 }
 
-/// Settings of the downstream writer. Deserialised once and passed down.
+/// Settings of the downstream writer. Deserialised once and passed down; only the strategy,
+/// the ownership stamp and the immutable-field policy are settings a user sees (`sync:`), the
+/// rest are fixed for users and set by tests and the tools (`downsync diff` never waits).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownstreamConfig {
     /// Retries after a 409 conflict.
+    #[serde(skip)]
     pub conflict_retries: u32,
     /// First backoff delay; doubles per retry, with full jitter.
-    #[serde(with = "millis")]
+    #[serde(skip)]
     pub backoff_base: Duration,
     /// Largest backoff delay.
-    #[serde(with = "millis")]
+    #[serde(skip)]
     pub backoff_max: Duration,
     /// Update strategy.
     pub strategy: UpdateStrategy,
     /// Extra JSON pointer patterns whose downstream value is kept.
+    #[serde(skip)]
     pub preserve_paths: Vec<String>,
     /// Extra JSON pointer patterns the differ ignores.
+    #[serde(skip)]
     pub ignore_paths: Vec<String>,
     /// Deletion propagation.
+    #[serde(skip)]
     pub propagation: Propagation,
     /// Ownership stamp and adoption.
     pub ownership: Ownership,
     /// What to do on an immutable-field refusal.
     pub on_immutable: ImmutablePolicy,
     /// How long a recreate waits for the old object to go.
-    #[serde(with = "millis")]
+    #[serde(skip)]
     pub recreate_timeout: Duration,
 }
 
@@ -120,19 +126,5 @@ impl Default for DownstreamConfig {
             on_immutable: ImmutablePolicy::default(),
             recreate_timeout: Duration::from_secs(60),
         }
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }

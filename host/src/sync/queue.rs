@@ -12,12 +12,9 @@
 //! deadline on every call, cannot take every worker and stall the other kinds. Keys added
 //! with [`WorkQueue::add_low`] (bulk re-syncs) wait in a low lane that is served only when no
 //! ordinary key can be, and by at most `low` workers at once, so the changes that come in
-//! during a re-sync of everything find a free worker and an unloaded process. The low lane
-//! also steps aside while ordinary keys are held, for at most `low_yield`: the writes of both
-//! go through the same API servers. And the low lane is paced ([`super::pace`]): at most one
-//! key per interval, so a re-sync of everything loads the API servers (and the cores they
-//! share) at a bounded rate instead of as fast as its workers go; the interval lengthens while
-//! ordinary keys take longer than they did with no re-sync running.
+//! during a re-sync of everything find a free worker and an unloaded process. And the low lane
+//! is paced: at most one key per `low_interval`, so a re-sync of everything loads the API
+//! servers (and the cores they share) at a bounded rate instead of as fast as its workers go.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -26,8 +23,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use super::pace::{Pace, PaceLimits};
 
 /// Backoff settings for [`WorkQueue::add_rate_limited`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +50,9 @@ pub struct Shares<K> {
     pub per_class: usize,
     /// The most keys from the low lane handed out at once.
     pub low: usize,
-    /// How long the low lane steps aside while ordinary keys are being worked on: a low key
-    /// starts when no ordinary key is held, or once the lane has waited this long (checked
-    /// whenever a key is done, so it cannot starve). Zero never steps aside.
-    pub low_yield: Duration,
-    /// The bounds of the time between two hand-outs from the low lane, so that a bulk re-sync
-    /// writes at a bounded rate however fast each re-sync is, and slower while ordinary keys
-    /// are slowed by it. Zero fastest: unpaced.
-    pub low_pace: PaceLimits,
+    /// The least time between two hand-outs from the low lane, so that a bulk re-sync writes
+    /// at a bounded rate however fast each re-sync is. Zero: unpaced.
+    pub low_interval: Duration,
 }
 
 impl<K> Clone for Shares<K> {
@@ -71,21 +61,14 @@ impl<K> Clone for Shares<K> {
             class_of: Arc::clone(&self.class_of),
             per_class: self.per_class,
             low: self.low,
-            low_yield: self.low_yield,
-            low_pace: self.low_pace,
+            low_interval: self.low_interval,
         }
     }
 }
 
 impl<K> Default for Shares<K> {
     fn default() -> Self {
-        Self {
-            class_of: Arc::new(|_| 0),
-            per_class: usize::MAX,
-            low: usize::MAX,
-            low_yield: Duration::ZERO,
-            low_pace: PaceLimits::default(),
-        }
+        Self { class_of: Arc::new(|_| 0), per_class: usize::MAX, low: usize::MAX, low_interval: Duration::ZERO }
     }
 }
 
@@ -94,8 +77,7 @@ impl<K> std::fmt::Debug for Shares<K> {
         f.debug_struct("Shares")
             .field("per_class", &self.per_class)
             .field("low", &self.low)
-            .field("low_yield", &self.low_yield)
-            .field("low_pace", &self.low_pace)
+            .field("low_interval", &self.low_interval)
             .finish_non_exhaustive()
     }
 }
@@ -116,12 +98,11 @@ impl<K> Default for Class<K> {
     }
 }
 
-/// A key a worker holds: its class, whether it came from the low lane, and since when.
+/// A key a worker holds: its class and whether it came from the low lane.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     class: usize,
     low: bool,
-    since: Instant,
 }
 
 #[derive(Debug)]
@@ -137,12 +118,8 @@ struct State<K> {
     processing: HashMap<K, Held>,
     /// Keys held from the low lane.
     low_busy: usize,
-    /// Since when the low lane has stepped aside for ordinary keys in flight.
-    low_waiting_since: Option<Instant>,
     /// The earliest the low lane may hand out its next key (its pace).
     low_next: Option<Instant>,
-    /// The low lane's interval, following how long ordinary keys are held.
-    pace: Pace,
     /// Keys added while a worker held them; queued again on `done`.
     dirty: HashSet<K>,
     /// Earliest pending delayed add per key, so repeated delays do not pile up timers.
@@ -173,12 +150,11 @@ impl<K: Clone + Eq + Hash> State<K> {
                 class.busy += 1;
                 self.turn = (c + 1) % n;
                 self.queued.remove(&key);
-                self.processing.insert(key.clone(), Held { class: c, low: false, since: Instant::now() });
+                self.processing.insert(key.clone(), Held { class: c, low: false });
                 return Some(key);
             }
         }
         if self.low_keys.is_empty() {
-            self.low_waiting_since = None;
             return None;
         }
         if self.low_busy >= shares.low {
@@ -186,13 +162,6 @@ impl<K: Clone + Eq + Hash> State<K> {
         }
         if self.low_paced_until().is_some() {
             return None;
-        }
-        if !shares.low_yield.is_zero() && self.processing.len() > self.low_busy {
-            let now = Instant::now();
-            let since = *self.low_waiting_since.get_or_insert(now);
-            if now.duration_since(since) < shares.low_yield {
-                return None;
-            }
         }
         for i in 0..n {
             let c = (self.turn + i) % n;
@@ -203,15 +172,13 @@ impl<K: Clone + Eq + Hash> State<K> {
                 if self.low_keys.remove(&key) {
                     self.classes[c].busy += 1;
                     self.low_busy += 1;
-                    self.low_waiting_since = None;
                     let now = Instant::now();
-                    let interval = self.pace.step();
-                    if !interval.is_zero() {
-                        self.low_next = Some(now + interval);
+                    if !shares.low_interval.is_zero() {
+                        self.low_next = Some(now + shares.low_interval);
                     }
                     self.turn = (c + 1) % n;
                     self.queued.remove(&key);
-                    self.processing.insert(key.clone(), Held { class: c, low: true, since: now });
+                    self.processing.insert(key.clone(), Held { class: c, low: true });
                     return Some(key);
                 }
             }
@@ -270,9 +237,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             low_keys: HashSet::new(),
             processing: HashMap::new(),
             low_busy: 0,
-            low_waiting_since: None,
             low_next: None,
-            pace: Pace::new(shares.low_pace),
             dirty: HashSet::new(),
             delayed: HashMap::new(),
             failures: HashMap::new(),
@@ -433,17 +398,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 class.busy = class.busy.saturating_sub(1);
                 if held.low {
                     s.low_busy = s.low_busy.saturating_sub(1);
-                } else {
-                    let resyncing = s.low_busy > 0 || !s.low_keys.is_empty();
-                    s.pace.observe(held.since.elapsed(), resyncing);
                 }
                 if s.dirty.remove(key) && !s.closed {
                     s.queued.insert(key.clone());
                     s.class(held.class).queue.push_back(key.clone());
                 }
             }
-            // A freed share may let a waiting key of a capped class (or the low lane, stepping
-            // aside for ordinary keys) go.
+            // A freed share may let a waiting key of a capped class (or of the low lane) go.
             s.waiting() > 0
         };
         if wake {
@@ -460,11 +421,6 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     /// Whether no key waits for a worker.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The low lane's pace now: the least time between two bulk re-syncs starting.
-    pub fn resync_interval(&self) -> Duration {
-        self.lock().pace.interval()
     }
 
     /// Keys being worked on now.
@@ -508,26 +464,16 @@ mod tests {
 
     /// Keys are "class:name"; class "a" is 0, "b" is 1, anything else 2.
     fn mk_shared_queue(per_class: usize, low: usize) -> WorkQueue<&'static str> {
-        mk_yielding_queue(per_class, low, Duration::ZERO)
-    }
-
-    fn mk_yielding_queue(per_class: usize, low: usize, low_yield: Duration) -> WorkQueue<&'static str> {
         let class_of: Classify<&'static str> = Arc::new(|k: &&'static str| match k.split(':').next() {
             Some("a") => 0,
             Some("b") => 1,
             _ => 2,
         });
-        WorkQueue::with_shares(
-            RateLimit::default(),
-            Shares { class_of, per_class, low, low_yield, low_pace: PaceLimits::default() },
-        )
+        WorkQueue::with_shares(RateLimit::default(), Shares { class_of, per_class, low, low_interval: Duration::ZERO })
     }
 
     fn mk_paced_queue(low_interval: Duration) -> WorkQueue<&'static str> {
-        WorkQueue::with_shares(
-            RateLimit::default(),
-            Shares { low_pace: PaceLimits::fixed(low_interval), ..Shares::default() },
-        )
+        WorkQueue::with_shares(RateLimit::default(), Shares { low_interval, ..Shares::default() })
     }
 
     #[tokio::test(start_paused = true)]
@@ -572,40 +518,6 @@ mod tests {
         });
         let got = waiting.await.ok();
         assert_eq!(got, Some((Some("resync-2"), Duration::from_secs(1))));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_pace_lengthens_while_ordinary_keys_are_held_longer_during_re_syncs() {
-        let limits = PaceLimits { fastest: Duration::from_millis(10), slowest: Duration::from_secs(1) };
-        let q = WorkQueue::with_shares(RateLimit::default(), Shares { low_pace: limits, ..Shares::default() });
-        let hold = |ms| {
-            let q = q.clone();
-            async move {
-                q.add("change");
-                assert_eq!(q.next().await, Some("change"));
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                q.done(&"change");
-            }
-        };
-        for _ in 0..20 {
-            hold(10).await;
-        }
-        for k in ["resync-1", "resync-2", "resync-3"] {
-            q.add_low(k);
-        }
-        assert_eq!(q.next().await, Some("resync-1"));
-        q.done(&"resync-1");
-        assert_eq!(q.resync_interval(), Duration::from_millis(10), "changes as quick as before: the fastest");
-
-        for _ in 0..5 {
-            hold(50).await;
-        }
-        assert_eq!(q.next().await, Some("resync-2"));
-        q.done(&"resync-2");
-        assert_eq!(q.resync_interval(), Duration::from_millis(20), "changes five times slower: doubled");
-        let at = Instant::now();
-        assert_eq!(q.next().await, Some("resync-3"));
-        assert_eq!(at.elapsed(), Duration::from_millis(20), "and the lane keeps the longer interval");
     }
 
     /// The next key if one can be handed out now, without waiting.
@@ -669,46 +581,6 @@ mod tests {
         assert_eq!(try_next(&q).await, Some("b:1"), "an ordinary key goes past the low lane's share");
         q.done(&"a:1");
         assert_eq!(try_next(&q).await, Some("a:2"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_low_lane_steps_aside_while_ordinary_keys_are_held_but_not_for_ever() {
-        let q = mk_yielding_queue(usize::MAX, usize::MAX, Duration::from_millis(50));
-        q.add("a:live");
-        q.add_low("b:resync-1");
-        q.add_low("b:resync-2");
-        assert_eq!(try_next(&q).await, Some("a:live"));
-        assert_eq!(try_next(&q).await, None, "a live change is in flight: the re-syncs wait");
-        q.done(&"a:live");
-        assert_eq!(try_next(&q).await, Some("b:resync-1"), "nothing live in flight: the low lane goes");
-        q.done(&"b:resync-1");
-
-        // A live change that keeps being held does not starve the low lane: once the lane
-        // has waited its yield, the next hand-out serves it.
-        q.add("a:busy");
-        assert_eq!(try_next(&q).await, Some("a:busy"));
-        assert_eq!(try_next(&q).await, None);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(try_next(&q).await, Some("b:resync-2"), "waited longer than the yield");
-        q.done(&"b:resync-2");
-        q.done(&"a:busy");
-        assert!(q.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_worker_waiting_on_a_stepping_aside_low_lane_is_woken_when_the_live_key_is_done() {
-        let q = mk_yielding_queue(usize::MAX, usize::MAX, Duration::from_secs(3600));
-        q.add("a:live");
-        q.add_low("b:resync");
-        assert_eq!(try_next(&q).await, Some("a:live"));
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { q.next().await }
-        });
-        tokio::task::yield_now().await;
-        q.done(&"a:live");
-        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await;
-        assert_eq!(got.ok().and_then(Result::ok).flatten(), Some("b:resync"));
     }
 
     fn mk_queue() -> WorkQueue<&'static str> {

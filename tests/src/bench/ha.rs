@@ -53,9 +53,7 @@ impl Replicas<'_> {
     }
 
     fn start(&mut self, n: usize) -> Result<()> {
-        let mut args = self.base.clone();
-        args.extend(["--ha-identity".into(), self.id(n)]);
-        let d = self.b.spawn(&args, &self.id(n))?;
+        let d = self.b.spawn_replica(&self.base, &self.id(n), Some(&self.id(n)))?;
         self.procs[n] = Some(d);
         Ok(())
     }
@@ -158,7 +156,7 @@ async fn failover(b: &Bench, kills: usize, f: &mut Figures) -> Result<()> {
         Api::<ConfigMap>::namespaced(b.up.clone(), ns).create(&PostParams::default(), &cm).await?;
     }
     let mut base = run_args(b, &[Kind::ConfigMap], &namespaces, None);
-    base.extend(["--target", &target, "--ha", "--ha-shards", "3", "--ha-namespace", "default"].map(String::from));
+    base.extend(["--target", &target, "--ha", "--ha-shards", "3"].map(String::from));
     let mut r = Replicas { b, base, target, procs: vec![None, None, None] };
     for n in 0..3 {
         r.start(n)?;
@@ -220,15 +218,14 @@ async fn initial(b: &Bench, namespaces: &[String], n: usize, replicas: usize) ->
     let mut base = run_args(b, &[Kind::ConfigMap], namespaces, None);
     base.extend(["--target", &target, "--namespace-prefix", &prefix].map(String::from));
     if replicas > 1 {
-        base.extend(["--ha", "--ha-shards", "6", "--ha-namespace", "default"].map(String::from));
+        base.extend(["--ha", "--ha-shards", "6"].map(String::from));
     }
     let down_namespaces: Vec<String> = namespaces.iter().map(|ns| format!("{prefix}{ns}")).collect();
     let started = Instant::now();
     let mut procs = Vec::new();
     for i in 0..replicas {
-        let mut args = base.clone();
-        args.extend(["--ha-identity".into(), format!("{target}-r{i}")]);
-        procs.push(b.spawn(&args, &format!("{target}-r{i}"))?);
+        let id = format!("{target}-r{i}");
+        procs.push(if replicas > 1 { b.spawn_replica(&base, &id, Some(&id))? } else { b.spawn(&base, &id)? });
     }
     let result = async {
         loop {

@@ -159,11 +159,21 @@ impl Bench {
 
     /// Starts `downsync run ARGS`, logging to `downsync-NAME.log` in the scratch folder.
     pub fn spawn(&self, args: &[String], name: &str) -> Result<process::Downsync> {
-        process::Downsync::spawn(
+        self.spawn_replica(args, name, None)
+    }
+
+    /// [`Bench::spawn`] as HA replica `replica` (a Deployment's `POD_NAME`), with its Leases in
+    /// `default` (`POD_NAMESPACE`).
+    pub fn spawn_replica(&self, args: &[String], name: &str, replica: Option<&str>) -> Result<process::Downsync> {
+        let env: Vec<(String, String)> = replica
+            .map(|r| vec![("POD_NAME".into(), r.into()), ("POD_NAMESPACE".into(), "default".into())])
+            .unwrap_or_default();
+        process::Downsync::spawn_with_env(
             &self.downsync,
             args,
             &self.work.join(format!("downsync-{name}.log")),
             &self.cache_home(),
+            &env,
         )
     }
 

@@ -33,10 +33,8 @@ const STEADY: Duration = Duration::from_secs(15);
 /// How a series' new versions reach downsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
-    /// Compiled by downsync with its compiled-function cache emptied before each swap.
+    /// Compiled by downsync on the swap.
     Cold,
-    /// Compiled by downsync, its function cache holding the earlier versions' functions.
-    Warm,
     /// Compiled by the bench into downsync's artifact cache before the swap.
     Precompiled,
 }
@@ -202,13 +200,12 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
     // churn, so that the bench's own compiles do not compete with downsync while the change
     // latencies are measured.
     let cache_dir = b.cache_home().join("downsync").join("components");
-    let functions = cache_dir.join("functions");
     let engine = PluginEngine::new(EngineConfig {
         cache_dir: Some(cache_dir),
         tiered_compilation: false,
         ..EngineConfig::default()
     })?;
-    let ways = [Way::Cold, Way::Warm, Way::Precompiled];
+    let ways = [Way::Cold, Way::Precompiled];
     // Version 1 is in place before the swaps; series k swaps in the next `swaps` versions.
     let versions = |k: usize| (2 + (k * swaps) as u64)..(2 + ((k + 1) * swaps) as u64);
     let precompiled_series = ways.iter().position(|w| *w == Way::Precompiled).unwrap_or(ways.len());
@@ -236,8 +233,7 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
         let precompiled = way == Way::Precompiled;
         series_started.push(Instant::now());
         let name = match way {
-            Way::Cold => "compiled on the swap, nothing cached (compiled-function cache emptied first)",
-            Way::Warm => "compiled on the swap, earlier versions' functions cached",
+            Way::Cold => "compiled on the swap, nothing cached",
             Way::Precompiled => "precompiled into the artifact cache",
         };
         let mut series = Series { name: name.into(), compiled: !precompiled, ..Series::default() };
@@ -246,10 +242,6 @@ async fn swap_under_load(b: &Bench, run: &str, ns: &str, n: usize, swaps: usize,
             let stamp = variant(version);
             let old: Vec<String> = (1..version).map(variant).collect();
             let bytes = patch_bytes(&base, MARKER.as_bytes(), stamp.as_bytes())?;
-            if way == Way::Cold {
-                // What a plugin that shares nothing with anything compiled before pays.
-                let _ = std::fs::remove_dir_all(&functions);
-            }
             let tmp = dir.join(".stamp.wasm.tmp");
             std::fs::write(&tmp, bytes)?;
             let w0 = tracker.writes();
@@ -394,14 +386,11 @@ pub fn section(r: &Reload) -> Section {
          plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
          object* is from the rename to the first downstream write carrying the new stamp, seen through a \
          downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
-         the rules change, at most `resyncWorkers` at once). A version not in the artifact cache is put in use \
+         the rules change, an eighth of the workers at once, at most 200 a second). A version not in the artifact cache is put in use \
          with the code of Winch, wasmtime's baseline compiler; one background thread compiles it with Cranelift \
-         at low priority and puts that code in its place, with no re-sync. The first series empties downsync's \
-         compiled-function cache before each swap, so Cranelift compiles every function of the new version; in \
-         the second, the functions of earlier versions are cached, and since each version differs from the one \
-         before only in a data constant, Cranelift compiles no function again (a redeploy or a changed \
-         constant). The third has each new version in downsync's artifact cache (compiled by the bench before \
-         the churn starts), which leaves out both compiles. p99 of \
+         at low priority and puts that code in its place, with no re-sync. The second series has each new version \
+         in downsync's artifact cache (compiled by the bench before the churn starts), which leaves out the \
+         compiles. p99 of \
          {} swaps is their maximum.",
         r.objects,
         r.churn,
