@@ -12,7 +12,6 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::context::Controller;
-use super::diff::for_display;
 use super::http::Explainer;
 use super::keys::ObjectKey;
 use super::reconcile::to_value;
@@ -23,7 +22,7 @@ use crate::sync::intent::Intent;
 use crate::sync::managers::{self, Manager};
 use crate::sync::mapping;
 use crate::sync::ownership;
-use crate::sync::preservation::{self, PreserveOptions};
+use crate::sync::preservation::{self, PreserveOptions, for_display};
 use crate::sync::rules::RuleDecision;
 
 /// One step of the rule pipeline and the fields it changed.
@@ -247,45 +246,6 @@ pub fn name_writers(fields: &mut [Field], intent: &Intent, managers: &[Manager])
 
 fn describe(namespace: Option<&str>, name: &str) -> String {
     namespace.map_or_else(|| name.to_string(), |ns| format!("{ns}/{name}"))
-}
-
-/// Renders the `/explain` answer for a terminal.
-pub fn render(answer: &Value) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "{}", answer["object"].as_str().unwrap_or("?"));
-    let fields = answer["fields"].as_array().cloned().unwrap_or_default();
-    if fields.is_empty() {
-        let _ = writeln!(out, "  downstream matches upstream (status and server bookkeeping aside)");
-    }
-    let show = |v: &Value| if v.is_null() { "(absent)".to_string() } else { v.to_string() };
-    for f in &fields {
-        let _ = writeln!(out, "  {}", f["path"].as_str().unwrap_or("?"));
-        let _ = writeln!(out, "    upstream:   {}", show(&f["upstream"]));
-        let _ = writeln!(out, "    downstream: {}", show(&f["downstream"]));
-        let _ = writeln!(out, "    by {}: {}", f["by"].as_str().unwrap_or("?"), f["why"].as_str().unwrap_or(""));
-    }
-    let history = answer["history"].as_array().cloned().unwrap_or_default();
-    if !history.is_empty() {
-        let _ = writeln!(out, "last rule calls (oldest first):");
-        for h in history {
-            let _ = writeln!(
-                out,
-                "  {}@{} {} -> {} ({} fuel, {} us) changed: {}",
-                h["plugin"].as_str().unwrap_or("?"),
-                h["digest"].as_str().unwrap_or("?"),
-                h["hook"].as_str().unwrap_or("?"),
-                h["decision"].as_str().unwrap_or("?"),
-                h["fuel"],
-                h["micros"],
-                h["paths"]
-                    .as_array()
-                    .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    out
 }
 
 impl Explainer for Controller {

@@ -10,6 +10,7 @@ use tracing::{debug, info};
 
 use super::context::{Controller, lock};
 use super::keys::{ObjectKey, WorkKey};
+use super::run::Summary;
 
 impl Controller {
     /// Queues every key for the initial sync; owned copies without an upstream object wait out
@@ -99,5 +100,14 @@ impl Controller {
                 info!("initial sync: {}/{total} objects", total - pending);
             }
         }
+    }
+
+    /// What the run did, for the exit code: the initial sync's counts.
+    pub(super) fn summary(&self) -> Summary {
+        let failed = self.initial_failed.load(Ordering::Relaxed);
+        let total = self.initial_total.load(Ordering::Relaxed);
+        let pending = lock(&self.initial_pending).len() as u64;
+        info!("stopped");
+        Summary { synced: total.saturating_sub(failed + pending), failed }
     }
 }

@@ -1,11 +1,11 @@
-//! The program: `downsync run` and `downsync diff` over the core, the plugin runtime and the
-//! Kubernetes edges. Configuration, start-up, the sync loop, metrics and the HTTP endpoints.
+//! The daemon, `downsync run`, over the core, the plugin runtime and the Kubernetes edges:
+//! configuration, start-up, the watches, the queue's keys, the workers and their reconcile,
+//! HA, metrics and the HTTP endpoints. The commands of the binary are in `cli/` beside it.
 
 pub mod background;
 pub mod config;
 pub mod connectivity;
 pub mod context;
-pub mod diff;
 pub mod error_policy;
 pub mod explain;
 pub mod features;
@@ -15,10 +15,8 @@ pub mod initial;
 pub mod keys;
 pub mod metrics;
 pub mod namespaces;
-pub mod ops_client;
 pub mod packing;
 pub mod reconcile;
-pub mod replay;
 pub mod run;
 pub mod startup;
 pub mod watches;

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::config::RunConfig;
 use super::connectivity::Connectivity;
-use super::context::{Controller, lock};
+use super::context::{Controller, Watched};
 use super::ha::{Coordinator, HaMetrics, HaView, ShardGate, SharedView};
 use super::http::{self, Health};
 use super::keys::WorkKey;
@@ -65,96 +65,29 @@ pub async fn run(
         None => None,
     };
     let (up, down) = connect(&config).await?;
-
-    let mut registry = Registry::default();
-    let metrics = SyncMetrics::default();
-    metrics.register(&mut registry);
-    let plugin_metrics = Metrics::default().with_journal(config.explain_objects());
-    plugin_metrics.register(&mut registry);
-    let connectivity = Arc::new(Connectivity::new(&up.url, &down.url));
-    connectivity.register(&mut registry);
-    super::features::register(&config.feature_gates, &mut registry);
-    let ha_metrics = HaMetrics::default();
-    if config.ha.enabled {
-        ha_metrics.register(&mut registry);
-    }
-    let identity = config.ha.resolved_identity();
-    let ha_view: SharedView = Arc::new(Mutex::new(HaView {
-        enabled: config.ha.enabled,
-        identity: identity.clone(),
-        namespace: if config.ha.enabled { config.ha.resolved_namespace() } else { String::new() },
-        shards: if config.ha.enabled { config.ha.shards } else { 1 },
-        live_replicas: vec![identity],
-        fair_share: 1,
-        leases: Vec::new(),
-    }));
-    let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
-    let slots = config.engine_config().pool_instances as usize;
-    let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
-    let reloader = plugin_reloader(&config, &rules).await?;
+    let (parts, registry) = Parts::new(&config, &up.url, &down.url);
+    let reloader = plugin_reloader(&config, &parts.rules).await?;
     // Compiling can take long (tens of seconds for an interpreted guest without a cached
     // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
     // without the rules would write what they exist to prevent.
     let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
-
     let resolved = resolve_all(&config, &up, &down).await?;
     let (watched, streams) = watches::reflectors(&config, resolved, &up.client, &down.client);
     let workers_alive = Arc::new(AtomicUsize::new(0));
     let health = Arc::new(
-        Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
+        Health::new(registry, reloader.clone(), Arc::clone(&parts.connectivity), {
             let (alive, want) = (Arc::clone(&workers_alive), config.workers);
             Box::new(move || {
                 let n = alive.load(Ordering::Acquire);
                 (n < want).then(|| format!("{n} of {want} sync workers running"))
             })
         })
-        .with_ha_view(Arc::clone(&ha_view)),
+        .with_ha_view(Arc::clone(&parts.ha_view)),
     );
-    let explainer = Arc::clone(&health);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = match listener {
-        Some(listener) => {
-            let mut rx = stop_rx.clone();
-            let (bound, task) = http::serve(listener, Arc::clone(&health), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })?;
-            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-            Some(task)
-        }
-        None => None,
-    };
-
-    let drift = watched
-        .iter()
-        .map(|w| ((w.down_resource.gvr.group.clone(), w.down_resource.kind.clone()), w.config.drift.clone()))
-        .collect();
-    let syncer = Syncer::new(
-        KubeDownstream::new(down.client.clone()),
-        Arc::clone(&rules),
-        config.sync.clone(),
-        StateCache::new(),
-    )
-    .with_drift_policies(drift);
-    let controller = Arc::new(Controller {
-        upstream: Upstream::new(up.client.clone(), "downsync", opts.instance.clone()),
-        namespaces: Namespaces::new(down.client.clone(), up.client.clone(), config.sync.ownership.clone()),
-        queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
-        metrics,
-        health,
-        connectivity,
-        started: Instant::now(),
-        initial_pending: Mutex::default(),
-        initial_total: AtomicU64::new(0),
-        initial_failed: AtomicU64::new(0),
-        startup_orphans: Mutex::default(),
-        last_failure: Mutex::default(),
-        workers_alive,
-        ha: Arc::clone(&gate),
-        watched,
-        syncer,
-        config,
-    });
-    explainer.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
+    let server = serve(listener, &health, stop_rx)?;
+    let controller = controller(config, &opts, (&up.client, &down.client), &parts, watched, &health, workers_alive);
+    health.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
     let reflectors = watches::spawn_reflectors(&controller, streams);
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -166,37 +99,15 @@ pub async fn run(
             return Ok(Summary::default());
         }
     }
-    if let (Some(r), Some(events)) = (&reloader, crate::kube::pod_events::PodEvents::from_env(down.client.clone())) {
-        // The reload thread must not wait on the API: notices go through a channel.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::plugin::Notice>();
-        r.set_notifier(Arc::new(move |n| {
-            let _ = tx.send(n);
-        }));
-        tokio::spawn(async move {
-            while let Some(n) = rx.recv().await {
-                events.publish(n.warning, n.reason, &n.message).await;
-            }
-        });
+    if let Some(r) = &reloader {
+        publish_plugin_notices(r, &down.client);
     }
     let _watch = match loading {
         Some(task) => Some(task.await.map_err(|e| Error::Task(format!("loading plugins: {e}")))??),
         None => None,
     };
     controller.enqueue_initial().await;
-    // The caches are warm: from here on this replica is a standby that can take over.
-    let shard_watch = tokio::spawn(Arc::clone(&controller).watch_shards());
-    let coordinator = controller.config.ha.enabled.then(|| {
-        Coordinator::new(down.client.clone(), &controller.config.ha, controller.target(), gate, ha_metrics, ha_view)
-            .spawn()
-    });
-
-    let supervisor = tokio::spawn(Arc::clone(&controller).supervise_workers());
-    let background = [
-        tokio::spawn(Arc::clone(&controller).report_progress()),
-        tokio::spawn(Arc::clone(&controller).resync_loop()),
-        tokio::spawn(Arc::clone(&controller).watch_rules(Arc::clone(&rules))),
-    ];
-
+    let running = Running::start(&controller, parts, &down.client, reflectors);
     if opts.once {
         tokio::select! {
             () = controller.wait_initial() => info!("initial sync done; exiting (--once)"),
@@ -206,26 +117,174 @@ pub async fn run(
         shutdown.await;
         info!("shutdown requested; finishing the syncs in flight");
     }
-    if let Some(c) = coordinator {
-        // First: stop writing, let the syncs in flight finish, and hand the Leases over at
-        // once, so that another replica takes over within a retry period.
-        c.shutdown().await;
-    }
-    shard_watch.abort();
-    controller.queue.shut_down();
-    let _ = supervisor.await;
-    for t in background.into_iter().chain(reflectors) {
-        t.abort();
-    }
+    running.stop(&controller).await;
     let _ = stop_tx.send(true);
     if let Some(s) = server {
         let _ = s.await;
     }
-    let failed = controller.initial_failed.load(Ordering::Relaxed);
-    let total = controller.initial_total.load(Ordering::Relaxed);
-    let pending = lock(&controller.initial_pending).len() as u64;
-    info!("stopped");
-    Ok(Summary { synced: total.saturating_sub(failed + pending), failed })
+    Ok(controller.summary())
+}
+
+/// The shared context of the workers, over the watched kinds' caches.
+fn controller(
+    config: RunConfig,
+    opts: &RunOptions,
+    (up, down): (&kube::Client, &kube::Client),
+    parts: &Parts,
+    watched: Vec<Watched>,
+    health: &Arc<Health>,
+    workers_alive: Arc<AtomicUsize>,
+) -> Arc<Controller> {
+    let drift = watched
+        .iter()
+        .map(|w| ((w.down_resource.gvr.group.clone(), w.down_resource.kind.clone()), w.config.drift.clone()))
+        .collect();
+    let syncer = Syncer::new(
+        KubeDownstream::new(down.clone()),
+        Arc::clone(&parts.rules),
+        config.sync.clone(),
+        StateCache::new(),
+    )
+    .with_drift_policies(drift);
+    Arc::new(Controller {
+        upstream: Upstream::new(up.clone(), "downsync", opts.instance.clone()),
+        namespaces: Namespaces::new(down.clone(), up.clone(), config.sync.ownership.clone()),
+        queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
+        metrics: parts.metrics.clone(),
+        health: Arc::clone(health),
+        connectivity: Arc::clone(&parts.connectivity),
+        started: Instant::now(),
+        initial_pending: Mutex::default(),
+        initial_total: AtomicU64::new(0),
+        initial_failed: AtomicU64::new(0),
+        startup_orphans: Mutex::default(),
+        last_failure: Mutex::default(),
+        workers_alive,
+        ha: Arc::clone(&parts.gate),
+        watched,
+        syncer,
+        config,
+    })
+}
+
+/// The tasks of a run once its caches are warm: the workers, the background loops, the
+/// reflectors, and in HA the Lease coordinator; stopped in that order's reverse.
+struct Running {
+    coordinator: Option<super::ha::CoordinatorHandle>,
+    shard_watch: tokio::task::JoinHandle<()>,
+    supervisor: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(
+        controller: &Arc<Controller>,
+        parts: Parts,
+        down: &kube::Client,
+        reflectors: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        // The caches are warm: from here on this replica is a standby that can take over.
+        let shard_watch = tokio::spawn(Arc::clone(controller).watch_shards());
+        let coordinator = controller.config.ha.enabled.then(|| {
+            let (gate, ha_metrics, ha_view) = (parts.gate, parts.ha_metrics, parts.ha_view);
+            Coordinator::new(down.clone(), &controller.config.ha, controller.target(), gate, ha_metrics, ha_view)
+                .spawn()
+        });
+        let supervisor = tokio::spawn(Arc::clone(controller).supervise_workers());
+        let mut background = vec![
+            tokio::spawn(Arc::clone(controller).report_progress()),
+            tokio::spawn(Arc::clone(controller).resync_loop()),
+            tokio::spawn(Arc::clone(controller).watch_rules(Arc::clone(&parts.rules))),
+        ];
+        background.extend(reflectors);
+        Self { coordinator, shard_watch, supervisor, background }
+    }
+
+    async fn stop(self, controller: &Controller) {
+        if let Some(c) = self.coordinator {
+            // First: stop writing, let the syncs in flight finish, and hand the Leases over at
+            // once, so that another replica takes over within a retry period.
+            c.shutdown().await;
+        }
+        self.shard_watch.abort();
+        controller.queue.shut_down();
+        let _ = self.supervisor.await;
+        for t in self.background {
+            t.abort();
+        }
+    }
+}
+
+/// What a run builds before it connects its watches: the metrics (with the registry that
+/// serves them), the rules, and the HA state.
+struct Parts {
+    metrics: SyncMetrics,
+    connectivity: Arc<Connectivity>,
+    rules: Arc<PluginRegistry>,
+    ha_metrics: HaMetrics,
+    ha_view: SharedView,
+    gate: Arc<ShardGate>,
+}
+
+impl Parts {
+    fn new(config: &RunConfig, up_url: &str, down_url: &str) -> (Self, Registry) {
+        let mut registry = Registry::default();
+        let metrics = SyncMetrics::default();
+        metrics.register(&mut registry);
+        let plugin_metrics = Metrics::default().with_journal(config.explain_objects());
+        plugin_metrics.register(&mut registry);
+        let connectivity = Arc::new(Connectivity::new(up_url, down_url));
+        connectivity.register(&mut registry);
+        super::features::register(&config.feature_gates, &mut registry);
+        let ha_metrics = HaMetrics::default();
+        if config.ha.enabled {
+            ha_metrics.register(&mut registry);
+        }
+        let identity = config.ha.resolved_identity();
+        let ha_view: SharedView = Arc::new(Mutex::new(HaView {
+            enabled: config.ha.enabled,
+            identity: identity.clone(),
+            namespace: if config.ha.enabled { config.ha.resolved_namespace() } else { String::new() },
+            shards: if config.ha.enabled { config.ha.shards } else { 1 },
+            live_replicas: vec![identity],
+            fair_share: 1,
+            leases: Vec::new(),
+        }));
+        let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
+        let slots = config.engine_config().pool_instances as usize;
+        let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
+        (Self { metrics, connectivity, rules, ha_metrics, ha_view, gate }, registry)
+    }
+}
+
+/// Serves the operations endpoints until `stop` turns true, when an address is configured.
+fn serve(
+    listener: Option<tokio::net::TcpListener>,
+    health: &Arc<Health>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listener) = listener else { return Ok(None) };
+    let mut rx = stop;
+    let (bound, task) = http::serve(listener, Arc::clone(health), async move {
+        let _ = rx.wait_for(|s| *s).await;
+    })?;
+    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(Some(task))
+}
+
+/// Plugin rollbacks and promotions become Events on this pod (`POD_NAME`), when it has one.
+fn publish_plugin_notices(reloader: &crate::plugin::Reloader, down: &kube::Client) {
+    let Some(events) = crate::kube::pod_events::PodEvents::from_env(down.clone()) else { return };
+    // The reload thread must not wait on the API: notices go through a channel.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::plugin::Notice>();
+    reloader.set_notifier(Arc::new(move |n| {
+        let _ = tx.send(n);
+    }));
+    tokio::spawn(async move {
+        while let Some(n) = rx.recv().await {
+            events.publish(n.warning, n.reason, &n.message).await;
+        }
+    });
 }
 
 /// One class per kind, and one for the namespaces downsync creates.

@@ -345,6 +345,26 @@ fn record_managed_keys(meta: &mut Map<String, Value>, labels: &BTreeSet<String>,
     });
 }
 
+/// What the reader compares: no server bookkeeping, no status, no downsync bookkeeping.
+pub fn for_display(mut obj: Value) -> Value {
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in SERVER_METADATA {
+            meta.remove(f);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            for f in
+                [super::ownership::DESIRED_HASH_ANNOTATION, MANAGED_LABELS_ANNOTATION, MANAGED_ANNOTATIONS_ANNOTATION]
+            {
+                a.remove(f);
+            }
+        }
+    }
+    obj
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

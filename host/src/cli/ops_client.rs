@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// Why an endpoint could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(super) enum Error {
     /// The address or path does not make a URL.
     #[error("--addr {addr}: not a HOST:PORT ({message})")]
     Addr {
@@ -49,10 +49,10 @@ pub enum Error {
 }
 
 /// Result of a request.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(super) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `GET http://ADDR/PATH` and its JSON answer. `addr` may carry `http://`.
-pub async fn get_json(addr: &str, path_and_query: &str) -> Result<Value> {
+pub(super) async fn get_json(addr: &str, path_and_query: &str) -> Result<Value> {
     let host = addr.trim_start_matches("http://").trim_end_matches('/');
     let url = format!("http://{host}{path_and_query}");
     let uri: http::Uri =
@@ -77,7 +77,7 @@ pub async fn get_json(addr: &str, path_and_query: &str) -> Result<Value> {
 }
 
 /// Renders the `/plugins` answer for a terminal: one block per plugin file.
-pub fn render_plugins(answer: &Value) -> String {
+pub(super) fn render_plugins(answer: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let plugins = answer["plugins"].as_array().cloned().unwrap_or_default();

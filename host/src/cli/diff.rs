@@ -11,20 +11,20 @@ use kube::api::{DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
-use super::config::RunConfig;
-use super::startup::{self, Error, Resolved, Result};
-use crate::kube::KubeDownstream;
-use crate::kube::errors::classify;
-use crate::plugin::{Metrics, PluginRegistry, PluginSet};
-use crate::sync::error::ApiError;
-use crate::sync::mapping;
-use crate::sync::ownership;
-use crate::sync::preservation::{MANAGED_ANNOTATIONS_ANNOTATION, MANAGED_LABELS_ANNOTATION};
-use crate::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, Syncer, Write};
+use downsync::app::RunConfig;
+use downsync::app::startup::{self, Error, Resolved, Result};
+use downsync::kube::KubeDownstream;
+use downsync::kube::errors::classify;
+use downsync::plugin::{Metrics, PluginRegistry, PluginSet};
+use downsync::sync::error::ApiError;
+use downsync::sync::mapping;
+use downsync::sync::ownership;
+use downsync::sync::preservation::for_display;
+use downsync::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, Syncer, Write};
 
 /// What `diff` found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiffSummary {
+pub(super) struct DiffSummary {
     /// Objects that would be created.
     pub create: usize,
     /// Objects that would be updated.
@@ -107,27 +107,14 @@ impl Downstream for Recording {
         self.inner.dry_run(key, write).await
     }
 
-    async fn delete(&self, key: &ObjectKey, uid: &str, propagation: crate::sync::Propagation) -> Result<(), ApiError> {
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        uid: &str,
+        propagation: downsync::sync::Propagation,
+    ) -> Result<(), ApiError> {
         self.inner.delete(key, uid, propagation).await
     }
-}
-
-/// What the reader compares: no server bookkeeping, no status, no downsync bookkeeping.
-pub(super) fn for_display(mut obj: Value) -> Value {
-    if let Some(o) = obj.as_object_mut() {
-        o.remove("status");
-    }
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ownership::SERVER_METADATA {
-            meta.remove(f);
-        }
-        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            for f in [ownership::DESIRED_HASH_ANNOTATION, MANAGED_LABELS_ANNOTATION, MANAGED_ANNOTATIONS_ANNOTATION] {
-                a.remove(f);
-            }
-        }
-    }
-    obj
 }
 
 fn yaml(obj: &Value) -> String {
@@ -164,12 +151,12 @@ fn mask_secrets(before: &mut Value, after: &mut Value) {
 }
 
 /// A unified diff of two objects' YAML, three lines of context. Secret values are masked.
-pub fn unified(before: &Value, after: &Value) -> String {
+pub(super) fn unified(before: &Value, after: &Value) -> String {
     unified_with(before, after, ("live", "after sync"))
 }
 
 /// [`unified`] with the two sides named.
-pub fn unified_with(before: &Value, after: &Value, names: (&str, &str)) -> String {
+pub(super) fn unified_with(before: &Value, after: &Value, names: (&str, &str)) -> String {
     let (mut before, mut after) = (for_display(before.clone()), for_display(after.clone()));
     mask_secrets(&mut before, &mut after);
     let (a, b) = (yaml(&before), yaml(&after));
@@ -204,7 +191,7 @@ pub(super) async fn desired_objects(
     Ok(objects
         .into_iter()
         .map(|obj| {
-            let value = super::reconcile::to_value(&obj, up_ar);
+            let value = downsync::app::reconcile::to_value(&obj, up_ar);
             let desired = mapping::prepare_desired(value, &config.namespace_mapping, &config.sync.ownership.target)
                 .map_err(|e| e.to_string());
             (obj, desired)
@@ -213,7 +200,7 @@ pub(super) async fn desired_objects(
 }
 
 /// Runs the diff and writes the report to `out`.
-pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
+pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     config.validate()?;
     let (up, down) = startup::connect(&config).await?;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));

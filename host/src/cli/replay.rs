@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::config::RunConfig;
 use super::diff::{Recording, Seen, desired_objects, unified_with};
-use super::startup;
-use crate::plugin::{Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet};
-use crate::sync::{Operation, StateCache, SyncResult, Syncer};
+use downsync::app::RunConfig;
+use downsync::app::startup;
+use downsync::plugin::{Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet};
+use downsync::sync::{Operation, StateCache, SyncResult, Syncer};
 
 /// Why a replay cannot run.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(super) enum Error {
     /// Connecting, loading the plugins folder or resolving the kinds failed.
     #[error(transparent)]
     Startup(#[from] startup::Error),
@@ -31,7 +31,7 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: Box<crate::plugin::Error>,
+        source: Box<downsync::plugin::Error>,
     },
     /// The new component handles none of the configured kinds.
     #[error("{plugin} handles none of the configured resources (it handles {kinds}); add one with --resource")]
@@ -47,11 +47,11 @@ pub enum Error {
 }
 
 /// Result of a replay.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(super) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What `replay` found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplaySummary {
+pub(super) struct ReplaySummary {
     /// Objects the new version would write differently.
     pub differ: usize,
     /// Objects both versions would treat the same.
@@ -71,9 +71,9 @@ fn outcome(result: &SyncResult, seen: Seen) -> std::result::Result<(Operation, V
 }
 
 /// Runs the replay and writes the report to `out`.
-pub async fn replay(config: RunConfig, file: &Path, out: &mut String) -> Result<ReplaySummary> {
+pub(super) async fn replay(config: RunConfig, file: &Path, out: &mut String) -> Result<ReplaySummary> {
     config.validate().map_err(startup::Error::from)?;
-    let bytes = crate::plugin::read_component(file, config.engine.max_component_bytes)
+    let bytes = downsync::plugin::read_component(file, config.engine.max_component_bytes)
         .map_err(|e| Error::Candidate { path: file.to_path_buf(), source: Box::new(e) })?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
     let (engine_config, registry_config) = (config.engine_config(), config.registry_config());
@@ -88,7 +88,7 @@ pub async fn replay(config: RunConfig, file: &Path, out: &mut String) -> Result<
     let current: Vec<Plugin> = active.snapshot().plugins().iter().map(|l| l.plugin.clone()).collect();
     let path = file.to_path_buf();
     let (candidate, set) = tokio::task::spawn_blocking(move || -> Result<(Plugin, PluginSet)> {
-        let bad = |e: crate::plugin::Error| Error::Candidate { path: path.clone(), source: Box::new(e) };
+        let bad = |e: downsync::plugin::Error| Error::Candidate { path: path.clone(), source: Box::new(e) };
         let engine = PluginEngine::new(engine_config).map_err(bad)?;
         let candidate = Plugin::load(&engine, &stem, &bytes).map_err(bad)?;
         let mut plugins: Vec<Plugin> = current.into_iter().filter(|p| p.name() != candidate.name()).collect();

@@ -1,0 +1,395 @@
+//! The command line: the commands and flags of the downsync binary (clap), and how the flags
+//! of `run` and `diff` land in the one typed configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use downsync::app::{ResourceConfig, RunConfig};
+use downsync::plugin::{EngineConfig, scaffold};
+use downsync::sync::NamespaceMapping;
+
+/// `downsync --version`: the version and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DOWNSYNC_COMMIT"), ")");
+
+/// downsync: syncs desired objects from an upstream Kubernetes API into a downstream cluster.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about)]
+pub(crate) struct Args {
+    /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Syncs the configured resources from upstream to downstream until stopped (SIGTERM).
+    Run(RunArgs),
+    /// Shows what `run` would change downstream, per object, with the rules applied. Writes nothing.
+    Diff(SourceArgs),
+    /// Work with rule plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Shows which replica holds which shard, from the Leases in the downstream cluster.
+    Shards(ShardsArgs),
+    /// Says, for each field where an object's downstream copy differs from upstream, which
+    /// plugin (or built-in rule) kept or changed it; asks a running downsync (--addr).
+    Explain(ExplainArgs),
+}
+
+impl Command {
+    /// The commands that answer on stdout and exit log warnings and errors only.
+    pub(crate) fn is_quiet(&self) -> bool {
+        matches!(
+            self,
+            Command::Plugin(
+                PluginCommand::Check { .. }
+                    | PluginCommand::Test { .. }
+                    | PluginCommand::New { .. }
+                    | PluginCommand::Promote { .. }
+                    | PluginCommand::Status { .. }
+            ) | Command::Explain(_)
+                | Command::Shards(_)
+        )
+    }
+}
+
+/// Which object, and where downsync serves.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExplainArgs {
+    /// The upstream kind (Service, ConfigMap) or its plural.
+    pub(crate) kind: String,
+    /// NAMESPACE/NAME (upstream namespace), or NAME for a cluster-scoped kind.
+    pub(crate) object: String,
+    /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
+    #[arg(long, env = "DOWNSYNC_ADDR")]
+    pub(crate) addr: String,
+    /// Print the JSON answer instead.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Where the Leases of a target are.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShardsArgs {
+    /// A YAML config file: its downstream, target and `ha:` section are used.
+    #[arg(long, env = "DOWNSYNC_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Downstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub(crate) downstream_kubeconfig: Option<PathBuf>,
+    /// Downstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub(crate) downstream_context: Option<String>,
+    /// The sync target.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Namespace of the Leases (default: ha.namespace, POD_NAMESPACE, else default).
+    #[arg(long)]
+    pub(crate) ha_namespace: Option<String>,
+}
+
+/// What to sync, from where to where. Flags override the config file.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SourceArgs {
+    /// A YAML config file, or a ConfigMap manifest holding one as data."config.yaml" (such as
+    /// examples/deploy/config.yaml, which works here as it is).
+    #[arg(long, env = "DOWNSYNC_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Upstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub(crate) upstream_kubeconfig: Option<PathBuf>,
+    /// Upstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub(crate) upstream_context: Option<String>,
+    /// Downstream kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub(crate) downstream_kubeconfig: Option<PathBuf>,
+    /// Downstream kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub(crate) downstream_context: Option<String>,
+    /// Folder of `<name>.wasm` rule plugins, hot-reloaded.
+    #[arg(long)]
+    pub(crate) plugins_dir: Option<PathBuf>,
+    /// A kind to sync, as API_VERSION/KIND (v1/ConfigMap, apps/v1/Deployment); repeatable.
+    /// Replaces the config file's list.
+    #[arg(long = "resource", value_name = "API_VERSION/KIND")]
+    pub(crate) resources: Vec<String>,
+    /// Label selector for the kinds given with --resource.
+    #[arg(long)]
+    pub(crate) selector: Option<String>,
+    /// Upstream namespace to sync; repeatable (default: all but kube-system, kube-public and
+    /// kube-node-lease, which are synced only when named here or in the config's `namespaces:`).
+    #[arg(long = "namespace")]
+    pub(crate) namespaces: Vec<String>,
+    /// Upstream namespace never to sync; repeatable.
+    #[arg(long = "exclude-namespace")]
+    pub(crate) exclude_namespaces: Vec<String>,
+    /// Name downstream namespaces PREFIX + the upstream name.
+    #[arg(long, conflicts_with = "hashed_namespaces")]
+    pub(crate) namespace_prefix: Option<String>,
+    /// Name downstream namespaces by a hash of target and upstream name (kcp style).
+    #[arg(long)]
+    pub(crate) hashed_namespaces: bool,
+    /// This instance's name in the ownership stamp.
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
+    /// The sync target's name in the ownership stamp.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+    /// Feature gates, as Name=true,Other=false (added to the config file's `featureGates`).
+    #[arg(long, value_name = "NAME=BOOL,...", long_help = downsync::app::features::help())]
+    pub(crate) feature_gates: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+    /// Concurrent syncs.
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// Where /metrics, /healthz and /readyz are served; `off` to not serve them.
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<String>,
+    /// Sync once and exit: 0 when every object synced, 1 otherwise.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Put a finalizer on upstream objects, so their deletion waits for the downstream copy's.
+    #[arg(long)]
+    pub(crate) upstream_finalizer: bool,
+    /// Copy downstream status to the upstream objects' status subresource.
+    #[arg(long)]
+    pub(crate) status_upsync: bool,
+    /// Seconds before owned downstream objects without an upstream object are deleted at startup.
+    #[arg(long)]
+    pub(crate) orphan_grace_seconds: Option<u64>,
+    /// Keep the downstream namespaces downsync created after their upstream namespace is gone
+    /// (by default they are deleted once they hold nothing downsync does not own).
+    #[arg(long)]
+    pub(crate) keep_namespaces: bool,
+    /// Run as one of several replicas coordinated through Leases in the downstream cluster
+    /// (`ha.enabled`); only the holder of a shard's Lease writes its objects.
+    #[arg(long)]
+    pub(crate) ha: bool,
+    /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`).
+    #[arg(long, value_name = "N")]
+    pub(crate) ha_shards: Option<u32>,
+    /// Lease duration, renew deadline and retry period in seconds, as LEASE,RENEW,RETRY
+    /// (default 15,10,2 as client-go). For tests, which cannot wait as long; hidden.
+    #[arg(long, value_name = "LEASE,RENEW,RETRY", hide = true)]
+    pub(crate) ha_timing: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Loads a plugin component, checks it against the downsync:rules world and prints what it describes.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// Runs a plugin against fixture cases (`CASE/{existing,desired,expected}.yaml` or
+    /// `CASE/decision.yaml`); prints a diff for each failing case and exits non-zero.
+    Test {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The folder holding one sub-folder per case.
+        fixtures: PathBuf,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// Shows each loaded plugin of a running downsync: the active version, its trial, a shadow
+    /// version and its progress, calls, errors by class, divergences, the last error.
+    Status {
+        /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
+        #[arg(long, env = "DOWNSYNC_ADDR")]
+        addr: String,
+        /// Print the JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promotes the version of a plugin now running in shadow: writes `<stem>.promote` (the
+    /// component's sha256) next to it, which the running downsync acts on.
+    Promote {
+        /// The `.wasm` component in the plugins folder, as it is now (the shadow version).
+        file: PathBuf,
+    },
+    /// Runs a new version read-only over the live objects of the kinds it handles and prints,
+    /// per object, what it would write differently from the version in use. Writes nothing.
+    Replay {
+        /// The new `.wasm` component.
+        file: PathBuf,
+        /// Read the live objects of the clusters given by the source flags (as `run`).
+        #[arg(long, required = true)]
+        against_cluster: bool,
+        #[command(flatten)]
+        source: Box<SourceArgs>,
+    },
+    /// Writes a plugin skeleton with fixtures that pass `plugin test` once built.
+    New {
+        /// The plugin's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The guest language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
+        /// The folder to write (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust: downsync's `plugins/sdk` to depend on (default: found above DIR or the
+        /// working directory).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// The per-call budgets to check or test a plugin with: test with the ones it will run with
+/// (the run config's `engine.fuel` and `engine.memoryBytes`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Budget {
+    /// Fuel per call (default: the engine's, 200000000).
+    #[arg(long, value_name = "N")]
+    pub(crate) fuel: Option<u64>,
+    /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) memory: Option<usize>,
+}
+
+impl Budget {
+    pub(crate) fn engine(&self) -> EngineConfig {
+        let mut c = EngineConfig::default();
+        if let Some(fuel) = self.fuel {
+            c.fuel = fuel;
+        }
+        if let Some(memory) = self.memory {
+            c.memory_bytes = memory;
+        }
+        c
+    }
+}
+
+/// `65536`, `64Ki`, `64Mi`, `1Gi`.
+fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{text:?} is not a size such as 65536 or 64Mi"))?;
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        other => return Err(format!("unit {other:?} in {text:?}: use Ki, Mi or Gi")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl SourceArgs {
+    pub(crate) fn into_config(self) -> Result<RunConfig> {
+        let mut c = match &self.config {
+            Some(path) => RunConfig::from_file(path)?,
+            None => RunConfig::default(),
+        };
+        if self.upstream_kubeconfig.is_some() {
+            c.upstream.kubeconfig = self.upstream_kubeconfig;
+        }
+        if self.upstream_context.is_some() {
+            c.upstream.context = self.upstream_context;
+        }
+        if self.downstream_kubeconfig.is_some() {
+            c.downstream.kubeconfig = self.downstream_kubeconfig;
+        }
+        if self.downstream_context.is_some() {
+            c.downstream.context = self.downstream_context;
+        }
+        if self.plugins_dir.is_some() {
+            c.plugins_dir = self.plugins_dir;
+        }
+        if !self.resources.is_empty() {
+            c.resources = self
+                .resources
+                .iter()
+                .map(|r| {
+                    let mut rc = ResourceConfig::parse_flag(r)?;
+                    rc.label_selector.clone_from(&self.selector);
+                    Ok(rc)
+                })
+                .collect::<Result<_, downsync::app::config::Error>>()?;
+        } else if self.selector.is_some() {
+            anyhow::bail!("--selector applies to the kinds given with --resource; give at least one --resource");
+        }
+        if !self.namespaces.is_empty() {
+            c.namespaces = self.namespaces;
+        }
+        c.exclude_namespaces.extend(self.exclude_namespaces);
+        if let Some(prefix) = self.namespace_prefix {
+            c.namespace_mapping = NamespaceMapping::Prefix { prefix };
+        }
+        if self.hashed_namespaces {
+            c.namespace_mapping = NamespaceMapping::Hashed;
+        }
+        if let Some(i) = self.identity {
+            c.sync.ownership.identity = i;
+        }
+        if let Some(t) = self.target {
+            c.sync.ownership.target = t;
+        }
+        if let Some(flag) = &self.feature_gates {
+            let gates = downsync::app::features::parse(flag).context("--feature-gates")?;
+            c.feature_gates.extend(gates);
+        }
+        Ok(c)
+    }
+}
+
+impl RunArgs {
+    pub(crate) fn into_config(self) -> Result<RunConfig> {
+        let mut c = self.source.into_config()?;
+        if let Some(w) = self.workers {
+            c.workers = w;
+        }
+        if let Some(addr) = self.metrics_addr {
+            c.metrics_addr = match addr.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse::<SocketAddr>().with_context(|| {
+                    format!("--metrics-addr {a}: expected HOST:PORT such as 0.0.0.0:8080, or `off`")
+                })?),
+            };
+        }
+        c.upstream_finalizer |= self.upstream_finalizer;
+        c.keep_namespaces |= self.keep_namespaces;
+        c.status_upsync |= self.status_upsync;
+        if let Some(g) = self.orphan_grace_seconds {
+            c.orphan_grace_seconds = g;
+        }
+        c.ha.enabled |= self.ha;
+        if let Some(n) = self.ha_shards {
+            c.ha.shards = n;
+        }
+        if let Some(t) = &self.ha_timing {
+            let parts: Vec<u64> = t
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--ha-timing {t}: expected three whole seconds, such as 15,10,2"))?;
+            let [lease, renew, retry] = parts[..] else {
+                anyhow::bail!("--ha-timing {t}: expected LEASE,RENEW,RETRY, such as 15,10,2");
+            };
+            c.ha.lease_duration_seconds = lease;
+            c.ha.renew_deadline_seconds = renew;
+            c.ha.retry_period_seconds = retry;
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,67 @@
+//! `downsync explain`: asks a running downsync's `/explain` which plugin (or built-in rule) kept
+//! or changed each field where an object's downstream copy differs from upstream.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::args::ExplainArgs;
+
+/// Asks and prints the answer, for a terminal or as JSON.
+pub(super) async fn show(a: ExplainArgs) -> Result<ExitCode> {
+    let (namespace, name) = match a.object.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, a.object.as_str()),
+    };
+    let mut path = format!("/explain?kind={}&name={name}", a.kind);
+    if let Some(ns) = namespace {
+        path.push_str(&format!("&namespace={ns}"));
+    }
+    let answer = super::ops_client::get_json(&a.addr, &path).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", render(&answer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders the `/explain` answer for a terminal.
+pub(super) fn render(answer: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", answer["object"].as_str().unwrap_or("?"));
+    let fields = answer["fields"].as_array().cloned().unwrap_or_default();
+    if fields.is_empty() {
+        let _ = writeln!(out, "  downstream matches upstream (status and server bookkeeping aside)");
+    }
+    let show = |v: &Value| if v.is_null() { "(absent)".to_string() } else { v.to_string() };
+    for f in &fields {
+        let _ = writeln!(out, "  {}", f["path"].as_str().unwrap_or("?"));
+        let _ = writeln!(out, "    upstream:   {}", show(&f["upstream"]));
+        let _ = writeln!(out, "    downstream: {}", show(&f["downstream"]));
+        let _ = writeln!(out, "    by {}: {}", f["by"].as_str().unwrap_or("?"), f["why"].as_str().unwrap_or(""));
+    }
+    let history = answer["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        let _ = writeln!(out, "last rule calls (oldest first):");
+        for h in history {
+            let _ = writeln!(
+                out,
+                "  {}@{} {} -> {} ({} fuel, {} us) changed: {}",
+                h["plugin"].as_str().unwrap_or("?"),
+                h["digest"].as_str().unwrap_or("?"),
+                h["hook"].as_str().unwrap_or("?"),
+                h["decision"].as_str().unwrap_or("?"),
+                h["fuel"],
+                h["micros"],
+                h["paths"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}
