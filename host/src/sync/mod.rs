@@ -7,6 +7,7 @@
 
 pub mod causes;
 pub mod config;
+pub mod deletion;
 pub mod delta;
 pub mod desired;
 pub mod differ;
@@ -19,6 +20,7 @@ pub mod ownership;
 pub mod pointer;
 pub mod preservation;
 pub mod queue;
+pub mod recovery;
 pub mod rules;
 pub mod state;
 pub mod syncer;

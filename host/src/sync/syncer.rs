@@ -12,13 +12,12 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::config::{DownstreamConfig, ImmutablePolicy, Propagation, UpdateStrategy};
-use super::delta::delta;
+use super::config::{DownstreamConfig, Propagation, UpdateStrategy};
 use super::desired::{content_digest, str_at};
 use super::differ::{self, DiffOptions};
-use super::drift::{self, DriftAction, DriftPolicy, DriftedField};
+use super::drift::{DriftAction, DriftPolicy};
 use super::error::{ApiError, Cause, SyncError};
 use super::intent::{self, Intent};
 use super::managers;
@@ -28,7 +27,7 @@ use super::rules::{RuleDecision, RuleSet, Rules};
 use super::state::{ResourceState, StateCache};
 use super::types::{ObjectKey, Operation, Resource, SyncResult};
 use super::write::{write_for, write_holding};
-use super::write_loop::{LoopGuard, Verdict};
+use super::write_loop::LoopGuard;
 
 // Moved to files named for what they hold; re-exported here, where callers found them.
 pub use super::causes::{field_to_pointer, immutable_fields};
@@ -60,35 +59,35 @@ pub trait Downstream: Send + Sync {
 
 /// Applies desired objects to downstream and deletes them, keeping downstream-owned fields.
 pub struct Syncer<D, R> {
-    downstream: D,
-    rules: R,
-    config: DownstreamConfig,
-    state: StateCache,
+    pub(super) downstream: D,
+    pub(super) rules: R,
+    pub(super) config: DownstreamConfig,
+    pub(super) state: StateCache,
     /// The drift policy of each kind, by (group, kind); the default where none is set.
-    drift: HashMap<(String, String), DriftPolicy>,
+    pub(super) drift: HashMap<(String, String), DriftPolicy>,
     /// Objects written again and again with no upstream change.
-    loops: Mutex<LoopGuard>,
+    pub(super) loops: Mutex<LoopGuard>,
 }
 
 /// One apply past the fast path: what downstream should hold, and the rules it was built with.
-struct Job<'a, S> {
-    key: &'a ObjectKey,
+pub(super) struct Job<'a, S> {
+    pub(super) key: &'a ObjectKey,
     /// The desired object, transformed by the rules and stamped with ownership and hash.
-    object: Value,
+    pub(super) object: Value,
     /// The desired hash, recorded in the state cache on success.
-    hash: String,
+    pub(super) hash: String,
     /// What a client asked for upstream, for the rules.
-    intent: Intent,
+    pub(super) intent: Intent,
     /// The one rules snapshot of this apply: a reload half-way must not mix two versions.
-    rules: S,
+    pub(super) rules: S,
     /// Fields of the object that are the downstream's to set: the ones the upstream server
     /// filled in (not in `object`), as JSON pointers. A write keeps their live values; a
     /// server-side apply leaves them out.
-    server_set: Vec<String>,
+    pub(super) server_set: Vec<String>,
 }
 
 /// What the create path found.
-enum Found {
+pub(super) enum Found {
     /// The object was absent and is created now.
     Created,
     /// The object exists: the live version, for the update path.
@@ -96,7 +95,7 @@ enum Found {
 }
 
 /// What one round of the update path will do.
-enum Plan {
+pub(super) enum Plan {
     /// Nothing to write; the apply ends with this operation.
     Done(Operation),
     /// The rules asked for a delete and create.
@@ -111,7 +110,7 @@ enum Plan {
 }
 
 /// What settling a [`Plan::Settle`] found.
-enum Settled {
+pub(super) enum Settled {
     /// Nothing to write.
     Done(Operation),
     /// Write this, as [`Plan::Write`].
@@ -120,7 +119,7 @@ enum Settled {
 
 /// Whether a 409 is server-side apply's conflict between field managers (not a stale
 /// resourceVersion).
-fn is_manager_conflict(write: &Write, causes: &[Cause]) -> bool {
+pub(super) fn is_manager_conflict(write: &Write, causes: &[Cause]) -> bool {
     matches!(write, Write::Apply { force: false, .. })
         && !causes.is_empty()
         && causes.iter().all(|c| c.reason == "FieldManagerConflict")
@@ -128,7 +127,7 @@ fn is_manager_conflict(write: &Write, causes: &[Cause]) -> bool {
 
 /// The part of an object a write can change, for telling what a write would store from what
 /// is stored: no status, no server bookkeeping.
-fn stored_content(obj: &Value) -> Value {
+pub(super) fn stored_content(obj: &Value) -> Value {
     let mut out = obj.clone();
     if let Some(o) = out.as_object_mut() {
         o.remove("status");
@@ -141,11 +140,11 @@ fn stored_content(obj: &Value) -> Value {
     out
 }
 
-fn rv(v: &Value) -> Option<&str> {
+pub(super) fn rv(v: &Value) -> Option<&str> {
     str_at(v, "/metadata/resourceVersion")
 }
 
-fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> SyncError {
+pub(super) fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> SyncError {
     if let ApiError::Invalid { causes, .. } = &source
         && let Some(taken) = super::causes::already_allocated(causes)
     {
@@ -167,13 +166,13 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         self
     }
 
-    fn drift_policy(&self, key: &ObjectKey) -> DriftPolicy {
+    pub(super) fn drift_policy(&self, key: &ObjectKey) -> DriftPolicy {
         self.drift.get(&(key.gvr.group.clone(), key.kind.clone())).cloned().unwrap_or_default()
     }
 
     /// downsync's own field managers, never blamed for a drift: the one the API derives from
     /// its user agent for updates, and the server-side apply field manager.
-    fn own_managers(&self) -> Vec<&str> {
+    pub(super) fn own_managers(&self) -> Vec<&str> {
         let mut own = vec!["downsync"];
         if let UpdateStrategy::ServerSideApply { field_manager, .. } = &self.config.strategy {
             own.push(field_manager.as_str());
@@ -181,7 +180,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         own
     }
 
-    fn loops(&self) -> std::sync::MutexGuard<'_, LoopGuard> {
+    pub(super) fn loops(&self) -> std::sync::MutexGuard<'_, LoopGuard> {
         // Single calls on plain maps: a poisoned lock is still consistent.
         self.loops.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -206,13 +205,13 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         &self.rules
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(super) fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.config.backoff_base.saturating_mul(1u32 << attempt.min(16));
         let cap = exp.min(self.config.backoff_max);
         cap.mul_f64(rand::random::<f64>())
     }
 
-    fn record(&self, key: &ObjectKey, obj: &Value, hash: &str) {
+    pub(super) fn record(&self, key: &ObjectKey, obj: &Value, hash: &str) {
         self.state.insert(ResourceState {
             key: key.clone(),
             resource_version: rv(obj).unwrap_or_default().to_string(),
@@ -278,13 +277,13 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         result
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, SyncError> {
+    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, SyncError> {
         self.downstream.get(key).await.map_err(|source| api_error(key, "get", source))
     }
 
     /// Normalises, checks and hashes the desired object; returns early when neither it nor the
     /// live object moved since our last write, else runs the rules and the create or update path.
-    async fn apply_inner(
+    pub(super) async fn apply_inner(
         &self,
         key: &ObjectKey,
         desired: Value,
@@ -342,7 +341,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     /// The create path: finds the live object (from the cache, or read) and creates the object
     /// when there is none. A create that loses a race to another writer hands the winner's
     /// object to the update path.
-    async fn create_if_absent(
+    pub(super) async fn create_if_absent(
         &self,
         job: &Job<'_, R::Set>,
         cached: Option<Option<Value>>,
@@ -390,7 +389,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
 
     /// The update path: plans a write over the live object and sends it. A 409 re-reads the
     /// object and plans again, up to the configured retries; a 422 may be an immutable field.
-    async fn update(
+    pub(super) async fn update(
         &self,
         job: &Job<'_, R::Set>,
         mut existing: Value,
@@ -439,13 +438,13 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     }
 
     /// The write of `object` over `existing`, holding the `held` fields ([`write_holding`]).
-    fn write(&self, existing: &Value, object: Value, held: &[String]) -> Write {
+    pub(super) fn write(&self, existing: &Value, object: Value, held: &[String]) -> Write {
         write_holding(&self.config.strategy, existing, object, held)
     }
 
     /// Decides what one round of the update path writes over `existing`: checks ownership and
     /// deletion, applies the built-in preservation, asks the rules, and diffs.
-    async fn plan_update(
+    pub(super) async fn plan_update(
         &self,
         job: &Job<'_, R::Set>,
         existing: &Value,
@@ -513,289 +512,5 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         self.loops().forget(key);
         let changed = diff.paths().into_iter().map(str::to_string).collect();
         Ok(Plan::Write { object, changed, held })
-    }
-
-    /// Settles a [`Plan::Settle`]: the cheap compare says the write would change the object,
-    /// but the desired object did not change since downsync's last write. Either the
-    /// downstream server changes what downsync sends (mutating admission, defaulting: a
-    /// list gains an element, a field appears), which is not a difference, or someone changed
-    /// a field downsync enforces: a drift. A server-side dry run of the write tells which,
-    /// since it answers with what the server would store. It costs one extra API call per
-    /// change of the downstream object that the compare cannot settle (two when the object is
-    /// first read for its managedFields), and none when nothing moved downstream.
-    async fn settle(
-        &self,
-        job: &Job<'_, R::Set>,
-        existing: &Value,
-        object: Value,
-        mut held: Vec<String>,
-        policy: &DriftPolicy,
-        result: &mut SyncResult,
-    ) -> Result<Settled, SyncError> {
-        let key = job.key;
-        if let Some((wait, fields)) = self.loops().paused(key, &job.hash, tokio::time::Instant::now()) {
-            // Paused by the write-loop guard: not even a dry run until the pause ends.
-            result.retry_after = Some(wait);
-            return Err(SyncError::WriteLoop { object: key.to_string(), fields, wait });
-        }
-        result.dry_runs += 1;
-        let would_store = match self.downstream.dry_run(key, &self.write(existing, object.clone(), &held)).await {
-            Ok(stored) => stored,
-            // A conflict with other field managers is the write path's to handle and report;
-            // a stale resourceVersion, the write path's to retry.
-            Err(ApiError::Conflict { .. }) => {
-                let changed = Vec::new();
-                return Ok(Settled::Write { object, changed, held });
-            }
-            Err(source) => return Err(api_error(key, "dry-run update", source)),
-        };
-        let moved = delta(&stored_content(existing), &stored_content(&would_store));
-        if moved.is_empty() {
-            // Only what the server adds: the live object is what downsync's write gives.
-            debug!(object = %key, kind = %key.kind, "settled by a dry run: no difference");
-            self.record(key, existing, &job.hash);
-            return Ok(Settled::Done(Operation::Unchanged));
-        }
-        let live = if existing.pointer("/metadata/managedFields").is_some() {
-            existing.clone()
-        } else {
-            // Who changed it is in managedFields, which the watch cache drops.
-            self.get(key).await?.unwrap_or_else(|| existing.clone())
-        };
-        let fields = drift::classify(&moved.paths, &managers::managers(&live), &self.own_managers(), policy);
-        let reverted: Vec<&DriftedField> = fields.iter().filter(|f| f.action == DriftAction::Revert).collect();
-        let described = drift::describe(&fields);
-        info!(object = %key, kind = %key.kind, fields = %described, "drifted downstream");
-        if reverted.is_empty() {
-            // Left as it is: the downstream values become the baseline.
-            result.drift = fields.into_iter().filter(|f| f.action == DriftAction::Report).collect();
-            self.record(key, existing, &job.hash);
-            return Ok(Settled::Done(Operation::Unchanged));
-        }
-        let verdict = self.loops().check(key, &job.hash, tokio::time::Instant::now());
-        if let Verdict::Paused { wait, engaged, writes } = verdict {
-            let fields = drift::describe(&reverted.into_iter().cloned().collect::<Vec<_>>());
-            if engaged {
-                warn!(object = %key, kind = %key.kind, writes, wait_s = wait.as_secs(), fields = %fields, "write loop: paused");
-                self.loops().note(key, fields.clone());
-            }
-            result.retry_after = Some(wait);
-            return Err(SyncError::WriteLoop { object: key.to_string(), fields, wait });
-        }
-        self.loops().wrote(key, &job.hash, tokio::time::Instant::now());
-        let mut object = object;
-        for f in fields.iter().filter(|f| f.action != DriftAction::Revert) {
-            if let Some(v) = existing.pointer(&f.path) {
-                let _ = crate::sync::pointer::set(&mut object, &f.path, v.clone());
-            }
-            held.push(f.path.clone());
-        }
-        let changed = reverted.iter().map(|f| f.path.clone()).collect();
-        result.drift = fields.into_iter().filter(|f| f.action != DriftAction::Keep).collect();
-        Ok(Settled::Write { object, changed, held })
-    }
-
-    /// After a server-side apply refused because other field managers own fields downsync
-    /// applies with other values: applies the rest of the object, so one contested field never
-    /// blocks the others, and reports the contested fields, which are retried with backoff.
-    async fn after_manager_conflict(
-        &self,
-        job: &Job<'_, R::Set>,
-        write: Write,
-        message: &str,
-        causes: &[Cause],
-        result: &mut SyncResult,
-    ) -> Result<Operation, SyncError> {
-        let key = job.key;
-        let Write::Apply { mut object, field_manager, force } = write else {
-            return Err(api_error(
-                key,
-                "apply",
-                ApiError::Conflict { message: message.to_string(), causes: causes.to_vec() },
-            ));
-        };
-        let mut contested = Vec::new();
-        for c in causes {
-            let path = field_to_pointer(&c.field);
-            crate::sync::pointer::remove(&mut object, &path);
-            contested.push(format!("{path} ({})", c.message.trim()));
-            result.conflicts.push(path);
-        }
-        let rest = Write::Apply { object, field_manager, force };
-        result.attempts += 1;
-        match self.downstream.update(key, &rest).await {
-            Ok(updated) => {
-                info!(object = %key, kind = %key.kind, fields = ?result.conflicts, "applied all but the contested fields");
-                // Recorded as not settled: the contested fields are still to be written.
-                self.record(key, &updated, &format!("{}!contested", job.hash));
-            }
-            Err(source) => return Err(api_error(key, "apply", source)),
-        }
-        Err(SyncError::FieldConflict { object: key.to_string(), fields: contested.join(", ") })
-    }
-
-    /// After a 409: notes the paths in conflict (the API's, or else the ones we changed), gives
-    /// up once the attempts are spent, and otherwise backs off and returns a fresh read.
-    async fn after_conflict(
-        &self,
-        key: &ObjectKey,
-        message: String,
-        causes: &[Cause],
-        changed: Vec<String>,
-        result: &mut SyncResult,
-    ) -> Result<Value, SyncError> {
-        let mut paths: Vec<String> = causes.iter().map(|c| field_to_pointer(&c.field)).collect();
-        if paths.is_empty() {
-            paths = changed;
-        }
-        for p in paths {
-            if !result.conflicts.contains(&p) {
-                result.conflicts.push(p);
-            }
-        }
-        if result.attempts > self.config.conflict_retries {
-            return Err(SyncError::Conflict {
-                object: key.to_string(),
-                attempts: result.attempts,
-                paths: result.conflicts.clone(),
-                last: message,
-            });
-        }
-        tokio::time::sleep(self.backoff(result.attempts)).await;
-        match self.get(key).await? {
-            Some(live) => Ok(live),
-            None => Err(api_error(key, "update", ApiError::NotFound)),
-        }
-    }
-
-    /// After a 422: a refusal of immutable fields this update changes follows the configured
-    /// policy; any other is the API's verdict on the object and is returned as it is.
-    async fn after_invalid(
-        &self,
-        job: &Job<'_, R::Set>,
-        existing: &Value,
-        message: String,
-        causes: Vec<Cause>,
-        changed: &[String],
-        result: &mut SyncResult,
-    ) -> Result<Operation, SyncError> {
-        let key = job.key;
-        // A taken port or IP is not an immutable field: recreating would lose the object.
-        if super::causes::already_allocated(&causes).is_some() {
-            return Err(api_error(key, "update", ApiError::Invalid { message, causes }));
-        }
-        let Some(fields) = immutable_fields(&causes, changed) else {
-            return Err(api_error(key, "update", ApiError::Invalid { message, causes }));
-        };
-        match self.config.on_immutable {
-            ImmutablePolicy::Recreate => {
-                info!(object = %key, kind = %key.kind, ?fields, "immutable fields changed; recreating");
-                self.recreate(job, existing, result).await
-            }
-            ImmutablePolicy::Skip => Err(SyncError::Immutable { object: key.to_string(), fields, reason: message }),
-        }
-    }
-
-    /// Deletes the live object (UID precondition), waits until it is gone, and creates the
-    /// desired one.
-    async fn recreate(
-        &self,
-        job: &Job<'_, R::Set>,
-        existing: &Value,
-        result: &mut SyncResult,
-    ) -> Result<Operation, SyncError> {
-        let key = job.key;
-        let uid = str_at(existing, "/metadata/uid").unwrap_or_default();
-        result.attempts += 1;
-        match self.downstream.delete(key, uid, self.config.propagation).await {
-            Ok(()) | Err(ApiError::NotFound) => {}
-            Err(source) => return Err(api_error(key, "delete", source)),
-        }
-        let started = tokio::time::Instant::now();
-        loop {
-            match self.get(key).await? {
-                None => break,
-                Some(o) if str_at(&o, "/metadata/uid") != Some(uid) => break,
-                Some(_) if started.elapsed() >= self.config.recreate_timeout => {
-                    return Err(SyncError::RecreateTimeout {
-                        object: key.to_string(),
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    });
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        let mut obj = job.object.clone();
-        preservation::stamp_managed_keys(&mut obj);
-        result.attempts += 1;
-        let created = self.downstream.create(key, &obj).await.map_err(|source| api_error(key, "create", source))?;
-        info!(object = %key, kind = %key.kind, "recreated");
-        self.record(key, &created, &job.hash);
-        Ok(Operation::Recreated)
-    }
-
-    /// Deletes an object downstream, if downsync owns it. `cached` as in [`Syncer::apply`].
-    pub async fn delete(&self, key: &ObjectKey, cached: Option<Option<Value>>) -> SyncResult {
-        let mut result = SyncResult::new(Some(key.clone()), Operation::Skipped);
-        match self.delete_inner(key, cached, &mut result).await {
-            Ok(op) => result.operation = op,
-            Err(e) => {
-                debug!(object = %key, kind = %key.kind, error = %e, "delete failed");
-                result.error = Some(e);
-            }
-        }
-        result
-    }
-
-    async fn delete_inner(
-        &self,
-        key: &ObjectKey,
-        cached: Option<Option<Value>>,
-        result: &mut SyncResult,
-    ) -> Result<Operation, SyncError> {
-        let existing = match cached {
-            Some(c) => c,
-            None => self.get(key).await?,
-        };
-        let Some(existing) = existing else {
-            self.state.remove(key);
-            return Ok(Operation::Deleted);
-        };
-        if !ownership::is_owned(&existing, &self.config.ownership) {
-            return Err(SyncError::NotOwned {
-                object: key.to_string(),
-                owner: ownership::owner_of(&existing).unwrap_or("none").to_string(),
-            });
-        }
-        if existing.pointer("/metadata/deletionTimestamp").is_none() {
-            let uid = str_at(&existing, "/metadata/uid").unwrap_or_default();
-            result.attempts += 1;
-            match self.downstream.delete(key, uid, self.config.propagation).await {
-                Ok(()) => {}
-                Err(ApiError::NotFound) => {
-                    self.state.remove(key);
-                    return Ok(Operation::Deleted);
-                }
-                Err(source) => return Err(api_error(key, "delete", source)),
-            }
-        }
-        match self.get(key).await? {
-            None => {
-                info!(object = %key, kind = %key.kind, "deleted");
-                self.state.remove(key);
-                Ok(Operation::Deleted)
-            }
-            Some(o) if str_at(&o, "/metadata/uid") != str_at(&existing, "/metadata/uid") => {
-                // Someone else created a new object with the same name: ours is gone.
-                self.state.remove(key);
-                Ok(Operation::Deleted)
-            }
-            Some(o) => {
-                let finalizers = o.pointer("/metadata/finalizers").cloned().unwrap_or(Value::Array(vec![]));
-                info!(object = %key, kind = %key.kind, %finalizers, "deleting; held by finalizers");
-                result.retry_after = Some(Duration::from_secs(2));
-                Ok(Operation::Deleting)
-            }
-        }
     }
 }
