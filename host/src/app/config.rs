@@ -46,7 +46,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One kind to sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResourceConfig {
     /// `group/version`, or `version` for the core group (`v1`, `apps/v1`).
@@ -87,7 +87,7 @@ impl ResourceConfig {
 }
 
 /// The whole configuration of `downsync run` and `downsync diff`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RunConfig {
     /// The upstream cluster (source of desired objects).
@@ -98,7 +98,8 @@ pub struct RunConfig {
     pub plugins_dir: Option<PathBuf>,
     /// The kinds to sync.
     pub resources: Vec<ResourceConfig>,
-    /// Upstream namespaces to sync (empty: all but the [`SYSTEM_NAMESPACES`]).
+    /// Upstream namespaces to sync (empty: all but kube-system, kube-public and
+    /// kube-node-lease, which are synced only when listed here).
     pub namespaces: Vec<String>,
     /// Upstream namespaces never synced.
     pub exclude_namespaces: Vec<String>,
@@ -128,7 +129,8 @@ pub struct RunConfig {
     /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
     /// By default such a namespace is deleted once it holds nothing downsync does not own.
     pub keep_namespaces: bool,
-    /// Feature gates by name (see [`super::features::GATES`]); unset gates take their default.
+    /// Feature gates by name, `Name: true|false` (`downsync run --help` lists them); unset gates
+    /// take their default.
     pub feature_gates: BTreeMap<String, bool>,
     /// High availability and sharding through Leases in the downstream cluster.
     pub ha: HaConfig,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod packing;
 pub mod reconcile;
+pub mod reference;
 pub mod run;
 pub mod startup;
 pub mod watches;

@@ -9,7 +9,7 @@ use kube::{Client, Config};
 use serde::{Deserialize, Serialize};
 
 /// Where one cluster is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSettings {
     /// A kubeconfig file. Unset: `KUBECONFIG`, then `~/.kube/config`, then in-cluster.

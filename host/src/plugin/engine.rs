@@ -21,7 +21,7 @@ use super::tiering::{Background, Code, Compiled, Tier};
 /// Limits and cache settings for the engine. Deserialised from the config file, where a user
 /// sets the per-call budgets (`fuel`, `deadlineMs`, `memoryBytes`); the rest follow from
 /// them, from `workers` or from the environment, and are set by tests and the bench.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
     /// Instructions-ish a call may burn; the same object always gets the same verdict from the

@@ -17,7 +17,7 @@ use super::types::Decision;
 use crate::sync::delta::{Delta, delta};
 
 /// When a shadow version may take over.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Promote {
     /// After a window with no divergence and no failed call.
@@ -29,7 +29,7 @@ pub enum Promote {
 }
 
 /// How new versions of one plugin are rolled out (`plugins.<name>.rollout` in the config).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSettings {
     /// Run a new version of a loaded plugin in shadow before it is used.

@@ -7,7 +7,7 @@ use super::rollout::RolloutSettings;
 use super::types::InstancePolicy;
 
 /// What happens to an object when a plugin fails on it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 pub enum FailurePolicy {
     /// The object is not written; the failure is reported (the default).
     #[default]
@@ -17,7 +17,7 @@ pub enum FailurePolicy {
 }
 
 /// Per-plugin settings from the config file, keyed by plugin name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginSettings {
     /// Lower runs first; ties are broken by name. Not a setting: in the config, plugins run in
@@ -31,13 +31,13 @@ pub struct PluginSettings {
     /// How new versions are rolled out: shadow, promotion, automatic rollback.
     pub rollout: RolloutSettings,
     /// `fresh` (default): a new instance per call. `reused`: kept instances reset between
-    /// calls, honoured only for a plugin that declares itself stateless (see [`InstancePolicy`]).
+    /// calls, honoured only for a plugin that declares itself stateless (version build metadata `+stateless`).
     pub instances: InstancePolicy,
 }
 
 /// The typed plugin configuration: settings by plugin name. Unlisted plugins get the settings
 /// under `"*"`, if given, else the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Settings by plugin name (as `describe` gives it).

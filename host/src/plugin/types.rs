@@ -100,7 +100,7 @@ pub const STATELESS: &str = "stateless";
 /// the next, so a plugin that keeps anything between calls (a cache, a counter, a mutated
 /// default) makes an object's verdict depend on the objects before it. It is honoured only for
 /// plugins that declare themselves stateless ([`PluginInfo::declares_stateless`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum InstancePolicy {
     /// A fresh instance for every call, dropped afterwards (the default): nothing a call leaves

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How an existing object is updated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "type", deny_unknown_fields)]
 pub enum UpdateStrategy {
     /// PUT the whole object with its resourceVersion (optimistic concurrency). Fields the
@@ -33,7 +33,7 @@ fn default_field_manager() -> String {
 }
 
 /// Deletion propagation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub enum Propagation {
     /// The object goes at once; the garbage collector removes dependents afterwards.
     #[default]
@@ -46,7 +46,7 @@ pub enum Propagation {
 
 /// What to do when an update is refused because an immutable field changed, unless a rule
 /// already decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ImmutablePolicy {
     /// Leave the object as it is and report the fields.
@@ -57,7 +57,7 @@ pub enum ImmutablePolicy {
 }
 
 /// Who downsync is, as stamped on the objects it owns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ownership {
     /// This downsync instance (label-safe: letters, digits, `-`, `_`, `.`; at most 63).
@@ -80,7 +80,7 @@ impl Default for Ownership {
 /// Settings of the downstream writer. Deserialised once and passed down; only the strategy,
 /// the ownership stamp and the immutable-field policy are settings a user sees (`sync:`), the
 /// rest are fixed for users and set by tests and the tools (`downsync diff` never waits).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownstreamConfig {
     /// Retries after a 409 conflict.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::managers::{Manager, owners_of};
 
 /// What happens to a drifted field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DriftAction {
     /// Write the upstream value back, and report the drift.
@@ -34,7 +34,7 @@ impl DriftAction {
 }
 
 /// The drift policy of one resource (`resources[].drift`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DriftPolicy {
     /// What happens to a change by a manager not named below (or by an unknown one).

@@ -43,7 +43,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The `ha:` section of the config: `enabled` and `shards`. The replica's name comes from
 /// `POD_NAME` (else the host name), the Leases' namespace from `POD_NAMESPACE` (else
 /// `default`), and the Lease timings are client-go's; tests shorten them (`--ha-timing`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HaConfig {
     /// Coordinate replicas through Leases; only the holder of a shard's Lease writes.
