@@ -344,9 +344,10 @@ struct EventLabels {
     event: String,
 }
 
-/// The HA metrics: shards held, leadership, transitions.
+/// The HA metrics: shards in all, shards held, leadership, transitions.
 #[derive(Debug, Clone, Default)]
 pub struct HaMetrics {
+    shards: Gauge,
     held: Gauge,
     leader: Gauge,
     live: Gauge,
@@ -357,6 +358,7 @@ impl HaMetrics {
     /// Registers the metrics (prefixed `downsync_ha_`) into `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("downsync_ha");
+        r.register("shards", "Shards the upstream namespaces are split into (ha.shards)", self.shards.clone());
         r.register("shards_held", "Shards whose Lease this replica holds", self.held.clone());
         r.register("leader", "1 while this replica holds at least one shard's Lease", self.leader.clone());
         r.register("live_replicas", "Replicas seen alive through their Leases, this one included", self.live.clone());
@@ -484,6 +486,7 @@ impl Coordinator {
         view: SharedView,
     ) -> Self {
         let namespace = config.resolved_namespace();
+        metrics.shards.set(i64::from(config.shard_count()));
         Self {
             api: Api::namespaced(client, &namespace),
             identity: config.resolved_identity(),
