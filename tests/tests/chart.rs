@@ -272,9 +272,13 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
             }
         }
     }
-    // A mistyped side is refused with a message, not rendered as nothing.
-    let err = render(ns, &set(&["side=upstrem"])).expect_err("side=upstrem must fail");
-    assert!(format!("{err:#}").contains("neither downstream nor upstream"), "{err:#}");
+    // Mistyped values are refused with a message (values.schema.json), not rendered as nothing
+    // or ignored.
+    for (bad, says) in [("side=upstrem", "/side"), ("replicaCount=3", "replicaCount"), ("ha.shards=300", "/ha/shards")]
+    {
+        let err = render(ns, &set(&[bad])).expect_err(bad);
+        assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+    }
     Ok(())
 }
 
