@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the helm command the chart tests use (tests/tests/chart.rs),
 # from the pinned helm.sh/helm/v4 Go module in this folder (a tool of go.mod, inputs in go.sum),
-# and takes the PrometheusRule and PodMonitor CRDs, which the chart's monitoring objects need on
-# the test API server, from the pinned prometheus-operator Go module (its checksum below).
+# and beside it `rulecheck` (rulecheck/, its own module: Prometheus' rule file parser, which the
+# monitoring test runs on the alert rules), and takes the PrometheusRule and PodMonitor CRDs,
+# which the chart's monitoring objects need on the test API server, from the pinned
+# prometheus-operator Go module (its checksum below).
 #
-# Both are cached outside the checkout, keyed by the hash of go.mod, go.sum and this script, so
-# the cold build happens once per machine. Prints the directory holding `helm` on its last line
+# All are cached outside the checkout, keyed by the hash of the go.mod and go.sum files, the
+# rulecheck source and this script, so the cold build happens once per machine. Prints the directory holding `helm` on its last line
 # of stdout; the CRDs are in ../crds from there.
 set -euo pipefail
 
@@ -24,11 +26,11 @@ go_minor="$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')"
 grep -q "helm.sh/helm/v4 $helm_version" "$here/go.mod" || die "go.mod does not pin helm.sh/helm/v4 $helm_version: change both together."
 
 cache_root="${DOWNSYNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/downsync}"
-key="$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -c1-16)"
+key="$(cat "$here/go.mod" "$here/go.sum" "$here/rulecheck/go.mod" "$here/rulecheck/go.sum" "$here/rulecheck/main.go" "$here/build.sh" | sha256sum | cut -c1-16)"
 out="$cache_root/helm-$helm_version-$key"
 
 have_all() {
-  [[ -x "$out/bin/helm" ]] || return 1
+  [[ -x "$out/bin/helm" && -x "$out/bin/rulecheck" ]] || return 1
   local c; for c in "${crds[@]}"; do [[ -s "$out/crds/$c" ]] || return 1; done
 }
 if have_all; then
@@ -61,6 +63,11 @@ if ! go build -trimpath -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v4/cmd/h
   die "building helm failed (log above, full log in $out/build.log)"
 fi
 "$tmp/helm" version --short >/dev/null 2>&1 || die "the built helm does not run ($tmp/helm version failed)"
+echo "helm/build.sh: building rulecheck (Prometheus' rule parser) ..." >&2
+if ! (cd "$here/rulecheck" && go mod download 2>"$out/rulecheck.log" && go build -trimpath -ldflags "-s -w" -o "$tmp/rulecheck" . 2>>"$out/rulecheck.log"); then
+  tail -n 30 "$out/rulecheck.log" >&2
+  die "building rulecheck failed (log above, full log in $out/rulecheck.log)"
+fi
 
 # The CRDs: the module zip is verified by the Go checksum database, and pinned here as well.
 echo "helm/build.sh: fetching the monitoring.coreos.com CRDs ($operator_module $operator_version) ..." >&2
@@ -78,5 +85,5 @@ done
 rm -rf "$out/bin" "$out/crds"
 mv "$tmp/crds" "$out/crds"
 mv "$tmp" "$out/bin"
-echo "helm/build.sh: helm $helm_version built in $(( $(date +%s) - start ))s ($(du -h "$out/bin/helm" | cut -f1)) into $out/bin" >&2
+echo "helm/build.sh: helm $helm_version and rulecheck built in $(( $(date +%s) - start ))s ($(du -h "$out/bin/helm" | cut -f1)) into $out/bin" >&2
 echo "$out/bin"

@@ -5,12 +5,12 @@
 //! kustomize manifests in examples/deploy and examples/deploy-ha, and runs the same config.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use downsync_tests::helm::{helm, monitoring_crds};
 use downsync_tests::manifests::{self, api_message, kustomize, yaml_docs};
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::{TestEnv, clusters, eventually, repo_root};
@@ -27,41 +27,6 @@ const RELEASE: &str = "downsync";
 const KUSTOMIZE_NAMESPACE: &str = "downsync-system";
 
 const FIELD_MANAGER: &str = "downsync-chart-test";
-
-static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-
-/// The helm binary: `DOWNSYNC_HELM` (tests/run.sh sets it), or built (cached) by tests/helm/build.sh.
-fn helm() -> Result<PathBuf> {
-    HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("DOWNSYNC_HELM") {
-            return Ok(PathBuf::from(path));
-        }
-        let script = repo_root().join("tests/helm/build.sh");
-        let out =
-            Command::new("bash").arg(&script).output().map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr)));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let bin = stdout.lines().last().ok_or_else(|| format!("{} printed no directory", script.display()))?;
-        Ok(Path::new(bin).join("helm"))
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
-}
-
-/// The CRD files tests/helm/build.sh put beside helm's folder.
-fn monitoring_crds() -> Result<Vec<PathBuf>> {
-    let helm = helm()?;
-    let dir = helm.parent().and_then(Path::parent).map(|p| p.join("crds")).context("helm has no parent folder")?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {} (tests/helm/build.sh puts the CRDs there)", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.sort();
-    ensure!(files.len() == 2, "expected the PodMonitor and PrometheusRule CRDs in {}: {files:?}", dir.display());
-    Ok(files)
-}
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/downsync")

@@ -3,7 +3,8 @@
 //! is on the /metrics of a running downsync that has synced, met a name conflict and a drift,
 //! promoted, compared, rolled back and refused plugin versions, run a failing plugin, and holds
 //! HA shards (and of a
-//! second run that met a field conflict); and the example copies are the chart's files.
+//! second run that met a field conflict); the rules load in Prometheus' own rule parser; and the
+//! example copies are the chart's files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use downsync_plugin_testing_stamp::{MARKER, TRAP, variant};
 use downsync_tests::bench::reload::patch_bytes;
 use downsync_tests::daemon::{Daemon, builtin_plugins_dir};
+use downsync_tests::helm::rulecheck;
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::{TestEnv, eventually, repo_root};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -217,6 +219,38 @@ fn the_examples_are_the_charts_monitoring_files() -> Result<()> {
     let alerts: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(files_dir().join("alerts.yaml"))?)?;
     assert_eq!(rule["kind"], "PrometheusRule");
     assert_eq!(rule["spec"], alerts, "examples/monitoring/prometheusrule.yaml's spec is alerts.yaml");
+    Ok(())
+}
+
+/// Runs rulecheck on `text` (written to a temp file named after `name`): success, stdout, stderr.
+fn check_rules(name: &str, text: &str) -> Result<(bool, String, String)> {
+    let path = std::env::temp_dir().join(format!("downsync-rules-{name}-{}.yaml", std::process::id()));
+    std::fs::write(&path, text)?;
+    let out = std::process::Command::new(rulecheck()?).arg(&path).output().context("running rulecheck")?;
+    let _ = std::fs::remove_file(&path);
+    Ok((out.status.success(), String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
+}
+
+#[test]
+fn the_alert_rules_load_in_prometheus() -> Result<()> {
+    let text = std::fs::read_to_string(files_dir().join("alerts.yaml"))?;
+    let alerts: Value = serde_yaml_ng::from_str(&text)?;
+    let rules: usize =
+        alerts["groups"].as_array().into_iter().flatten().map(|g| g["rules"].as_array().map_or(0, Vec::len)).sum();
+    assert!(rules >= 10, "{rules} rules");
+    let (ok, out, err) = check_rules("alerts", &text)?;
+    assert!(ok, "Prometheus' rule parser refuses alerts.yaml:\n{err}");
+    assert!(out.trim().ends_with(&format!(": {rules} rules")), "{out}");
+
+    // The parser is not blind: a broken expression and a broken annotation template are refused.
+    let broken = text.replacen("ignoring (state)", "ignoring (state", 1);
+    assert_ne!(broken, text);
+    let (ok, _, err) = check_rules("broken-expr", &broken)?;
+    assert!(!ok && err.contains("parse error"), "{err}");
+    let broken = text.replacen("{{ $labels.side }}", "{{ $labels.side }", 1);
+    assert_ne!(broken, text);
+    let (ok, _, err) = check_rules("broken-template", &broken)?;
+    assert!(!ok && err.contains("template"), "{err}");
     Ok(())
 }
 
