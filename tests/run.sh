@@ -4,8 +4,8 @@
 #   tests/run.sh
 #
 # In order: installs what is missing (the wasm32-wasip2 target, rustfmt, clippy, Debian
-# packages), builds the Go control plane (cached under ~/.cache/downsync), installs the Python
-# and JavaScript plugin toolchains (tests/guest-toolchains.sh, cached likewise), then runs
+# packages), builds the Go control plane and helm (cached under ~/.cache/downsync), installs the
+# Python and JavaScript plugin toolchains (tests/guest-toolchains.sh, cached likewise), then runs
 # cargo fmt --check, cargo clippy -D warnings, the unit tests, and the integration tests
 # against two real control planes (upstream and downstream) that it starts and always stops.
 #
@@ -72,6 +72,14 @@ else
   step "control plane binaries (Kubernetes from Go modules; cached)"
   bin="$(tests/cluster/build.sh | tail -n 1)"
   export PATH="$bin:$PATH"
+fi
+
+# The chart tests (tests/tests/chart.rs) run the real helm v4, built from its Go module with the
+# Prometheus Operator CRDs beside it (tests/helm/build.sh); DOWNSYNC_HELM set beforehand skips it.
+if [[ -z "${DOWNSYNC_HELM:-}" ]]; then
+  step "helm v4 for the chart tests (from the helm.sh/helm/v4 Go module; cached)"
+  helm_bin="$(tests/helm/build.sh | tail -n 1)"
+  export DOWNSYNC_HELM="$helm_bin/helm"
 fi
 
 step "cargo fmt --check"

@@ -1,11 +1,77 @@
-//! Shared checks of the example manifests (examples/deploy, examples/sidecar): resolving their
-//! kinds on the real API server, what RBAC rules allow, and where a container's files come from.
+//! Shared checks of the example manifests (examples/deploy, examples/sidecar) and the Helm
+//! chart: reading YAML streams, `kubectl kustomize`, resolving kinds on the real API server,
+//! server-side dry runs, what RBAC rules allow, and where a container's files come from.
+
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use kube::Client;
-use kube::api::{ApiResource, GroupVersionKind};
-use kube::discovery::{ApiCapabilities, pinned_kind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
+use kube::{Api, Client};
+use serde::Deserialize;
 use serde_json::Value;
+
+/// Every non-empty document of a YAML stream; `what` names it in errors.
+pub fn yaml_docs(text: &str, what: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value =
+            Value::deserialize(de).with_context(|| format!("{what}: YAML document {} does not parse", i + 1))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// `kubectl kustomize DIR` (kubectl from PATH: tests/run.sh puts the one it builds there).
+pub fn kustomize(dir: &Path) -> Result<Vec<Value>> {
+    let out =
+        std::process::Command::new("kubectl").arg("kustomize").arg(dir).output().context(
+            "running `kubectl kustomize` (kubectl must be on PATH; tests/run.sh puts the one it builds there)",
+        )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_docs(&String::from_utf8(out.stdout)?, &format!("kubectl kustomize {}", dir.display()))
+}
+
+/// The API's own words for a failed request.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({}, {})", status.message, status.reason, status.code),
+        other => format!("{other}"),
+    }
+}
+
+/// Sends `doc` as a server-side dry-run create. An object that already exists (on an existing
+/// cluster, say) is checked with a dry-run server-side apply as `field_manager` instead, which
+/// validates the manifest against it. `Err` holds the API's message.
+pub async fn dry_run(client: &Client, doc: &Value, field_manager: &str) -> Result<(), String> {
+    let text = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let (ar, caps) = resolve(client, text("/apiVersion"), text("/kind")).await.map_err(|e| format!("{e:#}"))?;
+    let api: Api<DynamicObject> = match (caps.scope, doc.pointer("/metadata/namespace").and_then(Value::as_str)) {
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (Scope::Namespaced, None) => {
+            return Err("namespaced, but names no metadata.namespace, so `kubectl apply -f` would put it in \
+                        the current namespace"
+                .into());
+        }
+    };
+    let obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| format!("not an object: {e}"))?;
+    match api.create(&PostParams { dry_run: true, ..PostParams::default() }, &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            let params = PatchParams::apply(field_manager).force().dry_run();
+            api.patch(text("/metadata/name"), &params, &Patch::Apply(&obj)).await.map(drop).map_err(|e| api_message(&e))
+        }
+        Err(e) => Err(api_message(&e)),
+    }
+}
 
 /// The resource of a kind, from the API server's discovery.
 pub async fn resolve(client: &Client, api_version: &str, kind: &str) -> Result<(ApiResource, ApiCapabilities)> {

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use downsync_tests::manifests::{allows, metrics_port, plugins_config_map, resolve, source_of};
+use downsync_tests::manifests::{self, allows, api_message, metrics_port, plugins_config_map, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::discovery::Scope;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -103,29 +102,11 @@ fn read_docs(path: &Path) -> Result<Vec<Doc>> {
     Ok(docs)
 }
 
-/// The HA variant, rendered by `kubectl kustomize examples/deploy-ha` (kubectl from PATH: the
-/// control plane build puts it there), each document marked as coming from `deploy-ha`.
+/// The HA variant, rendered by `kubectl kustomize examples/deploy-ha`, each document marked as
+/// coming from `deploy-ha`.
 fn ha_docs() -> Result<Vec<Doc>> {
-    let dir = repo_root().join("examples/deploy-ha");
-    let out =
-        std::process::Command::new("kubectl").arg("kustomize").arg(&dir).output().context(
-            "running `kubectl kustomize` (kubectl must be on PATH; tests/run.sh puts the one it builds there)",
-        )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl kustomize {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    let mut docs = Vec::new();
-    for de in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value = Value::deserialize(de).context("the rendered HA variant does not parse")?;
-        if !value.is_null() {
-            docs.push(Doc { file: "deploy-ha".into(), value });
-        }
-    }
-    Ok(docs)
+    let docs = manifests::kustomize(&repo_root().join("examples/deploy-ha"))?;
+    Ok(docs.into_iter().map(|value| Doc { file: "deploy-ha".into(), value }).collect())
 }
 
 fn all_docs() -> Result<Vec<Doc>> {
@@ -161,37 +142,9 @@ fn pod_spec(docs: &[Doc]) -> Result<(&Value, &Value)> {
     Ok((spec, container))
 }
 
-/// The API's own words for a failed request.
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) => format!("{} ({}, {})", status.message, status.reason, status.code),
-        other => format!("{other}"),
-    }
-}
-
-/// Sends `doc` as a server-side dry-run create. An object that already exists (on an existing
-/// cluster, say) is checked with a dry-run server-side apply instead, which validates the
-/// manifest against it. `Err` holds the API's message.
+/// Sends `doc` as a server-side dry run (see [`manifests::dry_run`]).
 async fn dry_run(client: &Client, doc: &Doc) -> Result<(), String> {
-    let (ar, caps) = resolve(client, doc.str_at("/apiVersion"), doc.kind()).await.map_err(|e| format!("{e:#}"))?;
-    let api: Api<DynamicObject> = match (caps.scope, doc.namespace()) {
-        (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
-        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
-        (Scope::Namespaced, None) => {
-            return Err("namespaced, but names no metadata.namespace, so `kubectl apply -f` would put it in \
-                        the current namespace"
-                .into());
-        }
-    };
-    let obj: DynamicObject = serde_json::from_value(doc.value.clone()).map_err(|e| format!("not an object: {e}"))?;
-    match api.create(&PostParams { dry_run: true, ..PostParams::default() }, &obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-            api.patch(doc.name(), &params, &Patch::Apply(&obj)).await.map(drop).map_err(|e| api_message(&e))
-        }
-        Err(e) => Err(api_message(&e)),
-    }
+    manifests::dry_run(client, &doc.value, FIELD_MANAGER).await
 }
 
 /// Creates the namespace `downsync-system` for real unless it exists, labelled as a test

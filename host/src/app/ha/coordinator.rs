@@ -80,6 +80,7 @@ impl Coordinator {
         view: SharedView,
     ) -> Self {
         let namespace = config.resolved_namespace();
+        metrics.set_shards(config.shard_count());
         Self {
             api: Api::namespaced(client, &namespace),
             identity: config.resolved_identity(),

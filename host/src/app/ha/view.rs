@@ -16,9 +16,10 @@ struct EventLabels {
     event: String,
 }
 
-/// The HA metrics: shards held, leadership, transitions.
+/// The HA metrics: shards in all, shards held, leadership, transitions.
 #[derive(Debug, Clone, Default)]
 pub struct HaMetrics {
+    shards: Gauge,
     held: Gauge,
     leader: Gauge,
     live: Gauge,
@@ -26,9 +27,15 @@ pub struct HaMetrics {
 }
 
 impl HaMetrics {
+    /// Records how many shards there are in all.
+    pub(super) fn set_shards(&self, n: u32) {
+        self.shards.set(i64::from(n));
+    }
+
     /// Registers the metrics (prefixed `downsync_ha_`) into `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("downsync_ha");
+        r.register("shards", "Shards the upstream namespaces are split into (ha.shards)", self.shards.clone());
         r.register("shards_held", "Shards whose Lease this replica holds", self.held.clone());
         r.register("leader", "1 while this replica holds at least one shard's Lease", self.leader.clone());
         r.register("live_replicas", "Replicas seen alive through their Leases, this one included", self.live.clone());

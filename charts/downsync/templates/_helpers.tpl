@@ -1,0 +1,68 @@
+{{/* The release's name for its objects: the release name, or <release>-downsync. */}}
+{{- define "downsync.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "downsync.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "downsync.labels" -}}
+{{ include "downsync.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "downsync.pluginsConfigMap" -}}
+{{- .Values.plugins.configMap.name | default (printf "%s-plugins" (include "downsync.fullname" .)) -}}
+{{- end -}}
+
+{{/* The API group of a resource entry: "" for v1, "apps" for apps/v1. */}}
+{{- define "downsync.group" -}}
+{{- if contains "/" .apiVersion -}}{{- regexReplaceAll "/[^/]*$" .apiVersion "" -}}{{- end -}}
+{{- end -}}
+
+{{/* The resource (plural) of a resource entry: its `plural`, or a guess from its kind. */}}
+{{- define "downsync.plural" -}}
+{{- $k := lower .kind -}}
+{{- if .plural -}}{{ .plural }}
+{{- else if or (hasSuffix "s" $k) (hasSuffix "x" $k) (hasSuffix "ch" $k) (hasSuffix "sh" $k) -}}{{ $k }}es
+{{- else if regexMatch "[^aeiou]y$" $k -}}{{ trimSuffix "y" $k }}ies
+{{- else -}}{{ $k }}s
+{{- end -}}
+{{- end -}}
+
+{{/*
+The synced resources grouped by API group, as YAML: {"<group>": [plural, ...]}, groups and
+resources in the order of config.resources.
+*/}}
+{{- define "downsync.resourcesByGroup" -}}
+{{- $groups := dict -}}
+{{- range .Values.config.resources -}}
+{{- $g := include "downsync.group" . -}}
+{{- $_ := set $groups $g (append (get $groups $g | default list) (include "downsync.plural" .)) -}}
+{{- end -}}
+{{- toYaml $groups -}}
+{{- end -}}
+
+{{/* The RunConfig: config with the settings the chart owns. */}}
+{{- define "downsync.runConfig" -}}
+{{- $c := deepCopy .Values.config -}}
+{{- $resources := list -}}
+{{- range .Values.config.resources -}}
+{{- $resources = append $resources (omit . "plural") -}}
+{{- end -}}
+{{- $_ := set $c "resources" $resources -}}
+{{- $_ = set $c "upstream" (dict "kubeconfig" "/etc/downsync/upstream/kubeconfig") -}}
+{{- $_ = set $c "pluginsDir" "/plugins" -}}
+{{- $_ = set $c "metricsAddr" (printf "0.0.0.0:%v" .Values.endpoints.port) -}}
+{{- $ha := merge (dict "enabled" .Values.ha.enabled "shards" (ternary .Values.ha.shards 1 .Values.ha.enabled)) ($c.ha | default dict) -}}
+{{- $_ = set $c "ha" $ha -}}
+{{- toYaml $c -}}
+{{- end -}}
