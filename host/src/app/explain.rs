@@ -27,7 +27,7 @@ use crate::sync::rules::RuleDecision;
 
 /// One step of the rule pipeline and the fields it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
+pub struct RuleStep {
     /// `plugin service@0123456789ab` or `built-in preservation`.
     pub who: String,
     /// `transform`, `preserve` or `preservation`.
@@ -38,7 +38,7 @@ pub struct Step {
     pub paths: Vec<String>,
 }
 
-impl Step {
+impl RuleStep {
     fn of(e: &Entry) -> Self {
         Self {
             who: format!("plugin {}@{}", e.plugin, e.digest),
@@ -89,7 +89,7 @@ fn comparable(obj: Value) -> Value {
 /// Attributes each field where `downstream` differs from `upstream` to the last step that
 /// touched it (or a path under or over it); fields no step touched are explained by where they
 /// are. Pure: the pipeline's steps are given.
-pub fn attribute(upstream: &Value, downstream: &Value, steps: &[Step], ignore: &[String], secret: bool) -> Vec<Field> {
+pub fn attribute(upstream: &Value, downstream: &Value, steps: &[RuleStep], ignore: &[String], secret: bool) -> Vec<Field> {
     let (up, down) = (comparable(upstream.clone()), comparable(downstream.clone()));
     let shown = |v: Option<&Value>, path: &str| {
         let hidden = secret && ["/data", "/stringData"].iter().any(|p| covers(p, path) || covers(path, p));
@@ -145,7 +145,7 @@ fn evaluate(
     live: &Value,
     opts: &PreserveOptions,
     config_ignore: &[String],
-) -> Result<(Vec<Step>, Vec<String>), String> {
+) -> Result<(Vec<RuleStep>, Vec<String>), String> {
     let intent = Intent::of(&raw);
     let desired = normalize_desired(raw);
     let object = object_ref(&desired);
@@ -155,9 +155,9 @@ fn evaluate(
     let record = || Journal::with_entries(1, 1024);
     let metrics = rules.metrics().clone().recording_into(record());
     let transformed = set.transform(&metrics, desired, &intent).map_err(|e| e.to_string())?;
-    let transform_steps: Vec<Step> = metrics.journal().entries(&object).iter().map(Step::of).collect();
+    let transform_steps: Vec<RuleStep> = metrics.journal().entries(&object).iter().map(RuleStep::of).collect();
     let preserved = preservation::preserve(live, &transformed, opts).map_err(|e| e.to_string())?;
-    let builtin = Step {
+    let builtin = RuleStep {
         who: "built-in preservation".into(),
         hook: "preservation".into(),
         decision: "apply".into(),
@@ -165,7 +165,7 @@ fn evaluate(
     };
     let metrics = metrics.recording_into(record());
     let decision = set.preserve(&metrics, live, preserved, &intent).map_err(|e| e.to_string())?;
-    let preserve_steps = metrics.journal().entries(&object).into_iter().map(|e| Step::of(&e));
+    let preserve_steps = metrics.journal().entries(&object).into_iter().map(|e| RuleStep::of(&e));
     let mut steps = transform_steps;
     steps.push(builtin);
     steps.extend(preserve_steps);
@@ -268,8 +268,8 @@ mod tests {
                "spec": {"clusterIP": ip, "ports": [{"port": 80, "nodePort": node_port}], "sessionAffinity": "None"}})
     }
 
-    fn mk_step(who: &str, hook: &str, paths: &[&str]) -> Step {
-        Step {
+    fn mk_step(who: &str, hook: &str, paths: &[&str]) -> RuleStep {
+        RuleStep {
             who: who.into(),
             hook: hook.into(),
             decision: "apply".into(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::FutureExt;
+use tracing::Instrument;
 use tracing::{debug, error, info, warn};
 
 use super::context::{Controller, lock};
@@ -38,7 +39,11 @@ impl Controller {
         let _alive = AliveGuard(Arc::clone(&self.workers_alive));
         while let Some(key) = self.queue.next().await {
             self.metrics.busy(self.kind(&key), 1);
-            let outcome = std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().await;
+            // One span per reconcile, as kube-runtime's controller opens: every line of it names
+            // the object.
+            let span = tracing::info_span!("reconcile", kind = self.kind(&key), object = ?key);
+            let outcome =
+                std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().instrument(span).await;
             let ok = match outcome {
                 Ok(Ok(action)) => {
                     self.succeeded(&key, action);

@@ -347,7 +347,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             *n = n.saturating_add(1);
             *n
         };
-        let delay = self.limit.base.saturating_mul(1u32 << (failures - 1).min(20)).min(self.limit.max);
+        let delay = jittered(self.limit.base.saturating_mul(1u32 << (failures - 1).min(20)).min(self.limit.max));
         self.add_after(key, delay);
         delay
     }
@@ -438,6 +438,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     pub fn is_shut_down(&self) -> bool {
         self.lock().closed
     }
+}
+
+/// `delay` less up to half of it, at random ("equal jitter"): keys that failed together, as
+/// every key does in an outage, come back spread out instead of at one moment.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(1.0 - rand::random::<f64>() / 2.0)
 }
 
 #[cfg(test)]
@@ -627,13 +633,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_per_failure_up_to_the_cap_and_resets_on_forget() {
+    async fn backoff_doubles_per_failure_up_to_the_cap_with_jitter_and_resets_on_forget() {
         let q = mk_queue();
         let delays: Vec<_> = (0..5).map(|_| q.add_rate_limited("a").as_millis()).collect();
-        assert_eq!(delays, vec![10, 20, 40, 80, 80]);
+        for (d, full) in delays.iter().zip([10, 20, 40, 80, 80]) {
+            assert!((full / 2..=full).contains(d), "{delays:?}: each between half and all of {full}");
+        }
         assert_eq!(q.failures(&"a"), 5);
         q.forget(&"a");
-        assert_eq!(q.add_rate_limited("a"), Duration::from_millis(10));
+        assert!(q.add_rate_limited("a") <= Duration::from_millis(10));
+        // Keys that failed together (an outage) do not all come back at one moment.
+        let spread: HashSet<u128> = (0..20).map(|_| jittered(Duration::from_secs(1)).as_millis()).collect();
+        assert!(spread.len() > 10, "{spread:?}");
     }
 
     #[tokio::test]
