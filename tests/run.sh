@@ -155,4 +155,4 @@ if (( coverage )); then
 fi
 
 step "integration tests (real kube-apiserver + etcd + garbage collector)"
-cargo test --locked -p downsync-tests
+cargo test --locked --no-fail-fast -p downsync-tests

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use downsync_plugin_testing_stamp::{MARKER, TRAP, variant};
 use downsync_tests::bench::reload::patch_bytes;
-use downsync_tests::daemon::{Daemon, builtin_plugins_dir};
+use downsync_tests::daemon::{Daemon, builtin_plugins_dir, cluster_args};
 use downsync_tests::helm::rulecheck;
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::{TestEnv, eventually, repo_root};
@@ -316,7 +316,7 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
     let config = plugins.with_extension("config.yaml");
     std::fs::write(
         &config,
-        "plugins:\n  stamp:\n    rollout:\n      shadow: true\n      windowCalls: 3\n      windowSeconds: 600\n      minCalls: 3\n",
+        "plugins:\n  stamp:\n    rollout:\n      shadow: true\n      windowCalls: 3\n      windowSeconds: 600\n",
     )?;
     let mut args: Vec<String> =
         ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns].map(String::from).to_vec();
@@ -328,16 +328,14 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
         "--ha",
         "--ha-shards",
         "2",
-        "--ha-identity",
-        "monitoring-r0",
-        "--ha-namespace",
-        &ns,
         "--ha-timing",
         "4,3,1",
     ]
     .map(String::from);
     args.extend(ha);
-    let mut d = Daemon::start("monitoring", &args)?;
+    // As a Deployment's pod: its name and namespace from the downward API.
+    let pod = [("POD_NAME", "monitoring-r0"), ("POD_NAMESPACE", ns.as_str())];
+    let mut d = Daemon::start_with_env("monitoring", &cluster_args()?, &args, Some("info,downsync=debug"), &pod)?;
     d.wait_ready(Duration::from_secs(90)).await?;
     metric_reaches(&d, "downsync_ha_shards_held", &[], 2.0).await?;
     assert_eq!(d.metric("downsync_ha_shards", &[])?, 2.0, "downsync_ha_shards is --ha-shards");

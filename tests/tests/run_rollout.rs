@@ -121,7 +121,7 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     // Shadow first, a window of 3 calls (one per ConfigMap), promoted automatically when clean.
     let config = write_config(
         &plugins,
-        "plugins:\n  stamp:\n    rollout:\n      shadow: true\n      windowCalls: 3\n      windowSeconds: 600\n      minCalls: 3\n",
+        "plugins:\n  stamp:\n    rollout:\n      shadow: true\n      windowCalls: 3\n      windowSeconds: 600\n",
     )?;
     let mut args = run_args(&ns, &plugins, &["v1/ConfigMap"]);
     args.extend(["--config".to_string(), config.display().to_string()]);

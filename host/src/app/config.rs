@@ -385,8 +385,8 @@ impl RunConfig {
         included && !self.exclude_namespaces.iter().any(|n| n == ns)
     }
 
-    /// Checks the settings that can be checked without a cluster.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks `resources`: at least one, each a kind and GROUP/VERSION, listed once.
+    fn validate_resources(&self) -> Result<()> {
         let invalid = |setting: &str, message: String| Err(Error::Invalid { setting: setting.into(), message });
         if self.resources.is_empty() {
             return invalid(
@@ -415,6 +415,13 @@ impl RunConfig {
                 return invalid(&format!("resources[{i}]"), format!("{} is listed twice", r.describe()));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the settings that can be checked without a cluster.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_resources()?;
+        let invalid = |setting: &str, message: String| Err(Error::Invalid { setting: setting.into(), message });
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return invalid("workers", format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers));
         }

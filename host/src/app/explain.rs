@@ -89,7 +89,13 @@ fn comparable(obj: Value) -> Value {
 /// Attributes each field where `downstream` differs from `upstream` to the last step that
 /// touched it (or a path under or over it); fields no step touched are explained by where they
 /// are. Pure: the pipeline's steps are given.
-pub fn attribute(upstream: &Value, downstream: &Value, steps: &[RuleStep], ignore: &[String], secret: bool) -> Vec<Field> {
+pub fn attribute(
+    upstream: &Value,
+    downstream: &Value,
+    steps: &[RuleStep],
+    ignore: &[String],
+    secret: bool,
+) -> Vec<Field> {
     let (up, down) = (comparable(upstream.clone()), comparable(downstream.clone()));
     let shown = |v: Option<&Value>, path: &str| {
         let hidden = secret && ["/data", "/stringData"].iter().any(|p| covers(p, path) || covers(path, p));
