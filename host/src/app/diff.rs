@@ -110,6 +110,10 @@ impl Downstream for Recording {
     async fn delete(&self, key: &ObjectKey, uid: &str, propagation: crate::sync::Propagation) -> Result<(), ApiError> {
         self.inner.delete(key, uid, propagation).await
     }
+
+    fn persists(&self) -> bool {
+        self.inner.persists()
+    }
 }
 
 /// What the reader compares: no server bookkeeping, no status, no downsync bookkeeping.
