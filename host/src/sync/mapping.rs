@@ -18,6 +18,15 @@ pub const NAMESPACE_LOCATOR_ANNOTATION: &str = "downsync.dev/namespace-locator";
 /// `kubectl apply`'s client-side record; never copied downstream.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Whether a label or annotation key is kcp's own: in the `kcp.io` domain or one under it
+/// (the `kcp.io/cluster` annotation on every object, the `claimed.internal.apis.kcp.io/...`
+/// label on objects an APIExport claims). They record where the object lives in kcp, mean
+/// nothing in a physical cluster, and are not copied downstream. Where the object came from
+/// travels in downsync's own annotations.
+pub fn is_kcp_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(domain, _)| domain == "kcp.io" || domain.ends_with(".kcp.io"))
+}
+
 /// Why a namespace or object cannot be placed downstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -89,7 +98,7 @@ fn dns_label_problem(name: &str) -> Option<&'static str> {
 }
 
 /// Places an upstream object downstream: the namespace is mapped, the upstream namespace is
-/// recorded, and kubectl's last-applied record dropped.
+/// recorded, and kubectl's last-applied record and kcp's labels and annotations dropped.
 ///
 /// Nothing else is stripped here: the syncer normalises every desired object it is given
 /// (status and server-set metadata out, see
@@ -104,6 +113,10 @@ pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str
         // kubectl's record of the upstream apply: meaningless downstream, and for a Secret
         // applied with stringData it holds the values in plain text.
         a.remove(LAST_APPLIED_ANNOTATION);
+        a.retain(|k, _| !is_kcp_key(k));
+    }
+    if let Some(l) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+        l.retain(|k, _| !is_kcp_key(k));
     }
     let Some(ns) = meta.get("namespace").and_then(Value::as_str).map(str::to_string) else {
         return Ok(desired);
@@ -162,6 +175,23 @@ mod tests {
         assert_eq!(d["data"]["k"], "v");
         assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
         assert!(!d.to_string().contains("hunter2"), "kubectl's last-applied record never travels");
+    }
+
+    #[test]
+    fn kcp_labels_and_annotations_stay_upstream_and_look_alikes_travel() {
+        let mut up = mk_upstream("team-a");
+        up["metadata"]["labels"] = json!({"claimed.internal.apis.kcp.io/TEtS2": "b4Kg2", "app": "web"});
+        up["metadata"]["annotations"] = json!({
+            "kcp.io/cluster": "2x8b9q", "tenancy.kcp.io/owner": "x",
+            "example.com/kcp.io": "keep", "mykcp.io/x": "keep", "app": "keep"
+        });
+        let d = prepare_desired(up, &NamespaceMapping::Identity, "ws1").unwrap();
+        let a = d["metadata"]["annotations"].as_object().unwrap();
+        assert!(!a.contains_key("kcp.io/cluster") && !a.contains_key("tenancy.kcp.io/owner"), "{a:?}");
+        for kept in ["example.com/kcp.io", "mykcp.io/x", "app"] {
+            assert!(a.contains_key(kept), "{kept} is not kcp's: {a:?}");
+        }
+        assert_eq!(d["metadata"]["labels"], json!({"app": "web"}));
     }
 
     #[test]
