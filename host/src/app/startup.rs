@@ -42,6 +42,17 @@ pub enum Error {
         /// How it was detected.
         reason: String,
     },
+    /// The upstream URL serves many kcp workspaces at once.
+    #[error(
+        "upstream {url} serves many kcp workspaces at once (its path ends in /clusters/*: the shard wildcard or an \
+         APIExport virtual workspace); downsync does not keep workspaces apart yet, and objects of the same \
+         namespace and name in two workspaces would overwrite each other downstream. Point --upstream-kubeconfig \
+         at one workspace (https://.../clusters/root:<workspace>)"
+    )]
+    ManyWorkspaces {
+        /// The upstream URL.
+        url: String,
+    },
     /// A configured resource is not served, or not readable, on one side.
     #[error("resources[{index}] {resource}: {side} cluster: {message}")]
     Resource {
@@ -97,6 +108,9 @@ pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
     )?;
     info!(upstream = %up.url, upstream_version = %up.version, downstream = %down.url,
         downstream_version = %down.version, "connected");
+    if crate::sync::workspaces::is_multi_workspace(&up.url) {
+        return Err(Error::ManyWorkspaces { url: up.url });
+    }
     if !config.allow_same_cluster
         && let Some(reason) = same_cluster(&up, &down).await
     {
