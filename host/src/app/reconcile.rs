@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::controller::Controller;
 use super::error_policy::ReconcileError;
@@ -143,7 +143,7 @@ async fn report_drift(ctx: &Controller, w: &Watched, up: &DynamicObject, result:
     }
     let note = format!("{object} drifted downstream: {}", by_action.join("; "));
     if let Err(e) = ctx.upstream.warn(&w.up_ar, up, "Drift", note).await {
-        debug!(kind = %w.config.kind, error = %e, "cannot publish an upstream event");
+        warn!(kind = %w.config.kind, object = %object, error = %e, "cannot publish a Drift Event on the upstream object");
     }
 }
 
