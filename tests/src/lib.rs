@@ -26,6 +26,7 @@ pub mod audit;
 pub mod bench;
 pub mod daemon;
 pub mod ha;
+pub mod kcp;
 pub mod logs;
 pub mod manifests;
 pub mod objects;
