@@ -18,11 +18,47 @@ use serde_json::{Value, json};
 
 /// One test's world: a fresh workspace with a namespace of the test's own in it, and the
 /// downstream cluster.
+///
+/// Both are removed by [`WsEnv::cleanup`], or else when it is dropped (a failed assertion, an
+/// early `?`), as `TestEnv` does.
 struct WsEnv {
     ws: Workspace,
     up: Client,
     down: Client,
     ns: String,
+    cleaned: bool,
+}
+
+/// Deletes the workspace and the downstream namespace (one already gone is fine).
+async fn remove(ws: &Workspace, ns: &str) -> anyhow::Result<()> {
+    ws.delete().await?;
+    let down = clusters()?.downstream.client().await?;
+    match Api::<Namespace>::all(down).delete(ns, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A drop cannot await, nor use the test's clients (their runtime may be the thread dropping
+/// us): a thread of its own, with its own runtime, deletes within `DROP_CLEANUP_TIMEOUT`.
+impl Drop for WsEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (ws, ns) = (self.ws.clone(), self.ns.clone());
+        let outcome = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let done = rt.block_on(tokio::time::timeout(downsync_tests::DROP_CLEANUP_TIMEOUT, remove(&ws, &ns)));
+            rt.shutdown_background();
+            done.map_err(|_| anyhow::anyhow!("gave up after {:?}", downsync_tests::DROP_CLEANUP_TIMEOUT))?
+        })
+        .join();
+        if !matches!(outcome, Ok(Ok(()))) {
+            eprintln!("WsEnv: workspace {} and namespace {} may be left behind", self.ws.name, self.ns);
+        }
+    }
 }
 
 impl WsEnv {
@@ -31,8 +67,9 @@ impl WsEnv {
         let up = ws.client().await?;
         let down = clusters()?.downstream.client().await?;
         let ns = unique_name(test);
-        create_namespace(&up, &ns).await?;
-        Ok(Self { ws, up, down, ns })
+        let env = Self { ws, up, down, ns, cleaned: false };
+        create_namespace(&env.up, &env.ns).await?;
+        Ok(env)
     }
 
     /// `--upstream-kubeconfig` (the workspace) and `--downstream-kubeconfig`.
@@ -57,13 +94,10 @@ impl WsEnv {
         Daemon::start_with(name, &self.cluster_args()?, &self.args(extra), Some("info,downsync=debug"))
     }
 
-    async fn cleanup(self) -> anyhow::Result<()> {
-        self.ws.delete().await?;
-        match Api::<Namespace>::all(self.down.clone()).delete(&self.ns, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    async fn cleanup(mut self) -> anyhow::Result<()> {
+        remove(&self.ws, &self.ns).await?;
+        self.cleaned = true;
+        Ok(())
     }
 }
 
@@ -132,6 +166,44 @@ async fn a_workspace_syncs_creates_updates_and_deletes_behind_the_upstream_final
     .await?;
     assert_eq!(d.metric("downsync_syncs_total", &[r#"result="error""#])?, 0.0, "log: {}", d.log.display());
     assert!(d.terminate()?.success());
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_restart_over_a_synced_workspace_writes_nothing_downstream() -> anyhow::Result<()> {
+    let env = WsEnv::new("kcp-restart").await?;
+    let ns = env.ns.clone();
+    let up_cms: Api<ConfigMap> = Api::namespaced(env.up.clone(), &ns);
+    for i in 0..20 {
+        up_cms
+            .create(&PostParams::default(), &configmap(&ns, &format!("cm-{i:02}"), json!({"i": i.to_string()}))?)
+            .await?;
+    }
+    let flags = ["--resource", "v1/ConfigMap", "--upstream-finalizer"];
+    let mut first = env.start("kcp-restart-1", &flags)?;
+    first.wait_ready(Duration::from_secs(120)).await?;
+    assert!(first.terminate()?.success());
+    let down_cms: Api<ConfigMap> = Api::namespaced(env.down.clone(), &ns);
+    let versions = || async {
+        let list = down_cms.list(&ListParams::default().labels(&format!("downsync.dev/target={ns}"))).await?;
+        Ok::<_, anyhow::Error>(
+            list.items.into_iter().map(|c| (c.metadata.name, c.metadata.resource_version)).collect::<Vec<_>>(),
+        )
+    };
+    let before = versions().await?;
+    assert_eq!(before.len(), 20);
+
+    let mut second = env.start("kcp-restart-2", &flags)?;
+    second.wait_ready(Duration::from_secs(120)).await?;
+    // Give any late write the chance to land before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(versions().await?, before, "a downstream object changed its resourceVersion: something was written");
+    let writes = ["created", "updated", "recreated", "deleted"]
+        .iter()
+        .map(|op| second.metric("downsync_syncs_total", &[&format!("operation=\"{op}\"")]))
+        .sum::<anyhow::Result<f64>>()?;
+    assert_eq!(writes, 0.0, "log: {}", second.log.display());
+    assert!(second.terminate()?.success());
     env.cleanup().await
 }
 
