@@ -134,6 +134,9 @@ async fn a_workspace_syncs_creates_updates_and_deletes_behind_the_upstream_final
     assert_eq!(copy.data.unwrap_or_default().get("mode").map(String::as_str), Some("fast"));
     let kcp_marks: Vec<_> = annotations(&copy.metadata).into_iter().filter(|k| k.contains("kcp.io/")).collect();
     assert!(kcp_marks.is_empty(), "kcp's annotations were copied downstream: {kcp_marks:?}");
+    // kcp's server-set annotation does not take downsync's own record of the origin with it.
+    let origin = copy.metadata.annotations.clone().unwrap_or_default().remove("downsync.dev/upstream-namespace");
+    assert_eq!(origin.as_deref(), Some(ns.as_str()));
     let token = Api::<Secret>::namespaced(env.down.clone(), &ns).get("token").await?;
     assert_eq!(token.data.unwrap_or_default().get("token").map(|b| b.0.clone()), Some(b"s3cr3t".to_vec()));
     let has_finalizer = |cm: &ConfigMap| cm.metadata.finalizers.iter().flatten().any(|f| f == "downsync.dev/syncer");
@@ -385,45 +388,74 @@ async fn create_docs(client: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn the_example_apiexport_serves_three_workspaces_at_one_url_and_downsync_refuses_to_merge_them()
--> anyhow::Result<()> {
-    // The provider workspace with the example's APIExport (claims, content RBAC).
-    let provider = Workspace::create(&unique_name("kcp-provider")).await?;
-    let provider_client = provider.client().await?;
-    create_docs(&provider_client, example_docs("apiexport.yaml")?).await?;
-    let exports = kcp_api(&provider_client, "apis.kcp.io", "APIExport", "apiexports");
-    let vw = eventually("the APIExport's virtual workspace URL", Duration::from_secs(60), || async {
-        let e = serde_json::to_value(exports.get("downsync").await?)?;
-        Ok(e.pointer("/status/virtualWorkspaces/0/url").and_then(Value::as_str).map(str::to_string))
-    })
-    .await?;
+/// The example APIExport in a provider workspace and three tenant workspaces binding it, each
+/// with namespace `ns` holding a ConfigMap `cm` (data `tenant: a|b|c`).
+struct Tenancy {
+    provider: Workspace,
+    /// The path of the export's virtual workspace on the kcp server.
+    base: String,
+    tenants: Vec<(Workspace, Client)>,
+    ns: String,
+}
 
-    // Three tenants bind it, each with the same namespace and ConfigMap name.
-    let ns = unique_name("app");
-    let mut tenants = Vec::new();
-    for t in ["a", "b", "c"] {
-        let ws = Workspace::create(&unique_name(&format!("kcp-tenant-{t}"))).await?;
-        let client = ws.client().await?;
-        let mut binding = example_docs("apibinding.yaml")?.remove(0);
-        binding["spec"]["reference"]["export"]["path"] = json!(format!("root:{}", provider.name));
-        create_docs(&client, vec![binding]).await?;
-        let bindings = kcp_api(&client, "apis.kcp.io", "APIBinding", "apibindings");
-        eventually("the APIBinding to be bound", Duration::from_secs(60), || async {
-            let b = serde_json::to_value(bindings.get("downsync").await?)?;
-            Ok((b.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")).then_some(()))
+impl Tenancy {
+    async fn new() -> anyhow::Result<Self> {
+        // The provider workspace with the example's APIExport (claims, content RBAC).
+        let provider = Workspace::create(&unique_name("kcp-provider")).await?;
+        let provider_client = provider.client().await?;
+        create_docs(&provider_client, example_docs("apiexport.yaml")?).await?;
+        let exports = kcp_api(&provider_client, "apis.kcp.io", "APIExport", "apiexports");
+        let vw = eventually("the APIExport's virtual workspace URL", Duration::from_secs(60), || async {
+            let e = serde_json::to_value(exports.get("downsync").await?)?;
+            Ok(e.pointer("/status/virtualWorkspaces/0/url").and_then(Value::as_str).map(str::to_string))
         })
         .await?;
-        create_namespace(&client, &ns).await?;
-        Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &configmap(&ns, "cm", json!({"tenant": t}))?)
+
+        // Three tenants bind it, each with the same namespace and ConfigMap name.
+        let ns = unique_name("app");
+        let mut tenants = Vec::new();
+        for t in ["a", "b", "c"] {
+            let ws = Workspace::create(&unique_name(&format!("kcp-tenant-{t}"))).await?;
+            let client = ws.client().await?;
+            let mut binding = example_docs("apibinding.yaml")?.remove(0);
+            binding["spec"]["reference"]["export"]["path"] = json!(format!("root:{}", provider.name));
+            create_docs(&client, vec![binding]).await?;
+            let bindings = kcp_api(&client, "apis.kcp.io", "APIBinding", "apibindings");
+            eventually("the APIBinding to be bound", Duration::from_secs(60), || async {
+                let b = serde_json::to_value(bindings.get("downsync").await?)?;
+                Ok((b.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")).then_some(()))
+            })
             .await?;
-        tenants.push((ws, client));
+            create_namespace(&client, &ns).await?;
+            Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &configmap(&ns, "cm", json!({"tenant": t}))?)
+                .await?;
+            tenants.push((ws, client));
+        }
+        // The URL's path, on the server of the admin kubeconfig (kcp names itself 127.0.0.1 here).
+        let base = vw.parse::<http::Uri>()?.path().trim_end_matches('/').to_string();
+        Ok(Self { provider, base, tenants, ns })
     }
 
+    /// A kubeconfig for the virtual workspace's `/clusters/*`.
+    fn all_kubeconfig(&self) -> anyhow::Result<std::path::PathBuf> {
+        let kc = downsync_tests::kcp::kubeconfig_at(&format!("{}/clusters/*", self.base))?;
+        downsync_tests::kcp::write_kubeconfig(&kc, &format!("vw-{}", self.ns))
+    }
+
+    async fn delete(self) -> anyhow::Result<()> {
+        for (ws, _) in &self.tenants {
+            ws.delete().await?;
+        }
+        self.provider.delete().await
+    }
+}
+
+#[tokio::test]
+async fn the_example_apiexport_serves_three_workspaces_at_one_url_and_takes_writes_only_per_workspace()
+-> anyhow::Result<()> {
+    let Tenancy { provider, base, tenants, ns } = Tenancy::new().await?;
     // At `<url>/clusters/*`: all three, told apart only by kcp's annotation.
-    // The URL's path, on the server of the admin kubeconfig (kcp names itself 127.0.0.1 here).
-    let base = vw.parse::<http::Uri>()?.path().trim_end_matches('/').to_string();
     let all_path = format!("{base}/clusters/*");
     let wildcard = downsync_tests::kcp::client_for(downsync_tests::kcp::kubeconfig_at(&all_path)?).await?;
     let cms: Api<ConfigMap> = Api::all(wildcard.clone());
@@ -462,31 +494,122 @@ async fn the_example_apiexport_serves_three_workspaces_at_one_url_and_downsync_r
         Some("through the virtual workspace")
     );
 
-    // downsync would merge them downstream (same namespace, same name): it refuses to start.
-    let kubeconfig = downsync_tests::kcp::write_kubeconfig(&downsync_tests::kcp::kubeconfig_at(&all_path)?, "vw")?;
+    Tenancy { provider, base, tenants, ns }.delete().await
+}
+
+/// `--upstream-kubeconfig` at the virtual workspace's `/clusters/*` and the downstream.
+fn vw_args(kubeconfig: &std::path::Path, ns: &str, target: &str, extra: &[&str]) -> anyhow::Result<Vec<OsString>> {
     let down = clusters()?.downstream;
-    let run: Vec<OsString> = vec![
-        "run".into(),
-        "--once".into(),
-        "--metrics-addr".into(),
-        "off".into(),
-        "--upstream-kubeconfig".into(),
-        kubeconfig.clone().into(),
-        "--downstream-kubeconfig".into(),
-        down.kubeconfig.into(),
-        "--resource".into(),
-        "v1/ConfigMap".into(),
-        "--namespace".into(),
-        ns.clone().into(),
-    ];
-    let (status, _, stderr) = run_to_end_with_env(&run, &[])?;
-    assert!(!status.success(), "downsync ran against a multi-workspace endpoint: {stderr}");
-    assert!(stderr.contains("serves many kcp workspaces"), "{stderr}");
-    assert!(Api::<Namespace>::all(clusters()?.downstream.client().await?).get_opt(&ns).await?.is_none(), "wrote");
+    let mut a: Vec<OsString> = vec!["--upstream-kubeconfig".into(), kubeconfig.into()];
+    a.extend(["--downstream-kubeconfig".into(), down.kubeconfig.into()]);
+    for x in ["--resource", "v1/ConfigMap", "--namespace", ns, "--target", target].iter().chain(extra) {
+        a.push((*x).into());
+    }
+    Ok(a)
+}
+
+/// The downstream namespaces downsync made for `target`, by the logical cluster their locator names.
+async fn namespaces_by_cluster(
+    down: &Client,
+    target: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let lp = ListParams::default().labels(&format!("downsync.dev/target={target}"));
+    let mut out = std::collections::BTreeMap::new();
+    for n in Api::<Namespace>::all(down.clone()).list(&lp).await?.items {
+        let locator = n.metadata.annotations.unwrap_or_default().remove("downsync.dev/namespace-locator");
+        let locator: Value = serde_json::from_str(&locator.unwrap_or_default()).unwrap_or(Value::Null);
+        if let (Some(c), Some(name)) = (locator["cluster"].as_str(), n.metadata.name) {
+            out.insert(c.to_string(), name);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn three_workspaces_through_the_apiexport_land_apart_and_each_change_stays_in_its_workspace() -> anyhow::Result<()>
+{
+    let tenancy = Tenancy::new().await?;
+    let (ns, target) = (tenancy.ns.clone(), unique_name("kcp-many"));
+    let kubeconfig = tenancy.all_kubeconfig()?;
+    let down = clusters()?.downstream.client().await?;
+
+    // `diff` does not keep workspaces apart yet: it refuses, and says so.
+    let mut diff: Vec<OsString> = vec!["diff".into()];
+    diff.extend(vw_args(&kubeconfig, &ns, &target, &[])?);
+    let (status, _, stderr) = run_to_end_with_env(&diff, &[])?;
+    assert!(!status.success() && stderr.contains("serves many kcp workspaces"), "{stderr}");
+
+    let a = vw_args(&kubeconfig, &ns, &target, &["--upstream-finalizer"])?;
+    let mut d = Daemon::start_with("kcp-many", &a[..4], &a[4..], Some("info,downsync=debug"))?;
+    d.wait_ready(Duration::from_secs(120)).await?;
+
+    // Three downstream namespaces, one per workspace, each with its own copy.
+    let mapped = namespaces_by_cluster(&down, &target).await?;
+    assert_eq!(mapped.len(), 3, "{mapped:?}; log: {}", d.log.display());
+    let copy = |ws: &Workspace| {
+        let down_ns = mapped.get(&ws.logical_cluster).cloned().unwrap_or_default();
+        Api::<ConfigMap>::namespaced(down.clone(), &down_ns)
+    };
+    let mut versions = Vec::new();
+    for ((ws, client), t) in tenancy.tenants.iter().zip(["a", "b", "c"]) {
+        let cm = copy(ws).get("cm").await?;
+        assert_eq!(cm.data.clone().unwrap_or_default().get("tenant").map(String::as_str), Some(t));
+        let ann = cm.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(ann.get("downsync.dev/upstream-cluster"), Some(&ws.logical_cluster));
+        assert_eq!(ann.get("downsync.dev/upstream-namespace"), Some(&ns));
+        assert!(!ann.keys().chain(cm.metadata.labels.iter().flatten().map(|(k, _)| k)).any(|k| k.contains("kcp.io/")));
+        // The finalizer went to the object's own workspace.
+        let up = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        eventually("the finalizer in the workspace", Duration::from_secs(30), || async {
+            let cm = up.get("cm").await?;
+            Ok(cm.metadata.finalizers.iter().flatten().any(|f| f == "downsync.dev/syncer").then_some(()))
+        })
+        .await?;
+        versions.push(cm.metadata.resource_version);
+    }
+
+    // An update in workspace a changes a's copy only.
+    let (ws_a, client_a) = &tenancy.tenants[0];
+    Api::<ConfigMap>::namespaced(client_a.clone(), &ns)
+        .patch("cm", &PatchParams::default(), &Patch::Merge(json!({"data": {"tenant": "a2"}})))
+        .await?;
+    eventually("a's copy to follow", Duration::from_secs(30), || async {
+        let cm = copy(ws_a).get("cm").await?;
+        Ok((cm.data.unwrap_or_default().get("tenant").map(String::as_str) == Some("a2")).then_some(()))
+    })
+    .await?;
+    // A delete in workspace b removes b's copy only, and b's object is released.
+    let (ws_b, client_b) = &tenancy.tenants[1];
+    let up_b = Api::<ConfigMap>::namespaced(client_b.clone(), &ns);
+    up_b.delete("cm", &DeleteParams::default()).await?;
+    eventually("b's copy, then b's object, to go", Duration::from_secs(30), || async {
+        Ok((copy(ws_b).get_opt("cm").await?.is_none() && up_b.get_opt("cm").await?.is_none()).then_some(()))
+    })
+    .await?;
+    let (ws_c, _) = &tenancy.tenants[2];
+    assert_eq!(copy(ws_c).get("cm").await?.metadata.resource_version, versions[2], "c's copy was written");
+    assert_eq!(copy(ws_a).get("cm").await?.data.unwrap_or_default().get("tenant").map(String::as_str), Some("a2"));
+    assert_eq!(d.metric("downsync_syncs_total", &[r#"result="error""#])?, 0.0, "log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+
+    // A restart over the synced workspaces writes nothing.
+    let before = (copy(ws_a).get("cm").await?.metadata.resource_version, versions[2].clone());
+    let mut again = Daemon::start_with("kcp-many-2", &a[..4], &a[4..], Some("info,downsync=debug"))?;
+    again.wait_ready(Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after =
+        (copy(ws_a).get("cm").await?.metadata.resource_version, copy(ws_c).get("cm").await?.metadata.resource_version);
+    assert_eq!(before, after, "a restart wrote");
+    let writes = ["created", "updated", "recreated", "deleted"]
+        .iter()
+        .map(|op| again.metric("downsync_syncs_total", &[&format!("operation=\"{op}\"")]))
+        .sum::<anyhow::Result<f64>>()?;
+    assert_eq!(writes, 0.0, "log: {}", again.log.display());
+    assert!(again.terminate()?.success());
 
     let _ = std::fs::remove_file(kubeconfig);
-    for (ws, _) in &tenants {
-        ws.delete().await?;
+    for name in mapped.values() {
+        let _ = Api::<Namespace>::all(down.clone()).delete(name, &DeleteParams::background()).await;
     }
-    provider.delete().await
+    tenancy.delete().await
 }

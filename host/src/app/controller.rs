@@ -139,7 +139,8 @@ pub async fn run(
     let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
 
     let resolved = resolve_all(&config, &up, &down).await?;
-    let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client);
+    let many_workspaces = super::startup::check_many_workspaces(&config, &up, None, &resolved)?;
+    let (watched, streams) = triggers::reflectors(&config, resolved, &up.client, &down.client, many_workspaces);
     let workers_alive = Arc::new(AtomicUsize::new(0));
     let health = Arc::new(
         Health::new(registry, reloader.clone(), Arc::clone(&connectivity), {
@@ -176,9 +177,14 @@ pub async fn run(
         StateCache::new(),
     )
     .with_drift_policies(drift);
+    let mut upstream = Upstream::new(up.client.clone(), "downsync", opts.instance.clone());
+    if many_workspaces {
+        info!(upstream = %up.url, "the upstream serves many kcp workspaces: each is kept apart");
+        upstream = upstream.with_workspaces(up.config.clone(), "downsync", opts.instance.clone());
+    }
     let controller = Arc::new(Controller {
-        upstream: Upstream::new(up.client.clone(), "downsync", opts.instance.clone()),
-        namespaces: Namespaces::new(down.client.clone(), up.client.clone(), config.sync.ownership.clone()),
+        namespaces: Namespaces::new(down.client.clone(), upstream.clone(), config.sync.ownership.clone()),
+        upstream,
         queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
         metrics,
         health,
@@ -344,7 +350,8 @@ impl Controller {
     }
 
     pub(super) fn selected(&self, w: &Watched, obj: &DynamicObject) -> bool {
-        self.config.selects(&w.config, obj.metadata.namespace.as_deref(), &obj.name_any())
+        let ns = obj.metadata.namespace.as_deref().map(|ns| crate::sync::workspaces::split_namespace(ns).1);
+        self.config.selects(&w.config, ns, &obj.name_any())
     }
 
     pub(super) fn downstream_ns(&self, key: &ObjectKey) -> Option<String> {

@@ -220,6 +220,7 @@ pub(super) async fn desired_objects(
 pub async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     config.validate()?;
     let (up, down) = startup::connect(&config).await?;
+    startup::check_many_workspaces(&config, &up, Some("diff"), &[])?;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let (reloader, _watch) = startup::start_plugins(&config, &rules).await?;
     for s in reloader.iter().flat_map(|r| r.status()) {

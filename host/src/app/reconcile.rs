@@ -206,10 +206,10 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
         Some(o) => o,
         None => {
             // Gone from the cache: deleted, or no longer matching the label selector.
-            let api: Api<DynamicObject> = match &key.namespace {
-                Some(ns) => Api::namespaced_with(ctx.upstream.client().clone(), ns, &w.up_ar),
-                None => Api::all_with(ctx.upstream.client().clone(), &w.up_ar),
-            };
+            let api: Api<DynamicObject> = ctx
+                .upstream
+                .api_for(&w.up_ar, key.namespace.as_deref(), None)
+                .map_err(|e| upstream_err("reading the object", &e))?;
             match api.get_opt(&key.name).await {
                 Ok(Some(o)) => {
                     fetched = o;

@@ -21,6 +21,7 @@ use crate::sync::Resource;
 use crate::sync::intent::{self, Intent};
 use crate::sync::mapping::{self, UPSTREAM_NAMESPACE_ANNOTATION};
 use crate::sync::ownership;
+use crate::sync::workspaces;
 
 /// One upstream object, by its upstream coordinates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -228,12 +229,26 @@ fn compact_managed_fields(o: &mut DynamicObject) {
 /// The event stream of one reflector.
 pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
 
+/// Keys an object read from many kcp workspaces by its workspace as well: its namespace
+/// becomes `<logical cluster>/<namespace>` ([`workspaces::qualify_namespace`]), in the cache
+/// and so in every key, since two workspaces' `default/app` are two objects. An object without
+/// a valid `kcp.io/cluster` keeps its namespace.
+fn qualify_by_workspace(o: &mut DynamicObject) {
+    let cluster = o.metadata.annotations.as_ref().and_then(|a| a.get(workspaces::CLUSTER_ANNOTATION));
+    let Some(cluster) = cluster.filter(|c| workspaces::is_logical_cluster_name(c)) else { return };
+    if let Some(ns) = &o.metadata.namespace {
+        o.metadata.namespace = Some(workspaces::qualify_namespace(cluster, ns));
+    }
+}
+
 /// Builds a reflector per kind and side: the stores, and the event streams that fill them.
+/// With `many_workspaces`, upstream objects are keyed by their kcp workspace too.
 pub fn reflectors(
     config: &RunConfig,
     resolved: Vec<Resolved>,
     up: &Client,
     down: &Client,
+    many_workspaces: bool,
 ) -> (Vec<Watched>, Vec<(EventStream, EventStream)>) {
     let owned = ownership::owned_selector(&config.sync.ownership);
     let mut streams = Vec::new();
@@ -248,7 +263,12 @@ pub fn reflectors(
         let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
         let up_stream = watcher::watcher(up_api, up_wc)
             .backoff(reconnect::backoff())
-            .modify(compact_managed_fields)
+            .modify(move |o| {
+                if many_workspaces {
+                    qualify_by_workspace(o);
+                }
+                compact_managed_fields(o);
+            })
             .reflect(up_writer);
 
         let down_writer = reflector::store::Writer::new(down_ar.clone());
@@ -298,6 +318,10 @@ pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
 /// The key of the upstream object a downstream copy stands for.
 pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
     let ns = annotation(obj, UPSTREAM_NAMESPACE_ANNOTATION).or_else(|| obj.metadata.namespace.clone());
+    let ns = match (annotation(obj, workspaces::UPSTREAM_CLUSTER_ANNOTATION), ns) {
+        (Some(cluster), Some(ns)) => Some(workspaces::qualify_namespace(&cluster, &ns)),
+        (_, ns) => ns,
+    };
     WorkKey::Object(ObjectKey { resource: index, namespace: ns, name: obj.name_any() })
 }
 

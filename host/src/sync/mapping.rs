@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::desired::object_ref;
+use super::workspaces;
 
 /// Annotation on every synced object naming its upstream namespace, so a downstream object
 /// leads back to its upstream one whatever the mapping.
@@ -67,7 +68,14 @@ pub enum NamespaceMapping {
 
 impl NamespaceMapping {
     /// The downstream name of upstream namespace `ns` for sync target `target`.
+    ///
+    /// A namespace of one of many workspaces (`<cluster>/<namespace>`, see
+    /// [`workspaces::qualify_namespace`]) is always hashed per (target, workspace, namespace):
+    /// two workspaces' namespaces of one name must not meet downstream.
     pub fn map(&self, target: &str, ns: &str) -> String {
+        if let (Some(cluster), plain) = workspaces::split_namespace(ns) {
+            return workspaces::hashed_namespace(target, cluster, plain);
+        }
         match self {
             Self::Identity => ns.to_string(),
             Self::Prefix { prefix } => format!("{prefix}{ns}"),
@@ -81,6 +89,9 @@ impl NamespaceMapping {
 
     /// The locator a downstream namespace carries.
     pub fn locator(target: &str, ns: &str) -> String {
+        if let (Some(cluster), plain) = workspaces::split_namespace(ns) {
+            return workspaces::locator(target, cluster, plain);
+        }
         json!({"target": target, "namespace": ns}).to_string()
     }
 }
@@ -128,7 +139,11 @@ pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str
     meta.insert("namespace".into(), Value::String(mapped));
     let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
     if let Some(a) = annotations.as_object_mut() {
-        a.insert(UPSTREAM_NAMESPACE_ANNOTATION.into(), Value::String(ns));
+        let (cluster, plain) = workspaces::split_namespace(&ns);
+        a.insert(UPSTREAM_NAMESPACE_ANNOTATION.into(), Value::String(plain.to_string()));
+        if let Some(cluster) = cluster {
+            a.insert(workspaces::UPSTREAM_CLUSTER_ANNOTATION.into(), Value::String(cluster.to_string()));
+        }
     }
     Ok(desired)
 }
@@ -192,6 +207,20 @@ mod tests {
             assert!(a.contains_key(kept), "{kept} is not kcp's: {a:?}");
         }
         assert_eq!(d["metadata"]["labels"], json!({"app": "web"}));
+    }
+
+    #[test]
+    fn a_namespace_of_one_of_many_workspaces_is_hashed_per_workspace_and_recorded_apart() {
+        let q = workspaces::qualify_namespace("2abc9xyz", "team-a");
+        for m in [NamespaceMapping::Identity, NamespaceMapping::Hashed] {
+            let d = prepare_desired(mk_upstream(&q), &m, "ws1").unwrap();
+            assert_eq!(d["metadata"]["namespace"], workspaces::hashed_namespace("ws1", "2abc9xyz", "team-a"));
+            assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
+            assert_eq!(d["metadata"]["annotations"][workspaces::UPSTREAM_CLUSTER_ANNOTATION], "2abc9xyz");
+        }
+        let other = workspaces::qualify_namespace("7other", "team-a");
+        assert_ne!(NamespaceMapping::Hashed.map("ws1", &q), NamespaceMapping::Hashed.map("ws1", &other));
+        assert!(NamespaceMapping::locator("ws1", &q).contains("\"cluster\":\"2abc9xyz\""));
     }
 
     #[test]

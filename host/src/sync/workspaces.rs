@@ -70,9 +70,34 @@ pub fn locator(target: &str, cluster: &str, ns: &str) -> String {
     json!({"target": target, "cluster": cluster, "namespace": ns}).to_string()
 }
 
+/// The upstream namespace of an object read through a multi-workspace endpoint, as downsync
+/// keys it: `<logical cluster>/<namespace>`. Neither part can hold a `/`, so it splits back
+/// unambiguously ([`split_namespace`]), and the pair is unique where the namespace alone is not.
+pub fn qualify_namespace(cluster: &str, ns: &str) -> String {
+    format!("{cluster}/{ns}")
+}
+
+/// A namespace as [`qualify_namespace`] made it: the logical cluster and the plain namespace;
+/// a plain namespace has no cluster.
+pub fn split_namespace(ns: &str) -> (Option<&str>, &str) {
+    match ns.split_once('/') {
+        Some((cluster, plain)) => (Some(cluster), plain),
+        None => (None, ns),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_qualified_namespace_splits_back_and_a_plain_one_has_no_cluster() {
+        let q = qualify_namespace("2abc9xyz", "default");
+        assert_eq!(q, "2abc9xyz/default");
+        assert_eq!(split_namespace(&q), (Some("2abc9xyz"), "default"));
+        assert_eq!(split_namespace("default"), (None, "default"));
+        assert_ne!(qualify_namespace("a", "default"), qualify_namespace("b", "default"));
+    }
 
     #[test]
     fn wildcard_and_virtual_workspace_urls_serve_many_workspaces_and_a_workspace_url_does_not() {
