@@ -12,6 +12,11 @@
 # With DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG set, the integration
 # tests run against those clusters instead and no control plane is built or started.
 #
+# The kcp tests (tests/tests/run_kcp.rs) have a kcp as their upstream: kcp v0.26.0, built from
+# Go modules (tests/cluster/kcp/build.sh, cached likewise) and started once for all of them
+# (tests/cluster/kcp/controlplane.sh), unless DOWNSYNC_KCP_KUBECONFIG names a running kcp's
+# admin kubeconfig (current context: its root workspace).
+#
 #   tests/run.sh --coverage
 #
 # runs the same unit and integration tests under cargo llvm-cov (installing llvm-tools-preview
@@ -33,9 +38,11 @@ started=()
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { echo "tests/run.sh: error: $*" >&2; exit 1; }
 
+kcp_started=""
 cleanup() {
   local name
   for name in "${started[@]}"; do tests/cluster/controlplane.sh down "$name" || true; done
+  if [[ -n "$kcp_started" ]]; then tests/cluster/kcp/controlplane.sh down "$kcp_started" || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -72,6 +79,10 @@ else
   step "control plane binaries (Kubernetes from Go modules; cached)"
   bin="$(tests/cluster/build.sh | tail -n 1)"
   export PATH="$bin:$PATH"
+fi
+if [[ -z "${DOWNSYNC_KCP_KUBECONFIG:-}" ]]; then
+  step "kcp binary (kcp v0.26.0 from Go modules; cached)"
+  tests/cluster/kcp/build.sh >/dev/null
 fi
 
 # The chart tests (tests/tests/chart.rs) run the real helm v4, built from its Go module with the
@@ -134,6 +145,12 @@ if (( ! external )); then
     kc="$(tests/cluster/controlplane.sh up "$name" --owner-pid $$ --controllers "${controllers[$side]}" "${audit[@]}" | tail -n 1)"
     export "DOWNSYNC_${side^^}_KUBECONFIG=$kc"
   done
+fi
+if [[ -z "${DOWNSYNC_KCP_KUBECONFIG:-}" ]]; then
+  step "starting kcp (the upstream of the kcp tests)"
+  kcp_started="ci-kcp-$$"
+  DOWNSYNC_KCP_KUBECONFIG="$(tests/cluster/kcp/controlplane.sh up "$kcp_started" --owner-pid $$ | tail -n 1)"
+  export DOWNSYNC_KCP_KUBECONFIG
 fi
 
 if (( coverage )); then

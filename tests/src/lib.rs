@@ -27,6 +27,7 @@ pub mod bench;
 pub mod daemon;
 pub mod ha;
 pub mod helm;
+pub mod kcp;
 pub mod logs;
 pub mod manifests;
 pub mod objects;

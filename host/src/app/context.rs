@@ -124,7 +124,8 @@ impl Controller {
     pub(super) fn selected(&self, w: &Watched, obj: &DynamicObject) -> bool {
         let stamp = annotation(obj, ownership::OWNER_ANNOTATION);
         let ours = stamp.is_some_and(|s| s == ownership::owner_value(&self.config.sync.ownership));
-        !ours && self.config.selects(&w.config, obj.metadata.namespace.as_deref(), &obj.name_any())
+        let ns = obj.metadata.namespace.as_deref().map(|ns| crate::sync::workspaces::split_namespace(ns).1);
+        !ours && self.config.selects(&w.config, ns, &obj.name_any())
     }
 
     pub(super) fn downstream_ns(&self, key: &ObjectKey) -> Option<String> {

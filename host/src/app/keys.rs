@@ -6,6 +6,7 @@ use kube::api::DynamicObject;
 
 use super::packing::annotation;
 use crate::sync::mapping::UPSTREAM_NAMESPACE_ANNOTATION;
+use crate::sync::workspaces;
 
 /// One upstream object, by its upstream coordinates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,5 +42,9 @@ pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
 /// The key of the upstream object a downstream copy stands for.
 pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
     let ns = annotation(obj, UPSTREAM_NAMESPACE_ANNOTATION).or_else(|| obj.metadata.namespace.clone());
+    let ns = match (annotation(obj, workspaces::UPSTREAM_CLUSTER_ANNOTATION), ns) {
+        (Some(cluster), Some(ns)) => Some(workspaces::qualify_namespace(&cluster, &ns)),
+        (_, ns) => ns,
+    };
     WorkKey::Object(ObjectKey { resource: index, namespace: ns, name: obj.name_any() })
 }

@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use tracing::info;
 
 use crate::kube::errors::classify;
+use crate::kube::upstream::Upstream;
 use crate::sync::Ownership;
 use crate::sync::error::ApiError;
 use crate::sync::mapping::{NAMESPACE_LOCATOR_ANNOTATION, NamespaceMapping};
@@ -35,7 +36,7 @@ pub enum Cleanup {
 /// The downstream namespaces downsync makes and removes.
 pub struct Namespaces {
     down: Client,
-    up: Client,
+    up: Upstream,
     ownership: Ownership,
     /// One async lock per downstream namespace, holding whether it is known to exist: the
     /// first worker creates it, the others wait for that instead of racing it to a 409.
@@ -51,7 +52,7 @@ fn is_ambient(ar: &ApiResource, name: &str) -> bool {
 
 impl Namespaces {
     /// Namespaces in `down`, with upstream read through `up`, stamped for `ownership`.
-    pub fn new(down: Client, up: Client, ownership: Ownership) -> Self {
+    pub fn new(down: Client, up: Upstream, ownership: Ownership) -> Self {
         Self { down, up, ownership, known: Mutex::default() }
     }
 
@@ -143,8 +144,9 @@ impl Namespaces {
         if !self.created_by_us(&ns) || ns.metadata.deletion_timestamp.is_some() {
             return Ok(Cleanup::Done);
         }
-        let upstream: Api<Namespace> = Api::all(self.up.clone());
-        match upstream.get_opt(upstream_ns).await.map_err(classify) {
+        let (client, plain) = self.up.route(Some(upstream_ns), None)?;
+        let upstream: Api<Namespace> = Api::all(client);
+        match upstream.get_opt(plain.as_deref().unwrap_or(upstream_ns)).await.map_err(classify) {
             Ok(None) => {}
             Ok(Some(u)) if u.metadata.deletion_timestamp.is_some() => {
                 return Ok(Cleanup::Wait(format!("upstream namespace {upstream_ns} is being deleted")));
@@ -217,7 +219,11 @@ impl Namespaces {
 /// The upstream namespace in a locator annotation (`{"target":…,"namespace":…}`), if any.
 fn locator_namespace(locator: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(locator).ok()?;
-    v.get("namespace")?.as_str().map(str::to_string)
+    let ns = v.get("namespace")?.as_str()?;
+    Some(match v.get("cluster").and_then(serde_json::Value::as_str) {
+        Some(cluster) => crate::sync::workspaces::qualify_namespace(cluster, ns),
+        None => ns.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::context::{Controller, Watched};
 use super::error_policy::ReconcileError;
@@ -144,7 +144,7 @@ async fn report_drift(ctx: &Controller, w: &Watched, up: &DynamicObject, result:
     }
     let note = format!("{object} drifted downstream: {}", by_action.join("; "));
     if let Err(e) = ctx.upstream.warn(&w.up_ar, up, "Drift", note).await {
-        debug!(kind = %w.config.kind, error = %e, "cannot publish an upstream event");
+        warn!(kind = %w.config.kind, object = %object, error = %e, "cannot publish a Drift Event on the upstream object");
     }
 }
 
@@ -207,10 +207,10 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
         Some(o) => o,
         None => {
             // Gone from the cache: deleted, or no longer matching the label selector.
-            let api: Api<DynamicObject> = match &key.namespace {
-                Some(ns) => Api::namespaced_with(ctx.upstream.client().clone(), ns, &w.up_ar),
-                None => Api::all_with(ctx.upstream.client().clone(), &w.up_ar),
-            };
+            let api: Api<DynamicObject> = ctx
+                .upstream
+                .api_for(&w.up_ar, key.namespace.as_deref(), None)
+                .map_err(|e| upstream_err("reading the object", &e))?;
             match api.get_opt(&key.name).await {
                 Ok(Some(o)) => {
                     fetched = o;

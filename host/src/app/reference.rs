@@ -177,9 +177,9 @@ mod tests {
         assert!(!workers.doc.is_empty());
     }
 
-    /// Issue 29 asked for at most 30; 40 are left, each with a reason a user gives (see
+    /// Issue 29 asked for at most 30; 41 are left, each with a reason a user gives (see
     /// docs/configuration.md). A new setting must raise this bound on purpose.
-    const MOST_SETTINGS: usize = 40;
+    const MOST_SETTINGS: usize = 41;
 
     #[test]
     fn a_new_setting_is_added_on_purpose() {

@@ -72,7 +72,8 @@ pub async fn run(
     // without the rules would write what they exist to prevent.
     let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
     let resolved = resolve_all(&config, &up, &down).await?;
-    let (watched, streams) = watches::reflectors(&config, resolved, &up.client, &down.client);
+    let many_workspaces = super::startup::check_many_workspaces(&config, &up, None, &resolved)?;
+    let (watched, streams) = watches::reflectors(&config, resolved, &up.client, &down.client, many_workspaces);
     let workers_alive = Arc::new(AtomicUsize::new(0));
     let health = Arc::new(
         Health::new(registry, reloader.clone(), Arc::clone(&parts.connectivity), {
@@ -86,7 +87,12 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = serve(listener, &health, stop_rx)?;
-    let controller = controller(config, &opts, (&up.client, &down.client), &parts, watched, &health, workers_alive);
+    let mut upstream = Upstream::new(up.client.clone(), "downsync", opts.instance.clone());
+    if many_workspaces {
+        info!(upstream = %up.url, "the upstream serves many kcp workspaces: each is kept apart");
+        upstream = upstream.with_workspaces(up.config.clone(), "downsync", opts.instance.clone());
+    }
+    let controller = controller(config, upstream, &down.client, &parts, watched, &health, workers_alive);
     health.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
     let reflectors = watches::spawn_reflectors(&controller, streams);
 
@@ -128,8 +134,8 @@ pub async fn run(
 /// The shared context of the workers, over the watched kinds' caches.
 fn controller(
     config: RunConfig,
-    opts: &RunOptions,
-    (up, down): (&kube::Client, &kube::Client),
+    upstream: Upstream,
+    down: &kube::Client,
     parts: &Parts,
     watched: Vec<Watched>,
     health: &Arc<Health>,
@@ -147,8 +153,8 @@ fn controller(
     )
     .with_drift_policies(drift);
     Arc::new(Controller {
-        upstream: Upstream::new(up.clone(), "downsync", opts.instance.clone()),
-        namespaces: Namespaces::new(down.clone(), up.clone(), config.sync.ownership.clone()),
+        namespaces: Namespaces::new(down.clone(), upstream.clone(), config.sync.ownership.clone()),
+        upstream,
         queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
         metrics: parts.metrics.clone(),
         health: Arc::clone(health),

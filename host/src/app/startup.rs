@@ -43,6 +43,18 @@ pub enum Error {
         /// How it was detected.
         reason: String,
     },
+    /// The upstream URL serves many kcp workspaces at once, and this command or setting cannot
+    /// keep them apart.
+    #[error(
+        "upstream {url} serves many kcp workspaces at once (its path ends in /clusters/*: the shard wildcard or an \
+         APIExport virtual workspace); {why}"
+    )]
+    ManyWorkspaces {
+        /// The upstream URL.
+        url: String,
+        /// What cannot work with many workspaces, and what to do.
+        why: String,
+    },
     /// A configured resource is not served, or not readable, on one side.
     #[error("resources[{index}] {resource}: {side} cluster: {message}")]
     Resource {
@@ -107,6 +119,42 @@ pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
         return Err(Error::SameCluster { reason });
     }
     Ok((up, down))
+}
+
+/// With an upstream serving many kcp workspaces, `run` keeps them apart: namespaces are
+/// hashed per (workspace, namespace), keys and writes name the workspace. Refused: a command
+/// that does not (`diff`, `replay`: `command` names it), a namespace prefix (it would put two
+/// workspaces' namespaces of one name together), and cluster-scoped kinds (one name, many
+/// workspaces, one downstream object).
+pub fn check_many_workspaces(
+    config: &RunConfig,
+    up: &Connected,
+    command: Option<&str>,
+    resolved: &[Resolved],
+) -> Result<bool> {
+    if !crate::sync::workspaces::is_multi_workspace(&up.url) {
+        return Ok(false);
+    }
+    let refuse = |why: String| Err(Error::ManyWorkspaces { url: up.url.clone(), why });
+    if let Some(command) = command {
+        return refuse(format!(
+            "`downsync {command}` does not keep workspaces apart yet; point --upstream-kubeconfig at one workspace \
+             (https://.../clusters/root:<workspace>)"
+        ));
+    }
+    if matches!(config.namespace_mapping, crate::sync::NamespaceMapping::Prefix { .. }) {
+        return refuse(
+            "namespaces of many workspaces are always hashed per workspace and namespace; drop namespacePrefix".into(),
+        );
+    }
+    if let Some(r) = resolved.iter().find(|r| !r.down_resource.namespaced) {
+        return refuse(format!(
+            "{} is cluster-scoped, and objects of one name in many workspaces would be one downstream object; sync \
+             it from one workspace",
+            r.config.describe()
+        ));
+    }
+    Ok(true)
 }
 
 /// Whether two connections reach one cluster: the same URL, or (through two URLs) the same

@@ -18,7 +18,7 @@ use super::keys::{WorkKey, down_key, up_key};
 use super::packing::{compact_managed_fields, pack, strip_managed_fields};
 use super::startup::Resolved;
 use crate::kube::{reconnect, upstream};
-use crate::sync::ownership;
+use crate::sync::{ownership, workspaces};
 
 /// Objects per page of a watcher's initial list. A page is decoded whole (its text, then a
 /// `serde_json::Value` tree per object, managedFields included, before [`pack`] and
@@ -31,12 +31,26 @@ const LIST_PAGE: u32 = 100;
 /// The event stream of one reflector.
 pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
 
+/// Keys an object read from many kcp workspaces by its workspace as well: its namespace
+/// becomes `<logical cluster>/<namespace>` ([`workspaces::qualify_namespace`]), in the cache
+/// and so in every key, since two workspaces' `default/app` are two objects. An object without
+/// a valid `kcp.io/cluster` keeps its namespace.
+fn qualify_by_workspace(o: &mut DynamicObject) {
+    let cluster = o.metadata.annotations.as_ref().and_then(|a| a.get(workspaces::CLUSTER_ANNOTATION));
+    let Some(cluster) = cluster.filter(|c| workspaces::is_logical_cluster_name(c)) else { return };
+    if let Some(ns) = &o.metadata.namespace {
+        o.metadata.namespace = Some(workspaces::qualify_namespace(cluster, ns));
+    }
+}
+
 /// Builds a reflector per kind and side: the stores, and the event streams that fill them.
+/// With `many_workspaces`, upstream objects are keyed by their kcp workspace too.
 pub fn reflectors(
     config: &RunConfig,
     resolved: Vec<Resolved>,
     up: &Client,
     down: &Client,
+    many_workspaces: bool,
 ) -> (Vec<Watched>, Vec<(EventStream, EventStream)>) {
     let owned = ownership::owned_selector(&config.sync.ownership);
     let client_intent = config.client_intent();
@@ -52,7 +66,12 @@ pub fn reflectors(
         let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
         let up_stream = watcher::watcher(up_api, up_wc)
             .backoff(reconnect::backoff())
-            .modify(move |o| compact_managed_fields(o, client_intent))
+            .modify(move |o| {
+                if many_workspaces {
+                    qualify_by_workspace(o);
+                }
+                compact_managed_fields(o, client_intent);
+            })
             .reflect(up_writer);
 
         let down_writer = reflector::store::Writer::new(down_ar.clone());

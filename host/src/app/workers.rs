@@ -100,7 +100,7 @@ impl Controller {
                 if let Some(w) = w
                     && let Err(err) = self.upstream.warn(&w.up_ar, &up, reason, message.clone()).await
                 {
-                    debug!(kind, error = %err, "cannot publish an upstream event");
+                    warn!(kind, key = ?key, reason, error = %err, "cannot publish an Event on the upstream object");
                 }
             }
         } else {

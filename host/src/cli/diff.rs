@@ -115,6 +115,10 @@ impl Downstream for Recording {
     ) -> Result<(), ApiError> {
         self.inner.delete(key, uid, propagation).await
     }
+
+    fn persists(&self) -> bool {
+        self.inner.persists()
+    }
 }
 
 fn yaml(obj: &Value) -> String {
@@ -203,6 +207,7 @@ pub(super) async fn desired_objects(
 pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     config.validate()?;
     let (up, down) = startup::connect(&config).await?;
+    startup::check_many_workspaces(&config, &up, Some("diff"), &[])?;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let (reloader, _watch) = startup::start_plugins(&config, &rules).await?;
     for s in reloader.iter().flat_map(|r| r.status()) {

@@ -59,6 +59,8 @@ pub struct Connected {
     pub url: String,
     /// The API server's `gitVersion`.
     pub version: String,
+    /// The client's configuration, to derive clients from (one per kcp workspace).
+    pub config: Config,
 }
 
 /// Builds a client for `side` (`upstream` or `downstream`) that sends `user_agent` (the API
@@ -109,7 +111,8 @@ pub async fn connect(
         Ok(v) => config.headers.push((http::header::USER_AGENT, v)),
         Err(e) => tracing::warn!(user_agent, error = %e, "not a valid user agent; sending none"),
     }
-    let client = Client::try_from(config).map_err(|e| Error::Config { side, source_desc, message: e.to_string() })?;
+    let client =
+        Client::try_from(config.clone()).map_err(|e| Error::Config { side, source_desc, message: e.to_string() })?;
     let version = match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(info)) => info.git_version,
         Ok(Err(e)) => return Err(Error::Unreachable { side, url, message: e.to_string() }),
@@ -117,5 +120,5 @@ pub async fn connect(
             return Err(Error::Unreachable { side, url, message: format!("no answer within {}s", timeout.as_secs()) });
         }
     };
-    Ok(Connected { client, url, version })
+    Ok(Connected { client, url, version, config })
 }

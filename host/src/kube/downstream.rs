@@ -133,6 +133,10 @@ impl Downstream for KubeDownstream {
         self.send(key, write, self.dry_run).await
     }
 
+    fn persists(&self) -> bool {
+        !self.dry_run
+    }
+
     async fn dry_run(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
         self.send(key, write, true).await
     }

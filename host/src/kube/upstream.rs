@@ -2,7 +2,8 @@
 //! test what they change, so a concurrent writer is never overwritten), the downstream
 //! status, and Events on the upstream object when a sync fails.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource as _};
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 use super::errors::classify;
 use super::events::Recorder;
 use crate::sync::error::ApiError;
+use crate::sync::workspaces;
 
 /// The finalizer downsync puts on upstream objects when asked to, so that an upstream delete
 /// completes only after the downstream copy is gone.
@@ -21,6 +23,38 @@ pub const FINALIZER: &str = "downsync.dev/syncer";
 pub struct Upstream {
     client: Client,
     recorder: Arc<Recorder>,
+    /// With an upstream that serves many kcp workspaces: a client per workspace.
+    workspaces: Option<Arc<Workspaces>>,
+}
+
+/// The workspaces behind a multi-workspace kcp endpoint. Reads of all of them go through the
+/// endpoint; a write (and a read of one object) must name the workspace, at
+/// `…/clusters/<logical cluster>`: so each gets a client (and an Event recorder), made on
+/// first use and kept.
+struct Workspaces {
+    /// The endpoint's client configuration (its URL ends in `/clusters/*`).
+    base: kube::Config,
+    controller: String,
+    instance: Option<String>,
+    clients: Mutex<HashMap<String, (Client, Arc<Recorder>)>>,
+}
+
+impl Workspaces {
+    fn get(&self, cluster: &str) -> Result<(Client, Arc<Recorder>), ApiError> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get(cluster) {
+            return Ok(c.clone());
+        }
+        let url = workspaces::cluster_url(&self.base.cluster_url.to_string(), cluster)
+            .ok_or_else(|| ApiError::Transport(format!("{cluster:?} is not a logical cluster name")))?;
+        let mut config = self.base.clone();
+        config.cluster_url =
+            url.parse().map_err(|e| ApiError::Transport(format!("workspace URL {url} is not a URL: {e}")))?;
+        let client = Client::try_from(config).map_err(|e| ApiError::Transport(format!("a client for {url}: {e}")))?;
+        let recorder = Arc::new(Recorder::new(client.clone(), &self.controller, self.instance.clone()));
+        clients.insert(cluster.to_string(), (client.clone(), Arc::clone(&recorder)));
+        Ok((client, recorder))
+    }
 }
 
 fn api(client: &Client, ar: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -38,7 +72,65 @@ pub fn has_finalizer(obj: &DynamicObject) -> bool {
 impl Upstream {
     /// The upstream through `client`; events are reported as `controller`/`instance`.
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
-        Self { recorder: Arc::new(Recorder::new(client.clone(), controller, instance)), client }
+        Self { recorder: Arc::new(Recorder::new(client.clone(), controller, instance)), client, workspaces: None }
+    }
+
+    /// An upstream that serves many kcp workspaces through `config`'s URL: what is written, and
+    /// what is read by name, goes to each object's own workspace.
+    #[must_use]
+    pub fn with_workspaces(mut self, config: kube::Config, controller: &str, instance: Option<String>) -> Self {
+        self.workspaces = Some(Arc::new(Workspaces {
+            base: config,
+            controller: controller.to_string(),
+            instance,
+            clients: Mutex::default(),
+        }));
+        self
+    }
+
+    /// Where an object in upstream namespace `namespace` (qualified with its workspace when
+    /// there are many, see [`workspaces::qualify_namespace`]) is read and written: the client,
+    /// the Event recorder, and the plain namespace. `cluster` names the workspace of an object
+    /// that has no namespace, or was read with its plain one (its `kcp.io/cluster`).
+    fn route_full(
+        &self,
+        namespace: Option<&str>,
+        cluster: Option<&str>,
+    ) -> Result<(Client, Arc<Recorder>, Option<String>), ApiError> {
+        let (from_ns, plain) = match namespace.map(workspaces::split_namespace) {
+            Some((c, plain)) => (c, Some(plain.to_string())),
+            None => (None, None),
+        };
+        let Some(ws) = &self.workspaces else {
+            return Ok((self.client.clone(), Arc::clone(&self.recorder), namespace.map(str::to_string)));
+        };
+        let cluster = from_ns.or(cluster).ok_or_else(|| {
+            ApiError::Transport("an object read from many workspaces names no logical cluster (kcp.io/cluster)".into())
+        })?;
+        let (client, recorder) = ws.get(cluster)?;
+        Ok((client, recorder, plain))
+    }
+
+    /// The client and plain namespace for upstream namespace `namespace` (see
+    /// [`Upstream::route_full`]).
+    pub fn route(&self, namespace: Option<&str>, cluster: Option<&str>) -> Result<(Client, Option<String>), ApiError> {
+        self.route_full(namespace, cluster).map(|(c, _, ns)| (c, ns))
+    }
+
+    fn route_obj(&self, obj: &DynamicObject) -> Result<(Client, Arc<Recorder>, Option<String>), ApiError> {
+        let cluster = obj.metadata.annotations.as_ref().and_then(|a| a.get(workspaces::CLUSTER_ANNOTATION));
+        self.route_full(obj.metadata.namespace.as_deref(), cluster.map(String::as_str))
+    }
+
+    /// The API of one upstream object's kind, in its namespace and workspace.
+    pub fn api_for(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        cluster: Option<&str>,
+    ) -> Result<Api<DynamicObject>, ApiError> {
+        let (client, ns) = self.route(namespace, cluster)?;
+        Ok(api(&client, ar, ns.as_deref()))
     }
 
     /// The client.
@@ -81,7 +173,8 @@ impl Upstream {
         let patch: json_patch::Patch = serde_json::from_value(patch)
             .map_err(|e| ApiError::Transport(format!("cannot build a JSON patch: {e}")))?;
         let name = obj.metadata.name.clone().unwrap_or_default();
-        api(&self.client, ar, obj.metadata.namespace.as_deref())
+        let (client, _, ns) = self.route_obj(obj)?;
+        api(&client, ar, ns.as_deref())
             .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
             .map_err(classify)?;
@@ -91,7 +184,8 @@ impl Upstream {
     /// Writes `status` to the upstream object's status subresource (merge patch).
     pub async fn patch_status(&self, ar: &ApiResource, obj: &DynamicObject, status: &Value) -> Result<(), ApiError> {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        api(&self.client, ar, obj.metadata.namespace.as_deref())
+        let (client, _, ns) = self.route_obj(obj)?;
+        api(&client, ar, ns.as_deref())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
             .await
             .map_err(classify)?;
@@ -107,7 +201,9 @@ impl Upstream {
         reason: &str,
         note: String,
     ) -> Result<(), ApiError> {
-        let reference = obj.object_ref(ar);
+        let (_, recorder, ns) = self.route_obj(obj)?;
+        let mut reference = obj.object_ref(ar);
+        reference.namespace = ns;
         let mut note = note;
         if note.len() > 1000 {
             let mut cut = 1000;
@@ -116,6 +212,6 @@ impl Upstream {
             }
             note.truncate(cut);
         }
-        self.recorder.warn(&reference, "Sync", reason, &note).await.map_err(classify)
+        recorder.warn(&reference, "Sync", reason, &note).await.map_err(classify)
     }
 }

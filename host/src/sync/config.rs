@@ -78,7 +78,8 @@ impl Default for Ownership {
 }
 
 /// Settings of the downstream writer. Deserialised once and passed down; only the strategy,
-/// the ownership stamp and the immutable-field policy are settings a user sees (`sync:`), the
+/// the ownership stamp, deletion propagation and the immutable-field policy are settings a user
+/// sees (`sync:`), the
 /// rest are fixed for users and set by tests and the tools (`downsync diff` never waits).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -100,8 +101,8 @@ pub struct DownstreamConfig {
     /// Extra JSON pointer patterns the differ ignores.
     #[serde(skip)]
     pub ignore_paths: Vec<String>,
-    /// Deletion propagation.
-    #[serde(skip)]
+    /// How a delete propagates to the downstream object's dependents: `Background` (the
+    /// default), `Foreground` (the dependents go first) or `Orphan` (they stay).
     pub propagation: Propagation,
     /// Ownership stamp and adoption.
     pub ownership: Ownership,

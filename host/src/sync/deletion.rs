@@ -61,7 +61,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         }
         match self.get(key).await? {
             None => {
-                info!(object = %key, kind = %key.kind, "deleted");
+                self.log_write(key, "deleted");
                 self.state.remove(key);
                 Ok(Operation::Deleted)
             }

@@ -180,8 +180,18 @@ pub fn server_set(sets: &[&Value], body: &Value, metadata: &Value) -> Vec<String
     let meta_sets = children(&roots, "f:metadata");
     path.push_str("/metadata");
     for k in ["labels", "annotations"] {
-        if let Some(v) = metadata.get(k).filter(|v| v.as_object().is_some_and(|m| !m.is_empty())) {
-            field(&meta_sets, k, v, &mut path, &mut out);
+        // Key by key, never the whole map: downsync adds keys of its own (where the object came
+        // from), which no upstream manager can own. A map holding only what the server set (kcp
+        // puts `kcp.io/cluster` on every object) would otherwise take them out with it.
+        if let Some(Value::Object(map)) = metadata.get(k) {
+            let owned = children(&meta_sets, &format!("f:{k}"));
+            let len = path.len();
+            path.push('/');
+            path.push_str(k);
+            for (key, v) in map {
+                field(&owned, key, v, &mut path, &mut out);
+            }
+            path.truncate(len);
         }
     }
     out
@@ -330,6 +340,17 @@ mod tests {
                 {"fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:b": {}, "f:list": {}}}}]},
             "spec": {"a": 1, "b": {"x": 1}, "c": 3, "list": [{"k": 1}, {"k": 2}]}});
         assert_eq!(Intent::of(&obj), Intent::ServerSet(vec!["/spec/c".into()]));
+    }
+
+    #[test]
+    fn annotations_only_the_server_set_are_server_set_key_by_key_not_as_a_map() {
+        let obj = json!({"metadata": {
+                "annotations": {"kcp.io/cluster": "2abc9xyz"},
+                "managedFields": [{"fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:k": {}}}}]},
+            "data": {"k": "v"}});
+        assert_eq!(Intent::of(&obj), Intent::ServerSet(vec!["/metadata/annotations/kcp.io~1cluster".into()]));
+        let Intent::ServerSet(paths) = Intent::of(&obj) else { panic!("no intent") };
+        assert!(!paths.iter().any(|p| covers(p, "/metadata/annotations/downsync.dev~1upstream-namespace")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::desired::object_ref;
+use super::workspaces;
 
 /// Annotation on every synced object naming its upstream namespace, so a downstream object
 /// leads back to its upstream one whatever the mapping.
@@ -17,6 +18,15 @@ pub const NAMESPACE_LOCATOR_ANNOTATION: &str = "downsync.dev/namespace-locator";
 
 /// `kubectl apply`'s client-side record; never copied downstream.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Whether a label or annotation key is kcp's own: in the `kcp.io` domain or one under it
+/// (the `kcp.io/cluster` annotation on every object, the `claimed.internal.apis.kcp.io/...`
+/// label on objects an APIExport claims). They record where the object lives in kcp, mean
+/// nothing in a physical cluster, and are not copied downstream. Where the object came from
+/// travels in downsync's own annotations.
+pub fn is_kcp_key(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(domain, _)| domain == "kcp.io" || domain.ends_with(".kcp.io"))
+}
 
 /// Why a namespace or object cannot be placed downstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +68,14 @@ pub enum NamespaceMapping {
 
 impl NamespaceMapping {
     /// The downstream name of upstream namespace `ns` for sync target `target`.
+    ///
+    /// A namespace of one of many workspaces (`<cluster>/<namespace>`, see
+    /// [`workspaces::qualify_namespace`]) is always hashed per (target, workspace, namespace):
+    /// two workspaces' namespaces of one name must not meet downstream.
     pub fn map(&self, target: &str, ns: &str) -> String {
+        if let (Some(cluster), plain) = workspaces::split_namespace(ns) {
+            return workspaces::hashed_namespace(target, cluster, plain);
+        }
         match self {
             Self::Identity => ns.to_string(),
             Self::Prefix { prefix } => format!("{prefix}{ns}"),
@@ -72,6 +89,9 @@ impl NamespaceMapping {
 
     /// The locator a downstream namespace carries.
     pub fn locator(target: &str, ns: &str) -> String {
+        if let (Some(cluster), plain) = workspaces::split_namespace(ns) {
+            return workspaces::locator(target, cluster, plain);
+        }
         json!({"target": target, "namespace": ns}).to_string()
     }
 }
@@ -89,7 +109,7 @@ fn dns_label_problem(name: &str) -> Option<&'static str> {
 }
 
 /// Places an upstream object downstream: the namespace is mapped, the upstream namespace is
-/// recorded, and kubectl's last-applied record dropped.
+/// recorded, and kubectl's last-applied record and kcp's labels and annotations dropped.
 ///
 /// Nothing else is stripped here: the syncer normalises every desired object it is given
 /// (status and server-set metadata out, see
@@ -104,6 +124,10 @@ pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str
         // kubectl's record of the upstream apply: meaningless downstream, and for a Secret
         // applied with stringData it holds the values in plain text.
         a.remove(LAST_APPLIED_ANNOTATION);
+        a.retain(|k, _| !is_kcp_key(k));
+    }
+    if let Some(l) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+        l.retain(|k, _| !is_kcp_key(k));
     }
     let Some(ns) = meta.get("namespace").and_then(Value::as_str).map(str::to_string) else {
         return Ok(desired);
@@ -115,7 +139,11 @@ pub fn prepare_desired(upstream: Value, mapping: &NamespaceMapping, target: &str
     meta.insert("namespace".into(), Value::String(mapped));
     let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
     if let Some(a) = annotations.as_object_mut() {
-        a.insert(UPSTREAM_NAMESPACE_ANNOTATION.into(), Value::String(ns));
+        let (cluster, plain) = workspaces::split_namespace(&ns);
+        a.insert(UPSTREAM_NAMESPACE_ANNOTATION.into(), Value::String(plain.to_string()));
+        if let Some(cluster) = cluster {
+            a.insert(workspaces::UPSTREAM_CLUSTER_ANNOTATION.into(), Value::String(cluster.to_string()));
+        }
     }
     Ok(desired)
 }
@@ -162,6 +190,37 @@ mod tests {
         assert_eq!(d["data"]["k"], "v");
         assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
         assert!(!d.to_string().contains("hunter2"), "kubectl's last-applied record never travels");
+    }
+
+    #[test]
+    fn kcp_labels_and_annotations_stay_upstream_and_look_alikes_travel() {
+        let mut up = mk_upstream("team-a");
+        up["metadata"]["labels"] = json!({"claimed.internal.apis.kcp.io/TEtS2": "b4Kg2", "app": "web"});
+        up["metadata"]["annotations"] = json!({
+            "kcp.io/cluster": "2x8b9q", "tenancy.kcp.io/owner": "x",
+            "example.com/kcp.io": "keep", "mykcp.io/x": "keep", "app": "keep"
+        });
+        let d = prepare_desired(up, &NamespaceMapping::Identity, "ws1").unwrap();
+        let a = d["metadata"]["annotations"].as_object().unwrap();
+        assert!(!a.contains_key("kcp.io/cluster") && !a.contains_key("tenancy.kcp.io/owner"), "{a:?}");
+        for kept in ["example.com/kcp.io", "mykcp.io/x", "app"] {
+            assert!(a.contains_key(kept), "{kept} is not kcp's: {a:?}");
+        }
+        assert_eq!(d["metadata"]["labels"], json!({"app": "web"}));
+    }
+
+    #[test]
+    fn a_namespace_of_one_of_many_workspaces_is_hashed_per_workspace_and_recorded_apart() {
+        let q = workspaces::qualify_namespace("2abc9xyz", "team-a");
+        for m in [NamespaceMapping::Identity, NamespaceMapping::Hashed] {
+            let d = prepare_desired(mk_upstream(&q), &m, "ws1").unwrap();
+            assert_eq!(d["metadata"]["namespace"], workspaces::hashed_namespace("ws1", "2abc9xyz", "team-a"));
+            assert_eq!(d["metadata"]["annotations"][UPSTREAM_NAMESPACE_ANNOTATION], "team-a");
+            assert_eq!(d["metadata"]["annotations"][workspaces::UPSTREAM_CLUSTER_ANNOTATION], "2abc9xyz");
+        }
+        let other = workspaces::qualify_namespace("7other", "team-a");
+        assert_ne!(NamespaceMapping::Hashed.map("ws1", &q), NamespaceMapping::Hashed.map("ws1", &other));
+        assert!(NamespaceMapping::locator("ws1", &q).contains("\"cluster\":\"2abc9xyz\""));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod rules;
 pub mod state;
 pub mod syncer;
 pub mod types;
+pub mod workspaces;
 pub mod write;
 pub mod write_loop;
 

@@ -237,7 +237,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         preservation::stamp_managed_keys(&mut obj);
         result.attempts += 1;
         let created = self.downstream.create(key, &obj).await.map_err(|source| api_error(key, "create", source))?;
-        info!(object = %key, kind = %key.kind, "recreated");
+        self.log_write(key, "recreated");
         self.record(key, &created, &job.hash);
         Ok(Operation::Recreated)
     }

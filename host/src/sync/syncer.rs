@@ -55,6 +55,11 @@ pub trait Downstream: Send + Sync {
         uid: &str,
         propagation: Propagation,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Whether writes persist: false for a downstream whose every write is a server-side dry
+    /// run (`downsync diff`), which changes nothing and so must not be logged as a change.
+    fn persists(&self) -> bool {
+        true
+    }
 }
 
 /// Applies desired objects to downstream and deletes them, keeping downstream-owned fields.
@@ -164,6 +169,16 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     pub fn with_drift_policies(mut self, policies: HashMap<(String, String), DriftPolicy>) -> Self {
         self.drift = policies;
         self
+    }
+
+    /// Logs a write: a change at info level, or, on a downstream that persists nothing (the
+    /// dry run of `downsync diff`), at debug level as what would happen.
+    pub(super) fn log_write(&self, key: &ObjectKey, done: &'static str) {
+        if self.downstream.persists() {
+            info!(object = %key, kind = %key.kind, "{done}");
+        } else {
+            debug!(object = %key, kind = %key.kind, "dry run: would be {done}");
+        }
     }
 
     pub(super) fn drift_policy(&self, key: &ObjectKey) -> DriftPolicy {
@@ -366,13 +381,13 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             let write = write_for(&self.config.strategy, &Value::Null, obj);
             let created =
                 self.downstream.update(key, &write).await.map_err(|source| api_error(key, "apply", source))?;
-            info!(object = %key, kind = %key.kind, "created by server-side apply");
+            self.log_write(key, "created by server-side apply");
             self.record(key, &created, &job.hash);
             return Ok(Found::Created);
         }
         match self.downstream.create(key, &obj).await {
             Ok(created) => {
-                info!(object = %key, kind = %key.kind, "created");
+                self.log_write(key, "created");
                 self.record(key, &created, &job.hash);
                 Ok(Found::Created)
             }
@@ -419,7 +434,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             result.attempts += 1;
             match self.downstream.update(key, &write).await {
                 Ok(updated) => {
-                    info!(object = %key, kind = %key.kind, attempts = result.attempts, "updated");
+                    self.log_write(key, "updated");
                     self.record(key, &updated, &job.hash);
                     return Ok(Operation::Updated);
                 }
