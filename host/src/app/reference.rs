@@ -178,8 +178,10 @@ mod tests {
     }
 
     /// Issue 29 asked for at most 30; 40 are left, each with a reason a user gives (see
-    /// docs/configuration.md). A new setting must raise this bound on purpose.
-    const MOST_SETTINGS: usize = 40;
+    /// docs/configuration.md). A new setting must raise this bound on purpose. 41:
+    /// `metricsCertDir` (issue 33), since scrapers that verify the endpoints' certificate need
+    /// a certificate their CA signed (cert-manager's), not the self-signed one.
+    const MOST_SETTINGS: usize = 41;
 
     #[test]
     fn a_new_setting_is_added_on_purpose() {

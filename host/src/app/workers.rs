@@ -42,8 +42,7 @@ impl Controller {
             // One span per reconcile, as kube-runtime's controller opens: every line of it names
             // the object.
             let span = tracing::info_span!("reconcile", kind = self.kind(&key), object = ?key);
-            let outcome =
-                std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().instrument(span).await;
+            let outcome = std::panic::AssertUnwindSafe(reconcile(&key, &self)).catch_unwind().instrument(span).await;
             let ok = match outcome {
                 Ok(Ok(action)) => {
                     self.succeeded(&key, action);

@@ -158,9 +158,18 @@ pub(crate) struct RunArgs {
     /// Concurrent syncs.
     #[arg(long)]
     pub(crate) workers: Option<usize>,
-    /// Where /metrics, /healthz and /readyz are served; `off` to not serve them.
+    /// Where /metrics, /plugins, /explain and /shards are served over HTTPS (bearer token,
+    /// TokenReview and SubjectAccessReview); /healthz and /readyz answer plainly on the next
+    /// port. `off` to serve nothing.
     #[arg(long)]
     pub(crate) metrics_addr: Option<String>,
+    /// A folder with tls.crt and tls.key to serve HTTPS with (default: a self-signed certificate).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) metrics_cert_dir: Option<PathBuf>,
+    /// Development only: serve every endpoint plainly and without authentication, on 127.0.0.1
+    /// at --metrics-addr's port (probes too).
+    #[arg(long)]
+    pub(crate) insecure_endpoints: bool,
     /// Sync once and exit: 0 when every object synced, 1 otherwise.
     #[arg(long)]
     pub(crate) once: bool,
@@ -366,6 +375,9 @@ impl RunArgs {
                     format!("--metrics-addr {a}: expected HOST:PORT such as 0.0.0.0:8080, or `off`")
                 })?),
             };
+        }
+        if self.metrics_cert_dir.is_some() {
+            c.metrics_cert_dir = self.metrics_cert_dir;
         }
         c.upstream_finalizer |= self.upstream_finalizer;
         c.keep_namespaces |= self.keep_namespaces;

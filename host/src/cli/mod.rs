@@ -21,9 +21,9 @@ use args::{Args, Command, PluginCommand};
 pub(crate) async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Run(run) => {
-            let once = run.once;
+            let (once, insecure_endpoints) = (run.once, run.insecure_endpoints);
             let config = run.into_config()?;
-            let opts = RunOptions { once, instance: std::env::var("POD_NAME").ok() };
+            let opts = RunOptions { once, instance: std::env::var("POD_NAME").ok(), insecure_endpoints };
             let summary = downsync::app::run(config, opts, shutdown_signal()).await?;
             if once && summary.failed > 0 {
                 eprintln!("{} objects synced, {} failed; see the log above", summary.synced, summary.failed);
