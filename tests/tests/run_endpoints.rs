@@ -3,13 +3,14 @@
 //! token the downstream cluster's TokenReview accepts and its SubjectAccessReview grants `get`
 //! on the path; the probes plainly on the next port, without a token.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use downsync_tests::TestEnv;
-use downsync_tests::daemon::{Daemon, plain_get};
+use downsync_tests::daemon::{Daemon, plain_get, run_to_end};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
@@ -139,8 +140,12 @@ async fn operations_endpoints_answer_401_403_200_by_token_and_grant_and_probes_n
     let env = TestEnv::new("run-endpoints").await?;
     let ns = env.namespace.clone();
     let role = format!("{ns}-metrics-reader");
+    let operator_role = format!("{ns}-endpoints-reader");
     let outcome = async {
         grant(&env.downstream, &role, &["/metrics"], &ns, "reader").await?;
+        grant(&env.downstream, &operator_role, &["/metrics", "/plugins", "/explain", "/shards"], &ns, "operator")
+            .await?;
+        let operator = token(&env.downstream, &ns, "operator").await?;
         let reader = token(&env.downstream, &ns, "reader").await?;
         let stranger = token(&env.downstream, &ns, "stranger").await?;
         let mut d = Daemon::start_secure("endpoints", &["--resource", "v1/ConfigMap", "--namespace", &ns])?;
@@ -181,12 +186,32 @@ async fn operations_endpoints_answer_401_403_200_by_token_and_grant_and_probes_n
         {
             bail!("/metrics answered over plain HTTP");
         }
+
+        // The CLI over HTTPS: with an operator's token and the self-signed certificate accepted.
+        let addr = d.addr.to_string();
+        let cli = |extra: &[&str]| {
+            let mut a: Vec<OsString> =
+                ["plugin", "status", "--addr", addr.as_str(), "--json"].map(OsString::from).into();
+            a.extend(extra.iter().map(OsString::from));
+            run_to_end(&a)
+        };
+        let (code, text, err) = cli(&["--token", &operator, "--insecure-skip-tls-verify"])?;
+        assert!(code.success(), "plugin status with an operator's token: {err}");
+        assert!(text.contains("\"plugins\""), "{text}");
+        let (code, _, err) = cli(&["--token", &operator])?;
+        assert!(!code.success() && err.contains("--insecure-skip-tls-verify"), "an unverified certificate: {err}");
+        let (code, _, err) = cli(&["--token", &reader, "--insecure-skip-tls-verify"])?;
+        assert!(!code.success() && err.contains("403"), "a token without the grant: {err}");
+        let (code, _, err) = cli(&["--insecure-skip-tls-verify"])?;
+        assert!(!code.success() && err.contains("401"), "no token: {err}");
+
         let status = d.terminate()?;
         assert!(status.success(), "{status}");
         Ok::<_, anyhow::Error>(())
     }
     .await;
     revoke(&env.downstream, &role).await;
+    revoke(&env.downstream, &operator_role).await;
     env.cleanup().await?;
     eprintln!("took {:?}", started.elapsed());
     outcome

@@ -9,6 +9,7 @@ mod ops_client;
 mod plugin;
 mod replay;
 mod shards;
+mod unverified;
 
 use std::process::ExitCode;
 
@@ -40,7 +41,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Shards(a) => shards::show(a).await,
         Command::Explain(a) => explain::show(a).await,
-        Command::Plugin(PluginCommand::Status { addr, json }) => plugin::status(&addr, json).await,
+        Command::Plugin(PluginCommand::Status { endpoint, json }) => plugin::status(&endpoint, json).await,
         Command::Plugin(PluginCommand::Promote { file }) => plugin::promote(&file),
         Command::Plugin(PluginCommand::Replay { file, against_cluster: _, source }) => {
             let mut out = String::new();
