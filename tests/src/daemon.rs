@@ -45,6 +45,9 @@ pub struct Daemon {
     child: Option<Child>,
     /// Where /metrics, /healthz and /readyz are served.
     pub addr: SocketAddr,
+    /// Where /healthz and /readyz are served: `addr` with `--insecure-endpoints` (as the tests
+    /// run it), else the next port.
+    pub probes: SocketAddr,
     /// Its stderr (the log).
     pub log: PathBuf,
     launch: Launch,
@@ -59,9 +62,16 @@ struct Launch {
     args: Vec<OsString>,
     rust_log: Option<String>,
     env: Vec<(String, String)>,
+    /// Serve as deployed: HTTPS behind token reviews, probes on the next port.
+    secure: bool,
 }
 
 impl Launch {
+    /// Where the probes answer for metrics address `addr`.
+    fn probes(&self, addr: SocketAddr) -> SocketAddr {
+        if self.secure { SocketAddr::new(addr.ip(), addr.port().saturating_add(1)) } else { addr }
+    }
+
     /// Spawns `downsync run` with a free metrics port: the child, that address, its log.
     fn spawn(&self) -> Result<(Child, SocketAddr, PathBuf)> {
         let port = free_port()?;
@@ -69,7 +79,12 @@ impl Launch {
         let log = std::env::temp_dir().join(format!("downsync-{}-{}-{port}.log", self.name, std::process::id()));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(downsync_bin()?);
-        cmd.arg("run").args(&self.cluster_args).args(["--metrics-addr", &addr.to_string()]).args(&self.args);
+        cmd.arg("run").args(&self.cluster_args).args(["--metrics-addr", &addr.to_string()]);
+        if !self.secure {
+            // Every endpoint plainly on this port, as the tests read them.
+            cmd.arg("--insecure-endpoints");
+        }
+        cmd.args(&self.args);
         match &self.rust_log {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
@@ -131,9 +146,27 @@ impl Daemon {
             args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
             rust_log: rust_log.map(str::to_string),
             env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+            secure: false,
         };
         let (child, addr, log) = launch.spawn()?;
-        Ok(Self { child: Some(child), addr, log, launch, port_retries: 3 })
+        let probes = launch.probes(addr);
+        Ok(Self { child: Some(child), addr, probes, log, launch, port_retries: 3 })
+    }
+
+    /// Starts `downsync run ARGS` against the test clusters as it is deployed: the operations
+    /// endpoints over HTTPS behind token reviews on `addr`, the probes plainly on `probes`.
+    pub fn start_secure<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Result<Self> {
+        let launch = Launch {
+            name: name.to_string(),
+            cluster_args: cluster_args()?,
+            args: args.iter().map(|a| a.as_ref().to_os_string()).collect(),
+            rust_log: Some("info,downsync=debug".into()),
+            env: Vec::new(),
+            secure: true,
+        };
+        let (child, addr, log) = launch.spawn()?;
+        let probes = launch.probes(addr);
+        Ok(Self { child: Some(child), addr, probes, log, launch, port_retries: 3 })
     }
 
     /// The log so far.
@@ -142,14 +175,8 @@ impl Daemon {
     }
 
     fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let text = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((code, text))
+        let addr = if path.starts_with("/healthz") || path.starts_with("/readyz") { self.probes } else { self.addr };
+        plain_get(addr, path)
     }
 
     /// Waits until `/readyz` answers 200. Fails early, with the log, if the process exits.
@@ -162,10 +189,12 @@ impl Daemon {
                 let log = self.log_text();
                 // The free port was free when picked, but the kernel may hand it to an outgoing
                 // connection (ours or a control plane's) before downsync binds it.
-                let taken = format!("metricsAddr {}: cannot listen: Address already in use", self.addr);
-                if log.contains(&taken) && self.port_retries > 0 {
+                let taken =
+                    |a: SocketAddr| log.contains(&format!("metricsAddr {a}: cannot listen: Address already in use"));
+                if (taken(self.addr) || taken(self.probes)) && self.port_retries > 0 {
                     self.port_retries -= 1;
                     let (child, addr, log) = self.launch.spawn()?;
+                    self.probes = self.launch.probes(addr);
                     (self.child, self.addr, self.log) = (Some(child), addr, log);
                     continue;
                 }
@@ -239,6 +268,18 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A plain HTTP/1.0 `GET PATH` on `addr`: status code and body.
+pub fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, text))
 }
 
 /// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs).

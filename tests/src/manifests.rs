@@ -170,3 +170,16 @@ pub fn metrics_port(config: &Value, container: &Value) -> Result<u64> {
     }
     Ok(port)
 }
+
+/// The container's port named `probes`, which must be `metrics_port` + 1 (where downsync
+/// serves `/healthz` and `/readyz`).
+pub fn probes_port(container: &Value, metrics_port: u64) -> Result<u64> {
+    let named = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "probes"))
+        .context("no container port named probes")?;
+    if named["containerPort"] != metrics_port + 1 {
+        bail!("the probes port {} is not the metrics port {metrics_port} + 1", named["containerPort"]);
+    }
+    Ok(metrics_port + 1)
+}

@@ -187,7 +187,9 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
                 // The metrics port the config serves on is the container's, which the probes use.
                 let port = c["ports"][0]["containerPort"].as_u64().context("no container port")?;
                 assert_eq!(config["metricsAddr"], format!("0.0.0.0:{port}"));
-                assert_eq!(c["readinessProbe"]["httpGet"]["port"], c["ports"][0]["name"]);
+                // The probes answer plainly on the next port.
+                assert_eq!(c["readinessProbe"]["httpGet"]["port"], c["ports"][1]["name"]);
+                assert_eq!(c["ports"][1]["containerPort"].as_u64(), Some(port + 1));
                 let image = c["image"].as_str().unwrap_or_default();
                 let volumes = deployment.pointer("/spec/template/spec/volumes").cloned().unwrap_or_default();
                 let plugins_volume = volumes
@@ -316,6 +318,11 @@ fn rbac(docs: &[Value]) -> BTreeMap<String, BTreeSet<String>> {
             "Role" | "ClusterRole" => {
                 let mut set = BTreeSet::new();
                 for rule in doc["rules"].as_array().into_iter().flatten() {
+                    for u in strings(&rule["nonResourceURLs"]) {
+                        for v in strings(&rule["verbs"]) {
+                            set.insert(format!("url {u} {v}"));
+                        }
+                    }
                     let names = strings(&rule["resourceNames"]);
                     let names = if names.is_empty() { vec!["*".to_string()] } else { names };
                     for g in strings(&rule["apiGroups"]) {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use downsync_tests::manifests::{self, allows, api_message, metrics_port, plugins_config_map, resolve, source_of};
+use downsync_tests::manifests::{
+    self, allows, api_message, metrics_port, plugins_config_map, probes_port, resolve, source_of,
+};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -389,12 +391,13 @@ fn the_pod_mounts_the_config_the_upstream_kubeconfig_and_the_plugins_where_the_c
     let name = plugins_config_map(spec, container, plugins_dir)?;
     find(&docs, "ConfigMap", &name)?;
 
-    // metricsAddr's port is the container's metrics port, which the probes use.
+    // metricsAddr's port is the container's metrics port; the probes use the next one.
     let metrics_port = metrics_port(&config, container)?;
+    let probes = probes_port(container, metrics_port)?;
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert!(get["port"] == "metrics" || get["port"] == metrics_port, "{probe} probes port {}", get["port"]);
+        assert!(get["port"] == "probes" || get["port"] == probes, "{probe} probes port {}", get["port"]);
     }
     Ok(())
 }

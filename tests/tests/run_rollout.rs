@@ -151,7 +151,8 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     assert!(!divergence.contains(&two), "values are never reported: {divergence}");
     assert_eq!(stamps(&env.downstream, &ns).await?, before, "nothing was written while in shadow");
     assert!(d.metric("downsync_plugin_shadow_divergences_total", &[r#"plugin="stamp""#])? >= 3.0);
-    let (code, text, err) = run_to_end(&["plugin", "status", "--addr", &d.addr.to_string()].map(OsString::from))?;
+    let (code, text, err) =
+        run_to_end(&["plugin", "status", "--addr", &format!("http://{}", d.addr)].map(OsString::from))?;
     assert!(code.success(), "{err}");
     assert!(text.contains("awaiting promotion") && text.contains(&sha256(&v2)[..12]), "{text}");
 
@@ -273,7 +274,7 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     })
     .await?;
     assert_ne!(up_ip, down_ip, "each cluster allocated its own clusterIP");
-    let addr = d.addr.to_string();
+    let addr = format!("http://{}", d.addr);
     let object = format!("{ns}/web");
     let (code, text, err) =
         run_to_end(&["explain", "Service", &object, "--addr", &addr, "--json"].map(OsString::from))?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use downsync_tests::manifests::{allows, metrics_port, plugins_config_map, resolve, source_of};
+use downsync_tests::manifests::{allows, metrics_port, plugins_config_map, probes_port, resolve, source_of};
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -195,12 +195,14 @@ fn downsync_is_a_native_sidecar_whose_mounts_and_ports_match_its_config() -> Res
     assert_eq!(name, "downsync-plugins");
     find(&docs, "ConfigMap", &name)?;
 
-    // metricsAddr's port is the sidecar's port `metrics`, which its probes use; /readyz at start.
-    metrics_port(&config, sidecar)?;
+    // metricsAddr's port is the sidecar's port `metrics`; its probes use the next one, port
+    // `probes`; /readyz at start.
+    let port = metrics_port(&config, sidecar)?;
+    probes_port(sidecar, port)?;
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")] {
         let get = &sidecar[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(get["port"], "metrics", "{probe}");
+        assert_eq!(get["port"], "probes", "{probe}");
     }
     Ok(())
 }

@@ -112,10 +112,16 @@ pub struct RunConfig {
     /// Owned downstream objects found without an upstream object at startup are deleted only
     /// after this long, so a slow or misconfigured upstream does not wipe the downstream.
     pub orphan_grace_seconds: u64,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served. None (`off` in the file, as for
-    /// `--metrics-addr`): not served.
+    /// Where `/metrics`, `/plugins`, `/explain` and `/shards` are served over HTTPS, to callers
+    /// whose bearer token the downstream cluster grants `get` on the path; `/healthz` and
+    /// `/readyz` answer plainly on the next port (8081 by default). None (`off` in the file, as
+    /// for `--metrics-addr`): nothing is served.
     #[serde(deserialize_with = "metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
+    /// A folder holding `tls.crt` and `tls.key` (a mounted `kubernetes.io/tls` Secret, as
+    /// cert-manager makes) for the HTTPS of `metricsAddr`, so scrapers can verify it. None: a
+    /// self-signed certificate made at each start.
+    pub metrics_cert_dir: Option<PathBuf>,
     /// Put a finalizer on upstream objects so that their deletion waits for the downstream one.
     pub upstream_finalizer: bool,
     /// Copy the downstream status to the upstream object's status subresource.
@@ -223,6 +229,7 @@ impl Default for RunConfig {
             resync_seconds: 600,
             orphan_grace_seconds: 30,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            metrics_cert_dir: None,
             upstream_finalizer: false,
             status_upsync: false,
             sync: DownstreamConfig::default(),

@@ -55,9 +55,9 @@ impl RuleStep {
 pub struct Field {
     /// JSON pointer.
     pub path: String,
-    /// The upstream value (`***` for Secret data), or absent.
+    /// The upstream value (`***` for Secret data and annotations), or absent.
     pub upstream: Option<Value>,
-    /// The downstream value (`***` for Secret data), or absent.
+    /// The downstream value (`***` for Secret data and annotations), or absent.
     pub downstream: Option<Value>,
     /// Who kept or changed it: a plugin with its digest, a built-in rule, or the downstream cluster.
     pub by: String,
@@ -98,7 +98,10 @@ pub fn attribute(
 ) -> Vec<Field> {
     let (up, down) = (comparable(upstream.clone()), comparable(downstream.clone()));
     let shown = |v: Option<&Value>, path: &str| {
-        let hidden = secret && ["/data", "/stringData"].iter().any(|p| covers(p, path) || covers(path, p));
+        // A Secret's annotations are masked too: `kubectl.kubernetes.io/last-applied-configuration`
+        // holds its whole data.
+        let hidden = secret
+            && ["/data", "/stringData", "/metadata/annotations"].iter().any(|p| covers(p, path) || covers(path, p));
         v.map(|v| if hidden { Value::String("***".into()) } else { v.clone() })
     };
     delta(&up, &down)
@@ -314,6 +317,23 @@ mod tests {
         assert_eq!((data.upstream.clone(), data.downstream.clone()), (Some(json!("***")), Some(json!("***"))));
         assert_eq!(data.by, "not synced");
         assert_eq!(fields.iter().find(|f| f.path == "/spec/replicas").unwrap().by, "ignore-paths");
+    }
+
+    #[test]
+    fn secret_annotations_are_masked_as_its_data() {
+        let applied = r#"{"kind":"Secret","data":{"k":"c2VjcmV0"}}"#;
+        let up = json!({"kind": "Secret", "metadata": {"name": "s",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied}}});
+        let down = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {"note": "downstream"}}});
+        let fields = attribute(&up, &down, &[], &[], true);
+        assert!(!fields.is_empty());
+        for f in &fields {
+            assert!(f.path.starts_with("/metadata/annotations"), "{f:?}");
+            assert!(f.upstream.iter().chain(&f.downstream).all(|v| v == &json!("***")), "{f:?}");
+        }
+        // Another kind's annotations are shown.
+        let fields = attribute(&up, &down, &[], &[], false);
+        assert!(fields.iter().any(|f| f.upstream == Some(json!(applied))), "{fields:?}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The operations endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs and
+//! The operations endpoints. The probes `/healthz` and `/readyz` answer plainly on a port of
+//! their own (`metricsAddr`'s port + 1); the rest over HTTPS on `metricsAddr`, to callers whose
+//! bearer token the downstream cluster grants `get` on the path (see [`super::http_auth`]).
+//! `/metrics` (Prometheus text), `/healthz` (the process runs and
 //! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
 //! file has loaded at least once; `/readyz?verbose` adds each side's connection state and the
 //! shards this replica holds, and the plugins that fail at run time), `/shards` (which replica
@@ -19,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::connectivity::Connectivity;
 use super::ha::SharedView;
+pub use super::http_auth::Authorizer;
 use crate::plugin::Reloader;
 
 /// A liveness check: `None` when live, else why not.
@@ -45,6 +49,18 @@ pub enum Error {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// `metricsAddr` leaves no next port for the probes.
+    #[error("metricsAddr {addr}: the probes are served on the next port, and there is none; pick a lower port")]
+    NoProbePort {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The HTTPS port was to be served without a certificate or an authorizer (a bug).
+    #[error("metricsAddr {addr}: no certificate or authorizer to serve HTTPS with")]
+    NoSecurity {
+        /// The address.
+        addr: SocketAddr,
     },
 }
 
@@ -249,9 +265,43 @@ async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusC
     (code, text)
 }
 
-/// Binds `addr` for [`serve`]. Done before anything else at start-up, so that an address in
-/// use stops the program at once, naming it.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+/// Where the endpoints listen.
+#[derive(Debug)]
+pub enum Listeners {
+    /// Development (`--insecure-endpoints`): every endpoint, probes too, plainly on one
+    /// loopback port.
+    Plain(tokio::net::TcpListener),
+    /// The default: `/metrics`, `/plugins`, `/explain` and `/shards` over HTTPS behind
+    /// TokenReview and SubjectAccessReview; `/healthz` and `/readyz` plainly on the next port.
+    Secure {
+        /// The HTTPS port (`metricsAddr`).
+        ops: tokio::net::TcpListener,
+        /// The probes' port.
+        probes: tokio::net::TcpListener,
+    },
+}
+
+/// The probes' address for `metricsAddr`: the same host, the next port (port 0 stays 0).
+pub fn probe_addr(metrics: SocketAddr) -> Result<SocketAddr, Error> {
+    let port = match metrics.port() {
+        0 => 0,
+        p => p.checked_add(1).ok_or(Error::NoProbePort { addr: metrics })?,
+    };
+    Ok(SocketAddr::new(metrics.ip(), port))
+}
+
+/// Binds the endpoints' ports for [`serve`]. Done before anything else at start-up, so that an
+/// address in use stops the program at once, naming it. `insecure` serves plainly, on
+/// 127.0.0.1 whatever host `addr` names.
+pub async fn bind(addr: SocketAddr, insecure: bool) -> Result<Listeners, Error> {
+    if insecure {
+        let local = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        return Ok(Listeners::Plain(bind_one(local)?));
+    }
+    Ok(Listeners::Secure { ops: bind_one(addr)?, probes: bind_one(probe_addr(addr)?)? })
+}
+
+fn bind_one(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     // std's bind, unlike tokio's, does not set SO_REUSEADDR: a port another process serves
     // on is refused rather than silently shared or stolen.
     let std_listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
@@ -259,26 +309,76 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::from_std(std_listener).map_err(|source| Error::Bind { addr, source })
 }
 
-/// Serves on `listener` until `shutdown` completes. Returns the bound address (useful with
-/// port 0) and the server task.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    health: Arc<Health>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
-    let bound = listener.local_addr().map_err(|source| Error::Bind { addr: ([0, 0, 0, 0], 0).into(), source })?;
-    let app = Router::new()
+/// How the HTTPS port checks callers and proves itself.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Reviews bearer tokens and grants through the downstream cluster.
+    pub authorizer: Arc<Authorizer>,
+    /// The serving certificate.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+fn probes(health: Arc<Health>) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health)
+}
+
+fn operations(health: Arc<Health>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/shards", get(shards))
         .route("/plugins", get(plugins))
         .route("/explain", get(explain))
-        .with_state(health);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "the metrics server stopped");
+        .with_state(health)
+}
+
+/// What [`serve`] started: the bound addresses and the server tasks.
+#[derive(Debug)]
+pub struct Served {
+    /// Where the operations endpoints answer (plainly with `--insecure-endpoints`, else HTTPS).
+    pub ops: SocketAddr,
+    /// Where the probes answer, when on a port of their own.
+    pub probes: Option<SocketAddr>,
+    /// The server tasks; they end once `stop` turns true.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves on `listeners` until `stop` turns true. `security` is required for
+/// [`Listeners::Secure`].
+pub fn serve(
+    listeners: Listeners,
+    health: Arc<Health>,
+    security: Option<Security>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Served, Error> {
+    let addr_of = |l: &tokio::net::TcpListener| {
+        l.local_addr().map_err(|source| Error::Bind { addr: ([0, 0, 0, 0], 0).into(), source })
+    };
+    let plain = |listener: tokio::net::TcpListener, app: Router, mut stop: tokio::sync::watch::Receiver<bool>| {
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "the operations server stopped");
+            }
+        })
+    };
+    match (listeners, security) {
+        (Listeners::Plain(listener), _) => {
+            let ops = addr_of(&listener)?;
+            let app = operations(Arc::clone(&health)).merge(probes(health));
+            Ok(Served { ops, probes: None, tasks: vec![plain(listener, app, stop)] })
         }
-    });
-    Ok((bound, task))
+        (Listeners::Secure { ops, probes: probe_listener }, Some(security)) => {
+            let (ops_addr, probe_addr) = (addr_of(&ops)?, addr_of(&probe_listener)?);
+            let app = operations(Arc::clone(&health))
+                .layer(axum::middleware::from_fn_with_state(security.authorizer, super::http_auth::require_grant));
+            let tasks = vec![
+                plain(probe_listener, probes(health), stop.clone()),
+                tokio::spawn(super::http_tls::serve(ops, security.tls, app, stop)),
+            ];
+            Ok(Served { ops: ops_addr, probes: Some(probe_addr), tasks })
+        }
+        (Listeners::Secure { ops, .. }, None) => Err(Error::NoSecurity { addr: addr_of(&ops)? }),
+    }
 }

@@ -11,6 +11,8 @@ pub mod explain;
 pub mod features;
 pub mod ha;
 pub mod http;
+pub mod http_auth;
+pub mod http_tls;
 pub mod initial;
 pub mod keys;
 pub mod metrics;

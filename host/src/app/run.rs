@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub once: bool,
     /// This process's name in Events (the pod name).
     pub instance: Option<String>,
+    /// Serve every endpoint plainly, without authentication, on 127.0.0.1 only
+    /// (`--insecure-endpoints`, for development and tests).
+    pub insecure_endpoints: bool,
 }
 
 /// What a run did, for the exit code.
@@ -61,8 +64,12 @@ pub async fn run(
     }
     // Bind first: a taken address is a mistake to report before anything else happens.
     let listener = match config.metrics_addr {
-        Some(addr) => Some(http::bind(addr).await?),
+        Some(addr) => Some(http::bind(addr, opts.insecure_endpoints).await?),
         None => None,
+    };
+    let tls = match &listener {
+        Some(http::Listeners::Secure { .. }) => Some(serving_certificate(&config).await?),
+        _ => None,
     };
     let (up, down) = connect(&config).await?;
     let (parts, registry) = Parts::new(&config, &up.url, &down.url);
@@ -86,7 +93,9 @@ pub async fn run(
         .with_ha_view(Arc::clone(&parts.ha_view)),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = serve(listener, &health, stop_rx)?;
+    let security =
+        tls.map(|tls| http::Security { authorizer: Arc::new(http::Authorizer::new(down.client.clone())), tls });
+    let server = serve(listener, &health, security, stop_rx)?;
     let mut upstream = Upstream::new(up.client.clone(), "downsync", opts.instance.clone());
     if many_workspaces {
         info!(upstream = %up.url, "the upstream serves many kcp workspaces: each is kept apart");
@@ -125,8 +134,8 @@ pub async fn run(
     }
     running.stop(&controller).await;
     let _ = stop_tx.send(true);
-    if let Some(s) = server {
-        let _ = s.await;
+    for task in server {
+        let _ = task.await;
     }
     Ok(controller.summary())
 }
@@ -265,17 +274,36 @@ impl Parts {
 
 /// Serves the operations endpoints until `stop` turns true, when an address is configured.
 fn serve(
-    listener: Option<tokio::net::TcpListener>,
+    listeners: Option<http::Listeners>,
     health: &Arc<Health>,
+    security: Option<http::Security>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(listener) = listener else { return Ok(None) };
-    let mut rx = stop;
-    let (bound, task) = http::serve(listener, Arc::clone(health), async move {
-        let _ = rx.wait_for(|s| *s).await;
-    })?;
-    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    Ok(Some(task))
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let Some(listeners) = listeners else { return Ok(Vec::new()) };
+    let served = http::serve(listeners, Arc::clone(health), security, stop)?;
+    match served.probes {
+        Some(probes) => info!(
+            addr = %served.ops,
+            probes = %probes,
+            "serving /metrics, /plugins, /explain and /shards over HTTPS to callers the downstream cluster grants \
+             them; /healthz and /readyz plainly on the probes' port"
+        ),
+        None => tracing::warn!(
+            addr = %served.ops,
+            "serving every endpoint plainly and without authentication on loopback (--insecure-endpoints)"
+        ),
+    }
+    Ok(served.tasks)
+}
+
+/// The HTTPS certificate: `metricsCertDir`'s, or a self-signed one (off the async workers: it
+/// reads files or makes a key).
+async fn serving_certificate(config: &RunConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let dir = config.metrics_cert_dir.clone();
+    let made = tokio::task::spawn_blocking(move || super::http_tls::server_config(dir.as_deref()))
+        .await
+        .map_err(|e| Error::Task(format!("loading the serving certificate: {e}")))?;
+    Ok(made?)
 }
 
 /// Plugin rollbacks and promotions become Events on this pod (`POD_NAME`), when it has one.

@@ -30,6 +30,9 @@ pub enum Error {
     /// The metrics endpoint cannot be served.
     #[error(transparent)]
     Http(#[from] http::Error),
+    /// The HTTPS certificate of the endpoints cannot be had.
+    #[error(transparent)]
+    Tls(#[from] super::http_tls::Error),
     /// The plugins cannot be loaded.
     #[error("pluginsDir: {0}")]
     Plugins(Box<crate::plugin::Error>),

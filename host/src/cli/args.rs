@@ -63,6 +63,25 @@ impl Command {
     }
 }
 
+/// Where a running downsync serves its operations endpoints, and who asks.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct EndpointArgs {
+    /// Where the running downsync serves /metrics (its --metrics-addr): HOST:PORT or
+    /// https://HOST:PORT (HTTPS), http://HOST:PORT for one run with --insecure-endpoints.
+    #[arg(long, env = "DOWNSYNC_ADDR")]
+    pub(crate) addr: String,
+    /// A bearer token the downstream cluster grants get on the endpoint (such as
+    /// `kubectl create token NAME`); required over HTTPS.
+    #[arg(long, env = "DOWNSYNC_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// A PEM file of the CA that signed downsync's certificate (its metricsCertDir).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_skip_tls_verify")]
+    pub(crate) certificate_authority: Option<PathBuf>,
+    /// Accept downsync's certificate unverified (the self-signed one it makes by default).
+    #[arg(long)]
+    pub(crate) insecure_skip_tls_verify: bool,
+}
+
 /// Which object, and where downsync serves.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExplainArgs {
@@ -70,9 +89,8 @@ pub(crate) struct ExplainArgs {
     pub(crate) kind: String,
     /// NAMESPACE/NAME (upstream namespace), or NAME for a cluster-scoped kind.
     pub(crate) object: String,
-    /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
-    #[arg(long, env = "DOWNSYNC_ADDR")]
-    pub(crate) addr: String,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointArgs,
     /// Print the JSON answer instead.
     #[arg(long)]
     pub(crate) json: bool,
@@ -158,9 +176,18 @@ pub(crate) struct RunArgs {
     /// Concurrent syncs.
     #[arg(long)]
     pub(crate) workers: Option<usize>,
-    /// Where /metrics, /healthz and /readyz are served; `off` to not serve them.
+    /// Where /metrics, /plugins, /explain and /shards are served over HTTPS (bearer token,
+    /// TokenReview and SubjectAccessReview); /healthz and /readyz answer plainly on the next
+    /// port. `off` to serve nothing.
     #[arg(long)]
     pub(crate) metrics_addr: Option<String>,
+    /// A folder with tls.crt and tls.key to serve HTTPS with (default: a self-signed certificate).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) metrics_cert_dir: Option<PathBuf>,
+    /// Development only: serve every endpoint plainly and without authentication, on 127.0.0.1
+    /// at --metrics-addr's port (probes too).
+    #[arg(long)]
+    pub(crate) insecure_endpoints: bool,
     /// Sync once and exit: 0 when every object synced, 1 otherwise.
     #[arg(long)]
     pub(crate) once: bool,
@@ -212,9 +239,8 @@ pub(crate) enum PluginCommand {
     /// Shows each loaded plugin of a running downsync: the active version, its trial, a shadow
     /// version and its progress, calls, errors by class, divergences, the last error.
     Status {
-        /// Where the running downsync serves /metrics (its --metrics-addr), as HOST:PORT.
-        #[arg(long, env = "DOWNSYNC_ADDR")]
-        addr: String,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
         /// Print the JSON answer instead.
         #[arg(long)]
         json: bool,
@@ -366,6 +392,9 @@ impl RunArgs {
                     format!("--metrics-addr {a}: expected HOST:PORT such as 0.0.0.0:8080, or `off`")
                 })?),
             };
+        }
+        if self.metrics_cert_dir.is_some() {
+            c.metrics_cert_dir = self.metrics_cert_dir;
         }
         c.upstream_finalizer |= self.upstream_finalizer;
         c.keep_namespaces |= self.keep_namespaces;

@@ -19,7 +19,7 @@ pub(super) async fn show(a: ExplainArgs) -> Result<ExitCode> {
     if let Some(ns) = namespace {
         path.push_str(&format!("&namespace={ns}"));
     }
-    let answer = super::ops_client::get_json(&a.addr, &path).await?;
+    let answer = super::ops_client::get_json(&a.endpoint, &path).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {

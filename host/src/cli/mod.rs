@@ -9,6 +9,7 @@ mod ops_client;
 mod plugin;
 mod replay;
 mod shards;
+mod unverified;
 
 use std::process::ExitCode;
 
@@ -21,9 +22,9 @@ use args::{Args, Command, PluginCommand};
 pub(crate) async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Run(run) => {
-            let once = run.once;
+            let (once, insecure_endpoints) = (run.once, run.insecure_endpoints);
             let config = run.into_config()?;
-            let opts = RunOptions { once, instance: std::env::var("POD_NAME").ok() };
+            let opts = RunOptions { once, instance: std::env::var("POD_NAME").ok(), insecure_endpoints };
             let summary = downsync::app::run(config, opts, shutdown_signal()).await?;
             if once && summary.failed > 0 {
                 eprintln!("{} objects synced, {} failed; see the log above", summary.synced, summary.failed);
@@ -40,7 +41,7 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
         }
         Command::Shards(a) => shards::show(a).await,
         Command::Explain(a) => explain::show(a).await,
-        Command::Plugin(PluginCommand::Status { addr, json }) => plugin::status(&addr, json).await,
+        Command::Plugin(PluginCommand::Status { endpoint, json }) => plugin::status(&endpoint, json).await,
         Command::Plugin(PluginCommand::Promote { file }) => plugin::promote(&file),
         Command::Plugin(PluginCommand::Replay { file, against_cluster: _, source }) => {
             let mut out = String::new();

@@ -1,11 +1,17 @@
-//! A client for the operations endpoints of a running downsync (`--addr HOST:PORT`), for
-//! `downsync explain` and `downsync plugin status`.
+//! A client for the operations endpoints of a running downsync (`--addr HOST:PORT`, HTTPS with
+//! a bearer token), for `downsync explain` and `downsync plugin status`.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
+
+use super::args::EndpointArgs;
 
 /// Why an endpoint could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +21,12 @@ pub(super) enum Error {
     Addr {
         /// What was given.
         addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The TLS client cannot be set up.
+    #[error("{message}")]
+    Tls {
         /// Why.
         message: String,
     },
@@ -51,20 +63,80 @@ pub(super) enum Error {
 /// Result of a request.
 pub(super) type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `GET http://ADDR/PATH` and its JSON answer. `addr` may carry `http://`.
-pub(super) async fn get_json(addr: &str, path_and_query: &str) -> Result<Value> {
-    let host = addr.trim_start_matches("http://").trim_end_matches('/');
-    let url = format!("http://{host}{path_and_query}");
+/// The TLS client configuration: the CA given, or no verification when asked.
+fn tls_config(endpoint: &EndpointArgs) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = |message: String| Error::Tls { message };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?;
+    if endpoint.insecure_skip_tls_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(super::unverified::AnyCertificate::new(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(file) = &endpoint.certificate_authority {
+        let certs = CertificateDer::pem_file_iter(file)
+            .and_then(|c| c.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| tls(format!("--certificate-authority {}: {e}", file.display())))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(tls(format!("--certificate-authority {}: no certificate in it", file.display())));
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `GET https://ADDR/PATH` (or `http://` when `--addr` says so) with the bearer token, and its
+/// JSON answer.
+pub(super) async fn get_json(endpoint: &EndpointArgs, path_and_query: &str) -> Result<Value> {
+    let addr = endpoint.addr.as_str();
+    let (scheme, host) = match addr.split_once("://") {
+        Some(("http", h)) => ("http", h),
+        Some(("https", h)) => ("https", h),
+        Some(_) => return Err(Error::Addr { addr: addr.into(), message: "use https:// or http://".into() }),
+        None => ("https", addr),
+    };
+    let host = host.trim_end_matches('/');
+    let url = format!("{scheme}://{host}{path_and_query}");
     let uri: http::Uri =
         url.parse().map_err(|e: http::uri::InvalidUri| Error::Addr { addr: addr.into(), message: e.to_string() })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let request = |message: String| Error::Request { url: url.clone(), addr: host.into(), message };
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.get(uri))
+    let mut request = http::Request::get(uri);
+    if let Some(token) = &endpoint.token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+    }
+    let request =
+        request.body(Empty::<Bytes>::new()).map_err(|e| Error::Addr { addr: addr.into(), message: e.to_string() })?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(endpoint)?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+    let failed = |message: String| Error::Request { url: url.clone(), addr: host.into(), message };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
         .await
-        .map_err(|_| request("no answer within 30 s".into()))?
-        .map_err(|e| request(e.to_string()))?;
+        .map_err(|_| failed("no answer within 30 s".into()))?
+        .map_err(|e| {
+            // The TLS failure is in the source chain; say what to do about a self-signed one.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            if message.contains("UnknownIssuer") {
+                message.push_str(
+                    " (downsync's default certificate is self-signed: give --insecure-skip-tls-verify, or \
+                     --certificate-authority for the CA of its metricsCertDir)",
+                );
+            }
+            failed(message)
+        })?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| request(e.to_string()))?.to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| failed(e.to_string()))?.to_bytes();
     let parsed: std::result::Result<Value, _> = serde_json::from_slice(&body);
     if !status.is_success() {
         let message = parsed

@@ -107,8 +107,8 @@ pub(super) fn test(file: &Path, dir: &Path, budget: &Budget) -> Result<ExitCode>
 }
 
 /// `plugin status`: the plugins of a running downsync, from its `/plugins`.
-pub(super) async fn status(addr: &str, json: bool) -> Result<ExitCode> {
-    let answer = super::ops_client::get_json(addr, "/plugins").await?;
+pub(super) async fn status(endpoint: &super::args::EndpointArgs, json: bool) -> Result<ExitCode> {
+    let answer = super::ops_client::get_json(endpoint, "/plugins").await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {

@@ -52,7 +52,7 @@ impl Downsync {
         let child = Command::new(bin)
             .arg("run")
             .args(args)
-            .args(["--metrics-addr", &addr.to_string()])
+            .args(["--metrics-addr", &addr.to_string(), "--insecure-endpoints"])
             .env("XDG_CACHE_HOME", cache_home)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
