@@ -250,11 +250,13 @@ resources=(v1/ConfigMap v1/Secret v1/Service apps/v1/Deployment v1/PersistentVol
 # --namespace does not filter cluster-scoped kinds: the selector keeps the sync to the demo's
 # own PersistentVolume (on an existing cluster, every PV would be copied otherwise).
 selector=app.kubernetes.io/part-of=downsync-demo
-NO_COLOR=1 "$downsync" run "${ds_args[@]}" --plugins-dir "$plugins" --metrics-addr "$metrics" \
+# --insecure-endpoints: /metrics and /readyz plainly, on 127.0.0.1 only (a deployed downsync
+# serves /metrics over HTTPS to callers its cluster authorises; see docs/operations.md).
+NO_COLOR=1 "$downsync" run "${ds_args[@]}" --plugins-dir "$plugins" --metrics-addr "$metrics" --insecure-endpoints \
   --namespace demo --selector "$selector" "${resources[@]/#/--resource=}" >"$log" 2>&1 < /dev/null {out}>&- {err}>&- &
 ds_pid=$!
 watch_owner "$ds_pid"
-fact "downsync run --namespace demo --selector $selector --plugins-dir ... --metrics-addr $metrics \\"
+fact "downsync run --namespace demo --selector $selector --plugins-dir ... --metrics-addr $metrics --insecure-endpoints \\"
 fact "    ${resources[*]/#/--resource }"
 t0=$(now_ms)
 timeout=$(( timeout * 3 )) wait_until "downsync /readyz (it compiles the plugins once; later runs take them from the cache)" \
