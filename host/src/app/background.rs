@@ -76,17 +76,9 @@ impl Controller {
             for k in keys {
                 self.queue.add(k);
             }
-            if !self.config.keeps_namespaces() {
-                match self.namespaces.created().await {
-                    Ok(created) => {
-                        for (downstream, upstream) in created {
-                            let key = WorkKey::Namespace { downstream, upstream };
-                            if gained.contains(&self.shard_of_key(&key)) {
-                                self.queue.add(key);
-                            }
-                        }
-                    }
-                    Err(e) => debug!(error = %e, "cannot list the namespaces downsync created"),
+            for key in self.created_namespace_keys().await {
+                if gained.contains(&self.shard_of_key(&key)) {
+                    self.queue.add(key);
                 }
             }
         }

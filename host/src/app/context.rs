@@ -160,4 +160,21 @@ impl Controller {
             self.queue.add(k);
         }
     }
+
+    /// The cleanup keys of the namespaces downsync created, unless it keeps them (none when
+    /// they cannot be listed: the next look tries again).
+    pub(super) async fn created_namespace_keys(&self) -> Vec<WorkKey> {
+        if self.config.keeps_namespaces() {
+            return Vec::new();
+        }
+        match self.namespaces.created().await {
+            Ok(created) => {
+                created.into_iter().map(|(downstream, upstream)| WorkKey::Namespace { downstream, upstream }).collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the namespaces downsync created");
+                Vec::new()
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tracing::{debug, info};
+use tracing::info;
 
 use super::context::{Controller, lock};
 use super::keys::{ObjectKey, WorkKey};
@@ -46,18 +46,8 @@ impl Controller {
             self.queue.add(k);
         }
         // Namespaces whose upstream namespace went while downsync was not running.
-        if !self.config.keeps_namespaces() {
-            match self.namespaces.created().await {
-                Ok(created) => {
-                    for (downstream, upstream) in created {
-                        self.queue.add_after(
-                            WorkKey::Namespace { downstream, upstream },
-                            self.config.orphan_grace().max(Duration::from_secs(1)),
-                        );
-                    }
-                }
-                Err(e) => debug!(error = %e, "cannot list the namespaces downsync created"),
-            }
+        for key in self.created_namespace_keys().await {
+            self.queue.add_after(key, self.config.orphan_grace().max(Duration::from_secs(1)));
         }
     }
 
