@@ -313,3 +313,116 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     env.cleanup().await?;
     Ok(())
 }
+
+/// Every upstream namespace's ConfigMaps downstream carry `stamp`.
+async fn every_namespace_stamped(
+    client: &Client,
+    namespaces: &[String],
+    n: usize,
+    stamp: &str,
+) -> anyhow::Result<bool> {
+    for ns in namespaces {
+        if !all_stamped(client, ns, n, stamp).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[tokio::test]
+async fn three_replicas_reach_one_rollout_verdict_decided_by_the_holder_of_shard_zero() -> anyhow::Result<()> {
+    use downsync_tests::ha::{HaSetup, TEST_TIMING, create_namespaces, delete_namespaces, namespaces_over_shards};
+    let env = TestEnv::new("run-rollout-ha").await?;
+    let target = env.namespace.clone();
+    let plugins = builtin_plugins_dir(&target)?;
+    let v1 = stamp_version(&variant(1))?;
+    install(&plugins, &v1)?;
+    // A window of 20 calls: a rule change makes each replica call the shadow once per object of
+    // its shard, 10 each, so no replica alone closes the window; all three together do.
+    let config = write_config(
+        &plugins,
+        "plugins:\n  stamp:\n    rollout:\n      shadow: true\n      windowCalls: 20\n      windowSeconds: 600\n",
+    )?;
+    let s = HaSetup {
+        namespaces: namespaces_over_shards(&target, 3, 3),
+        lease_namespace: target.clone(),
+        target: target.clone(),
+        shards: 3,
+        timing: TEST_TIMING,
+        extra: vec![
+            "--plugins-dir".into(),
+            plugins.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+    };
+    create_namespaces(&env.upstream, &s.namespaces).await?;
+    for ns in &s.namespaces {
+        create_configmaps(&env.upstream, ns, 10).await?;
+    }
+    let outcome = one_verdict(&env, &s, &plugins, &v1).await;
+    delete_namespaces(&env.upstream, &s.namespaces).await?;
+    delete_namespaces(&env.downstream, &s.namespaces).await?;
+    outcome?;
+    env.cleanup().await
+}
+
+async fn one_verdict(env: &TestEnv, s: &downsync_tests::ha::HaSetup, plugins: &Path, v1: &[u8]) -> anyhow::Result<()> {
+    let replicas: Vec<Daemon> = (0..3).map(|n| s.start(n)).collect::<anyhow::Result<_>>()?;
+    let named: Vec<(String, &Daemon)> = replicas.iter().enumerate().map(|(n, d)| (s.identity(n), d)).collect();
+    let holders = downsync_tests::ha::wait_settled(s, &named).await?;
+    let decider = holders.get(&0).cloned().unwrap_or_default();
+    let one = variant(1);
+    eventually("v1 stamps everywhere", Duration::from_secs(60), || async {
+        Ok(every_namespace_stamped(&env.downstream, &s.namespaces, 10, &one).await?.then_some(()))
+    })
+    .await?;
+
+    // A clean rebuild in shadow: promoted on every replica, decided once, from the calls of all.
+    let clean = rebuilt(v1);
+    let clean_digest = sha256(&clean);
+    install(plugins, &clean)?;
+    for (id, d) in &named {
+        eventually(&format!("{id} to promote the clean version"), Duration::from_secs(90), || async {
+            let st = plugin_status(d, "stamp")?;
+            let rollout = st["rollout"]["lastRollout"].as_str().unwrap_or_default().to_string();
+            Ok(rollout.contains(&format!("version {clean_digest} promoted")).then_some(()))
+        })
+        .await?;
+    }
+    let decided = |d: &Daemon| d.log_text().matches("rollout decided for every replica").count();
+    let followed = |d: &Daemon| d.log_text().matches("following the rollout decision").count();
+    for (id, d) in &named {
+        if *id == decider {
+            assert!(decided(d) >= 1, "{id} holds shard 0 and decides:\n{}", d.log_text());
+        } else {
+            assert_eq!(decided(d), 0, "{id} does not hold shard 0 and never decides:\n{}", d.log_text());
+            assert!(followed(d) >= 1, "{id} follows the decision:\n{}", d.log_text());
+        }
+    }
+
+    // A version that traps in shadow: rolled back on every replica, by the same decider.
+    install(plugins, &stamp_version(TRAP)?)?;
+    let trap_digest = sha256(&stamp_version(TRAP)?);
+    for (id, d) in &named {
+        let rollout =
+            eventually(&format!("{id} to roll the trapping shadow back"), Duration::from_secs(90), || async {
+                let st = plugin_status(d, "stamp")?;
+                let rollout = st["rollout"]["lastRollout"].as_str().unwrap_or_default().to_string();
+                Ok(rollout.contains(&format!("shadow version {trap_digest} rolled back")).then_some(rollout))
+            })
+            .await?;
+        if *id != decider {
+            assert!(rollout.contains(&format!("decided by {decider}")), "{id}: {rollout}");
+        }
+    }
+    for (id, d) in &named {
+        // The decider: the shadow's promotion, maybe the probation that followed, the rollback.
+        let ok = if *id == decider { decided(d) >= 2 } else { decided(d) == 0 };
+        assert!(ok, "{id}: only the holder of shard 0 ({decider}) decides:\n{}", d.log_text());
+    }
+    // The version in use stayed the clean one everywhere: the stamps never changed.
+    assert!(every_namespace_stamped(&env.downstream, &s.namespaces, 10, &one).await?);
+    drop(replicas);
+    Ok(())
+}

@@ -32,10 +32,10 @@ impl Controller {
         // A shadow version starting for a kind also counts: its objects are looked at again so
         // the shadow sees each of them, and the active rules still decide every write.
         let fingerprints = |set: &PluginSet| -> Vec<String> {
-            self.watched
+            self.kinds
                 .iter()
-                .map(|w| {
-                    let (g, k) = (&w.up_ar.group, &w.up_ar.kind);
+                .map(|s| {
+                    let (g, k) = (s.config.group(), &s.config.kind);
                     format!("{}|{}", set.fingerprint_for(g, k), set.shadow_fingerprint_for(g, k))
                 })
                 .collect()

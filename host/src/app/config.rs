@@ -84,6 +84,11 @@ impl ResourceConfig {
     pub fn describe(&self) -> String {
         format!("{} ({})", self.kind, self.api_version)
     }
+
+    /// The API group (`""` for the core group).
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
 }
 
 /// The whole configuration of `downsync run` and `downsync diff`.

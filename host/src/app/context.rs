@@ -1,9 +1,9 @@
 //! The context every reconcile shares: the configuration, the watched kinds with their caches,
 //! the syncer, the clients, the queue, the metrics and the bookkeeping of the initial sync.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
@@ -29,7 +29,8 @@ pub(super) type RuleSyncer = Syncer<KubeDownstream, Arc<PluginRegistry>>;
 /// Everything a reconcile needs: the caches, the clients, the syncer, the queue.
 pub struct Controller {
     pub(super) config: RunConfig,
-    pub(super) watched: Vec<Watched>,
+    /// One slot per configured kind, in the config's order (a key's `resource` indexes it).
+    pub(super) kinds: Vec<KindSlot>,
     pub(super) syncer: RuleSyncer,
     pub(super) upstream: Upstream,
     pub(super) namespaces: Namespaces,
@@ -42,9 +43,10 @@ pub struct Controller {
     pub(super) initial_pending: Mutex<HashSet<WorkKey>>,
     pub(super) initial_total: AtomicU64,
     pub(super) initial_failed: AtomicU64,
-    /// Owned downstream objects that had no upstream object at startup: deleted only after
-    /// the grace period.
-    pub(super) startup_orphans: Mutex<HashSet<ObjectKey>>,
+    /// Owned downstream objects that had no upstream object when their kind was first
+    /// watched (at start, or when its CRD came): deleted only once the grace period, here
+    /// its end, has passed.
+    pub(super) startup_orphans: Mutex<HashMap<ObjectKey, Instant>>,
     /// The last failure reported per key, so that a failure that repeats is logged and
     /// published once per change, not on every retry. Cleared when the key succeeds.
     pub(super) last_failure: Mutex<HashMap<WorkKey, String>>,
@@ -52,9 +54,14 @@ pub struct Controller {
     pub(super) workers_alive: Arc<AtomicUsize>,
     /// The shards this process may write: all of them without HA.
     pub(super) ha: Arc<ShardGate>,
+    /// The configured kinds waiting for a side to serve them.
+    pub(super) waiting: Waiting,
+    /// The upstream serves many kcp workspaces: objects are keyed by workspace too.
+    pub(super) many_workspaces: bool,
 }
 
 /// One configured kind, resolved on both sides, with its reflector stores.
+#[derive(Debug)]
 pub struct Watched {
     /// The configuration entry.
     pub config: ResourceConfig,
@@ -90,15 +97,71 @@ impl Watched {
     }
 }
 
+/// The configured kinds waiting for a side to serve them, by index.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    pub(super) kinds: Mutex<BTreeMap<usize, String>>,
+    pub(super) changed: tokio::sync::Notify,
+}
+
+impl Waiting {
+    /// One line per waiting kind, for `/readyz?verbose`.
+    pub fn describe(&self) -> Vec<String> {
+        lock(&self.kinds).values().cloned().collect()
+    }
+
+    pub(super) fn indices(&self) -> Vec<usize> {
+        lock(&self.kinds).keys().copied().collect()
+    }
+}
+
+/// One configured kind: watched once it is served on both sides; empty while one side does
+/// not serve it (its CRD not installed or not established yet, or deleted since).
+#[derive(Debug)]
+pub struct KindSlot {
+    /// The configuration entry.
+    pub config: ResourceConfig,
+    watched: RwLock<Option<Arc<Watched>>>,
+    /// The task that drives the kind's reflectors, while watched.
+    pub(super) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl KindSlot {
+    /// An empty slot for a configured kind.
+    pub fn new(config: ResourceConfig) -> Self {
+        Self { config, watched: RwLock::default(), task: Mutex::default() }
+    }
+
+    /// The kind's caches, while it is watched.
+    pub fn watched(&self) -> Option<Arc<Watched>> {
+        self.watched.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Starts (`Some`) or stops (`None`) serving the kind from these caches.
+    pub(super) fn set(&self, watched: Option<Arc<Watched>>) {
+        *self.watched.write().unwrap_or_else(PoisonError::into_inner) = watched;
+    }
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Sets of keys, updated in single calls: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Controller {
+    /// The caches of `resources[index]`, while it is watched.
+    pub(super) fn watched(&self, index: usize) -> Option<Arc<Watched>> {
+        self.kinds.get(index)?.watched()
+    }
+
+    /// Every kind watched now, with its index.
+    pub(super) fn all_watched(&self) -> Vec<(usize, Arc<Watched>)> {
+        self.kinds.iter().enumerate().filter_map(|(i, s)| Some((i, s.watched()?))).collect()
+    }
+
     pub(super) fn kind(&self, key: &WorkKey) -> &str {
         match key {
-            WorkKey::Object(k) => self.watched.get(k.resource).map_or("?", |w| w.config.kind.as_str()),
+            WorkKey::Object(k) => self.kinds.get(k.resource).map_or("?", |s| s.config.kind.as_str()),
             WorkKey::Namespace { .. } => "Namespace",
         }
     }
@@ -132,13 +195,28 @@ impl Controller {
         key.namespace.as_deref().map(|ns| self.mapping().map(self.target(), ns))
     }
 
+    /// Marks owned copies without an upstream object, found when their kind is first watched,
+    /// to wait out the grace period before their delete: a slow or partial upstream list must
+    /// not delete what is still wanted.
+    pub(super) fn hold_orphans(&self, keys: &HashSet<WorkKey>) -> usize {
+        let ends = Instant::now() + self.config.orphan_grace();
+        let mut held = lock(&self.startup_orphans);
+        let before = held.len();
+        for k in keys {
+            if let WorkKey::Object(o) = k
+                && self.watched(o.resource).is_some_and(|w| w.upstream(o).is_none())
+            {
+                held.insert(o.clone(), ends);
+            }
+        }
+        held.len() - before
+    }
+
     /// How much longer a startup orphan waits before its delete, if it still must.
     pub(super) fn orphan_wait(&self, key: &ObjectKey) -> Option<Duration> {
-        if !lock(&self.startup_orphans).contains(key) {
-            return None;
-        }
-        let (grace, waited) = (self.config.orphan_grace(), self.started.elapsed());
-        (waited < grace).then(|| grace - waited)
+        let ends = *lock(&self.startup_orphans).get(key)?;
+        let left = ends.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     pub(super) fn orphan_gone(&self, key: &ObjectKey) {
@@ -147,7 +225,7 @@ impl Controller {
 
     pub(super) fn upstream_object(&self, key: &WorkKey) -> Option<Arc<DynamicObject>> {
         match key {
-            WorkKey::Object(k) => self.watched.get(k.resource)?.upstream(k),
+            WorkKey::Object(k) => self.watched(k.resource)?.upstream(k),
             WorkKey::Namespace { .. } => None,
         }
     }

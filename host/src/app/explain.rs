@@ -190,11 +190,13 @@ impl Controller {
     /// The explanation of one object, by upstream kind, namespace and name.
     pub(super) async fn explain(&self, kind: &str, namespace: Option<&str>, name: &str) -> Result<Value, String> {
         let (index, w) = self
-            .watched
-            .iter()
-            .enumerate()
+            .all_watched()
+            .into_iter()
             .find(|(_, w)| w.config.kind.eq_ignore_ascii_case(kind) || w.up_ar.plural.eq_ignore_ascii_case(kind))
-            .ok_or_else(|| format!("kind {kind} is not synced by this process"))?;
+            .ok_or_else(|| match self.kinds.iter().find(|s| s.config.kind.eq_ignore_ascii_case(kind)) {
+                Some(s) => format!("kind {} is configured but not served on both sides yet", s.config.describe()),
+                None => format!("kind {kind} is not synced by this process"),
+            })?;
         let key = ObjectKey { resource: index, namespace: namespace.map(str::to_string), name: name.to_string() };
         let up = w.upstream(&key).ok_or_else(|| format!("{kind} {} not found upstream", describe(namespace, name)))?;
         let raw = mapping::prepare_desired(to_value(&up, &w.up_ar), self.mapping(), self.target())

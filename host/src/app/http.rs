@@ -3,8 +3,9 @@
 //! bearer token the downstream cluster grants `get` on the path (see [`super::http_auth`]).
 //! `/metrics` (Prometheus text), `/healthz` (the process runs and
 //! its sync workers are all running) and `/readyz` (the initial sync is done and every plugin
-//! file has loaded at least once; `/readyz?verbose` adds each side's connection state and the
-//! shards this replica holds, and the plugins that fail at run time), `/shards` (which replica
+//! file has loaded at least once; `/readyz?verbose` adds each side's connection state, the
+//! shards this replica holds, the configured kinds a side does not serve yet, and the plugins
+//! that fail at run time), `/shards` (which replica
 //! holds which shard, as JSON), `/plugins` (per plugin: what is loaded, calls, failures by
 //! class, the last error, shadow and rollback state; JSON) and `/explain` (which rule kept or
 //! changed each field of one object; JSON, see [`super::explain`]).
@@ -75,6 +76,7 @@ pub struct Health {
     live: LiveCheck,
     ha: SharedView,
     explainer: OnceLock<Arc<dyn Explainer>>,
+    waiting_kinds: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -102,6 +104,7 @@ impl Health {
             live,
             ha: SharedView::default(),
             explainer: OnceLock::new(),
+            waiting_kinds: std::sync::Mutex::default(),
         }
     }
 
@@ -130,6 +133,16 @@ impl Health {
             v.shards,
             v.live_replicas.join(", ")
         )
+    }
+
+    /// The configured kinds waiting for a side to serve them, one line each (`/readyz?verbose`).
+    pub fn set_waiting_kinds(&self, lines: Vec<String>) {
+        *self.waiting_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lines;
+    }
+
+    fn describe_kinds(&self) -> String {
+        let lines = self.waiting_kinds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if lines.is_empty() { "kinds: every configured kind is synced".into() } else { lines.join("\n") }
     }
 
     /// Serves `/explain` through `explainer` (set once the controller exists).
@@ -164,9 +177,14 @@ impl Health {
             .status()
             .into_iter()
             .filter(|s| s.digest.is_none())
-            .map(|s| match s.last_error {
-                Some(e) => format!("plugin {} has never loaded: {e}", s.file.display()),
-                None => format!("plugin {} has not loaded yet", s.file.display()),
+            // The file's name only, not its path or the error (which may name paths and
+            // URLs): the probes' port answers anyone; /plugins and the log say why.
+            .map(|s| {
+                let file = s.file.file_name().map_or_else(|| s.name.clone(), |f| f.to_string_lossy().into_owned());
+                match s.last_error {
+                    Some(_) => format!("plugin {} ({file}) has never loaded; /plugins and the log say why", s.name),
+                    None => format!("plugin {} ({file}) has not loaded yet", s.name),
+                }
             })
             .collect();
         (!never.is_empty()).then(|| never.join("\n"))
@@ -253,6 +271,10 @@ async fn readyz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> (StatusC
         text.push_str(&h.connectivity.describe());
         text.push('\n');
         text.push_str(&h.describe_ha());
+        text.push('\n');
+        // A kind that one side does not serve yet does not make the pod unready either: its
+        // CRD may come later, and every other kind syncs meanwhile.
+        text.push_str(&h.describe_kinds());
         text.push('\n');
         // A plugin that fails at run time does not make the pod unready: its objects are held
         // back (fail-closed) and reported, and every other kind keeps syncing; restarting or

@@ -1,7 +1,6 @@
 //! The initial sync: every key queued once at start (owned copies without an upstream object
 //! after a grace period), counted down as workers finish them, and reported.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::context::{Controller, lock};
-use super::keys::{ObjectKey, WorkKey};
+use super::keys::WorkKey;
 use super::run::Summary;
 
 impl Controller {
@@ -17,25 +16,16 @@ impl Controller {
     /// the grace period, and namespaces downsync created are checked for cleanup.
     pub(super) async fn enqueue_initial(&self) {
         let keys = self.all_keys();
-        let orphans: HashSet<ObjectKey> = keys
-            .iter()
-            .filter_map(|k| match k {
-                WorkKey::Object(o) if self.watched.get(o.resource).is_some_and(|w| w.upstream(o).is_none()) => {
-                    Some(o.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        if !orphans.is_empty() {
+        let orphans = self.hold_orphans(&keys);
+        if orphans > 0 {
             info!(
-                count = orphans.len(),
-                grace_seconds = self.config.orphan_grace_seconds,
+                count = orphans,
+                grace_seconds = self.config.orphan_grace().as_secs(),
                 "owned downstream objects without an upstream object; deleting them after the grace period"
             );
         }
-        *lock(&self.startup_orphans) = orphans;
         self.initial_total.store(keys.len() as u64, Ordering::Relaxed);
-        info!(objects = keys.len(), kinds = self.watched.len(), "initial sync started");
+        info!(objects = keys.len(), kinds = self.all_watched().len(), "initial sync started");
         *lock(&self.initial_pending) = keys.clone();
         self.health.set_progress(0, keys.len() as u64);
         self.metrics.set_initial(0, keys.len() as u64);

@@ -38,6 +38,12 @@ struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServedLabels {
+    kind: String,
+    api_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -61,6 +67,7 @@ pub struct SyncMetrics {
     worker_panics: Counter,
     drift: Family<DriftLabels, Counter>,
     dry_runs: Family<KindLabels, Counter>,
+    served: Family<ServedLabels, Gauge>,
 }
 
 impl Default for SyncMetrics {
@@ -77,6 +84,7 @@ impl Default for SyncMetrics {
             worker_panics: Counter::default(),
             drift: Family::default(),
             dry_runs: Family::default(),
+            served: Family::default(),
         }
     }
 }
@@ -112,6 +120,18 @@ impl SyncMetrics {
             "Server-side dry runs made to tell a drift from what the downstream server adds at a write",
             self.dry_runs.clone(),
         );
+        r.register(
+            "kind_served",
+            "Whether a configured kind is served on both sides and synced (1), or waits for one side to serve it, \
+             its CRD not installed or not established yet (0)",
+            self.served.clone(),
+        );
+    }
+
+    /// Records whether a configured kind is served on both sides (and so synced).
+    pub fn set_served(&self, kind: &str, api_version: &str, served: bool) {
+        let labels = ServedLabels { kind: kind.into(), api_version: api_version.into() };
+        self.served.get_or_create(&labels).set(i64::from(served));
     }
 
     /// Records the outcome of one sync.

@@ -1,6 +1,6 @@
 //! The daemon, `downsync run`, over the core, the plugin runtime and the Kubernetes edges:
-//! configuration, start-up, the watches, the queue's keys, the workers and their reconcile,
-//! HA, metrics and the HTTP endpoints. The commands of the binary are in `cli/` beside it.
+//! configuration, start-up, the watches (with kinds served later), the queue's keys, the
+//! workers and their reconcile, HA, metrics and the HTTP endpoints. The commands of the binary are in `cli/` beside it.
 
 pub mod background;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod http_auth;
 pub mod http_tls;
 pub mod initial;
 pub mod keys;
+pub mod kinds;
 pub mod metrics;
 pub mod namespaces;
 pub mod packing;

@@ -64,7 +64,10 @@ pub async fn reconcile(key: &WorkKey, ctx: &Controller) -> Result<Action> {
     };
     match key {
         WorkKey::Object(k) => {
-            let Some(w) = ctx.watched.get(k.resource) else { return Ok(Action::Done) };
+            // A kind not watched (its CRD gone on a side) has nothing to do until it is again;
+            // its keys are queued once it is.
+            let Some(w) = ctx.watched(k.resource) else { return Ok(Action::Done) };
+            let w = w.as_ref();
             let down_ns = ctx.downstream_ns(k);
             let up = w.upstream(k);
             let down = w.downstream(&k.name, down_ns.as_deref());
@@ -237,7 +240,7 @@ async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -
         return Ok(Action::Done);
     }
     // Still wanted: some selected upstream object lives in it.
-    let wanted = ctx.watched.iter().any(|w| {
+    let wanted = ctx.all_watched().iter().any(|(_, w)| {
         w.up_store.state().iter().any(|o| o.metadata.namespace.as_deref() == Some(upstream) && ctx.selected(w, o))
     });
     if wanted {

@@ -10,14 +10,13 @@ use tracing::info;
 
 use super::config::RunConfig;
 use super::connectivity::Connectivity;
-use super::context::{Controller, Watched};
-use super::ha::{Coordinator, HaMetrics, HaView, ShardGate, SharedView};
+use super::context::{Controller, KindSlot};
+use super::ha::{Coordinator, HaMetrics, HaView, ShardGate, SharedVerdicts, SharedView};
 use super::http::{self, Health};
 use super::keys::WorkKey;
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
-use super::startup::{connect, plugin_reloader, resolve_all, watch_plugins};
-use super::watches;
+use super::startup::{Resolution, connect, plugin_reloader, resolve_kind, watch_plugins};
 use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
 use crate::plugin::{Metrics, PluginRegistry, PluginSet};
@@ -74,13 +73,29 @@ pub async fn run(
     let (up, down) = connect(&config).await?;
     let (parts, registry) = Parts::new(&config, &up.url, &down.url);
     let reloader = plugin_reloader(&config, &parts.rules).await?;
+    if let (Some(r), true) = (&reloader, config.ha.enabled) {
+        share_verdicts(r, &parts.verdicts, &config.ha.resolved_identity());
+    }
     // Compiling can take long (tens of seconds for an interpreted guest without a cached
     // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
     // without the rules would write what they exist to prevent.
     let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
-    let resolved = resolve_all(&config, &up, &down).await?;
-    let many_workspaces = super::startup::check_many_workspaces(&config, &up, None, &resolved)?;
-    let (watched, streams) = watches::reflectors(&config, resolved, &up.client, &down.client, many_workspaces);
+    let mut resolutions = Vec::new();
+    for (index, r) in config.resources.iter().enumerate() {
+        let resolution = resolve_kind(&config, index, &up.client, &down.client).await?;
+        // A kind missing from a built-in group is a typo, not a CRD to wait for.
+        if let Resolution::NotServed(side) = resolution
+            && !super::startup::may_come_later(r)
+        {
+            return Err(super::startup::not_served(index, r, side));
+        }
+        resolutions.push(resolution);
+    }
+    let served: Vec<_> = resolutions
+        .iter()
+        .filter_map(|r| if let Resolution::Served(r) = r { Some((**r).clone()) } else { None })
+        .collect();
+    let many_workspaces = super::startup::check_many_workspaces(&config, &up, None, &served)?;
     let workers_alive = Arc::new(AtomicUsize::new(0));
     let health = Arc::new(
         Health::new(registry, reloader.clone(), Arc::clone(&parts.connectivity), {
@@ -101,15 +116,24 @@ pub async fn run(
         info!(upstream = %up.url, "the upstream serves many kcp workspaces: each is kept apart");
         upstream = upstream.with_workspaces(up.config.clone(), "downsync", opts.instance.clone());
     }
-    let controller = controller(config, upstream, &down.client, &parts, watched, &health, workers_alive);
+    let controller = controller(config, upstream, &down.client, &parts, many_workspaces, &health, workers_alive);
     health.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
-    let reflectors = watches::spawn_reflectors(&controller, streams);
+    for (index, resolution) in resolutions.into_iter().enumerate() {
+        match resolution {
+            Resolution::Served(resolved) => {
+                controller.metrics.set_served(&resolved.config.kind, &resolved.config.api_version, true);
+                controller.watch_kind(index, *resolved, true);
+            }
+            Resolution::NotServed(side) => controller.kind_waits(index, side),
+        }
+    }
 
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         () = controller.wait_stores() => {}
         () = &mut shutdown => {
             info!("stopping before the caches filled");
+            controller.stop_watches();
             let _ = stop_tx.send(true);
             return Ok(Summary::default());
         }
@@ -122,7 +146,7 @@ pub async fn run(
         None => None,
     };
     controller.enqueue_initial().await;
-    let running = Running::start(&controller, parts, &down.client, reflectors);
+    let running = Running::start(&controller, parts, &down.client);
     if opts.once {
         tokio::select! {
             () = controller.wait_initial() => info!("initial sync done; exiting (--once)"),
@@ -146,14 +170,11 @@ fn controller(
     upstream: Upstream,
     down: &kube::Client,
     parts: &Parts,
-    watched: Vec<Watched>,
+    many_workspaces: bool,
     health: &Arc<Health>,
     workers_alive: Arc<AtomicUsize>,
 ) -> Arc<Controller> {
-    let drift = watched
-        .iter()
-        .map(|w| ((w.down_resource.gvr.group.clone(), w.down_resource.kind.clone()), w.config.drift.clone()))
-        .collect();
+    let drift = config.resources.iter().map(|r| ((r.group().to_string(), r.kind.clone()), r.drift.clone())).collect();
     let syncer = Syncer::new(
         KubeDownstream::new(down.clone()),
         Arc::clone(&parts.rules),
@@ -164,7 +185,7 @@ fn controller(
     Arc::new(Controller {
         namespaces: Namespaces::new(down.clone(), upstream.clone(), config.sync.ownership.clone()),
         upstream,
-        queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, watched.len())),
+        queue: WorkQueue::with_shares(RateLimit::default(), shares(&config, config.resources.len())),
         metrics: parts.metrics.clone(),
         health: Arc::clone(health),
         connectivity: Arc::clone(&parts.connectivity),
@@ -176,7 +197,9 @@ fn controller(
         last_failure: Mutex::default(),
         workers_alive,
         ha: Arc::clone(&parts.gate),
-        watched,
+        kinds: config.resources.iter().cloned().map(KindSlot::new).collect(),
+        waiting: super::context::Waiting::default(),
+        many_workspaces,
         syncer,
         config,
     })
@@ -192,26 +215,22 @@ struct Running {
 }
 
 impl Running {
-    fn start(
-        controller: &Arc<Controller>,
-        parts: Parts,
-        down: &kube::Client,
-        reflectors: Vec<tokio::task::JoinHandle<()>>,
-    ) -> Self {
+    fn start(controller: &Arc<Controller>, parts: Parts, down: &kube::Client) -> Self {
         // The caches are warm: from here on this replica is a standby that can take over.
         let shard_watch = tokio::spawn(Arc::clone(controller).watch_shards());
         let coordinator = controller.config.ha.enabled.then(|| {
             let (gate, ha_metrics, ha_view) = (parts.gate, parts.ha_metrics, parts.ha_view);
             Coordinator::new(down.clone(), &controller.config.ha, controller.target(), gate, ha_metrics, ha_view)
+                .with_verdicts(parts.verdicts)
                 .spawn()
         });
         let supervisor = tokio::spawn(Arc::clone(controller).supervise_workers());
-        let mut background = vec![
+        let background = vec![
             tokio::spawn(Arc::clone(controller).report_progress()),
             tokio::spawn(Arc::clone(controller).resync_loop()),
             tokio::spawn(Arc::clone(controller).watch_rules(Arc::clone(&parts.rules))),
+            tokio::spawn(Arc::clone(controller).take_up_later_kinds()),
         ];
-        background.extend(reflectors);
         Self { coordinator, shard_watch, supervisor, background }
     }
 
@@ -227,6 +246,7 @@ impl Running {
         for t in self.background {
             t.abort();
         }
+        controller.stop_watches();
     }
 }
 
@@ -239,6 +259,7 @@ struct Parts {
     ha_metrics: HaMetrics,
     ha_view: SharedView,
     gate: Arc<ShardGate>,
+    verdicts: Arc<SharedVerdicts>,
 }
 
 impl Parts {
@@ -268,7 +289,8 @@ impl Parts {
         let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
         let slots = config.engine_config().pool_instances as usize;
         let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
-        (Self { metrics, connectivity, rules, ha_metrics, ha_view, gate }, registry)
+        let verdicts = Arc::new(SharedVerdicts::new(Arc::clone(&gate)));
+        (Self { metrics, connectivity, rules, ha_metrics, ha_view, gate, verdicts }, registry)
     }
 }
 
@@ -304,6 +326,21 @@ async fn serving_certificate(config: &RunConfig) -> Result<Arc<rustls::ServerCon
         .await
         .map_err(|e| Error::Task(format!("loading the serving certificate: {e}")))?;
     Ok(made?)
+}
+
+/// In HA, plugin rollouts are decided once for every replica: by the holder of shard 0, from
+/// the calls of all, through the Leases.
+fn share_verdicts(reloader: &Arc<crate::plugin::Reloader>, verdicts: &Arc<SharedVerdicts>, identity: &str) {
+    reloader.share_verdicts(Arc::clone(verdicts) as Arc<dyn crate::plugin::VerdictBoard>, identity);
+    let (counts, wake) = (Arc::downgrade(reloader), Arc::downgrade(reloader));
+    verdicts.connect(
+        Box::new(move || counts.upgrade().map(|r| r.trial_counts()).unwrap_or_default()),
+        Box::new(move || {
+            if let Some(r) = wake.upgrade() {
+                r.wake();
+            }
+        }),
+    );
 }
 
 /// Plugin rollbacks and promotions become Events on this pod (`POD_NAME`), when it has one.

@@ -223,53 +223,99 @@ pub async fn watch_plugins(reloader: Arc<Reloader>) -> Result<WatchHandle> {
     Ok(handle)
 }
 
-async fn resolve_one(client: &Client, gvk: &GroupVersionKind) -> std::result::Result<(ApiResource, bool), String> {
-    const NOT_SERVED: &str = "not served; install its CRD or fix apiVersion/kind";
+/// A kind on one side: its resource and whether it is namespaced, `None` when the side does not
+/// serve it (yet: its CRD may come later).
+async fn resolve_one(
+    client: &Client,
+    gvk: &GroupVersionKind,
+) -> std::result::Result<Option<(ApiResource, bool)>, String> {
     match kube::discovery::pinned_kind(client, gvk).await {
-        Ok((ar, caps)) => Ok((ar, caps.scope == Scope::Namespaced)),
-        Err(kube::Error::Discovery(_)) => Err(NOT_SERVED.to_string()),
-        Err(e) => Err(match classify(e) {
-            ApiError::NotFound => NOT_SERVED.to_string(),
-            other => format!("discovery failed: {other}"),
-        }),
+        Ok((ar, caps)) => Ok(Some((ar, caps.scope == Scope::Namespaced))),
+        Err(kube::Error::Discovery(_)) => Ok(None),
+        Err(e) => match classify(e) {
+            ApiError::NotFound => Ok(None),
+            other => Err(format!("discovery failed: {other}")),
+        },
     }
 }
 
+/// A configured kind at start-up (or when looked at again): resolved on both sides, or not
+/// served on one of them yet.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Served on both sides, and listable by downsync.
+    Served(Box<Resolved>),
+    /// Not served on this side (`upstream` or `downstream`).
+    NotServed(&'static str),
+}
+
+const NOT_SERVED: &str = "not served; install its CRD or fix apiVersion/kind";
+
+/// Whether a kind not served now may be served later: only a group with a dot can be a CRD's
+/// (or an aggregated API's); a kind missing from a built-in group (`v1`, `apps/v1`) is a typo.
+pub fn may_come_later(r: &ResourceConfig) -> bool {
+    r.group().contains('.')
+}
+
+/// The error for `resources[index]`, not served on `side`, for a command that cannot wait.
+pub fn not_served(index: usize, r: &ResourceConfig, side: &'static str) -> Error {
+    let message = if may_come_later(r) {
+        NOT_SERVED.to_string()
+    } else {
+        format!("not served; fix apiVersion/kind (no CRD can add a kind to the built-in group {:?})", r.group())
+    };
+    Error::Resource { index, resource: r.describe(), side, message }
+}
+
 /// Resolves every configured kind on both sides and checks downsync may list it there (a bad
-/// label selector or missing RBAC fails here, with the resource named, not later in a loop).
+/// label selector or missing RBAC fails here, with the resource named, not later in a loop). A
+/// kind not served on a side is an error here: for the commands that run once (`diff`,
+/// `replay`); `run` takes up such kinds later ([`resolve_kind`]).
 pub async fn resolve_all(config: &RunConfig, up: &Connected, down: &Connected) -> Result<Vec<Resolved>> {
     let mut out = Vec::new();
     for (index, r) in config.resources.iter().enumerate() {
-        let err =
-            |side: &'static str, message: String| Error::Resource { index, resource: r.describe(), side, message };
-        let (group, version) = r.api_version.rsplit_once('/').unwrap_or(("", r.api_version.as_str()));
-        let gvk = GroupVersionKind::gvk(group, version, &r.kind);
-        let (up_ar, up_namespaced) = resolve_one(&up.client, &gvk).await.map_err(|m| err("upstream", m))?;
-        let (down_ar, down_namespaced) = resolve_one(&down.client, &gvk).await.map_err(|m| err("downstream", m))?;
-        if up_namespaced != down_namespaced {
-            return Err(err("downstream", "namespaced on one side and cluster-scoped on the other".into()));
+        match resolve_kind(config, index, &up.client, &down.client).await? {
+            Resolution::Served(resolved) => out.push(*resolved),
+            Resolution::NotServed(side) => return Err(not_served(index, r, side)),
         }
-        let mut lp = ListParams::default().limit(1);
-        if let Some(sel) = &r.label_selector {
-            lp = lp.labels(sel);
-        }
-        let up_api: Api<DynamicObject> = Api::all_with(up.client.clone(), &up_ar);
-        up_api.list_metadata(&lp).await.map_err(|e| {
-            err("upstream", format!("cannot list (labelSelector {:?}): {}", r.label_selector, classify(e)))
-        })?;
-        let owned = ListParams::default().limit(1).labels(&ownership::owned_selector(&config.sync.ownership));
-        let down_api: Api<DynamicObject> = Api::all_with(down.client.clone(), &down_ar);
-        down_api.list_metadata(&owned).await.map_err(|e| err("downstream", format!("cannot list: {}", classify(e))))?;
-        let down_resource = Resource {
-            gvr: Gvr {
-                group: down_ar.group.clone(),
-                version: down_ar.version.clone(),
-                resource: down_ar.plural.clone(),
-            },
-            kind: down_ar.kind.clone(),
-            namespaced: down_namespaced,
-        };
-        out.push(Resolved { config: r.clone(), up_ar, down_ar, down_resource });
     }
     Ok(out)
+}
+
+/// Resolves `resources[index]` on both sides: served or not, and, when served, listable by
+/// downsync (a bad label selector or missing RBAC is an error naming the resource).
+pub async fn resolve_kind(config: &RunConfig, index: usize, up: &Client, down: &Client) -> Result<Resolution> {
+    let Some(r) = config.resources.get(index) else {
+        return Err(Error::Task(format!("resources[{index}] does not exist")));
+    };
+    let err = |side: &'static str, message: String| Error::Resource { index, resource: r.describe(), side, message };
+    let (group, version) = r.api_version.rsplit_once('/').unwrap_or(("", r.api_version.as_str()));
+    let gvk = GroupVersionKind::gvk(group, version, &r.kind);
+    let Some((up_ar, up_namespaced)) = resolve_one(up, &gvk).await.map_err(|m| err("upstream", m))? else {
+        return Ok(Resolution::NotServed("upstream"));
+    };
+    let Some((down_ar, down_namespaced)) = resolve_one(down, &gvk).await.map_err(|m| err("downstream", m))? else {
+        return Ok(Resolution::NotServed("downstream"));
+    };
+    if up_namespaced != down_namespaced {
+        return Err(err("downstream", "namespaced on one side and cluster-scoped on the other".into()));
+    }
+    let mut lp = ListParams::default().limit(1);
+    if let Some(sel) = &r.label_selector {
+        lp = lp.labels(sel);
+    }
+    let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
+    up_api
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| err("upstream", format!("cannot list (labelSelector {:?}): {}", r.label_selector, classify(e))))?;
+    let owned = ListParams::default().limit(1).labels(&ownership::owned_selector(&config.sync.ownership));
+    let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
+    down_api.list_metadata(&owned).await.map_err(|e| err("downstream", format!("cannot list: {}", classify(e))))?;
+    let down_resource = Resource {
+        gvr: Gvr { group: down_ar.group.clone(), version: down_ar.version.clone(), resource: down_ar.plural.clone() },
+        kind: down_ar.kind.clone(),
+        namespaced: down_namespaced,
+    };
+    Ok(Resolution::Served(Box::new(Resolved { config: r.clone(), up_ar, down_ar, down_resource })))
 }

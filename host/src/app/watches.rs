@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
 use super::config::RunConfig;
-use super::context::{Controller, Watched};
+use super::context::{Controller, Watched, lock};
 use super::keys::{WorkKey, down_key, up_key};
 use super::packing::{compact_managed_fields, pack, strip_managed_fields};
 use super::startup::Resolved;
@@ -43,79 +43,149 @@ fn qualify_by_workspace(o: &mut DynamicObject) {
     }
 }
 
-/// Builds a reflector per kind and side: the stores, and the event streams that fill them.
-/// With `many_workspaces`, upstream objects are keyed by their kcp workspace too.
-pub fn reflectors(
+/// The two reflectors of one kind: its caches, and the event streams that fill them. With
+/// `many_workspaces`, upstream objects are keyed by their kcp workspace too.
+pub fn kind_streams(
     config: &RunConfig,
-    resolved: Vec<Resolved>,
+    resolved: Resolved,
     up: &Client,
     down: &Client,
     many_workspaces: bool,
-) -> (Vec<Watched>, Vec<(EventStream, EventStream)>) {
+) -> (Arc<Watched>, EventStream, EventStream) {
+    let Resolved { config: resource, up_ar, down_ar, down_resource } = resolved;
     let owned = ownership::owned_selector(&config.sync.ownership);
     let client_intent = config.client_intent();
-    let mut streams = Vec::new();
-    let mut watched = Vec::new();
-    for Resolved { config, up_ar, down_ar, down_resource } in resolved {
-        let mut up_wc = watcher::Config::default().page_size(LIST_PAGE);
-        if let Some(sel) = &config.label_selector {
-            up_wc = up_wc.labels(sel);
-        }
-        let up_writer = reflector::store::Writer::new(up_ar.clone());
-        let up_store = up_writer.as_reader();
-        let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
-        let up_stream = watcher::watcher(up_api, up_wc)
-            .backoff(reconnect::backoff())
-            .modify(move |o| {
-                if many_workspaces {
-                    qualify_by_workspace(o);
-                }
-                compact_managed_fields(o, client_intent);
-            })
-            .reflect(up_writer);
-
-        let down_writer = reflector::store::Writer::new(down_ar.clone());
-        let down_store = down_writer.as_reader();
-        let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
-        let down_stream = watcher::watcher(down_api, watcher::Config::default().page_size(LIST_PAGE).labels(&owned))
-            .backoff(reconnect::backoff())
-            .modify(|o| {
-                strip_managed_fields(o);
-                pack(o);
-            })
-            .reflect(down_writer);
-        streams.push((up_stream.boxed(), down_stream.boxed()));
-        watched.push(Watched { config, up_ar, down_ar, down_resource, up_store, down_store });
+    let mut up_wc = watcher::Config::default().page_size(LIST_PAGE);
+    if let Some(sel) = &resource.label_selector {
+        up_wc = up_wc.labels(sel);
     }
-    (watched, streams)
+    let up_writer = reflector::store::Writer::new(up_ar.clone());
+    let up_store = up_writer.as_reader();
+    let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
+    let up_stream = watcher::watcher(up_api, up_wc)
+        .backoff(reconnect::backoff())
+        .modify(move |o| {
+            if many_workspaces {
+                qualify_by_workspace(o);
+            }
+            compact_managed_fields(o, client_intent);
+        })
+        .reflect(up_writer);
+
+    let down_writer = reflector::store::Writer::new(down_ar.clone());
+    let down_store = down_writer.as_reader();
+    let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
+    let down_stream = watcher::watcher(down_api, watcher::Config::default().page_size(LIST_PAGE).labels(&owned))
+        .backoff(reconnect::backoff())
+        .modify(|o| {
+            strip_managed_fields(o);
+            pack(o);
+        })
+        .reflect(down_writer);
+    let watched = Watched { config: resource, up_ar, down_ar, down_resource, up_store, down_store };
+    (Arc::new(watched), up_stream.boxed(), down_stream.boxed())
 }
 
-/// Drives the reflectors: each event queues the upstream key it concerns.
-pub fn spawn_reflectors(
-    controller: &Arc<Controller>,
-    streams: Vec<(EventStream, EventStream)>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (index, (mut up_stream, mut down_stream)) in streams.into_iter().enumerate() {
-        let c = Arc::clone(controller);
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = up_stream.next().await {
-                c.on_upstream_event(index, ev);
-            }
-        }));
-        let c = Arc::clone(controller);
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = down_stream.next().await {
-                c.on_downstream_event(index, ev);
-            }
-        }));
+/// Whether a watch failed because the kind is not served (any more): its CRD was deleted.
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
     }
-    tasks
+}
+
+/// The side of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Up,
+    Down,
+}
+
+impl Side {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Up => "upstream",
+            Self::Down => "downstream",
+        }
+    }
 }
 
 impl Controller {
-    fn on_upstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
-        let Some(w) = self.watched.get(index) else { return };
+    /// Watches `resources[index]` from now on. The kind is served from its caches at once with
+    /// `now` (at start: the initial sync waits for every cache), else once both caches have
+    /// listed, when its keys are queued (a kind whose CRD came later).
+    pub(super) fn watch_kind(self: &Arc<Self>, index: usize, resolved: Resolved, now: bool) {
+        let Some(slot) = self.kinds.get(index) else { return };
+        let (up, down) = (self.upstream.client(), self.syncer.downstream().client());
+        let (watched, up_stream, down_stream) = kind_streams(&self.config, resolved, up, down, self.many_workspaces);
+        if now {
+            slot.set(Some(Arc::clone(&watched)));
+        }
+        let task = tokio::spawn(Arc::clone(self).drive_kind(index, watched, up_stream, down_stream, now));
+        if let Some(old) = lock(&slot.task).replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Drives one kind's reflectors: each event queues the upstream key it concerns. Ends when
+    /// a side stops serving the kind, which then waits for its CRD again.
+    async fn drive_kind(
+        self: Arc<Self>,
+        index: usize,
+        watched: Arc<Watched>,
+        up: EventStream,
+        down: EventStream,
+        mut live: bool,
+    ) {
+        let mut events = futures::stream::select(up.map(|e| (Side::Up, e)), down.map(|e| (Side::Down, e)));
+        let ready = async {
+            let _ = watched.up_store.wait_until_ready().await;
+            let _ = watched.down_store.wait_until_ready().await;
+        };
+        let mut ready = std::pin::pin!(ready);
+        loop {
+            tokio::select! {
+                () = &mut ready, if !live => {
+                    live = true;
+                    self.kind_watched(index, &watched);
+                }
+                ev = events.next() => {
+                    let Some((side, ev)) = ev else { return };
+                    if let Err(e) = &ev
+                        && not_served(e)
+                    {
+                        self.kind_gone(index, side);
+                        return;
+                    }
+                    if live {
+                        match side {
+                            Side::Up => self.on_upstream_event(index, &watched, ev),
+                            Side::Down => self.on_downstream_event(index, &watched, ev),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every kind's reflectors.
+    pub(super) fn stop_watches(&self) {
+        for slot in &self.kinds {
+            if let Some(task) = lock(&slot.task).take() {
+                task.abort();
+            }
+        }
+    }
+
+    fn on_upstream_event(
+        &self,
+        index: usize,
+        w: &Watched,
+        ev: std::result::Result<Event<DynamicObject>, watcher::Error>,
+    ) {
         match ev {
             Ok(Event::Apply(o) | Event::Delete(o) | Event::InitApply(o)) => {
                 self.reconnected(self.connectivity.up(true));
@@ -142,8 +212,12 @@ impl Controller {
         }
     }
 
-    fn on_downstream_event(&self, index: usize, ev: std::result::Result<Event<DynamicObject>, watcher::Error>) {
-        let Some(w) = self.watched.get(index) else { return };
+    fn on_downstream_event(
+        &self,
+        index: usize,
+        w: &Watched,
+        ev: std::result::Result<Event<DynamicObject>, watcher::Error>,
+    ) {
         match ev {
             // The echo of downsync's own write: nothing to look at, and checked before any
             // JSON work (about half of all downstream events during a sync are these).
@@ -175,9 +249,9 @@ impl Controller {
         }
     }
 
-    /// Waits until every reflector has listed once.
+    /// Waits until every watched kind's reflectors have listed once.
     pub(super) async fn wait_stores(&self) {
-        for w in &self.watched {
+        for (_, w) in self.all_watched() {
             // A dropped writer means the reflector task ended: nothing more will come.
             let _ = w.up_store.wait_until_ready().await;
             let _ = w.down_store.wait_until_ready().await;
@@ -187,10 +261,17 @@ impl Controller {
     /// Every selected upstream object and every owned downstream copy.
     pub(super) fn all_keys(&self) -> HashSet<WorkKey> {
         let mut keys = HashSet::new();
-        for (i, w) in self.watched.iter().enumerate() {
-            keys.extend(w.up_store.state().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)));
-            keys.extend(w.down_store.state().iter().map(|o| down_key(i, o)));
+        for (i, w) in self.all_watched() {
+            keys.extend(self.keys_of(i, &w));
         }
+        keys
+    }
+
+    /// The selected upstream objects and owned downstream copies of one kind.
+    pub(super) fn keys_of(&self, i: usize, w: &Watched) -> HashSet<WorkKey> {
+        let mut keys: HashSet<WorkKey> =
+            w.up_store.state().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)).collect();
+        keys.extend(w.down_store.state().iter().map(|o| down_key(i, o)));
         keys
     }
 
@@ -198,5 +279,31 @@ impl Controller {
     /// Deployments.
     pub(super) fn keys_of_kinds(&self, kinds: &HashSet<usize>) -> HashSet<WorkKey> {
         self.all_keys().into_iter().filter(|k| matches!(k, WorkKey::Object(o) if kinds.contains(&o.resource))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status::failure("x", "NotFound").with_code(code))
+    }
+
+    #[test]
+    fn a_404_from_a_list_or_a_watch_means_the_kind_is_not_served_and_nothing_else_does() {
+        let cases: Vec<(watcher::Error, bool)> = vec![
+            (watcher::Error::InitialListFailed(kube::Error::Api(mk_status(404))), true),
+            (watcher::Error::WatchStartFailed(kube::Error::Api(mk_status(404))), true),
+            (watcher::Error::WatchFailed(kube::Error::Api(mk_status(404))), true),
+            (watcher::Error::WatchError(mk_status(404)), true),
+            (watcher::Error::InitialListFailed(kube::Error::Api(mk_status(403))), false),
+            (watcher::Error::WatchError(mk_status(410)), false),
+            (watcher::Error::WatchStartFailed(kube::Error::Api(mk_status(503))), false),
+            (watcher::Error::NoResourceVersion, false),
+        ];
+        for (e, want) in cases {
+            assert_eq!(not_served(&e), want, "{e}");
+        }
     }
 }

@@ -94,7 +94,7 @@ impl Controller {
             warn!(kind, key = ?key, reason, ?step, error = %first_line, "sync failed");
             if let Some(up) = self.upstream_object(key) {
                 let w = match key {
-                    WorkKey::Object(k) => self.watched.get(k.resource),
+                    WorkKey::Object(k) => self.watched(k.resource),
                     WorkKey::Namespace { .. } => None,
                 };
                 if let Some(w) = w

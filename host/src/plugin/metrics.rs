@@ -61,6 +61,7 @@ pub struct Metrics {
     fuel: Family<PluginLabels, Counter>,
     reload_failures: Family<PluginLabels, Counter>,
     shadow_calls: Family<PluginLabels, Counter>,
+    shadow_errors: Family<ErrorLabels, Counter>,
     divergences: Family<PluginLabels, Counter>,
     rollbacks: Family<PluginLabels, Counter>,
     promotions: Family<PluginLabels, Counter>,
@@ -77,6 +78,7 @@ impl Default for Metrics {
             fuel: Family::default(),
             reload_failures: Family::default(),
             shadow_calls: Family::default(),
+            shadow_errors: Family::default(),
             divergences: Family::default(),
             rollbacks: Family::default(),
             promotions: Family::default(),
@@ -96,6 +98,11 @@ impl Metrics {
         r.register("fuel", "Fuel burnt by plugin calls", self.fuel.clone());
         r.register("reload_failures", "New plugin versions refused by the reload checks", self.reload_failures.clone());
         r.register("shadow_calls", "Calls of plugin versions running in shadow", self.shadow_calls.clone());
+        r.register(
+            "shadow_errors",
+            "Failed calls of plugin versions running in shadow, by failure class (not in `errors`: nothing used them)",
+            self.shadow_errors.clone(),
+        );
         r.register(
             "shadow_divergences",
             "Shadow calls whose result differed from the active version's",
@@ -180,8 +187,11 @@ impl Metrics {
         self.reload_failures.get_or_create(&PluginLabels { plugin: plugin.into() }).inc();
     }
 
-    pub(crate) fn record_shadow_call(&self, plugin: &str) {
+    pub(crate) fn record_shadow_call(&self, plugin: &str, failure: Option<&str>) {
         self.shadow_calls.get_or_create(&PluginLabels { plugin: plugin.into() }).inc();
+        if let Some(failure) = failure {
+            self.shadow_errors.get_or_create(&ErrorLabels { plugin: plugin.into(), failure: failure.into() }).inc();
+        }
     }
 
     pub(crate) fn record_divergence(&self, plugin: &str) {

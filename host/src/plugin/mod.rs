@@ -10,7 +10,8 @@
 //!   `reuse`, `cache`, `tiering`, `engine`, `contract`,
 //!   `component` (a loaded [`Plugin`]), `session`;
 //! - the lifecycle: `fixtures`, `rollout`, `settings`, `metrics`, `plugin_set`, `registry`
-//!   (the [`PluginRegistry`] the syncer calls), `reload` (the [`Reloader`] that keeps it
+//!   (the [`PluginRegistry`] the syncer calls), `verdicts` (one verdict for many replicas),
+//!   `reload` (the [`Reloader`] that keeps it
 //!   current with the plugin folder), `status` and `watch` (its status view, its folder watch).
 
 mod bindings;
@@ -44,6 +45,7 @@ mod settings;
 mod status;
 mod tiering;
 mod types;
+mod verdicts;
 mod wasi;
 mod watch;
 
@@ -57,10 +59,11 @@ pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};
 pub use registry::{PluginRegistry, RuleSnapshot};
 pub use reload::{Notice, Notifier, Reloader};
-pub use rollout::{Promote, RolloutSettings, Stage, Trial};
+pub use rollout::{Promote, RolloutSettings, Stage, Stats, Trial};
 pub use session::Session;
 pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
 pub use status::PluginStatus;
 pub use tiering::Tier;
 pub use types::{Called, Decision, Hooks, InstancePolicy, KindPattern, PluginInfo, STATELESS, WitVersion, group_kind};
+pub use verdicts::{TrialCounts, TrialDecision, VerdictBoard};
 pub use watch::{WatchConfig, WatchHandle};

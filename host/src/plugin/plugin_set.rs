@@ -235,9 +235,9 @@ fn shadow_call<T>(
 ) {
     let Some(shadow) = entry.live_shadow() else { return };
     let outcome = f(&shadow.plugin);
-    metrics.record_shadow_call(entry.plugin.name());
-    shadow.trial.record(outcome.is_err(), outcome.as_ref().map_or(0, |c| c.fuel));
     let message = outcome.as_ref().err().map(|e| e.failure().map_or("other", CallFailure::as_str).to_string());
+    metrics.record_shadow_call(entry.plugin.name(), message.as_deref());
+    shadow.trial.record(outcome.is_err(), outcome.as_ref().map_or(0, |c| c.fuel));
     let result = match &outcome {
         Ok(c) => Ok(&c.value),
         Err(_) => Err(message.as_deref().unwrap_or("other")),

@@ -34,6 +34,7 @@ use super::plugin_set::{Member, PluginSet, Shadow};
 use super::registry::PluginRegistry;
 use super::rollout::{Stage, Trial, Verdict, Waker};
 use super::settings::RegistryConfig;
+use super::verdicts::{TrialCounts, VerdictBoard, shared_verdict, stage_name};
 
 /// A rollout the operators should hear of (a rollback, a promotion), for an Event on the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +128,8 @@ pub struct Reloader {
     pub(super) waker: Mutex<Option<Waker>>,
     /// Told of rollbacks and promotions.
     notifier: Mutex<Option<Notifier>>,
+    /// Where replicas share trial verdicts (HA), with this replica's identity.
+    board: Mutex<Option<(Arc<dyn VerdictBoard>, String)>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -155,7 +158,57 @@ impl Reloader {
             scanning: Mutex::default(),
             waker: Mutex::default(),
             notifier: Mutex::default(),
+            board: Mutex::default(),
         })
+    }
+
+    /// Shares trial verdicts with other replicas through `board`: one of them decides each
+    /// trial from the calls of all, and the others follow (see [`VerdictBoard`]).
+    pub fn share_verdicts(&self, board: Arc<dyn VerdictBoard>, identity: &str) {
+        *self.board.lock().unwrap_or_else(PoisonError::into_inner) = Some((board, identity.to_string()));
+    }
+
+    /// The counts of every version on trial here (shadow or probation, not yet decided), for
+    /// the replica that decides.
+    pub fn trial_counts(&self) -> Vec<TrialCounts> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for s in slots.values() {
+            let shadow = s.shadow.as_ref().map(|(p, t, _)| (p, t));
+            let probation = s.good.as_ref().zip(s.trial.as_ref()).map(|((p, _), t)| (p, t));
+            for (plugin, trial) in shadow.into_iter().chain(probation) {
+                let Some(stage) = stage_name(trial.stage()) else { continue };
+                if trial.is_settled() {
+                    continue;
+                }
+                let stats = trial.stats();
+                out.push(TrialCounts {
+                    plugin: plugin.name().to_string(),
+                    digest: plugin.digest().to_string(),
+                    stage: stage.to_string(),
+                    calls: stats.calls,
+                    errors: stats.errors,
+                    divergences: stats.divergences,
+                });
+            }
+        }
+        out
+    }
+
+    /// Looks at the trials again now (a decision arrived from another replica).
+    pub fn wake(&self) {
+        if let Some(w) = self.waker() {
+            w();
+        }
+    }
+
+    /// The verdict on a version on trial: its own, or with a board, the shared one.
+    fn verdict_of(&self, plugin: &str, digest: &str, trial: &Trial) -> Verdict {
+        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match board {
+            Some((board, identity)) => shared_verdict(board.as_ref(), plugin, digest, trial, &identity),
+            None => trial.verdict(),
+        }
     }
 
     /// The registry this reloader swaps sets into.
@@ -407,7 +460,7 @@ impl Reloader {
                 let name = plugin.name().to_string();
                 let digest = plugin.digest().to_string();
                 let promoted_by_hand = self.promote_marker(stem).is_some_and(|m| digest.starts_with(&m));
-                match trial.verdict() {
+                match self.verdict_of(&name, &digest, trial) {
                     Verdict::RollBack(why) => {
                         trial.settle();
                         let message = format!("shadow version {digest} rolled back: {why}");
@@ -447,7 +500,9 @@ impl Reloader {
             if trial.is_settled() || trial.stage() != Stage::Probation {
                 continue;
             }
-            match trial.verdict() {
+            let Some((plugin, _)) = &slot.good else { continue };
+            let (name, digest) = (plugin.name().to_string(), plugin.digest().to_string());
+            match self.verdict_of(&name, &digest, &trial) {
                 Verdict::RollBack(why) => {
                     trial.settle();
                     let Some((bad, _)) = slot.good.take() else { continue };

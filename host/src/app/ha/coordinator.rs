@@ -16,7 +16,21 @@ use super::config::{
     Error, HA_ROLE_LABEL, HA_TARGET_LABEL, HaConfig, Result, member_lease_name, shard_lease_name, shard_of,
 };
 use super::gate::{ShardGate, lock};
+use super::verdicts::{SharedVerdicts, TRIALS_ANNOTATION, VERDICTS_ANNOTATION};
 use super::view::{HaMetrics, HaView, ShardView, SharedView};
+
+/// Sets (or, with `None`, removes) one annotation of a Lease about to be written.
+fn annotate(lease: &mut Lease, key: &str, value: Option<String>) {
+    let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match value {
+        Some(v) => {
+            annotations.insert(key.into(), v);
+        }
+        None => {
+            annotations.remove(key);
+        }
+    }
+}
 
 /// A Lease record as an observer saw it, and when it saw it change.
 #[derive(Debug, Clone)]
@@ -50,6 +64,8 @@ pub struct Coordinator {
     /// When this replica started its last successful renewal (or acquisition), per held shard.
     renewed: HashMap<u32, Instant>,
     started: Instant,
+    /// Plugin rollout verdicts shared through the Leases.
+    verdicts: Arc<SharedVerdicts>,
 }
 
 /// The running Lease loop: stop it to release every Lease.
@@ -96,7 +112,15 @@ impl Coordinator {
             observed: HashMap::new(),
             renewed: HashMap::new(),
             started: Instant::now(),
+            verdicts: Arc::default(),
         }
+    }
+
+    /// Shares plugin rollout verdicts through the Leases (see [`SharedVerdicts`]).
+    #[must_use]
+    pub fn with_verdicts(mut self, verdicts: Arc<SharedVerdicts>) -> Self {
+        self.verdicts = verdicts;
+        self
     }
 
     /// Starts the loop.
@@ -226,6 +250,8 @@ impl Coordinator {
             self.observe(&l, now);
             by_name.insert(l.name_any(), l);
         }
+        let all: Vec<&Lease> = by_name.values().collect();
+        self.verdicts.observe(&all, &member_lease_name(&self.target, &self.identity), &self.lease_name(0));
         let mut live = BTreeSet::from([self.identity.clone()]);
         for (name, o) in &self.observed {
             if by_name.contains_key(name) && !o.expired(now) {
@@ -322,7 +348,8 @@ impl Coordinator {
         let started = Instant::now();
         let result = match current {
             None => {
-                let lease = self.new_lease(&name, "shard", self.spec(None, 0));
+                let mut lease = self.new_lease(&name, "shard", self.spec(None, 0));
+                self.annotate_decisions(i, &mut lease);
                 self.call(&name, self.api.create(&PostParams::default(), &lease)).await
             }
             Some(old) => {
@@ -333,6 +360,7 @@ impl Coordinator {
                 }
                 let mut lease = old.clone();
                 lease.spec = Some(self.spec(None, transitions));
+                self.annotate_decisions(i, &mut lease);
                 self.call(&name, self.api.replace(&name, &PostParams::default(), &lease)).await
             }
         };
@@ -354,6 +382,16 @@ impl Coordinator {
         }
     }
 
+    /// The holder of shard 0 writes the rollout decisions on its Lease, for every replica to
+    /// follow (kept there when none are known here: a new holder learns them first).
+    fn annotate_decisions(&self, i: u32, lease: &mut Lease) {
+        if i == 0
+            && let Some(decisions) = self.verdicts.decisions_annotation()
+        {
+            annotate(lease, VERDICTS_ANNOTATION, Some(decisions));
+        }
+    }
+
     async fn renew(&mut self, i: u32, current: Option<&Lease>) {
         let name = self.lease_name(i);
         let Some(old) = current else {
@@ -364,6 +402,7 @@ impl Coordinator {
         let spec = old.spec.clone().unwrap_or_default();
         let mut lease = old.clone();
         lease.spec = Some(self.spec(spec.acquire_time, spec.lease_transitions.unwrap_or(0)));
+        self.annotate_decisions(i, &mut lease);
         match self.call(&name, self.api.replace(&name, &PostParams::default(), &lease)).await {
             Ok(lease) => {
                 self.observe(&lease, started);
@@ -407,13 +446,15 @@ impl Coordinator {
         let name = member_lease_name(&self.target, &self.identity);
         let result = match current {
             None => {
-                let lease = self.new_lease(&name, "member", self.spec(None, 0));
+                let mut lease = self.new_lease(&name, "member", self.spec(None, 0));
+                annotate(&mut lease, TRIALS_ANNOTATION, self.verdicts.counts_annotation());
                 self.call(&name, self.api.create(&PostParams::default(), &lease)).await
             }
             Some(old) => {
                 let mut lease = old.clone();
                 let acquire = old.spec.as_ref().and_then(|s| s.acquire_time.clone());
                 lease.spec = Some(self.spec(acquire, 0));
+                annotate(&mut lease, TRIALS_ANNOTATION, self.verdicts.counts_annotation());
                 self.call(&name, self.api.replace(&name, &PostParams::default(), &lease)).await
             }
         };

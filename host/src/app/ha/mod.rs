@@ -23,12 +23,14 @@
 //!
 //! The rooms: `config` (the `ha:` settings, shard and Lease names), `gate` (which shards this
 //! process may write, checked by every write), `view` (metrics and the `/shards` view),
-//! `coordinator` (the Lease loop), `leases` (reading them back for `downsync shards`).
+//! `coordinator` (the Lease loop), `leases` (reading them back for `downsync shards`),
+//! `verdicts` (one plugin rollout verdict for every replica, decided by the holder of shard 0).
 
 mod config;
 mod coordinator;
 mod gate;
 mod leases;
+mod verdicts;
 mod view;
 
 pub use config::{
@@ -37,4 +39,5 @@ pub use config::{
 pub use coordinator::{Coordinator, CoordinatorHandle};
 pub use gate::{Entered, ShardGate};
 pub use leases::{LeaseRow, read_leases};
+pub use verdicts::{SharedVerdicts, TRIALS_ANNOTATION, VERDICTS_ANNOTATION};
 pub use view::{HaMetrics, HaView, ShardView, SharedView, view_json};
