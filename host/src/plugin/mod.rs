@@ -57,7 +57,7 @@ pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};
 pub use registry::{PluginRegistry, RuleSnapshot};
 pub use reload::{Notice, Notifier, Reloader};
-pub use rollout::{Promote, RolloutSettings, Stage, Trial};
+pub use rollout::{RolloutMode, RolloutSettings, Stage, Trial};
 pub use session::Session;
 pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
 pub use status::PluginStatus;
