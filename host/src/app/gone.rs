@@ -64,6 +64,11 @@ const GONE: &[Gone] = &[
     },
 ];
 
+/// Every removed setting, as the reference writes its path, with what replaced it.
+pub(super) fn removed() -> impl Iterator<Item = (&'static str, &'static str)> {
+    GONE.iter().map(|g| (g.path, g.instead))
+}
+
 /// The first removed setting `config` (the whole file, parsed) names: its path as written
 /// (`resources[2].drift.keep`, `plugins.stamp.instances`) and what replaced it.
 pub(super) fn find(config: &Value) -> Option<(String, &'static str)> {

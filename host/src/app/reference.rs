@@ -142,6 +142,14 @@ pub fn markdown() -> String {
         let default = if s.default.is_empty() { String::new() } else { format!("`{}`", s.default) };
         let _ = writeln!(md, "| `{}` | {} | {} | {} |", s.path, cell(&s.kind), cell(&default), cell(&s.doc));
     }
+    md.push_str(
+        "\n## Removed settings\n\nIssue 29 cut the settings to those a user has a reason to give. A config file \
+         that still names one of these is refused at start with what replaced it:\n\n\
+         | setting | instead |\n| --- | --- |\n",
+    );
+    for (path, instead) in super::gone::removed() {
+        let _ = writeln!(md, "| `{path}` | {} |", instead.replace('|', "\\|"));
+    }
     md
 }
 
