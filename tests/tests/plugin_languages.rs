@@ -1,9 +1,9 @@
 //! Plugins in other languages and the instance policy: the Python (componentize-py) and
 //! JavaScript (jco, QuickJS) hpa-replicas examples pass `plugin check` and `plugin test` and
-//! keep downstream replicas against the real apiserver; a fresh instance per call (the
-//! default) keeps state from leaking between objects, and `instances: reused` is honoured only
-//! for a plugin that declares itself stateless; `plugin new` skeletons pass `plugin test` as
-//! generated, in every language.
+//! keep downstream replicas against the real apiserver; a plugin that declares itself stateless
+//! runs in reused instances, any other in a fresh instance per call, which keeps state from
+//! leaking between objects; `plugin new` skeletons pass `plugin test` as generated, in every
+//! language.
 //!
 //! The guest toolchains and the example components come from tests/guest-toolchains.sh
 //! (tests/run.sh runs it; otherwise these tests run it themselves).
@@ -12,8 +12,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use downsync::plugin::RegistryConfig;
 use downsync::plugin::{EngineConfig, InstancePolicy, Metrics, Plugin, PluginEngine, PluginRegistry, PluginSet};
-use downsync::plugin::{PluginSettings, RegistryConfig};
+use downsync::sync::Intent;
 use downsync_tests::daemon::{cluster_args, run_to_end, run_to_end_with_env};
 use downsync_tests::plugins::{guest_plugin_path, guest_tools, plugin_path};
 use downsync_tests::{TestEnv, repo_root};
@@ -56,46 +57,44 @@ fn the_python_and_js_examples_pass_plugin_check_and_their_fixtures() -> anyhow::
     Ok(())
 }
 
-/// The objects under the default policy each see a fresh instance; `reused` shows the same
-/// plugin's counter climbing, which is exactly what the default prevents.
+/// A plugin runs in the instances it declares. The counter claims to be stateless (it is not,
+/// on purpose): one kept instance serves every call and its count climbs. In fresh instances,
+/// which every plugin that does not declare itself stateless gets, each object reads `1`.
 #[test]
-fn under_the_default_policy_no_state_leaks_between_objects() -> anyhow::Result<()> {
+fn a_plugin_runs_in_the_instances_it_declares_and_fresh_ones_leak_nothing() -> anyhow::Result<()> {
     let engine = PluginEngine::new(EngineConfig { cache_dir: None, ..EngineConfig::default() })?;
     let counter = Plugin::load_file(&engine, &plugin_path("downsync-plugin-testing-counter")?)?;
     assert!(counter.info().declares_stateless());
     let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "n", "annotations": {}}});
-    let counts = |config: &RegistryConfig| -> anyhow::Result<Vec<String>> {
-        let registry = PluginRegistry::new(PluginSet::new(vec![counter.clone()], config)?, Metrics::default());
-        (0..4)
-            .map(|i| {
-                let out = registry.transform(cm(&format!("cm-{i}"))).map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok(out["metadata"]["annotations"]["test.downsync.dev/calls"].as_str().unwrap_or("?").to_string())
-            })
-            .collect()
+    let stamp = |out: &serde_json::Value| {
+        out["metadata"]["annotations"]["test.downsync.dev/calls"].as_str().unwrap_or("?").to_string()
     };
-    assert_eq!(counts(&RegistryConfig::default())?, ["1", "1", "1", "1"], "every object gets a fresh instance");
-
-    let reused = RegistryConfig {
-        plugins: [("counter".to_string(), PluginSettings { instances: InstancePolicy::Reused, ..Default::default() })]
-            .into(),
-    };
-    assert_eq!(counts(&reused)?, ["1", "2", "3", "4"], "reused: one kept instance serves every call");
+    let registry =
+        PluginRegistry::new(PluginSet::new(vec![counter.clone()], &RegistryConfig::default())?, Metrics::default());
+    let counts = (0..4)
+        .map(|i| registry.transform(cm(&format!("cm-{i}"))).map(|out| stamp(&out)).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    assert_eq!(counts, ["1", "2", "3", "4"], "declared stateless: one kept instance serves every call");
 
     // After a failed call (here the plugin's own error) the kept instance is dropped: the next
     // call starts from a new one.
-    let registry = PluginRegistry::new(PluginSet::new(vec![counter.clone()], &reused)?, Metrics::default());
-    let stamp = |out: serde_json::Value| out["metadata"]["annotations"]["test.downsync.dev/calls"].clone();
-    assert_eq!(stamp(registry.transform(cm("a")).map_err(|e| anyhow::anyhow!("{e}"))?), "1");
-    assert_eq!(stamp(registry.transform(cm("b")).map_err(|e| anyhow::anyhow!("{e}"))?), "2");
     let bad = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad", "namespace": "n", "annotations": "x"}});
     assert!(registry.transform(bad).is_err(), "annotations that are not an object are refused");
-    assert_eq!(stamp(registry.transform(cm("c")).map_err(|e| anyhow::anyhow!("{e}"))?), "1", "a new instance");
+    assert_eq!(stamp(&registry.transform(cm("c")).map_err(|e| anyhow::anyhow!("{e}"))?), "1", "a new instance");
 
-    // A plugin that does not declare itself stateless keeps fresh instances whatever the setting.
+    // In fresh instances nothing one object leaves behind reaches the next.
+    let fresh = counter.with_instances(InstancePolicy::Fresh);
+    for i in 0..4 {
+        let out = fresh.transform(&cm(&format!("f-{i}")), &Intent::Unknown)?;
+        assert_eq!(stamp(&out.value), "1", "every object gets a fresh instance");
+    }
+
+    // A plugin that does not declare itself stateless gets fresh instances, whatever is asked.
     let minimal = Plugin::load_file(&engine, &plugin_path("downsync-plugin-minimal")?)?;
     assert!(!minimal.info().declares_stateless());
+    assert_eq!(minimal.with_declared_instances().instances(), InstancePolicy::Fresh);
     assert_eq!(minimal.with_instances(InstancePolicy::Reused).instances(), InstancePolicy::Fresh);
-    assert_eq!(counter.with_instances(InstancePolicy::Reused).instances(), InstancePolicy::Reused);
+    assert_eq!(counter.with_declared_instances().instances(), InstancePolicy::Reused);
     Ok(())
 }
 
@@ -106,13 +105,11 @@ async fn replicas(api: &Api<Deployment>, name: &str) -> anyhow::Result<(Option<i
 }
 
 /// `downsync run --once` over the test namespace's Deployments with one plugin in the folder.
-fn sync_once(ns: &str, plugin: &Path, instances: &str) -> anyhow::Result<()> {
+fn sync_once(ns: &str, plugin: &Path) -> anyhow::Result<()> {
     let dir = scratch(&format!("sync-{}", plugin.file_stem().and_then(|s| s.to_str()).unwrap_or("p")));
     std::fs::create_dir_all(&dir)?;
     std::fs::copy(plugin, dir.join("hpa-replicas.wasm"))?;
-    let config = dir.join("config.yaml");
-    std::fs::write(&config, format!("plugins:\n  hpa-replicas: {{instances: {instances}}}\n"))?;
-    let mut args = vec![OsString::from("run"), "--once".into(), "--config".into(), config.into_os_string()];
+    let mut args = vec![OsString::from("run"), "--once".into()];
     args.extend(cluster_args()?);
     args.extend(os(&["--resource", "apps/v1/Deployment", "--namespace", ns, "--target", ns, "--plugins-dir"]));
     args.push(dir.clone().into_os_string());
@@ -136,24 +133,25 @@ async fn the_python_and_js_rules_keep_the_downstream_replicas_against_the_apiser
                 "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}))?;
     up.create(&PostParams::default(), &deployment).await?;
 
-    // Created downstream with the desired replicas (Python, in a fresh instance per call).
-    sync_once(&ns, &python, "fresh")?;
+    // Created downstream with the desired replicas (Python; both examples declare themselves
+    // stateless, so they run in reused instances).
+    sync_once(&ns, &python)?;
     assert_eq!(replicas(&down, "web").await?, (Some(2), "nginx:1.27".into()));
 
-    // An autoscaler scales downstream; upstream changes the image. The JS rule (reused
-    // instances) keeps the downstream replicas and lets the image through.
+    // An autoscaler scales downstream; upstream changes the image. The JS rule keeps the
+    // downstream replicas and lets the image through.
     let scale = |n: i32| Patch::Merge(json!({"spec": {"replicas": n}}));
     let image =
         |i: &str| Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": i}]}}}}));
     down.patch("web", &PatchParams::default(), &scale(7)).await?;
     up.patch("web", &PatchParams::default(), &image("nginx:1.28")).await?;
-    sync_once(&ns, &js, "reused")?;
+    sync_once(&ns, &js)?;
     assert_eq!(replicas(&down, "web").await?, (Some(7), "nginx:1.28".into()), "JS: live replicas kept");
 
-    // And once more with Python in reused instances.
+    // And once more with Python.
     down.patch("web", &PatchParams::default(), &scale(5)).await?;
     up.patch("web", &PatchParams::default(), &image("nginx:1.29")).await?;
-    sync_once(&ns, &python, "reused")?;
+    sync_once(&ns, &python)?;
     assert_eq!(replicas(&down, "web").await?, (Some(5), "nginx:1.29".into()), "Python: live replicas kept");
     env.cleanup().await
 }

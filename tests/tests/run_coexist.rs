@@ -199,7 +199,7 @@ async fn upstream_that_asked_for_replicas_wins_and_a_keep_policy_lets_the_hpa_wi
     d.terminate()?;
 
     // The same, with the HPA's fields kept: the HPA wins and downsync writes nothing.
-    let keep = "- {apiVersion: apps/v1, kind: Deployment, drift: {keep: [hpa]}}";
+    let keep = "- {apiVersion: apps/v1, kind: Deployment, drift: {managers: {hpa: keep}}}";
     create_upstream(&env, mk_deployment(&ns, "kept", "nginx:1", Some(1))?).await?;
     let d = start(&ns, keep, "").await?;
     eventually("kept downstream", Duration::from_secs(30), has("kept", 1)).await?;

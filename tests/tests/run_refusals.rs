@@ -1,7 +1,8 @@
 //! Settings that would make `downsync run` do harm are refused at start, naming the setting:
 //! a metrics address already in use, a misspelt nested setting, upstream and downstream being
 //! the same cluster onto the same names (by URL or through another URL), an unknown feature
-//! gate and an absurd worker count. Into other namespaces, one cluster syncs into itself.
+//! gate and an absurd worker count; a removed setting, with what replaced it. Into other
+//! namespaces, one cluster syncs into itself.
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -157,7 +158,7 @@ fn periods_of_2_to_the_64_are_refused_naming_the_setting_and_its_range() -> anyh
     let mut a = base()?;
     a.extend([arg("--metrics-addr"), arg("off"), arg("--orphan-grace-seconds"), arg("18446744073709551615")]);
     let err = refused(a)?;
-    assert!(err.contains("orphanGraceSeconds") && err.contains("give 0 to 31536000"), "{err}");
+    assert!(err.contains("--orphan-grace-seconds") && err.contains("give 0 to 31536000"), "{err}");
     Ok(())
 }
 
@@ -180,5 +181,37 @@ fn config_type_errors_say_what_to_write_and_metrics_addr_off_is_taken() -> anyho
     a.extend([arg("--config"), arg(&file)]);
     let err = refused(a)?;
     assert!(!err.contains("metricsAddr") && err.contains("workers") && err.contains("out of range"), "{err}");
+    Ok(())
+}
+
+/// A setting issue 29 removed is refused at start, naming it and what replaced it, also inside
+/// the deploy examples' ConfigMap form; its flag is gone too.
+#[test]
+fn a_removed_setting_is_refused_naming_what_replaced_it() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("downsync-refusals-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("gone.yaml");
+    for (yaml, said) in [
+        ("ha: {enabled: true}\n", "`ha.enabled` is gone: HA is on when `ha` is given"),
+        (
+            "resources:\n- {apiVersion: apps/v1, kind: Deployment, drift: {keep: [hpa]}}\n",
+            "`resources[0].drift.keep` is gone: managers are named in one map now",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\ndata:\n  config.yaml: |\n    plugins: {stamp: {rollout: {shadow: true}}}\n",
+            "`plugins.stamp.rollout.shadow` is gone: write `rollout: {mode: shadow}`",
+        ),
+    ] {
+        std::fs::write(&file, yaml)?;
+        let mut a = base()?;
+        a.extend([arg("--config"), arg(&file)]);
+        let err = refused(a)?;
+        assert!(err.contains(said), "{yaml}: {err}");
+    }
+    let mut a = base()?;
+    a.extend([arg("--metrics-cert-dir"), arg(&dir)]);
+    let (status, _, err) = run_to_end(&a)?;
+    assert!(!status.success() && err.contains("unexpected argument '--metrics-cert-dir'"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

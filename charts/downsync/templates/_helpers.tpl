@@ -62,7 +62,11 @@ resources in the order of config.resources.
 {{- $_ = set $c "upstream" (dict "kubeconfig" "/etc/downsync/upstream/kubeconfig") -}}
 {{- $_ = set $c "pluginsDir" "/plugins" -}}
 {{- $_ = set $c "metricsAddr" (printf "0.0.0.0:%v" .Values.endpoints.port) -}}
-{{- $ha := merge (dict "enabled" .Values.ha.enabled "shards" (ternary .Values.ha.shards 1 .Values.ha.enabled)) ($c.ha | default dict) -}}
-{{- $_ = set $c "ha" $ha -}}
+{{- /* HA is on in downsync when its config has an `ha` section. */ -}}
+{{- if .Values.ha.enabled -}}
+{{- $_ = set $c "ha" (merge (dict "shards" .Values.ha.shards) ($c.ha | default dict)) -}}
+{{- else -}}
+{{- $_ = unset $c "ha" -}}
+{{- end -}}
 {{- toYaml $c -}}
 {{- end -}}

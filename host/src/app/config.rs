@@ -32,6 +32,16 @@ pub enum Error {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file names a setting that is gone.
+    #[error("config file {path}: `{setting}` is gone: {instead}")]
+    Gone {
+        /// The file.
+        path: PathBuf,
+        /// The setting, as written (`resources[2].drift.keep`).
+        setting: String,
+        /// What replaced it.
+        instead: &'static str,
+    },
     /// A setting has a bad value.
     #[error("setting {setting}: {message}")]
     Invalid {
@@ -115,7 +125,10 @@ pub struct RunConfig {
     /// Every object is looked at again this often, even without events.
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
-    /// after this long, so a slow or misconfigured upstream does not wipe the downstream.
+    /// after this long, so a slow or misconfigured upstream does not wipe the downstream. Not a
+    /// setting: [`ORPHAN_GRACE_SECONDS`]; tests shorten it with the hidden
+    /// `--orphan-grace-seconds`.
+    #[serde(skip)]
     pub orphan_grace_seconds: u64,
     /// Where `/metrics`, `/plugins`, `/explain` and `/shards` are served over HTTPS, to callers
     /// whose bearer token the downstream cluster grants `get` on the path; `/healthz` and
@@ -124,8 +137,11 @@ pub struct RunConfig {
     #[serde(deserialize_with = "metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
     /// A folder holding `tls.crt` and `tls.key` (a mounted `kubernetes.io/tls` Secret, as
-    /// cert-manager makes) for the HTTPS of `metricsAddr`, so scrapers can verify it. None: a
-    /// self-signed certificate made at each start.
+    /// cert-manager makes) for the HTTPS of `metricsAddr`, so scrapers can verify it; when it
+    /// holds no `tls.crt`, or is None, a self-signed certificate is made at each start. Not a
+    /// setting: the conventional [`METRICS_CERT_DIR`], where a pod mounts the Secret beside its
+    /// config.
+    #[serde(skip)]
     pub metrics_cert_dir: Option<PathBuf>,
     /// Put a finalizer on upstream objects so that their deletion waits for the downstream one.
     pub upstream_finalizer: bool,
@@ -133,9 +149,9 @@ pub struct RunConfig {
     pub status_upsync: bool,
     /// How downstream objects are written, and who owns them.
     pub sync: DownstreamConfig,
-    /// Per-plugin settings (failure policy, pinned digest, rollout, instances), by plugin name.
+    /// Per-plugin settings (failure policy, pinned digest, rollout), by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
-    /// Plugin sandbox limits (fuel, deadline, memory) and the compiled-component cache.
+    /// Plugin sandbox limits per call (fuel, memory).
     pub engine: EngineConfig,
     /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
     /// By default such a namespace is deleted once it holds nothing downsync does not own.
@@ -143,9 +159,18 @@ pub struct RunConfig {
     /// Feature gates by name, `Name: true|false` (`downsync run --help` lists them); unset gates
     /// take their default.
     pub feature_gates: BTreeMap<String, bool>,
-    /// High availability and sharding through Leases in the downstream cluster.
-    pub ha: HaConfig,
+    /// High availability and sharding through Leases in the downstream cluster: on when given
+    /// (`ha: {}` for one shard), off when left out.
+    pub ha: Option<HaConfig>,
 }
+
+/// Where the certificate of the HTTPS endpoints is looked for (`tls.crt` and `tls.key`, as a
+/// mounted `kubernetes.io/tls` Secret holds them), beside the pod's config in /etc/downsync.
+pub const METRICS_CERT_DIR: &str = "/etc/downsync/tls";
+
+/// How long owned downstream objects found without an upstream object at startup wait before
+/// they are deleted: longer than a restart takes, short enough that a real orphan goes soon.
+pub const ORPHAN_GRACE_SECONDS: u64 = 30;
 
 /// Namespaces every cluster runs its own machinery in. Never synced unless a `namespaces:`
 /// list names them: their objects belong to the cluster that made them.
@@ -154,8 +179,8 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 /// The most sync workers a process may run; more only adds contention on the two API servers.
 pub const MAX_WORKERS: usize = 256;
 
-/// The longest `resyncSeconds` and `orphanGraceSeconds`: a year. Longer is a typo, and far
-/// longer (2^64-1) overflows the clock it is added to.
+/// The longest `resyncSeconds` (and the tests' `--orphan-grace-seconds`): a year. Longer is a
+/// typo, and far longer (2^64-1) overflows the clock it is added to.
 pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
 
 /// `metricsAddr`: `HOST:PORT`, or `off` (or empty, or null) to serve nothing.
@@ -232,9 +257,9 @@ impl Default for RunConfig {
             namespace_mapping: NamespaceMapping::default(),
             workers: 8,
             resync_seconds: 600,
-            orphan_grace_seconds: 30,
+            orphan_grace_seconds: ORPHAN_GRACE_SECONDS,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
-            metrics_cert_dir: None,
+            metrics_cert_dir: Some(PathBuf::from(METRICS_CERT_DIR)),
             upstream_finalizer: false,
             status_upsync: false,
             sync: DownstreamConfig::default(),
@@ -242,7 +267,7 @@ impl Default for RunConfig {
             engine: EngineConfig::default(),
             keep_namespaces: false,
             feature_gates: BTreeMap::new(),
-            ha: HaConfig::default(),
+            ha: None,
         }
     }
 }
@@ -307,12 +332,32 @@ impl RunConfig {
                             .into(),
                 });
             };
-            return serde_yaml_ng::from_str(inner).map_err(|e| Error::Parse {
-                path: path.into(),
-                message: format!("data.\"config.yaml\": {}", with_setting(inner, e)),
-            });
+            return Self::parse(inner, path, "data.\"config.yaml\": ");
         }
-        serde_yaml_ng::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: with_setting(text, e) })
+        Self::parse(text, path, "")
+    }
+
+    /// Parses the config itself; `within` leads the parser's messages (where in the file it is).
+    /// A removed setting is refused with what replaced it.
+    fn parse(text: &str, path: &Path, within: &str) -> Result<Self> {
+        if let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            && let Some((setting, instead)) = super::gone::find(&value)
+        {
+            return Err(Error::Gone { path: path.into(), setting, instead });
+        }
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| Error::Parse { path: path.into(), message: format!("{within}{}", with_setting(text, e)) })
+    }
+
+    /// The HA settings, when HA is on.
+    pub fn ha(&self) -> Option<&HaConfig> {
+        self.ha.as_ref()
+    }
+
+    /// This replica's name, in its user agent and (with HA) in the Leases: `POD_NAME`, else the
+    /// host name.
+    pub fn replica_name(&self) -> String {
+        self.ha.clone().unwrap_or_default().resolved_identity()
     }
 
     /// The plugin registry's settings.
@@ -420,7 +465,7 @@ impl RunConfig {
                 );
             }
             if let Err(message) = r.drift.check() {
-                return invalid(&format!("resources[{i}].drift"), message);
+                return invalid(&format!("resources[{i}].drift.managers"), message);
             }
             let dup = self.resources[..i].iter().any(|o| o.api_version == r.api_version && o.kind == r.kind);
             if dup {
@@ -437,27 +482,32 @@ impl RunConfig {
         if self.workers == 0 || self.workers > MAX_WORKERS {
             return invalid("workers", format!("{} is out of range: give 1 to {MAX_WORKERS}", self.workers));
         }
-        self.ha.validate().map_err(|e| match e {
-            super::ha::Error::Invalid { setting, message } => {
-                Error::Invalid { setting: format!("ha.{setting}"), message }
-            }
-            other => Error::Invalid { setting: "ha".into(), message: other.to_string() },
-        })?;
+        if let Some(ha) = &self.ha {
+            ha.validate().map_err(|e| match e {
+                super::ha::Error::Invalid { setting, message } => {
+                    Error::Invalid { setting: format!("ha.{setting}"), message }
+                }
+                other => Error::Invalid { setting: "ha".into(), message: other.to_string() },
+            })?;
+        }
         super::features::validate(&self.feature_gates)
             .map_err(|e| Error::Invalid { setting: "featureGates".into(), message: e.to_string() })?;
         use super::features::{SHADOW_ROLLOUT, SHARDING};
-        if self.ha.shards > 1 && !self.feature(SHARDING) {
+        if let Some(ha) = &self.ha
+            && ha.shards > 1
+            && !self.feature(SHARDING)
+        {
             return invalid(
                 "ha.shards",
-                format!("{} shards need the {SHARDING} feature gate, which is off", self.ha.shards),
+                format!("{} shards need the {SHARDING} feature gate, which is off", ha.shards),
             );
         }
-        if let Some((name, _)) = self.plugins.iter().find(|(_, p)| p.rollout.shadow)
+        if let Some((name, p)) = self.plugins.iter().find(|(_, p)| p.rollout.mode.shadows())
             && !self.feature(SHADOW_ROLLOUT)
         {
             return invalid(
-                &format!("plugins.{name}.rollout.shadow"),
-                format!("needs the {SHADOW_ROLLOUT} feature gate, which is off"),
+                &format!("plugins.{name}.rollout.mode"),
+                format!("{} needs the {SHADOW_ROLLOUT} feature gate, which is off", p.rollout.mode),
             );
         }
         if self.resync_seconds == 0 || self.resync_seconds > MAX_PERIOD_SECONDS {
@@ -468,7 +518,7 @@ impl RunConfig {
         }
         if self.orphan_grace_seconds > MAX_PERIOD_SECONDS {
             return invalid(
-                "orphanGraceSeconds",
+                "--orphan-grace-seconds",
                 format!("{} is out of range: give 0 to {MAX_PERIOD_SECONDS} (a year)", self.orphan_grace_seconds),
             );
         }
@@ -520,6 +570,10 @@ mod tests {
         assert_eq!(c.namespace_mapping, NamespaceMapping::Identity);
         assert_eq!(c.sync.ownership.identity, "downsync");
         assert!(c.engine_config().tiered_compilation, "Winch first, Cranelift in the background");
+        // The fixed ones, from the container's default.
+        assert_eq!(c.orphan_grace_seconds, ORPHAN_GRACE_SECONDS);
+        assert_eq!(c.metrics_cert_dir.as_deref(), Some(Path::new(METRICS_CERT_DIR)));
+        assert_eq!(c.engine.deadline_ms, 1_000);
         c.validate().unwrap();
     }
 
@@ -555,12 +609,13 @@ mod tests {
     #[test]
     fn periods_beyond_a_year_are_refused_naming_the_setting_and_the_range() {
         let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
-        for (setting, range) in [("resyncSeconds", "1 to 31536000"), ("orphanGraceSeconds", "0 to 31536000")] {
-            let c = mk_config(&format!("{base}{setting}: 18446744073709551615")).unwrap();
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(setting) && err.contains(range) && err.contains("18446744073709551615"), "{err}");
-            assert!(mk_config(&format!("{base}{setting}: 31536000")).unwrap().validate().is_ok());
-        }
+        let c = mk_config(&format!("{base}resyncSeconds: 18446744073709551615")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("resyncSeconds") && err.contains("1 to 31536000") && err.contains("18446744073709551615"));
+        assert!(mk_config(&format!("{base}resyncSeconds: 31536000")).unwrap().validate().is_ok());
+        let c = RunConfig { orphan_grace_seconds: u64::MAX, ..mk_config(base).unwrap() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--orphan-grace-seconds") && err.contains("0 to 31536000"), "{err}");
     }
 
     #[test]
@@ -718,15 +773,49 @@ mod tests {
         assert!(on.engine_config().tiered_compilation && !off(TIERED_COMPILATION).engine_config().tiered_compilation);
         assert!(on.engine_config().project_inputs && !off(INPUT_PROJECTION).engine_config().project_inputs);
         assert!(on.client_intent() && !off(CLIENT_INTENT).client_intent());
-        let sharded = format!("{base}ha: {{enabled: true, shards: 3}}\n");
+        let sharded = format!("{base}ha: {{shards: 3}}\n");
         assert!(mk_config(&sharded).unwrap().validate().is_ok());
         let err = mk_config(&format!("{sharded}featureGates: {{{SHARDING}: false}}")).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("ha.shards") && err.to_string().contains(SHARDING), "{err}");
-        let shadow = format!("{base}plugins: {{stamp: {{rollout: {{shadow: true}}}}}}\n");
+        let shadow = format!("{base}plugins: {{stamp: {{rollout: {{mode: manual}}}}}}\n");
         assert!(mk_config(&shadow).unwrap().validate().is_ok());
         let err =
             mk_config(&format!("{shadow}featureGates: {{{SHADOW_ROLLOUT}: false}}")).unwrap().validate().unwrap_err();
-        assert!(err.to_string().contains("plugins.stamp.rollout.shadow"), "{err}");
+        assert!(err.to_string().contains("plugins.stamp.rollout.mode") && err.to_string().contains("manual"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_setting_is_refused_naming_it_and_what_replaced_it() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        for (yaml, setting, instead) in [
+            ("ha: {enabled: true, shards: 2}", "ha.enabled", "HA is on when `ha` is given"),
+            ("orphanGraceSeconds: 10", "orphanGraceSeconds", "fixed 30 s"),
+            ("engine: {deadlineMs: 500}", "engine.deadlineMs", "1 s"),
+            ("sync: {propagation: Orphan}", "sync.propagation", "Background"),
+            ("metricsCertDir: /certs", "metricsCertDir", "/etc/downsync/tls"),
+            ("plugins: {stamp: {instances: reused}}", "plugins.stamp.instances", "stateless"),
+            ("plugins: {stamp: {rollout: {shadow: true}}}", "plugins.stamp.rollout.shadow", "mode: shadow"),
+            ("plugins: {stamp: {rollout: {promote: manual}}}", "plugins.stamp.rollout.promote", "mode: manual"),
+            ("plugins: {stamp: {rollout: {windowSeconds: 60}}}", "plugins.stamp.rollout.windowSeconds", "windowCalls"),
+        ] {
+            let err = mk_config(&format!("{base}{yaml}")).map(|_| ()).expect_err(yaml).to_string();
+            assert!(err.contains(&format!("`{setting}` is gone")) && err.contains(instead), "{yaml}: {err}");
+        }
+        let drift =
+            "resources:\n- {apiVersion: v1, kind: ConfigMap}\n- {apiVersion: v1, kind: Secret, drift: {keep: [hpa]}}";
+        let err = mk_config(drift).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("`resources[1].drift.keep` is gone") && err.contains("managers: {NAME: keep}"), "{err}");
+        let inner = "apiVersion: v1\nkind: ConfigMap\ndata:\n  config.yaml: |\n    ha: {enabled: false}\n";
+        let err = mk_config(inner).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("`ha.enabled` is gone"), "{err}");
+    }
+
+    #[test]
+    fn ha_is_on_when_given() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        assert!(mk_config(base).unwrap().ha().is_none());
+        assert_eq!(mk_config(&format!("{base}ha: {{}}")).unwrap().ha().map(|h| h.shards), Some(1));
+        assert_eq!(mk_config(&format!("{base}ha: {{shards: 4}}")).unwrap().ha().map(|h| h.shards), Some(4));
     }
 
     #[test]

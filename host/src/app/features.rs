@@ -54,7 +54,7 @@ pub const INPUT_PROJECTION: &str = "InputProjection";
 /// A new plugin version runs on Winch's code at once, and on Cranelift's once a background
 /// thread has compiled it. Off: Cranelift compiles before the version is used.
 pub const TIERED_COMPILATION: &str = "TieredCompilation";
-/// `plugins.<name>.rollout.shadow`: a new version runs beside the active one before use.
+/// `plugins.<name>.rollout.mode` `shadow` or `manual`: a new version runs beside the active one before use.
 pub const SHADOW_ROLLOUT: &str = "ShadowRollout";
 /// `ha.shards` above 1: upstream namespaces split across replicas, a Lease each.
 pub const SHARDING: &str = "Sharding";
@@ -77,7 +77,7 @@ pub const GATES: &[Gate] = &[
         name: SHADOW_ROLLOUT,
         stage: Stage::Beta,
         default: true,
-        description: "allow `rollout.shadow`: a new plugin version runs beside the active one before it is used",
+        description: "allow `rollout.mode: shadow` and `manual`: a new plugin version runs beside the active one before it is used",
     },
     Gate {
         name: SHARDING,

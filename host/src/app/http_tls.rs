@@ -18,7 +18,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A mounted file cannot be read or holds no PEM certificate or key.
-    #[error("metricsCertDir: {path}: {message}")]
+    #[error("the endpoints' certificate: {path}: {message}")]
     File {
         /// The file.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum Error {
     },
     /// The certificate and key do not make a TLS configuration (a key of another certificate,
     /// an unsupported key type).
-    #[error("metricsCertDir: {0}")]
+    #[error("the endpoints' certificate: {0}")]
     Tls(#[source] rustls::Error),
     /// The self-signed certificate could not be made.
     #[error("cannot make a self-signed certificate: {0}")]

@@ -9,6 +9,7 @@ pub mod context;
 pub mod error_policy;
 pub mod explain;
 pub mod features;
+mod gone;
 pub mod ha;
 pub mod http;
 pub mod http_auth;

@@ -11,7 +11,7 @@ use tracing::info;
 use super::config::RunConfig;
 use super::connectivity::Connectivity;
 use super::context::{Controller, KindSlot};
-use super::ha::{Coordinator, HaMetrics, HaView, ShardGate, SharedVerdicts, SharedView};
+use super::ha::{Coordinator, HaConfig, HaMetrics, HaView, ShardGate, SharedVerdicts, SharedView};
 use super::http::{self, Health};
 use super::keys::WorkKey;
 use super::metrics::SyncMetrics;
@@ -53,9 +53,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Summary> {
     config.validate()?;
-    if opts.once && config.ha.enabled {
+    if opts.once && config.ha.is_some() {
         return Err(super::config::Error::Invalid {
-            setting: "ha.enabled".into(),
+            setting: "ha".into(),
             message: "--once syncs everything in one process and exits; it cannot run as one of several replicas"
                 .into(),
         }
@@ -73,8 +73,8 @@ pub async fn run(
     let (up, down) = connect(&config).await?;
     let (parts, registry) = Parts::new(&config, &up.url, &down.url);
     let reloader = plugin_reloader(&config, &parts.rules).await?;
-    if let (Some(r), true) = (&reloader, config.ha.enabled) {
-        share_verdicts(r, &parts.verdicts, &config.ha.resolved_identity());
+    if let (Some(r), Some(ha)) = (&reloader, config.ha()) {
+        share_verdicts(r, &parts.verdicts, &ha.resolved_identity());
     }
     // Compiling can take long (tens of seconds for an interpreted guest without a cached
     // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
@@ -218,9 +218,9 @@ impl Running {
     fn start(controller: &Arc<Controller>, parts: Parts, down: &kube::Client) -> Self {
         // The caches are warm: from here on this replica is a standby that can take over.
         let shard_watch = tokio::spawn(Arc::clone(controller).watch_shards());
-        let coordinator = controller.config.ha.enabled.then(|| {
+        let coordinator = controller.config.ha().map(|ha| {
             let (gate, ha_metrics, ha_view) = (parts.gate, parts.ha_metrics, parts.ha_view);
-            Coordinator::new(down.clone(), &controller.config.ha, controller.target(), gate, ha_metrics, ha_view)
+            Coordinator::new(down.clone(), ha, controller.target(), gate, ha_metrics, ha_view)
                 .with_verdicts(parts.verdicts)
                 .spawn()
         });
@@ -273,20 +273,21 @@ impl Parts {
         connectivity.register(&mut registry);
         super::features::register(&config.feature_gates, &mut registry);
         let ha_metrics = HaMetrics::default();
-        if config.ha.enabled {
+        let ha = config.ha();
+        if ha.is_some() {
             ha_metrics.register(&mut registry);
         }
-        let identity = config.ha.resolved_identity();
+        let identity = config.replica_name();
         let ha_view: SharedView = Arc::new(Mutex::new(HaView {
-            enabled: config.ha.enabled,
+            enabled: ha.is_some(),
             identity: identity.clone(),
-            namespace: if config.ha.enabled { config.ha.resolved_namespace() } else { String::new() },
-            shards: if config.ha.enabled { config.ha.shards } else { 1 },
+            namespace: ha.map(HaConfig::resolved_namespace).unwrap_or_default(),
+            shards: ha.map_or(1, |h| h.shards),
             live_replicas: vec![identity],
             fair_share: 1,
             leases: Vec::new(),
         }));
-        let gate = Arc::new(if config.ha.enabled { ShardGate::sharded(config.ha.shards) } else { ShardGate::single() });
+        let gate = Arc::new(ha.map_or_else(ShardGate::single, |h| ShardGate::sharded(h.shards)));
         let slots = config.engine_config().pool_instances as usize;
         let rules = Arc::new(PluginRegistry::new(PluginSet::default(), plugin_metrics).with_call_slots(slots));
         let verdicts = Arc::new(SharedVerdicts::new(Arc::clone(&gate)));
@@ -318,10 +319,16 @@ fn serve(
     Ok(served.tasks)
 }
 
-/// The HTTPS certificate: `metricsCertDir`'s, or a self-signed one (off the async workers: it
-/// reads files or makes a key).
+/// The HTTPS certificate: the one mounted at /etc/downsync/tls (`metrics_cert_dir`), or a
+/// self-signed one when nothing is there (off the async workers: it reads files or makes a key).
+/// A folder holding only one of `tls.crt` and `tls.key` is an error, not a silent self-signed
+/// certificate.
 async fn serving_certificate(config: &RunConfig) -> Result<Arc<rustls::ServerConfig>> {
-    let dir = config.metrics_cert_dir.clone();
+    let dir = config.metrics_cert_dir.clone().filter(|d| ["tls.crt", "tls.key"].iter().any(|f| d.join(f).exists()));
+    match &dir {
+        Some(d) => tracing::info!(dir = %d.display(), "serving HTTPS with the mounted certificate"),
+        None => tracing::info!("serving HTTPS with a self-signed certificate (none mounted at /etc/downsync/tls)"),
+    }
     let made = tokio::task::spawn_blocking(move || super::http_tls::server_config(dir.as_deref()))
         .await
         .map_err(|e| Error::Task(format!("loading the serving certificate: {e}")))?;

@@ -100,7 +100,7 @@ pub struct Resolved {
 /// The user agent of this process: `downsync/VERSION (IDENTITY)`, with the HA identity (the
 /// pod name in a Deployment), so that the API servers' audit logs tell the replicas apart.
 pub fn user_agent(config: &RunConfig) -> String {
-    format!("downsync/{} ({})", env!("CARGO_PKG_VERSION"), config.ha.resolved_identity())
+    format!("downsync/{} ({})", env!("CARGO_PKG_VERSION"), config.replica_name())
 }
 
 /// Connects to both clusters and checks they are two different ones.

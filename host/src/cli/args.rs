@@ -74,7 +74,8 @@ pub(crate) struct EndpointArgs {
     /// `kubectl create token NAME`); required over HTTPS.
     #[arg(long, env = "DOWNSYNC_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
-    /// A PEM file of the CA that signed downsync's certificate (its metricsCertDir).
+    /// A PEM file of the CA that signed downsync's certificate (the one mounted at
+    /// /etc/downsync/tls).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure_skip_tls_verify")]
     pub(crate) certificate_authority: Option<PathBuf>,
     /// Accept downsync's certificate unverified (the self-signed one it makes by default).
@@ -177,13 +178,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) workers: Option<usize>,
     /// Where /metrics, /plugins, /explain and /shards are served over HTTPS (bearer token,
-    /// TokenReview and SubjectAccessReview); /healthz and /readyz answer plainly on the next
-    /// port. `off` to serve nothing.
+    /// TokenReview and SubjectAccessReview) with the certificate mounted at /etc/downsync/tls
+    /// (tls.crt, tls.key), else a self-signed one; /healthz and /readyz answer plainly on the
+    /// next port. `off` to serve nothing.
     #[arg(long)]
     pub(crate) metrics_addr: Option<String>,
-    /// A folder with tls.crt and tls.key to serve HTTPS with (default: a self-signed certificate).
-    #[arg(long, value_name = "DIR")]
-    pub(crate) metrics_cert_dir: Option<PathBuf>,
     /// Development only: serve every endpoint plainly and without authentication, on 127.0.0.1
     /// at --metrics-addr's port (probes too).
     #[arg(long)]
@@ -197,18 +196,20 @@ pub(crate) struct RunArgs {
     /// Copy downstream status to the upstream objects' status subresource.
     #[arg(long)]
     pub(crate) status_upsync: bool,
-    /// Seconds before owned downstream objects without an upstream object are deleted at startup.
-    #[arg(long)]
+    /// Seconds before owned downstream objects without an upstream object are deleted at startup
+    /// (default 30). For tests, which cannot wait as long; hidden.
+    #[arg(long, hide = true)]
     pub(crate) orphan_grace_seconds: Option<u64>,
     /// Keep the downstream namespaces downsync created after their upstream namespace is gone
     /// (by default they are deleted once they hold nothing downsync does not own).
     #[arg(long)]
     pub(crate) keep_namespaces: bool,
-    /// Run as one of several replicas coordinated through Leases in the downstream cluster
-    /// (`ha.enabled`); only the holder of a shard's Lease writes its objects.
+    /// Run as one of several replicas coordinated through Leases in the downstream cluster (as
+    /// an `ha:` section in the config does); only the holder of a shard's Lease writes its
+    /// objects.
     #[arg(long)]
     pub(crate) ha: bool,
-    /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`).
+    /// Split upstream namespaces into N shards, each its own Lease (`ha.shards`); implies --ha.
     #[arg(long, value_name = "N")]
     pub(crate) ha_shards: Option<u32>,
     /// Lease duration, renew deadline and retry period in seconds, as LEASE,RENEW,RETRY
@@ -393,18 +394,17 @@ impl RunArgs {
                 })?),
             };
         }
-        if self.metrics_cert_dir.is_some() {
-            c.metrics_cert_dir = self.metrics_cert_dir;
-        }
         c.upstream_finalizer |= self.upstream_finalizer;
         c.keep_namespaces |= self.keep_namespaces;
         c.status_upsync |= self.status_upsync;
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;
         }
-        c.ha.enabled |= self.ha;
-        if let Some(n) = self.ha_shards {
-            c.ha.shards = n;
+        if self.ha || self.ha_shards.is_some() {
+            c.ha.get_or_insert_with(Default::default);
+        }
+        if let (Some(ha), Some(n)) = (c.ha.as_mut(), self.ha_shards) {
+            ha.shards = n;
         }
         if let Some(t) = &self.ha_timing {
             let parts: Vec<u64> = t
@@ -415,9 +415,10 @@ impl RunArgs {
             let [lease, renew, retry] = parts[..] else {
                 anyhow::bail!("--ha-timing {t}: expected LEASE,RENEW,RETRY, such as 15,10,2");
             };
-            c.ha.lease_duration_seconds = lease;
-            c.ha.renew_deadline_seconds = renew;
-            c.ha.retry_period_seconds = retry;
+            let ha = c.ha.as_mut().context("--ha-timing applies to --ha")?;
+            ha.lease_duration_seconds = lease;
+            ha.renew_deadline_seconds = renew;
+            ha.retry_period_seconds = retry;
         }
         Ok(c)
     }

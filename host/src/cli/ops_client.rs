@@ -130,7 +130,7 @@ pub(super) async fn get_json(endpoint: &EndpointArgs, path_and_query: &str) -> R
             if message.contains("UnknownIssuer") {
                 message.push_str(
                     " (downsync's default certificate is self-signed: give --insecure-skip-tls-verify, or \
-                     --certificate-authority for the CA of its metricsCertDir)",
+                     --certificate-authority for the CA of the certificate at /etc/downsync/tls)",
                 );
             }
             failed(message)

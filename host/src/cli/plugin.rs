@@ -36,7 +36,7 @@ fn print_info(plugin: &Plugin) {
     println!("sha256:  {}", plugin.digest());
     println!("wit:     downsync:rules@{}", info.wit);
     // Whether `instances: reused` would be honoured (version build metadata `+stateless`).
-    println!("stateless: {}", if info.declares_stateless() { "yes (instances: reused is honoured)" } else { "no" });
+    println!("stateless: {}", if info.declares_stateless() { "yes (runs in reused instances)" } else { "no" });
     let hooks: Vec<&str> = [
         ("transform", info.hooks.transform),
         ("preserve", info.hooks.preserve),

@@ -22,13 +22,14 @@ pub(super) async fn show(a: ShardsArgs) -> Result<ExitCode> {
     if let Some(t) = a.target {
         c.sync.ownership.target = t;
     }
+    let mut ha = c.ha.clone().unwrap_or_default();
     if a.ha_namespace.is_some() {
-        c.ha.namespace = a.ha_namespace;
+        ha.namespace = a.ha_namespace;
     }
     let timeout = downsync::app::config::CONNECT_TIMEOUT;
     let ua = downsync::app::startup::user_agent(&c);
     let down = downsync::kube::clients::connect("downstream", &c.downstream, timeout, &ua).await?;
-    let (ns, target) = (c.ha.resolved_namespace(), c.sync.ownership.target.clone());
+    let (ns, target) = (ha.resolved_namespace(), c.sync.ownership.target.clone());
     let rows = downsync::app::ha::read_leases(down.client, &ns, &target).await?;
     if rows.is_empty() {
         println!("no Leases of target {target} in namespace {ns}");

@@ -1,6 +1,5 @@
 //! A loaded plugin: its prepared instance and the hooks, each called in a fresh store (or, for
-//! a plugin that declares itself stateless and is configured `instances: reused`, in a kept
-//! instance reset between calls).
+//! a plugin that declares itself stateless, in a kept instance reset between calls).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -147,13 +146,22 @@ impl Plugin {
                 tracing::warn!(
                     plugin = %self.info.name,
                     version = %self.info.version,
-                    "instances: reused ignored: the plugin does not declare itself stateless \
+                    "reused instances refused: the plugin does not declare itself stateless \
                      (version build metadata '+{STATELESS}'); every call gets a fresh instance"
                 );
                 None
             }
         };
         plugin
+    }
+
+    /// This plugin in the instances it declares: reused ones (reset between calls) when it
+    /// declares itself stateless, saving an interpreter's start-up on every call; a fresh one
+    /// per call otherwise. What the syncer runs.
+    #[must_use]
+    pub fn with_declared_instances(&self) -> Self {
+        let policy = if self.info.declares_stateless() { InstancePolicy::Reused } else { InstancePolicy::Fresh };
+        self.with_instances(policy)
     }
 
     /// The instance policy in force (after the stateless check).

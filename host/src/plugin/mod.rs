@@ -59,7 +59,7 @@ pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};
 pub use registry::{PluginRegistry, RuleSnapshot};
 pub use reload::{Notice, Notifier, Reloader};
-pub use rollout::{Promote, RolloutSettings, Stage, Stats, Trial};
+pub use rollout::{RolloutMode, RolloutSettings, Stage, Stats, Trial};
 pub use session::Session;
 pub use settings::{FailurePolicy, PluginSettings, RegistryConfig};
 pub use status::PluginStatus;

@@ -99,9 +99,10 @@ impl PluginSet {
                     actual: plugin.digest().to_string(),
                 });
             }
-            // A shadow version runs with the same instance policy as the version it would replace.
-            let plugin = plugin.with_instances(settings.instances);
-            let shadow = shadow.map(|s| Shadow { plugin: s.plugin.with_instances(settings.instances), ..s });
+            // Each version runs in the instances it declares (reused when stateless): the
+            // author's promise decides, there is no setting.
+            let plugin = plugin.with_declared_instances();
+            let shadow = shadow.map(|s| Shadow { plugin: s.plugin.with_declared_instances(), ..s });
             entries.push(Loaded { plugin, settings, trial, shadow });
         }
         entries.sort_by(|a, b| (a.settings.priority, a.plugin.name()).cmp(&(b.settings.priority, b.plugin.name())));

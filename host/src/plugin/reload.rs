@@ -64,7 +64,7 @@ pub(super) struct Slot {
     pub(super) previous: Option<Plugin>,
     /// A new version running in shadow, and when it started.
     pub(super) shadow: Option<(Plugin, Arc<Trial>, SystemTime)>,
-    /// The shadow's window closed but it needs an operator (divergent, or `promote: manual`);
+    /// The shadow's window closed but it needs an operator (divergent, or `mode: manual`);
     /// said once.
     pub(super) awaiting: bool,
     /// The last automatic rollback or promotion, for the status.
@@ -399,7 +399,7 @@ impl Reloader {
     /// Whether a checked new version of `stem` goes to shadow: the plugin is loaded already and
     /// its settings ask for it.
     fn to_shadow(&self, slots: &BTreeMap<String, Slot>, stem: &str, plugin: &Plugin) -> bool {
-        self.config.settings(plugin.name()).rollout.shadow && slots.get(stem).is_some_and(|s| s.good.is_some())
+        self.config.settings(plugin.name()).rollout.mode.shadows() && slots.get(stem).is_some_and(|s| s.good.is_some())
     }
 
     /// Tells `notifier` of every rollback and promotion from now on.

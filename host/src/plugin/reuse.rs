@@ -1,4 +1,4 @@
-//! Instance reuse: the idle instances a plugin configured `instances: reused` keeps between
+//! Instance reuse: the idle instances a plugin that declares itself stateless keeps between
 //! calls, each with its store, and how many it keeps.
 
 use std::sync::{Mutex, PoisonError};

@@ -16,30 +16,55 @@ use serde_json::Value;
 use super::types::Decision;
 use crate::sync::delta::{Delta, delta};
 
-/// When a shadow version may take over.
+/// How a new version of a loaded plugin takes over (`plugins.<name>.rollout.mode`): one
+/// setting for what were two (`shadow` and `promote`), whose fourth combination (no shadow,
+/// manual promotion) meant nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Promote {
-    /// After a window with no divergence and no failed call.
+#[serde(rename_all = "camelCase")]
+pub enum RolloutMode {
+    /// At once, on trial: rolled back by itself when too many of its calls fail in its window.
     #[default]
-    Auto,
-    /// Only when an operator says so: `downsync plugin promote NAME` or a `<file stem>.promote`
-    /// file next to the component.
+    Direct,
+    /// In shadow first (both versions run, the active one's result is written, the two are
+    /// compared); it takes over by itself after a window with no divergence and no failure.
+    Shadow,
+    /// In shadow until an operator promotes it: `downsync plugin promote FILE`, or a
+    /// `<file stem>.promote` file next to the component.
     Manual,
+}
+
+impl RolloutMode {
+    /// Whether a new version runs in shadow first.
+    pub fn shadows(self) -> bool {
+        self != Self::Direct
+    }
+}
+
+impl std::fmt::Display for RolloutMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Shadow => "shadow",
+            Self::Manual => "manual",
+        })
+    }
 }
 
 /// How new versions of one plugin are rolled out (`plugins.<name>.rollout` in the config).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSettings {
-    /// Run a new version of a loaded plugin in shadow before it is used.
-    pub shadow: bool,
-    /// The trial window ends after this many calls of the new version...
+    /// How a new version of a loaded plugin takes over: `direct` (at once, on trial), `shadow`
+    /// (in shadow first, then by itself after a clean window) or `manual` (in shadow until
+    /// `downsync plugin promote`).
+    pub mode: RolloutMode,
+    /// The trial window ends after this many calls of the new version, or after 5 minutes with
+    /// at least one call, whichever comes first.
     pub window_calls: u64,
-    /// ...or this many seconds, whichever comes first.
+    /// The trial window's time bound, in seconds. Not a setting: 300, a backstop for a quiet
+    /// kind; the calls are what the verdict counts (a window without calls stays open).
+    #[serde(skip)]
     pub window_seconds: u64,
-    /// Whether a clean shadow window promotes the new version by itself.
-    pub promote: Promote,
     /// Take a new version out when too many of its calls fail during its window (always, for
     /// users).
     #[serde(skip)]
@@ -56,10 +81,9 @@ pub struct RolloutSettings {
 impl Default for RolloutSettings {
     fn default() -> Self {
         Self {
-            shadow: false,
+            mode: RolloutMode::Direct,
             window_calls: 100,
             window_seconds: 300,
-            promote: Promote::Auto,
             rollback: true,
             max_error_percent: 50,
             min_calls: 5,
@@ -141,7 +165,7 @@ pub(super) fn verdict(stage: Stage, settings: &RolloutSettings, stats: Stats, el
         return Verdict::Pending;
     }
     match stage {
-        Stage::Shadow if stats.divergences > 0 || stats.errors > 0 || settings.promote == Promote::Manual => {
+        Stage::Shadow if stats.divergences > 0 || stats.errors > 0 || settings.mode == RolloutMode::Manual => {
             Verdict::AwaitPromotion
         }
         _ => Verdict::Pass,
@@ -334,7 +358,7 @@ mod tests {
     #[test]
     fn verdict_table() {
         let s = RolloutSettings { window_calls: 10, window_seconds: 60, ..RolloutSettings::default() };
-        let manual = RolloutSettings { promote: Promote::Manual, ..s.clone() };
+        let manual = RolloutSettings { mode: RolloutMode::Manual, ..s.clone() };
         let no_rollback = RolloutSettings { rollback: false, ..s.clone() };
         let early = Duration::from_secs(1);
         let late = Duration::from_secs(61);

@@ -1,10 +1,9 @@
-//! The per-plugin settings of the config file: order, failure policy, digest pin, rollout and
-//! instance policy, keyed by plugin name.
+//! The per-plugin settings of the config file: order, failure policy, digest pin and rollout,
+//! keyed by plugin name.
 
 use std::collections::BTreeMap;
 
 use super::rollout::RolloutSettings;
-use super::types::InstancePolicy;
 
 /// What happens to an object when a plugin fails on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -30,9 +29,6 @@ pub struct PluginSettings {
     pub digest: Option<String>,
     /// How new versions are rolled out: shadow, promotion, automatic rollback.
     pub rollout: RolloutSettings,
-    /// `fresh` (default): a new instance per call. `reused`: kept instances reset between
-    /// calls, honoured only for a plugin that declares itself stateless (version build metadata `+stateless`).
-    pub instances: InstancePolicy,
 }
 
 /// The typed plugin configuration: settings by plugin name. Unlisted plugins get the settings
@@ -62,6 +58,8 @@ mod tests {
         assert_eq!(cfg.settings("service").failure_policy, FailurePolicy::FailOpen);
         let priority = serde_yaml_ng::from_str::<RegistryConfig>("plugins:\n  service:\n    priority: -1\n");
         assert!(priority.is_err(), "plugins run in the order of their names");
+        let instances = serde_yaml_ng::from_str::<RegistryConfig>("plugins:\n  service:\n    instances: reused\n");
+        assert!(instances.is_err(), "the plugin's stateless declaration decides");
         assert_eq!(cfg.settings("other"), PluginSettings::default());
         assert_eq!(PluginSettings::default().failure_policy, FailurePolicy::FailClosed);
     }

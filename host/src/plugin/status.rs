@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::error::CallFailure;
 use super::reload::{Reloader, Slot};
-use super::rollout::{Stage, Trial};
+use super::rollout::{RolloutMode, Stage, Trial};
 
 /// The state of one plugin file, for /readyz and the CLI.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -43,7 +43,7 @@ fn rollout_json(s: &Slot) -> serde_json::Value {
             "elapsedSeconds": t.elapsed().as_secs(),
             "windowCalls": settings.window_calls,
             "windowSeconds": settings.window_seconds,
-            "promote": settings.promote,
+            "promote": if settings.mode == RolloutMode::Manual { "manual" } else { "auto" },
             "lastDivergence": t.last_divergence(),
         })
     };

@@ -93,15 +93,16 @@ impl PluginInfo {
 /// The build metadata identifier by which a plugin declares itself stateless.
 pub const STATELESS: &str = "stateless";
 
-/// How a plugin's calls get their instance (the `instances` plugin setting).
+/// How a plugin's calls get their instance: the plugin's declaration decides
+/// ([`Plugin::with_declared_instances`](super::Plugin::with_declared_instances)); tests and the
+/// bench pick one.
 ///
 /// ## Warning
 /// `Reused` trades isolation for speed: guest memory and globals survive from one object to
 /// the next, so a plugin that keeps anything between calls (a cache, a counter, a mutated
 /// default) makes an object's verdict depend on the objects before it. It is honoured only for
 /// plugins that declare themselves stateless ([`PluginInfo::declares_stateless`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum InstancePolicy {
     /// A fresh instance for every call, dropped afterwards (the default): nothing a call leaves
     /// behind can reach the next one.

@@ -5,6 +5,8 @@
 //! field, so it wins), `keep` (that manager owns the field downstream, as an HPA owns
 //! `replicas`: downsync stops enforcing it, silently), or `report` (keep it, and say so).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::managers::{Manager, owners_of};
@@ -37,50 +39,31 @@ impl DriftAction {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DriftPolicy {
-    /// What happens to a change by a manager not named below (or by an unknown one).
+    /// What happens to a change by a manager not named in `managers` (or by an unknown one).
     pub action: DriftAction,
-    /// Managers whose changes stay, silently: they own those fields downstream (an HPA's
-    /// `replicas`). Their fields are left out of every write, also when upstream changes.
-    pub keep: Vec<String>,
-    /// Managers whose changes stay and are reported (a Warning Event, the metric).
-    pub report: Vec<String>,
-    /// Managers whose changes are reverted, when `action` is `keep` or `report`.
-    pub revert: Vec<String>,
+    /// What happens to the changes of one field manager, by its name: `keep` (it owns those
+    /// fields downstream, as the HPA controller owns a Deployment's `replicas`: they are left
+    /// out of every write, also when upstream changes), `report` (they stay, with a Warning
+    /// Event and the metric) or `revert`.
+    pub managers: BTreeMap<String, DriftAction>,
 }
 
 impl DriftPolicy {
     /// What to do with a change made by `manager`.
     pub fn action_for(&self, manager: &str) -> DriftAction {
-        let named = |list: &[String]| list.iter().any(|m| m == manager);
-        if named(&self.keep) {
-            DriftAction::Keep
-        } else if named(&self.report) {
-            DriftAction::Report
-        } else if named(&self.revert) {
-            DriftAction::Revert
-        } else {
-            self.action
-        }
+        self.managers.get(manager).copied().unwrap_or(self.action)
     }
 
     /// Whether some manager's fields may be held back from a write: then the live object's
     /// `managedFields` are read before writing.
     pub fn holds_fields(&self) -> bool {
-        self.action != DriftAction::Revert || !self.keep.is_empty() || !self.report.is_empty()
+        self.action != DriftAction::Revert || self.managers.values().any(|a| *a != DriftAction::Revert)
     }
 
-    /// A manager named in two lists, or an empty name: the message names it.
+    /// An empty manager name: the message says what to write.
     pub fn check(&self) -> Result<(), String> {
-        let lists = [("keep", &self.keep), ("report", &self.report), ("revert", &self.revert)];
-        for (i, (name, list)) in lists.iter().enumerate() {
-            if let Some(empty) = list.iter().position(String::is_empty) {
-                return Err(format!("{name}[{empty}] is empty; name a field manager, such as kubectl-edit"));
-            }
-            for (other, other_list) in &lists[i + 1..] {
-                if let Some(m) = list.iter().find(|m| other_list.contains(m)) {
-                    return Err(format!("manager {m:?} is in both {name} and {other}; name it once"));
-                }
-            }
+        if self.managers.keys().any(String::is_empty) {
+            return Err("an empty manager name; name a field manager, such as kubectl-edit".into());
         }
         Ok(())
     }
@@ -158,11 +141,10 @@ mod tests {
     }
 
     fn mk_policy(action: DriftAction, keep: &[&str], report: &[&str]) -> DriftPolicy {
+        let named = |names: &[&str], a: DriftAction| names.iter().map(move |m| (m.to_string(), a)).collect::<Vec<_>>();
         DriftPolicy {
             action,
-            keep: keep.iter().map(|s| s.to_string()).collect(),
-            report: report.iter().map(|s| s.to_string()).collect(),
-            revert: Vec::new(),
+            managers: named(keep, DriftAction::Keep).into_iter().chain(named(report, DriftAction::Report)).collect(),
         }
     }
 
@@ -210,12 +192,21 @@ mod tests {
     }
 
     #[test]
-    fn a_manager_in_two_lists_is_refused_by_name() {
+    fn the_managers_map_parses_and_an_empty_name_is_refused() {
+        let p: DriftPolicy =
+            serde_yaml_ng::from_str("action: report\nmanagers: {hpa: keep, ops: revert}").expect("policy");
+        assert_eq!(
+            (p.action_for("hpa"), p.action_for("ops"), p.action_for("other")),
+            (DriftAction::Keep, DriftAction::Revert, DriftAction::Report)
+        );
         assert!(mk_policy(DriftAction::Revert, &["hpa"], &[]).check().is_ok());
-        let twice = mk_policy(DriftAction::Revert, &["hpa"], &["hpa"]);
-        assert_eq!(twice.check().unwrap_err(), "manager \"hpa\" is in both keep and report; name it once");
-        assert!(mk_policy(DriftAction::Revert, &[""], &[]).check().unwrap_err().contains("keep[0] is empty"));
+        assert!(mk_policy(DriftAction::Revert, &[""], &[]).check().unwrap_err().contains("empty manager name"));
+        let bad = serde_yaml_ng::from_str::<DriftPolicy>("managers: {hpa: ignore}").map(|_| ()).unwrap_err();
+        assert!(bad.to_string().contains("ignore"), "{bad}");
         assert!(!DriftPolicy::default().holds_fields());
         assert!(mk_policy(DriftAction::Revert, &["hpa"], &[]).holds_fields());
+        let only_reverts = DriftPolicy { managers: [("ops".to_string(), DriftAction::Revert)].into(), ..p };
+        assert!(only_reverts.holds_fields(), "action: report holds fields");
+        assert!(!DriftPolicy { action: DriftAction::Revert, ..only_reverts }.holds_fields());
     }
 }

@@ -83,7 +83,7 @@ async fn phases(b: &Bench, run: &str, ns: &str, f: &mut Figures) -> Result<()> {
     std::fs::create_dir_all(&plugins)?;
     std::fs::copy(b.plugins.join("downsync_plugin_testing_faulty.wasm"), plugins.join("faulty.wasm"))?;
     let config = b.work.join(format!("deadline-{run}.yaml"));
-    std::fs::write(&config, "engine: {fuel: 1000000000000, deadlineMs: 1000}\n")?;
+    std::fs::write(&config, "engine: {fuel: 1000000000000}\n")?;
     let mut args = super::sync::run_args(b, &[], &[], None);
     args.extend(
         [

@@ -26,7 +26,7 @@ pub struct Figures {
     pub warm: Duration,
     /// `preserve` in a fresh instance per call (the default policy).
     pub fresh: Duration,
-    /// `preserve` in a reused instance (`instances: reused`).
+    /// `preserve` in a reused instance (what a stateless plugin runs in).
     pub reused: Duration,
     /// Fuel per `preserve` call.
     pub fuel: u64,
@@ -128,9 +128,10 @@ pub fn section(figures: &[Figures]) -> Section {
          `tests/guest-toolchains.sh`. *in use* is `Plugin::load_file` with an empty artifact cache: Winch's \
          compile, the plugin then runs while Cranelift compiles it in the background and writes the cache; \
          *load* is the same with the cache warm (Cranelift's code; the calls are timed on it). *fresh instance* is \
-         `Plugin::preserve` with the default policy (a new store and instance per call: for Python and \
-         JavaScript that restores the interpreter's snapshot); *reused* is the same plugin with \
-         `instances: reused` (one kept instance, reset between calls). Median of interleaved batches after a \
+         `Plugin::preserve` in fresh instances (a new store and instance per call, what a plugin that does not \
+         declare itself stateless gets: for Python and JavaScript that restores the interpreter's snapshot); \
+         *reused* is the same plugin in reused instances, which it runs in because it declares itself \
+         stateless (one kept instance, reset between calls). Median of interleaved batches after a \
          warm-up; the fixture Deployment, sent only `/spec/replicas`.",
     );
     s

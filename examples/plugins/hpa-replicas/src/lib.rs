@@ -27,7 +27,7 @@ pub struct HpaReplicas;
 impl Rule for HpaReplicas {
     fn describe() -> Info {
         Info::new("hpa-replicas", "0.2.0")
-            .stateless() // keeps nothing between calls: may run with `instances: reused`
+            .stateless() // keeps nothing between calls: runs in a reused instance
             .kind("apps", "Deployment")
             .scope(REPLICAS)
             .hooks(&[Hook::Preserve, Hook::IgnorePaths])

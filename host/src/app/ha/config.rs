@@ -40,15 +40,14 @@ pub enum Error {
 /// Result of the Lease loop.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The `ha:` section of the config: `enabled` and `shards`. The replica's name comes from
-/// `POD_NAME` (else the host name), the Leases' namespace from `POD_NAMESPACE` (else
+/// The `ha:` section of the config, whose presence turns HA on: `shards`. The replica's name
+/// comes from `POD_NAME` (else the host name), the Leases' namespace from `POD_NAMESPACE` (else
 /// `default`), and the Lease timings are client-go's; tests shorten them (`--ha-timing`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HaConfig {
-    /// Coordinate replicas through Leases; only the holder of a shard's Lease writes.
-    pub enabled: bool,
-    /// Upstream namespaces split into this many shards, each its own Lease.
+    /// With the `ha` section given, HA is on (left out, off): upstream namespaces split into this
+    /// many shards, each its own Lease; only the holder of a shard's Lease writes its objects.
     pub shards: u32,
     /// This replica's name in the Leases (and its user agent). Unset: `POD_NAME`, else the
     /// host name.
@@ -71,7 +70,6 @@ pub struct HaConfig {
 impl Default for HaConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
             shards: 1,
             identity: None,
             namespace: None,
@@ -151,7 +149,7 @@ impl HaConfig {
     }
 
     pub(super) fn shard_count(&self) -> u32 {
-        if self.enabled { self.shards.max(1) } else { 1 }
+        self.shards.max(1)
     }
 }
 
@@ -210,7 +208,7 @@ mod tests {
 
     #[test]
     fn settings_must_leave_a_holder_time_to_stop_before_others_take_over() {
-        let ok = HaConfig { enabled: true, ..HaConfig::default() };
+        let ok = HaConfig::default();
         ok.validate().unwrap();
         let bad = HaConfig { renew_deadline_seconds: 15, ..ok.clone() };
         assert!(bad.validate().unwrap_err().to_string().contains("leaseDurationSeconds"));

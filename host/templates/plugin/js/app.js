@@ -9,7 +9,7 @@ const KEPT = "/data/downstream";
 export const rules = exportRule({
   describe: () =>
     new Info("{{name}}", "0.1.0")
-      .stateless() // keeps nothing between calls: may run with `instances: reused`
+      .stateless() // keeps nothing between calls: runs in a reused instance
       .kind("", "ConfigMap")
       .scope(KEPT)
       .hooks("preserve", "ignore-paths")

@@ -13,7 +13,7 @@ class Plugin(Rule):
     def describe(self) -> Info:
         return (
             Info("{{name}}", "0.1.0")
-            .stateless()  # keeps nothing between calls: may run with `instances: reused`
+            .stateless()  # keeps nothing between calls: runs in a reused instance
             .kind("", "ConfigMap")
             .scope(KEPT)
             .hooks("preserve", "ignore-paths")
