@@ -25,6 +25,20 @@ const RECHECK: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_millis(300);
 
 impl Controller {
+    /// At start: watches the kinds served on both sides (the initial sync waits for their
+    /// caches), and reports the others as waiting.
+    pub(super) fn start_watches(self: &Arc<Self>, resolutions: Vec<Resolution>) {
+        for (index, resolution) in resolutions.into_iter().enumerate() {
+            match resolution {
+                Resolution::Served(resolved) => {
+                    self.metrics.set_served(&resolved.config.kind, &resolved.config.api_version, true);
+                    self.watch_kind(index, *resolved, true);
+                }
+                Resolution::NotServed(side) => self.kind_waits(index, side),
+            }
+        }
+    }
+
     /// Marks `resources[index]` as waiting for `side` to serve it: logged once per change, on
     /// `/readyz?verbose` and `downsync_kind_served`.
     pub(super) fn kind_waits(&self, index: usize, side: &str) {

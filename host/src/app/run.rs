@@ -80,33 +80,14 @@ pub async fn run(
     // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
     // without the rules would write what they exist to prevent.
     let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
-    let mut resolutions = Vec::new();
-    for (index, r) in config.resources.iter().enumerate() {
-        let resolution = resolve_kind(&config, index, &up.client, &down.client).await?;
-        // A kind missing from a built-in group is a typo, not a CRD to wait for.
-        if let Resolution::NotServed(side) = resolution
-            && !super::startup::may_come_later(r)
-        {
-            return Err(super::startup::not_served(index, r, side));
-        }
-        resolutions.push(resolution);
-    }
+    let resolutions = resolve_kinds(&config, &up, &down).await?;
     let served: Vec<_> = resolutions
         .iter()
         .filter_map(|r| if let Resolution::Served(r) = r { Some((**r).clone()) } else { None })
         .collect();
     let many_workspaces = super::startup::check_many_workspaces(&config, &up, None, &served)?;
     let workers_alive = Arc::new(AtomicUsize::new(0));
-    let health = Arc::new(
-        Health::new(registry, reloader.clone(), Arc::clone(&parts.connectivity), {
-            let (alive, want) = (Arc::clone(&workers_alive), config.workers);
-            Box::new(move || {
-                let n = alive.load(Ordering::Acquire);
-                (n < want).then(|| format!("{n} of {want} sync workers running"))
-            })
-        })
-        .with_ha_view(Arc::clone(&parts.ha_view)),
-    );
+    let health = health(&config, registry, reloader.clone(), &parts, &workers_alive);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let security =
         tls.map(|tls| http::Security { authorizer: Arc::new(http::Authorizer::new(down.client.clone())), tls });
@@ -118,15 +99,7 @@ pub async fn run(
     }
     let controller = controller(config, upstream, &down.client, &parts, many_workspaces, &health, workers_alive);
     health.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
-    for (index, resolution) in resolutions.into_iter().enumerate() {
-        match resolution {
-            Resolution::Served(resolved) => {
-                controller.metrics.set_served(&resolved.config.kind, &resolved.config.api_version, true);
-                controller.watch_kind(index, *resolved, true);
-            }
-            Resolution::NotServed(side) => controller.kind_waits(index, side),
-        }
-    }
+    controller.start_watches(resolutions);
 
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
@@ -162,6 +135,44 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(controller.summary())
+}
+
+/// Resolves every configured kind on both sides. A kind not served yet waits (its CRD may
+/// come); one missing from a built-in group is a typo, and an error.
+async fn resolve_kinds(
+    config: &RunConfig,
+    up: &crate::kube::clients::Connected,
+    down: &crate::kube::clients::Connected,
+) -> Result<Vec<Resolution>> {
+    let mut resolutions = Vec::new();
+    for (index, r) in config.resources.iter().enumerate() {
+        let resolution = resolve_kind(config, index, &up.client, &down.client).await?;
+        if let Resolution::NotServed(side) = resolution
+            && !super::startup::may_come_later(r)
+        {
+            return Err(super::startup::not_served(index, r, side));
+        }
+        resolutions.push(resolution);
+    }
+    Ok(resolutions)
+}
+
+/// What the probes and the operations endpoints report on; live while every worker runs.
+fn health(
+    config: &RunConfig,
+    registry: Registry,
+    reloader: Option<Arc<crate::plugin::Reloader>>,
+    parts: &Parts,
+    workers_alive: &Arc<AtomicUsize>,
+) -> Arc<Health> {
+    let (alive, want) = (Arc::clone(workers_alive), config.workers);
+    let live = Box::new(move || {
+        let n = alive.load(Ordering::Acquire);
+        (n < want).then(|| format!("{n} of {want} sync workers running"))
+    });
+    Arc::new(
+        Health::new(registry, reloader, Arc::clone(&parts.connectivity), live).with_ha_view(Arc::clone(&parts.ha_view)),
+    )
 }
 
 /// The shared context of the workers, over the watched kinds' caches.

@@ -20,7 +20,7 @@ use downsync::sync::error::ApiError;
 use downsync::sync::mapping;
 use downsync::sync::ownership;
 use downsync::sync::preservation::for_display;
-use downsync::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, Syncer, Write};
+use downsync::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, SyncResult, Syncer, Write};
 
 /// What `diff` found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -242,40 +242,7 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
             let key = result.key.clone();
             let seen = key.as_ref().map(|k| syncer.downstream().take(k)).unwrap_or_default();
             let name = key.map_or_else(|| obj.name_any(), |k| k.to_string());
-            match (&result.error, result.operation) {
-                (Some(SyncError::RecreateTimeout { .. }), _) => {
-                    summary.recreate += 1;
-                    let _ = writeln!(out, "~ {name} (recreate: a field that cannot change in place changed)");
-                }
-                (Some(e), _) => {
-                    summary.errors += 1;
-                    let _ = writeln!(out, "! {name}: {e}");
-                }
-                (None, Operation::Created) => {
-                    summary.create += 1;
-                    let note = if seen.namespace_missing { ", with its namespace" } else { "" };
-                    let _ = writeln!(out, "+ {name} (create{note})");
-                    let mut after = seen.after.map(for_display).unwrap_or(Value::Null);
-                    mask_secrets(&mut Value::Null, &mut after);
-                    out.push_str(&indent(&yaml(&after), "  + "));
-                }
-                (None, Operation::Updated) => {
-                    summary.update += 1;
-                    let _ = writeln!(out, "~ {name} (update)");
-                    let before = seen.before.unwrap_or(Value::Null);
-                    let after = seen.after.unwrap_or(Value::Null);
-                    out.push_str(&indent(&unified(&before, &after), "  "));
-                }
-                (None, Operation::Unchanged) => summary.unchanged += 1,
-                (None, Operation::Skipped) => {
-                    summary.errors += 1;
-                    let why = result.reason.as_deref().unwrap_or("a rule said so");
-                    let _ = writeln!(out, "! {name}: skipped: {why}");
-                }
-                (None, op) => {
-                    let _ = writeln!(out, "? {name}: {}", op.as_str());
-                }
-            }
+            write_outcome(out, &mut summary, &name, &result, seen);
         }
         let owned = Api::<DynamicObject>::all_with(down.client.clone(), down_ar)
             .list(&ListParams::default().labels(&owned_selector))
@@ -298,6 +265,44 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
         summary.create, summary.update, summary.recreate, summary.delete, summary.unchanged, summary.errors
     );
     Ok(summary)
+}
+
+/// One object's line (and its YAML or diff) in `out`, counted in `summary`.
+fn write_outcome(out: &mut String, summary: &mut DiffSummary, name: &str, result: &SyncResult, seen: Seen) {
+    match (&result.error, result.operation) {
+        (Some(SyncError::RecreateTimeout { .. }), _) => {
+            summary.recreate += 1;
+            let _ = writeln!(out, "~ {name} (recreate: a field that cannot change in place changed)");
+        }
+        (Some(e), _) => {
+            summary.errors += 1;
+            let _ = writeln!(out, "! {name}: {e}");
+        }
+        (None, Operation::Created) => {
+            summary.create += 1;
+            let note = if seen.namespace_missing { ", with its namespace" } else { "" };
+            let _ = writeln!(out, "+ {name} (create{note})");
+            let mut after = seen.after.map(for_display).unwrap_or(Value::Null);
+            mask_secrets(&mut Value::Null, &mut after);
+            out.push_str(&indent(&yaml(&after), "  + "));
+        }
+        (None, Operation::Updated) => {
+            summary.update += 1;
+            let _ = writeln!(out, "~ {name} (update)");
+            let before = seen.before.unwrap_or(Value::Null);
+            let after = seen.after.unwrap_or(Value::Null);
+            out.push_str(&indent(&unified(&before, &after), "  "));
+        }
+        (None, Operation::Unchanged) => summary.unchanged += 1,
+        (None, Operation::Skipped) => {
+            summary.errors += 1;
+            let why = result.reason.as_deref().unwrap_or("a rule said so");
+            let _ = writeln!(out, "! {name}: skipped: {why}");
+        }
+        (None, op) => {
+            let _ = writeln!(out, "? {name}: {}", op.as_str());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,9 +60,12 @@ pub(super) struct ReplaySummary {
     pub errors: usize,
 }
 
+/// What one sync would do: the operation and the object written, or why it fails.
+type Outcome = std::result::Result<(Operation, Value), String>;
+
 /// What one version would do to one object: the object it would leave downstream (the live one
 /// when it writes nothing), or its error.
-fn outcome(result: &SyncResult, seen: Seen) -> std::result::Result<(Operation, Value), String> {
+fn outcome(result: &SyncResult, seen: Seen) -> Outcome {
     if let Some(e) = &result.error {
         return Err(e.to_string());
     }
@@ -132,35 +135,7 @@ pub(super) async fn replay(config: RunConfig, file: &Path, out: &mut String) -> 
             let name = a.key.as_ref().map_or_else(|| kube::ResourceExt::name_any(&obj), ToString::to_string);
             let seen_a = a.key.as_ref().map(|k| before.downstream().take(k)).unwrap_or_default();
             let seen_b = b.key.as_ref().map(|k| after.downstream().take(k)).unwrap_or_default();
-            match (outcome(&a, seen_a), outcome(&b, seen_b)) {
-                (Ok((op_a, obj_a)), Ok((op_b, obj_b))) => {
-                    let text = unified_with(&obj_a, &obj_b, ("active", "replayed"));
-                    if text.is_empty() && op_a.as_str() == op_b.as_str() {
-                        summary.same += 1;
-                        continue;
-                    }
-                    summary.differ += 1;
-                    let _ = writeln!(
-                        out,
-                        "~ {name} ({} with the active version, {} with the new one)",
-                        op_a.as_str(),
-                        op_b.as_str()
-                    );
-                    out.push_str(&indent(&text));
-                }
-                (Ok(_), Err(e)) => {
-                    summary.errors += 1;
-                    let _ = writeln!(out, "! {name}: the new version fails where the active one does not: {e}");
-                }
-                (Err(e), Ok(_)) => {
-                    summary.differ += 1;
-                    let _ = writeln!(out, "~ {name}: the active version fails ({e}); the new one would sync it");
-                }
-                (Err(_), Err(e)) => {
-                    summary.same += 1;
-                    let _ = writeln!(out, "  {name}: both versions fail; the new one with: {e}");
-                }
-            }
+            compare(out, &mut summary, &name, outcome(&a, seen_a), outcome(&b, seen_b));
         }
     }
     if kinds == 0 {
@@ -173,6 +148,40 @@ pub(super) async fn replay(config: RunConfig, file: &Path, out: &mut String) -> 
         summary.differ, summary.same, summary.errors
     );
     Ok(summary)
+}
+
+/// One object's outcome under the active version (`a`) and the new one (`b`), in `out` and
+/// `summary`.
+fn compare(out: &mut String, summary: &mut ReplaySummary, name: &str, a: Outcome, b: Outcome) {
+    match (a, b) {
+        (Ok((op_a, obj_a)), Ok((op_b, obj_b))) => {
+            let text = unified_with(&obj_a, &obj_b, ("active", "replayed"));
+            if text.is_empty() && op_a.as_str() == op_b.as_str() {
+                summary.same += 1;
+                return;
+            }
+            summary.differ += 1;
+            let _ = writeln!(
+                out,
+                "~ {name} ({} with the active version, {} with the new one)",
+                op_a.as_str(),
+                op_b.as_str()
+            );
+            out.push_str(&indent(&text));
+        }
+        (Ok(_), Err(e)) => {
+            summary.errors += 1;
+            let _ = writeln!(out, "! {name}: the new version fails where the active one does not: {e}");
+        }
+        (Err(e), Ok(_)) => {
+            summary.differ += 1;
+            let _ = writeln!(out, "~ {name}: the active version fails ({e}); the new one would sync it");
+        }
+        (Err(_), Err(e)) => {
+            summary.same += 1;
+            let _ = writeln!(out, "  {name}: both versions fail; the new one with: {e}");
+        }
+    }
 }
 
 fn indent(text: &str) -> String {

@@ -287,15 +287,14 @@ impl Reloader {
         Ok(self.evaluate_locked() || committed)
     }
 
-    /// Builds and swaps in the new set; records every outcome in the slots.
-    fn commit(
+    /// Tries the candidates into the set one at a time; refuses (in place) those that cannot
+    /// live with the others, and returns what each refusal was against.
+    fn refuse_misfits(
         &self,
-        on_disk: &BTreeMap<String, PathBuf>,
-        mut candidates: Vec<Candidate>,
+        slots: &BTreeMap<String, Slot>,
+        candidates: &mut [Candidate],
         removed: &[String],
-        unreadable: Vec<(String, PathBuf, String)>,
-    ) -> bool {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+    ) -> BTreeMap<String, String> {
         // The versions in use, by stem, less the removed files.
         let mut base: BTreeMap<String, Plugin> = slots
             .iter()
@@ -310,13 +309,13 @@ impl Reloader {
         // checked as if it were in use, since it will be once promoted; the set keeps the
         // active one meanwhile.
         let mut set_refusals: BTreeMap<String, String> = BTreeMap::new();
-        for c in &mut candidates {
+        for c in candidates.iter_mut() {
             let Ok(plugin) = &c.checked else { continue };
             let against = others(base.iter().map(|(s, p)| (s, p.digest())), &c.stem);
             let mut trial = base.clone();
             trial.insert(c.stem.clone(), plugin.clone());
             match PluginSet::new(trial.values().cloned().collect(), &self.config) {
-                Ok(_) if !self.to_shadow(&slots, &c.stem, plugin) => base = trial,
+                Ok(_) if !self.to_shadow(slots, &c.stem, plugin) => base = trial,
                 Ok(_) => {}
                 Err(e) => {
                     set_refusals.insert(c.stem.clone(), against);
@@ -329,54 +328,73 @@ impl Reloader {
                 }
             }
         }
+        set_refusals
+    }
+
+    /// Puts one checked candidate into its slot: in shadow, in use (on trial), or refused.
+    fn take_in(&self, slot: &mut Slot, c: Candidate, shadow: bool, now: SystemTime, against: Option<String>) {
+        match c.checked {
+            Ok(plugin) if shadow => {
+                let rollout = self.config.settings(plugin.name()).rollout;
+                tracing::info!(
+                    plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(),
+                    window_calls = rollout.window_calls, window_seconds = rollout.window_seconds,
+                    "new plugin version runs in shadow; the active one keeps writing"
+                );
+                let trial = Trial::new(Stage::Shadow, rollout, self.waker());
+                plugin.accept();
+                slot.shadow = Some((plugin, trial, now));
+                slot.awaiting = false;
+                slot.last_error = None;
+                slot.refused = None;
+                slot.reported = None;
+            }
+            Ok(plugin) => {
+                tracing::info!(plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(), "plugin version loaded");
+                let rollout = self.config.settings(plugin.name()).rollout;
+                let previous = slot.good.take().map(|(p, _)| p);
+                let stage = if previous.is_some() { Stage::Probation } else { Stage::New };
+                slot.trial = Some(Trial::new(stage, rollout, self.waker()));
+                slot.previous = previous;
+                plugin.accept();
+                slot.good = Some((plugin, now));
+                // A direct swap replaces a shadow too: the file now holds this version.
+                slot.shadow = None;
+                slot.last_error = None;
+                slot.refused = None;
+                slot.reported = None;
+            }
+            Err(e) => {
+                if slot.reported.as_deref() == Some(c.digest.as_str()) {
+                    tracing::debug!(plugin = %c.stem, digest = %c.digest, error = %e, "plugin version refused again");
+                } else {
+                    tracing::error!(plugin = %c.stem, digest = %c.digest, file = %slot.file.display(), error = %e, "new plugin version refused; keeping the last good one");
+                    self.registry.metrics().record_reload_failure(&c.stem);
+                    slot.reported = Some(c.digest.clone());
+                }
+                slot.last_error = Some(e.to_string());
+                slot.refused = Some(Refusal { against, digest: c.digest });
+            }
+        }
+    }
+
+    /// Builds and swaps in the new set; records every outcome in the slots.
+    fn commit(
+        &self,
+        on_disk: &BTreeMap<String, PathBuf>,
+        mut candidates: Vec<Candidate>,
+        removed: &[String],
+        unreadable: Vec<(String, PathBuf, String)>,
+    ) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set_refusals = self.refuse_misfits(&slots, &mut candidates, removed);
         let now = SystemTime::now();
         for c in candidates {
             let file = on_disk.get(&c.stem).cloned().unwrap_or_default();
             let shadow = matches!(&c.checked, Ok(p) if self.to_shadow(&slots, &c.stem, p));
             let slot = slots.entry(c.stem.clone()).or_insert_with(|| Slot::new(file));
-            match c.checked {
-                Ok(plugin) if shadow => {
-                    let rollout = self.config.settings(plugin.name()).rollout;
-                    tracing::info!(
-                        plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(),
-                        window_calls = rollout.window_calls, window_seconds = rollout.window_seconds,
-                        "new plugin version runs in shadow; the active one keeps writing"
-                    );
-                    let trial = Trial::new(Stage::Shadow, rollout, self.waker());
-                    plugin.accept();
-                    slot.shadow = Some((plugin, trial, now));
-                    slot.awaiting = false;
-                    slot.last_error = None;
-                    slot.refused = None;
-                    slot.reported = None;
-                }
-                Ok(plugin) => {
-                    tracing::info!(plugin = plugin.name(), digest = %c.digest, file = %slot.file.display(), "plugin version loaded");
-                    let rollout = self.config.settings(plugin.name()).rollout;
-                    let previous = slot.good.take().map(|(p, _)| p);
-                    let stage = if previous.is_some() { Stage::Probation } else { Stage::New };
-                    slot.trial = Some(Trial::new(stage, rollout, self.waker()));
-                    slot.previous = previous;
-                    plugin.accept();
-                    slot.good = Some((plugin, now));
-                    // A direct swap replaces a shadow too: the file now holds this version.
-                    slot.shadow = None;
-                    slot.last_error = None;
-                    slot.refused = None;
-                    slot.reported = None;
-                }
-                Err(e) => {
-                    if slot.reported.as_deref() == Some(c.digest.as_str()) {
-                        tracing::debug!(plugin = %c.stem, digest = %c.digest, error = %e, "plugin version refused again");
-                    } else {
-                        tracing::error!(plugin = %c.stem, digest = %c.digest, file = %slot.file.display(), error = %e, "new plugin version refused; keeping the last good one");
-                        self.registry.metrics().record_reload_failure(&c.stem);
-                        slot.reported = Some(c.digest.clone());
-                    }
-                    slot.last_error = Some(e.to_string());
-                    slot.refused = Some(Refusal { against: set_refusals.remove(&c.stem), digest: c.digest });
-                }
-            }
+            let against = set_refusals.remove(&c.stem);
+            self.take_in(slot, c, shadow, now, against);
         }
         for (stem, file, message) in unreadable {
             let again = slots.get(&stem).is_some_and(|s| s.last_error.as_deref() == Some(message.as_str()));
