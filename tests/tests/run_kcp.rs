@@ -613,3 +613,61 @@ async fn three_workspaces_through_the_apiexport_land_apart_and_each_change_stays
     }
     tenancy.delete().await
 }
+
+#[tokio::test]
+async fn a_workspace_that_revokes_its_binding_loses_its_copies_and_the_others_keep_theirs() -> anyhow::Result<()> {
+    let tenancy = Tenancy::new().await?;
+    let (ns, target) = (tenancy.ns.clone(), unique_name("kcp-unbind"));
+    let kubeconfig = tenancy.all_kubeconfig()?;
+    let down = clusters()?.downstream.client().await?;
+    let a = vw_args(&kubeconfig, &ns, &target, &[])?;
+    let mut d = Daemon::start_with("kcp-unbind", &a[..4], &a[4..], Some("info,downsync=debug"))?;
+    d.wait_ready(Duration::from_secs(120)).await?;
+    let mapped = namespaces_by_cluster(&down, &target).await?;
+    assert_eq!(mapped.len(), 3, "{mapped:?}; log: {}", d.log.display());
+    let copy = |ws: &Workspace| {
+        let down_ns = mapped.get(&ws.logical_cluster).cloned().unwrap_or_default();
+        Api::<ConfigMap>::namespaced(down.clone(), &down_ns)
+    };
+    let mut versions = Vec::new();
+    for (ws, _) in &tenancy.tenants {
+        versions.push(copy(ws).get("cm").await?.metadata.resource_version);
+    }
+
+    // Workspace c revokes the export's access: its binding's permission claims rejected, its
+    // objects leave the export's view. (Deleting an APIBinding is not enough in kcp v0.26: the
+    // claim labels stay on the objects, and the virtual workspace keeps serving them.)
+    let (ws_c, client_c) = &tenancy.tenants[2];
+    let bindings_c = kcp_api(client_c, "apis.kcp.io", "APIBinding", "apibindings");
+    let mut claims = serde_json::to_value(bindings_c.get("downsync").await?)?["spec"]["permissionClaims"].clone();
+    for c in claims.as_array_mut().into_iter().flatten() {
+        c["state"] = json!("Rejected");
+    }
+    bindings_c
+        .patch("downsync", &PatchParams::default(), &Patch::Merge(json!({"spec": {"permissionClaims": claims}})))
+        .await?;
+    let started = std::time::Instant::now();
+    eventually("c's copy to go", Duration::from_secs(120), || async {
+        Ok(copy(ws_c).get_opt("cm").await?.is_none().then_some(()))
+    })
+    .await?;
+    eprintln!("claims rejected: c's copy deleted after {:.1} s", started.elapsed().as_secs_f64());
+    // The downstream namespace made for c goes too: nothing of c is left there.
+    let c_ns = mapped.get(&ws_c.logical_cluster).cloned().unwrap_or_default();
+    eventually("c's downstream namespace to go", Duration::from_secs(60), || async {
+        let n = Api::<Namespace>::all(down.clone()).get_opt(&c_ns).await?;
+        Ok(n.is_none_or(|n| n.metadata.deletion_timestamp.is_some()).then_some(()))
+    })
+    .await?;
+    // The object itself is still in c, untouched; a's and b's copies were not written.
+    assert!(Api::<ConfigMap>::namespaced(client_c.clone(), &ns).get_opt("cm").await?.is_some());
+    for (i, (ws, _)) in tenancy.tenants.iter().take(2).enumerate() {
+        assert_eq!(copy(ws).get("cm").await?.metadata.resource_version, versions[i], "a copy of another workspace");
+    }
+    assert!(d.terminate()?.success());
+    let _ = std::fs::remove_file(kubeconfig);
+    for name in mapped.values() {
+        let _ = Api::<Namespace>::all(down.clone()).delete(name, &DeleteParams::background()).await;
+    }
+    tenancy.delete().await
+}
