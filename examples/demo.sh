@@ -14,6 +14,11 @@
 #       `downsync-demo-pv` already exists on either side, and deletes both at the end; downsync
 #       syncs only objects labelled app.kubernetes.io/part-of=downsync-demo in namespace demo.
 #
+#   examples/demo.sh --kcp
+#       Many kcp workspaces into one cluster: a kcp (v0.26.0, built from its Go module and
+#       cached) with an APIExport bound in two workspaces, downsync at the export's virtual
+#       workspace, each workspace's objects kept apart downstream (examples/kcp/demo.sh).
+#
 # Environment: DEMO_TIMEOUT (default 60) bounds each wait, in seconds; CARGO_TARGET_DIR
 # (default ~/.cache/downsync/cargo-target, shared with tests/run.sh).
 set -euo pipefail
@@ -34,6 +39,7 @@ while (( $# )); do
     --downstream-context) dn_ctx="${2:?}"; shift 2 ;;
     --upstream-kubeconfig) up_kcfg="${2:?}"; shift 2 ;;
     --downstream-kubeconfig) dn_kcfg="${2:?}"; shift 2 ;;
+    --kcp) exec "$root/examples/kcp/demo.sh" ;;
     -h|--help) usage ;;
     *) echo "demo.sh: unknown argument '$1'" >&2; usage ;;
   esac
