@@ -157,6 +157,13 @@ async fn later(env: &TestEnv, group: &str, crd: &CustomResourceDefinition) -> an
     assert_eq!(d.metric("downsync_kind_served", &[r#"kind="ConfigMap""#])?, 1.0);
     let waits = d.log_text().matches("is not served upstream: waiting for its CRD").count();
     assert_eq!(waits, 1, "logged once:\n{}", d.log_text());
+    // Waiting is not polling: a look per burst of CRD events (other tests on these clusters make
+    // some) and one every 30 s; a loop that woke itself made thousands in these 5 s.
+    let looks = |log: &str| log.matches("looking again at the kinds that wait").count();
+    let before = looks(&d.log_text());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = looks(&d.log_text());
+    assert!(after - before <= 20, "{} looks in 5 s:\n{}", after - before, d.log_text());
 
     // The CRD on both sides, then a Widget upstream: synced, no restart.
     install_crd(&env.upstream, crd).await?;

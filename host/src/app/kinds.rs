@@ -48,9 +48,12 @@ impl Controller {
             slot.config.describe()
         );
         let changed = lock(&self.waiting.kinds).insert(index, line.clone()).as_ref() != Some(&line);
-        if changed {
-            warn!(kind = %slot.config.kind, api_version = %slot.config.api_version, side, "{line}");
+        if !changed {
+            // Looked at again and still waiting for the same side: nothing new to say, and
+            // nothing to wake the look-again loop for (that would make it poll).
+            return;
         }
+        warn!(kind = %slot.config.kind, api_version = %slot.config.api_version, side, "{line}");
         self.metrics.set_served(&slot.config.kind, &slot.config.api_version, false);
         self.health.set_waiting_kinds(self.waiting.describe());
         self.waiting.changed.notify_one();
@@ -118,6 +121,7 @@ impl Controller {
 
     /// Resolves every waiting kind again; those served on both sides start their watches.
     async fn look_again(self: &Arc<Self>) {
+        debug!(kinds = self.waiting.indices().len(), "looking again at the kinds that wait to be served");
         for index in self.waiting.indices() {
             let (up, down) = (self.upstream.client(), self.syncer.downstream().client());
             match resolve_kind(&self.config, index, up, down).await {

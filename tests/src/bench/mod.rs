@@ -14,6 +14,7 @@ pub mod deadline;
 pub mod ha;
 pub mod heap;
 pub mod http;
+pub mod kcp;
 pub mod languages;
 pub mod objects;
 pub mod process;
@@ -61,6 +62,8 @@ pub enum Part {
     Deadline,
     /// 11. Coexistence: an HPA and an admission policy share the downstream (issue 28).
     Coexist,
+    /// 13. kcp: many workspaces through one APIExport virtual workspace (issue 31).
+    Kcp,
 }
 
 /// What to run and how.
@@ -96,6 +99,8 @@ pub struct Options {
     pub coexist_objects: usize,
     /// Section 11: an earlier `downsync` binary to compare against.
     pub baseline: Option<PathBuf>,
+    /// Section 13: workspaces, and ConfigMaps in each.
+    pub kcp_workspaces: (usize, usize),
 }
 
 impl Options {
@@ -105,9 +110,19 @@ impl Options {
     }
 
     fn wants_clusters(&self) -> bool {
-        [Part::Initial, Part::Resync, Part::Update, Part::Memory, Part::Reload, Part::Ha, Part::Deadline, Part::Coexist]
-            .iter()
-            .any(|p| self.wants(*p))
+        [
+            Part::Initial,
+            Part::Resync,
+            Part::Update,
+            Part::Memory,
+            Part::Reload,
+            Part::Ha,
+            Part::Deadline,
+            Part::Coexist,
+            Part::Kcp,
+        ]
+        .iter()
+        .any(|p| self.wants(*p))
     }
 }
 
@@ -388,6 +403,13 @@ pub async fn run(opts: Options) -> Result<Report> {
         eprintln!("bench: 11. coexistence");
         let figures = coexist::measure(&bench, opts.coexist_objects, opts.baseline.as_deref()).await;
         report.sections.push(coexist::section(&figures));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Kcp) {
+        eprintln!("bench: 13. kcp (starts a kcp unless DOWNSYNC_KCP_KUBECONFIG is set)");
+        let (workspaces, per) = opts.kcp_workspaces;
+        let figures = kcp::measure(&bench, workspaces, per, 3).await;
+        report.sections.push(kcp::section(&figures));
         save(&report, &out)?;
     }
     drop(started);

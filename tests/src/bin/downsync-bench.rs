@@ -64,6 +64,12 @@ struct Args {
     /// Section 11: an earlier `downsync` binary to compare against (API calls, initial sync).
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Section 13: kcp workspaces bound to one APIExport.
+    #[arg(long, default_value_t = 50)]
+    kcp_workspaces: usize,
+    /// Section 13: ConfigMaps in each workspace.
+    #[arg(long, default_value_t = 100)]
+    kcp_per_workspace: usize,
 }
 
 #[tokio::main]
@@ -85,6 +91,7 @@ async fn main() -> Result<()> {
         heap_profile: a.heap_profile,
         coexist_objects: a.coexist_objects.max(2),
         baseline: a.baseline,
+        kcp_workspaces: (a.kcp_workspaces.max(1), a.kcp_per_workspace.max(1)),
     };
     let report = bench::run(opts).await?;
     println!("{}", report.markdown());
