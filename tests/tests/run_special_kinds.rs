@@ -1,8 +1,9 @@
 //! `downsync run`, the binary, with the kinds whose downstream copy the downstream cluster
 //! itself writes to: a PersistentVolume and its claim bound by the real volume binder, a
 //! ConfigMap's `binaryData` byte for byte, a LoadBalancer Service's allocations and status, and
-//! deletion in the background against the real garbage collector.
+//! deletion propagation (`Foreground`, `Orphan`) against the real garbage collector.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -276,21 +277,40 @@ async fn a_load_balancer_keeps_its_downstream_allocations_and_status_through_ups
     env.cleanup().await
 }
 
-/// Syncs ConfigMap `owner` down, then makes a downstream ConfigMap `dependent` owned by the
-/// copy, as a downstream controller would.
-async fn owner_with_dependent(env: &TestEnv) -> anyhow::Result<(Daemon, ConfigMap)> {
+/// A config file for `downsync run --config` that sets only the deletion propagation.
+fn propagation_config(ns: &str, propagation: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("downsync-{ns}-{}.yaml", std::process::id()));
+    std::fs::write(&path, format!("sync:\n  propagation: {propagation}\n"))?;
+    Ok(path)
+}
+
+/// Syncs ConfigMap `owner` down with `propagation`, then makes a downstream ConfigMap
+/// `dependent` owned by the copy, as a downstream controller would (`finalizers` on it, if any).
+async fn owner_with_dependent(
+    env: &TestEnv,
+    propagation: &str,
+    finalizers: &[&str],
+) -> anyhow::Result<(Daemon, ConfigMap)> {
     let ns = &env.namespace;
     let up: Api<ConfigMap> = Api::namespaced(env.upstream.clone(), ns);
     create(&up, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}, "data": {"k": "v"}}))
         .await?;
-    let mut d = Daemon::start("propagation", &args(ns, &["v1/ConfigMap"], &[])?)?;
-    d.wait_ready(Duration::from_secs(60)).await?;
+    let config = propagation_config(ns, propagation)?;
+    let config_arg = config.display().to_string();
+    let mut d = Daemon::start(
+        &format!("propagation-{propagation}"),
+        &args(ns, &["v1/ConfigMap"], &["--config", &config_arg])?,
+    )?;
+    let ready = d.wait_ready(Duration::from_secs(60)).await;
+    // downsync read the file at start; it is not needed any more, pass or fail.
+    std::fs::remove_file(&config)?;
+    ready?;
     let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), ns);
     let owner = down.get("owner").await?;
     let dependent = create(
         &down,
         json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "dependent",
+            "metadata": {"name": "dependent", "finalizers": finalizers,
                 "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
                     "uid": owner.metadata.uid, "blockOwnerDeletion": true}]}}),
     )
@@ -298,13 +318,54 @@ async fn owner_with_dependent(env: &TestEnv) -> anyhow::Result<(Daemon, ConfigMa
     Ok((d, dependent))
 }
 
-/// Deletes propagate in the background (not a setting): the downstream owner goes at once, and
-/// the garbage collector then deletes what the downstream cluster made from it.
 #[tokio::test]
-async fn a_deleted_owner_goes_at_once_and_the_garbage_collector_takes_its_downstream_dependent() -> anyhow::Result<()> {
-    let env = TestEnv::new("run-propagation").await?;
+async fn foreground_propagation_deletes_the_downstream_dependent_before_the_owner() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-foreground").await?;
     let ns = env.namespace.clone();
-    let (d, dependent) = owner_with_dependent(&env).await?;
+    // The test's finalizer holds the dependent once the garbage collector deleted it, so that
+    // the owner's wait is seen, not raced.
+    let hold = "downsync.dev/test-hold";
+    let (d, _) = owner_with_dependent(&env, "Foreground", &[hold]).await?;
+    let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+
+    Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns).delete("owner", &DeleteParams::default()).await?;
+    let waiting = eventually(
+        "the owner waiting (foregroundDeletion) while the garbage collector deletes the dependent",
+        Duration::from_secs(30),
+        || async {
+            let (Some(owner), Some(dependent)) = (down.get_opt("owner").await?, down.get_opt("dependent").await?)
+            else {
+                return Ok(None);
+            };
+            let deleting = dependent.metadata.deletion_timestamp.is_some();
+            Ok((deleting && owner.metadata.deletion_timestamp.is_some()).then_some(owner))
+        },
+    )
+    .await
+    .with_context(|| format!("log: {}", d.log.display()));
+    // Pass or fail, the dependent is let go: held for ever, it would keep the test namespace.
+    merge(&down, "dependent", json!({"metadata": {"finalizers": null}})).await?;
+    let owner = waiting?;
+    assert!(
+        owner.metadata.finalizers.iter().flatten().any(|f| f == "foregroundDeletion"),
+        "the owner is held by the foregroundDeletion finalizer: {:?}",
+        owner.metadata.finalizers
+    );
+
+    // The dependent was let go above: now it goes, and then the owner.
+    eventually("the dependent, then the owner, to go", Duration::from_secs(30), || async {
+        Ok((down.get_opt("dependent").await?.is_none() && down.get_opt("owner").await?.is_none()).then_some(()))
+    })
+    .await?;
+    assert!(d.terminate()?.success());
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn orphan_propagation_leaves_the_downstream_dependent_without_its_owner_reference() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-orphan").await?;
+    let ns = env.namespace.clone();
+    let (d, dependent) = owner_with_dependent(&env, "Orphan", &[]).await?;
     let down: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
 
     Api::<ConfigMap>::namespaced(env.upstream.clone(), &ns).delete("owner", &DeleteParams::default()).await?;
@@ -313,11 +374,16 @@ async fn a_deleted_owner_goes_at_once_and_the_garbage_collector_takes_its_downst
     })
     .await
     .with_context(|| format!("log: {}", d.log.display()))?;
-    eventually("the garbage collector to delete the dependent", Duration::from_secs(60), || async {
-        let left = down.get_opt("dependent").await?;
-        Ok(left.is_none_or(|l| l.metadata.uid != dependent.metadata.uid).then_some(()))
-    })
-    .await?;
+    // With Orphan the collector removes the reference before the owner goes; with Background it
+    // would still be there, the dependent about to be collected.
+    let left = down.get_opt("dependent").await?.context("the dependent was deleted with its owner")?;
+    assert_eq!(left.metadata.uid, dependent.metadata.uid);
+    assert!(left.metadata.deletion_timestamp.is_none(), "the dependent is not being deleted");
+    assert!(
+        left.metadata.owner_references.as_ref().is_none_or(Vec::is_empty),
+        "the owner reference is removed: {:?}",
+        left.metadata.owner_references
+    );
     assert!(d.terminate()?.success());
     env.cleanup().await
 }

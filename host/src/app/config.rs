@@ -791,7 +791,6 @@ mod tests {
             ("ha: {enabled: true, shards: 2}", "ha.enabled", "HA is on when `ha` is given"),
             ("orphanGraceSeconds: 10", "orphanGraceSeconds", "fixed 30 s"),
             ("engine: {deadlineMs: 500}", "engine.deadlineMs", "1 s"),
-            ("sync: {propagation: Orphan}", "sync.propagation", "Background"),
             ("metricsCertDir: /certs", "metricsCertDir", "/etc/downsync/tls"),
             ("plugins: {stamp: {instances: reused}}", "plugins.stamp.instances", "stateless"),
             ("plugins: {stamp: {rollout: {shadow: true}}}", "plugins.stamp.rollout.shadow", "mode: shadow"),

@@ -57,7 +57,6 @@ const GONE: &[Gone] = &[
         instead: "mount the certificate's Secret (`tls.crt`, `tls.key`) at /etc/downsync/tls; without one \
                   there, a self-signed certificate is made at each start",
     },
-    Gone { path: "sync.propagation", instead: "deletes propagate in the background (`Background`), always" },
     Gone {
         path: "ha.enabled",
         instead: "HA is on when `ha` is given (`ha: {}`, or `ha: {shards: N}`) and off when it is left out",

@@ -184,7 +184,6 @@ mod tests {
             "engine.poolInstances",
             "engine.deadlineMs",
             "sync.conflictRetries",
-            "sync.propagation",
             "ha.leaseDurationSeconds",
             "ha.enabled",
             "resyncPerSecond",
@@ -200,18 +199,20 @@ mod tests {
         assert!(!workers.doc.is_empty());
     }
 
-    /// Issue 29 asked for at most 30; 32 are left, each with a reason a user gives (see
+    /// Issue 29 asked for at most 30; 33 are left, each with a reason a user gives (see
     /// docs/configuration.md). A new setting must raise this bound on purpose. Cut from 42: the
-    /// drift lists (one `managers` map), `engine.deadlineMs`, `orphanGraceSeconds` and
-    /// `sync.propagation` (fixed), `plugins.<name>.instances` (the plugin's stateless
+    /// drift lists (one `managers` map), `engine.deadlineMs` and `orphanGraceSeconds` (fixed),
+    /// `plugins.<name>.instances` (the plugin's stateless
     /// declaration decides), `rollout.shadow` with `rollout.promote` (one `rollout.mode`),
     /// `rollout.windowSeconds` (fixed; `windowCalls` stays), `ha.enabled` (the `ha` section's
     /// presence) and `metricsCertDir` (the conventional /etc/downsync/tls; issue 33's verified
     /// certificate still works). Looked at and kept: `excludeNamespaces` ("everything but
     /// these"), `keepNamespaces` (the RBAC drops namespace deletes with it), `sync.ownership.target`
     /// (names the target in every stamp and Lease), `sync.onImmutable` (Flux's `force`: a Job's
-    /// template cannot change in place) and the two `context`s (one kubeconfig, several clusters).
-    const MOST_SETTINGS: usize = 32;
+    /// template cannot change in place), `sync.propagation` (issue 13: `Foreground` and `Orphan`
+    /// deletes of owners downstream, tested against the real garbage collector) and the two
+    /// `context`s (one kubeconfig, several clusters).
+    const MOST_SETTINGS: usize = 33;
 
     #[test]
     fn a_new_setting_is_added_on_purpose() {

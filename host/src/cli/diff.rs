@@ -107,8 +107,13 @@ impl Downstream for Recording {
         self.inner.dry_run(key, write).await
     }
 
-    async fn delete(&self, key: &ObjectKey, uid: &str) -> Result<(), ApiError> {
-        self.inner.delete(key, uid).await
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        uid: &str,
+        propagation: downsync::sync::Propagation,
+    ) -> Result<(), ApiError> {
+        self.inner.delete(key, uid, propagation).await
     }
 
     fn persists(&self) -> bool {

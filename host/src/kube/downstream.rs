@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use super::errors::classify;
+use crate::sync::config::Propagation;
 use crate::sync::error::ApiError;
 use crate::sync::syncer::{Downstream, Write};
 use crate::sync::types::{Gvr, ObjectKey, Resource};
@@ -140,10 +141,14 @@ impl Downstream for KubeDownstream {
         self.send(key, write, true).await
     }
 
-    async fn delete(&self, key: &ObjectKey, uid: &str) -> Result<(), ApiError> {
+    async fn delete(&self, key: &ObjectKey, uid: &str, propagation: Propagation) -> Result<(), ApiError> {
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
-            propagation_policy: Some(PropagationPolicy::Background),
+            propagation_policy: Some(match propagation {
+                Propagation::Background => PropagationPolicy::Background,
+                Propagation::Foreground => PropagationPolicy::Foreground,
+                Propagation::Orphan => PropagationPolicy::Orphan,
+            }),
             dry_run: self.dry_run,
             ..DeleteParams::default()
         };

@@ -1,4 +1,4 @@
-//! How the syncer writes downstream: retries, strategy, extra paths, ownership.
+//! How the syncer writes downstream: retries, strategy, extra paths, propagation, ownership.
 
 use std::time::Duration;
 
@@ -30,6 +30,18 @@ pub enum UpdateStrategy {
 
 fn default_field_manager() -> String {
     "downsync".into()
+}
+
+/// Deletion propagation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+pub enum Propagation {
+    /// The object goes at once; the garbage collector removes dependents afterwards.
+    #[default]
+    Background,
+    /// Dependents go first; the object waits with the `foregroundDeletion` finalizer.
+    Foreground,
+    /// Dependents are left behind.
+    Orphan,
 }
 
 /// What to do when an update is refused because an immutable field changed, unless a rule
@@ -66,11 +78,9 @@ impl Default for Ownership {
 }
 
 /// Settings of the downstream writer. Deserialised once and passed down; only the strategy,
-/// the ownership stamp and the immutable-field policy are settings a user sees (`sync:`), the
+/// the ownership stamp, deletion propagation and the immutable-field policy are settings a user
+/// sees (`sync:`), the
 /// rest are fixed for users and set by tests and the tools (`downsync diff` never waits).
-/// Deletes always propagate in the background (the object goes at once, the garbage collector
-/// removes its dependents after it), as kubectl's and OCM's do: a downstream copy's dependents
-/// are the downstream cluster's own, made from it, and go with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DownstreamConfig {
@@ -91,6 +101,9 @@ pub struct DownstreamConfig {
     /// Extra JSON pointer patterns the differ ignores.
     #[serde(skip)]
     pub ignore_paths: Vec<String>,
+    /// How a delete propagates to the downstream object's dependents: `Background` (the
+    /// default), `Foreground` (the dependents go first) or `Orphan` (they stay).
+    pub propagation: Propagation,
     /// Ownership stamp and adoption.
     pub ownership: Ownership,
     /// What to do on an immutable-field refusal.
@@ -109,6 +122,7 @@ impl Default for DownstreamConfig {
             strategy: UpdateStrategy::default(),
             preserve_paths: Vec::new(),
             ignore_paths: Vec::new(),
+            propagation: Propagation::default(),
             ownership: Ownership::default(),
             on_immutable: ImmutablePolicy::default(),
             recreate_timeout: Duration::from_secs(60),

@@ -50,7 +50,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         if existing.pointer("/metadata/deletionTimestamp").is_none() {
             let uid = str_at(&existing, "/metadata/uid").unwrap_or_default();
             result.attempts += 1;
-            match self.downstream.delete(key, uid).await {
+            match self.downstream.delete(key, uid, self.config.propagation).await {
                 Ok(()) => {}
                 Err(ApiError::NotFound) => {
                     self.state.remove(key);

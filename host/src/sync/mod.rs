@@ -29,7 +29,7 @@ pub mod workspaces;
 pub mod write;
 pub mod write_loop;
 
-pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, UpdateStrategy};
+pub use config::{DownstreamConfig, ImmutablePolicy, Ownership, Propagation, UpdateStrategy};
 pub use drift::{DriftAction, DriftPolicy};
 pub use error::{ApiError, SyncError};
 pub use intent::Intent;

@@ -215,7 +215,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         let key = job.key;
         let uid = str_at(existing, "/metadata/uid").unwrap_or_default();
         result.attempts += 1;
-        match self.downstream.delete(key, uid).await {
+        match self.downstream.delete(key, uid, self.config.propagation).await {
             Ok(()) | Err(ApiError::NotFound) => {}
             Err(source) => return Err(api_error(key, "delete", source)),
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::config::{DownstreamConfig, UpdateStrategy};
+use super::config::{DownstreamConfig, Propagation, UpdateStrategy};
 use super::desired::{content_digest, str_at};
 use super::differ::{self, DiffOptions};
 use super::drift::{DriftAction, DriftPolicy};
@@ -48,9 +48,13 @@ pub trait Downstream: Send + Sync {
     /// Sends an update as a server-side dry run (`dryRun=All`): the API runs admission and
     /// defaulting and answers with what it would store, and persists nothing.
     fn dry_run(&self, key: &ObjectKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
-    /// Deletes an object with a UID precondition, its dependents in the background. `NotFound`
-    /// when it is already gone.
-    fn delete(&self, key: &ObjectKey, uid: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Deletes an object with a UID precondition. `NotFound` when it is already gone.
+    fn delete(
+        &self,
+        key: &ObjectKey,
+        uid: &str,
+        propagation: Propagation,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Whether writes persist: false for a downstream whose every write is a server-side dry
     /// run (`downsync diff`), which changes nothing and so must not be logged as a change.
     fn persists(&self) -> bool {
