@@ -152,3 +152,38 @@ pub fn unique_name(test: &str) -> String {
         test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     format!("{}-{:06x}", slug.trim_matches('-'), rand::random::<u32>() & 0xff_ffff)
 }
+
+/// An `apis.kcp.io/v1alpha1` kind (APIExport, APIBinding) at `client`.
+pub fn kcp_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("apis.kcp.io", "v1alpha1", kind);
+    Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural))
+}
+
+/// The documents of one of `examples/kcp/`'s files.
+pub fn example_docs(file: &str) -> Result<Vec<Value>> {
+    let path = repo_root().join("examples/kcp").join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// Creates an example's documents in a workspace (cluster-scoped kinds only, as the examples are).
+pub async fn create_docs(client: &Client, docs: Vec<Value>) -> Result<()> {
+    for doc in docs {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        let plural = format!("{}s", kind.to_lowercase());
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &kind), &plural);
+        Api::<DynamicObject>::all_with(client.clone(), &ar)
+            .create(&PostParams::default(), &serde_json::from_value(doc)?)
+            .await?;
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use downsync_tests::daemon::{Daemon, run_to_end_with_env};
-use downsync_tests::kcp::{Workspace, unique_name};
+use downsync_tests::kcp::{Workspace, create_docs, example_docs, kcp_api, unique_name};
 use downsync_tests::{clusters, create_namespace, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret};
 use kube::api::{
@@ -354,40 +354,6 @@ async fn diff_against_a_workspace_shows_the_changes_and_neither_writes_nor_says_
     env.cleanup().await
 }
 
-fn kcp_api(client: &Client, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(group, "v1alpha1", kind);
-    Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural))
-}
-
-/// The documents of one of `examples/kcp/`'s files.
-fn example_docs(file: &str) -> anyhow::Result<Vec<Value>> {
-    let path = downsync_tests::repo_root().join("examples/kcp").join(file);
-    let text = std::fs::read_to_string(&path)?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
-}
-
-/// Creates an example's documents in a workspace (cluster-scoped kinds only, as the examples are).
-async fn create_docs(client: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
-    for doc in docs {
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let plural = format!("{}s", kind.to_lowercase());
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
-        Api::<DynamicObject>::all_with(client.clone(), &ar)
-            .create(&PostParams::default(), &serde_json::from_value(doc)?)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The example APIExport in a provider workspace and three tenant workspaces binding it, each
 /// with namespace `ns` holding a ConfigMap `cm` (data `tenant: a|b|c`).
 struct Tenancy {
@@ -404,7 +370,7 @@ impl Tenancy {
         let provider = Workspace::create(&unique_name("kcp-provider")).await?;
         let provider_client = provider.client().await?;
         create_docs(&provider_client, example_docs("apiexport.yaml")?).await?;
-        let exports = kcp_api(&provider_client, "apis.kcp.io", "APIExport", "apiexports");
+        let exports = kcp_api(&provider_client, "APIExport", "apiexports");
         let vw = eventually("the APIExport's virtual workspace URL", Duration::from_secs(60), || async {
             let e = serde_json::to_value(exports.get("downsync").await?)?;
             Ok(e.pointer("/status/virtualWorkspaces/0/url").and_then(Value::as_str).map(str::to_string))
@@ -420,7 +386,7 @@ impl Tenancy {
             let mut binding = example_docs("apibinding.yaml")?.remove(0);
             binding["spec"]["reference"]["export"]["path"] = json!(format!("root:{}", provider.name));
             create_docs(&client, vec![binding]).await?;
-            let bindings = kcp_api(&client, "apis.kcp.io", "APIBinding", "apibindings");
+            let bindings = kcp_api(&client, "APIBinding", "apibindings");
             eventually("the APIBinding to be bound", Duration::from_secs(60), || async {
                 let b = serde_json::to_value(bindings.get("downsync").await?)?;
                 Ok((b.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")).then_some(()))
@@ -638,7 +604,7 @@ async fn a_workspace_that_revokes_its_binding_loses_its_copies_and_the_others_ke
     // objects leave the export's view. (Deleting an APIBinding is not enough in kcp v0.26: the
     // claim labels stay on the objects, and the virtual workspace keeps serving them.)
     let (ws_c, client_c) = &tenancy.tenants[2];
-    let bindings_c = kcp_api(client_c, "apis.kcp.io", "APIBinding", "apibindings");
+    let bindings_c = kcp_api(client_c, "APIBinding", "apibindings");
     let mut claims = serde_json::to_value(bindings_c.get("downsync").await?)?["spec"]["permissionClaims"].clone();
     for c in claims.as_array_mut().into_iter().flatten() {
         c["state"] = json!("Rejected");

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::report::Section;
 use super::timing::secs;
 use super::{Bench, mib};
-use crate::kcp::{Workspace, client_for, kubeconfig_at, unique_name, write_kubeconfig};
-use crate::repo_root;
+use crate::kcp::{
+    Workspace, client_for, create_docs, example_docs, kcp_api, kubeconfig_at, unique_name, write_kubeconfig,
+};
 
 /// One round: downsync from kcp's virtual workspace, then from the plain API server.
 #[derive(Debug, Default, Clone)]
@@ -43,36 +44,6 @@ pub struct Figures {
     pub rounds: Vec<Round>,
     /// What went wrong.
     pub errors: Vec<String>,
-}
-
-fn kcp_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("apis.kcp.io", "v1alpha1", kind);
-    Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural))
-}
-
-/// The documents of one of `examples/kcp/`'s files.
-fn example_docs(file: &str) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(repo_root().join("examples/kcp").join(file))?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
-}
-
-async fn create_doc(client: &Client, doc: Value) -> Result<()> {
-    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
-    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    let plural = format!("{}s", kind.to_lowercase());
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &kind), &plural);
-    Api::<DynamicObject>::all_with(client.clone(), &ar)
-        .create(&PostParams::default(), &serde_json::from_value(doc)?)
-        .await?;
-    Ok(())
 }
 
 async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> Result<T>
@@ -124,9 +95,7 @@ async fn create_configmaps(client: &Client, ns: &str, n: usize) -> Result<()> {
 async fn tenancy(count: usize, per: usize, ns: &str) -> Result<(std::path::PathBuf, Vec<Workspace>)> {
     let provider = Workspace::create(&unique_name("bench-provider")).await?;
     let provider_client = provider.client().await?;
-    for doc in example_docs("apiexport.yaml")? {
-        create_doc(&provider_client, doc).await?;
-    }
+    create_docs(&provider_client, example_docs("apiexport.yaml")?).await?;
     let exports = kcp_api(&provider_client, "APIExport", "apiexports");
     let url = wait_for("the APIExport's virtual workspace", || async {
         let e = serde_json::to_value(exports.get("downsync").await?)?;
@@ -143,7 +112,7 @@ async fn tenancy(count: usize, per: usize, ns: &str) -> Result<(std::path::PathB
                 let client = ws.client().await?;
                 let mut binding = example_docs("apibinding.yaml")?.remove(0);
                 binding["spec"]["reference"]["export"]["path"] = json!(provider_path);
-                create_doc(&client, binding).await?;
+                create_docs(&client, vec![binding]).await?;
                 let bindings = kcp_api(&client, "APIBinding", "apibindings");
                 wait_for("an APIBinding to be bound", || async {
                     let b = serde_json::to_value(bindings.get("downsync").await?)?;
