@@ -4,10 +4,11 @@
 #   tests/run.sh
 #
 # In order: installs what is missing (the wasm32-wasip2 target, rustfmt, clippy, Debian
-# packages), builds the Go control plane and helm (cached under ~/.cache/downsync), installs the
-# Python and JavaScript plugin toolchains (tests/guest-toolchains.sh, cached likewise), then runs
-# cargo fmt --check, cargo clippy -D warnings, the unit tests, and the integration tests
-# against two real control planes (upstream and downstream) that it starts and always stops.
+# packages), builds the Go control plane, helm, and the OCI registry with cosign (cached under
+# ~/.cache/downsync), installs the Python and JavaScript plugin toolchains
+# (tests/guest-toolchains.sh, cached likewise), then runs cargo fmt --check, cargo clippy
+# -D warnings, the unit tests, and the integration tests against two real control planes
+# (upstream and downstream) that it starts and always stops.
 #
 # With DOWNSYNC_UPSTREAM_KUBECONFIG and DOWNSYNC_DOWNSTREAM_KUBECONFIG set, the integration
 # tests run against those clusters instead and no control plane is built or started.
@@ -83,6 +84,16 @@ fi
 if [[ -z "${DOWNSYNC_KCP_KUBECONFIG:-}" ]]; then
   step "kcp binary (kcp v0.26.0 from Go modules; cached)"
   tests/cluster/kcp/build.sh >/dev/null
+fi
+
+# The OCI plugin source tests pull from a real registry (the CNCF Distribution registry, with TLS
+# and htpasswd auth, which each test starts with tests/cluster/registry/registry.sh) and sign into
+# it with the real cosign CLI: registry, cosign and a bcrypt htpasswd helper, built from their Go
+# modules (tests/cluster/registry/build.sh); DOWNSYNC_REGISTRY_BIN set beforehand skips it.
+if [[ -z "${DOWNSYNC_REGISTRY_BIN:-}" ]]; then
+  step "OCI registry and cosign for the OCI source tests (distribution v3.1.2, cosign v2.6.5 from Go modules; cached)"
+  DOWNSYNC_REGISTRY_BIN="$(tests/cluster/registry/build.sh | tail -n 1)"
+  export DOWNSYNC_REGISTRY_BIN
 fi
 
 # The chart tests (tests/tests/chart.rs) run the real helm v4, built from its Go module with the

@@ -33,6 +33,7 @@ pub mod manifests;
 pub mod objects;
 pub mod plugins;
 pub mod proxy;
+pub mod registry;
 
 /// Label put on every test namespace, so leftovers on an existing cluster can be found.
 pub const TEST_LABEL: &str = "downsync.dev/test";

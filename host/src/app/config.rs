@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ha::HaConfig;
 use crate::kube::clients::ClusterSettings;
+use crate::plugin::oci::{RegistrySettings, Sources};
 use crate::plugin::{EngineConfig, PluginSettings, RegistryConfig};
 use crate::sync::{DownstreamConfig, NamespaceMapping};
 
@@ -151,6 +152,9 @@ pub struct RunConfig {
     pub sync: DownstreamConfig,
     /// Per-plugin settings (failure policy, pinned digest, rollout), by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// How plugins with a registry `source` are pulled: credentials, CA, insecure registries,
+    /// how often a tag is checked.
+    pub registry: RegistrySettings,
     /// Plugin sandbox limits per call (fuel, memory).
     pub engine: EngineConfig,
     /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
@@ -264,6 +268,7 @@ impl Default for RunConfig {
             status_upsync: false,
             sync: DownstreamConfig::default(),
             plugins: BTreeMap::new(),
+            registry: RegistrySettings::default(),
             engine: EngineConfig::default(),
             keep_namespaces: false,
             feature_gates: BTreeMap::new(),
@@ -551,7 +556,38 @@ impl RunConfig {
         {
             return invalid("pluginsDir", format!("{} is not a folder; create it or fix the path", dir.display()));
         }
-        Ok(())
+        self.validate_registry()
+    }
+
+    /// Checks the registry settings and the plugins' registry sources (their keys are read).
+    fn validate_registry(&self) -> Result<()> {
+        if self.registry.check_seconds == 0 || self.registry.check_seconds > MAX_PERIOD_SECONDS {
+            return Err(Error::Invalid {
+                setting: "registry.checkSeconds".into(),
+                message: format!(
+                    "{} is out of range: give 1 to {MAX_PERIOD_SECONDS} (a year)",
+                    self.registry.check_seconds
+                ),
+            });
+        }
+        self.registry_sources().map(drop)
+    }
+
+    /// The plugins that come from registries, their keys read (an error names the setting).
+    pub fn registry_sources(&self) -> Result<Sources> {
+        let limit = self.engine_config().max_component_bytes;
+        Sources::from_config(&self.registry_config(), &self.registry, &self.registry_cache_dir(), limit).map_err(|e| {
+            match e {
+                crate::plugin::Error::Source { setting, message } => Error::Invalid { setting, message },
+                other => Error::Invalid { setting: "plugins".into(), message: other.to_string() },
+            }
+        })
+    }
+
+    /// Where pulled plugin versions are cached: beside the compiled components.
+    pub fn registry_cache_dir(&self) -> PathBuf {
+        let components = self.engine_config().cache_dir.unwrap_or_else(|| std::env::temp_dir().join("downsync"));
+        components.parent().map_or_else(|| components.join("oci"), |p| p.join("oci"))
     }
 }
 
@@ -782,6 +818,35 @@ mod tests {
         let err =
             mk_config(&format!("{shadow}featureGates: {{{SHADOW_ROLLOUT}: false}}")).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("plugins.stamp.rollout.mode") && err.to_string().contains("manual"), "{err}");
+    }
+
+    #[test]
+    fn a_registry_source_is_refused_at_start_naming_the_setting_unless_it_can_be_verified() {
+        let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
+        let key = std::env::temp_dir().join(format!("downsync-config-key-{}.pub", std::process::id()));
+        std::fs::write(&key, "not a key").expect("write");
+        let src = "oci://127.0.0.1:5000/rules/stamp:v1";
+        for (plugin, setting, says) in [
+            (format!("{{source: {src}}}"), "plugins.stamp.keys", "verify: off"),
+            (format!("{{source: {src}, verify: optional}}"), "plugins.stamp.keys", "no key is given"),
+            (format!("{{source: {src}, keys: [{}]}}", key.display()), "plugins.stamp.keys[0]", "P-256"),
+            (format!("{{source: {src}, keys: [/nonexistent/cosign.pub]}}"), "plugins.stamp.keys[0]", "cannot read"),
+            ("{source: 'rules/stamp:v1', verify: off}".to_string(), "plugins.stamp.source", "oci://"),
+        ] {
+            let yaml = format!("{base}plugins: {{stamp: {plugin}}}\n");
+            let err = mk_config(&yaml).and_then(|c| c.validate()).expect_err(&yaml).to_string();
+            assert!(err.contains(setting) && err.contains(says), "{yaml}: {err}");
+        }
+        let star = format!("{base}plugins: {{'*': {{source: {src}, verify: off}}}}\n");
+        assert!(mk_config(&star).and_then(|c| c.validate()).expect_err("star").to_string().contains("\"*\""));
+        let off = format!("{base}plugins: {{stamp: {{source: {src}, verify: off}}}}\nregistry: {{checkSeconds: 0}}\n");
+        let err = mk_config(&off).and_then(|c| c.validate()).expect_err("interval").to_string();
+        assert!(err.contains("registry.checkSeconds"), "{err}");
+        let ok = format!("{base}plugins: {{stamp: {{source: {src}, verify: off}}}}\n");
+        let config = mk_config(&ok).expect("parses");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.registry_sources().expect("sources").list[0].source.to_string(), src);
+        let _ = std::fs::remove_file(&key);
     }
 
     #[test]

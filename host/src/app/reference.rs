@@ -211,8 +211,11 @@ mod tests {
     /// (names the target in every stamp and Lease), `sync.onImmutable` (Flux's `force`: a Job's
     /// template cannot change in place), `sync.propagation` (issue 13: `Foreground` and `Orphan`
     /// deletes of owners downstream, tested against the real garbage collector) and the two
-    /// `context`s (one kubeconfig, several clusters).
-    const MOST_SETTINGS: usize = 33;
+    /// `context`s (one kubeconfig, several clusters). Issue 30 added 7 for plugins from
+    /// registries: per plugin its `source`, the `keys` that sign it and the `verify` policy;
+    /// for all, the `registry` credentials, CA, insecure registries and check interval (as
+    /// Kubewarden's `sources.yaml` and verification config hold them).
+    const MOST_SETTINGS: usize = 40;
 
     #[test]
     fn a_new_setting_is_added_on_purpose() {

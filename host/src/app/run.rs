@@ -79,7 +79,7 @@ pub async fn run(
     // Compiling can take long (tens of seconds for an interpreted guest without a cached
     // artifact): it runs while the caches fill, and the first sync waits for it, since syncing
     // without the rules would write what they exist to prevent.
-    let loading = reloader.clone().map(|r| tokio::spawn(watch_plugins(r)));
+    let loading = start_loading(&config, reloader.as_ref(), &down.client)?;
     let resolutions = resolve_kinds(&config, &up, &down).await?;
     let served: Vec<_> = resolutions
         .iter()
@@ -110,9 +110,6 @@ pub async fn run(
             let _ = stop_tx.send(true);
             return Ok(Summary::default());
         }
-    }
-    if let Some(r) = &reloader {
-        publish_plugin_notices(r, &down.client);
     }
     let _watch = match loading {
         Some(task) => Some(task.await.map_err(|e| Error::Task(format!("loading plugins: {e}")))??),
@@ -362,6 +359,18 @@ fn share_verdicts(reloader: &Arc<crate::plugin::Reloader>, verdicts: &Arc<Shared
 }
 
 /// Plugin rollbacks and promotions become Events on this pod (`POD_NAME`), when it has one.
+/// Starts loading the plugins (pulling the registry sources first) on a task of its own, with
+/// their notices published as Events on the pod from now on.
+fn start_loading(
+    config: &RunConfig,
+    reloader: Option<&Arc<crate::plugin::Reloader>>,
+    down: &kube::Client,
+) -> Result<Option<tokio::task::JoinHandle<Result<super::startup::PluginWatch>>>> {
+    let Some(r) = reloader else { return Ok(None) };
+    publish_plugin_notices(r, down);
+    Ok(Some(tokio::spawn(watch_plugins(Arc::clone(r), config.registry_sources()?))))
+}
+
 fn publish_plugin_notices(reloader: &crate::plugin::Reloader, down: &kube::Client) {
     let Some(events) = crate::kube::pod_events::PodEvents::from_env(down.clone()) else { return };
     // The reload thread must not wait on the API: notices go through a channel.

@@ -1,6 +1,7 @@
 //! Start-up shared by `run` and `diff`: connect both clusters (refusing a loop onto one
 //! cluster), resolve every configured kind on both sides, and load the plugins.
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use super::config::{ResourceConfig, RunConfig};
 use super::http;
 use crate::kube::clients::{self, Connected};
 use crate::kube::errors::classify;
+use crate::plugin::oci::{FollowHandle, Sources};
 use crate::plugin::{PluginEngine, PluginRegistry, Reloader, WatchConfig, WatchHandle};
 use crate::sync::error::ApiError;
 use crate::sync::{Gvr, NamespaceMapping, Resource, ownership};
@@ -179,21 +181,39 @@ async fn same_cluster(up: &Connected, down: &Connected) -> Option<String> {
     }
 }
 
-/// Loads the plugins folder (compiling off the async workers) and starts watching it.
+/// The running plugin lifecycle: the folder watch, and the registry sources' follower.
+pub struct PluginWatch {
+    _watch: WatchHandle,
+    _follow: Option<FollowHandle>,
+}
+
+/// Loads the plugins (compiling off the async workers) and starts watching the folder and the
+/// registry sources.
 pub async fn start_plugins(
     config: &RunConfig,
     rules: &Arc<PluginRegistry>,
-) -> Result<(Option<Arc<Reloader>>, Option<WatchHandle>)> {
+) -> Result<(Option<Arc<Reloader>>, Option<PluginWatch>)> {
     let Some(reloader) = plugin_reloader(config, rules).await? else { return Ok((None, None)) };
-    let handle = watch_plugins(Arc::clone(&reloader)).await?;
+    let handle = watch_plugins(Arc::clone(&reloader), config.registry_sources()?).await?;
     Ok((Some(reloader), Some(handle)))
 }
 
-/// The reloader of the plugins folder, if one is configured; nothing is loaded yet.
+/// The reloader of the plugins folder and the registry sources, if any is configured; nothing
+/// is loaded yet. Without a plugins folder, the registry cache's folder stands in for it.
 pub async fn plugin_reloader(config: &RunConfig, rules: &Arc<PluginRegistry>) -> Result<Option<Arc<Reloader>>> {
-    let Some(dir) = config.plugins_dir.clone() else { return Ok(None) };
+    let from_registry = config.plugins.values().any(|p| p.source.is_some());
+    let dir = match (&config.plugins_dir, from_registry) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => config.registry_cache_dir(),
+        (None, false) => return Ok(None),
+    };
     let (engine_config, registry_config, rules) = (config.engine_config(), config.registry_config(), Arc::clone(rules));
     let reloader = tokio::task::spawn_blocking(move || -> Result<_> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::Task(format!("cannot create the plugin cache {}: {e}", dir.display())))?;
         let engine = PluginEngine::new(engine_config)?;
         Ok(Reloader::new(engine, &dir, registry_config, rules))
     })
@@ -202,14 +222,17 @@ pub async fn plugin_reloader(config: &RunConfig, rules: &Arc<PluginRegistry>) ->
     Ok(Some(reloader))
 }
 
-/// Loads every plugin (a compile can take many seconds for an interpreted guest, so `run`
-/// fills its caches meanwhile) and starts watching the folder.
-pub async fn watch_plugins(reloader: Arc<Reloader>) -> Result<WatchHandle> {
+/// Pulls the registry sources (the cache standing in for a registry out of reach), loads every
+/// plugin (a compile can take many seconds for an interpreted guest, so `run` fills its caches
+/// meanwhile) and starts watching the folder and following the sources.
+pub async fn watch_plugins(reloader: Arc<Reloader>, sources: Sources) -> Result<PluginWatch> {
     let r = Arc::clone(&reloader);
     let handle = tokio::task::spawn_blocking(move || -> Result<_> {
+        let follow = if sources.list.is_empty() { None } else { Some(r.follow(sources)?) };
         // A short debounce: a swap is one rename (or one ConfigMap `..data` flip), so there is
         // little to coalesce, and operators expect to see it at once.
-        Ok(r.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?)
+        let watch = r.watch(WatchConfig { debounce: Duration::from_millis(50), ..WatchConfig::default() })?;
+        Ok(PluginWatch { _watch: watch, _follow: follow })
     })
     .await
     .map_err(|e| Error::Task(format!("loading plugins: {e}")))??;

@@ -57,6 +57,8 @@ impl Command {
                     | PluginCommand::New { .. }
                     | PluginCommand::Promote { .. }
                     | PluginCommand::Status { .. }
+                    | PluginCommand::Push { .. }
+                    | PluginCommand::Pull { .. }
             ) | Command::Explain(_)
                 | Command::Shards(_)
         )
@@ -64,6 +66,21 @@ impl Command {
 }
 
 /// Where a running downsync serves its operations endpoints, and who asks.
+/// How a registry is reached by `plugin push` and `plugin pull`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RegistryArgs {
+    /// A docker config file with the registry's credentials (default: `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json`, where `docker login` writes, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) credentials: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for the registry, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The registry speaks plain HTTP.
+    #[arg(long)]
+    pub(crate) insecure: bool,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct EndpointArgs {
     /// Where the running downsync serves /metrics (its --metrics-addr): HOST:PORT or
@@ -262,6 +279,34 @@ pub(crate) enum PluginCommand {
         against_cluster: bool,
         #[command(flatten)]
         source: Box<SourceArgs>,
+    },
+    /// Checks a component as `plugin check` does, then pushes it to a registry as a Wasm OCI
+    /// artifact and prints its digest, to sign with `cosign sign --key cosign.key REF@DIGEST`.
+    Push {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Where to: `oci://REGISTRY/REPOSITORY:TAG`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// Pulls a plugin from a registry, verifies its cosign signature and writes the component.
+    Pull {
+        /// `oci://REGISTRY/REPOSITORY:TAG` or `oci://…@sha256:DIGEST`.
+        reference: String,
+        /// A cosign public key (PEM) trusted to sign it; repeat for several.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+        /// Take it without verifying a signature.
+        #[arg(long, conflicts_with = "key")]
+        no_verify: bool,
+        /// Where to write the component (default: ./REPOSITORY-NAME.wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Writes a plugin skeleton with fixtures that pass `plugin test` once built.
     New {

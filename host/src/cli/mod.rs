@@ -7,6 +7,7 @@ mod diff;
 mod explain;
 mod ops_client;
 mod plugin;
+mod registry;
 mod replay;
 mod shards;
 mod unverified;
@@ -53,6 +54,12 @@ pub(crate) async fn run(args: Args) -> Result<ExitCode> {
         Command::Plugin(PluginCommand::Check { file, budget }) => plugin::check(&file, &budget),
         Command::Plugin(PluginCommand::Test { file, fixtures, budget }) => plugin::test(&file, &fixtures, &budget),
         Command::Plugin(PluginCommand::New { name, lang, dir, sdk }) => plugin::new(name, lang, dir, sdk),
+        Command::Plugin(PluginCommand::Push { file, reference, registry, budget }) => {
+            registry::push_file(&file, &reference, &registry, &budget).await
+        }
+        Command::Plugin(PluginCommand::Pull { reference, key, no_verify, out, registry }) => {
+            registry::pull_file(&reference, &key, no_verify, out, &registry).await
+        }
     }
 }
 

@@ -106,7 +106,7 @@ impl ArtifactCache {
 }
 
 /// Creates `dir` (0700) if needed and checks that only this user can write it.
-pub(super) fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -118,7 +118,7 @@ pub(super) fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 
 /// Writes `bytes` to `path` through a temporary file (0600) in `dir`, renamed into place when
 /// complete, so a reader never sees a partial entry.
-pub(super) fn write_private_atomically(dir: &Path, stem: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_atomically(dir: &Path, stem: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{stem}.{}.{seq}.tmp", std::process::id()));
     let written = OpenOptions::new()
@@ -145,7 +145,7 @@ fn euid() -> u32 {
 
 /// Refuses what another user owns or could write; for a file, also anything but a regular file
 /// (a symlink could point anywhere).
-pub(super) fn check_owner(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+pub(crate) fn check_owner(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
     if what == "file" && !meta.file_type().is_file() {
         return Err("not a regular file".into());
     }

@@ -213,6 +213,18 @@ pub enum Error {
         /// The reserved JSON pointer it covers.
         path: String,
     },
+    /// A registry source that cannot be followed as configured (`plugins.<name>.source`,
+    /// `keys`, `verify`), or a pull that failed.
+    #[error("{setting}: {message}")]
+    Source {
+        /// The setting at fault (`plugins.<name>.keys[0]`).
+        setting: String,
+        /// What is wrong, naming the setting or the source.
+        message: String,
+    },
+    /// A thread or runtime of the plugin lifecycle could not start.
+    #[error("{0}")]
+    Start(String),
     /// `describe` returned something unusable.
     #[error("plugin {plugin}: describe is not sane: {message}")]
     Describe {

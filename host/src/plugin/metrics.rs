@@ -27,6 +27,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PullLabels {
+    plugin: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
     plugin: String,
 }
@@ -60,6 +66,7 @@ pub struct Metrics {
     latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
     fuel: Family<PluginLabels, Counter>,
     reload_failures: Family<PluginLabels, Counter>,
+    pull_failures: Family<PullLabels, Counter>,
     shadow_calls: Family<PluginLabels, Counter>,
     shadow_errors: Family<ErrorLabels, Counter>,
     divergences: Family<PluginLabels, Counter>,
@@ -77,6 +84,7 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             fuel: Family::default(),
             reload_failures: Family::default(),
+            pull_failures: Family::default(),
             shadow_calls: Family::default(),
             shadow_errors: Family::default(),
             divergences: Family::default(),
@@ -97,6 +105,11 @@ impl Metrics {
         r.register("call_seconds", "Plugin call latency", self.latency.clone());
         r.register("fuel", "Fuel burnt by plugin calls", self.fuel.clone());
         r.register("reload_failures", "New plugin versions refused by the reload checks", self.reload_failures.clone());
+        r.register(
+            "pull_failures",
+            "Failed checks and pulls of plugin sources in registries, by reason (the running version is kept)",
+            self.pull_failures.clone(),
+        );
         r.register("shadow_calls", "Calls of plugin versions running in shadow", self.shadow_calls.clone());
         r.register(
             "shadow_errors",
@@ -181,6 +194,15 @@ impl Metrics {
     /// New versions of a plugin file refused so far.
     pub fn reload_failures(&self, plugin: &str) -> u64 {
         self.reload_failures.get_or_create(&PluginLabels { plugin: plugin.into() }).get()
+    }
+
+    /// Failed checks or pulls of `plugin`'s registry source for `reason`.
+    pub fn pull_failures(&self, plugin: &str, reason: &str) -> u64 {
+        self.pull_failures.get_or_create(&PullLabels { plugin: plugin.into(), reason: reason.into() }).get()
+    }
+
+    pub(crate) fn record_pull_failure(&self, plugin: &str, reason: &str) {
+        self.pull_failures.get_or_create(&PullLabels { plugin: plugin.into(), reason: reason.into() }).inc();
     }
 
     pub(crate) fn record_reload_failure(&self, plugin: &str) {

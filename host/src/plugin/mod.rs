@@ -31,6 +31,7 @@ mod host;
 mod imports;
 mod journal;
 mod metrics;
+pub mod oci;
 mod output;
 mod plugin_set;
 mod priority;

@@ -30,6 +30,7 @@ use super::engine::PluginEngine;
 use super::error::{Error, Result};
 use super::files::Folder;
 use super::fixtures;
+use super::oci::PulledEntry;
 use super::plugin_set::{Member, PluginSet, Shadow};
 use super::registry::PluginRegistry;
 use super::rollout::{Stage, Trial, Verdict, Waker};
@@ -130,6 +131,8 @@ pub struct Reloader {
     notifier: Mutex<Option<Notifier>>,
     /// Where replicas share trial verdicts (HA), with this replica's identity.
     board: Mutex<Option<(Arc<dyn VerdictBoard>, String)>>,
+    /// The plugins that come from registries, by name (see `oci/follow.rs`).
+    pub(super) pulled: Mutex<BTreeMap<String, PulledEntry>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -159,6 +162,7 @@ impl Reloader {
             waker: Mutex::default(),
             notifier: Mutex::default(),
             board: Mutex::default(),
+            pulled: Mutex::default(),
         })
     }
 
@@ -221,7 +225,7 @@ impl Reloader {
     /// (see [`Reloader::status`]); an unreadable folder is.
     pub fn scan(&self) -> Result<bool> {
         let _one_at_a_time = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
-        let on_disk = self.list()?;
+        let (on_disk, held) = self.list()?;
         let known: BTreeMap<String, (Option<String>, Option<Refusal>)> = {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots
@@ -244,7 +248,11 @@ impl Reloader {
         let mut unreadable = Vec::new();
         let mut reverted = Vec::new();
         for (stem, file) in &on_disk {
-            let bytes = match self.read(file) {
+            if let Some(why) = held.get(stem) {
+                unreadable.push((stem.clone(), file.clone(), why.clone()));
+                continue;
+            }
+            let bytes = match self.read(stem, file) {
                 Ok(b) => b,
                 Err(e) => {
                     unreadable.push((stem.clone(), file.clone(), e.to_string()));
@@ -265,7 +273,7 @@ impl Reloader {
                 continue;
             }
             tracing::info!(plugin = %stem, digest = %digest, file = %file.display(), "checking a new plugin version");
-            let checked = self.check(stem, file, &bytes);
+            let checked = self.check(stem, &bytes);
             candidates.push(Candidate { stem: stem.clone(), digest, checked });
         }
         let removed: Vec<String> = known.keys().filter(|k| !on_disk.contains_key(*k)).cloned().collect();
@@ -425,7 +433,7 @@ impl Reloader {
         *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notifier);
     }
 
-    fn notify(&self, plugin: &str, warning: bool, reason: &'static str, message: &str) {
+    pub(super) fn notify(&self, plugin: &str, warning: bool, reason: &'static str, message: &str) {
         let notifier = self.notifier.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(n) = notifier {
             n(Notice { plugin: plugin.to_string(), warning, reason, message: message.to_string() });
@@ -587,8 +595,10 @@ impl Reloader {
             .min()
     }
 
-    /// The `<stem>.wasm` entries of the folder (symlinks followed), hidden ones skipped.
-    fn list(&self) -> Result<BTreeMap<String, PathBuf>> {
+    /// The `<stem>.wasm` entries of the folder (symlinks followed, hidden ones skipped) and the
+    /// plugins pulled from registries; with the ones held back, and why: a name both in the
+    /// folder and pulled, or a registry plugin with no version yet.
+    fn list(&self) -> Result<(BTreeMap<String, PathBuf>, BTreeMap<String, String>)> {
         let watch_err = |e: std::io::Error| Error::Watch { path: self.dir.clone(), message: e.to_string() };
         let mut out = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir).map_err(watch_err)? {
@@ -600,18 +610,43 @@ impl Reloader {
             }
             out.insert(stem.to_string(), path.clone());
         }
-        Ok(out)
+        let mut held = BTreeMap::new();
+        let pulled = self.pulled.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for (name, entry) in pulled {
+            if let Some(file) = out.get(&name) {
+                held.insert(
+                    name.clone(),
+                    format!(
+                        "plugin {name} comes both from the plugins folder ({}) and from plugins.{name}.source ({}); remove one",
+                        file.display(),
+                        entry.state.source
+                    ),
+                );
+                continue;
+            }
+            let why =
+                entry.state.last_error.clone().unwrap_or_else(|| format!("{} is not pulled yet", entry.state.source));
+            if entry.file.is_none() {
+                held.insert(name.clone(), why);
+            }
+            out.insert(name, entry.file.unwrap_or_else(|| self.dir.clone()));
+        }
+        Ok((out, held))
     }
 
-    /// The bytes of `file`, an entry of the folder: refused when its links lead out of the
-    /// folder or it is larger than the plugin file limit (64 MiB), before it is read.
-    fn read(&self, file: &Path) -> Result<Vec<u8>> {
-        Folder::new(&self.dir)?.resolve(file)?;
+    /// The bytes of `file`: a plugin pulled from a registry (from the verified cache), or an
+    /// entry of the folder, refused when its links lead out of the folder; either refused
+    /// when larger than the plugin file limit (64 MiB), before it is read.
+    fn read(&self, stem: &str, file: &Path) -> Result<Vec<u8>> {
+        let pulled = self.pulled.lock().unwrap_or_else(PoisonError::into_inner).get(stem).and_then(|e| e.file.clone());
+        if pulled.as_deref() != Some(file) {
+            Folder::new(&self.dir)?.resolve(file)?;
+        }
         Plugin::read_file(&self.engine, file)
     }
 
     /// Compiles and checks a new version without touching the registry.
-    fn check(&self, stem: &str, file: &Path, bytes: &[u8]) -> Result<Plugin> {
+    fn check(&self, stem: &str, bytes: &[u8]) -> Result<Plugin> {
         let plugin = Plugin::load_unaccepted(&self.engine, stem, bytes)?;
         let refuse = |message: String| Error::Check {
             plugin: plugin.name().to_string(),
@@ -619,7 +654,17 @@ impl Reloader {
             digest: plugin.digest().to_string(),
             message,
         };
-        let dir = file.with_file_name(format!("{stem}.fixtures"));
+        let from_registry = self.pulled.lock().unwrap_or_else(PoisonError::into_inner).contains_key(stem);
+        if from_registry && plugin.name() != stem {
+            return Err(refuse(format!(
+                "it calls itself {}, but plugins.{stem}.source pulls it: its settings would not apply; name the \
+                 source's key {} or rebuild it with the name {stem}",
+                plugin.name(),
+                plugin.name()
+            )));
+        }
+        // Fixtures beside the file; for a plugin from a registry, in the plugins folder.
+        let dir = self.dir.join(format!("{stem}.fixtures"));
         if dir.is_dir() {
             let cases = fixtures::load_dir_within(&dir, &Folder::new(&self.dir)?)?;
             let failures: Vec<String> = fixtures::run_all(&plugin, &cases)

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use std::path::PathBuf;
+
+use super::oci::VerifyPolicy;
 use super::rollout::RolloutSettings;
 
 /// What happens to an object when a plugin fails on it.
@@ -29,6 +32,16 @@ pub struct PluginSettings {
     pub digest: Option<String>,
     /// How new versions are rolled out: shadow, promotion, automatic rollback.
     pub rollout: RolloutSettings,
+    /// Where the component comes from instead of the plugins folder: a registry,
+    /// `oci://REGISTRY/REPOSITORY:TAG` (checked for a new digest every
+    /// `registry.checkSeconds`) or `oci://…@sha256:DIGEST` (never changes).
+    pub source: Option<String>,
+    /// Cosign public key files (PEM, as `cosign generate-key-pair` writes `cosign.pub`; a
+    /// mounted Secret) trusted to sign the source.
+    pub keys: Vec<PathBuf>,
+    /// What is asked of the source's signatures: `required` (the default: a signature by one
+    /// of `keys`), `optional` (unsigned is taken, a wrong signature is not) or `off`.
+    pub verify: VerifyPolicy,
 }
 
 /// The typed plugin configuration: settings by plugin name. Unlisted plugins get the settings

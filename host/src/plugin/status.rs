@@ -6,6 +6,7 @@ use std::sync::PoisonError;
 use std::time::SystemTime;
 
 use super::error::CallFailure;
+use super::oci::SourceState;
 use super::reload::{Reloader, Slot};
 use super::rollout::{RolloutMode, Stage, Trial};
 
@@ -26,6 +27,8 @@ pub struct PluginStatus {
     pub shadow_digest: Option<String>,
     /// The rollout state, as `/plugins` shows it (`active`, `shadow`, `previousDigest`, ...).
     pub rollout: serde_json::Value,
+    /// For a plugin from a registry: its source, digest, signer and last check.
+    pub source: Option<SourceState>,
 }
 
 /// The rollout state of one file for `/plugins`: the trial of the version in use, the shadow
@@ -105,6 +108,7 @@ impl Reloader {
                     "promotions": metrics.promotions(&s.name),
                     "rollbacks": metrics.rollbacks(&s.name),
                     "rollout": s.rollout,
+                    "source": s.source,
                 })
             })
             .collect();
@@ -137,10 +141,12 @@ impl Reloader {
 
     /// The state of every plugin file seen, by file name.
     pub fn status(&self) -> Vec<PluginStatus> {
+        let pulled = self.pulled.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots
             .iter()
             .map(|(stem, s)| PluginStatus {
+                source: pulled.get(stem).map(|e| e.state.clone()),
                 name: s.good.as_ref().map_or_else(|| stem.clone(), |(p, _)| p.name().to_string()),
                 file: s.file.clone(),
                 digest: s.good.as_ref().map(|(p, _)| p.digest().to_string()),
