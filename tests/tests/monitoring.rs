@@ -382,7 +382,28 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
     let mut d = Daemon::start("monitoring-ssa", &args)?;
     d.wait_ready(Duration::from_secs(90)).await?;
     metric_reaches(&d, "downsync_conflicts_total", &[r#"kind="ConfigMap""#], 1.0).await?;
-    let text = format!("{first}\n{}", d.metrics()?);
+    let second = d.metrics()?;
+    d.terminate()?;
+
+    // A plugin whose registry is out of reach (nothing listens on port 1): its pulls fail, and
+    // the syncer is not ready without it (it never syncs without its rules).
+    let offline = plugins.with_extension("offline.yaml");
+    std::fs::write(
+        &offline,
+        "plugins:\n  offline:\n    source: oci://127.0.0.1:1/rules/offline:v1\n    verify: off\n",
+    )?;
+    let mut offline_args = args[..6].to_vec();
+    offline_args.extend(["--config".to_string(), offline.display().to_string()]);
+    let o = Daemon::start("monitoring-offline", &offline_args)?;
+    let failing = [r#"plugin="offline""#, r#"reason="unreachable""#];
+    // Not ready, so not waited for: its endpoint answers once it has connected.
+    eventually("the offline plugin's pull failures", Duration::from_secs(60), || async {
+        Ok(o.metric("downsync_plugin_pull_failures_total", &failing).ok().filter(|n| *n >= 1.0))
+    })
+    .await?;
+    assert_ne!(o.readyz()?.0, 200, "not ready without a version of its plugin");
+    let text = format!("{first}\n{second}\n{}", o.metrics()?);
+    o.terminate()?;
     let scrape = scraped(&text);
     let problems = missing(&uses, &scrape);
 
@@ -393,7 +414,6 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
         printed: vec!["absent".into()],
     }];
     let caught = missing(&wrong, &scrape);
-    d.terminate()?;
     env.cleanup().await?;
     assert_eq!(caught.len(), 4, "{caught:#?}");
     assert!(

@@ -149,6 +149,28 @@ pub(super) async fn get_json(endpoint: &EndpointArgs, path_and_query: &str) -> R
 }
 
 /// Renders the `/plugins` answer for a terminal: one block per plugin file.
+/// The registry source of a plugin, if it has one: where from, which digest, who signed it,
+/// when it was last checked, and the last failure.
+fn render_source(out: &mut String, source: &Value) {
+    use std::fmt::Write as _;
+    let Some(from) = source["source"].as_str() else { return };
+    let cached =
+        if source["fromCache"] == true { " (from the cache: the registry was out of reach at start)" } else { "" };
+    let _ = writeln!(out, "  source:      {from} {}{cached}", source["digest"].as_str().unwrap_or("not pulled"));
+    let _ = writeln!(out, "  signed by:   {}", source["signer"].as_str().unwrap_or("not verified"));
+    let ago = source["lastCheckUnixSeconds"].as_u64().map_or_else(
+        || "never".to_string(),
+        |t| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            format!("{} s ago", now.saturating_sub(t))
+        },
+    );
+    let _ = writeln!(out, "  checked:     {ago}");
+    if let Some(e) = source["lastError"].as_str() {
+        let _ = writeln!(out, "  pull error:  {e}");
+    }
+}
+
 pub(super) fn render_plugins(answer: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -164,6 +186,7 @@ pub(super) fn render_plugins(answer: &Value) -> String {
             _ => "",
         };
         let _ = writeln!(out, "  active:      {} wit {}{code}", short(&p["digest"]), p["wit"].as_str().unwrap_or("-"));
+        render_source(&mut out, &p["source"]);
         let calls =
             p["calls"].as_object().map(|c| c.iter().map(|(h, n)| format!("{h} {n}")).collect::<Vec<_>>().join(", "));
         let _ = writeln!(out, "  calls:       {}", calls.unwrap_or_default());
@@ -234,6 +257,22 @@ mod tests {
     fn mk_answer(code: &str) -> serde_json::Value {
         json!({"plugins": [{"name": "service", "file": "service.wasm", "digest": "0123456789abcdef", "wit": "0.2.0",
             "code": code, "calls": {}, "errors": {}, "rollout": {}}]})
+    }
+
+    #[test]
+    fn a_plugin_from_a_registry_shows_its_source_signer_and_last_failure() {
+        let mut answer = mk_answer("optimized");
+        answer["plugins"][0]["source"] = json!({"source": "oci://reg.example/rules/service:v1", "digest": "sha256:ab",
+            "signer": "/keys/cosign.pub", "lastCheckUnixSeconds": 1, "lastError": "unreachable", "fromCache": true});
+        let text = render_plugins(&answer);
+        for want in [
+            "source:      oci://reg.example/rules/service:v1 sha256:ab (from the cache",
+            "signed by:   /keys/cosign.pub",
+            "pull error:  unreachable",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        assert!(!render_plugins(&mk_answer("optimized")).contains("source:"));
     }
 
     #[test]
