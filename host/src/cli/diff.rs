@@ -256,7 +256,9 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
         for d in owned.items {
             let value = serde_json::to_value(&d).unwrap_or(Value::Null);
             let id = (d.metadata.namespace.clone(), d.name_any());
-            if wanted.contains(&id) || !ownership::is_owned(&value, &config.sync.ownership) {
+            if wanted.contains(&id)
+                || !ownership::is_owned(&value, &config.sync.ownership, ownership::recorded_cluster(&value))
+            {
                 continue;
             }
             summary.delete += 1;
