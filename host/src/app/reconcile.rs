@@ -215,6 +215,7 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
             let api: Api<DynamicObject> = ctx
                 .upstream
                 .api_for(&w.up_ar, key.namespace.as_deref(), None)
+                .await
                 .map_err(|e| upstream_err("reading the object", &e))?;
             match api.get_opt(&key.name).await {
                 Ok(Some(o)) => {
