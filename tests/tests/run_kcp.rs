@@ -777,6 +777,8 @@ async fn three_workspaces_through_the_apiexport_each_get_the_status_of_their_own
         (Some(ws_a.logical_cluster.as_str()), Some(ns.as_str())),
         "{text}"
     );
+    let named = format!("(kcp workspace {})", ws_a.logical_cluster);
+    assert!(answer["object"].as_str().is_some_and(|o| o.ends_with(&named)), "{text}");
     let (code, text, err) = run_to_end(&["explain", "Widget", &object, "--addr", &addr].map(OsString::from))?;
     assert!(code.success() && text.contains(&format!("from kcp workspace {}", ws_a.logical_cluster)), "{text}{err}");
     let (code, _, err) = run_to_end(&["explain", "Widget", &format!("{ns}/w"), "--addr", &addr].map(OsString::from))?;
