@@ -1,12 +1,15 @@
-//! `downsync run` and `diff` with a real kcp (v0.26) workspace as the upstream and the real
-//! downstream control plane: create, update, delete, the upstream finalizer, status upsync of a
-//! CRD kind, namespace creation, a `NameConflict` Event in the workspace, and `diff`. Each test
-//! has a workspace of its own in the one kcp of the process (see `downsync_tests::kcp`).
+//! `downsync run`, `diff` and `explain` with a real kcp (v0.26) as the upstream and the real
+//! downstream control plane. One workspace: create, update, delete, the upstream finalizer,
+//! status upsync of a CRD kind, namespace creation, a `NameConflict` Event in the workspace, and
+//! `diff`. Many workspaces through the example APIExport's virtual workspace: copies apart, each
+//! change and status in its own workspace, `diff` and `explain` naming the workspace, a
+//! workspace that revokes its claims. Each test has workspaces of its own in the one kcp of the
+//! process (see `downsync_tests::kcp`).
 
 use std::ffi::OsString;
 use std::time::Duration;
 
-use downsync_tests::daemon::{Daemon, run_to_end_with_env};
+use downsync_tests::daemon::{Daemon, run_to_end, run_to_end_with_env};
 use downsync_tests::kcp::{Workspace, create_docs, example_docs, kcp_api, unique_name};
 use downsync_tests::{clusters, create_namespace, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret};
@@ -238,19 +241,23 @@ fn widgets(client: &Client, ns: &str) -> Api<DynamicObject> {
 
 /// Installs the Widget CRD (one that exists already is fine) and waits until it is served.
 async fn install_widget_crd(client: &Client) -> anyhow::Result<()> {
-    let gvk = GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition");
+    install_crd(client, widget_crd(), &GroupVersionKind::gvk(WIDGET_GROUP, "v1", "Widget")).await
+}
+
+/// Installs a CRD (one that exists already is fine) and waits until its kind `gvk` is served.
+async fn install_crd(client: &Client, crd: Value, gvk: &GroupVersionKind) -> anyhow::Result<()> {
+    let crd_gvk = GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition");
     let crds: Api<DynamicObject> =
-        Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "customresourcedefinitions"));
-    match crds.create(&PostParams::default(), &serde_json::from_value(widget_crd())?).await {
+        Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&crd_gvk, "customresourcedefinitions"));
+    match crds.create(&PostParams::default(), &serde_json::from_value(crd)?).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
     // kcp serves the kind at once, but its discovery (which downsync resolves kinds with) follows
     // a few seconds later.
-    let gvk = GroupVersionKind::gvk(WIDGET_GROUP, "v1", "Widget");
-    eventually("the Widget kind in discovery", Duration::from_secs(60), || async {
-        Ok(kube::discovery::pinned_kind(client, &gvk).await.is_ok().then_some(()))
+    eventually(&format!("the {} kind in discovery", gvk.kind), Duration::from_secs(60), || async {
+        Ok(kube::discovery::pinned_kind(client, gvk).await.is_ok().then_some(()))
     })
     .await
 }
@@ -499,11 +506,17 @@ async fn three_workspaces_through_the_apiexport_land_apart_and_each_change_stays
     let kubeconfig = tenancy.all_kubeconfig()?;
     let down = clusters()?.downstream.client().await?;
 
-    // `diff` does not keep workspaces apart yet: it refuses, and says so.
+    // `diff` before any sync: three creates, each naming its workspace, and nothing written.
     let mut diff: Vec<OsString> = vec!["diff".into()];
     diff.extend(vw_args(&kubeconfig, &ns, &target, &[])?);
-    let (status, _, stderr) = run_to_end_with_env(&diff, &[])?;
-    assert!(!status.success() && stderr.contains("serves many kcp workspaces"), "{stderr}");
+    let (status, stdout, stderr) = run_to_end_with_env(&diff, &[])?;
+    assert!(status.success(), "diff failed: {stderr}");
+    for (ws, _) in &tenancy.tenants {
+        let from = format!("/cm [kcp workspace {}, namespace {ns}] (create, with its namespace)", ws.logical_cluster);
+        assert!(stdout.contains(&from), "{from} in {stdout}");
+    }
+    assert!(stdout.contains("3 to create, 0 to update"), "{stdout}");
+    assert!(namespaces_by_cluster(&down, &target).await?.is_empty(), "diff created a namespace");
 
     let a = vw_args(&kubeconfig, &ns, &target, &["--upstream-finalizer"])?;
     let mut d = Daemon::start_with("kcp-many", &a[..4], &a[4..], Some("info,downsync=debug"))?;
@@ -573,6 +586,19 @@ async fn three_workspaces_through_the_apiexport_land_apart_and_each_change_stays
     assert_eq!(writes, 0.0, "log: {}", again.log.display());
     assert!(again.terminate()?.success());
 
+    // With downsync stopped, a change in workspace c: `diff` shows it as c's, and writes nothing.
+    let (_, client_c) = &tenancy.tenants[2];
+    Api::<ConfigMap>::namespaced(client_c.clone(), &ns)
+        .patch("cm", &PatchParams::default(), &Patch::Merge(json!({"data": {"tenant": "c2"}})))
+        .await?;
+    let (status, stdout, stderr) = run_to_end_with_env(&diff, &[])?;
+    assert!(status.success(), "diff failed: {stderr}");
+    let c_ns = mapped.get(&ws_c.logical_cluster).cloned().unwrap_or_default();
+    let line = format!("~ ConfigMap {c_ns}/cm [kcp workspace {}, namespace {ns}] (update)", ws_c.logical_cluster);
+    assert!(stdout.contains(&line) && stdout.contains("+  tenant: c2"), "{line} in {stdout}");
+    assert!(stdout.contains("0 to create, 1 to update, 0 to recreate, 0 to delete, 1 unchanged"), "{stdout}");
+    assert_eq!(copy(ws_c).get("cm").await?.metadata.resource_version, versions[2], "diff wrote");
+
     let _ = std::fs::remove_file(kubeconfig);
     for name in mapped.values() {
         let _ = Api::<Namespace>::all(down.clone()).delete(name, &DeleteParams::background()).await;
@@ -631,6 +657,138 @@ async fn a_workspace_that_revokes_its_binding_loses_its_copies_and_the_others_ke
         assert_eq!(copy(ws).get("cm").await?.metadata.resource_version, versions[i], "a copy of another workspace");
     }
     assert!(d.terminate()?.success());
+    let _ = std::fs::remove_file(kubeconfig);
+    for name in mapped.values() {
+        let _ = Api::<Namespace>::all(down.clone()).delete(name, &DeleteParams::background()).await;
+    }
+    tenancy.delete().await
+}
+
+/// The kind the example APIExport exports (`examples/kcp/apiexport.yaml`): Widget, with a status
+/// subresource.
+const EXAMPLE_GROUP: &str = "examples.downsync.dev";
+
+fn example_widgets(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(EXAMPLE_GROUP, "v1", "Widget");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, "widgets"))
+}
+
+/// The downstream CRD of the example's exported kind: the example's APIResourceSchema, as a CRD
+/// (the same group, names, scope and versions), so the two cannot drift apart.
+fn example_widget_crd() -> anyhow::Result<Value> {
+    let schema = example_docs("apiexport.yaml")?
+        .into_iter()
+        .find(|d| d["kind"] == "APIResourceSchema")
+        .ok_or_else(|| anyhow::anyhow!("examples/kcp/apiexport.yaml has no APIResourceSchema"))?;
+    let spec = &schema["spec"];
+    let versions: Vec<Value> = spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let mut v = v.clone();
+            v["schema"] = json!({"openAPIV3Schema": v["schema"].take()});
+            v
+        })
+        .collect();
+    Ok(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{}.{}", spec["names"]["plural"].as_str().unwrap_or_default(), EXAMPLE_GROUP)},
+        "spec": {"group": spec["group"], "names": spec["names"], "scope": spec["scope"], "versions": versions}
+    }))
+}
+
+#[tokio::test]
+async fn three_workspaces_through_the_apiexport_each_get_the_status_of_their_own_copy() -> anyhow::Result<()> {
+    let tenancy = Tenancy::new().await?;
+    let (ns, target) = (tenancy.ns.clone(), unique_name("kcp-status-many"));
+    let kubeconfig = tenancy.all_kubeconfig()?;
+    let down = clusters()?.downstream.client().await?;
+    install_crd(&down, example_widget_crd()?, &GroupVersionKind::gvk(EXAMPLE_GROUP, "v1", "Widget")).await?;
+    // The same Widget, `w` in namespace `ns`, in each workspace, through the exported API.
+    for ((_, client), t) in tenancy.tenants.iter().zip(["a", "b", "c"]) {
+        let w = json!({"apiVersion": format!("{EXAMPLE_GROUP}/v1"), "kind": "Widget",
+            "metadata": {"name": "w", "namespace": ns}, "spec": {"tenant": t}});
+        let (api, w): (_, DynamicObject) = (example_widgets(client, &ns), serde_json::from_value(w)?);
+        // A binding reports Bound a moment before the workspace serves the exported kind.
+        eventually("the Widget created in its workspace", Duration::from_secs(30), || async {
+            match api.create(&PostParams::default(), &w).await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+    }
+
+    let resource = format!("{EXAMPLE_GROUP}/v1/Widget");
+    let a = vw_args(&kubeconfig, &ns, &target, &["--resource", &resource, "--status-upsync"])?;
+    let mut d = Daemon::start_with("kcp-status-many", &a[..4], &a[4..], Some("info,downsync=debug"))?;
+    d.wait_ready(Duration::from_secs(120)).await?;
+    let mapped = namespaces_by_cluster(&down, &target).await?;
+    assert_eq!(mapped.len(), 3, "{mapped:?}; log: {}", d.log.display());
+    let copy = |ws: &Workspace| example_widgets(&down, mapped.get(&ws.logical_cluster).map_or("", String::as_str));
+    for ((ws, _), t) in tenancy.tenants.iter().zip(["a", "b", "c"]) {
+        let w = eventually("the Widget's copy", Duration::from_secs(30), || async { Ok(copy(ws).get_opt("w").await?) })
+            .await?;
+        assert_eq!(w.data.pointer("/spec/tenant"), Some(&json!(t)), "{ws:?}");
+    }
+
+    // The downstream controller (this test) reports on a's copy only: a's object gets it, and
+    // b's and c's get nothing.
+    let status_of = |t: &str| json!({"observedTenant": t, "ready": true});
+    let (ws_a, client_a) = &tenancy.tenants[0];
+    copy(ws_a).patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": status_of("a")}))).await?;
+    let started = std::time::Instant::now();
+    let up_status = |client: &Client| {
+        let api = example_widgets(client, &ns);
+        async move { Ok::<_, anyhow::Error>(api.get("w").await?.data.get("status").cloned()) }
+    };
+    eventually("a's status in workspace a", Duration::from_secs(30), || async {
+        Ok((up_status(client_a).await? == Some(status_of("a"))).then_some(()))
+    })
+    .await?;
+    eprintln!("a's copy's status in workspace a after {:.2} s", started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (_, client) in &tenancy.tenants[1..] {
+        assert_eq!(up_status(client).await?, None, "another workspace got a's status");
+    }
+
+    // Then each copy gets a status of its own: each workspace gets its own copy's, no other.
+    for ((ws, _), t) in tenancy.tenants[1..].iter().zip(["b", "c"]) {
+        copy(ws).patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": status_of(t)}))).await?;
+    }
+    for ((_, client), t) in tenancy.tenants.iter().zip(["a", "b", "c"]) {
+        eventually(&format!("{t}'s status in workspace {t}"), Duration::from_secs(30), || async {
+            Ok((up_status(client).await? == Some(status_of(t))).then_some(()))
+        })
+        .await?;
+    }
+
+    // `explain` takes the workspace (CLUSTER/NAMESPACE/NAME) and names it; without one it says
+    // which workspaces hold the object.
+    let addr = format!("http://{}", d.addr);
+    let object = format!("{}/{ns}/w", ws_a.logical_cluster);
+    let (code, text, err) = run_to_end(&["explain", "Widget", &object, "--addr", &addr, "--json"].map(OsString::from))?;
+    assert!(code.success(), "{err}");
+    let answer: Value = serde_json::from_str(&text)?;
+    assert_eq!(
+        (answer["workspace"].as_str(), answer["upstreamNamespace"].as_str()),
+        (Some(ws_a.logical_cluster.as_str()), Some(ns.as_str())),
+        "{text}"
+    );
+    let named = format!("(kcp workspace {})", ws_a.logical_cluster);
+    assert!(answer["object"].as_str().is_some_and(|o| o.ends_with(&named)), "{text}");
+    let (code, text, err) = run_to_end(&["explain", "Widget", &object, "--addr", &addr].map(OsString::from))?;
+    assert!(code.success() && text.contains(&format!("from kcp workspace {}", ws_a.logical_cluster)), "{text}{err}");
+    let (code, _, err) = run_to_end(&["explain", "Widget", &format!("{ns}/w"), "--addr", &addr].map(OsString::from))?;
+    assert!(!code.success() && err.contains("name the workspace"), "{err}");
+    for (ws, _) in &tenancy.tenants {
+        assert!(err.contains(&ws.logical_cluster), "{} not named in: {err}", ws.logical_cluster);
+    }
+    assert_eq!(d.metric("downsync_syncs_total", &[r#"result="error""#])?, 0.0, "log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+
     let _ = std::fs::remove_file(kubeconfig);
     for name in mapped.values() {
         let _ = Api::<Namespace>::all(down.clone()).delete(name, &DeleteParams::background()).await;

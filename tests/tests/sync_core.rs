@@ -267,7 +267,7 @@ async fn deletes_only_owned_objects_and_waits_on_finalizers() -> anyhow::Result<
 
     // Simple.
     ok(&syncer.apply(mk_configmap(&ns, "plain", json!({})), None).await);
-    let r = syncer.delete(&key("plain")?, None).await;
+    let r = syncer.delete(&key("plain")?, None, None).await;
     ok(&r);
     assert_eq!(r.operation, Operation::Deleted);
     assert!(cms.get_opt("plain").await?.is_none());
@@ -276,12 +276,12 @@ async fn deletes_only_owned_objects_and_waits_on_finalizers() -> anyhow::Result<
     // Held by a finalizer: deleting, then deleted once the finalizer goes.
     ok(&syncer.apply(mk_configmap(&ns, "held", json!({})), None).await);
     merge_patch(&env.downstream, &ns, "held", json!({"metadata": {"finalizers": ["example.com/hold"]}})).await;
-    let r = syncer.delete(&key("held")?, None).await;
+    let r = syncer.delete(&key("held")?, None, None).await;
     ok(&r);
     assert_eq!(r.operation, Operation::Deleting);
     assert!(syncer.state().get(&key("held")?).is_some(), "still tracked while it exists");
     merge_patch(&env.downstream, &ns, "held", json!({"metadata": {"finalizers": null}})).await;
-    let r = syncer.delete(&key("held")?, None).await;
+    let r = syncer.delete(&key("held")?, None, None).await;
     assert_eq!(r.operation, Operation::Deleted);
     assert!(syncer.state().get(&key("held")?).is_none());
 
@@ -291,7 +291,7 @@ async fn deletes_only_owned_objects_and_waits_on_finalizers() -> anyhow::Result<
     let child = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "child", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": parent_uid}]}});
     cms.create(&PostParams::default(), &serde_json::from_value(child)?).await?;
-    ok(&syncer.delete(&key("parent")?, None).await);
+    ok(&syncer.delete(&key("parent")?, None, None).await);
     eventually("the garbage collector to remove the child", Duration::from_secs(90), || async {
         Ok(cms.get_opt("child").await?.is_none().then_some(()))
     })
@@ -299,9 +299,56 @@ async fn deletes_only_owned_objects_and_waits_on_finalizers() -> anyhow::Result<
 
     // Unowned: untouched, reported.
     cms.create(&PostParams::default(), &serde_json::from_value(mk_configmap(&ns, "stranger", json!({})))?).await?;
-    let r = syncer.delete(&key("stranger")?, None).await;
+    let r = syncer.delete(&key("stranger")?, None, None).await;
     assert!(matches!(r.error, Some(SyncError::NotOwned { .. })), "{:?}", r.error);
     assert!(cms.get_opt("stranger").await?.is_some());
+    env.cleanup().await
+}
+
+/// Two kcp workspaces' objects that were to map to one downstream name (they cannot, their
+/// namespaces are hashed per workspace; the stamp makes sure of it even so): the copy is
+/// stamped for the first, and the second can neither overwrite nor delete it.
+#[tokio::test]
+async fn a_copy_stamped_for_one_kcp_workspace_is_never_written_or_deleted_for_another() -> anyhow::Result<()> {
+    use downsync::sync::workspaces::UPSTREAM_CLUSTER_ANNOTATION;
+    let env = TestEnv::new("core-workspaces").await?;
+    let ns = env.namespace.clone();
+    let syncer = mk_syncer(&env.downstream, DownstreamConfig::default());
+    let cms: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+    // The desired object as the placement makes it from workspace `cluster`.
+    let from = |cluster: &str| {
+        let mut cm = mk_configmap(&ns, "shared", json!({"from": cluster}));
+        cm["metadata"]["annotations"] = json!({UPSTREAM_CLUSTER_ANNOTATION: cluster});
+        cm
+    };
+    ok(&syncer.apply(from("2abc9xyz"), None).await);
+    let copy = get_json(&env.downstream, &ns, "shared").await;
+    assert_eq!(copy["metadata"]["annotations"][UPSTREAM_CLUSTER_ANNOTATION], "2abc9xyz");
+
+    // Workspace 7other00's object of the same downstream name: refused, naming the owner's
+    // workspace, and nothing written.
+    let r = syncer.apply(from("7other00"), None).await;
+    match &r.error {
+        Some(SyncError::NotOwned { owner, .. }) => assert!(owner.ends_with("in workspace 2abc9xyz"), "{owner}"),
+        other => panic!("expected NotOwned, got {other:?}"),
+    }
+    assert_eq!(rv(&get_json(&env.downstream, &ns, "shared").await), rv(&copy), "the other workspace wrote");
+    let key = ObjectKey {
+        gvr: downsync::sync::Gvr { group: String::new(), version: "v1".into(), resource: "configmaps".into() },
+        kind: "ConfigMap".into(),
+        namespace: Some(ns.clone()),
+        name: "shared".into(),
+    };
+    // Its delete (its object gone) leaves the copy; nor may one workspace (no cluster) take it.
+    for other in [Some("7other00"), None] {
+        let r = syncer.delete(&key, other, None).await;
+        assert!(matches!(r.error, Some(SyncError::NotOwned { .. })), "{other:?}: {:?}", r.error);
+        assert_eq!(rv(&get_json(&env.downstream, &ns, "shared").await), rv(&copy));
+    }
+    // The owner's workspace deletes it.
+    let r = syncer.delete(&key, Some("2abc9xyz"), None).await;
+    ok(&r);
+    assert!(cms.get_opt("shared").await?.is_none());
     env.cleanup().await
 }
 

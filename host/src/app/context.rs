@@ -170,12 +170,10 @@ impl Controller {
         &self.config.sync.ownership.target
     }
 
-    /// The shard of a key: by its upstream namespace.
+    /// The shard of a key: by its upstream namespace, and with many kcp workspaces by its
+    /// workspace too ([`super::keys::shard_namespace`]).
     pub(super) fn shard_of_key(&self, key: &WorkKey) -> u32 {
-        match key {
-            WorkKey::Object(k) => self.ha.shard_of(k.namespace.as_deref()),
-            WorkKey::Namespace { upstream, .. } => self.ha.shard_of(Some(upstream)),
-        }
+        self.ha.shard_of(super::keys::shard_namespace(key))
     }
 
     pub(super) fn mapping(&self) -> &NamespaceMapping {

@@ -198,7 +198,9 @@ impl Controller {
                 None => format!("kind {kind} is not synced by this process"),
             })?;
         let key = ObjectKey { resource: index, namespace: namespace.map(str::to_string), name: name.to_string() };
-        let up = w.upstream(&key).ok_or_else(|| format!("{kind} {} not found upstream", describe(namespace, name)))?;
+        let up = w.upstream(&key).ok_or_else(|| self.not_found(&w, kind, namespace, name))?;
+        // With many kcp workspaces the namespace is `<logical cluster>/<namespace>`.
+        let workspace = namespace.and_then(|ns| crate::sync::workspaces::split_namespace(ns).0);
         let raw = mapping::prepare_desired(to_value(&up, &w.up_ar), self.mapping(), self.target())
             .map_err(|e| e.to_string())?;
         let down_ns = self.downstream_ns(&key);
@@ -226,13 +228,60 @@ impl Controller {
         };
         name_writers(&mut fields, &Intent::of(&upstream_view), &managers);
         let history = self.syncer.rules().metrics().journal().entries(&object);
-        Ok(json!({
+        let mut answer = json!({
             "object": object,
             "fields": fields,
             "steps": steps.iter().map(|s| json!({"by": s.who, "hook": s.hook, "decision": s.decision, "paths": s.paths})).collect::<Vec<_>>(),
             "history": history,
-        }))
+        });
+        if let Some(cluster) = workspace {
+            // The record of the object's syncs is kept by its downstream name, which is
+            // distinct per workspace; the answer names the workspace it stands for.
+            answer["workspace"] = json!(cluster);
+            answer["upstreamNamespace"] = json!(namespace.map(|ns| crate::sync::workspaces::split_namespace(ns).1));
+        }
+        Ok(answer)
     }
+
+    /// Why an object is not in the upstream cache: with many kcp workspaces and no workspace
+    /// named, which workspaces hold one of that namespace and name.
+    fn not_found(&self, w: &super::context::Watched, kind: &str, namespace: Option<&str>, name: &str) -> String {
+        let unnamed = namespace.is_some_and(|ns| crate::sync::workspaces::split_namespace(ns).0.is_none());
+        if !self.many_workspaces || !unnamed {
+            return format!("{kind} {} not found upstream", describe(namespace, name));
+        }
+        let namespaces: Vec<String> = w
+            .up_store
+            .state()
+            .iter()
+            .filter(|o| o.metadata.name.as_deref() == Some(name))
+            .filter_map(|o| o.metadata.namespace.clone())
+            .collect();
+        workspace_hint(kind, namespace.unwrap_or_default(), name, &namespaces)
+    }
+}
+
+/// The answer to an explain that names no workspace although the upstream serves many: the
+/// form to use, and the workspaces whose namespace `ns` holds the object (`qualified` are the
+/// cached objects' `<logical cluster>/<namespace>` of that name).
+pub fn workspace_hint(kind: &str, ns: &str, name: &str, qualified: &[String]) -> String {
+    let mut clusters: Vec<&str> = qualified
+        .iter()
+        .filter_map(|q| match crate::sync::workspaces::split_namespace(q) {
+            (Some(cluster), plain) if plain == ns => Some(cluster),
+            _ => None,
+        })
+        .collect();
+    clusters.sort_unstable();
+    let found = if clusters.is_empty() {
+        "no workspace has it".to_string()
+    } else {
+        format!("it is in workspace {}", clusters.join(", "))
+    };
+    format!(
+        "the upstream serves many kcp workspaces: name the workspace, `downsync explain {kind} \
+         <logical cluster>/{ns}/{name}`; {found}"
+    )
 }
 
 /// Says more of the fields that no rule explains: one no upstream client asked for is the
@@ -286,6 +335,15 @@ mod tests {
             decision: "apply".into(),
             paths: paths.iter().map(|p| (*p).to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn an_explain_without_a_workspace_names_the_workspaces_that_hold_the_object() {
+        let cached = ["2abc9xyz/app".to_string(), "7other00/app".to_string(), "5third00/web".to_string()];
+        let hint = workspace_hint("ConfigMap", "app", "cm", &cached);
+        assert!(hint.contains("`downsync explain ConfigMap <logical cluster>/app/cm`"), "{hint}");
+        assert!(hint.ends_with("it is in workspace 2abc9xyz, 7other00"), "{hint}");
+        assert!(workspace_hint("ConfigMap", "gone", "cm", &cached).ends_with("no workspace has it"));
     }
 
     #[test]

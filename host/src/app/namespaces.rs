@@ -144,7 +144,7 @@ impl Namespaces {
         if !self.created_by_us(&ns) || ns.metadata.deletion_timestamp.is_some() {
             return Ok(Cleanup::Done);
         }
-        let (client, plain) = self.up.route(Some(upstream_ns), None)?;
+        let (client, plain) = self.up.route(Some(upstream_ns), None).await?;
         let upstream: Api<Namespace> = Api::all(client);
         match upstream.get_opt(plain.as_deref().unwrap_or(upstream_ns)).await.map_err(classify) {
             Ok(None) => {}

@@ -107,7 +107,7 @@ pub fn annotation(o: &DynamicObject, name: &str) -> Option<String> {
 /// for, see [`Intent`]) is computed here, once per object version, and kept in their place as
 /// one compact entry; the rest is dropped as downstream. Without `client_intent` (the feature
 /// gate) the intent is unknown: every field is enforced.
-pub(super) fn compact_managed_fields(o: &mut DynamicObject, client_intent: bool) {
+pub fn compact_managed_fields(o: &mut DynamicObject, client_intent: bool) {
     let intent = match o.metadata.managed_fields.take() {
         Some(entries) if client_intent && !entries.is_empty() => {
             let last_applied = o.metadata.annotations.as_ref().and_then(|a| a.get(intent::LAST_APPLIED_ANNOTATION));

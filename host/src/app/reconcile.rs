@@ -172,7 +172,9 @@ async fn remove(
         // cache may not have seen a copy created moments ago.
         let cached = down.map(|d| Some(to_value(d, &w.down_ar)));
         let started = Instant::now();
-        let result = ctx.syncer.delete(&okey, cached).await;
+        // With many workspaces, only a copy stamped for this key's workspace is deleted.
+        let cluster = key.namespace.as_deref().and_then(|ns| crate::sync::workspaces::split_namespace(ns).0);
+        let result = ctx.syncer.delete(&okey, cluster, cached).await;
         ctx.metrics.record(kind, &result, started.elapsed().as_secs_f64());
         match result.error {
             // Not ours: never touched; nothing holds the upstream object on its account.
@@ -213,6 +215,7 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
             let api: Api<DynamicObject> = ctx
                 .upstream
                 .api_for(&w.up_ar, key.namespace.as_deref(), None)
+                .await
                 .map_err(|e| upstream_err("reading the object", &e))?;
             match api.get_opt(&key.name).await {
                 Ok(Some(o)) => {

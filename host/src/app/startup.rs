@@ -126,9 +126,9 @@ pub async fn connect(config: &RunConfig) -> Result<(Connected, Connected)> {
     Ok((up, down))
 }
 
-/// With an upstream serving many kcp workspaces, `run` keeps them apart: namespaces are
-/// hashed per (workspace, namespace), keys and writes name the workspace. Refused: a command
-/// that does not (`diff`, `replay`: `command` names it), a namespace prefix (it would put two
+/// With an upstream serving many kcp workspaces, `run` and `diff` keep them apart: namespaces
+/// are hashed per (workspace, namespace), keys and writes name the workspace. Refused: a
+/// command that does not (`replay`: `command` names it), a namespace prefix (it would put two
 /// workspaces' namespaces of one name together), and cluster-scoped kinds (one name, many
 /// workspaces, one downstream object).
 pub fn check_many_workspaces(

@@ -35,7 +35,7 @@ pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<E
 /// becomes `<logical cluster>/<namespace>` ([`workspaces::qualify_namespace`]), in the cache
 /// and so in every key, since two workspaces' `default/app` are two objects. An object without
 /// a valid `kcp.io/cluster` keeps its namespace.
-fn qualify_by_workspace(o: &mut DynamicObject) {
+pub fn qualify_by_workspace(o: &mut DynamicObject) {
     let cluster = o.metadata.annotations.as_ref().and_then(|a| a.get(workspaces::CLUSTER_ANNOTATION));
     let Some(cluster) = cluster.filter(|c| workspaces::is_logical_cluster_name(c)) else { return };
     if let Some(ns) = &o.metadata.namespace {

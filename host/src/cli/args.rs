@@ -105,7 +105,8 @@ pub(crate) struct EndpointArgs {
 pub(crate) struct ExplainArgs {
     /// The upstream kind (Service, ConfigMap) or its plural.
     pub(crate) kind: String,
-    /// NAMESPACE/NAME (upstream namespace), or NAME for a cluster-scoped kind.
+    /// NAMESPACE/NAME (upstream namespace), or NAME for a cluster-scoped kind; from many kcp
+    /// workspaces, CLUSTER/NAMESPACE/NAME (CLUSTER: the logical cluster, `kcp.io/cluster`).
     pub(crate) object: String,
     #[command(flatten)]
     pub(crate) endpoint: EndpointArgs,

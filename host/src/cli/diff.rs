@@ -168,12 +168,15 @@ pub(super) fn unified_with(before: &Value, after: &Value, names: (&str, &str)) -
 }
 
 /// The selected upstream objects of one resource, sorted, each as the desired object `run`
-/// would sync (or why it cannot be placed).
+/// would sync (or why it cannot be placed). With `many_workspaces` (an upstream serving many
+/// kcp workspaces), each object's namespace is qualified with its workspace first, as `run`'s
+/// cache does, so that it is placed in that workspace's downstream namespace.
 pub(super) async fn desired_objects(
     config: &RunConfig,
     up: &kube::Client,
     index: usize,
     resolved: &Resolved,
+    many_workspaces: bool,
 ) -> Result<Vec<(DynamicObject, std::result::Result<Value, String>)>> {
     let Resolved { config: r, up_ar, .. } = resolved;
     let mut lp = ListParams::default();
@@ -190,6 +193,16 @@ pub(super) async fn desired_objects(
         .items
         .into_iter()
         .filter(|o| config.selects(r, o.metadata.namespace.as_deref(), &o.name_any()))
+        .map(|mut o| {
+            if many_workspaces {
+                downsync::app::watches::qualify_by_workspace(&mut o);
+            }
+            // As `run`'s cache holds it: the intent (and so the desired hash) is read from the
+            // same compact managedFields entry, or an object `run` keeps unchanged would show
+            // as an update here.
+            downsync::app::packing::compact_managed_fields(&mut o, config.client_intent());
+            o
+        })
         .collect();
     objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.name_any()));
     Ok(objects
@@ -207,7 +220,6 @@ pub(super) async fn desired_objects(
 pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSummary> {
     config.validate()?;
     let (up, down) = startup::connect(&config).await?;
-    startup::check_many_workspaces(&config, &up, Some("diff"), &[])?;
     let rules = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let (reloader, _watch) = startup::start_plugins(&config, &rules).await?;
     for s in reloader.iter().flat_map(|r| r.status()) {
@@ -216,23 +228,17 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
         }
     }
     let resolved = startup::resolve_all(&config, &up, &down).await?;
+    // Many kcp workspaces are kept apart as `run` keeps them, or refused for what `run` refuses.
+    let many = startup::check_many_workspaces(&config, &up, None, &resolved)?;
     let mut sync_config = config.sync.clone();
     // A dry-run delete never completes: a recreate is reported, not waited for.
     sync_config.recreate_timeout = Duration::ZERO;
     let recording = Recording::dry_run(down.client.clone());
     let syncer = Syncer::new(recording, Arc::clone(&rules), sync_config, StateCache::new());
     let mut summary = DiffSummary::default();
-    let owned_selector = ownership::owned_selector(&config.sync.ownership);
     for (index, resolved) in resolved.iter().enumerate() {
-        let Resolved { config: r, down_ar, down_resource, .. } = resolved;
-        let list_err = |side: &'static str, e: kube::Error| Error::Resource {
-            index,
-            resource: r.describe(),
-            side,
-            message: format!("cannot list: {}", classify(e)),
-        };
         let mut wanted = HashSet::new();
-        for (obj, desired) in desired_objects(&config, &up.client, index, resolved).await? {
+        for (obj, desired) in desired_objects(&config, &up.client, index, resolved, many).await? {
             let desired = match desired {
                 Ok(d) => d,
                 Err(e) => {
@@ -247,22 +253,10 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
             let key = result.key.clone();
             let seen = key.as_ref().map(|k| syncer.downstream().take(k)).unwrap_or_default();
             let name = key.map_or_else(|| obj.name_any(), |k| k.to_string());
+            let name = with_workspace(name, obj.metadata.namespace.as_deref());
             write_outcome(out, &mut summary, &name, &result, seen);
         }
-        let owned = Api::<DynamicObject>::all_with(down.client.clone(), down_ar)
-            .list(&ListParams::default().labels(&owned_selector))
-            .await
-            .map_err(|e| list_err("downstream", e))?;
-        for d in owned.items {
-            let value = serde_json::to_value(&d).unwrap_or(Value::Null);
-            let id = (d.metadata.namespace.clone(), d.name_any());
-            if wanted.contains(&id) || !ownership::is_owned(&value, &config.sync.ownership) {
-                continue;
-            }
-            summary.delete += 1;
-            let key = ObjectKey::new(down_resource, id.0.as_deref(), &id.1);
-            let _ = writeln!(out, "- {key} (delete: gone upstream or no longer selected)");
-        }
+        summary.delete += deletes(&config, &down.client, index, resolved, &wanted, out).await?;
     }
     let _ = writeln!(
         out,
@@ -270,6 +264,56 @@ pub(super) async fn diff(config: RunConfig, out: &mut String) -> Result<DiffSumm
         summary.create, summary.update, summary.recreate, summary.delete, summary.unchanged, summary.errors
     );
     Ok(summary)
+}
+
+/// An object's name in the report, and, for an object of one of many kcp workspaces (its
+/// upstream namespace qualified, `<logical cluster>/<namespace>`), the workspace and namespace
+/// it comes from: its downstream namespace alone does not say.
+pub(super) fn with_workspace(name: String, upstream_ns: Option<&str>) -> String {
+    match upstream_ns.map(downsync::sync::workspaces::split_namespace) {
+        Some((Some(cluster), ns)) => format!("{name} [kcp workspace {cluster}, namespace {ns}]"),
+        _ => name,
+    }
+}
+
+/// The owned downstream objects of one resource that `run` would delete (no wanted upstream
+/// object stands for them), each a line in `out`; how many.
+async fn deletes(
+    config: &RunConfig,
+    down: &kube::Client,
+    index: usize,
+    resolved: &Resolved,
+    wanted: &HashSet<(Option<String>, String)>,
+    out: &mut String,
+) -> Result<usize> {
+    let Resolved { config: r, down_ar, down_resource, .. } = resolved;
+    let owned = Api::<DynamicObject>::all_with(down.clone(), down_ar)
+        .list(&ListParams::default().labels(&ownership::owned_selector(&config.sync.ownership)))
+        .await
+        .map_err(|e| Error::Resource {
+            index,
+            resource: r.describe(),
+            side: "downstream",
+            message: format!("cannot list: {}", classify(e)),
+        })?;
+    let mut count = 0;
+    for d in owned.items {
+        let value = serde_json::to_value(&d).unwrap_or(Value::Null);
+        let id = (d.metadata.namespace.clone(), d.name_any());
+        // A copy of one of many workspaces is owned for the workspace its stamp records.
+        let cluster = ownership::recorded_cluster(&value);
+        if wanted.contains(&id) || !ownership::is_owned(&value, &config.sync.ownership, cluster) {
+            continue;
+        }
+        count += 1;
+        let key = ObjectKey::new(down_resource, id.0.as_deref(), &id.1).to_string();
+        let upstream = cluster.map(|c| {
+            downsync::sync::workspaces::qualify_namespace(c, mapping::upstream_namespace(&value).unwrap_or_default())
+        });
+        let key = with_workspace(key, upstream.as_deref());
+        let _ = writeln!(out, "- {key} (delete: gone upstream or no longer selected)");
+    }
+    Ok(count)
 }
 
 /// One object's line (and its YAML or diff) in `out`, counted in `summary`.
@@ -326,6 +370,17 @@ mod tests {
         let d = unified(&before, &after);
         assert!(d.contains("-  k: old") && d.contains("+  k: new"), "{d}");
         assert!(!d.contains("resourceVersion") && !d.contains("desired-hash"), "{d}");
+    }
+
+    #[test]
+    fn an_object_of_one_of_many_workspaces_is_named_with_its_workspace() {
+        let name = "ConfigMap ds-0123456789abcdef/cm".to_string();
+        assert_eq!(
+            with_workspace(name.clone(), Some("2abc9xyz/app")),
+            "ConfigMap ds-0123456789abcdef/cm [kcp workspace 2abc9xyz, namespace app]"
+        );
+        assert_eq!(with_workspace(name.clone(), Some("app")), name, "one workspace or plain Kubernetes: as before");
+        assert_eq!(with_workspace(name.clone(), None), name);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use super::args::ExplainArgs;
 
 /// Asks and prints the answer, for a terminal or as JSON.
 pub(super) async fn show(a: ExplainArgs) -> Result<ExitCode> {
-    let (namespace, name) = match a.object.split_once('/') {
+    // NAMESPACE/NAME, or, from many kcp workspaces, CLUSTER/NAMESPACE/NAME: the namespace as
+    // the process keys it is everything before the last `/`.
+    let (namespace, name) = match a.object.rsplit_once('/') {
         Some((ns, name)) => (Some(ns), name),
         None => (None, a.object.as_str()),
     };
@@ -32,6 +34,10 @@ pub(super) async fn show(a: ExplainArgs) -> Result<ExitCode> {
 pub(super) fn render(answer: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", answer["object"].as_str().unwrap_or("?"));
+    if let Some(cluster) = answer["workspace"].as_str() {
+        let ns = answer["upstreamNamespace"].as_str().unwrap_or("?");
+        let _ = writeln!(out, "  from kcp workspace {cluster} (logical cluster), namespace {ns}");
+    }
     let fields = answer["fields"].as_array().cloned().unwrap_or_default();
     if fields.is_empty() {
         let _ = writeln!(out, "  downstream matches upstream (status and server bookkeeping aside)");
@@ -64,4 +70,20 @@ pub(super) fn render(answer: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_answer_from_many_workspaces_names_the_workspace_and_one_from_one_does_not() {
+        let mut answer = json!({"object": "ConfigMap ds-0123456789abcdef/cm", "fields": []});
+        assert!(!render(&answer).contains("workspace"), "{}", render(&answer));
+        answer["workspace"] = json!("2abc9xyz");
+        answer["upstreamNamespace"] = json!("app");
+        let text = render(&answer);
+        assert!(text.contains("from kcp workspace 2abc9xyz (logical cluster), namespace app"), "{text}");
+    }
 }

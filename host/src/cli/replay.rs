@@ -81,7 +81,7 @@ pub(super) async fn replay(config: RunConfig, file: &Path, out: &mut String) -> 
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
     let (engine_config, registry_config) = (config.engine_config(), config.registry_config());
     let (up, down) = startup::connect(&config).await?;
-    startup::check_many_workspaces(&config, &up, Some("replay"), &[])?;
+    startup::check_many_workspaces(&config, &up, Some("plugin replay"), &[])?;
     let active = Arc::new(PluginRegistry::new(PluginSet::default(), Metrics::default()));
     let (reloader, _watch) = startup::start_plugins(&config, &active).await?;
     for s in reloader.iter().flat_map(|r| r.status()) {
@@ -128,7 +128,7 @@ pub(super) async fn replay(config: RunConfig, file: &Path, out: &mut String) -> 
             continue;
         }
         kinds += 1;
-        for (obj, desired) in desired_objects(&config, &up.client, index, resolved).await? {
+        for (obj, desired) in desired_objects(&config, &up.client, index, resolved, false).await? {
             let Ok(desired) = desired else { continue };
             let a = before.apply(desired.clone(), None).await;
             let b = after.apply(desired, None).await;

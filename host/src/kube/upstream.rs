@@ -40,19 +40,37 @@ struct Workspaces {
 }
 
 impl Workspaces {
-    fn get(&self, cluster: &str) -> Result<(Client, Arc<Recorder>), ApiError> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = clients.get(cluster) {
+    /// The client and recorder of workspace `cluster`. A new one is built on the blocking
+    /// pool: building a client (its TLS configuration, the certificates parsed) takes
+    /// milliseconds, which a tokio worker must not spend. Two first uses at once may both build
+    /// one; the first kept is used by both.
+    async fn get(self: &Arc<Self>, cluster: &str) -> Result<(Client, Arc<Recorder>), ApiError> {
+        if let Some(c) = self.clients.lock().unwrap_or_else(PoisonError::into_inner).get(cluster) {
             return Ok(c.clone());
         }
+        let (this, name) = (Arc::clone(self), cluster.to_string());
+        let built = tokio::task::spawn_blocking(move || this.build(&name))
+            .await
+            .map_err(|e| ApiError::Transport(format!("building the client of workspace {cluster} stopped: {e}")))??;
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(clients.entry(cluster.to_string()).or_insert(built).clone())
+    }
+
+    /// Builds the client and recorder of workspace `cluster`. Blocking: see [`Workspaces::get`].
+    fn build(&self, cluster: &str) -> Result<(Client, Arc<Recorder>), ApiError> {
         let url = workspaces::cluster_url(&self.base.cluster_url.to_string(), cluster)
             .ok_or_else(|| ApiError::Transport(format!("{cluster:?} is not a logical cluster name")))?;
         let mut config = self.base.clone();
         config.cluster_url =
             url.parse().map_err(|e| ApiError::Transport(format!("workspace URL {url} is not a URL: {e}")))?;
+        let started = std::time::Instant::now();
         let client = Client::try_from(config).map_err(|e| ApiError::Transport(format!("a client for {url}: {e}")))?;
         let recorder = Arc::new(Recorder::new(client.clone(), &self.controller, self.instance.clone()));
-        clients.insert(cluster.to_string(), (client.clone(), Arc::clone(&recorder)));
+        tracing::debug!(
+            workspace = cluster,
+            micros = started.elapsed().as_micros(),
+            "built the client of a workspace, on the blocking pool"
+        );
         Ok((client, recorder))
     }
 }
@@ -92,7 +110,7 @@ impl Upstream {
     /// there are many, see [`workspaces::qualify_namespace`]) is read and written: the client,
     /// the Event recorder, and the plain namespace. `cluster` names the workspace of an object
     /// that has no namespace, or was read with its plain one (its `kcp.io/cluster`).
-    fn route_full(
+    async fn route_full(
         &self,
         namespace: Option<&str>,
         cluster: Option<&str>,
@@ -107,29 +125,33 @@ impl Upstream {
         let cluster = from_ns.or(cluster).ok_or_else(|| {
             ApiError::Transport("an object read from many workspaces names no logical cluster (kcp.io/cluster)".into())
         })?;
-        let (client, recorder) = ws.get(cluster)?;
+        let (client, recorder) = ws.get(cluster).await?;
         Ok((client, recorder, plain))
     }
 
     /// The client and plain namespace for upstream namespace `namespace` (see
     /// [`Upstream::route_full`]).
-    pub fn route(&self, namespace: Option<&str>, cluster: Option<&str>) -> Result<(Client, Option<String>), ApiError> {
-        self.route_full(namespace, cluster).map(|(c, _, ns)| (c, ns))
+    pub async fn route(
+        &self,
+        namespace: Option<&str>,
+        cluster: Option<&str>,
+    ) -> Result<(Client, Option<String>), ApiError> {
+        self.route_full(namespace, cluster).await.map(|(c, _, ns)| (c, ns))
     }
 
-    fn route_obj(&self, obj: &DynamicObject) -> Result<(Client, Arc<Recorder>, Option<String>), ApiError> {
+    async fn route_obj(&self, obj: &DynamicObject) -> Result<(Client, Arc<Recorder>, Option<String>), ApiError> {
         let cluster = obj.metadata.annotations.as_ref().and_then(|a| a.get(workspaces::CLUSTER_ANNOTATION));
-        self.route_full(obj.metadata.namespace.as_deref(), cluster.map(String::as_str))
+        self.route_full(obj.metadata.namespace.as_deref(), cluster.map(String::as_str)).await
     }
 
     /// The API of one upstream object's kind, in its namespace and workspace.
-    pub fn api_for(
+    pub async fn api_for(
         &self,
         ar: &ApiResource,
         namespace: Option<&str>,
         cluster: Option<&str>,
     ) -> Result<Api<DynamicObject>, ApiError> {
-        let (client, ns) = self.route(namespace, cluster)?;
+        let (client, ns) = self.route(namespace, cluster).await?;
         Ok(api(&client, ar, ns.as_deref()))
     }
 
@@ -173,7 +195,7 @@ impl Upstream {
         let patch: json_patch::Patch = serde_json::from_value(patch)
             .map_err(|e| ApiError::Transport(format!("cannot build a JSON patch: {e}")))?;
         let name = obj.metadata.name.clone().unwrap_or_default();
-        let (client, _, ns) = self.route_obj(obj)?;
+        let (client, _, ns) = self.route_obj(obj).await?;
         api(&client, ar, ns.as_deref())
             .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
@@ -184,7 +206,7 @@ impl Upstream {
     /// Writes `status` to the upstream object's status subresource (merge patch).
     pub async fn patch_status(&self, ar: &ApiResource, obj: &DynamicObject, status: &Value) -> Result<(), ApiError> {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        let (client, _, ns) = self.route_obj(obj)?;
+        let (client, _, ns) = self.route_obj(obj).await?;
         api(&client, ar, ns.as_deref())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
             .await
@@ -201,7 +223,7 @@ impl Upstream {
         reason: &str,
         note: String,
     ) -> Result<(), ApiError> {
-        let (_, recorder, ns) = self.route_obj(obj)?;
+        let (_, recorder, ns) = self.route_obj(obj).await?;
         let mut reference = obj.object_ref(ar);
         reference.namespace = ns;
         let mut note = note;

@@ -14,10 +14,12 @@ use super::syncer::{Downstream, Syncer, api_error};
 use super::types::{ObjectKey, Operation, SyncResult};
 
 impl<D: Downstream, R: Rules> Syncer<D, R> {
-    /// Deletes an object downstream, if downsync owns it. `cached` as in [`Syncer::apply`].
-    pub async fn delete(&self, key: &ObjectKey, cached: Option<Option<Value>>) -> SyncResult {
+    /// Deletes an object downstream, if downsync owns it for the upstream object of logical
+    /// cluster `cluster` (many kcp workspaces; else `None`): a copy another workspace's object
+    /// owns is never deleted. `cached` as in [`Syncer::apply`].
+    pub async fn delete(&self, key: &ObjectKey, cluster: Option<&str>, cached: Option<Option<Value>>) -> SyncResult {
         let mut result = SyncResult::new(Some(key.clone()), Operation::Skipped);
-        match self.delete_inner(key, cached, &mut result).await {
+        match self.delete_inner(key, cluster, cached, &mut result).await {
             Ok(op) => result.operation = op,
             Err(e) => {
                 debug!(object = %key, kind = %key.kind, error = %e, "delete failed");
@@ -30,6 +32,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     async fn delete_inner(
         &self,
         key: &ObjectKey,
+        cluster: Option<&str>,
         cached: Option<Option<Value>>,
         result: &mut SyncResult,
     ) -> Result<Operation, SyncError> {
@@ -41,11 +44,8 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             self.state.remove(key);
             return Ok(Operation::Deleted);
         };
-        if !ownership::is_owned(&existing, &self.config.ownership) {
-            return Err(SyncError::NotOwned {
-                object: key.to_string(),
-                owner: ownership::owner_of(&existing).unwrap_or("none").to_string(),
-            });
+        if !ownership::is_owned(&existing, &self.config.ownership, cluster) {
+            return Err(SyncError::NotOwned { object: key.to_string(), owner: ownership::describe_owner(&existing) });
         }
         if existing.pointer("/metadata/deletionTimestamp").is_none() {
             let uid = str_at(&existing, "/metadata/uid").unwrap_or_default();

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::ownership::SERVER_METADATA;
+use super::workspaces::UPSTREAM_CLUSTER_ANNOTATION;
 
 /// Beyond the server-set metadata, these come from the upstream object and mean nothing
 /// downstream.
@@ -121,14 +122,21 @@ pub fn content_digest(obj: &Value) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// `Kind namespace/name` of an object, as far as it has them, for messages.
+/// `Kind namespace/name` of an object, as far as it has them, for messages and the explain
+/// record. An object placed from one of many kcp workspaces (it records
+/// [`UPSTREAM_CLUSTER_ANNOTATION`]) is named with its workspace too:
+/// `ConfigMap ds-…/cm (kcp workspace 2abc9xyz)`, since its downstream namespace does not say.
 pub fn object_ref(obj: &Value) -> String {
     let kind = str_at(obj, "/kind").unwrap_or("<no kind>");
     let name = str_at(obj, "/metadata/name").unwrap_or("<no name>");
-    match str_at(obj, "/metadata/namespace") {
+    let mut out = match str_at(obj, "/metadata/namespace") {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
+    };
+    if let Some(cluster) = obj.pointer("/metadata/annotations").and_then(|a| a.get(UPSTREAM_CLUSTER_ANNOTATION)) {
+        out.push_str(&format!(" (kcp workspace {})", cluster.as_str().unwrap_or("?")));
     }
+    out
 }
 
 /// The string at a JSON pointer, if there is one.
@@ -205,5 +213,11 @@ mod tests {
         assert_eq!(object_ref(&mk_configmap("a", json!({"namespace": "ns"}), json!({}))), "ConfigMap ns/a");
         assert_eq!(object_ref(&json!({"kind": "Namespace", "metadata": {"name": "x"}})), "Namespace x");
         assert_eq!(object_ref(&json!([])), "<no kind> <no name>");
+        let from_a_workspace = mk_configmap(
+            "a",
+            json!({"namespace": "ds-0123456789abcdef", "annotations": {UPSTREAM_CLUSTER_ANNOTATION: "2abc9xyz"}}),
+            json!({}),
+        );
+        assert_eq!(object_ref(&from_a_workspace), "ConfigMap ds-0123456789abcdef/a (kcp workspace 2abc9xyz)");
     }
 }

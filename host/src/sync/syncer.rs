@@ -89,6 +89,9 @@ pub(super) struct Job<'a, S> {
     /// filled in (not in `object`), as JSON pointers. A write keeps their live values; a
     /// server-side apply leaves them out.
     pub(super) server_set: Vec<String>,
+    /// The logical cluster of the upstream object, when the upstream serves many kcp
+    /// workspaces: the stamp records it, and only a copy stamped for it is ours.
+    pub(super) cluster: Option<String>,
 }
 
 /// What the create path found.
@@ -308,6 +311,8 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         // Read before normalising, which drops managedFields.
         let intent = Intent::of(&desired);
         let normalized = normalize_desired(desired);
+        // The workspace the placement recorded (many kcp workspaces only), before any rule runs.
+        let cluster = ownership::recorded_cluster(&normalized).map(str::to_string);
         preservation::check_size(&normalized)?;
         // One version of the rules for the whole apply: a reload half-way must not mix two.
         let rules = self.rules.snapshot();
@@ -343,10 +348,10 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             let transformed = rules.transform(normalized.clone(), &intent).await?;
             intent::enforced(transformed, &intent, &normalized)
         };
-        ownership::stamp(&mut object, &self.config.ownership, &hash);
+        ownership::stamp(&mut object, &self.config.ownership, cluster.as_deref(), &hash);
         // Only the server-set fields the object no longer carries are the downstream's.
         let server_set = server_set.into_iter().filter(|p| object.pointer(p).is_none()).collect();
-        let job = Job { key, object, hash, intent, rules, server_set };
+        let job = Job { key, object, hash, intent, rules, server_set, cluster };
         match self.create_if_absent(&job, cached, result).await? {
             Found::Created => Ok(Operation::Created),
             Found::Live(existing) => self.update(&job, existing, result).await,
@@ -467,11 +472,8 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         result: &mut SyncResult,
     ) -> Result<Plan, SyncError> {
         let key = job.key;
-        if !ownership::is_owned(existing, &self.config.ownership) && !self.config.ownership.adopt {
-            return Err(SyncError::NotOwned {
-                object: key.to_string(),
-                owner: ownership::owner_of(existing).unwrap_or("none").to_string(),
-            });
+        if !ownership::may_write(existing, &self.config.ownership, job.cluster.as_deref()) {
+            return Err(SyncError::NotOwned { object: key.to_string(), owner: ownership::describe_owner(existing) });
         }
         if existing.pointer("/metadata/deletionTimestamp").is_some() {
             // Being deleted downstream: writing now would fight the deletion.

@@ -3,7 +3,8 @@
 //! objects of a shard only while it holds that shard's Lease.
 //!
 //! Every replica runs its reflectors (a warm standby). Upstream objects fall into `shards`
-//! shards by a stable hash of their upstream namespace; shard `i` is the Lease
+//! shards by a stable hash of their upstream namespace (from many kcp workspaces, of the pair
+//! (logical cluster, namespace), see [`super::keys::shard_namespace`]); shard `i` is the Lease
 //! `downsync-<target>-shard-<i>` (one shard: `downsync-<target>`). Each replica also keeps a
 //! member Lease `downsync-<target>-member-<identity>` so that replicas holding no shard are
 //! counted too: a replica holds at most `ceil(shards / live replicas)` shards, releases extras
