@@ -63,10 +63,20 @@ fn script() -> PathBuf {
 impl Registry {
     /// Starts registry `name` (TLS, htpasswd) for as long as this test process lives.
     pub fn start(name: &str) -> Result<Self> {
+        Self::start_with(name, &[])
+    }
+
+    /// Starts registry `name` on plain HTTP without auth (`registry.sh up --insecure`).
+    pub fn start_insecure(name: &str) -> Result<Self> {
+        Self::start_with(name, &["--insecure"])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Result<Self> {
         let name = format!("{name}-{}", std::process::id());
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &name, "--owner-pid", &std::process::id().to_string()])
+            .args(extra)
             .env("DOWNSYNC_REGISTRY_BIN", bin_dir()?)
             .output()
             .context("running registry.sh")?;

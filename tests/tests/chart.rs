@@ -2,7 +2,8 @@
 //! `helm lint` and `helm template` of every values profile render what each profile is for; the
 //! output is accepted by a real API server (server-side dry run, with the Prometheus Operator
 //! CRDs installed for the monitoring objects); and the chart grants exactly the RBAC of the
-//! kustomize manifests in examples/deploy and examples/deploy-ha, and runs the same config.
+//! kustomize manifests in examples/deploy, examples/deploy-ha and examples/deploy-registry, and
+//! runs the same config with the same mounts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,8 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use downsync::app::RunConfig;
 use downsync_tests::helm::{helm, monitoring_crds};
-use downsync_tests::manifests::{self, api_message, kustomize, yaml_docs};
+use downsync_tests::manifests::{self, api_message, kustomize, source_of, yaml_docs};
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::{TestEnv, clusters, eventually, repo_root};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -61,6 +63,25 @@ fn set(pairs: &[&str]) -> Vec<String> {
     pairs.iter().flat_map(|p| ["--set".to_string(), (*p).to_string()]).collect()
 }
 
+/// A plugin from a registry as examples/deploy-registry configures it: its key and credentials
+/// Secrets mounted, `plugins.hpa-replicas.source` and `.keys` in the config; with `ca`, a CA
+/// Secret too.
+fn registry_values(ca: bool) -> Vec<String> {
+    let mut pairs = vec![
+        "registry.credentialsSecret=downsync-registry-credentials",
+        "pluginKeys.secret=downsync-plugin-keys",
+        "config.plugins.hpa-replicas.source=oci://registry.example.com/downsync/hpa-replicas:1.0",
+        "config.plugins.hpa-replicas.keys={/etc/downsync/keys/cosign.pub}",
+        "config.plugins.hpa-replicas.rollout.mode=shadow",
+        "config.plugins.hpa-replicas.rollout.windowCalls=100",
+        "config.registry.checkSeconds=60",
+    ];
+    if ca {
+        pairs.push("registry.caSecret=downsync-registry-ca");
+    }
+    set(&pairs)
+}
+
 /// The profiles the chart is tested with.
 fn profiles() -> Result<Vec<Profile>> {
     // A real plugin component, put into the ConfigMap as the chart's README says: its base64 in a
@@ -82,6 +103,7 @@ fn profiles() -> Result<Vec<Profile>> {
             args: set(&["plugins.image.reference=registry.example.com/downsync-plugins:1.0.0"]),
             upstream: false,
         },
+        Profile { name: "plugins-registry", args: registry_values(true), upstream: false },
         Profile {
             name: "monitoring",
             args: set(&[
@@ -218,6 +240,8 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
                         assert_eq!(plugins_volume["configMap"]["name"], "downsync-plugins");
                     }
                 }
+                let spec = deployment.pointer("/spec/template/spec").context("no pod spec")?;
+                check_registry_mounts(name, &config, spec, c)?;
                 let monitoring = ["PodMonitor downsync", "PrometheusRule downsync", "ConfigMap downsync-dashboard"];
                 for m in monitoring {
                     assert_eq!(kinds.contains(m), name == "monitoring", "profile {name}: {m} in {kinds:?}");
@@ -241,10 +265,66 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
     }
     // Mistyped values are refused with a message (values.schema.json), not rendered as nothing
     // or ignored.
-    for (bad, says) in [("side=upstrem", "/side"), ("replicaCount=3", "replicaCount"), ("ha.shards=300", "/ha/shards")]
-    {
+    // A key file under the keys folder without the Secret that would put it there.
+    for (bad, says) in [
+        ("side=upstrem", "/side"),
+        ("replicaCount=3", "replicaCount"),
+        ("ha.shards=300", "/ha/shards"),
+        ("registry.credentials=x", "/registry"),
+        ("config.plugins.x.keys={/etc/downsync/keys/cosign.pub}", "set pluginKeys.secret"),
+    ] {
         let err = render(ns, &set(&[bad])).expect_err(bad);
         assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+    }
+    Ok(())
+}
+
+/// Profile `plugins-registry`: every file its config names for registries (each
+/// `plugins.*.keys[]`, `registry.credentials`, `registry.caFile`) is the key of the Secret the
+/// values name, mounted read-only, and downsync parses the config. Any other profile mounts none
+/// of them and has no `registry` section.
+fn check_registry_mounts(profile: &str, config: &Value, spec: &Value, c: &Value) -> Result<()> {
+    let volumes: BTreeSet<&str> =
+        spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+    if profile != "plugins-registry" {
+        for v in ["plugin-keys", "registry-credentials", "registry-ca"] {
+            assert!(!volumes.contains(v), "profile {profile}: volume {v} without its value");
+        }
+        assert!(config.get("registry").is_none(), "profile {profile}: {config}");
+        return Ok(());
+    }
+    let text = serde_yaml_ng::to_string(config)?;
+    RunConfig::from_yaml(&text, std::path::Path::new("rendered config.yaml"))
+        .map_err(|e| anyhow::anyhow!("downsync refuses the rendered config: {e}"))?;
+    let plugin = &config["plugins"]["hpa-replicas"];
+    assert_eq!(plugin["source"], "oci://registry.example.com/downsync/hpa-replicas:1.0", "{config}");
+    assert_eq!(config["registry"]["checkSeconds"], 60, "config.registry is passed through: {config}");
+    let mut files: Vec<(String, &str, (&str, &str))> = plugin["keys"]
+        .as_array()
+        .context("no keys")?
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (format!("keys[{i}]"), k.as_str().unwrap_or_default(), ("downsync-plugin-keys", "cosign.pub")))
+        .collect();
+    assert_eq!(files.len(), 1, "{plugin}");
+    for (setting, secret, key) in [
+        ("credentials", "downsync-registry-credentials", ".dockerconfigjson"),
+        ("caFile", "downsync-registry-ca", "ca.crt"),
+    ] {
+        let path = config["registry"][setting].as_str().with_context(|| format!("no registry.{setting}: {config}"))?;
+        files.push((format!("registry.{setting}"), path, (secret, key)));
+    }
+    let mounts = c["volumeMounts"].as_array().context("no volumeMounts")?;
+    for (setting, path, (secret, key)) in files {
+        let (kind, name, at) = source_of(spec, c, path).with_context(|| format!("{setting} {path}"))?;
+        assert_eq!((kind.as_str(), name.as_str(), at.as_str()), ("secret", secret, key), "{setting} {path}");
+        let mount = mounts
+            .iter()
+            .filter(|m| m["mountPath"].as_str().is_some_and(|p| path.starts_with(&format!("{p}/"))))
+            .max_by_key(|m| m["mountPath"].as_str().map(str::len))
+            .context("no mount")?;
+        assert_eq!(mount["readOnly"], true, "{setting}: {mount}");
+        assert!(mount.get("subPath").is_none(), "{setting}: a subPath mount never sees a rotated Secret");
     }
     Ok(())
 }
@@ -399,6 +479,11 @@ fn the_chart_grants_the_rbac_of_the_kustomize_manifests_and_runs_the_same_config
         ("single", kustomize(&examples.join("deploy"))?, render(KUSTOMIZE_NAMESPACE, &[])?),
         ("ha", kustomize(&examples.join("deploy-ha"))?, render(KUSTOMIZE_NAMESPACE, &set(&["ha.enabled=true"]))?),
         (
+            "registry",
+            kustomize(&examples.join("deploy-registry"))?,
+            render(KUSTOMIZE_NAMESPACE, &registry_values(false))?,
+        ),
+        (
             "upstream",
             yaml_docs(&up_text, "rbac-upstream.yaml")?,
             render(KUSTOMIZE_NAMESPACE, &set(&["side=upstream"]))?,
@@ -454,6 +539,19 @@ fn the_chart_grants_the_rbac_of_the_kustomize_manifests_and_runs_the_same_config
                 .collect()
         };
         assert_eq!(mounts(cc), mounts(kc), "{what}: the volume mounts");
+        // The Secrets behind the registry mounts (the others differ in form: the chart projects
+        // the kubeconfig key).
+        let secret_volumes = |d: &Value| -> BTreeMap<String, Value> {
+            d.pointer("/spec/template/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|v| matches!(v["name"].as_str(), Some("plugin-keys" | "registry-credentials" | "registry-ca")))
+                .map(|v| (v["name"].as_str().unwrap_or_default().to_string(), v["secret"].clone()))
+                .collect()
+        };
+        assert_eq!(secret_volumes(cd), secret_volumes(kd), "{what}: the registry Secrets' volumes");
+        assert_eq!(secret_volumes(kd).is_empty(), *what != "registry", "{what}");
         assert_eq!(
             cd.pointer("/spec/template/spec/securityContext"),
             kd.pointer("/spec/template/spec/securityContext"),

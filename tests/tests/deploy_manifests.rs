@@ -2,18 +2,23 @@
 //! (server-side dry run), the RBAC on both sides covers what config.yaml syncs, the pod's volumes
 //! provide every path the config names, and the pod passes the restricted Pod Security Standard.
 //! The HA variant (examples/deploy-ha, a kustomize overlay rendered with `kubectl kustomize`)
-//! is dry-run too, and runs three replicas with Lease RBAC, a budget and a spread.
+//! is dry-run too, and runs three replicas with Lease RBAC, a budget and a spread. The registry
+//! variant (examples/deploy-registry) is dry-run with its example Secrets, mounts every key and
+//! credentials file its config names from those Secrets, and its config passes downsync's own
+//! checks once those files are in place.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use downsync::app::RunConfig;
 use downsync_tests::manifests::{
     self, allows, api_message, metrics_port, plugins_config_map, probes_port, resolve, source_of,
 };
+use downsync_tests::registry::Cosign;
 use downsync_tests::{TEST_LABEL, TestEnv, clusters, eventually, repo_root};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -111,6 +116,21 @@ fn ha_docs() -> Result<Vec<Doc>> {
     Ok(docs.into_iter().map(|value| Doc { file: "deploy-ha".into(), value }).collect())
 }
 
+fn registry_dir() -> PathBuf {
+    repo_root().join("examples/deploy-registry")
+}
+
+/// The registry variant, rendered by `kubectl kustomize examples/deploy-registry`.
+fn registry_docs() -> Result<Vec<Doc>> {
+    let docs = manifests::kustomize(&registry_dir())?;
+    Ok(docs.into_iter().map(|value| Doc { file: "deploy-registry".into(), value }).collect())
+}
+
+/// The example Secrets of the registry variant (placeholders, not in its kustomization).
+fn registry_secrets() -> Result<Vec<Doc>> {
+    read_docs(&registry_dir().join("secrets-example.yaml"))
+}
+
 fn all_docs() -> Result<Vec<Doc>> {
     let mut docs = Vec::new();
     for file in manifest_files()? {
@@ -203,6 +223,14 @@ async fn every_manifest_is_accepted_by_the_api_server_in_a_server_side_dry_run()
     for doc in ha_docs()? {
         let ha_own = matches!(doc.kind(), "Deployment" | "PodDisruptionBudget") || doc.name() == "downsync-leases";
         if ha_own && let Err(msg) = dry_run(&downstream, &doc).await {
+            failures.push(format!("{}: {msg}", doc.describe()));
+        }
+    }
+    // The registry variant: its Deployment and config, and the example Secrets (the API server
+    // checks that a kubernetes.io/dockerconfigjson Secret holds a docker config).
+    let registry = registry_docs()?.into_iter().filter(|d| matches!(d.kind(), "Deployment" | "ConfigMap"));
+    for doc in registry.chain(registry_secrets()?) {
+        if let Err(msg) = dry_run(&downstream, &doc).await {
             failures.push(format!("{}: {msg}", doc.describe()));
         }
     }
@@ -408,6 +436,8 @@ async fn the_downsync_pod_meets_the_restricted_pod_security_standard() -> Result
     let ns_labels = find(&docs, "Namespace", NAMESPACE)?.value["metadata"]["labels"].clone();
     assert_eq!(ns_labels["pod-security.kubernetes.io/enforce"], "restricted", "namespace.yaml: {ns_labels}");
     let (spec, _) = pod_spec(&docs)?;
+    let registry = registry_docs()?;
+    let (registry_spec, _) = pod_spec(&registry)?;
 
     let env = TestEnv::new("deploy-pss").await?;
     // The test namespace gets namespace.yaml's Pod Security labels.
@@ -439,6 +469,8 @@ async fn the_downsync_pod_meets_the_restricted_pod_security_standard() -> Result
         }))?)
     };
     let accepted = pods.create(&dry_run, &mk_pod(spec)?).await;
+    // The registry variant's pod, with its Secret volumes, too.
+    let registry_accepted = pods.create(&dry_run, &mk_pod(registry_spec)?).await;
 
     // Without its securityContext the same pod must be refused, or the check above proves nothing.
     let mut loose = spec.clone();
@@ -448,6 +480,9 @@ async fn the_downsync_pod_meets_the_restricted_pod_security_standard() -> Result
 
     if let Err(e) = accepted {
         panic!("deployment.yaml's pod is refused in a namespace enforcing {pss:?}: {}", api_message(&e));
+    }
+    if let Err(e) = registry_accepted {
+        panic!("examples/deploy-registry's pod is refused in a namespace enforcing {pss:?}: {}", api_message(&e));
     }
     match refused {
         Err(kube::Error::Api(status)) if status.is_forbidden() => Ok(()),
@@ -491,5 +526,141 @@ fn the_ha_variant_runs_three_spread_replicas_with_a_budget_and_lease_rbac_in_its
     assert!(!docs.iter().any(|d| d.kind() == "ClusterRole" && d.value.to_string().contains("leases")));
     let binding = find(&docs, "RoleBinding", "downsync-leases")?;
     assert_eq!(binding.value["subjects"][0]["name"], "downsync");
+    Ok(())
+}
+
+/// The files of one Secret by key: `data` (base64 in the manifest) and `stringData`.
+fn secret_files(doc: &Doc) -> Result<BTreeMap<String, Vec<u8>>> {
+    let secret: Secret = serde_json::from_value(doc.value.clone()).with_context(|| doc.describe())?;
+    let mut files: BTreeMap<String, Vec<u8>> =
+        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+    Ok(files)
+}
+
+#[test]
+fn the_registry_variant_mounts_every_key_and_credentials_file_its_config_names_from_its_secrets() -> Result<()> {
+    let docs = registry_docs()?;
+    let secrets = registry_secrets()?;
+    assert!(
+        !docs.iter().any(|d| d.kind() == "Secret"),
+        "kustomization.yaml must not apply the placeholder Secrets over the real ones"
+    );
+    let (spec, container) = pod_spec(&docs)?;
+    let text = find(&docs, "ConfigMap", "downsync-config")?.value["data"]["config.yaml"]
+        .as_str()
+        .context("no config.yaml")?
+        .to_string();
+    // downsync's own parser: unknown or mistyped settings are refused here.
+    let config = RunConfig::from_yaml(&text, Path::new("deploy-registry config.yaml"))
+        .map_err(|e| anyhow::anyhow!("downsync refuses the registry variant's config: {e}"))?;
+
+    // Every file the registry settings name, with the setting naming it.
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    let mut sources = Vec::new();
+    for (name, p) in &config.plugins {
+        if let Some(source) = &p.source {
+            sources.push((name.clone(), source.clone()));
+            assert!(!p.keys.is_empty(), "plugins.{name}: a source with no keys is refused at start");
+        }
+        for (i, key) in p.keys.iter().enumerate() {
+            named.push((format!("plugins.{name}.keys[{i}]"), key.clone()));
+        }
+    }
+    assert!(!sources.is_empty(), "the registry variant takes no plugin from a registry: {text}");
+    let credentials = config.registry.credentials.clone().context("no registry.credentials")?;
+    named.push(("registry.credentials".into(), credentials.clone()));
+    if let Some(ca) = &config.registry.ca_file {
+        named.push(("registry.caFile".into(), ca.clone()));
+    }
+
+    // Each one is a key of an example Secret, mounted read-only (a whole volume or an item).
+    let mounts = container["volumeMounts"].as_array().context("no volumeMounts")?;
+    let root = std::env::temp_dir().join(format!("downsync-deploy-registry-{}", std::process::id()));
+    let mut credentials_secret = None;
+    for (setting, path) in &named {
+        let at = path.to_str().context("a path that is not UTF-8")?;
+        let (kind, secret, key) = source_of(spec, container, at).with_context(|| format!("{setting} {at}"))?;
+        assert_eq!(kind, "secret", "{setting} {at} comes from a {kind}, not a Secret");
+        let mount = mounts
+            .iter()
+            .filter(|m| m["mountPath"].as_str().is_some_and(|p| at.starts_with(p)))
+            .max_by_key(|m| m["mountPath"].as_str().map(str::len))
+            .context("no mount")?;
+        assert_eq!(mount["readOnly"], true, "{setting}: {mount}");
+        let doc = secrets
+            .iter()
+            .find(|d| d.kind() == "Secret" && d.name() == secret)
+            .with_context(|| format!("{setting} {at} is key {key} of Secret {secret}, not in secrets-example.yaml"))?;
+        let files = secret_files(doc)?;
+        let content = files
+            .get(&key)
+            .with_context(|| format!("{setting} {at} is key {key} of {}, which has no such key", doc.describe()))?;
+        // The file where the pod would see it, under a scratch root.
+        let file = root.join(path.strip_prefix("/").unwrap_or(path));
+        std::fs::create_dir_all(file.parent().context("a file at /")?)?;
+        std::fs::write(&file, content)?;
+        if setting == "registry.credentials" {
+            credentials_secret = Some(doc.clone());
+        }
+    }
+    // The credentials are an image pull Secret's docker config, as `kubectl create secret
+    // docker-registry` makes it.
+    let doc = credentials_secret.context("registry.credentials comes from no Secret")?;
+    assert_eq!(doc.str_at("/type"), "kubernetes.io/dockerconfigjson", "{}", doc.describe());
+    // The README says how to make both, with the kubectl commands that give these keys and type.
+    let readme = std::fs::read_to_string(registry_dir().join("README.md"))?;
+    assert!(readme.contains(&format!("create secret docker-registry {}", doc.name())), "README.md");
+    for (setting, path) in named.iter().filter(|(s, _)| s.starts_with("plugins.")) {
+        let (_, secret, key) = source_of(spec, container, path.to_str().unwrap_or_default())?;
+        let documented = format!("create secret generic {secret} --from-file={key}");
+        assert!(readme.contains(&documented), "README.md does not say `{documented}` ({setting})");
+    }
+
+    // Pulled versions are cached under $XDG_CACHE_HOME/downsync/oci: a writable emptyDir.
+    let env = container["env"].as_array().context("no env")?;
+    let xdg = env.iter().find(|e| e["name"] == "XDG_CACHE_HOME").and_then(|e| e["value"].as_str());
+    let cache = format!("{}/downsync/oci", xdg.context("no XDG_CACHE_HOME")?);
+    let mount = mounts
+        .iter()
+        .find(|m| m["mountPath"].as_str().is_some_and(|p| cache.starts_with(&format!("{}/", p.trim_end_matches('/')))))
+        .with_context(|| format!("nothing is mounted over the registry cache {cache}"))?;
+    assert_ne!(mount["readOnly"], true, "the registry cache {cache} must be writable: {mount}");
+    let volume = spec["volumes"].as_array().and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]));
+    assert!(volume.is_some_and(|v| v.get("emptyDir").is_some()), "the cache volume: {volume:?}");
+
+    // With those files in place (and a plugins folder), downsync's own checks pass once the key
+    // is a real cosign public key, and refuse the placeholder: the check is not blind.
+    let moved = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let mut local = config.clone();
+    for p in local.plugins.values_mut() {
+        p.keys = p.keys.iter().map(|k| moved(k)).collect();
+    }
+    local.registry.credentials = Some(moved(&credentials));
+    local.registry.ca_file = local.registry.ca_file.as_deref().map(moved);
+    let plugins = root.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    local.plugins_dir = Some(plugins);
+    let placeholder = local.validate().expect_err("the placeholder cosign.pub is not a key");
+    assert!(placeholder.to_string().contains(".keys[0]"), "{placeholder}");
+    let cosign = Cosign::new(&root.join("cosign"))?;
+    let public = std::fs::read(cosign.key_pair("cosign")?)?;
+    for p in local.plugins.values() {
+        for key in &p.keys {
+            std::fs::write(key, &public)?;
+        }
+    }
+    local.validate().map_err(|e| anyhow::anyhow!("with a real cosign.pub downsync still refuses the config: {e}"))?;
+    // The example credentials name the registry of every source.
+    for (name, source) in &sources {
+        let registry = downsync::plugin::oci::Source::parse(source).map_err(anyhow::Error::msg)?;
+        let auth = local.registry.auth(registry.registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(
+            matches!(auth, oci_client::secrets::RegistryAuth::Basic(..)),
+            "plugins.{name}: the example credentials have none for {}",
+            registry.registry()
+        );
+    }
+    std::fs::remove_dir_all(&root)?;
     Ok(())
 }

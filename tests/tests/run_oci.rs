@@ -397,6 +397,18 @@ async fn plugin_push_and_pull_verify_and_every_bad_artifact_is_refused_by_name()
     refused("unauthorised", &text, &source, &["Not authorized"]);
     let (ok, text) = pull(&source, Some(&trusted), &["--credentials", &registry.docker_config.display().to_string()])?;
     assert!(!ok, "the test CA is not trusted without --ca-file: {text}");
+    // Plain HTTP only for a registry named as insecure.
+    let plain = Registry::start_insecure("oci-cli-http")?;
+    let http_source = plain.source("rules/stamp:v7");
+    let mut args = vec!["plugin".to_string(), "push".into(), file.display().to_string(), http_source.clone()];
+    args.push("--insecure".into());
+    let (status, out, err) = run_to_end(&os(&args))?;
+    assert!(status.success(), "push over plain HTTP with --insecure: {out}{err}");
+    let (ok, text) = pull(&http_source, None, &["--no-verify"])?;
+    assert!(!ok && text.contains(&http_source), "plain HTTP is not used unless named: {text}");
+    assert!(pull(&http_source, None, &["--no-verify", "--insecure"])?.0, "named as insecure");
+    drop(plain);
+
     // Stopped (its CA and credentials go with it; kept aside first).
     let (ca, config) = (work.join("ca.crt"), work.join("config.json"));
     std::fs::copy(&registry.ca, &ca)?;

@@ -62,6 +62,24 @@ resources in the order of config.resources.
 {{- $_ = set $c "upstream" (dict "kubeconfig" "/etc/downsync/upstream/kubeconfig") -}}
 {{- $_ = set $c "pluginsDir" "/plugins" -}}
 {{- $_ = set $c "metricsAddr" (printf "0.0.0.0:%v" .Values.endpoints.port) -}}
+{{- /* The registry files the chart mounts; a key under /etc/downsync/keys needs its Secret. */ -}}
+{{- $registry := deepCopy ($c.registry | default dict) -}}
+{{- if .Values.registry.credentialsSecret -}}
+{{- $_ = set $registry "credentials" "/etc/downsync/registry/config.json" -}}
+{{- end -}}
+{{- if .Values.registry.caSecret -}}
+{{- $_ = set $registry "caFile" "/etc/downsync/registry-ca/ca.crt" -}}
+{{- end -}}
+{{- if $registry -}}
+{{- $_ = set $c "registry" $registry -}}
+{{- end -}}
+{{- range $name, $p := $c.plugins -}}
+{{- range ($p.keys | default list) -}}
+{{- if and (hasPrefix "/etc/downsync/keys/" .) (not $.Values.pluginKeys.secret) -}}
+{{- fail (printf "config.plugins.%s.keys names %s: set pluginKeys.secret to the Secret holding it" $name .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- /* HA is on in downsync when its config has an `ha` section. */ -}}
 {{- if .Values.ha.enabled -}}
 {{- $_ = set $c "ha" (merge (dict "shards" .Values.ha.shards) ($c.ha | default dict)) -}}

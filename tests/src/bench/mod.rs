@@ -17,6 +17,7 @@ pub mod http;
 pub mod kcp;
 pub mod languages;
 pub mod objects;
+pub mod oci;
 pub mod process;
 pub mod reload;
 pub mod report;
@@ -64,6 +65,8 @@ pub enum Part {
     Coexist,
     /// 13. kcp: many workspaces through one APIExport virtual workspace (issue 31).
     Kcp,
+    /// 14. Plugins from an OCI registry: push to active, the cost of verification (issue 30).
+    Oci,
 }
 
 /// What to run and how.
@@ -120,6 +123,7 @@ impl Options {
             Part::Deadline,
             Part::Coexist,
             Part::Kcp,
+            Part::Oci,
         ]
         .iter()
         .any(|p| self.wants(*p))
@@ -410,6 +414,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         let (workspaces, per) = opts.kcp_workspaces;
         let figures = kcp::measure(&bench, workspaces, per, 3).await;
         report.sections.push(kcp::section(&figures));
+        save(&report, &out)?;
+    }
+    if opts.wants(Part::Oci) {
+        eprintln!("bench: 14. plugins from an OCI registry (starts a registry)");
+        let figures = oci::measure(&bench, 10).await;
+        report.sections.push(oci::section(&figures));
         save(&report, &out)?;
     }
     drop(started);
