@@ -57,7 +57,7 @@ impl RegistrySettings {
         } else {
             ClientProtocol::HttpsExcept(self.insecure.clone())
         };
-        Ok(oci_client::Client::new(ClientConfig {
+        let config = ClientConfig {
             protocol,
             extra_root_certificates: extra,
             platform_resolver: None,
@@ -65,7 +65,13 @@ impl RegistrySettings {
             read_timeout: Some(Duration::from_secs(60)),
             user_agent: concat!("downsync/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
-        }))
+        };
+        // Not `Client::new`: on a bad setting it falls back to a default client, silently
+        // dropping the CA and the insecure registries.
+        oci_client::Client::try_from(config).map_err(|e| {
+            let path = self.ca_file.as_deref().unwrap_or(Path::new("-"));
+            setting_error("registry.caFile", path, &format!("cannot be used: {e}"))
+        })
     }
 
     /// The credentials for `registry` in the credentials file; anonymous when none is set or
@@ -136,6 +142,20 @@ mod tests {
         assert_eq!(auth_from_docker_config(&text, "127.0.0.1:5000"), Ok(basic("robot", "s3cret:with-colon")));
         assert_eq!(auth_from_docker_config(&text, "ghcr.io"), Ok(basic("u", "p")));
         assert_eq!(auth_from_docker_config(&text, "quay.io"), Ok(RegistryAuth::Anonymous));
+    }
+
+    #[test]
+    fn a_ca_file_that_holds_no_certificate_is_an_error_naming_the_setting() {
+        let path = std::env::temp_dir().join(format!("downsync-oci-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+            .expect("write");
+        let settings = RegistrySettings { ca_file: Some(path.clone()), ..RegistrySettings::default() };
+        let err = settings.client().map(drop).expect_err("a broken CA").to_string();
+        assert!(err.contains("registry.caFile") && err.contains(&path.display().to_string()), "{err}");
+        let missing = RegistrySettings { ca_file: Some("/nonexistent/ca.crt".into()), ..RegistrySettings::default() };
+        assert!(missing.client().map(drop).expect_err("missing").to_string().contains("registry.caFile"));
+        assert!(RegistrySettings::default().client().is_ok());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

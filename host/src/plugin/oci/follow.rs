@@ -202,6 +202,8 @@ impl Reloader {
                     s.last_check_unix_seconds = Some(now);
                     s.last_success_unix_seconds = Some(now);
                     s.last_error = None;
+                    // The registry answers again and still names the cached version.
+                    s.from_cache = false;
                 });
                 false
             }

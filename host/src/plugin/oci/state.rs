@@ -19,7 +19,7 @@ pub struct SourceState {
     pub last_success_unix_seconds: Option<u64>,
     /// Why the last check or pull failed, if it did.
     pub last_error: Option<String>,
-    /// The version came from the disk cache, the registry being out of reach at start.
+    /// The version came from the disk cache, the registry having been out of reach since start.
     pub from_cache: bool,
 }
 
