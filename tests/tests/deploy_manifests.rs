@@ -301,7 +301,6 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
         }
     };
     let (finalizer, status_upsync) = (config["upstreamFinalizer"] == true, config["statusUpsync"] == true);
-    let cleanup = config["keepNamespaces"] != true;
     let mut extra = Vec::new();
     let mut synced = Vec::new();
     for entry in resources {
@@ -346,10 +345,9 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
     for verb in ["get", "list", "watch", "create"] {
         need("rbac-downstream.yaml", down_rules, "", "namespaces", verb);
     }
-    if cleanup {
-        need("rbac-downstream.yaml", down_rules, "", "namespaces", "delete");
-        need("rbac-upstream.yaml", up_rules, "", "namespaces", "get");
-    }
+    // The example cleans up the namespaces downsync created (its RBAC decides: with `delete`).
+    need("rbac-downstream.yaml", down_rules, "", "namespaces", "delete");
+    need("rbac-upstream.yaml", up_rules, "", "namespaces", "get");
     for group in ["", "events.k8s.io"] {
         for verb in ["create", "patch"] {
             need("rbac-upstream.yaml", up_rules, group, "events", verb);

@@ -124,20 +124,6 @@ fn overlapping_scopes_are_refused_at_load_naming_both_plugins_and_patterns() {
 }
 
 #[test]
-fn a_digest_pin_mismatch_is_refused_and_a_match_accepted() {
-    let engine = small_engine();
-    let plugin = load(&engine, "downsync-plugin-service");
-    let wrong = settings(&[("service", PluginSettings { digest: Some("00".repeat(32)), ..PluginSettings::default() })]);
-    let err = PluginSet::new(vec![plugin.clone()], &wrong).expect_err("refused");
-    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
-    let right = settings(&[(
-        "service",
-        PluginSettings { digest: Some(plugin.digest().to_string()), ..PluginSettings::default() },
-    )]);
-    assert!(PluginSet::new(vec![plugin], &right).is_ok());
-}
-
-#[test]
 fn plugins_chain_by_priority_then_name() {
     let engine = small_engine();
     let plugins = vec![load(&engine, "downsync-plugin-testing-faulty"), load(&engine, "downsync-plugin-minimal")];

@@ -1,6 +1,7 @@
 //! Namespaces through `downsync run` between two real control planes: each downstream namespace
 //! is created once however many workers need it, a namespace downsync created goes when its
-//! upstream namespace goes (unless something downsync does not own lives in it), and the
+//! upstream namespace goes (unless something downsync does not own lives in it, or the downstream
+//! RBAC does not grant namespace `delete`), and the
 //! clusters' own system namespaces are left out unless named.
 
 use std::collections::BTreeMap;
@@ -135,4 +136,113 @@ async fn system_namespaces_are_left_out_unless_named() -> anyhow::Result<()> {
     let named = diff(&["--namespace", "kube-system"])?;
     assert!(named.contains(system_object), "an explicit entry overrides the default:\n{named}");
     Ok(())
+}
+
+/// A copy of the downstream kubeconfig that acts as user `user` (impersonation by the test's
+/// admin credentials), so downsync runs with only what that user is granted.
+fn impersonating(user: &str) -> anyhow::Result<std::path::PathBuf> {
+    let down = &downsync_tests::clusters()?.downstream;
+    let mut kc = kube::config::Kubeconfig::read_from(&down.kubeconfig)?;
+    let current = down.context.clone().or_else(|| kc.current_context.clone());
+    let ctx = kc.contexts.iter().find(|c| Some(&c.name) == current.as_ref()).and_then(|c| c.context.as_ref());
+    let auth_name = ctx.and_then(|c| c.user.clone()).unwrap_or_default();
+    for a in &mut kc.auth_infos {
+        if a.name == auth_name
+            && let Some(info) = a.auth_info.as_mut()
+        {
+            info.impersonate = Some(user.to_string());
+        }
+    }
+    let path = std::env::temp_dir().join(format!("downsync-ns-{user}-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, serde_yaml_ng::to_string(&kc)?)?;
+    Ok(path)
+}
+
+/// What a downsync syncing ConfigMaps needs downstream, with namespaces `create` but no `delete`,
+/// bound to user `user`, and reading every kind, which namespace cleanup looks with (the
+/// deployed RBAC binds `view`; this control plane runs no role aggregation to fill it).
+async fn grant_without_namespace_delete(client: &Client, user: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(groups.iter().map(|s| (*s).to_string()).collect()),
+        resources: Some(resources.iter().map(|s| (*s).to_string()).collect()),
+        verbs: verbs.iter().map(|s| (*s).to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let all = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    let role = ClusterRole {
+        metadata: ObjectMeta { name: Some(user.into()), ..ObjectMeta::default() },
+        rules: Some(vec![
+            rule(&[""], &["configmaps"], &all),
+            rule(&[""], &["namespaces"], &["get", "list", "watch", "create"]),
+            rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+            rule(&["*"], &["*"], &["get", "list", "watch"]),
+        ]),
+        ..ClusterRole::default()
+    };
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(client.clone()).create(&pp, &role).await?;
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some(user.into()), ..ObjectMeta::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: user.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "User".into(),
+            name: user.into(),
+            ..Subject::default()
+        }]),
+    };
+    Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &binding).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_namespace_delete_in_its_rbac_downsync_keeps_the_namespaces_it_created() -> anyhow::Result<()> {
+    let env = TestEnv::new("run-ns-rbac").await?;
+    let base = env.namespace.clone();
+    let upstream_ns = format!("{base}-gone");
+    let prefix = format!("k{}-", &base[base.len() - 6..]);
+    let down_ns = format!("{prefix}{upstream_ns}");
+    create_ns(&env.upstream, &upstream_ns).await?;
+    let cms = (0..5).map(|i| mk_configmap(&upstream_ns, &format!("cm-{i}"), json!({"i": i.to_string()}))).collect();
+    create_all(&env.upstream, &upstream_ns, cms).await?;
+    let user = format!("downsync-{base}");
+    grant_without_namespace_delete(&env.downstream, &user).await?;
+
+    let mut clusters = cluster_args()?;
+    let at = clusters.iter().position(|a| a == "--downstream-kubeconfig").expect("the flag") + 1;
+    clusters[at] = impersonating(&user)?.into();
+    let args: Vec<String> =
+        ["--resource", "v1/ConfigMap", "--target", &base, "--namespace", &upstream_ns, "--namespace-prefix", &prefix]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
+    let mut d = Daemon::start_with("namespaces-rbac", &clusters, &args, Some("info,downsync=debug"))?;
+    d.wait_ready(Duration::from_secs(120)).await?;
+    assert_eq!(owned(&env.downstream, &down_ns, &base).await?.len(), 5, "log: {}", d.log.display());
+
+    Api::<Namespace>::all(env.upstream.clone()).delete(&upstream_ns, &DeleteParams::default()).await?;
+    eventually("the owned copies to go with their upstream namespace", Duration::from_secs(60), || async {
+        Ok(owned(&env.downstream, &down_ns, &base).await?.is_empty().then_some(()))
+    })
+    .await?;
+    eventually("downsync to say why it keeps the namespace", Duration::from_secs(60), || async {
+        Ok(d.log_text().contains("does not let downsync delete namespaces").then_some(()))
+    })
+    .await?;
+    assert!(!gone_or_going(&env.downstream, &down_ns).await?, "the RBAC keeps the namespace; log: {}", d.log.display());
+    assert!(d.terminate()?.success());
+
+    let _ = Api::<Namespace>::all(env.downstream.clone()).delete(&down_ns, &DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.downstream.clone())
+        .delete(&user, &DeleteParams::default())
+        .await;
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(env.downstream.clone())
+        .delete(&user, &DeleteParams::default())
+        .await;
+    env.cleanup().await
 }

@@ -148,12 +148,20 @@ fn bad_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
 fn periods_of_2_to_the_64_are_refused_naming_the_setting_and_its_range() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("downsync-refusals-periods-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("resync.yaml");
-    std::fs::write(&file, "resyncSeconds: 18446744073709551615\n")?;
+    let file = dir.join("check.yaml");
+    std::fs::write(&file, "registry: {checkSeconds: 18446744073709551615}\n")?;
     let mut a = base()?;
     a.extend([arg("--metrics-addr"), arg("off"), arg("--config"), arg(&file)]);
     let err = refused(a)?;
-    assert!(err.contains("resyncSeconds") && err.contains("give 1 to 31536000"), "{err}");
+    assert!(err.contains("registry.checkSeconds") && err.contains("give 1 to 31536000"), "{err}");
+
+    // A period that is no longer a setting is refused with what took its place.
+    let file = dir.join("resync.yaml");
+    std::fs::write(&file, "resyncSeconds: 60\n")?;
+    let mut a = base()?;
+    a.extend([arg("--metrics-addr"), arg("off"), arg("--config"), arg(&file)]);
+    let err = refused(a)?;
+    assert!(err.contains("resyncSeconds") && err.contains("10 minutes"), "{err}");
 
     let mut a = base()?;
     a.extend([arg("--metrics-addr"), arg("off"), arg("--orphan-grace-seconds"), arg("18446744073709551615")]);

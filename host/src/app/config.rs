@@ -123,7 +123,9 @@ pub struct RunConfig {
     pub namespace_mapping: NamespaceMapping,
     /// Concurrent syncs.
     pub workers: usize,
-    /// Every object is looked at again this often, even without events.
+    /// Every object is looked at again this often, even without events: a backstop for a lost
+    /// event, since both sides are watched. Not a setting: [`RESYNC_SECONDS`].
+    #[serde(skip)]
     pub resync_seconds: u64,
     /// Owned downstream objects found without an upstream object at startup are deleted only
     /// after this long, so a slow or misconfigured upstream does not wipe the downstream. Not a
@@ -157,9 +159,6 @@ pub struct RunConfig {
     pub registry: RegistrySettings,
     /// Plugin sandbox limits per call (fuel, memory).
     pub engine: EngineConfig,
-    /// Keep the downstream namespaces downsync created after their upstream namespace is gone.
-    /// By default such a namespace is deleted once it holds nothing downsync does not own.
-    pub keep_namespaces: bool,
     /// Feature gates by name, `Name: true|false` (`downsync run --help` lists them); unset gates
     /// take their default.
     pub feature_gates: BTreeMap<String, bool>,
@@ -172,6 +171,11 @@ pub struct RunConfig {
 /// mounted `kubernetes.io/tls` Secret holds them), beside the pod's config in /etc/downsync.
 pub const METRICS_CERT_DIR: &str = "/etc/downsync/tls";
 
+/// How often every object is looked at again without an event (10 minutes, as
+/// controller-runtime's default sync period is hours): watches on both sides carry the changes,
+/// so this only catches an event a watch lost.
+pub const RESYNC_SECONDS: u64 = 600;
+
 /// How long owned downstream objects found without an upstream object at startup wait before
 /// they are deleted: longer than a restart takes, short enough that a real orphan goes soon.
 pub const ORPHAN_GRACE_SECONDS: u64 = 30;
@@ -183,7 +187,7 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 /// The most sync workers a process may run; more only adds contention on the two API servers.
 pub const MAX_WORKERS: usize = 256;
 
-/// The longest `resyncSeconds` (and the tests' `--orphan-grace-seconds`): a year. Longer is a
+/// The longest of the tests' `--orphan-grace-seconds`: a year. Longer is a
 /// typo, and far longer (2^64-1) overflows the clock it is added to.
 pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
 
@@ -260,7 +264,7 @@ impl Default for RunConfig {
             exclude_namespaces: Vec::new(),
             namespace_mapping: NamespaceMapping::default(),
             workers: 8,
-            resync_seconds: 600,
+            resync_seconds: RESYNC_SECONDS,
             orphan_grace_seconds: ORPHAN_GRACE_SECONDS,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             metrics_cert_dir: Some(PathBuf::from(METRICS_CERT_DIR)),
@@ -270,7 +274,6 @@ impl Default for RunConfig {
             plugins: BTreeMap::new(),
             registry: RegistrySettings::default(),
             engine: EngineConfig::default(),
-            keep_namespaces: false,
             feature_gates: BTreeMap::new(),
             ha: None,
         }
@@ -379,11 +382,6 @@ impl RunConfig {
     /// feature gate); off, every field of the upstream object is.
     pub fn client_intent(&self) -> bool {
         self.feature(super::features::CLIENT_INTENT)
-    }
-
-    /// Whether namespaces downsync created are kept after their upstream namespace is gone.
-    pub fn keeps_namespaces(&self) -> bool {
-        self.keep_namespaces
     }
 
     /// The most workers one kind may hold at once, so that a kind whose rule is slow (or burns
@@ -515,12 +513,6 @@ impl RunConfig {
                 format!("{} needs the {SHADOW_ROLLOUT} feature gate, which is off", p.rollout.mode),
             );
         }
-        if self.resync_seconds == 0 || self.resync_seconds > MAX_PERIOD_SECONDS {
-            return invalid(
-                "resyncSeconds",
-                format!("{} is out of range: give 1 to {MAX_PERIOD_SECONDS} (a year)", self.resync_seconds),
-            );
-        }
         if self.orphan_grace_seconds > MAX_PERIOD_SECONDS {
             return invalid(
                 "--orphan-grace-seconds",
@@ -629,9 +621,8 @@ mod tests {
     fn type_errors_say_what_to_write_not_the_rust_type() {
         for (yaml, setting, said) in [
             ("workers: many", "workers", "a whole number, 0 or more"),
-            ("resyncSeconds: -1", "resyncSeconds", "a whole number, 0 or more"),
             ("engine: {fuel: lots}", "engine", "a whole number, 0 or more"),
-            ("keepNamespaces: maybe", "keepNamespaces", "true or false"),
+            ("statusUpsync: maybe", "statusUpsync", "true or false"),
             ("ha: 3", "ha", "a mapping of settings"),
         ] {
             let err = mk_config(yaml).map(|_| ()).expect_err(yaml).to_string();
@@ -645,10 +636,6 @@ mod tests {
     #[test]
     fn periods_beyond_a_year_are_refused_naming_the_setting_and_the_range() {
         let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
-        let c = mk_config(&format!("{base}resyncSeconds: 18446744073709551615")).unwrap();
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("resyncSeconds") && err.contains("1 to 31536000") && err.contains("18446744073709551615"));
-        assert!(mk_config(&format!("{base}resyncSeconds: 31536000")).unwrap().validate().is_ok());
         let c = RunConfig { orphan_grace_seconds: u64::MAX, ..mk_config(base).unwrap() };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("--orphan-grace-seconds") && err.contains("0 to 31536000"), "{err}");

@@ -237,12 +237,9 @@ impl Controller {
         }
     }
 
-    /// The cleanup keys of the namespaces downsync created, unless it keeps them (none when
-    /// they cannot be listed: the next look tries again).
+    /// The cleanup keys of the namespaces downsync created (none when they cannot be listed:
+    /// the next look tries again).
     pub(super) async fn created_namespace_keys(&self) -> Vec<WorkKey> {
-        if self.config.keeps_namespaces() {
-            return Vec::new();
-        }
         match self.namespaces.created().await {
             Ok(created) => {
                 created.into_iter().map(|(downstream, upstream)| WorkKey::Namespace { downstream, upstream }).collect()

@@ -61,6 +61,22 @@ const GONE: &[Gone] = &[
         path: "ha.enabled",
         instead: "HA is on when `ha` is given (`ha: {}`, or `ha: {shards: N}`) and off when it is left out",
     },
+    Gone {
+        path: "resyncSeconds",
+        instead: "every object is looked at again every 10 minutes without an event; both clusters are \
+                  watched, so changes arrive at once and this only catches an event a watch lost",
+    },
+    Gone {
+        path: "keepNamespaces",
+        instead: "the downstream RBAC decides: without `delete` on namespaces, the namespaces downsync \
+                  created are kept; to keep one, remove the label `downsync.dev/managed-by` from it",
+    },
+    Gone {
+        path: "plugins.<name>.digest",
+        instead: "pin a version by its digest in its source: `source: oci://REGISTRY/REPO@sha256:DIGEST` \
+                  (verified on every pull); a file in the plugins folder is trusted as whoever may write \
+                  the folder, and `downsync plugin status` shows its sha256",
+    },
 ];
 
 /// Every removed setting, as the reference writes its path, with what replaced it.

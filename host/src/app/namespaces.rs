@@ -1,6 +1,7 @@
 //! Downstream namespaces: created once per name however many workers ask at the same time
 //! (single flight), and deleted again when downsync created them, their upstream namespace is
-//! gone, and they hold nothing downsync does not own.
+//! gone, they hold nothing downsync does not own, and the downstream RBAC lets downsync delete
+//! namespaces (without that verb they are kept: the RBAC is the setting).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -168,6 +169,13 @@ impl Namespaces {
         };
         match api.delete(name, &dp).await.map_err(classify) {
             Ok(_) | Err(ApiError::NotFound) => {}
+            // The downstream's RBAC decides: without `delete` on namespaces, they are kept.
+            Err(ApiError::Other { code: 403, .. }) => {
+                return Ok(Cleanup::Kept(
+                    "the downstream cluster does not let downsync delete namespaces (no `delete` on namespaces in its RBAC)"
+                        .into(),
+                ));
+            }
             Err(e) => return Err(e),
         }
         self.forget(name);

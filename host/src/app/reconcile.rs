@@ -239,9 +239,6 @@ async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&Dyn
 const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
 
 async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -> Result<Action> {
-    if ctx.config.keeps_namespaces() {
-        return Ok(Action::Done);
-    }
     // Still wanted: some selected upstream object lives in it.
     let wanted = ctx.all_watched().iter().any(|(_, w)| {
         w.up_store.state().iter().any(|o| o.metadata.namespace.as_deref() == Some(upstream) && ctx.selected(w, o))

@@ -218,10 +218,6 @@ pub(crate) struct RunArgs {
     /// (default 30). For tests, which cannot wait as long; hidden.
     #[arg(long, hide = true)]
     pub(crate) orphan_grace_seconds: Option<u64>,
-    /// Keep the downstream namespaces downsync created after their upstream namespace is gone
-    /// (by default they are deleted once they hold nothing downsync does not own).
-    #[arg(long)]
-    pub(crate) keep_namespaces: bool,
     /// Run as one of several replicas coordinated through Leases in the downstream cluster (as
     /// an `ha:` section in the config does); only the holder of a shard's Lease writes its
     /// objects.
@@ -441,7 +437,6 @@ impl RunArgs {
             };
         }
         c.upstream_finalizer |= self.upstream_finalizer;
-        c.keep_namespaces |= self.keep_namespaces;
         c.status_upsync |= self.status_upsync;
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;

@@ -165,16 +165,6 @@ pub enum Error {
         /// The digest of the other.
         second_digest: String,
     },
-    /// The component's digest is not the one pinned in the settings.
-    #[error("plugin {plugin}: sha256 {actual} does not match the pinned digest {expected}")]
-    DigestMismatch {
-        /// The plugin.
-        plugin: String,
-        /// The pinned digest.
-        expected: String,
-        /// The component's digest.
-        actual: String,
-    },
     /// A fixture could not be read or parsed.
     #[error("fixture {path}: {message}")]
     Fixture {

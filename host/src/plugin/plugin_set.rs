@@ -1,4 +1,4 @@
-//! A set of loaded plugins: immutable once built, checked for digest pins and overlapping
+//! A set of loaded plugins: immutable once built, checked for duplicate names and overlapping
 //! write scopes, in call order (priority, name); and the hook chains run over it, with shadow
 //! calls, metrics and the explain record.
 
@@ -76,7 +76,7 @@ pub struct PluginSet {
 impl PluginSet {
     /// Builds a set, taking each plugin's settings from `config`.
     ///
-    /// Refuses a digest that does not match its pin, two components with the same name, and two
+    /// Refuses two components with the same name, and two
     /// plugins that handle a common kind with overlapping write scopes.
     pub fn new(plugins: Vec<Plugin>, config: &RegistryConfig) -> Result<Self> {
         Self::from_members(
@@ -90,15 +90,6 @@ impl PluginSet {
         let mut entries = Vec::with_capacity(members.len());
         for Member { plugin, trial, shadow } in members {
             let settings = config.settings(plugin.name());
-            if let Some(pin) = &settings.digest
-                && !pin.eq_ignore_ascii_case(plugin.digest())
-            {
-                return Err(Error::DigestMismatch {
-                    plugin: plugin.name().to_string(),
-                    expected: pin.clone(),
-                    actual: plugin.digest().to_string(),
-                });
-            }
             // Each version runs in the instances it declares (reused when stateless): the
             // author's promise decides, there is no setting.
             let plugin = plugin.with_declared_instances();

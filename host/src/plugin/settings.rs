@@ -1,4 +1,4 @@
-//! The per-plugin settings of the config file: order, failure policy, digest pin and rollout,
+//! The per-plugin settings of the config file: order, failure policy, rollout and registry source,
 //! keyed by plugin name.
 
 use std::collections::BTreeMap;
@@ -28,8 +28,6 @@ pub struct PluginSettings {
     pub priority: i32,
     /// What a failure of this plugin does to the object.
     pub failure_policy: FailurePolicy,
-    /// sha256 (lowercase hex) the component must have; a different one is refused.
-    pub digest: Option<String>,
     /// How new versions are rolled out: shadow, promotion, automatic rollback.
     pub rollout: RolloutSettings,
     /// Where the component comes from instead of the plugins folder: a registry,
