@@ -568,3 +568,20 @@ fn the_chart_grants_the_rbac_of_the_kustomize_manifests_and_runs_the_same_config
     assert!(!rbac_diff(&rbac(&changed), &rbac(&pairs[0].2)).is_empty(), "a narrowed rule must show as a difference");
     Ok(())
 }
+
+#[test]
+fn namespace_cleanup_false_takes_the_namespace_delete_and_the_view_binding_away() -> Result<()> {
+    let grants = |args: &[String]| -> Result<BTreeSet<String>> {
+        let docs = render("downsync-system", args)?;
+        let all = rbac(&docs);
+        Ok(all.into_iter().flat_map(|(k, set)| set.into_iter().map(move |g| format!("{k}: {g}"))).collect())
+    };
+    let on = grants(&[])?;
+    let off = grants(&set(&["namespaceCleanup=false"]))?;
+    let gone: Vec<&String> = on.difference(&off).collect();
+    assert!(gone.iter().any(|g| g.contains("/namespaces delete")), "{gone:?}");
+    assert!(gone.iter().any(|g| g.contains("roleRef") && g.contains("view")), "{gone:?}");
+    assert!(gone.iter().all(|g| g.contains("namespace")), "only cleanup's grants go: {gone:?}");
+    assert!(off.difference(&on).next().is_none(), "nothing is added");
+    Ok(())
+}
