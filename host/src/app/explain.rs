@@ -16,8 +16,8 @@ use super::http::Explainer;
 use super::keys::ObjectKey;
 use super::reconcile::to_value;
 use crate::plugin::{Journal, JournalEntry as Entry, PluginRegistry, RuleSnapshot, group_kind};
-use crate::sync::delta::{covers, delta};
 use crate::sync::desired::{normalize_desired, object_ref};
+use crate::sync::differ::{covers, delta};
 use crate::sync::intent::Intent;
 use crate::sync::managers::{self, Manager};
 use crate::sync::mapping;
@@ -427,9 +427,9 @@ mod tests {
         ];
         name_writers(&mut fields, &Intent::ServerSet(vec!["/spec/replicas".into()]), &managers);
         let by: Vec<(&str, &str)> = fields.iter().map(|f| (f.path.as_str(), f.by.as_str())).collect();
-        assert_eq!(by, vec![("/spec/replicas", "downstream cluster"), ("/spec/paused", "kubectl-edit (Update)")]);
+        assert_eq!(by, vec![("/spec/paused", "kubectl-edit (Update)"), ("/spec/replicas", "downstream cluster")]);
         assert!(
-            fields[0].why.contains("no upstream client asked for it") && fields[0].why.contains("hpa (Update scale)")
+            fields[1].why.contains("no upstream client asked for it") && fields[1].why.contains("hpa (Update scale)")
         );
     }
 }

@@ -4,7 +4,7 @@
 //! which hook, the paths it changed (never values), its decision, fuel and duration. Each
 //! object keeps its last [`ENTRIES_PER_OBJECT`] entries and at most `max_objects` objects are
 //! kept; the one touched longest ago goes first. An entry holds at most
-//! [`crate::sync::delta::MAX_PATHS`] paths, so the whole record is bounded (see the README's
+//! [`crate::sync::differ::MAX_PATHS`] paths, so the whole record is bounded (see the README's
 //! "Explain" section for the figure).
 
 use std::collections::{HashMap, VecDeque};

@@ -16,7 +16,7 @@ use super::metrics::Metrics;
 use super::rollout::{Trial, compare_decisions, compare_values, decision_name};
 use super::settings::{FailurePolicy, PluginSettings, RegistryConfig};
 use super::types::{Called, Decision, Hooks, PluginInfo, group_kind};
-use crate::sync::delta::delta;
+use crate::sync::differ::delta;
 use crate::sync::intent::Intent;
 use crate::sync::rules::{RuleDecision, RuleError};
 use crate::sync::syncer::object_ref;
@@ -244,7 +244,7 @@ fn shadow_call<T>(
 fn journal_entry(
     entry: &Loaded,
     hook: &'static str,
-    changed: Option<crate::sync::delta::Delta>,
+    changed: Option<crate::sync::differ::Delta>,
     decision: String,
     fuel: u64,
     took: Duration,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::types::Decision;
-use crate::sync::delta::{Delta, delta};
+use crate::sync::differ::{Delta, delta};
 
 /// How a new version of a loaded plugin takes over (`plugins.<name>.rollout.mode`): one
 /// setting for what were two (`shadow` and `promote`), whose fourth combination (no shadow,

@@ -1,4 +1,10 @@
-//! Field-level diff between the live downstream object and the object downsync would write.
+//! The one differ: which fields differ between two objects, walked once by one [`Walk`].
+//!
+//! Two questions are asked of it. [`diff`]: what writing the desired object would change in the
+//! live downstream one, with values, comparing only what the desired object sets. [`delta`]:
+//! which fields two versions of one object differ in, as paths without values (shadow
+//! comparison and the explain record, where values may be Secret data), both ways and bounded
+//! by [`MAX_PATHS`].
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -69,6 +75,44 @@ pub struct DiffOptions {
     pub ignore: Vec<String>,
 }
 
+/// At most this many paths are reported by [`delta`]; the walk stops there. A rule that rewrites
+/// more fields than this at once is reported as such (see [`Delta::truncated`]).
+pub const MAX_PATHS: usize = 32;
+
+/// The paths where two objects differ, without values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Delta {
+    /// JSON pointers to the differing fields (sorted as [`diff`] sorts); `""` when the two differ
+    /// at the top.
+    pub paths: Vec<String>,
+    /// More than [`MAX_PATHS`] fields differ; only the first are listed.
+    pub truncated: bool,
+}
+
+impl Delta {
+    /// Whether the two objects are equal.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// The paths where `before` and `after` differ: a field on one side only counts, and a list of
+/// another length is one path, not one per element. Nothing is ignored and no value is kept.
+pub fn delta(before: &Value, after: &Value) -> Delta {
+    let mut walk = Walk { ignore: &[], path: Vec::new(), changes: Vec::new(), question: Question::Paths };
+    walk.value(before, after);
+    let truncated = walk.changes.len() > MAX_PATHS;
+    walk.changes.truncate(MAX_PATHS);
+    Delta { paths: sorted(walk.changes).into_iter().map(|c| c.path).collect(), truncated }
+}
+
+/// Whether `path` is `prefix` or lies under it (`/spec` covers `/spec/clusterIP`).
+pub fn covers(prefix: &str, path: &str) -> bool {
+    path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+        || prefix.is_empty()
+}
+
 /// Lists the fields where writing `desired` would change `existing`.
 ///
 /// Status and the server-set metadata ([`SERVER_METADATA`]) are never compared: the API
@@ -82,18 +126,32 @@ pub fn diff(existing: &Value, desired: &Value, opts: &DiffOptions) -> Diff {
         // A malformed pattern cannot match a real path, so dropping it changes nothing.
         .chain(opts.ignore.iter().filter_map(|p| pointer::parse(p).ok()))
         .collect();
-    let mut walk = Walk { ignore: &ignore, path: Vec::new(), changes: Vec::new() };
+    let mut walk = Walk { ignore: &ignore, path: Vec::new(), changes: Vec::new(), question: Question::Write };
     walk.value(existing, desired);
-    let mut keyed: Vec<(Vec<String>, FieldChange)> = walk.changes;
-    keyed.sort_by(|(a, _), (b, _)| compare_paths(a, b));
-    Diff { changes: keyed.into_iter().map(|(_, c)| c).collect() }
+    Diff { changes: sorted(walk.changes) }
 }
 
-/// The state of one [`diff`] traversal.
+/// The changes in path order.
+fn sorted(mut keyed: Vec<(Vec<String>, FieldChange)>) -> Vec<FieldChange> {
+    keyed.sort_by(|(a, _), (b, _)| compare_paths(a, b));
+    keyed.into_iter().map(|(_, c)| c).collect()
+}
+
+/// What a walk is asked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Question {
+    /// [`diff`]: the fields the desired side sets, with values.
+    Write,
+    /// [`delta`]: fields on either side, without values, the first [`MAX_PATHS`] and one more.
+    Paths,
+}
+
+/// The state of one traversal.
 struct Walk<'a> {
     ignore: &'a [Vec<String>],
     path: Vec<String>,
     changes: Vec<(Vec<String>, FieldChange)>,
+    question: Question,
 }
 
 impl Walk<'_> {
@@ -102,12 +160,20 @@ impl Walk<'_> {
     }
 
     fn record(&mut self, old: Option<&Value>, new: Option<&Value>) {
-        let change = FieldChange { path: pointer::join(&self.path), old: old.cloned(), new: new.cloned() };
-        self.changes.push((self.path.clone(), change));
+        let (old, new) = match self.question {
+            Question::Write => (old.cloned(), new.cloned()),
+            Question::Paths => (None, None),
+        };
+        self.changes.push((self.path.clone(), FieldChange { path: pointer::join(&self.path), old, new }));
+    }
+
+    /// Whether the walk has all it was asked for.
+    fn full(&self) -> bool {
+        self.question == Question::Paths && self.changes.len() > MAX_PATHS
     }
 
     fn value(&mut self, existing: &Value, desired: &Value) {
-        if self.ignored() {
+        if self.full() || self.ignored() {
             return;
         }
         match (existing, desired) {
@@ -133,10 +199,20 @@ impl Walk<'_> {
                 _ if self.ignored() => {}
                 Some(ev) if dv.is_null() && !ev.is_null() => self.record(Some(ev), None),
                 Some(ev) => self.value(ev, dv),
-                None if dv.is_null() => {}
+                None if dv.is_null() && self.question == Question::Write => {}
                 None => self.record(None, Some(dv)),
             }
             self.path.pop();
+        }
+        if self.question == Question::Paths {
+            for key in existing.keys().filter(|k| !desired.contains_key(*k)) {
+                if self.full() {
+                    return;
+                }
+                self.path.push(key.clone());
+                self.record(existing.get(key), None);
+                self.path.pop();
+            }
         }
     }
 }
@@ -341,5 +417,59 @@ mod tests {
         let desired = json!({"metadata": {"labels": {"app.kubernetes.io/name": "b"}}});
         let diff = diff(&live, &desired, &DiffOptions::default());
         assert_eq!(diff.paths(), ["/metadata/labels/app.kubernetes.io~1name"]);
+    }
+
+    // delta
+
+    fn mk_svc(ip: Option<&str>, port: u64) -> Value {
+        let mut v = json!({"kind": "Service", "spec": {"ports": [{"port": port, "nodePort": 30080}]}});
+        if let Some(ip) = ip {
+            v["spec"]["clusterIP"] = json!(ip);
+        }
+        v
+    }
+
+    fn sorted(d: &Delta) -> Vec<String> {
+        let mut p = d.paths.clone();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn equal_objects_have_no_delta() {
+        assert!(delta(&mk_svc(Some("10.0.0.1"), 80), &mk_svc(Some("10.0.0.1"), 80)).is_empty());
+    }
+
+    #[test]
+    fn added_removed_and_changed_fields_are_listed_without_values() {
+        let d = delta(&mk_svc(None, 80), &mk_svc(Some("10.0.0.1"), 81));
+        assert_eq!(sorted(&d), vec!["/spec/clusterIP", "/spec/ports/0/port"]);
+        let back = delta(&mk_svc(Some("10.0.0.1"), 80), &mk_svc(None, 80));
+        assert_eq!(back.paths, vec!["/spec/clusterIP"]);
+        assert!(!d.truncated);
+    }
+
+    #[test]
+    fn a_list_of_another_length_is_one_path_and_keys_are_escaped() {
+        let a = json!({"metadata": {"annotations": {"a/b": "1"}}, "items": [1, 2]});
+        let b = json!({"metadata": {"annotations": {"a/b": "2"}}, "items": [1, 2, 3]});
+        assert_eq!(sorted(&delta(&a, &b)), vec!["/items", "/metadata/annotations/a~1b"]);
+    }
+
+    #[test]
+    fn the_walk_stops_after_max_paths() {
+        let a: serde_json::Map<String, Value> = (0..100).map(|i| (format!("k{i:03}"), json!(i))).collect();
+        let d = delta(&Value::Object(a), &json!({}));
+        assert_eq!(d.paths.len(), MAX_PATHS);
+        assert!(d.truncated);
+    }
+
+    #[test]
+    fn covers_is_by_whole_segments() {
+        assert!(covers("/spec", "/spec/clusterIP"));
+        assert!(covers("/spec/clusterIP", "/spec/clusterIP"));
+        assert!(!covers("/spec/cluster", "/spec/clusterIP"));
+        assert!(covers("", "/anything"));
+        assert!(!covers("/spec/clusterIP", "/spec"));
     }
 }

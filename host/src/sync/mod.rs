@@ -8,7 +8,6 @@
 pub mod causes;
 pub mod config;
 pub mod deletion;
-pub mod delta;
 pub mod desired;
 pub mod differ;
 pub mod drift;

@@ -8,8 +8,8 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::config::ImmutablePolicy;
-use super::delta::delta;
 use super::desired::str_at;
+use super::differ::delta;
 use super::drift::{self, DriftAction, DriftPolicy, DriftedField};
 use super::error::{ApiError, Cause, SyncError};
 use super::managers;
