@@ -1,21 +1,19 @@
-//! JSON pointers (RFC 6901) over `serde_json::Value`, plus `*` wildcard patterns for config paths.
+//! JSON pointers (RFC 6901) over `serde_json::Value`, read and escaped by `jsonptr`, with what
+//! it does not serve: `set` as Kubernetes objects need it (a `null` on the way counts as
+//! missing, lists never grow) and `*` wildcard patterns for config paths.
 
 use serde_json::{Map, Value};
 
 /// Why a pointer could not be parsed or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A non-empty pointer must start with '/'.
-    #[error("json pointer {pointer:?} does not start with '/'")]
+    /// Not a JSON pointer: no leading '/', or a '~' not followed by '0' or '1'.
+    #[error("json pointer {pointer:?}: {source}")]
     Malformed {
         /// The offending pointer.
         pointer: String,
-    },
-    /// A '~' not followed by '0' or '1'.
-    #[error("json pointer {pointer:?} has an invalid '~' escape")]
-    BadEscape {
-        /// The offending pointer.
-        pointer: String,
+        /// What jsonptr found.
+        source: jsonptr::ParseError,
     },
     /// An intermediate value is a scalar (or an array reached with a key), so nothing can go under it.
     #[error("cannot set {pointer:?}: the value at {at:?} is not an object or array")]
@@ -86,16 +84,8 @@ pub fn set(v: &mut Value, ptr: &str, new: Value) -> Result<()> {
 /// Removes the value at `ptr` (an object key, or a list element, which shifts the later ones)
 /// and returns it; `None` when there is nothing there or `ptr` is the root or malformed.
 pub fn remove(v: &mut Value, ptr: &str) -> Option<Value> {
-    let (parent, last) = ptr.rsplit_once('/')?;
-    let last = unescape(last)?;
-    match v.pointer_mut(parent)? {
-        Value::Object(map) => map.remove(&last),
-        Value::Array(items) => {
-            let i = parse_index(&last).filter(|&i| i < items.len())?;
-            Some(items.remove(i))
-        }
-        _ => None,
-    }
+    let ptr = jsonptr::Pointer::parse(ptr).ok().filter(|p| !p.is_root())?;
+    ptr.delete(v)
 }
 
 /// Steps into `seg` of `cur`; `create` inserts an empty object for a missing object key.
@@ -115,45 +105,18 @@ fn child_mut<'a>(cur: &'a mut Value, seg: &str, ptr: &str, at: &[String], create
 
 /// Splits a pointer into unescaped segments; `""` (the root) has none.
 pub fn parse(ptr: &str) -> Result<Vec<String>> {
-    if ptr.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Some(rest) = ptr.strip_prefix('/') else {
-        return Err(Error::Malformed { pointer: ptr.to_owned() });
-    };
-    rest.split('/').map(|seg| unescape(seg).ok_or_else(|| Error::BadEscape { pointer: ptr.to_owned() })).collect()
-}
-
-/// Undoes [`escape`]; `None` on a dangling or unknown `~` escape.
-fn unescape(seg: &str) -> Option<String> {
-    let mut out = String::with_capacity(seg.len());
-    let mut chars = seg.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' {
-            match chars.next() {
-                Some('0') => out.push('~'),
-                Some('1') => out.push('/'),
-                _ => return None,
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Some(out)
+    let parsed = jsonptr::Pointer::parse(ptr).map_err(|source| Error::Malformed { pointer: ptr.to_owned(), source })?;
+    Ok(parsed.tokens().map(|t| t.decoded().into_owned()).collect())
 }
 
 /// Escapes one key so it can be a pointer segment (`~` -> `~0`, `/` -> `~1`).
 pub fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
+    jsonptr::Token::new(segment).encoded().to_owned()
 }
 
 /// Builds a pointer from unescaped segments; no segments gives the root, `""`.
 pub fn join(segments: &[impl AsRef<str>]) -> String {
-    segments.iter().fold(String::new(), |mut out, seg| {
-        out.push('/');
-        out.push_str(&escape(seg.as_ref()));
-        out
-    })
+    jsonptr::PointerBuf::from_tokens(segments.iter().map(AsRef::as_ref)).to_string()
 }
 
 /// Parses an array index the RFC 6901 way: digits only, no leading zeros.
@@ -250,8 +213,10 @@ mod tests {
     #[test]
     fn parse_rejects_pointers_without_leading_slash_and_bad_escapes() {
         assert!(matches!(parse("spec/x"), Err(Error::Malformed { .. })));
-        assert!(matches!(parse("/a~2"), Err(Error::BadEscape { .. })));
-        assert!(matches!(parse("/a~"), Err(Error::BadEscape { .. })));
+        for bad in ["/a~2", "/a~"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(matches!(err, Error::Malformed { .. }) && err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]
