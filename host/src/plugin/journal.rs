@@ -7,8 +7,11 @@
 //! [`crate::sync::differ::MAX_PATHS`] paths, so the whole record is bounded (see the README's
 //! "Explain" section for the figure).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use lru::LruCache;
 
 /// Entries kept per object: the last sync's calls, with room for a chain of a few plugins.
 pub(super) const ENTRIES_PER_OBJECT: usize = 4;
@@ -40,20 +43,10 @@ pub struct Entry {
     pub at_unix_seconds: u64,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// Entries by object, with the touch number of the object's last entry.
-    objects: HashMap<String, (u64, VecDeque<Entry>)>,
-    /// Touches in order; stale ones (the object was touched again since) are skipped.
-    order: VecDeque<(u64, String)>,
-    touches: u64,
-}
-
-/// The bounded record; clones share it.
+/// The bounded record; clones share it. None records nothing.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    inner: Arc<Mutex<Inner>>,
-    max_objects: usize,
+    objects: Option<Arc<Mutex<LruCache<String, VecDeque<Entry>>>>>,
     per_object: usize,
 }
 
@@ -72,51 +65,36 @@ impl Journal {
     /// A record of at most `max_objects` objects, keeping `per_object` entries of each: a
     /// one-off evaluation (`explain`) keeps every step of a long chain.
     pub fn with_entries(max_objects: usize, per_object: usize) -> Self {
-        Self { inner: Arc::default(), max_objects, per_object: per_object.max(1) }
+        let objects = NonZeroUsize::new(max_objects).map(|n| Arc::new(Mutex::new(LruCache::new(n))));
+        Self { objects, per_object: per_object.max(1) }
     }
 
     /// Whether anything is recorded (callers skip the path walk when not).
     pub fn enabled(&self) -> bool {
-        self.max_objects > 0
+        self.objects.is_some()
     }
 
     /// Adds one entry for `object` (`Kind namespace/name`).
     pub fn record(&self, object: &str, entry: Entry) {
-        if !self.enabled() {
-            return;
+        let Some(objects) = &self.objects else { return };
+        let mut objects = objects.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = objects.get_or_insert_mut(object.to_string(), VecDeque::new);
+        if entries.len() >= self.per_object {
+            entries.pop_front();
         }
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.touches += 1;
-        let touch = inner.touches;
-        let slot = inner.objects.entry(object.to_string()).or_default();
-        slot.0 = touch;
-        if slot.1.len() >= self.per_object {
-            slot.1.pop_front();
-        }
-        slot.1.push_back(entry);
-        inner.order.push_back((touch, object.to_string()));
-        while inner.objects.len() > self.max_objects {
-            let Some((t, key)) = inner.order.pop_front() else { break };
-            if inner.objects.get(&key).is_some_and(|(last, _)| *last == t) {
-                inner.objects.remove(&key);
-            }
-        }
-        // Stale touches pile up for objects synced often; drop them before they outgrow the map.
-        if inner.order.len() > 2 * self.max_objects.max(64) {
-            let Inner { objects, order, .. } = &mut *inner;
-            order.retain(|(t, key)| objects.get(key).is_some_and(|(last, _)| last == t));
-        }
+        entries.push_back(entry);
     }
 
     /// The entries of one object, oldest first.
     pub fn entries(&self, object: &str) -> Vec<Entry> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.objects.get(object).map(|(_, e)| e.iter().cloned().collect()).unwrap_or_default()
+        let Some(objects) = &self.objects else { return Vec::new() };
+        let objects = objects.lock().unwrap_or_else(PoisonError::into_inner);
+        objects.peek(object).map(|e| e.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// How many objects are recorded.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).objects.len()
+        self.objects.as_ref().map_or(0, |o| o.lock().unwrap_or_else(PoisonError::into_inner).len())
     }
 
     /// Whether no object is recorded.
@@ -162,13 +140,9 @@ mod tests {
     }
 
     #[test]
-    fn stale_touches_do_not_grow_without_bound() {
-        let j = Journal::new(1);
-        for i in 0..10_000 {
-            j.record("Service a/x", mk_entry("service", &format!("/p{i}")));
-        }
-        let order = j.inner.lock().unwrap().order.len();
-        assert!(order <= 2 * 64 + 1, "{order}");
-        assert!(Journal::new(0).entries("x").is_empty());
+    fn a_record_of_no_objects_records_nothing() {
+        let j = Journal::new(0);
+        j.record("Service a/x", mk_entry("service", "/x"));
+        assert!(!j.enabled() && j.is_empty() && j.entries("Service a/x").is_empty());
     }
 }
