@@ -43,10 +43,13 @@ pub struct Entry {
     pub at_unix_seconds: u64,
 }
 
+/// Each object's last entries, the object touched longest ago evicted first.
+type Objects = Mutex<LruCache<String, VecDeque<Entry>>>;
+
 /// The bounded record; clones share it. None records nothing.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    objects: Option<Arc<Mutex<LruCache<String, VecDeque<Entry>>>>>,
+    objects: Option<Arc<Objects>>,
     per_object: usize,
 }
 
