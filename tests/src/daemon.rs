@@ -217,6 +217,17 @@ impl Daemon {
         self.get(path)
     }
 
+    /// The `/plugins` entry of plugin `name`.
+    pub fn plugin_status(&self, name: &str) -> Result<serde_json::Value> {
+        let (code, body) = self.get_path("/plugins")?;
+        anyhow::ensure!(code == 200, "/plugins answered {code}: {body}");
+        let all: serde_json::Value = serde_json::from_str(&body)?;
+        all["plugins"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .ok_or_else(|| anyhow::anyhow!("{name} is not on /plugins: {body}"))
+    }
+
     /// `GET /healthz`: status code and body.
     pub fn healthz(&self) -> Result<(u16, String)> {
         self.get("/healthz")

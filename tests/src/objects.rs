@@ -157,3 +157,26 @@ pub fn content_matches(upstream: &Value, downstream: &Value) -> bool {
     pick(upstream) == pick(downstream)
         && upstream["metadata"]["labels"]["app"] == downstream["metadata"]["labels"]["app"]
 }
+
+/// The annotation the `stamp` test plugin writes on the objects it transforms.
+pub const STAMP: &str = "bench.downsync.dev/stamp";
+
+/// The `cm-*` ConfigMaps of `ns` by name: their [`STAMP`] (if any) and resourceVersion.
+pub async fn stamps(client: &Client, ns: &str) -> Result<BTreeMap<String, (Option<String>, String)>> {
+    let list = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("cm-")))
+        .map(|c| {
+            let stamp = c.metadata.annotations.as_ref().and_then(|a| a.get(STAMP).cloned());
+            (c.metadata.name.unwrap_or_default(), (stamp, c.metadata.resource_version.unwrap_or_default()))
+        })
+        .collect())
+}
+
+/// Whether `ns` holds exactly `n` `cm-*` ConfigMaps, each stamped `stamp`.
+pub async fn all_stamped(client: &Client, ns: &str, n: usize, stamp: &str) -> Result<bool> {
+    let s = stamps(client, ns).await?;
+    Ok(s.len() == n && s.values().all(|(v, _)| v.as_deref() == Some(stamp)))
+}

@@ -9,9 +9,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use downsync_plugin_testing_stamp::{MARKER, variant};
 use downsync_tests::bench::reload::patch_bytes;
 use downsync_tests::daemon::{Daemon, cluster_args, run_to_end};
+use downsync_tests::objects::all_stamped;
 use downsync_tests::plugins::{guest_plugin_path, plugin_path};
 use downsync_tests::registry::{Cosign, Registry};
 use downsync_tests::{TestEnv, eventually};
@@ -19,10 +21,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Digest;
-
-const STAMP: &str = "bench.downsync.dev/stamp";
 
 fn sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -75,35 +75,6 @@ async fn create_configmap(client: &Client, ns: &str, name: &str) -> anyhow::Resu
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "data": {"k": "v"}}))?;
     Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await?;
     Ok(())
-}
-
-/// The stamp on each downstream ConfigMap named `cm-*`.
-async fn stamps(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let list = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("cm-")))
-        .map(|c| {
-            let stamp = c.metadata.annotations.as_ref().and_then(|a| a.get(STAMP).cloned());
-            (c.metadata.name.unwrap_or_default(), stamp)
-        })
-        .collect())
-}
-
-async fn all_stamped(client: &Client, ns: &str, n: usize, stamp: &str) -> anyhow::Result<bool> {
-    let s = stamps(client, ns).await?;
-    Ok(s.len() == n && s.iter().all(|(_, v)| v.as_deref() == Some(stamp)))
-}
-
-fn plugin_status(d: &Daemon, name: &str) -> anyhow::Result<Value> {
-    let (code, body) = d.get_path("/plugins")?;
-    anyhow::ensure!(code == 200, "/plugins answered {code}: {body}");
-    let all: Value = serde_json::from_str(&body)?;
-    all["plugins"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
-        .ok_or_else(|| anyhow::anyhow!("{name} is not on /plugins: {body}"))
 }
 
 fn pull_failures(d: &Daemon, reason: &str) -> anyhow::Result<f64> {
@@ -165,7 +136,7 @@ async fn a_signed_plugin_from_a_registry_is_applied_and_only_signed_digests_repl
         Ok(all_stamped(&env.downstream, &ns, 3, &one).await?.then_some(()))
     })
     .await?;
-    let status = plugin_status(&d, "stamp")?;
+    let status = d.plugin_status("stamp")?;
     assert_eq!(status["digest"], sha256(&v1), "{status}");
     assert_eq!(status["source"]["source"], source.as_str(), "{status}");
     assert_eq!(status["source"]["digest"], d1.as_str(), "{status}");
@@ -176,7 +147,7 @@ async fn a_signed_plugin_from_a_registry_is_applied_and_only_signed_digests_repl
     let (v2_file, _) = stamp_file(&work, &variant(2), &[])?;
     let d2 = push(&registry, &v2_file, &source)?;
     let s = eventually("the unsigned digest to be refused", Duration::from_secs(30), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         let e = s["source"]["lastError"].as_str().unwrap_or_default().to_string();
         Ok((e.contains(&d2) && e.contains("no cosign signature")).then_some(s))
     })
@@ -188,7 +159,7 @@ async fn a_signed_plugin_from_a_registry_is_applied_and_only_signed_digests_repl
     // Signed by a key that is not trusted: refused by name.
     cosign.sign(&registry, repo, &d2, "other")?;
     let s = eventually("the wrongly signed digest to be refused", Duration::from_secs(30), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         let e = s["source"]["lastError"].as_str().unwrap_or_default().to_string();
         Ok(e.contains("none of the trusted keys").then_some(s))
     })
@@ -219,7 +190,7 @@ async fn a_signed_plugin_from_a_registry_is_applied_and_only_signed_digests_repl
     let d1b = push(&registry, &v1b_file, &source)?;
     cosign.sign(&registry, repo, &d1b, "trusted")?;
     let s = eventually("the signed rebuild to be promoted", Duration::from_secs(60), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         Ok((s["digest"] == sha256(&v1b) && s["rollout"]["shadow"].is_null()).then_some(s))
     })
     .await?;
@@ -239,14 +210,14 @@ async fn a_signed_plugin_from_a_registry_is_applied_and_only_signed_digests_repl
         Ok((pull_failures(&d, "unreachable")? >= 1.0).then_some(()))
     })
     .await?;
-    let s = plugin_status(&d, "stamp")?;
+    let s = d.plugin_status("stamp")?;
     assert_eq!(s["digest"], sha256(&v1b), "{s}");
 
     // A restart with the registry still down runs the last verified version from the cache.
     d.terminate()?;
     let mut d = start("oci-signed-restart", &ns, &config, &cache)?;
     d.wait_ready(Duration::from_secs(90)).await?;
-    let s = plugin_status(&d, "stamp")?;
+    let s = d.plugin_status("stamp")?;
     assert_eq!((s["digest"].clone(), s["source"]["fromCache"].clone()), (json!(sha256(&v1b)), json!(true)), "{s}");
     assert!(s["source"]["lastError"].as_str().is_some_and(|e| e.contains(&source)), "{s}");
     create_configmap(&env.upstream, &ns, "cm-5").await?;
@@ -387,7 +358,8 @@ async fn plugin_push_and_pull_verify_and_every_bad_artifact_is_refused_by_name()
 
     // Unauthorised (a wrong password), a plain-HTTP attempt at a TLS registry, unreachable.
     let wrong = work.join("wrong.json");
-    let auth = base64_encode(format!("{}:not-the-password", registry.user).as_bytes());
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:not-the-password", registry.user).as_bytes());
     std::fs::write(&wrong, format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.addr))?;
     let wrong_creds = ["--credentials", &wrong.display().to_string(), "--ca-file", &registry.ca.display().to_string()]
         .map(String::from);
@@ -422,23 +394,6 @@ async fn plugin_push_and_pull_verify_and_every_bad_artifact_is_refused_by_name()
     refused("unreachable", &text, &source, &["error sending request"]);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A 19 MB Python component shipped through the registry, signed, applied by `run --once`.

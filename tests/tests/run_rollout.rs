@@ -3,7 +3,6 @@
 //! window; a release that traps on every call rolls itself back while its kind keeps syncing;
 //! `plugin status`, `/readyz?verbose`, `explain` and `plugin replay` say what happened.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use downsync_plugin_testing_stamp::{MARKER, TRAP, variant};
 use downsync_tests::bench::reload::patch_bytes;
 use downsync_tests::daemon::{Daemon, builtin_plugins_dir, cluster_args, run_to_end};
+use downsync_tests::objects::{STAMP, all_stamped, stamps};
 use downsync_tests::plugins::plugin_path;
 use downsync_tests::{TestEnv, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -18,8 +18,6 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sha2::Digest;
-
-const STAMP: &str = "bench.downsync.dev/stamp";
 
 /// The stamp component with `marker` in place of its own.
 fn stamp_version(marker: &str) -> anyhow::Result<Vec<u8>> {
@@ -61,36 +59,6 @@ async fn create_configmaps(client: &Client, ns: &str, n: usize) -> anyhow::Resul
         api.create(&PostParams::default(), &cm).await?;
     }
     Ok(())
-}
-
-/// The stamp on each downstream ConfigMap, and its resourceVersion.
-async fn stamps(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, (Option<String>, String)>> {
-    let list = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("cm-")))
-        .map(|c| {
-            let stamp = c.metadata.annotations.as_ref().and_then(|a| a.get(STAMP).cloned());
-            (c.metadata.name.unwrap_or_default(), (stamp, c.metadata.resource_version.unwrap_or_default()))
-        })
-        .collect())
-}
-
-async fn all_stamped(client: &Client, ns: &str, n: usize, stamp: &str) -> anyhow::Result<bool> {
-    let s = stamps(client, ns).await?;
-    Ok(s.len() == n && s.values().all(|(v, _)| v.as_deref() == Some(stamp)))
-}
-
-/// The `/plugins` entry of one plugin.
-fn plugin_status(d: &Daemon, name: &str) -> anyhow::Result<Value> {
-    let (code, body) = d.get_path("/plugins")?;
-    anyhow::ensure!(code == 200, "/plugins answered {code}: {body}");
-    let all: Value = serde_json::from_str(&body)?;
-    all["plugins"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
-        .ok_or_else(|| anyhow::anyhow!("{name} is not on /plugins: {body}"))
 }
 
 fn run_args(ns: &str, plugins: &Path, kinds: &[&str]) -> Vec<String> {
@@ -136,7 +104,7 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     let v2 = stamp_version(&two)?;
     install(&plugins, &v2)?;
     let status = eventually("the shadow window to close divergent", Duration::from_secs(60), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         Ok((s["rollout"]["shadow"]["awaitingPromotion"] == true).then_some(s))
     })
     .await?;
@@ -166,7 +134,7 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     let v2b = rebuilt(&v2);
     install(&plugins, &v2b)?;
     eventually("the clean shadow to be promoted", Duration::from_secs(60), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         Ok((s["digest"] == sha256(&v2b) && s["rollout"]["shadow"].is_null()).then_some(()))
     })
     .await?;
@@ -230,7 +198,7 @@ async fn a_release_that_traps_rolls_back_by_itself_and_explain_names_the_keeper_
     let broken = stamp_version(TRAP)?;
     install(&plugins, &broken)?;
     let status = eventually("the broken release to be rolled back", Duration::from_secs(60), || async {
-        let s = plugin_status(&d, "stamp")?;
+        let s = d.plugin_status("stamp")?;
         Ok((s["rollbacks"].as_u64() == Some(1) && s["digest"] == sha256(&v1)).then_some(s))
     })
     .await?;
@@ -380,7 +348,7 @@ async fn one_verdict(env: &TestEnv, s: &downsync_tests::ha::HaSetup, plugins: &P
     install(plugins, &clean)?;
     for (id, d) in &named {
         eventually(&format!("{id} to promote the clean version"), Duration::from_secs(90), || async {
-            let st = plugin_status(d, "stamp")?;
+            let st = d.plugin_status("stamp")?;
             let rollout = st["rollout"]["lastRollout"].as_str().unwrap_or_default().to_string();
             Ok(rollout.contains(&format!("version {clean_digest} promoted")).then_some(()))
         })
@@ -403,7 +371,7 @@ async fn one_verdict(env: &TestEnv, s: &downsync_tests::ha::HaSetup, plugins: &P
     for (id, d) in &named {
         let rollout =
             eventually(&format!("{id} to roll the trapping shadow back"), Duration::from_secs(90), || async {
-                let st = plugin_status(d, "stamp")?;
+                let st = d.plugin_status("stamp")?;
                 let rollout = st["rollout"]["lastRollout"].as_str().unwrap_or_default().to_string();
                 Ok(rollout.contains(&format!("shadow version {trap_digest} rolled back")).then_some(rollout))
             })

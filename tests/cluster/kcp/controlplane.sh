@@ -20,67 +20,12 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="${DOWNSYNC_CP_ROOT:-${TMPDIR:-/tmp}/downsync-controlplanes}"
+tool=kcp-controlplane what="kcp" grace=150
+# shellcheck source=tests/cluster/lib.sh
+source "$here/../lib.sh"
 ready_timeout="${DOWNSYNC_CP_READY_TIMEOUT:-180}"
 
-die() { echo "kcp-controlplane: error: $*" >&2; exit 1; }
-log() { echo "kcp-controlplane: $*" >&2; }
-
 usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-
-port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
-
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    port_in_use "$p" || { echo "$p"; return 0; }
-  done
-  die "no free loopback port found after 200 tries"
-}
-
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-
-# A PID is ours only if it still runs with our directory on its command line (kcp, the
-# watchdog): never signal a reused PID.
-ours() {
-  local pid="$1" dir="$2" cmd
-  cmd="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
-  [[ "$cmd" == *"$dir"* ]]
-}
-
-stop_pids() {
-  local dir="$1"; shift
-  local pid waited
-  for pid in "$@"; do
-    alive "$pid" && ours "$pid" "$dir" && kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "$@"; do
-    waited=0
-    # kcp takes a few seconds to shut its embedded etcd down cleanly.
-    while alive "$pid" && (( waited < 150 )); do sleep 0.1; waited=$(( waited + 1 )); done
-    if alive "$pid" && ours "$pid" "$dir"; then kill -KILL "$pid" 2>/dev/null || true; fi
-  done
-}
-
-cmd_down() {
-  local name="$1" dir="$root/$1" pids=() line self="${2:-}"
-  [[ -d "$dir" ]] || { log "kcp '$name' is not running (no $dir)"; return 0; }
-  if [[ -f "$dir/pids" ]]; then
-    while read -r line; do
-      [[ "$line" == watchdog=* && -n "$self" ]] && continue
-      pids=("${line#*=}" "${pids[@]}")
-    done < "$dir/pids"
-  fi
-  stop_pids "$dir" "${pids[@]}"
-  rm -rf "$dir"
-  log "kcp '$name' stopped"
-}
-
-show_log_tail() {
-  echo "---- last 25 lines of the kcp log ($1) ----" >&2
-  tail -n 25 "$1" >&2 || true
-  echo "----" >&2
-}
 
 cmd_up() {
   local name="$1"; shift
@@ -160,11 +105,7 @@ cmd_up() {
   sed 's/^current-context: .*/current-context: root/' "$admin" > "$dir/kubeconfig"
   chmod 600 "$dir/kubeconfig"
 
-  if [[ -n "$owner" ]]; then
-    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -d "$3" ]]; do sleep 1; done; exec "$2" down "$4" --from-watchdog' \
-      kcp-watchdog "$owner" "$here/controlplane.sh" "$dir" "$name" >/dev/null 2>&1 < /dev/null &
-    echo "watchdog=$!" >> "$dir/pids"
-  fi
+  [[ -z "$owner" ]] || start_watchdog "$here/controlplane.sh" "$name" "$dir" "$owner"
   trap - ERR
   echo "$ready_ms" > "$dir/ready-ms"
   log "kcp '$name' ready in ${ready_ms} ms: https://127.0.0.1:$port/clusters/root (logs in $dir/logs)"

@@ -35,66 +35,12 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="${DOWNSYNC_REGISTRY_ROOT:-${TMPDIR:-/tmp}/downsync-registries}"
+tool=registry what="registry" grace=100
+# shellcheck source=tests/cluster/lib.sh
+source "$here/../lib.sh"
 ready_timeout="${DOWNSYNC_REGISTRY_READY_TIMEOUT:-60}"
 
-die() { echo "registry: error: $*" >&2; exit 1; }
-log() { echo "registry: $*" >&2; }
-
 usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-
-port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
-
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    port_in_use "$p" || { echo "$p"; return 0; }
-  done
-  die "no free loopback port found after 200 tries"
-}
-
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-
-# A PID is ours only if it still runs with our directory on its command line (the registry, the
-# watchdog): never signal a reused PID.
-ours() {
-  local pid="$1" dir="$2" cmd
-  cmd="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
-  [[ "$cmd" == *"$dir"* ]]
-}
-
-stop_pids() {
-  local dir="$1"; shift
-  local pid waited
-  for pid in "$@"; do
-    alive "$pid" && ours "$pid" "$dir" && kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "$@"; do
-    waited=0
-    while alive "$pid" && (( waited < 100 )); do sleep 0.1; waited=$(( waited + 1 )); done
-    if alive "$pid" && ours "$pid" "$dir"; then kill -KILL "$pid" 2>/dev/null || true; fi
-  done
-}
-
-cmd_down() {
-  local name="$1" dir="$root/$1" pids=() line self="${2:-}"
-  [[ -d "$dir" ]] || { log "registry '$name' is not running (no $dir)"; return 0; }
-  if [[ -f "$dir/pids" ]]; then
-    while read -r line; do
-      [[ "$line" == watchdog=* && -n "$self" ]] && continue
-      pids=("${line#*=}" "${pids[@]}")
-    done < "$dir/pids"
-  fi
-  stop_pids "$dir" "${pids[@]}"
-  rm -rf "$dir"
-  log "registry '$name' stopped"
-}
-
-show_log_tail() {
-  echo "---- last 25 lines of the registry log ($1) ----" >&2
-  tail -n 25 "$1" >&2 || true
-  echo "----" >&2
-}
 
 # The test CA and the registry's server certificate (EC P-256; SANs 127.0.0.1 and localhost).
 make_tls() {
@@ -246,11 +192,7 @@ DOWNSYNC_REGISTRY_DIR=$dir
 ENV
   chmod 600 "$dir/env"
 
-  if [[ -n "$owner" ]]; then
-    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -d "$3" ]]; do sleep 1; done; exec "$2" down "$4" --from-watchdog' \
-      registry-watchdog "$owner" "$here/registry.sh" "$dir" "$name" >/dev/null 2>&1 < /dev/null &
-    echo "watchdog=$!" >> "$dir/pids"
-  fi
+  [[ -z "$owner" ]] || start_watchdog "$here/registry.sh" "$name" "$dir" "$owner"
   trap - ERR
   echo "$ready_ms" > "$dir/ready-ms"
   log "registry '$name' ready in ${ready_ms} ms: $scheme://$addr (logs in $dir/logs)"
