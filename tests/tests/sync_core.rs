@@ -10,7 +10,7 @@ use downsync::sync::error::SyncError;
 use downsync::sync::ownership::{OWNER_ANNOTATION, owner_value};
 use downsync::sync::preservation::{self, MAX_DATA_BYTES};
 use downsync::sync::{
-    DownstreamConfig, ImmutablePolicy, NoRules, ObjectKey, Operation, StateCache, Syncer, UpdateStrategy,
+    DownstreamConfig, DownstreamKey, ImmutablePolicy, NoRules, Operation, StateCache, Syncer, UpdateStrategy,
 };
 use downsync_tests::{TestEnv, eventually};
 use futures::StreamExt;
@@ -256,8 +256,8 @@ async fn deletes_only_owned_objects_and_waits_on_finalizers() -> anyhow::Result<
     let ns = env.namespace.clone();
     let syncer = mk_syncer(&env.downstream, DownstreamConfig::default());
     let cms: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
-    let key = |name: &str| -> anyhow::Result<ObjectKey> {
-        Ok(ObjectKey {
+    let key = |name: &str| -> anyhow::Result<DownstreamKey> {
+        Ok(DownstreamKey {
             gvr: downsync::sync::Gvr { group: String::new(), version: "v1".into(), resource: "configmaps".into() },
             kind: "ConfigMap".into(),
             namespace: Some(ns.clone()),
@@ -333,7 +333,7 @@ async fn a_copy_stamped_for_one_kcp_workspace_is_never_written_or_deleted_for_an
         other => panic!("expected NotOwned, got {other:?}"),
     }
     assert_eq!(rv(&get_json(&env.downstream, &ns, "shared").await), rv(&copy), "the other workspace wrote");
-    let key = ObjectKey {
+    let key = DownstreamKey {
         gvr: downsync::sync::Gvr { group: String::new(), version: "v1".into(), resource: "configmaps".into() },
         kind: "ConfigMap".into(),
         namespace: Some(ns.clone()),

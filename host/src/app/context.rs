@@ -14,7 +14,7 @@ use super::config::{ResourceConfig, RunConfig};
 use super::connectivity::Connectivity;
 use super::ha::ShardGate;
 use super::http::Health;
-use super::keys::{ObjectKey, WorkKey};
+use super::keys::{UpstreamKey, WorkKey};
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
 use super::packing::annotation;
@@ -46,7 +46,7 @@ pub struct Controller {
     /// Owned downstream objects that had no upstream object when their kind was first
     /// watched (at start, or when its CRD came): deleted only once the grace period, here
     /// its end, has passed.
-    pub(super) startup_orphans: Mutex<HashMap<ObjectKey, Instant>>,
+    pub(super) startup_orphans: Mutex<HashMap<UpstreamKey, Instant>>,
     /// The last failure reported per key, so that a failure that repeats is logged and
     /// published once per change, not on every retry. Cleared when the key succeeds.
     pub(super) last_failure: Mutex<HashMap<WorkKey, String>>,
@@ -79,7 +79,7 @@ pub struct Watched {
 
 impl Watched {
     /// The upstream object of a key, from the cache.
-    pub fn upstream(&self, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
+    pub fn upstream(&self, key: &UpstreamKey) -> Option<Arc<DynamicObject>> {
         let mut r = ObjectRef::new_with(&key.name, self.up_ar.clone());
         if let Some(ns) = &key.namespace {
             r = r.within(ns);
@@ -189,7 +189,7 @@ impl Controller {
         !ours && self.config.selects(&w.config, ns, &obj.name_any())
     }
 
-    pub(super) fn downstream_ns(&self, key: &ObjectKey) -> Option<String> {
+    pub(super) fn downstream_ns(&self, key: &UpstreamKey) -> Option<String> {
         key.namespace.as_deref().map(|ns| self.mapping().map(self.target(), ns))
     }
 
@@ -211,13 +211,13 @@ impl Controller {
     }
 
     /// How much longer a startup orphan waits before its delete, if it still must.
-    pub(super) fn orphan_wait(&self, key: &ObjectKey) -> Option<Duration> {
+    pub(super) fn orphan_wait(&self, key: &UpstreamKey) -> Option<Duration> {
         let ends = *lock(&self.startup_orphans).get(key)?;
         let left = ends.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
     }
 
-    pub(super) fn orphan_gone(&self, key: &ObjectKey) {
+    pub(super) fn orphan_gone(&self, key: &UpstreamKey) {
         lock(&self.startup_orphans).remove(key);
     }
 

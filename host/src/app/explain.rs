@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::context::Controller;
 use super::http::Explainer;
-use super::keys::ObjectKey;
+use super::keys::UpstreamKey;
 use super::reconcile::to_value;
 use crate::plugin::{Journal, JournalEntry as Entry, PluginRegistry, RuleSnapshot, group_kind};
 use crate::sync::desired::{normalize_desired, object_ref};
@@ -197,7 +197,7 @@ impl Controller {
                 Some(s) => format!("kind {} is configured but not served on both sides yet", s.config.describe()),
                 None => format!("kind {kind} is not synced by this process"),
             })?;
-        let key = ObjectKey { resource: index, namespace: namespace.map(str::to_string), name: name.to_string() };
+        let key = UpstreamKey { resource: index, namespace: namespace.map(str::to_string), name: name.to_string() };
         let up = w.upstream(&key).ok_or_else(|| self.not_found(&w, kind, namespace, name))?;
         // With many kcp workspaces the namespace is `<logical cluster>/<namespace>`.
         let workspace = namespace.and_then(|ns| crate::sync::workspaces::split_namespace(ns).0);
@@ -221,7 +221,7 @@ impl Controller {
         let (steps, ignore) = evaluated;
         let mut fields = attribute(&upstream_view, &live_view, &steps, &ignore, secret);
         // Who wrote each field downstream is in managedFields, which the watch cache drops.
-        let key = crate::sync::ObjectKey::new(&w.down_resource, down_ns.as_deref(), name);
+        let key = crate::sync::DownstreamKey::new(&w.down_resource, down_ns.as_deref(), name);
         let managers = match crate::sync::Downstream::get(self.syncer.downstream(), &key).await {
             Ok(Some(fresh)) => managers::managers(&fresh),
             _ => Vec::new(),

@@ -11,7 +11,7 @@ use crate::sync::workspaces;
 
 /// One upstream object, by its upstream coordinates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObjectKey {
+pub struct UpstreamKey {
     /// Index of its kind in the config's `resources`.
     pub resource: usize,
     /// Upstream namespace.
@@ -24,7 +24,7 @@ pub struct ObjectKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WorkKey {
     /// Sync (or delete the copy of) one upstream object.
-    Object(ObjectKey),
+    Object(UpstreamKey),
     /// Check whether the downstream namespace downsync created for this upstream namespace
     /// can go.
     Namespace {
@@ -37,7 +37,7 @@ pub enum WorkKey {
 
 /// The key of an upstream object.
 pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
-    WorkKey::Object(ObjectKey { resource: index, namespace: obj.metadata.namespace.clone(), name: obj.name_any() })
+    WorkKey::Object(UpstreamKey { resource: index, namespace: obj.metadata.namespace.clone(), name: obj.name_any() })
 }
 
 /// The key of the upstream object a downstream copy stands for.
@@ -47,7 +47,7 @@ pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
         (Some(cluster), Some(ns)) => Some(workspaces::qualify_namespace(&cluster, &ns)),
         (_, ns) => ns,
     };
-    WorkKey::Object(ObjectKey { resource: index, namespace: ns, name: obj.name_any() })
+    WorkKey::Object(UpstreamKey { resource: index, namespace: ns, name: obj.name_any() })
 }
 
 /// What a key is sharded by (see [`super::ha::shard_of`]): its upstream namespace. From many kcp

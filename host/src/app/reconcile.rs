@@ -11,12 +11,12 @@ use tracing::{debug, info, warn};
 
 use super::context::{Controller, Watched};
 use super::error_policy::ReconcileError;
-use super::keys::{ObjectKey, WorkKey};
+use super::keys::{UpstreamKey, WorkKey};
 use super::namespaces::Cleanup;
 use super::packing::{body, unpack};
 use crate::kube::upstream;
 use crate::sync::mapping;
-use crate::sync::{ObjectKey as DownKey, Operation, SyncError};
+use crate::sync::{DownstreamKey, Operation, SyncError};
 
 /// What a successful reconcile asks of the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub async fn reconcile(key: &WorkKey, ctx: &Controller) -> Result<Action> {
 async fn sync(
     ctx: &Controller,
     w: &Watched,
-    key: &ObjectKey,
+    key: &UpstreamKey,
     up: &DynamicObject,
     down: Option<&DynamicObject>,
 ) -> Result<Action> {
@@ -154,7 +154,7 @@ async fn report_drift(ctx: &Controller, w: &Watched, up: &DynamicObject, result:
 async fn remove(
     ctx: &Controller,
     w: &Watched,
-    key: &ObjectKey,
+    key: &UpstreamKey,
     up: Option<&DynamicObject>,
     down: Option<&DynamicObject>,
 ) -> Result<Action> {
@@ -167,7 +167,7 @@ async fn remove(
             return Ok(Action::After(wait));
         }
         let down_ns = ctx.downstream_ns(key);
-        let okey = DownKey::new(&w.down_resource, down_ns.as_deref(), &key.name);
+        let okey = DownstreamKey::new(&w.down_resource, down_ns.as_deref(), &key.name);
         // With a finalizer to release, absence in the cache is confirmed with a read: the
         // cache may not have seen a copy created moments ago.
         let cached = down.map(|d| Some(to_value(d, &w.down_ar)));
@@ -201,7 +201,7 @@ async fn remove(
 const NAMESPACE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Removes the upstream finalizer, if downsync put one there.
-async fn release(ctx: &Controller, w: &Watched, key: &ObjectKey, up: Option<&DynamicObject>) -> Result<Action> {
+async fn release(ctx: &Controller, w: &Watched, key: &UpstreamKey, up: Option<&DynamicObject>) -> Result<Action> {
     if !ctx.config.upstream_finalizer {
         return Ok(Action::Done);
     }

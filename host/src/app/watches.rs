@@ -239,7 +239,7 @@ impl Controller {
     /// the one the write returned).
     fn is_echo(&self, w: &Watched, o: &DynamicObject) -> bool {
         let Some(rv) = o.metadata.resource_version.as_deref() else { return false };
-        let key = crate::sync::ObjectKey::new(&w.down_resource, o.metadata.namespace.as_deref(), &o.name_any());
+        let key = crate::sync::DownstreamKey::new(&w.down_resource, o.metadata.namespace.as_deref(), &o.name_any());
         self.syncer.state().has_resource_version(&key, rv)
     }
 

@@ -20,7 +20,9 @@ use downsync::sync::error::ApiError;
 use downsync::sync::mapping;
 use downsync::sync::ownership;
 use downsync::sync::preservation::for_display;
-use downsync::sync::{Downstream, ObjectKey, Operation, Resource, StateCache, SyncError, SyncResult, Syncer, Write};
+use downsync::sync::{
+    Downstream, DownstreamKey, Operation, Resource, StateCache, SyncError, SyncResult, Syncer, Write,
+};
 
 /// What `diff` found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub(super) struct Seen {
 /// The dry-run downstream, remembering what it was shown and what it answered.
 pub(super) struct Recording {
     inner: KubeDownstream,
-    seen: Mutex<BTreeMap<ObjectKey, Seen>>,
+    seen: Mutex<BTreeMap<DownstreamKey, Seen>>,
 }
 
 impl Recording {
@@ -60,12 +62,12 @@ impl Recording {
         Self { inner: KubeDownstream::dry_run(client), seen: Mutex::default() }
     }
 
-    fn note(&self, key: &ObjectKey, f: impl FnOnce(&mut Seen)) {
+    fn note(&self, key: &DownstreamKey, f: impl FnOnce(&mut Seen)) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         f(seen.entry(key.clone()).or_default());
     }
 
-    pub(super) fn take(&self, key: &ObjectKey) -> Seen {
+    pub(super) fn take(&self, key: &DownstreamKey) -> Seen {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner).remove(key).unwrap_or_default()
     }
 }
@@ -75,7 +77,7 @@ impl Downstream for Recording {
         self.inner.resolve(api_version, kind).await
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApiError> {
+    async fn get(&self, key: &DownstreamKey) -> Result<Option<Value>, ApiError> {
         let got = self.inner.get(key).await?;
         self.note(key, |s| {
             if s.before.is_none() {
@@ -85,7 +87,7 @@ impl Downstream for Recording {
         Ok(got)
     }
 
-    async fn create(&self, key: &ObjectKey, obj: &Value) -> Result<Value, ApiError> {
+    async fn create(&self, key: &DownstreamKey, obj: &Value) -> Result<Value, ApiError> {
         let out = match self.inner.create(key, obj).await {
             Err(ApiError::NotFound) if key.namespace.is_some() => {
                 self.note(key, |s| s.namespace_missing = true);
@@ -97,19 +99,19 @@ impl Downstream for Recording {
         Ok(out)
     }
 
-    async fn update(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+    async fn update(&self, key: &DownstreamKey, write: &Write) -> Result<Value, ApiError> {
         let out = self.inner.update(key, write).await?;
         self.note(key, |s| s.after = Some(out.clone()));
         Ok(out)
     }
 
-    async fn dry_run(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+    async fn dry_run(&self, key: &DownstreamKey, write: &Write) -> Result<Value, ApiError> {
         self.inner.dry_run(key, write).await
     }
 
     async fn delete(
         &self,
-        key: &ObjectKey,
+        key: &DownstreamKey,
         uid: &str,
         propagation: downsync::sync::Propagation,
     ) -> Result<(), ApiError> {
@@ -306,7 +308,7 @@ async fn deletes(
             continue;
         }
         count += 1;
-        let key = ObjectKey::new(down_resource, id.0.as_deref(), &id.1).to_string();
+        let key = DownstreamKey::new(down_resource, id.0.as_deref(), &id.1).to_string();
         let upstream = cluster.map(|c| {
             downsync::sync::workspaces::qualify_namespace(c, mapping::upstream_namespace(&value).unwrap_or_default())
         });

@@ -15,7 +15,7 @@ use super::errors::classify;
 use crate::sync::config::Propagation;
 use crate::sync::error::ApiError;
 use crate::sync::syncer::{Downstream, Write};
-use crate::sync::types::{Gvr, ObjectKey, Resource};
+use crate::sync::types::{DownstreamKey, Gvr, Resource};
 
 /// The downstream API via a kube client.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ impl KubeDownstream {
         &self.client
     }
 
-    fn api(&self, key: &ObjectKey) -> Api<DynamicObject> {
+    fn api(&self, key: &DownstreamKey) -> Api<DynamicObject> {
         let ar = ApiResource {
             group: key.gvr.group.clone(),
             version: key.gvr.version.clone(),
@@ -69,7 +69,7 @@ impl KubeDownstream {
 
 impl KubeDownstream {
     /// Sends an update; with `dry_run`, as a server-side dry run.
-    async fn send(&self, key: &ObjectKey, write: &Write, dry_run: bool) -> Result<Value, ApiError> {
+    async fn send(&self, key: &DownstreamKey, write: &Write, dry_run: bool) -> Result<Value, ApiError> {
         let api = self.api(key);
         let pp = PatchParams { dry_run, ..PatchParams::default() };
         let out = match write {
@@ -118,18 +118,18 @@ impl Downstream for KubeDownstream {
         Ok(resource)
     }
 
-    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApiError> {
+    async fn get(&self, key: &DownstreamKey) -> Result<Option<Value>, ApiError> {
         match self.api(key).get_opt(&key.name).await.map_err(classify)? {
             Some(o) => Ok(Some(to_value(o)?)),
             None => Ok(None),
         }
     }
 
-    async fn create(&self, key: &ObjectKey, obj: &Value) -> Result<Value, ApiError> {
+    async fn create(&self, key: &DownstreamKey, obj: &Value) -> Result<Value, ApiError> {
         to_value(self.api(key).create(&self.post_params(), &to_dynamic(obj)?).await.map_err(classify)?)
     }
 
-    async fn update(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+    async fn update(&self, key: &DownstreamKey, write: &Write) -> Result<Value, ApiError> {
         self.send(key, write, self.dry_run).await
     }
 
@@ -137,11 +137,11 @@ impl Downstream for KubeDownstream {
         !self.dry_run
     }
 
-    async fn dry_run(&self, key: &ObjectKey, write: &Write) -> Result<Value, ApiError> {
+    async fn dry_run(&self, key: &DownstreamKey, write: &Write) -> Result<Value, ApiError> {
         self.send(key, write, true).await
     }
 
-    async fn delete(&self, key: &ObjectKey, uid: &str, propagation: Propagation) -> Result<(), ApiError> {
+    async fn delete(&self, key: &DownstreamKey, uid: &str, propagation: Propagation) -> Result<(), ApiError> {
         let dp = DeleteParams {
             preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
             propagation_policy: Some(match propagation {

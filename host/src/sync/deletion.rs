@@ -11,13 +11,18 @@ use super::error::{ApiError, SyncError};
 use super::ownership;
 use super::rules::Rules;
 use super::syncer::{Downstream, Syncer, api_error};
-use super::types::{ObjectKey, Operation, SyncResult};
+use super::types::{DownstreamKey, Operation, SyncResult};
 
 impl<D: Downstream, R: Rules> Syncer<D, R> {
     /// Deletes an object downstream, if downsync owns it for the upstream object of logical
     /// cluster `cluster` (many kcp workspaces; else `None`): a copy another workspace's object
     /// owns is never deleted. `cached` as in [`Syncer::apply`].
-    pub async fn delete(&self, key: &ObjectKey, cluster: Option<&str>, cached: Option<Option<Value>>) -> SyncResult {
+    pub async fn delete(
+        &self,
+        key: &DownstreamKey,
+        cluster: Option<&str>,
+        cached: Option<Option<Value>>,
+    ) -> SyncResult {
         let mut result = SyncResult::new(Some(key.clone()), Operation::Skipped);
         match self.delete_inner(key, cluster, cached, &mut result).await {
             Ok(op) => result.operation = op,
@@ -31,7 +36,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
 
     async fn delete_inner(
         &self,
-        key: &ObjectKey,
+        key: &DownstreamKey,
         cluster: Option<&str>,
         cached: Option<Option<Value>>,
         result: &mut SyncResult,

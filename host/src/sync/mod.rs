@@ -37,5 +37,5 @@ pub use queue::{RateLimit, Shares, WorkQueue};
 pub use rules::{NoRules, RuleDecision, RuleError, RuleSet, Rules};
 pub use state::{ResourceState, StateCache};
 pub use syncer::{Downstream, Syncer};
-pub use types::{Gvr, ObjectKey, Operation, Resource, SyncResult};
+pub use types::{DownstreamKey, Gvr, Operation, Resource, SyncResult};
 pub use write::Write;

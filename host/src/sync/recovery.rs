@@ -15,7 +15,7 @@ use super::error::{ApiError, Cause, SyncError};
 use super::managers;
 use super::preservation::{self};
 use super::rules::Rules;
-use super::types::{ObjectKey, Operation, SyncResult};
+use super::types::{DownstreamKey, Operation, SyncResult};
 use super::write_loop::Verdict;
 
 use super::causes::{field_to_pointer, immutable_fields};
@@ -146,7 +146,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     /// up once the attempts are spent, and otherwise backs off and returns a fresh read.
     pub(super) async fn after_conflict(
         &self,
-        key: &ObjectKey,
+        key: &DownstreamKey,
         message: String,
         causes: &[Cause],
         changed: Vec<String>,

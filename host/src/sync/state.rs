@@ -7,13 +7,13 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::types::{Gvr, ObjectKey};
+use super::types::{DownstreamKey, Gvr};
 
 /// What downsync knows about one downstream object after its last sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResourceState {
     /// The object.
-    pub key: ObjectKey,
+    pub key: DownstreamKey,
     /// Its downstream resourceVersion after our last write or check.
     pub resource_version: String,
     /// Its downstream generation, if the kind has one.
@@ -65,7 +65,7 @@ struct Entry {
 
 /// `namespace/name`, or `name` for a cluster-scoped object. Unambiguous: the API server
 /// rejects a `/` in a name (it is a path segment), and a resource is namespaced or not.
-fn object_id(key: &ObjectKey) -> String {
+fn object_id(key: &DownstreamKey) -> String {
     match &key.namespace {
         Some(ns) => format!("{ns}/{}", key.name),
         None => key.name.clone(),
@@ -78,7 +78,7 @@ fn expand(gvr: &Gvr, kind: &str, id: &str, e: &Entry) -> ResourceState {
         None => (None, id.to_string()),
     };
     ResourceState {
-        key: ObjectKey { gvr: gvr.clone(), kind: kind.to_string(), namespace, name },
+        key: DownstreamKey { gvr: gvr.clone(), kind: kind.to_string(), namespace, name },
         resource_version: e.resource_version.to_string(),
         generation: e.generation,
         uid: e.uid.to_string(),
@@ -106,7 +106,7 @@ impl StateCache {
         self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn with_entry<T>(&self, key: &ObjectKey, f: impl FnOnce(&str, &Entry) -> T) -> Option<T> {
+    fn with_entry<T>(&self, key: &DownstreamKey, f: impl FnOnce(&str, &Entry) -> T) -> Option<T> {
         let map = self.read();
         let resource = map.get(&key.gvr)?;
         let id = object_id(key);
@@ -114,7 +114,7 @@ impl StateCache {
     }
 
     /// The state of one object.
-    pub fn get(&self, key: &ObjectKey) -> Option<ResourceState> {
+    pub fn get(&self, key: &DownstreamKey) -> Option<ResourceState> {
         self.with_entry(key, |_, e| ResourceState {
             key: key.clone(),
             resource_version: e.resource_version.to_string(),
@@ -127,13 +127,13 @@ impl StateCache {
     }
 
     /// Whether the object was last synced at `resource_version`, without copying its state out.
-    pub fn has_resource_version(&self, key: &ObjectKey, resource_version: &str) -> bool {
+    pub fn has_resource_version(&self, key: &DownstreamKey, resource_version: &str) -> bool {
         self.with_entry(key, |_, e| &*e.resource_version == resource_version).unwrap_or(false)
     }
 
     /// Whether the object was last synced from `desired_hash` and is still at
     /// `resource_version`: the syncer's fast path, asked without copying the state out.
-    pub fn is_current(&self, key: &ObjectKey, desired_hash: &str, resource_version: &str) -> bool {
+    pub fn is_current(&self, key: &DownstreamKey, desired_hash: &str, resource_version: &str) -> bool {
         self.with_entry(key, |_, e| &*e.desired_hash == desired_hash && &*e.resource_version == resource_version)
             .unwrap_or(false)
     }
@@ -141,12 +141,12 @@ impl StateCache {
     /// Whether the object was last synced from `desired_hash` and its content is still what
     /// the server stored then (`content`, a [`crate::sync::desired::content_digest`]): only
     /// its status or server bookkeeping moved since.
-    pub fn is_settled(&self, key: &ObjectKey, desired_hash: &str, content: u64) -> bool {
+    pub fn is_settled(&self, key: &DownstreamKey, desired_hash: &str, content: u64) -> bool {
         self.with_entry(key, |_, e| &*e.desired_hash == desired_hash && e.content == content).unwrap_or(false)
     }
 
     /// Notes that the object, settled, is now at `resource_version`.
-    pub fn touch(&self, key: &ObjectKey, resource_version: &str) {
+    pub fn touch(&self, key: &DownstreamKey, resource_version: &str) {
         let mut map = self.write();
         if let Some(e) = map.get_mut(&key.gvr).and_then(|r| r.objects.get_mut(object_id(key).as_str())) {
             e.resource_version = resource_version.into();
@@ -154,7 +154,7 @@ impl StateCache {
     }
 
     /// The desired hash last applied to the object, if it is tracked.
-    pub fn desired_hash(&self, key: &ObjectKey) -> Option<String> {
+    pub fn desired_hash(&self, key: &DownstreamKey) -> Option<String> {
         self.with_entry(key, |_, e| e.desired_hash.to_string())
     }
 
@@ -178,7 +178,7 @@ impl StateCache {
     }
 
     /// Forgets an object.
-    pub fn remove(&self, key: &ObjectKey) -> Option<ResourceState> {
+    pub fn remove(&self, key: &DownstreamKey) -> Option<ResourceState> {
         let mut map = self.write();
         let resource = map.get_mut(&key.gvr)?;
         let id = object_id(key);
@@ -217,8 +217,8 @@ impl StateCache {
 mod tests {
     use super::*;
 
-    fn mk_key(resource: &str, name: &str) -> ObjectKey {
-        ObjectKey {
+    fn mk_key(resource: &str, name: &str) -> DownstreamKey {
+        DownstreamKey {
             gvr: Gvr { group: String::new(), version: "v1".into(), resource: resource.into() },
             kind: "K".into(),
             namespace: Some("ns".into()),
@@ -226,7 +226,7 @@ mod tests {
         }
     }
 
-    fn mk_state(key: ObjectKey, rv: &str) -> ResourceState {
+    fn mk_state(key: DownstreamKey, rv: &str) -> ResourceState {
         ResourceState {
             key,
             resource_version: rv.into(),

@@ -25,7 +25,7 @@ use super::ownership;
 use super::preservation::{self, PreserveOptions};
 use super::rules::{RuleDecision, RuleSet, Rules};
 use super::state::{ResourceState, StateCache};
-use super::types::{ObjectKey, Operation, Resource, SyncResult};
+use super::types::{DownstreamKey, Operation, Resource, SyncResult};
 use super::write::{write_for, write_holding};
 use super::write_loop::LoopGuard;
 
@@ -40,18 +40,18 @@ pub trait Downstream: Send + Sync {
     /// Resolves `apiVersion` + `kind` to a served resource (discovery).
     fn resolve(&self, api_version: &str, kind: &str) -> impl Future<Output = Result<Resource, ApiError>> + Send;
     /// Reads an object; `None` when it does not exist.
-    fn get(&self, key: &ObjectKey) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
+    fn get(&self, key: &DownstreamKey) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
     /// Creates an object.
-    fn create(&self, key: &ObjectKey, obj: &Value) -> impl Future<Output = Result<Value, ApiError>> + Send;
+    fn create(&self, key: &DownstreamKey, obj: &Value) -> impl Future<Output = Result<Value, ApiError>> + Send;
     /// Updates an object.
-    fn update(&self, key: &ObjectKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
+    fn update(&self, key: &DownstreamKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
     /// Sends an update as a server-side dry run (`dryRun=All`): the API runs admission and
     /// defaulting and answers with what it would store, and persists nothing.
-    fn dry_run(&self, key: &ObjectKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
+    fn dry_run(&self, key: &DownstreamKey, write: &Write) -> impl Future<Output = Result<Value, ApiError>> + Send;
     /// Deletes an object with a UID precondition. `NotFound` when it is already gone.
     fn delete(
         &self,
-        key: &ObjectKey,
+        key: &DownstreamKey,
         uid: &str,
         propagation: Propagation,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
@@ -76,7 +76,7 @@ pub struct Syncer<D, R> {
 
 /// One apply past the fast path: what downstream should hold, and the rules it was built with.
 pub(super) struct Job<'a, S> {
-    pub(super) key: &'a ObjectKey,
+    pub(super) key: &'a DownstreamKey,
     /// The desired object, transformed by the rules and stamped with ownership and hash.
     pub(super) object: Value,
     /// The desired hash, recorded in the state cache on success.
@@ -152,7 +152,7 @@ pub(super) fn rv(v: &Value) -> Option<&str> {
     str_at(v, "/metadata/resourceVersion")
 }
 
-pub(super) fn api_error(key: &ObjectKey, operation: &'static str, source: ApiError) -> SyncError {
+pub(super) fn api_error(key: &DownstreamKey, operation: &'static str, source: ApiError) -> SyncError {
     if let ApiError::Invalid { causes, .. } = &source
         && let Some(taken) = super::causes::already_allocated(causes)
     {
@@ -176,7 +176,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
 
     /// Logs a write: a change at info level, or, on a downstream that persists nothing (the
     /// dry run of `downsync diff`), at debug level as what would happen.
-    pub(super) fn log_write(&self, key: &ObjectKey, done: &'static str) {
+    pub(super) fn log_write(&self, key: &DownstreamKey, done: &'static str) {
         if self.downstream.persists() {
             info!(object = %key, kind = %key.kind, "{done}");
         } else {
@@ -184,7 +184,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         }
     }
 
-    pub(super) fn drift_policy(&self, key: &ObjectKey) -> DriftPolicy {
+    pub(super) fn drift_policy(&self, key: &DownstreamKey) -> DriftPolicy {
         self.drift.get(&(key.gvr.group.clone(), key.kind.clone())).cloned().unwrap_or_default()
     }
 
@@ -229,7 +229,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         cap.mul_f64(rand::random::<f64>())
     }
 
-    pub(super) fn record(&self, key: &ObjectKey, obj: &Value, hash: &str) {
+    pub(super) fn record(&self, key: &DownstreamKey, obj: &Value, hash: &str) {
         self.state.insert(ResourceState {
             key: key.clone(),
             resource_version: rv(obj).unwrap_or_default().to_string(),
@@ -242,7 +242,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     }
 
     /// Resolves the key of a desired object.
-    pub async fn key_of(&self, desired: &Value) -> Result<ObjectKey, SyncError> {
+    pub async fn key_of(&self, desired: &Value) -> Result<DownstreamKey, SyncError> {
         let object = object_ref(desired);
         let invalid = |field: &str, message: &str| SyncError::InvalidObject {
             object: object.clone(),
@@ -265,7 +265,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         if resource.namespaced && ns.is_none_or(str::is_empty) {
             return Err(invalid("metadata.namespace", "is required for a namespaced kind"));
         }
-        Ok(ObjectKey::new(&resource, ns, name))
+        Ok(DownstreamKey::new(&resource, ns, name))
     }
 
     /// Applies one desired object. `cached` is the downstream object from a watch cache, if
@@ -295,7 +295,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
         result
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, SyncError> {
+    pub(super) async fn get(&self, key: &DownstreamKey) -> Result<Option<Value>, SyncError> {
         self.downstream.get(key).await.map_err(|source| api_error(key, "get", source))
     }
 
@@ -303,7 +303,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
     /// live object moved since our last write, else runs the rules and the create or update path.
     pub(super) async fn apply_inner(
         &self,
-        key: &ObjectKey,
+        key: &DownstreamKey,
         desired: Value,
         cached: Option<Option<Value>>,
         result: &mut SyncResult,

@@ -41,7 +41,7 @@ impl Resource {
 
 /// Identifies one downstream object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
+pub struct DownstreamKey {
     /// Group, version, resource.
     pub gvr: Gvr,
     /// Kind, for messages.
@@ -52,7 +52,7 @@ pub struct ObjectKey {
     pub name: String,
 }
 
-impl ObjectKey {
+impl DownstreamKey {
     /// The key of `name` in `namespace` for a resolved resource.
     pub fn new(resource: &Resource, namespace: Option<&str>, name: &str) -> Self {
         Self {
@@ -64,7 +64,7 @@ impl ObjectKey {
     }
 }
 
-impl std::fmt::Display for ObjectKey {
+impl std::fmt::Display for DownstreamKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.namespace {
             Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
@@ -117,7 +117,7 @@ impl Operation {
 #[derive(Debug)]
 pub struct SyncResult {
     /// The object.
-    pub key: Option<ObjectKey>,
+    pub key: Option<DownstreamKey>,
     /// What happened.
     pub operation: Operation,
     /// Write attempts made (0 when nothing was written).
@@ -138,7 +138,7 @@ pub struct SyncResult {
 }
 
 impl SyncResult {
-    pub(crate) fn new(key: Option<ObjectKey>, operation: Operation) -> Self {
+    pub(crate) fn new(key: Option<DownstreamKey>, operation: Operation) -> Self {
         Self {
             key,
             operation,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::types::ObjectKey;
+use super::types::DownstreamKey;
 
 /// Writes of the same desired object within [`WINDOW`] before the guard engages.
 pub const MAX_WRITES: usize = 5;
@@ -26,7 +26,7 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 /// The guard's state: one track per object that was written with an unchanged desired hash.
 #[derive(Debug, Default)]
 pub struct LoopGuard {
-    tracks: HashMap<ObjectKey, Track>,
+    tracks: HashMap<DownstreamKey, Track>,
 }
 
 #[derive(Debug)]
@@ -59,7 +59,7 @@ pub enum Verdict {
 
 impl LoopGuard {
     /// Whether downsync may write `key` once more for the unchanged desired `hash` now.
-    pub fn check(&mut self, key: &ObjectKey, hash: &str, now: Instant) -> Verdict {
+    pub fn check(&mut self, key: &DownstreamKey, hash: &str, now: Instant) -> Verdict {
         let track = self.tracks.entry(key.clone()).or_insert_with(|| Track::new(hash));
         if track.hash != hash {
             *track = Track::new(hash);
@@ -86,21 +86,21 @@ impl LoopGuard {
 
     /// While a pause runs for `key` at the unchanged desired `hash`: how long it still runs and
     /// what it engaged on ([`LoopGuard::note`]). Asked before any API call is made for it.
-    pub fn paused(&self, key: &ObjectKey, hash: &str, now: Instant) -> Option<(Duration, String)> {
+    pub fn paused(&self, key: &DownstreamKey, hash: &str, now: Instant) -> Option<(Duration, String)> {
         let track = self.tracks.get(key).filter(|t| t.hash == hash)?;
         let until = track.paused_until.filter(|u| *u > now)?;
         Some((until - now, track.why.clone()))
     }
 
     /// Notes what the guard engaged on for `key` (the fields and who changes them).
-    pub fn note(&mut self, key: &ObjectKey, why: String) {
+    pub fn note(&mut self, key: &DownstreamKey, why: String) {
         if let Some(t) = self.tracks.get_mut(key) {
             t.why = why;
         }
     }
 
     /// Notes a write of `key` for the unchanged desired `hash`.
-    pub fn wrote(&mut self, key: &ObjectKey, hash: &str, now: Instant) {
+    pub fn wrote(&mut self, key: &DownstreamKey, hash: &str, now: Instant) {
         let track = self.tracks.entry(key.clone()).or_insert_with(|| Track::new(hash));
         if track.hash != hash {
             *track = Track::new(hash);
@@ -109,7 +109,7 @@ impl LoopGuard {
     }
 
     /// Forgets `key`: its desired object changed, or it is gone.
-    pub fn forget(&mut self, key: &ObjectKey) {
+    pub fn forget(&mut self, key: &DownstreamKey) {
         self.tracks.remove(key);
     }
 }
@@ -125,13 +125,13 @@ mod tests {
     use super::*;
     use crate::sync::types::{Gvr, Resource};
 
-    fn mk_key() -> ObjectKey {
+    fn mk_key() -> DownstreamKey {
         let r = Resource {
             gvr: Gvr { group: "apps".into(), version: "v1".into(), resource: "deployments".into() },
             kind: "Deployment".into(),
             namespaced: true,
         };
-        ObjectKey::new(&r, Some("ns"), "web")
+        DownstreamKey::new(&r, Some("ns"), "web")
     }
 
     /// Drives a writer that flips the object every `every` for `total`, and downsync writing
