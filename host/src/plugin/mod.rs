@@ -16,6 +16,7 @@
 
 mod bindings;
 mod cache;
+mod candidates;
 mod capped;
 mod capture;
 mod component;
