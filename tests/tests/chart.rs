@@ -280,9 +280,9 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
 }
 
 /// Profile `plugins-registry`: every file its config names for registries (each
-/// `plugins.*.keys[]`, `registry.credentials`, `registry.caFile`) is the key of the Secret the
-/// values name, mounted read-only, and downsync parses the config. Any other profile mounts none
-/// of them and has no `registry` section.
+/// `plugins.*.keys[]`, `registry.caFile`, and the credentials at `$DOCKER_CONFIG/config.json`) is
+/// the key of the Secret the values name, mounted read-only, and downsync parses the config. Any
+/// other profile mounts none of them, sets no `DOCKER_CONFIG` and has no `registry` section.
 fn check_registry_mounts(profile: &str, config: &Value, spec: &Value, c: &Value) -> Result<()> {
     let volumes: BTreeSet<&str> =
         spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
@@ -291,6 +291,7 @@ fn check_registry_mounts(profile: &str, config: &Value, spec: &Value, c: &Value)
             assert!(!volumes.contains(v), "profile {profile}: volume {v} without its value");
         }
         assert!(config.get("registry").is_none(), "profile {profile}: {config}");
+        assert!(docker_config(c).is_none(), "profile {profile}: DOCKER_CONFIG without its Secret");
         return Ok(());
     }
     let text = serde_yaml_ng::to_string(config)?;
@@ -307,13 +308,14 @@ fn check_registry_mounts(profile: &str, config: &Value, spec: &Value, c: &Value)
         .map(|(i, k)| (format!("keys[{i}]"), k.as_str().unwrap_or_default(), ("downsync-plugin-keys", "cosign.pub")))
         .collect();
     assert_eq!(files.len(), 1, "{plugin}");
-    for (setting, secret, key) in [
-        ("credentials", "downsync-registry-credentials", ".dockerconfigjson"),
-        ("caFile", "downsync-registry-ca", "ca.crt"),
-    ] {
-        let path = config["registry"][setting].as_str().with_context(|| format!("no registry.{setting}: {config}"))?;
-        files.push((format!("registry.{setting}"), path, (secret, key)));
-    }
+    let ca = config["registry"]["caFile"].as_str().with_context(|| format!("no registry.caFile: {config}"))?;
+    files.push(("registry.caFile".into(), ca, ("downsync-registry-ca", "ca.crt")));
+    let credentials = format!("{}/config.json", docker_config(c).context("no DOCKER_CONFIG")?);
+    files.push((
+        "$DOCKER_CONFIG/config.json".into(),
+        &credentials,
+        ("downsync-registry-credentials", ".dockerconfigjson"),
+    ));
     let mounts = c["volumeMounts"].as_array().context("no volumeMounts")?;
     for (setting, path, (secret, key)) in files {
         let (kind, name, at) = source_of(spec, c, path).with_context(|| format!("{setting} {path}"))?;
@@ -327,6 +329,11 @@ fn check_registry_mounts(profile: &str, config: &Value, spec: &Value, c: &Value)
         assert!(mount.get("subPath").is_none(), "{setting}: a subPath mount never sees a rotated Secret");
     }
     Ok(())
+}
+
+/// The container's `DOCKER_CONFIG`, where downsync finds registry credentials.
+fn docker_config(c: &Value) -> Option<&str> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == "DOCKER_CONFIG")?["value"].as_str()
 }
 
 fn name_of(doc: &Value) -> Value {
@@ -527,9 +534,13 @@ fn the_chart_grants_the_rbac_of_the_kustomize_manifests_and_runs_the_same_config
         assert_eq!(budget(c), budget(k), "{what}: the PodDisruptionBudget");
         // The same security context, probes and mounts.
         let (kc, cc) = (container(k)?, container(c)?);
-        for field in ["securityContext", "livenessProbe", "readinessProbe", "ports", "env"] {
+        for field in ["securityContext", "livenessProbe", "readinessProbe", "ports"] {
             assert_eq!(cc[field], kc[field], "{what}: the container's {field}");
         }
+        // The same environment, in whatever order a patch merged it.
+        let env =
+            |c: &Value| -> BTreeSet<String> { c["env"].as_array().into_iter().flatten().map(canonical).collect() };
+        assert_eq!(env(cc), env(kc), "{what}: the container's env");
         let mounts = |c: &Value| -> BTreeSet<String> {
             c["volumeMounts"]
                 .as_array()

@@ -566,8 +566,12 @@ fn the_registry_variant_mounts_every_key_and_credentials_file_its_config_names_f
         }
     }
     assert!(!sources.is_empty(), "the registry variant takes no plugin from a registry: {text}");
-    let credentials = config.registry.credentials.clone().context("no registry.credentials")?;
-    named.push(("registry.credentials".into(), credentials.clone()));
+    // The credentials are docker's: $DOCKER_CONFIG/config.json.
+    let env = container["env"].as_array().context("no env")?;
+    let docker = env.iter().find(|e| e["name"] == "DOCKER_CONFIG").and_then(|e| e["value"].as_str());
+    let credentials =
+        PathBuf::from(docker.context("no DOCKER_CONFIG: the registry credentials are not found")?).join("config.json");
+    named.push(("$DOCKER_CONFIG/config.json".into(), credentials.clone()));
     if let Some(ca) = &config.registry.ca_file {
         named.push(("registry.caFile".into(), ca.clone()));
     }
@@ -598,13 +602,13 @@ fn the_registry_variant_mounts_every_key_and_credentials_file_its_config_names_f
         let file = root.join(path.strip_prefix("/").unwrap_or(path));
         std::fs::create_dir_all(file.parent().context("a file at /")?)?;
         std::fs::write(&file, content)?;
-        if setting == "registry.credentials" {
+        if setting == "$DOCKER_CONFIG/config.json" {
             credentials_secret = Some(doc.clone());
         }
     }
     // The credentials are an image pull Secret's docker config, as `kubectl create secret
     // docker-registry` makes it.
-    let doc = credentials_secret.context("registry.credentials comes from no Secret")?;
+    let doc = credentials_secret.context("$DOCKER_CONFIG/config.json comes from no Secret")?;
     assert_eq!(doc.str_at("/type"), "kubernetes.io/dockerconfigjson", "{}", doc.describe());
     // The README says how to make both, with the kubectl commands that give these keys and type.
     let readme = std::fs::read_to_string(registry_dir().join("README.md"))?;
@@ -616,7 +620,6 @@ fn the_registry_variant_mounts_every_key_and_credentials_file_its_config_names_f
     }
 
     // Pulled versions are cached under $XDG_CACHE_HOME/downsync/oci: a writable emptyDir.
-    let env = container["env"].as_array().context("no env")?;
     let xdg = env.iter().find(|e| e["name"] == "XDG_CACHE_HOME").and_then(|e| e["value"].as_str());
     let cache = format!("{}/downsync/oci", xdg.context("no XDG_CACHE_HOME")?);
     let mount = mounts

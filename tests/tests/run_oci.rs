@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use downsync_plugin_testing_stamp::{MARKER, variant};
 use downsync_tests::bench::reload::patch_bytes;
-use downsync_tests::daemon::{Daemon, cluster_args, run_to_end};
+use downsync_tests::daemon::{Daemon, cluster_args, run_to_end, run_to_end_with_env};
 use downsync_tests::objects::all_stamped;
 use downsync_tests::plugins::{guest_plugin_path, plugin_path};
 use downsync_tests::registry::{Cosign, Registry};
@@ -82,16 +82,17 @@ fn pull_failures(d: &Daemon, reason: &str) -> anyhow::Result<f64> {
 }
 
 /// The config of a syncer whose `stamp` plugin comes from `source`, trusting `key`; the
-/// registry's CA and credentials are copied beside it, as a pod mounts them.
+/// registry's CA and credentials are copied beside it, as a pod mounts them (the credentials as
+/// `docker/config.json`, the `DOCKER_CONFIG` of [`start`]).
 fn write_config(dir: &Path, registry: &Registry, source: &str, key: &Path) -> anyhow::Result<PathBuf> {
-    let (ca, creds) = (dir.join("ca.crt"), dir.join("dockerconfig.json"));
+    let ca = dir.join("ca.crt");
     std::fs::copy(&registry.ca, &ca)?;
-    std::fs::copy(&registry.docker_config, &creds)?;
+    std::fs::create_dir_all(dir.join("docker"))?;
+    std::fs::copy(&registry.docker_config, dir.join("docker/config.json"))?;
     let yaml = format!(
         "plugins:\n  stamp:\n    source: {source}\n    keys: [{key}]\n    rollout: {{mode: shadow, windowCalls: 3}}\n\
-         registry:\n  credentials: {creds}\n  caFile: {ca}\n  checkSeconds: 1\n",
+         registry:\n  caFile: {ca}\n  checkSeconds: 1\n",
         key = key.display(),
-        creds = creds.display(),
         ca = ca.display(),
     );
     let path = dir.join("config.yaml");
@@ -105,7 +106,13 @@ fn start(name: &str, ns: &str, config: &Path, cache: &Path) -> anyhow::Result<Da
         .map(String::from)
         .chain([config.display().to_string()])
         .collect();
-    let pod = [("POD_NAME", "downsync-oci-pod"), ("POD_NAMESPACE", ns), ("XDG_CACHE_HOME", &*cache.to_string_lossy())];
+    let docker = config.parent().unwrap_or(Path::new(".")).join("docker");
+    let pod = [
+        ("POD_NAME", "downsync-oci-pod"),
+        ("POD_NAMESPACE", ns),
+        ("XDG_CACHE_HOME", &*cache.to_string_lossy()),
+        ("DOCKER_CONFIG", &*docker.to_string_lossy()),
+    ];
     Daemon::start_with_env(name, &cluster_args()?, &args, Some("info,downsync=debug"), &pod)
 }
 
@@ -415,9 +422,8 @@ async fn a_signed_python_component_from_a_registry_keeps_the_downstream_replicas
     std::fs::write(
         &config,
         format!(
-            "plugins:\n  hpa-replicas:\n    source: {source}\n    keys: [{}]\nregistry:\n  credentials: {}\n  caFile: {}\n",
+            "plugins:\n  hpa-replicas:\n    source: {source}\n    keys: [{}]\nregistry:\n  caFile: {}\n",
             key.display(),
-            registry.docker_config.display(),
             registry.ca.display()
         ),
     )?;
@@ -436,7 +442,8 @@ async fn a_signed_python_component_from_a_registry_keeps_the_downstream_replicas
             &["--resource", "apps/v1/Deployment", "--namespace", &ns, "--target", &ns, "--config"].map(String::from)
         ));
         args.push(config.clone().into_os_string());
-        let (status, out, err) = run_to_end(&args)?;
+        let docker = registry.docker_config_dir.to_string_lossy();
+        let (status, out, err) = run_to_end_with_env(&args, &[("DOCKER_CONFIG", &*docker)])?;
         anyhow::ensure!(status.success(), "run --once: {out}\n{err}");
         Ok(err)
     };

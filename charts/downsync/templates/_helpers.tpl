@@ -64,9 +64,6 @@ resources in the order of config.resources.
 {{- $_ = set $c "metricsAddr" (printf "0.0.0.0:%v" .Values.endpoints.port) -}}
 {{- /* The registry files the chart mounts; a key under /etc/downsync/keys needs its Secret. */ -}}
 {{- $registry := deepCopy ($c.registry | default dict) -}}
-{{- if .Values.registry.credentialsSecret -}}
-{{- $_ = set $registry "credentials" "/etc/downsync/registry/config.json" -}}
-{{- end -}}
 {{- if .Values.registry.caSecret -}}
 {{- $_ = set $registry "caFile" "/etc/downsync/registry-ca/ca.crt" -}}
 {{- end -}}

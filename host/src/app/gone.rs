@@ -77,6 +77,12 @@ const GONE: &[Gone] = &[
                   (verified on every pull); a file in the plugins folder is trusted as whoever may write \
                   the folder, and `downsync plugin status` shows its sha256",
     },
+    Gone {
+        path: "registry.credentials",
+        instead: "credentials come from docker's own file, `$DOCKER_CONFIG/config.json` (else \
+                  `~/.docker/config.json`, where `docker login` writes): in a pod, mount the image pull \
+                  Secret's `.dockerconfigjson` as `config.json` and set `DOCKER_CONFIG` to its folder",
+    },
 ];
 
 /// Every removed setting, as the reference writes its path, with what replaced it.

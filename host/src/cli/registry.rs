@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use downsync::plugin::oci::{Pull, RegistrySettings, Source, TrustedKey, VerifyPolicy, push};
+use downsync::plugin::oci::{Pull, RegistrySettings, Source, TrustedKey, VerifyPolicy, docker_config, push};
 use downsync::plugin::{DEFAULT_MAX_COMPONENT_BYTES, Plugin, PluginEngine, read_component};
 
 use super::args::{Budget, RegistryArgs};
@@ -17,19 +17,10 @@ impl RegistryArgs {
                 anyhow::ensure!(f.is_file(), "{flag} {}: no such file", f.display());
             }
         }
-        let credentials = self.credentials.clone().or_else(default_docker_config);
+        let credentials = self.credentials.clone().or_else(docker_config);
         let insecure = if self.insecure { vec![source.registry().to_string()] } else { Vec::new() };
         Ok(RegistrySettings { credentials, ca_file: self.ca_file.clone(), insecure, ..RegistrySettings::default() })
     }
-}
-
-/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, where `docker login` and
-/// `cosign login` write, when it exists.
-fn default_docker_config() -> Option<PathBuf> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
-    Some(dir.join("config.json")).filter(|p| p.is_file())
 }
 
 /// `plugin push FILE oci://…`: checks the component as `plugin check` does, pushes it and prints

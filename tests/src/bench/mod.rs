@@ -187,12 +187,17 @@ impl Bench {
         let env: Vec<(String, String)> = replica
             .map(|r| vec![("POD_NAME".into(), r.into()), ("POD_NAMESPACE".into(), "default".into())])
             .unwrap_or_default();
+        self.spawn_with_env(args, name, &env)
+    }
+
+    /// [`Bench::spawn`] with more environment variables.
+    pub fn spawn_with_env(&self, args: &[String], name: &str, env: &[(String, String)]) -> Result<process::Downsync> {
         process::Downsync::spawn_with_env(
             &self.downsync,
             args,
             &self.work.join(format!("downsync-{name}.log")),
             &self.cache_home(),
-            &env,
+            env,
         )
     }
 

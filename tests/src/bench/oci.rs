@@ -94,17 +94,17 @@ async fn activations(
     std::fs::write(
         &config,
         format!(
-            "plugins:\n  stamp:\n    source: {}\n    keys: [{}]\nregistry:\n  credentials: {}\n  caFile: {}\n  checkSeconds: {INTERVAL}\n",
+            "plugins:\n  stamp:\n    source: {}\n    keys: [{}]\nregistry:\n  caFile: {}\n  checkSeconds: {INTERVAL}\n",
             registry.source("rules/stamp:live"),
             key.display(),
-            registry.docker_config.display(),
             registry.ca.display()
         ),
     )?;
     let ns = format!("bench-oci-{}", super::run_id());
     let mut args = super::sync::run_args(b, &[super::objects::Kind::ConfigMap], std::slice::from_ref(&ns), None);
     args.extend(["--target".into(), ns.clone(), "--config".into(), config.display().to_string()]);
-    let mut d = b.spawn(&args, "oci")?;
+    let docker = [("DOCKER_CONFIG".to_string(), registry.docker_config_dir.display().to_string())];
+    let mut d = b.spawn_with_env(&args, "oci", &docker)?;
     d.wait_ready(Duration::from_secs(120)).await?;
     let mut out = Vec::new();
     for n in 2..(2 + rounds as u64) {

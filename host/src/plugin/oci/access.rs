@@ -18,8 +18,12 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistrySettings {
     /// A docker config file (`{"auths": {...}}`, the `.dockerconfigjson` of an image pull
-    /// Secret) with the credentials of the registries plugins come from. Re-read at every
-    /// check, so a rotated Secret is picked up. Unset: anonymous.
+    /// Secret) with the credentials of the registries plugins come from, re-read at every check
+    /// so a rotated Secret is picked up. Not a setting: docker's own place, [`docker_config`]
+    /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`), where `docker login`,
+    /// `cosign login` and `oras login` write and a pod mounts its pull Secret; the push and pull
+    /// commands take another with `--credentials`. None there: anonymous.
+    #[serde(skip)]
     pub credentials: Option<PathBuf>,
     /// PEM file of CA certificates trusted for registries, besides the system's.
     pub ca_file: Option<PathBuf>,
@@ -32,7 +36,7 @@ pub struct RegistrySettings {
 
 impl Default for RegistrySettings {
     fn default() -> Self {
-        Self { credentials: None, ca_file: None, insecure: Vec::new(), check_seconds: 60 }
+        Self { credentials: docker_config(), ca_file: None, insecure: Vec::new(), check_seconds: 60 }
     }
 }
 
@@ -78,9 +82,18 @@ impl RegistrySettings {
     /// it has none for that registry.
     pub fn auth(&self, registry: &str) -> Result<RegistryAuth, PullError> {
         let Some(path) = &self.credentials else { return Ok(RegistryAuth::Anonymous) };
-        let text = read_small(path).map_err(|e| setting_error("registry.credentials", path, &e))?;
-        auth_from_docker_config(&text, registry).map_err(|e| setting_error("registry.credentials", path, &e))
+        let text = read_small(path).map_err(|e| setting_error("the docker config file", path, &e))?;
+        auth_from_docker_config(&text, registry).map_err(|e| setting_error("the docker config file", path, &e))
     }
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, when it exists: where `docker
+/// login` and `cosign login` write.
+pub fn docker_config() -> Option<PathBuf> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    Some(dir.join("config.json")).filter(|p| p.is_file())
 }
 
 fn setting_error(setting: &str, path: &Path, why: &str) -> PullError {

@@ -16,7 +16,7 @@ mod source;
 mod state;
 mod store;
 
-pub use access::RegistrySettings;
+pub use access::{RegistrySettings, docker_config};
 pub use error::{PullError, PullFailure};
 pub use follow::{FollowHandle, Followed, Sources};
 pub use pull::{Pull, Pulled};
