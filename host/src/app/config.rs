@@ -495,7 +495,7 @@ impl RunConfig {
         }
         super::features::validate(&self.feature_gates)
             .map_err(|e| Error::Invalid { setting: "featureGates".into(), message: e.to_string() })?;
-        use super::features::{SHADOW_ROLLOUT, SHARDING};
+        use super::features::{REGISTRY_SOURCES, SHADOW_ROLLOUT, SHARDING};
         if let Some(ha) = &self.ha
             && ha.shards > 1
             && !self.feature(SHARDING)
@@ -511,6 +511,14 @@ impl RunConfig {
             return invalid(
                 &format!("plugins.{name}.rollout.mode"),
                 format!("{} needs the {SHADOW_ROLLOUT} feature gate, which is off", p.rollout.mode),
+            );
+        }
+        if let Some(name) = self.plugins.iter().find(|(_, p)| p.source.is_some()).map(|(n, _)| n)
+            && !self.feature(REGISTRY_SOURCES)
+        {
+            return invalid(
+                &format!("plugins.{name}.source"),
+                format!("plugins from registries need the {REGISTRY_SOURCES} feature gate, which is off"),
             );
         }
         if self.orphan_grace_seconds > MAX_PERIOD_SECONDS {
@@ -776,7 +784,7 @@ mod tests {
     #[test]
     fn feature_gates_are_checked_and_each_gate_works_on_and_off() {
         use super::super::features::{
-            CLIENT_INTENT, GATES, INPUT_PROJECTION, SHADOW_ROLLOUT, SHARDING, TIERED_COMPILATION,
+            CLIENT_INTENT, GATES, INPUT_PROJECTION, REGISTRY_SOURCES, SHADOW_ROLLOUT, SHARDING, TIERED_COMPILATION,
         };
         let base = "resources: [{apiVersion: v1, kind: ConfigMap}]\n";
         let unknown = mk_config(&format!("{base}featureGates: {{NoSuchGate: true}}")).unwrap();
@@ -805,6 +813,14 @@ mod tests {
         let err =
             mk_config(&format!("{shadow}featureGates: {{{SHADOW_ROLLOUT}: false}}")).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("plugins.stamp.rollout.mode") && err.to_string().contains("manual"), "{err}");
+        let source = format!("{base}plugins: {{stamp: {{source: 'oci://127.0.0.1:5000/r/stamp:v1', verify: off}}}}\n");
+        assert!(mk_config(&source).unwrap().validate().is_ok());
+        let err =
+            mk_config(&format!("{source}featureGates: {{{REGISTRY_SOURCES}: false}}")).unwrap().validate().unwrap_err();
+        assert!(
+            err.to_string().contains("plugins.stamp.source") && err.to_string().contains(REGISTRY_SOURCES),
+            "{err}"
+        );
     }
 
     #[test]

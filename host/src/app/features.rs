@@ -58,6 +58,8 @@ pub const TIERED_COMPILATION: &str = "TieredCompilation";
 pub const SHADOW_ROLLOUT: &str = "ShadowRollout";
 /// `ha.shards` above 1: upstream namespaces split across replicas, a Lease each.
 pub const SHARDING: &str = "Sharding";
+/// `plugins.<name>.source`: plugins pulled from OCI registries, verified, followed by tag.
+pub const REGISTRY_SOURCES: &str = "RegistrySources";
 
 /// Every gate downsync knows.
 pub const GATES: &[Gate] = &[
@@ -72,6 +74,12 @@ pub const GATES: &[Gate] = &[
         stage: Stage::Beta,
         default: true,
         description: "send a 0.2.0 plugin only the fields its `reads` names",
+    },
+    Gate {
+        name: REGISTRY_SOURCES,
+        stage: Stage::Beta,
+        default: true,
+        description: "allow `plugins.<name>.source`: plugins pulled from OCI registries, verified, and followed by tag",
     },
     Gate {
         name: SHADOW_ROLLOUT,
