@@ -53,14 +53,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Summary> {
     config.validate()?;
-    if opts.once && config.ha.is_some() {
-        return Err(super::config::Error::Invalid {
-            setting: "ha".into(),
-            message: "--once syncs everything in one process and exits; it cannot run as one of several replicas"
-                .into(),
-        }
-        .into());
-    }
+    refuse_once_with_ha(&config, &opts)?;
     // Bind first: a taken address is a mistake to report before anything else happens.
     let listener = match config.metrics_addr {
         Some(addr) => Some(http::bind(addr, opts.insecure_endpoints).await?),
@@ -132,6 +125,19 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(controller.summary())
+}
+
+/// `--once` syncs everything in one process and exits: it is no replica among several.
+fn refuse_once_with_ha(config: &RunConfig, opts: &RunOptions) -> Result<()> {
+    if opts.once && config.ha.is_some() {
+        return Err(super::config::Error::Invalid {
+            setting: "ha".into(),
+            message: "--once syncs everything in one process and exits; it cannot run as one of several replicas"
+                .into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Resolves every configured kind on both sides. A kind not served yet waits (its CRD may
