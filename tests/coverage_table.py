@@ -1,5 +1,5 @@
 """Turns an lcov report of `cargo llvm-cov` into docs/coverage.md: lines covered per file and
-per module of host/src, with the goals of issue 13 (sync >= 85%, host >= 75%).
+per module of host/src, with the goals of issue 29 (sync >= 85%, all of host/src >= 80%).
 
 The unit tests live in each file's `#[cfg(test)] mod tests`, and they run in full; counting them
 would flatter the figure, so every line from that attribute on is left out."""
@@ -71,7 +71,7 @@ def main() -> None:
     out = [
         "# Test coverage",
         "",
-        "Lines of `host/src` run by the unit and integration tests, measured by `tests/coverage.sh` "
+        "Lines of `host/src` run by the unit and integration tests, measured by `tests/run.sh --coverage` "
         "(`cargo llvm-cov`). The integration tests run against two real control planes, and the `downsync` "
         "binary they start is instrumented too. The unit tests' own lines (each file's `#[cfg(test)] mod "
         "tests`) are not counted.",
@@ -81,7 +81,7 @@ def main() -> None:
         "| goal | measured | |",
         "| --- | --- | --- |",
         f"| `host/src/sync` ≥ 85% | {pct(*sync)} | {verdict(sync, 0.85)} |",
-        f"| `host/` ≥ 75% | {pct(*total)} | {verdict(total, 0.75)} |",
+        f"| all of `host/src` ≥ 80% | {pct(*total)} | {verdict(total, 0.80)} |",
         "",
         "| module | lines | covered | % |",
         "| --- | ---: | ---: | ---: |",
