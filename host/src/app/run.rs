@@ -214,6 +214,7 @@ fn controller(
         kinds: config.resources.iter().cloned().map(KindSlot::new).collect(),
         waiting: super::context::Waiting::default(),
         many_workspaces,
+        list_modes: super::watches::ListModes::default(),
         syncer,
         config,
     })

@@ -17,19 +17,12 @@ use super::context::{Controller, Watched, lock};
 use super::keys::{WorkKey, down_key, up_key};
 use super::packing::{compact_managed_fields, pack, strip_managed_fields};
 use super::startup::Resolved;
+use crate::kube::lists::{self, ListMode};
 use crate::kube::{reconnect, upstream};
 use crate::sync::{ownership, workspaces};
 
-/// Objects per page of a watcher's initial list. A page is decoded whole (its text, then a
-/// `serde_json::Value` tree per object, managedFields included, before [`pack`] and
-/// [`compact_managed_fields`] shrink them), and every reflector of both sides lists at once on
-/// a start: with kube's default of 500, the pages in flight were 18 MiB of the 71 MiB heap peak
-/// at 10,000 objects (docs/benchmarks.md, section 4). 100 cuts that by five, for four times as
-/// many list requests (100 per kind and side at 10,000 objects).
-const LIST_PAGE: u32 = 100;
-
 /// The event stream of one reflector.
-pub type EventStream = futures::stream::BoxStream<'static, std::result::Result<Event<DynamicObject>, watcher::Error>>;
+pub use crate::kube::lists::EventStream;
 
 /// Keys an object read from many kcp workspaces by its workspace as well: its namespace
 /// becomes `<logical cluster>/<namespace>` ([`workspaces::qualify_namespace`]), in the cache
@@ -43,26 +36,36 @@ pub fn qualify_by_workspace(o: &mut DynamicObject) {
     }
 }
 
+/// How the watches of each side list: streaming, or in pages where the server refuses that
+/// ([`lists::watch`]), learnt once per side.
+#[derive(Debug, Default)]
+pub struct ListModes {
+    /// The upstream server's.
+    pub up: Arc<ListMode>,
+    /// The downstream server's.
+    pub down: Arc<ListMode>,
+}
+
 /// The two reflectors of one kind: its caches, and the event streams that fill them. With
 /// `many_workspaces`, upstream objects are keyed by their kcp workspace too.
 pub fn kind_streams(
     config: &RunConfig,
     resolved: Resolved,
-    up: &Client,
-    down: &Client,
+    (up, down): (&Client, &Client),
+    modes: &ListModes,
     many_workspaces: bool,
 ) -> (Arc<Watched>, EventStream, EventStream) {
     let Resolved { config: resource, up_ar, down_ar, down_resource } = resolved;
     let owned = ownership::owned_selector(&config.sync.ownership);
     let client_intent = config.client_intent();
-    let mut up_wc = watcher::Config::default().page_size(LIST_PAGE);
+    let mut up_wc = watcher::Config::default();
     if let Some(sel) = &resource.label_selector {
         up_wc = up_wc.labels(sel);
     }
     let up_writer = reflector::store::Writer::new(up_ar.clone());
     let up_store = up_writer.as_reader();
     let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
-    let up_stream = watcher::watcher(up_api, up_wc)
+    let up_stream = lists::watch(up_api, up_wc, Arc::clone(&modes.up), "upstream", resource.kind.clone())
         .backoff(reconnect::backoff())
         .modify(move |o| {
             if many_workspaces {
@@ -75,7 +78,8 @@ pub fn kind_streams(
     let down_writer = reflector::store::Writer::new(down_ar.clone());
     let down_store = down_writer.as_reader();
     let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
-    let down_stream = watcher::watcher(down_api, watcher::Config::default().page_size(LIST_PAGE).labels(&owned))
+    let down_wc = watcher::Config::default().labels(&owned);
+    let down_stream = lists::watch(down_api, down_wc, Arc::clone(&modes.down), "downstream", resource.kind.clone())
         .backoff(reconnect::backoff())
         .modify(|o| {
             strip_managed_fields(o);
@@ -120,7 +124,8 @@ impl Controller {
     pub(super) fn watch_kind(self: &Arc<Self>, index: usize, resolved: Resolved, now: bool) {
         let Some(slot) = self.kinds.get(index) else { return };
         let (up, down) = (self.upstream.client(), self.syncer.downstream().client());
-        let (watched, up_stream, down_stream) = kind_streams(&self.config, resolved, up, down, self.many_workspaces);
+        let (watched, up_stream, down_stream) =
+            kind_streams(&self.config, resolved, (up, down), &self.list_modes, self.many_workspaces);
         if now {
             slot.set(Some(Arc::clone(&watched)));
         }

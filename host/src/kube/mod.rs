@@ -7,6 +7,7 @@ pub mod clients;
 pub mod downstream;
 pub mod errors;
 mod events;
+pub mod lists;
 pub mod pod_events;
 pub mod reconnect;
 pub mod upstream;

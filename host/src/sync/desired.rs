@@ -64,7 +64,7 @@ fn feed_canonical(h: &mut Sha256, v: &Value) {
             keys.sort_unstable();
             h.update(b"{");
             for k in keys {
-                h.update(Value::from(k.as_str()).to_string().as_bytes());
+                feed_json(h, k);
                 h.update(b":");
                 if let Some(child) = map.get(k) {
                     feed_canonical(h, child);
@@ -81,8 +81,26 @@ fn feed_canonical(h: &mut Sha256, v: &Value) {
             }
             h.update(b"]");
         }
-        scalar => h.update(scalar.to_string().as_bytes()),
+        scalar => feed_json(h, scalar),
     }
+}
+
+/// Feeds the compact JSON text of `v` to the hasher as it is written, the same bytes as
+/// `to_string()` without the string: every key and scalar of every object hashed went through
+/// an allocation (two for a key) before, about a tenth of a restart's CPU (docs/benchmarks.md).
+fn feed_json<T: serde::Serialize + ?Sized>(h: &mut Sha256, v: &T) {
+    struct Feed<'a>(&'a mut Sha256);
+    impl std::io::Write for Feed<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Writing a string or a JSON scalar into a hasher cannot fail.
+    let _ = serde_json::to_writer(Feed(h), v);
 }
 
 /// A digest of what an object holds, as downstream stores it: everything but its status and
@@ -155,6 +173,58 @@ mod tests {
             m.extend(extra.clone());
         }
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    }
+
+    /// The canonical text as it was first hashed: keys and scalars through `to_string()`. The
+    /// hashes are stamped on downstream objects, so they must never change.
+    fn mk_reference_hash(v: &Value, fingerprint: &str) -> String {
+        fn feed(out: &mut String, v: &Value) {
+            match v {
+                Value::Object(map) => {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort_unstable();
+                    out.push('{');
+                    for k in keys {
+                        out.push_str(&Value::from(k.as_str()).to_string());
+                        out.push(':');
+                        feed(out, &map[k.as_str()]);
+                        out.push(',');
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for item in items {
+                        feed(out, item);
+                        out.push(',');
+                    }
+                    out.push(']');
+                }
+                scalar => out.push_str(&scalar.to_string()),
+            }
+        }
+        let mut text = String::new();
+        feed(&mut text, v);
+        let mut h = Sha256::new();
+        h.update(text.as_bytes());
+        h.update([0]);
+        h.update(fingerprint.as_bytes());
+        h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_desired_hash_is_the_hash_of_the_canonical_text_it_always_was() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a\"b", "labels": {"é": "ü\n", "z": ""}},
+                   "data": {"k": "v\u{1}\t/"}, "immutable": true}),
+            json!({"spec": {"replicas": 3, "ratio": 0.25, "big": 18446744073709551615u64, "neg": -7, "none": null,
+                   "ports": [{"port": 80}, [], {}], "empty": ""}}),
+            json!("scalar"),
+            json!(null),
+        ];
+        for o in &objects {
+            assert_eq!(desired_hash(o, "rules|intent:x"), mk_reference_hash(o, "rules|intent:x"), "{o}");
+        }
     }
 
     #[test]
