@@ -59,7 +59,7 @@ pub struct Controller {
     /// The upstream serves many kcp workspaces: objects are keyed by workspace too.
     pub(super) many_workspaces: bool,
     /// How each side's watches list (streaming or paged), as the servers answered.
-    pub(super) list_modes: super::watches::ListModes,
+    pub(super) list_modes: crate::kube::lists::ListModes,
 }
 
 /// One configured kind, resolved on both sides, with its reflector stores.

@@ -58,6 +58,9 @@ pub const TIERED_COMPILATION: &str = "TieredCompilation";
 pub const SHADOW_ROLLOUT: &str = "ShadowRollout";
 /// `ha.shards` above 1: upstream namespaces split across replicas, a Lease each.
 pub const SHARDING: &str = "Sharding";
+/// Watches list by streaming (`sendInitialEvents`) where the server offers it, as client-go's
+/// gate of the same name. Off: in pages, as before.
+pub const WATCH_LIST_CLIENT: &str = "WatchListClient";
 /// `plugins.<name>.source`: plugins pulled from OCI registries, verified, followed by tag.
 pub const REGISTRY_SOURCES: &str = "RegistrySources";
 
@@ -98,6 +101,12 @@ pub const GATES: &[Gate] = &[
         stage: Stage::Beta,
         default: true,
         description: "run a new plugin version on Winch's code while Cranelift compiles it in the background",
+    },
+    Gate {
+        name: WATCH_LIST_CLIENT,
+        stage: Stage::Beta,
+        default: true,
+        description: "list by streaming (a watch with sendInitialEvents) where the API server offers it, in pages where it refuses; off: always in pages",
     },
 ];
 

@@ -214,7 +214,7 @@ fn controller(
         kinds: config.resources.iter().cloned().map(KindSlot::new).collect(),
         waiting: super::context::Waiting::default(),
         many_workspaces,
-        list_modes: super::watches::ListModes::default(),
+        list_modes: crate::kube::lists::ListModes::new(config.feature(super::features::WATCH_LIST_CLIENT)),
         syncer,
         config,
     })

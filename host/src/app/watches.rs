@@ -17,7 +17,7 @@ use super::context::{Controller, Watched, lock};
 use super::keys::{WorkKey, down_key, up_key};
 use super::packing::{compact_managed_fields, pack, strip_managed_fields};
 use super::startup::Resolved;
-use crate::kube::lists::{self, ListMode};
+use crate::kube::lists::{self, ListModes};
 use crate::kube::{reconnect, upstream};
 use crate::sync::{ownership, workspaces};
 
@@ -34,16 +34,6 @@ pub fn qualify_by_workspace(o: &mut DynamicObject) {
     if let Some(ns) = &o.metadata.namespace {
         o.metadata.namespace = Some(workspaces::qualify_namespace(cluster, ns));
     }
-}
-
-/// How the watches of each side list: streaming, or in pages where the server refuses that
-/// ([`lists::watch`]), learnt once per side.
-#[derive(Debug, Default)]
-pub struct ListModes {
-    /// The upstream server's.
-    pub up: Arc<ListMode>,
-    /// The downstream server's.
-    pub down: Arc<ListMode>,
 }
 
 /// The two reflectors of one kind: its caches, and the event streams that fill them. With

@@ -25,6 +25,25 @@ use tracing::info;
 /// section 4). 100 cuts that by five, for four times as many list requests.
 pub const LIST_PAGE: u32 = 100;
 
+/// How the watches of each side list: streaming, or in pages where the server refuses that
+/// ([`watch`]), learnt once per side.
+#[derive(Debug, Default)]
+pub struct ListModes {
+    /// The upstream server's.
+    pub up: Arc<ListMode>,
+    /// The downstream server's.
+    pub down: Arc<ListMode>,
+}
+
+impl ListModes {
+    /// Both sides try streaming first; with `streaming` false (the `WatchListClient` feature
+    /// gate off), both list in pages from the start.
+    pub fn new(streaming: bool) -> Self {
+        let mode = || if streaming { ListMode::shared() } else { ListMode::paged() };
+        Self { up: mode(), down: mode() }
+    }
+}
+
 /// What one API server offers for a watch's first list, as learnt from its answers.
 #[derive(Debug, Default)]
 pub struct ListMode(AtomicU8);
@@ -48,6 +67,11 @@ impl ListMode {
     /// A mode shared by the watches of one client.
     pub fn shared() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A mode that lists in pages from the start (the `WatchListClient` gate off).
+    pub fn paged() -> Arc<Self> {
+        Arc::new(Self(AtomicU8::new(PAGED)))
     }
 
     /// What is known of the server.
@@ -133,6 +157,15 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watch_list_client_gate_off_lists_in_pages_from_the_start() {
+        let on = ListModes::new(true);
+        assert_eq!((on.up.current(), on.down.current()), (Listing::Unknown, Listing::Unknown));
+        let off = ListModes::new(false);
+        assert_eq!((off.up.current(), off.down.current()), (Listing::Paged, Listing::Paged));
+        assert!(!off.up.streamed(), "a paged server is never taken for a streaming one");
+    }
 
     fn mk_status(code: u16) -> Box<kube::core::Status> {
         Box::new(kube::core::Status::failure("sendInitialEvents is forbidden", "Invalid").with_code(code))
