@@ -1,4 +1,4 @@
-//! `downsync run` across its life: a restart writes nothing, a SIGKILL mid-sync still
+//! `downsync run` across its life: a restart writes only what changed while it was down, a SIGKILL mid-sync still
 //! converges, orphans go only after the grace period, the upstream finalizer and status
 //! upsync, `--once`, `diff`, hot plugin swaps and readiness, and bad input.
 
@@ -31,29 +31,48 @@ fn args_with(ns: &str, plugins: &std::path::Path, extra: &[&str]) -> anyhow::Res
 }
 
 #[tokio::test]
-async fn a_restart_over_synced_objects_writes_nothing_downstream() -> anyhow::Result<()> {
+async fn a_restart_over_synced_objects_writes_only_what_changed_while_it_was_down() -> anyhow::Result<()> {
     let env = TestEnv::new("run-restart").await?;
     let ns = env.namespace.clone();
     create_all(&env.upstream, &ns, mk_mix(&ns, 300)).await?;
     let a = args(&ns, &[])?;
     let mut first = Daemon::start("restart-1", &a)?;
     first.wait_ready(Duration::from_secs(120)).await?;
+    let first_log = first.log.clone();
     assert!(first.terminate()?.success(), "SIGTERM exits 0");
-    let before = resource_versions(&env.downstream, &ns).await?;
+    let saved = std::fs::read_to_string(&first_log)?.contains("saved the state for the next run");
+    assert!(saved, "log: {}", first_log.display());
+    // While downsync is down, someone edits one copy.
+    let copies: Api<ConfigMap> = Api::namespaced(env.downstream.clone(), &ns);
+    let edit = json!({"data": {"index": "edited while downsync was down"}});
+    copies.patch("obj-00002", &PatchParams::default(), &Patch::Merge(&edit)).await?;
+    let mut before = resource_versions(&env.downstream, &ns).await?;
     assert_eq!(before.len(), 300);
 
     let mut second = Daemon::start("restart-2", &a)?;
     second.wait_ready(Duration::from_secs(120)).await?;
+    assert!(
+        second.log_text().contains("kept the state of the last run"),
+        "the second run starts from the first one's state; log: {}",
+        second.log.display()
+    );
+    eventually("the edit made while down to be reverted", Duration::from_secs(30), || async {
+        let cm = copies.get("obj-00002").await?;
+        Ok((cm.data.as_ref().and_then(|d| d.get("index")).map(String::as_str) == Some("2")).then_some(()))
+    })
+    .await?;
     // Give any late write the chance to land before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = resource_versions(&env.downstream, &ns).await?;
-    assert_eq!(before, after, "a downstream object changed its resourceVersion: something was written");
+    let mut after = resource_versions(&env.downstream, &ns).await?;
+    let edited = ("ConfigMap".to_string(), "obj-00002".to_string());
+    assert_ne!(before.remove(&edited), after.remove(&edited), "the edited copy is written back");
+    assert_eq!(before, after, "a downstream object changed its resourceVersion: something else was written");
     let writes = ["created", "updated", "recreated", "deleted"]
         .iter()
         .map(|op| second.metric("downsync_syncs_total", &[&format!("operation=\"{op}\"")]))
         .sum::<anyhow::Result<f64>>()?;
-    assert_eq!(writes, 0.0);
-    assert!(second.metric("downsync_syncs_total", &[r#"operation="unchanged""#])? >= 300.0);
+    assert_eq!(writes, 1.0, "one write: the edited copy");
+    assert!(second.metric("downsync_syncs_total", &[r#"operation="unchanged""#])? >= 299.0);
     assert!(second.terminate()?.success());
     env.cleanup().await
 }

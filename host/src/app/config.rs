@@ -586,8 +586,13 @@ impl RunConfig {
 
     /// Where pulled plugin versions are cached: beside the compiled components.
     pub fn registry_cache_dir(&self) -> PathBuf {
+        self.cache_root().join("oci")
+    }
+
+    /// The folder of downsync's caches: the one that holds the compiled components.
+    pub fn cache_root(&self) -> PathBuf {
         let components = self.engine_config().cache_dir.unwrap_or_else(|| std::env::temp_dir().join("downsync"));
-        components.parent().map_or_else(|| components.join("oci"), |p| p.join("oci"))
+        components.parent().map_or(components.clone(), Path::to_path_buf)
     }
 }
 

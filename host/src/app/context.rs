@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::cache::ObjectCache;
 use super::config::{ResourceConfig, RunConfig};
 use super::connectivity::Connectivity;
 use super::ha::ShardGate;
@@ -17,7 +17,6 @@ use super::http::Health;
 use super::keys::{UpstreamKey, WorkKey};
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
-use super::packing::annotation;
 use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
 use crate::plugin::PluginRegistry;
@@ -74,28 +73,20 @@ pub struct Watched {
     /// Downstream resource, as the core names it.
     pub down_resource: Resource,
     /// Selected upstream objects.
-    pub up_store: Store<DynamicObject>,
+    pub up_store: Arc<ObjectCache>,
     /// Owned downstream objects.
-    pub down_store: Store<DynamicObject>,
+    pub down_store: Arc<ObjectCache>,
 }
 
 impl Watched {
     /// The upstream object of a key, from the cache.
     pub fn upstream(&self, key: &UpstreamKey) -> Option<Arc<DynamicObject>> {
-        let mut r = ObjectRef::new_with(&key.name, self.up_ar.clone());
-        if let Some(ns) = &key.namespace {
-            r = r.within(ns);
-        }
-        self.up_store.get(&r)
+        self.up_store.get(key.namespace.as_deref(), &key.name)
     }
 
     /// The owned downstream copy in `downstream_ns`, from the cache.
     pub fn downstream(&self, name: &str, downstream_ns: Option<&str>) -> Option<Arc<DynamicObject>> {
-        let mut r = ObjectRef::new_with(name, self.down_ar.clone());
-        if let Some(ns) = downstream_ns {
-            r = r.within(ns);
-        }
-        self.down_store.get(&r)
+        self.down_store.get(downstream_ns, name)
     }
 }
 
@@ -185,8 +176,8 @@ impl Controller {
     /// Whether an upstream object is synced: its resource selects it, and it is not one this
     /// instance wrote (upstream and downstream may be one cluster, into other namespaces).
     pub(super) fn selected(&self, w: &Watched, obj: &DynamicObject) -> bool {
-        let stamp = annotation(obj, ownership::OWNER_ANNOTATION);
-        let ours = stamp.is_some_and(|s| s == ownership::owner_value(&self.config.sync.ownership));
+        let stamp = obj.annotations().get(ownership::OWNER_ANNOTATION);
+        let ours = stamp.is_some_and(|s| *s == ownership::owner_value(&self.config.sync.ownership));
         let ns = obj.metadata.namespace.as_deref().map(|ns| crate::sync::workspaces::split_namespace(ns).1);
         !ours && self.config.selects(&w.config, ns, &obj.name_any())
     }

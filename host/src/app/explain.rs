@@ -252,7 +252,7 @@ impl Controller {
         }
         let namespaces: Vec<String> = w
             .up_store
-            .state()
+            .metadata()
             .iter()
             .filter(|o| o.metadata.name.as_deref() == Some(name))
             .filter_map(|o| o.metadata.namespace.clone())

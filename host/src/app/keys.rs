@@ -5,7 +5,6 @@
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
-use super::packing::annotation;
 use crate::sync::mapping::UPSTREAM_NAMESPACE_ANNOTATION;
 use crate::sync::workspaces;
 
@@ -42,8 +41,9 @@ pub fn up_key(index: usize, obj: &DynamicObject) -> WorkKey {
 
 /// The key of the upstream object a downstream copy stands for.
 pub fn down_key(index: usize, obj: &DynamicObject) -> WorkKey {
-    let ns = annotation(obj, UPSTREAM_NAMESPACE_ANNOTATION).or_else(|| obj.metadata.namespace.clone());
-    let ns = match (annotation(obj, workspaces::UPSTREAM_CLUSTER_ANNOTATION), ns) {
+    let annotation = |name: &str| obj.annotations().get(name).cloned();
+    let ns = annotation(UPSTREAM_NAMESPACE_ANNOTATION).or_else(|| obj.metadata.namespace.clone());
+    let ns = match (annotation(workspaces::UPSTREAM_CLUSTER_ANNOTATION), ns) {
         (Some(cluster), Some(ns)) => Some(workspaces::qualify_namespace(&cluster, &ns)),
         (_, ns) => ns,
     };

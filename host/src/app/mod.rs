@@ -3,6 +3,7 @@
 //! workers and their reconcile, HA, metrics and the HTTP endpoints. The commands of the binary are in `cli/` beside it.
 
 pub mod background;
+pub mod cache;
 pub mod config;
 pub mod connectivity;
 pub mod context;
@@ -24,6 +25,7 @@ pub mod reconcile;
 pub mod reference;
 pub mod run;
 pub mod startup;
+pub mod state_file;
 pub mod watches;
 pub mod workers;
 

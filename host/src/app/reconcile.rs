@@ -13,7 +13,6 @@ use super::context::{Controller, Watched};
 use super::error_policy::ReconcileError;
 use super::keys::{UpstreamKey, WorkKey};
 use super::namespaces::Cleanup;
-use super::packing::{body, unpack};
 use crate::kube::upstream;
 use crate::sync::mapping;
 use crate::sync::{DownstreamKey, Operation, SyncError};
@@ -30,23 +29,17 @@ pub enum Action {
 /// Result of one reconcile.
 pub type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
-/// The object as JSON, with its apiVersion and kind: list and watch items often lack them. A
-/// cached object's body is kept as text ([`super::packing::body`]) and parsed here.
+/// The object as JSON, with its apiVersion and kind: list and watch items often lack them.
 pub fn to_value(obj: &DynamicObject, ar: &ApiResource) -> Value {
     let mut map = serde_json::Map::new();
     map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
     map.insert("kind".into(), Value::String(ar.kind.clone()));
-    let (body, packed) = unpack(obj);
     // Typed metadata always serialises, to a map.
-    let mut metadata = serde_json::to_value(&obj.metadata).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut metadata {
-        m.extend(packed);
-    }
-    map.insert("metadata".into(), metadata);
-    if let Value::Object(body) = body {
+    map.insert("metadata".into(), serde_json::to_value(&obj.metadata).unwrap_or(Value::Null));
+    if let Value::Object(body) = &obj.data {
         for (k, v) in body {
             if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                map.insert(k, v);
+                map.insert(k.clone(), v.clone());
             }
         }
     }
@@ -123,9 +116,9 @@ async fn sync(
     }
     if ctx.config.status_upsync
         && let Some(d) = down
-        && let Some(status) = body(d).get("status").cloned()
-        && body(up).get("status") != Some(&status)
-        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, &status).await
+        && let Some(status) = d.data.get("status")
+        && up.data.get("status") != Some(status)
+        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, status).await
     {
         ctx.metrics.record_failure(kind, "upsync");
         return Err(ReconcileError::Upstream { operation: "copying the status", message: e.to_string() });
@@ -240,9 +233,8 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
 
 async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -> Result<Action> {
     // Still wanted: some selected upstream object lives in it.
-    let wanted = ctx.all_watched().iter().any(|(_, w)| {
-        w.up_store.state().iter().any(|o| o.metadata.namespace.as_deref() == Some(upstream) && ctx.selected(w, o))
-    });
+    let wanted =
+        ctx.all_watched().iter().any(|(_, w)| w.up_store.metadata_in(upstream).iter().any(|o| ctx.selected(w, o)));
     if wanted {
         return Ok(Action::Done);
     }

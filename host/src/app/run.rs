@@ -17,6 +17,7 @@ use super::keys::WorkKey;
 use super::metrics::SyncMetrics;
 use super::namespaces::Namespaces;
 use super::startup::{Resolution, connect, plugin_reloader, resolve_kind, watch_plugins};
+use super::state_file::StateFile;
 use crate::kube::KubeDownstream;
 use crate::kube::upstream::Upstream;
 use crate::plugin::{Metrics, PluginRegistry, PluginSet};
@@ -90,7 +91,9 @@ pub async fn run(
         info!(upstream = %up.url, "the upstream serves many kcp workspaces: each is kept apart");
         upstream = upstream.with_workspaces(up.config.clone(), "downsync", opts.instance.clone());
     }
-    let controller = controller(config, upstream, &down.client, &parts, many_workspaces, &health, workers_alive);
+    let (state_file, state) = last_state(&config, &down.url).await;
+    let controller =
+        controller(config, upstream, (&down.client, state), &parts, many_workspaces, &health, workers_alive);
     health.set_explainer(Arc::clone(&controller) as Arc<dyn http::Explainer>);
     controller.start_watches(resolutions);
 
@@ -120,11 +123,21 @@ pub async fn run(
         info!("shutdown requested; finishing the syncs in flight");
     }
     running.stop(&controller).await;
+    let state = controller.syncer.state().clone();
+    let _ = tokio::task::spawn_blocking(move || state_file.save(&state)).await;
     let _ = stop_tx.send(true);
     for task in server {
         let _ = task.await;
     }
     Ok(controller.summary())
+}
+
+/// The state the last run saved, read off the workers' threads.
+async fn last_state(config: &RunConfig, downstream_url: &str) -> (StateFile, StateCache) {
+    let file = StateFile::new(config, downstream_url);
+    let reader = file.clone();
+    let state = tokio::task::spawn_blocking(move || reader.load()).await.unwrap_or_default();
+    (file, state)
 }
 
 /// `--once` syncs everything in one process and exits: it is no replica among several.
@@ -182,20 +195,15 @@ fn health(
 fn controller(
     config: RunConfig,
     upstream: Upstream,
-    down: &kube::Client,
+    (down, state): (&kube::Client, StateCache),
     parts: &Parts,
     many_workspaces: bool,
     health: &Arc<Health>,
     workers_alive: Arc<AtomicUsize>,
 ) -> Arc<Controller> {
     let drift = config.resources.iter().map(|r| ((r.group().to_string(), r.kind.clone()), r.drift.clone())).collect();
-    let syncer = Syncer::new(
-        KubeDownstream::new(down.clone()),
-        Arc::clone(&parts.rules),
-        config.sync.clone(),
-        StateCache::new(),
-    )
-    .with_drift_policies(drift);
+    let syncer = Syncer::new(KubeDownstream::new(down.clone()), Arc::clone(&parts.rules), config.sync.clone(), state)
+        .with_drift_policies(drift);
     Arc::new(Controller {
         namespaces: Namespaces::new(down.clone(), upstream.clone(), config.sync.ownership.clone()),
         upstream,

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kube::api::DynamicObject;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
+use super::cache::ObjectCache;
 use super::config::RunConfig;
 use super::context::{Controller, Watched, lock};
 use super::keys::{WorkKey, down_key, up_key};
-use super::packing::{compact_managed_fields, pack, strip_managed_fields};
+use super::packing::{compact_managed_fields, strip_managed_fields};
 use super::startup::Resolved;
 use crate::kube::lists::{self, ListModes};
 use crate::kube::{reconnect, upstream};
@@ -52,8 +52,7 @@ pub fn kind_streams(
     if let Some(sel) = &resource.label_selector {
         up_wc = up_wc.labels(sel);
     }
-    let up_writer = reflector::store::Writer::new(up_ar.clone());
-    let up_store = up_writer.as_reader();
+    let (up_store, mut up_writer) = ObjectCache::new();
     let up_api: Api<DynamicObject> = Api::all_with(up.clone(), &up_ar);
     let up_stream = lists::watch(up_api, up_wc, Arc::clone(&modes.up), "upstream", resource.kind.clone())
         .backoff(reconnect::backoff())
@@ -63,19 +62,25 @@ pub fn kind_streams(
             }
             compact_managed_fields(o, client_intent);
         })
-        .reflect(up_writer);
+        .map(move |ev| {
+            if let Ok(e) = &ev {
+                up_writer.apply(e);
+            }
+            ev
+        });
 
-    let down_writer = reflector::store::Writer::new(down_ar.clone());
-    let down_store = down_writer.as_reader();
+    let (down_store, mut down_writer) = ObjectCache::new();
     let down_api: Api<DynamicObject> = Api::all_with(down.clone(), &down_ar);
     let down_wc = watcher::Config::default().labels(&owned);
     let down_stream = lists::watch(down_api, down_wc, Arc::clone(&modes.down), "downstream", resource.kind.clone())
         .backoff(reconnect::backoff())
-        .modify(|o| {
-            strip_managed_fields(o);
-            pack(o);
-        })
-        .reflect(down_writer);
+        .modify(strip_managed_fields)
+        .map(move |ev| {
+            if let Ok(e) = &ev {
+                down_writer.apply(e);
+            }
+            ev
+        });
     let watched = Watched { config: resource, up_ar, down_ar, down_resource, up_store, down_store };
     (Arc::new(watched), up_stream.boxed(), down_stream.boxed())
 }
@@ -193,7 +198,7 @@ impl Controller {
                 // After a re-list, deletes that happened while the watch was down show up
                 // only as absences: look at every owned copy again.
                 if self.health.not_ready_reason().is_none() {
-                    for d in w.down_store.state() {
+                    for d in w.down_store.metadata() {
                         self.queue.add(down_key(index, &d));
                     }
                 }
@@ -265,8 +270,8 @@ impl Controller {
     /// The selected upstream objects and owned downstream copies of one kind.
     pub(super) fn keys_of(&self, i: usize, w: &Watched) -> HashSet<WorkKey> {
         let mut keys: HashSet<WorkKey> =
-            w.up_store.state().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)).collect();
-        keys.extend(w.down_store.state().iter().map(|o| down_key(i, o)));
+            w.up_store.metadata().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)).collect();
+        keys.extend(w.down_store.metadata().iter().map(|o| down_key(i, o)));
         keys
     }
 

@@ -51,6 +51,7 @@ mod verdicts;
 mod wasi;
 mod watch;
 
+pub(crate) use cache::{check_owner, ensure_private_dir, write_private_atomically};
 pub use component::Plugin;
 pub use digest::sha256_hex;
 pub use engine::{EngineConfig, PluginEngine};

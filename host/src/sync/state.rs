@@ -132,10 +132,14 @@ impl StateCache {
     }
 
     /// Whether the object was last synced from `desired_hash` and is still at
-    /// `resource_version`: the syncer's fast path, asked without copying the state out.
-    pub fn is_current(&self, key: &DownstreamKey, desired_hash: &str, resource_version: &str) -> bool {
-        self.with_entry(key, |_, e| &*e.desired_hash == desired_hash && &*e.resource_version == resource_version)
-            .unwrap_or(false)
+    /// `resource_version`, with the same `uid` (a state kept from an earlier run may name a
+    /// copy since deleted and made again): the syncer's fast path, asked without copying the
+    /// state out.
+    pub fn is_current(&self, key: &DownstreamKey, desired_hash: &str, resource_version: &str, uid: &str) -> bool {
+        self.with_entry(key, |_, e| {
+            &*e.desired_hash == desired_hash && &*e.resource_version == resource_version && &*e.uid == uid
+        })
+        .unwrap_or(false)
     }
 
     /// Whether the object was last synced from `desired_hash` and its content is still what
@@ -247,7 +251,7 @@ mod tests {
         assert!(!cache.is_settled(&key, "h", 8), "the content moved");
         assert!(!cache.is_settled(&key, "h2", 7), "the desired object changed");
         cache.touch(&key, "5");
-        assert!(cache.has_resource_version(&key, "5") && cache.is_current(&key, "h", "5"));
+        assert!(cache.has_resource_version(&key, "5") && cache.is_current(&key, "h", "5", "u"));
         assert_eq!(cache.desired_hash(&key).as_deref(), Some("h"));
     }
 
@@ -294,11 +298,12 @@ mod tests {
     fn the_fast_path_needs_the_same_hash_and_resource_version() {
         let cache = StateCache::new();
         let key = mk_key("configmaps", "cfg");
-        assert!(!cache.is_current(&key, "h", "1"), "nothing recorded");
+        assert!(!cache.is_current(&key, "h", "1", "u"), "nothing recorded");
         cache.insert(mk_state(key.clone(), "1"));
-        assert!(cache.is_current(&key, "h", "1"));
-        assert!(!cache.is_current(&key, "other", "1"), "desired changed");
-        assert!(!cache.is_current(&key, "h", "2"), "moved downstream");
+        assert!(cache.is_current(&key, "h", "1", "u"));
+        assert!(!cache.is_current(&key, "other", "1", "u"), "desired changed");
+        assert!(!cache.is_current(&key, "h", "2", "u"), "moved downstream");
+        assert!(!cache.is_current(&key, "h", "1", "v"), "deleted and made again");
         assert!(cache.has_resource_version(&key, "1"));
         assert!(!cache.has_resource_version(&mk_key("configmaps", "other"), "1"));
         let mut elsewhere = key.clone();

@@ -329,7 +329,7 @@ impl<D: Downstream, R: Rules> Syncer<D, R> {
             && let Some(live_rv) = rv(live)
             && !rules.shadowing(&key.gvr.group, &key.kind)
         {
-            if self.state.is_current(key, &hash, live_rv) {
+            if self.state.is_current(key, &hash, live_rv, str_at(live, "/metadata/uid").unwrap_or_default()) {
                 return Ok(Operation::Unchanged);
             }
             if self.state.is_settled(key, &hash, content_digest(live)) {
