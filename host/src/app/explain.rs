@@ -250,13 +250,9 @@ impl Controller {
         if !self.many_workspaces || !unnamed {
             return format!("{kind} {} not found upstream", describe(namespace, name));
         }
-        let namespaces: Vec<String> = w
-            .up_store
-            .metadata()
-            .iter()
-            .filter(|o| o.metadata.name.as_deref() == Some(name))
-            .filter_map(|o| o.metadata.namespace.clone())
-            .collect();
+        let namespaces: Vec<String> = w.up_store.map_metadata(|o| {
+            (o.metadata.name.as_deref() == Some(name)).then(|| o.metadata.namespace.clone()).flatten()
+        });
         workspace_hint(kind, namespace.unwrap_or_default(), name, &namespaces)
     }
 }

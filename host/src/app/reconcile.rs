@@ -233,8 +233,7 @@ const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
 
 async fn cleanup_namespace(ctx: &Controller, downstream: &str, upstream: &str) -> Result<Action> {
     // Still wanted: some selected upstream object lives in it.
-    let wanted =
-        ctx.all_watched().iter().any(|(_, w)| w.up_store.metadata_in(upstream).iter().any(|o| ctx.selected(w, o)));
+    let wanted = ctx.all_watched().iter().any(|(_, w)| w.up_store.any_in(upstream, |o| ctx.selected(w, o)));
     if wanted {
         return Ok(Action::Done);
     }

@@ -198,8 +198,8 @@ impl Controller {
                 // After a re-list, deletes that happened while the watch was down show up
                 // only as absences: look at every owned copy again.
                 if self.health.not_ready_reason().is_none() {
-                    for d in w.down_store.metadata() {
-                        self.queue.add(down_key(index, &d));
+                    for key in w.down_store.map_metadata(|d| Some(down_key(index, d))) {
+                        self.queue.add(key);
                     }
                 }
             }
@@ -270,8 +270,8 @@ impl Controller {
     /// The selected upstream objects and owned downstream copies of one kind.
     pub(super) fn keys_of(&self, i: usize, w: &Watched) -> HashSet<WorkKey> {
         let mut keys: HashSet<WorkKey> =
-            w.up_store.metadata().iter().filter(|o| self.selected(w, o)).map(|o| up_key(i, o)).collect();
-        keys.extend(w.down_store.metadata().iter().map(|o| down_key(i, o)));
+            w.up_store.map_metadata(|o| self.selected(w, o).then(|| up_key(i, o))).into_iter().collect();
+        keys.extend(w.down_store.map_metadata(|o| Some(down_key(i, o))));
         keys
     }
 

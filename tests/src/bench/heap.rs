@@ -18,8 +18,8 @@ const LIBRARY_DIRS: [&str; 2] = ["/usr/lib/heaptrack", "/usr/lib/x86_64-linux-gn
 
 /// Owners, by a name in the stack; the first that matches is charged.
 const OWNERS: [(&str, &[&str]); 7] = [
-    ("reflector stores (the cached upstream and downstream objects)", &["reflector::store"]),
-    ("state cache (desired hash and resourceVersion per object)", &["sync::state", "StateCache"]),
+    ("watch caches (each cached upstream and downstream object as its JSON text)", &["app::cache"]),
+    ("state cache (desired hash and resourceVersion per object)", &["sync::state", "StateCache", "app::state_file"]),
     ("work queue", &["sync::queue"]),
     ("explain record", &["plugin::journal"]),
     ("wasmtime and Cranelift (heap only; pooled memories are mappings)", &["wasmtime", "cranelift"]),
@@ -121,13 +121,14 @@ mod tests {
 
     #[test]
     fn stacks_are_charged_to_the_first_owner_they_name() {
-        let folded = "main;kube_runtime::reflector::store::Writer::apply_watcher_event;alloc 3000\n\
+        let folded = "main;downsync::app::cache::CacheWriter::apply;downsync::app::cache::text_of;alloc 3000\n\
                       main;downsync::sync::state::StateCache::insert;hyper::x 200\n\
                       main;std::rt::lang_start 50\n\
                       not a line\n";
         let p = charge(folded);
         assert_eq!(p.total, 3250);
-        assert_eq!(p.owners[0], ("reflector stores (the cached upstream and downstream objects)".to_string(), 3000));
+        let caches = "watch caches (each cached upstream and downstream object as its JSON text)";
+        assert_eq!(p.owners[0], (caches.to_string(), 3000));
         assert_eq!(p.owners[1].1, 200, "the state cache is named before hyper in that stack");
         assert_eq!(p.owners.last(), Some(&("everything else".to_string(), 50)));
     }
