@@ -112,7 +112,7 @@ pub async fn run(
         None => None,
     };
     controller.enqueue_initial().await;
-    let running = Running::start(&controller, parts, &down.client);
+    let running = Running::start(&controller, parts, &down.client, &state_file);
     if opts.once {
         tokio::select! {
             () = controller.wait_initial() => info!("initial sync done; exiting (--once)"),
@@ -238,7 +238,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(controller: &Arc<Controller>, parts: Parts, down: &kube::Client) -> Self {
+    fn start(controller: &Arc<Controller>, parts: Parts, down: &kube::Client, state_file: &StateFile) -> Self {
         // The caches are warm: from here on this replica is a standby that can take over.
         let shard_watch = tokio::spawn(Arc::clone(controller).watch_shards());
         let coordinator = controller.config.ha().map(|ha| {
@@ -253,6 +253,7 @@ impl Running {
             tokio::spawn(Arc::clone(controller).resync_loop()),
             tokio::spawn(Arc::clone(controller).watch_rules(Arc::clone(&parts.rules))),
             tokio::spawn(Arc::clone(controller).take_up_later_kinds()),
+            tokio::spawn(super::state_file::keep(Arc::clone(controller), state_file.clone())),
         ];
         Self { coordinator, shard_watch, supervisor, background }
     }

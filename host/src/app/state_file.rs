@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::config::RunConfig;
+use super::context::Controller;
 use crate::plugin::{check_owner, ensure_private_dir, sha256_hex, write_private_atomically};
 use crate::sync::{DownstreamKey, Gvr, ResourceState, StateCache};
 
@@ -165,6 +166,21 @@ impl StateFile {
             Ok(()) => info!(path = %self.path.display(), objects = n, "saved the state for the next run"),
             Err(why) => warn!(path = %self.path.display(), reason = %why, "cannot save the state for the next run"),
         }
+    }
+}
+
+/// Saves the state after the initial sync and at every resync period from then on: a process
+/// killed without a SIGTERM (an OOM kill, a lost node's pod started elsewhere with the same
+/// volume) still leaves a recent state. Whatever changed since has another resourceVersion and
+/// takes the whole path.
+pub(super) async fn keep(controller: std::sync::Arc<Controller>, file: StateFile) {
+    controller.wait_initial().await;
+    let mut tick = tokio::time::interval(controller.config.resync());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let (file, state) = (file.clone(), controller.syncer.state().clone());
+        let _ = tokio::task::spawn_blocking(move || file.save(&state)).await;
     }
 }
 
