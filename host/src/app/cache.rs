@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::Event;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 use tracing::warn;
@@ -63,11 +64,23 @@ fn text_of(o: &DynamicObject) -> Option<Box<str>> {
     }
 }
 
+/// An object read from a cache for a reconcile, from one parse of its text.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// Its metadata, typed; the body is left `null`.
+    pub meta: DynamicObject,
+    /// The whole object as JSON, with the apiVersion and kind of its resource (list and watch
+    /// items often lack them, and the cache drops them).
+    pub json: Value,
+}
+
 /// An object as it was cached. `None` only if the text is not an object (it always is).
-fn parse(text: &str) -> Option<DynamicObject> {
+fn parse(text: &str, ar: &ApiResource) -> Option<Cached> {
     let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else { return None };
-    let metadata = map.remove("metadata").map(serde_json::from_value::<ObjectMeta>).transpose().ok()?;
-    Some(DynamicObject { types: None, metadata: metadata.unwrap_or_default(), data: Value::Object(map) })
+    let metadata = map.get("metadata").map(ObjectMeta::deserialize).transpose().ok()?.unwrap_or_default();
+    map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+    map.insert("kind".into(), Value::String(ar.kind.clone()));
+    Some(Cached { meta: DynamicObject { types: None, metadata, data: Value::Null }, json: Value::Object(map) })
 }
 
 /// An object's metadata alone, the body skipped: enough for its key and its selection.
@@ -94,10 +107,15 @@ impl ObjectCache {
         self.objects.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One object, if cached.
-    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<DynamicObject>> {
+    /// One object of resource `ar`, if cached.
+    pub fn get(&self, namespace: Option<&str>, name: &str, ar: &ApiResource) -> Option<Cached> {
         let objects = self.read();
-        objects.get(&id(namespace, name)).and_then(|text| parse(text)).map(Arc::new)
+        objects.get(&id(namespace, name)).and_then(|text| parse(text, ar))
+    }
+
+    /// Whether an object is cached, without parsing it.
+    pub fn contains(&self, namespace: Option<&str>, name: &str) -> bool {
+        self.read().contains_key(&id(namespace, name))
     }
 
     /// How many objects are cached.
@@ -168,6 +186,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn mk_ar() -> ApiResource {
+        ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk("apps", "v1", "Deployment"))
+    }
+
     fn mk(ns: &str, name: &str, rv: &str) -> DynamicObject {
         serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -185,11 +207,21 @@ mod tests {
         let mut web = mk("a", "web", "7");
         web.types = None;
         writer.apply(&Event::Apply(web.clone()));
-        let back = cache.get(Some("a"), "web").expect("cached");
-        assert_eq!(*back, web);
-        assert_eq!(back.data["spec"]["replicas"], 2);
-        assert!(cache.get(Some("b"), "web").is_none(), "another namespace is another object");
-        assert!(cache.get(None, "web").is_none());
+        let back = cache.get(Some("a"), "web", &mk_ar()).expect("cached");
+        assert_eq!(back.meta.metadata, web.metadata);
+        assert!(back.meta.data.is_null(), "the body is in the JSON only");
+        let whole = serde_json::to_value(mk("a", "web", "7")).expect("json");
+        assert_eq!(back.json, whole, "the object as the API gives it, with its type");
+        let other = ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk("", "v1", "Other"));
+        let typed = cache.get(Some("a"), "web", &other).expect("cached");
+        assert_eq!(
+            (&typed.json["apiVersion"], &typed.json["kind"]),
+            (&json!("v1"), &json!("Other")),
+            "the resource gives the type"
+        );
+        assert!(cache.contains(Some("a"), "web"));
+        assert!(cache.get(Some("b"), "web", &mk_ar()).is_none(), "another namespace is another object");
+        assert!(cache.get(None, "web", &mk_ar()).is_none() && !cache.contains(None, "web"));
     }
 
     #[test]
@@ -198,7 +230,7 @@ mod tests {
         writer.apply(&Event::Apply(mk("a", "web", "7")));
         writer.apply(&Event::Apply(mk("a", "web", "8")));
         assert_eq!(cache.len(), 1);
-        let rv = cache.get(Some("a"), "web").and_then(|o| o.metadata.resource_version.clone());
+        let rv = cache.get(Some("a"), "web", &mk_ar()).and_then(|o| o.meta.metadata.resource_version);
         assert_eq!(rv.as_deref(), Some("8"));
         writer.apply(&Event::Delete(mk("a", "web", "9")));
         assert!(cache.is_empty());
@@ -210,11 +242,11 @@ mod tests {
         writer.apply(&Event::Apply(mk("a", "gone-while-down", "1")));
         writer.apply(&Event::Init);
         writer.apply(&Event::InitApply(mk("a", "web", "2")));
-        assert!(cache.get(Some("a"), "gone-while-down").is_some(), "the old objects serve until the list ends");
-        assert!(cache.get(Some("a"), "web").is_none());
+        assert!(cache.contains(Some("a"), "gone-while-down"), "the old objects serve until the list ends");
+        assert!(!cache.contains(Some("a"), "web"));
         writer.apply(&Event::InitDone);
-        assert!(cache.get(Some("a"), "gone-while-down").is_none());
-        assert!(cache.get(Some("a"), "web").is_some());
+        assert!(!cache.contains(Some("a"), "gone-while-down"));
+        assert!(cache.contains(Some("a"), "web"));
         cache.wait_until_ready().await.expect("ready after the list");
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
 
-use super::cache::ObjectCache;
+use super::cache::{Cached, ObjectCache};
 use super::config::{ResourceConfig, RunConfig};
 use super::connectivity::Connectivity;
 use super::ha::ShardGate;
@@ -80,13 +80,18 @@ pub struct Watched {
 
 impl Watched {
     /// The upstream object of a key, from the cache.
-    pub fn upstream(&self, key: &UpstreamKey) -> Option<Arc<DynamicObject>> {
-        self.up_store.get(key.namespace.as_deref(), &key.name)
+    pub fn upstream(&self, key: &UpstreamKey) -> Option<Cached> {
+        self.up_store.get(key.namespace.as_deref(), &key.name, &self.up_ar)
+    }
+
+    /// Whether the upstream object of a key is cached (no parse).
+    pub fn has_upstream(&self, key: &UpstreamKey) -> bool {
+        self.up_store.contains(key.namespace.as_deref(), &key.name)
     }
 
     /// The owned downstream copy in `downstream_ns`, from the cache.
-    pub fn downstream(&self, name: &str, downstream_ns: Option<&str>) -> Option<Arc<DynamicObject>> {
-        self.down_store.get(downstream_ns, name)
+    pub fn downstream(&self, name: &str, downstream_ns: Option<&str>) -> Option<Cached> {
+        self.down_store.get(downstream_ns, name, &self.down_ar)
     }
 }
 
@@ -195,7 +200,7 @@ impl Controller {
         let before = held.len();
         for k in keys {
             if let WorkKey::Object(o) = k
-                && self.watched(o.resource).is_some_and(|w| w.upstream(o).is_none())
+                && self.watched(o.resource).is_some_and(|w| !w.has_upstream(o))
             {
                 held.insert(o.clone(), ends);
             }
@@ -214,7 +219,7 @@ impl Controller {
         lock(&self.startup_orphans).remove(key);
     }
 
-    pub(super) fn upstream_object(&self, key: &WorkKey) -> Option<Arc<DynamicObject>> {
+    pub(super) fn upstream_object(&self, key: &WorkKey) -> Option<Cached> {
         match key {
             WorkKey::Object(k) => self.watched(k.resource)?.upstream(k),
             WorkKey::Namespace { .. } => None,

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use super::context::Controller;
 use super::http::Explainer;
 use super::keys::UpstreamKey;
-use super::reconcile::to_value;
 use crate::plugin::{Journal, JournalEntry as Entry, PluginRegistry, RuleSnapshot, group_kind};
 use crate::sync::desired::{normalize_desired, object_ref};
 use crate::sync::differ::{covers, delta};
@@ -201,12 +200,11 @@ impl Controller {
         let up = w.upstream(&key).ok_or_else(|| self.not_found(&w, kind, namespace, name))?;
         // With many kcp workspaces the namespace is `<logical cluster>/<namespace>`.
         let workspace = namespace.and_then(|ns| crate::sync::workspaces::split_namespace(ns).0);
-        let raw = mapping::prepare_desired(to_value(&up, &w.up_ar), self.mapping(), self.target())
-            .map_err(|e| e.to_string())?;
+        let raw = mapping::prepare_desired(up.json, self.mapping(), self.target()).map_err(|e| e.to_string())?;
         let down_ns = self.downstream_ns(&key);
         let live = w
             .downstream(name, down_ns.as_deref())
-            .map(|d| to_value(&d, &w.down_ar))
+            .map(|d| d.json)
             .ok_or_else(|| format!("{kind} {} has no owned copy downstream yet", describe(down_ns.as_deref(), name)))?;
         let object = object_ref(&raw);
         let secret = w.up_ar.kind == "Secret" && w.up_ar.group.is_empty();

@@ -9,6 +9,7 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::cache::Cached;
 use super::context::{Controller, Watched};
 use super::error_policy::ReconcileError;
 use super::keys::{UpstreamKey, WorkKey};
@@ -65,31 +66,29 @@ pub async fn reconcile(key: &WorkKey, ctx: &Controller) -> Result<Action> {
             let up = w.upstream(k);
             let down = w.downstream(&k.name, down_ns.as_deref());
             match up {
-                Some(obj) if ctx.selected(w, &obj) && obj.metadata.deletion_timestamp.is_none() => {
-                    sync(ctx, w, k, &obj, down.as_deref()).await
+                Some(obj) if ctx.selected(w, &obj.meta) && obj.meta.metadata.deletion_timestamp.is_none() => {
+                    sync(ctx, w, k, obj, down.map(|d| d.json)).await
                 }
-                up => remove(ctx, w, k, up.as_deref(), down.as_deref()).await,
+                up => remove(ctx, w, k, up.as_ref().map(|o| &o.meta), down.map(|d| d.json)).await,
             }
         }
         WorkKey::Namespace { downstream, upstream } => cleanup_namespace(ctx, downstream, upstream).await,
     }
 }
 
-async fn sync(
-    ctx: &Controller,
-    w: &Watched,
-    key: &UpstreamKey,
-    up: &DynamicObject,
-    down: Option<&DynamicObject>,
-) -> Result<Action> {
+async fn sync(ctx: &Controller, w: &Watched, key: &UpstreamKey, up: Cached, down: Option<Value>) -> Result<Action> {
     let kind = w.config.kind.as_str();
+    let Cached { meta: up, json: up_json } = up;
+    let up = &up;
     if ctx.config.upstream_finalizer
         && let Err(e) = ctx.upstream.add_finalizer(&w.up_ar, up).await
     {
         ctx.metrics.record_failure(kind, "finalize");
         return Err(ReconcileError::Upstream { operation: "adding the finalizer", message: e.to_string() });
     }
-    let desired = mapping::prepare_desired(to_value(up, &w.up_ar), ctx.mapping(), ctx.target()).map_err(|e| {
+    // The statuses, kept only when they are copied up: the objects themselves go to the sync.
+    let statuses = ctx.config.status_upsync.then(|| (status_of(&up_json), down.as_ref().and_then(status_of)));
+    let desired = mapping::prepare_desired(up_json, ctx.mapping(), ctx.target()).map_err(|e| {
         ctx.metrics.record_failure(kind, "place");
         ReconcileError::Placement(e.to_string())
     })?;
@@ -100,7 +99,7 @@ async fn sync(
         return Err(ReconcileError::Namespace { namespace: ns, source });
     }
     let started = Instant::now();
-    let result = ctx.syncer.apply(desired, Some(down.map(|d| to_value(d, &w.down_ar)))).await;
+    let result = ctx.syncer.apply(desired, Some(down)).await;
     ctx.metrics.record(kind, &result, started.elapsed().as_secs_f64());
     if !result.drift.is_empty() {
         report_drift(ctx, w, up, &result).await;
@@ -114,16 +113,18 @@ async fn sync(
         }
         return Err(ReconcileError::Sync(e));
     }
-    if ctx.config.status_upsync
-        && let Some(d) = down
-        && let Some(status) = d.data.get("status")
-        && up.data.get("status") != Some(status)
-        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, status).await
+    if let Some((up_status, Some(status))) = statuses
+        && up_status.as_ref() != Some(&status)
+        && let Err(e) = ctx.upstream.patch_status(&w.up_ar, up, &status).await
     {
         ctx.metrics.record_failure(kind, "upsync");
         return Err(ReconcileError::Upstream { operation: "copying the status", message: e.to_string() });
     }
     Ok(result.retry_after.map_or(Action::Done, Action::After))
+}
+
+fn status_of(object: &Value) -> Option<Value> {
+    object.get("status").cloned()
 }
 
 /// Publishes a Warning Event `Drift` on the upstream object: which fields changed downstream,
@@ -149,7 +150,7 @@ async fn remove(
     w: &Watched,
     key: &UpstreamKey,
     up: Option<&DynamicObject>,
-    down: Option<&DynamicObject>,
+    down: Option<Value>,
 ) -> Result<Action> {
     let kind = w.config.kind.as_str();
     let holds_finalizer = ctx.config.upstream_finalizer && up.is_some_and(upstream::has_finalizer);
@@ -163,7 +164,8 @@ async fn remove(
         let okey = DownstreamKey::new(&w.down_resource, down_ns.as_deref(), &key.name);
         // With a finalizer to release, absence in the cache is confirmed with a read: the
         // cache may not have seen a copy created moments ago.
-        let cached = down.map(|d| Some(to_value(d, &w.down_ar)));
+        let had_copy = down.is_some();
+        let cached = down.map(Some);
         let started = Instant::now();
         // With many workspaces, only a copy stamped for this key's workspace is deleted.
         let cluster = key.namespace.as_deref().and_then(|ns| crate::sync::workspaces::split_namespace(ns).0);
@@ -179,9 +181,7 @@ async fn remove(
             return Ok(Action::After(result.retry_after.unwrap_or(Duration::from_secs(2))));
         }
         ctx.orphan_gone(key);
-        if down.is_some()
-            && let (Some(down_ns), Some(up_ns)) = (down_ns, key.namespace.clone())
-        {
+        if had_copy && let (Some(down_ns), Some(up_ns)) = (down_ns, key.namespace.clone()) {
             // The last copy in a namespace may have gone with its upstream namespace.
             ctx.queue.add_after(WorkKey::Namespace { downstream: down_ns, upstream: up_ns }, NAMESPACE_SETTLE);
         }

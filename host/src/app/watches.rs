@@ -260,15 +260,21 @@ impl Controller {
 
     /// Every selected upstream object and every owned downstream copy.
     pub(super) fn all_keys(&self) -> HashSet<WorkKey> {
-        let mut keys = HashSet::new();
-        for (i, w) in self.all_watched() {
-            keys.extend(self.keys_of(i, &w));
-        }
-        keys
+        off_worker(|| {
+            let mut keys = HashSet::new();
+            for (i, w) in self.all_watched() {
+                keys.extend(self.walk_keys(i, &w));
+            }
+            keys
+        })
     }
 
     /// The selected upstream objects and owned downstream copies of one kind.
     pub(super) fn keys_of(&self, i: usize, w: &Watched) -> HashSet<WorkKey> {
+        off_worker(|| self.walk_keys(i, w))
+    }
+
+    fn walk_keys(&self, i: usize, w: &Watched) -> HashSet<WorkKey> {
         let mut keys: HashSet<WorkKey> =
             w.up_store.map_metadata(|o| self.selected(w, o).then(|| up_key(i, o))).into_iter().collect();
         keys.extend(w.down_store.map_metadata(|o| Some(down_key(i, o))));
@@ -279,6 +285,16 @@ impl Controller {
     /// Deployments.
     pub(super) fn keys_of_kinds(&self, kinds: &HashSet<usize>) -> HashSet<WorkKey> {
         self.all_keys().into_iter().filter(|k| matches!(k, WorkKey::Object(o) if kinds.contains(&o.resource))).collect()
+    }
+}
+
+/// Runs `f`, a walk over every cached object (a second or more at 100,000), with the async
+/// worker's other tasks handed to another worker meanwhile; inline where there is no other.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -98,7 +98,7 @@ impl Controller {
                     WorkKey::Namespace { .. } => None,
                 };
                 if let Some(w) = w
-                    && let Err(err) = self.upstream.warn(&w.up_ar, &up, reason, message.clone()).await
+                    && let Err(err) = self.upstream.warn(&w.up_ar, &up.meta, reason, message.clone()).await
                 {
                     warn!(kind, key = ?key, reason, error = %err, "cannot publish an Event on the upstream object");
                 }
