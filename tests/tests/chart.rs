@@ -73,7 +73,6 @@ fn registry_values(ca: bool) -> Vec<String> {
         "config.plugins.hpa-replicas.source=oci://registry.example.com/downsync/hpa-replicas:1.0",
         "config.plugins.hpa-replicas.keys={/etc/downsync/keys/cosign.pub}",
         "config.plugins.hpa-replicas.rollout.mode=shadow",
-        "config.plugins.hpa-replicas.rollout.windowCalls=100",
         "config.registry.checkSeconds=60",
     ];
     if ca {
@@ -117,7 +116,7 @@ fn profiles() -> Result<Vec<Profile>> {
         },
         Profile {
             name: "upstream",
-            args: set(&["side=upstream", "config.upstreamFinalizer=true", "config.statusUpsync=true"]),
+            args: set(&["side=upstream", "config.upstreamWrites={finalizer,status}"]),
             upstream: true,
         },
     ])
@@ -181,8 +180,11 @@ fn helm_lints_and_renders_every_profile_as_it_is_configured() -> Result<()> {
                     ["ClusterRole downsync-upstream", "ClusterRoleBinding downsync-upstream"].map(String::from).into();
                 assert_eq!(kinds, expected, "side=upstream renders the upstream RBAC only");
                 let rules = find(&docs, "ClusterRole", "-upstream")?["rules"].as_array().cloned().unwrap_or_default();
-                assert!(manifests::allows(&rules, "apps", "deployments/status", "patch"), "statusUpsync: {rules:?}");
-                assert!(manifests::allows(&rules, "", "configmaps", "update"), "upstreamFinalizer: {rules:?}");
+                assert!(
+                    manifests::allows(&rules, "apps", "deployments/status", "patch"),
+                    "upstreamWrites status: {rules:?}"
+                );
+                assert!(manifests::allows(&rules, "", "configmaps", "update"), "upstreamWrites finalizer: {rules:?}");
                 continue;
             }
             name => {

@@ -300,7 +300,8 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
             missing.push(format!("{file} does not allow {verb} on {resource} (apiGroup {group:?})"));
         }
     };
-    let (finalizer, status_upsync) = (config["upstreamFinalizer"] == true, config["statusUpsync"] == true);
+    let writes = |what: &str| config["upstreamWrites"].as_array().is_some_and(|w| w.iter().any(|v| v == what));
+    let (finalizer, status_upsync) = (writes("finalizer"), writes("status"));
     let mut extra = Vec::new();
     let mut synced = Vec::new();
     for entry in resources {
@@ -319,9 +320,10 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
         for verb in ["update", "patch"] {
             match (finalizer, allows(up_rules, &ar.group, &ar.plural, verb)) {
                 (true, _) => need("rbac-upstream.yaml", up_rules, &ar.group, &ar.plural, verb),
-                (false, true) => {
-                    extra.push(format!("rbac-upstream.yaml allows {verb} on {} without upstreamFinalizer", ar.plural))
-                }
+                (false, true) => extra.push(format!(
+                    "rbac-upstream.yaml allows {verb} on {} without finalizer in upstreamWrites",
+                    ar.plural
+                )),
                 (false, false) => {}
             }
         }
@@ -330,7 +332,7 @@ async fn the_rbac_on_both_sides_covers_every_resource_in_the_config() -> Result<
             match (status_upsync, allows(up_rules, &ar.group, &status, "patch")) {
                 (true, _) => need("rbac-upstream.yaml", up_rules, &ar.group, &status, "patch"),
                 (false, true) => {
-                    extra.push(format!("rbac-upstream.yaml allows patch on {status} without statusUpsync"))
+                    extra.push(format!("rbac-upstream.yaml allows patch on {status} without status in upstreamWrites"))
                 }
                 (false, false) => {}
             }

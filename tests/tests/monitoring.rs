@@ -314,7 +314,7 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
     install(&plugins, &v1)?;
     // New stamp versions run in shadow for 3 calls.
     let config = plugins.with_extension("config.yaml");
-    std::fs::write(&config, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n      windowCalls: 3\n")?;
+    std::fs::write(&config, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n")?;
     let mut args: Vec<String> =
         ["--resource", "v1/ConfigMap", "--namespace", &ns, "--target", &ns].map(String::from).to_vec();
     let ha = [
@@ -327,6 +327,8 @@ async fn every_metric_and_label_of_the_dashboard_and_the_alerts_is_on_a_running_
         "2",
         "--ha-timing",
         "4,3,1",
+        "--trial-window-calls",
+        "3",
     ]
     .map(String::from);
     args.extend(ha);

@@ -407,9 +407,11 @@ fn stamped(reloader: &Reloader) -> Result<String, String> {
 fn a_shadow_never_writes_and_is_withdrawn_when_the_file_goes_back_to_the_active_version() {
     use downsync_plugin_testing_stamp::variant;
     let dir = scratch("shadow-revert");
-    let config: RegistryConfig =
-        serde_yaml_ng::from_str("plugins:\n  \"*\":\n    rollout:\n      mode: shadow\n      windowCalls: 1000\n")
-            .expect("config");
+    let mut config: RegistryConfig =
+        serde_yaml_ng::from_str("plugins:\n  \"*\":\n    rollout:\n      mode: shadow\n").expect("config");
+    if let Some(all) = config.plugins.get_mut("*") {
+        all.rollout.window_calls = 1000;
+    }
     std::fs::write(dir.join("stamp.wasm"), stamp(&variant(1))).expect("write v1");
     let (reloader, _handle) = start_with(&dir, config);
     assert_eq!(stamped(&reloader).as_deref(), Ok(variant(1).as_str()));

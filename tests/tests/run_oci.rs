@@ -90,7 +90,7 @@ fn write_config(dir: &Path, registry: &Registry, source: &str, key: &Path) -> an
     std::fs::create_dir_all(dir.join("docker"))?;
     std::fs::copy(&registry.docker_config, dir.join("docker/config.json"))?;
     let yaml = format!(
-        "plugins:\n  stamp:\n    source: {source}\n    keys: [{key}]\n    rollout: {{mode: shadow, windowCalls: 3}}\n\
+        "plugins:\n  stamp:\n    source: {source}\n    keys: [{key}]\n    rollout: {{mode: shadow}}\n\
          registry:\n  caFile: {ca}\n  checkSeconds: 1\n",
         key = key.display(),
         ca = ca.display(),
@@ -101,11 +101,13 @@ fn write_config(dir: &Path, registry: &Registry, source: &str, key: &Path) -> an
 }
 
 fn start(name: &str, ns: &str, config: &Path, cache: &Path) -> anyhow::Result<Daemon> {
-    let args: Vec<String> = ["--resource", "v1/ConfigMap", "--namespace", ns, "--target", ns, "--config"]
-        .into_iter()
-        .map(String::from)
-        .chain([config.display().to_string()])
-        .collect();
+    // A trial window of 3 calls, one per ConfigMap.
+    let args: Vec<String> =
+        ["--resource", "v1/ConfigMap", "--namespace", ns, "--target", ns, "--trial-window-calls", "3", "--config"]
+            .into_iter()
+            .map(String::from)
+            .chain([config.display().to_string()])
+            .collect();
     let docker = config.parent().unwrap_or(Path::new(".")).join("docker");
     let pod = [
         ("POD_NAME", "downsync-oci-pod"),

@@ -87,10 +87,10 @@ async fn a_shadow_version_is_compared_not_applied_until_promoted_and_replay_writ
     let v1 = stamp_version(&variant(1))?;
     install(&plugins, &v1)?;
     // Shadow first, a window of 3 calls (one per ConfigMap), promoted automatically when clean.
-    let config =
-        write_config(&plugins, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n      windowCalls: 3\n")?;
+    let config = write_config(&plugins, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n")?;
     let mut args = run_args(&ns, &plugins, &["v1/ConfigMap"]);
-    args.extend(["--config".to_string(), config.display().to_string()]);
+    args.extend(["--trial-window-calls", "3", "--config"].map(String::from));
+    args.push(config.display().to_string());
     let mut d = Daemon::start("rollout-shadow", &args)?;
     d.wait_ready(Duration::from_secs(60)).await?;
     let (one, two) = (variant(1), variant(2));
@@ -305,8 +305,7 @@ async fn three_replicas_reach_one_rollout_verdict_decided_by_the_holder_of_shard
     install(&plugins, &v1)?;
     // A window of 20 calls: a rule change makes each replica call the shadow once per object of
     // its shard, 10 each, so no replica alone closes the window; all three together do.
-    let config =
-        write_config(&plugins, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n      windowCalls: 20\n")?;
+    let config = write_config(&plugins, "plugins:\n  stamp:\n    rollout:\n      mode: shadow\n")?;
     let s = HaSetup {
         namespaces: namespaces_over_shards(&target, 3, 3),
         lease_namespace: target.clone(),
@@ -318,6 +317,8 @@ async fn three_replicas_reach_one_rollout_verdict_decided_by_the_holder_of_shard
             plugins.display().to_string(),
             "--config".into(),
             config.display().to_string(),
+            "--trial-window-calls".into(),
+            "20".into(),
         ],
     };
     create_namespaces(&env.upstream, &s.namespaces).await?;

@@ -114,11 +114,10 @@ pub struct RunConfig {
     pub plugins_dir: Option<PathBuf>,
     /// The kinds to sync.
     pub resources: Vec<ResourceConfig>,
-    /// Upstream namespaces to sync (empty: all but kube-system, kube-public and
-    /// kube-node-lease, which are synced only when listed here).
+    /// Upstream namespaces to sync, and with a leading `!` those never synced (`[a, b]`: only
+    /// these; `["!c"]`: all but c). Without a name to sync: all but kube-system, kube-public and
+    /// kube-node-lease, which are synced only when named here.
     pub namespaces: Vec<String>,
-    /// Upstream namespaces never synced.
-    pub exclude_namespaces: Vec<String>,
     /// How namespaces are named downstream.
     pub namespace_mapping: NamespaceMapping,
     /// Concurrent syncs.
@@ -146,10 +145,11 @@ pub struct RunConfig {
     /// config.
     #[serde(skip)]
     pub metrics_cert_dir: Option<PathBuf>,
-    /// Put a finalizer on upstream objects so that their deletion waits for the downstream one.
-    pub upstream_finalizer: bool,
-    /// Copy the downstream status to the upstream object's status subresource.
-    pub status_upsync: bool,
+    /// What downsync writes to the upstream objects besides reading them (none: upstream is only
+    /// read): `finalizer`, its finalizer, so that an upstream delete waits for the downstream
+    /// copy's; `status`, the downstream status copied to the upstream status subresource. The
+    /// upstream RBAC grants exactly these (`examples/deploy/rbac-upstream.yaml`, the chart).
+    pub upstream_writes: Vec<UpstreamWrite>,
     /// How downstream objects are written, and who owns them.
     pub sync: DownstreamConfig,
     /// Per-plugin settings (failure policy, pinned digest, rollout), by plugin name.
@@ -165,6 +165,16 @@ pub struct RunConfig {
     /// High availability and sharding through Leases in the downstream cluster: on when given
     /// (`ha: {}` for one shard), off when left out.
     pub ha: Option<HaConfig>,
+}
+
+/// One thing downsync may write upstream (`upstreamWrites`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamWrite {
+    /// Its finalizer on the upstream objects: their deletion waits for the downstream copy's.
+    Finalizer,
+    /// The downstream status, copied to the upstream object's status subresource.
+    Status,
 }
 
 /// Where the certificate of the HTTPS endpoints is looked for (`tls.crt` and `tls.key`, as a
@@ -261,15 +271,13 @@ impl Default for RunConfig {
             plugins_dir: None,
             resources: Vec::new(),
             namespaces: Vec::new(),
-            exclude_namespaces: Vec::new(),
             namespace_mapping: NamespaceMapping::default(),
             workers: 8,
             resync_seconds: RESYNC_SECONDS,
             orphan_grace_seconds: ORPHAN_GRACE_SECONDS,
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             metrics_cert_dir: Some(PathBuf::from(METRICS_CERT_DIR)),
-            upstream_finalizer: false,
-            status_upsync: false,
+            upstream_writes: Vec::new(),
             sync: DownstreamConfig::default(),
             plugins: BTreeMap::new(),
             registry: RegistrySettings::default(),
@@ -291,6 +299,12 @@ fn is_per_cluster(api_version: &str, kind: &str, ns: Option<&str>, name: &str) -
             "Namespace" => matches!(name, "default" | "kube-system" | "kube-public" | "kube-node-lease"),
             _ => false,
         }
+}
+
+/// A namespace's name: a DNS label (1-63 lowercase letters, digits and '-', alphanumeric at
+/// both ends).
+fn namespace_name(name: &str) -> bool {
+    label_safe(name) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn label_safe(value: &str) -> bool {
@@ -355,6 +369,16 @@ impl RunConfig {
         }
         serde_yaml_ng::from_str(text)
             .map_err(|e| Error::Parse { path: path.into(), message: format!("{within}{}", with_setting(text, e)) })
+    }
+
+    /// Whether downsync puts its finalizer on the upstream objects.
+    pub fn upstream_finalizer(&self) -> bool {
+        self.upstream_writes.contains(&UpstreamWrite::Finalizer)
+    }
+
+    /// Whether downsync copies the downstream status to the upstream objects.
+    pub fn status_upsync(&self) -> bool {
+        self.upstream_writes.contains(&UpstreamWrite::Status)
     }
 
     /// The HA settings, when HA is on.
@@ -435,14 +459,20 @@ impl RunConfig {
         !is_per_cluster(&r.api_version, &r.kind, ns, name) && self.selects_namespace(ns)
     }
 
-    /// Whether upstream namespace `ns` is synced (cluster-scoped objects: always). The
-    /// [`SYSTEM_NAMESPACES`] are synced only when `namespaces` names them.
+    /// Whether upstream namespace `ns` is synced (cluster-scoped objects: always): named in
+    /// `namespaces`, or, when it names none to sync, any but the [`SYSTEM_NAMESPACES`]; and not
+    /// named there with a leading `!`.
     pub fn selects_namespace(&self, ns: Option<&str>) -> bool {
         let Some(ns) = ns else { return true };
-        let include = &self.namespaces;
-        let included =
-            if include.is_empty() { !SYSTEM_NAMESPACES.contains(&ns) } else { include.iter().any(|n| n == ns) };
-        included && !self.exclude_namespaces.iter().any(|n| n == ns)
+        let (mut names_some, mut named) = (false, false);
+        for n in &self.namespaces {
+            match n.strip_prefix('!') {
+                Some(left_out) if left_out == ns => return false,
+                Some(_) => {}
+                None => (names_some, named) = (true, named || n == ns),
+            }
+        }
+        named || (!names_some && !SYSTEM_NAMESPACES.contains(&ns))
     }
 
     /// Checks `resources`: at least one, each a kind and GROUP/VERSION, listed once.
@@ -528,16 +558,20 @@ impl RunConfig {
             );
         }
         let o = &self.sync.ownership;
-        if !label_safe(&o.identity) {
-            return invalid(
-                "sync.ownership.identity",
-                format!("{:?} must be a label value: 1-63 letters, digits, '-', '_' or '.'", o.identity),
-            );
-        }
         if !label_safe(&o.target) {
             return invalid(
                 "sync.ownership.target",
                 format!("{:?} must be a label value: 1-63 letters, digits, '-', '_' or '.'", o.target),
+            );
+        }
+        if let Some((i, n)) =
+            self.namespaces.iter().enumerate().find(|(_, n)| !namespace_name(n.strip_prefix('!').unwrap_or(n)))
+        {
+            return invalid(
+                &format!("namespaces[{i}]"),
+                format!(
+                    "{n:?} is not a namespace name (lowercase letters, digits and '-'), nor one with a leading '!' to leave it out"
+                ),
             );
         }
         if let NamespaceMapping::Prefix { prefix } = &self.namespace_mapping {
@@ -635,7 +669,7 @@ mod tests {
         for (yaml, setting, said) in [
             ("workers: many", "workers", "a whole number, 0 or more"),
             ("engine: {fuel: lots}", "engine", "a whole number, 0 or more"),
-            ("statusUpsync: maybe", "statusUpsync", "true or false"),
+            ("upstreamWrites: [statuses]", "upstreamWrites", "finalizer` or `status"),
             ("ha: 3", "ha", "a mapping of settings"),
         ] {
             let err = mk_config(yaml).map(|_| ()).expect_err(yaml).to_string();
@@ -684,9 +718,7 @@ mod tests {
 
     #[test]
     fn namespace_selection_includes_then_excludes() {
-        let c =
-            mk_config("namespaces: [a, b]\nexcludeNamespaces: [b]\nresources:\n- {apiVersion: v1, kind: ConfigMap}")
-                .unwrap();
+        let c = mk_config("namespaces: [a, b, '!b']\nresources:\n- {apiVersion: v1, kind: ConfigMap}").unwrap();
         let cm = &c.resources[0];
         assert!(c.selects_namespace(Some("a")));
         assert!(!c.selects_namespace(Some("b")), "excluded wins over included");
@@ -694,6 +726,15 @@ mod tests {
         assert!(c.selects_namespace(None), "cluster-scoped objects have no namespace to filter");
         assert!(!c.selects(cm, Some("a"), "kube-root-ca.crt"), "each cluster makes its own");
         assert!(c.selects(cm, Some("a"), "app-config"));
+        let all_but = mk_config("namespaces: ['!c']\nresources: [{apiVersion: v1, kind: ConfigMap}]").unwrap();
+        assert!(all_but.selects_namespace(Some("a")), "only exclusions: every other namespace");
+        assert!(!all_but.selects_namespace(Some("c")));
+        assert!(!all_but.selects_namespace(Some("kube-system")), "the system namespaces stay out");
+        for bad in ["'!'", "'!!c'", "A", "'-a'"] {
+            let c = mk_config(&format!("namespaces: [a, {bad}]\nresources: [{{apiVersion: v1, kind: ConfigMap}}]"));
+            let err = c.unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("namespaces[1]"), "{bad}: {err}");
+        }
         let err = mk_config("resources: [{apiVersion: v1, kind: ConfigMap, namespaces: [a]}]").map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("namespaces"), "per-kind namespace lists are gone: {err}");
     }
@@ -868,7 +909,11 @@ mod tests {
             ("plugins: {stamp: {instances: reused}}", "plugins.stamp.instances", "stateless"),
             ("plugins: {stamp: {rollout: {shadow: true}}}", "plugins.stamp.rollout.shadow", "mode: shadow"),
             ("plugins: {stamp: {rollout: {promote: manual}}}", "plugins.stamp.rollout.promote", "mode: manual"),
-            ("plugins: {stamp: {rollout: {windowSeconds: 60}}}", "plugins.stamp.rollout.windowSeconds", "windowCalls"),
+            ("plugins: {stamp: {rollout: {windowSeconds: 60}}}", "plugins.stamp.rollout.windowSeconds", "100 calls"),
+            ("plugins: {stamp: {rollout: {windowCalls: 3}}}", "plugins.stamp.rollout.windowCalls", "100 calls"),
+            ("excludeNamespaces: [b]", "excludeNamespaces", "'!NAME'"),
+            ("upstreamFinalizer: true", "upstreamFinalizer", "upstreamWrites: [finalizer]"),
+            ("statusUpsync: true", "statusUpsync", "upstreamWrites: [status]"),
         ] {
             let err = mk_config(&format!("{base}{yaml}")).map(|_| ()).expect_err(yaml).to_string();
             assert!(err.contains(&format!("`{setting}` is gone")) && err.contains(instead), "{yaml}: {err}");
@@ -891,10 +936,15 @@ mod tests {
     }
 
     #[test]
-    fn identity_must_be_a_label_value() {
+    fn the_target_must_be_a_label_value_and_the_identity_is_gone() {
         let c =
-            mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nsync: {ownership: {identity: 'a b'}}").unwrap();
+            mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nsync: {ownership: {target: 'a b'}}").unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("sync.ownership.identity"), "{err}");
+        assert!(err.contains("sync.ownership.target"), "{err}");
+        let err = mk_config("resources: [{apiVersion: v1, kind: ConfigMap}]\nsync: {ownership: {identity: x}}")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`sync.ownership.identity` is gone") && err.contains("sync.ownership.target"), "{err}");
     }
 }

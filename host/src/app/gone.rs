@@ -45,7 +45,7 @@ const GONE: &[Gone] = &[
     },
     Gone {
         path: "plugins.<name>.rollout.windowSeconds",
-        instead: "the trial window is `rollout.windowCalls` calls, or 5 minutes with at least one call, \
+        instead: "the trial window is 100 calls of the new version, or 5 minutes with at least one call, \
                   whichever comes first",
     },
     Gone {
@@ -82,6 +82,37 @@ const GONE: &[Gone] = &[
         instead: "credentials come from docker's own file, `$DOCKER_CONFIG/config.json` (else \
                   `~/.docker/config.json`, where `docker login` writes): in a pod, mount the image pull \
                   Secret's `.dockerconfigjson` as `config.json` and set `DOCKER_CONFIG` to its folder",
+    },
+    Gone {
+        path: "plugins.<name>.rollout.windowCalls",
+        instead: "the trial window is 100 calls of the new version, or 5 minutes with at least one call, \
+                  whichever comes first; a version whose calls fail is rolled back before either",
+    },
+    Gone {
+        path: "resources[].drift.action",
+        instead: "managers not named are the entry `\"*\"` of the managers map now: \
+                  `drift: {managers: {\"*\": report}}`",
+    },
+    Gone {
+        path: "sync.ownership.identity",
+        instead: "every instance stamps `downsync.dev/managed-by: downsync`, and instances are told apart by \
+                  `sync.ownership.target` (give each upstream its own); objects stamped by another identity \
+                  are not owned: `sync.ownership.adopt: true` takes them over",
+    },
+    Gone {
+        path: "excludeNamespaces",
+        instead: "name it in `namespaces` with a leading `!`: `namespaces: ['!NAME']` syncs all but NAME \
+                  (and the system namespaces), `namespaces: [a, b, '!b']` only a",
+    },
+    Gone {
+        path: "upstreamFinalizer",
+        instead: "list what downsync may write upstream: `upstreamWrites: [finalizer]` (with the status: \
+                  `[finalizer, status]`)",
+    },
+    Gone {
+        path: "statusUpsync",
+        instead: "list what downsync may write upstream: `upstreamWrites: [status]` (with the finalizer: \
+                  `[finalizer, status]`)",
     },
 ];
 
@@ -137,11 +168,13 @@ mod tests {
             gone("plugins: {b: {rollout: {windowSeconds: 3}}}").map(|g| g.0).as_deref(),
             Some("plugins.b.rollout.windowSeconds")
         );
+        assert_eq!(gone("statusUpsync: true").map(|g| g.0).as_deref(), Some("statusUpsync"));
         for kept in [
             "ha: {shards: 2}",
             "resources: [{kind: A, drift: {managers: {hpa: keep}}}]",
             "workers: 2",
-            "plugins: {a: {rollout: {windowCalls: 3}}}",
+            "plugins: {a: {rollout: {mode: shadow}}}",
+            "upstreamWrites: [status]",
         ] {
             assert_eq!(gone(kept), None, "{kept}");
         }

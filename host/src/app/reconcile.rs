@@ -80,14 +80,14 @@ async fn sync(ctx: &Controller, w: &Watched, key: &UpstreamKey, up: Cached, down
     let kind = w.config.kind.as_str();
     let Cached { meta: up, json: up_json } = up;
     let up = &up;
-    if ctx.config.upstream_finalizer
+    if ctx.config.upstream_finalizer()
         && let Err(e) = ctx.upstream.add_finalizer(&w.up_ar, up).await
     {
         ctx.metrics.record_failure(kind, "finalize");
         return Err(ReconcileError::Upstream { operation: "adding the finalizer", message: e.to_string() });
     }
     // The statuses, kept only when they are copied up: the objects themselves go to the sync.
-    let statuses = ctx.config.status_upsync.then(|| (status_of(&up_json), down.as_ref().and_then(status_of)));
+    let statuses = ctx.config.status_upsync().then(|| (status_of(&up_json), down.as_ref().and_then(status_of)));
     let desired = mapping::prepare_desired(up_json, ctx.mapping(), ctx.target()).map_err(|e| {
         ctx.metrics.record_failure(kind, "place");
         ReconcileError::Placement(e.to_string())
@@ -153,7 +153,7 @@ async fn remove(
     down: Option<Value>,
 ) -> Result<Action> {
     let kind = w.config.kind.as_str();
-    let holds_finalizer = ctx.config.upstream_finalizer && up.is_some_and(upstream::has_finalizer);
+    let holds_finalizer = ctx.config.upstream_finalizer() && up.is_some_and(upstream::has_finalizer);
     if down.is_some() || holds_finalizer {
         if up.is_none()
             && let Some(wait) = ctx.orphan_wait(key)
@@ -195,7 +195,7 @@ const NAMESPACE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Removes the upstream finalizer, if downsync put one there.
 async fn release(ctx: &Controller, w: &Watched, key: &UpstreamKey, up: Option<&DynamicObject>) -> Result<Action> {
-    if !ctx.config.upstream_finalizer {
+    if !ctx.config.upstream_finalizer() {
         return Ok(Action::Done);
     }
     let upstream_err =

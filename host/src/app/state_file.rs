@@ -241,7 +241,7 @@ mod tests {
         StateFile::new(&config, "https://down:6443").save(&state);
         assert_eq!(StateFile::new(&config, "https://other:6443").load().count(None), 0, "another downstream");
         let mut changed = config.clone();
-        changed.status_upsync = !changed.status_upsync;
+        changed.upstream_writes.push(super::super::config::UpstreamWrite::Status);
         let same_place = StateFile::new(&changed, "https://down:6443");
         assert_eq!(same_place.path(), StateFile::new(&config, "https://down:6443").path(), "one file per place");
         assert_eq!(same_place.load().count(None), 0, "another configuration");

@@ -164,11 +164,12 @@ pub(crate) struct SourceArgs {
     /// Label selector for the kinds given with --resource.
     #[arg(long)]
     pub(crate) selector: Option<String>,
-    /// Upstream namespace to sync; repeatable (default: all but kube-system, kube-public and
-    /// kube-node-lease, which are synced only when named here or in the config's `namespaces:`).
+    /// Upstream namespace to sync, or `!NAME` never to sync; repeatable, replaces the config's
+    /// `namespaces:` (default: all but kube-system, kube-public and kube-node-lease, which are
+    /// synced only when named).
     #[arg(long = "namespace")]
     pub(crate) namespaces: Vec<String>,
-    /// Upstream namespace never to sync; repeatable.
+    /// Upstream namespace never to sync; repeatable (the config's `namespaces:` entry `!NAME`).
     #[arg(long = "exclude-namespace")]
     pub(crate) exclude_namespaces: Vec<String>,
     /// Name downstream namespaces PREFIX + the upstream name.
@@ -177,9 +178,6 @@ pub(crate) struct SourceArgs {
     /// Name downstream namespaces by a hash of target and upstream name (kcp style).
     #[arg(long)]
     pub(crate) hashed_namespaces: bool,
-    /// This instance's name in the ownership stamp.
-    #[arg(long)]
-    pub(crate) identity: Option<String>,
     /// The sync target's name in the ownership stamp.
     #[arg(long)]
     pub(crate) target: Option<String>,
@@ -208,16 +206,22 @@ pub(crate) struct RunArgs {
     /// Sync once and exit: 0 when every object synced, 1 otherwise.
     #[arg(long)]
     pub(crate) once: bool,
-    /// Put a finalizer on upstream objects, so their deletion waits for the downstream copy's.
+    /// Put a finalizer on upstream objects, so their deletion waits for the downstream copy's
+    /// (adds `finalizer` to the config's `upstreamWrites`).
     #[arg(long)]
     pub(crate) upstream_finalizer: bool,
-    /// Copy downstream status to the upstream objects' status subresource.
+    /// Copy downstream status to the upstream objects' status subresource (adds `status` to the
+    /// config's `upstreamWrites`).
     #[arg(long)]
     pub(crate) status_upsync: bool,
     /// Seconds before owned downstream objects without an upstream object are deleted at startup
     /// (default 30). For tests, which cannot wait as long; hidden.
     #[arg(long, hide = true)]
     pub(crate) orphan_grace_seconds: Option<u64>,
+    /// Calls of a new plugin version that end its trial window (default 100). For tests, which
+    /// have fewer objects; hidden.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) trial_window_calls: Option<u64>,
     /// Run as one of several replicas coordinated through Leases in the downstream cluster (as
     /// an `ha:` section in the config does); only the holder of a shard's Lease writes its
     /// objects.
@@ -401,15 +405,12 @@ impl SourceArgs {
         if !self.namespaces.is_empty() {
             c.namespaces = self.namespaces;
         }
-        c.exclude_namespaces.extend(self.exclude_namespaces);
+        c.namespaces.extend(self.exclude_namespaces.into_iter().map(|n| format!("!{n}")));
         if let Some(prefix) = self.namespace_prefix {
             c.namespace_mapping = NamespaceMapping::Prefix { prefix };
         }
         if self.hashed_namespaces {
             c.namespace_mapping = NamespaceMapping::Hashed;
-        }
-        if let Some(i) = self.identity {
-            c.sync.ownership.identity = i;
         }
         if let Some(t) = self.target {
             c.sync.ownership.target = t;
@@ -436,10 +437,22 @@ impl RunArgs {
                 })?),
             };
         }
-        c.upstream_finalizer |= self.upstream_finalizer;
-        c.status_upsync |= self.status_upsync;
+        use downsync::app::config::UpstreamWrite;
+        for (flag, write) in
+            [(self.upstream_finalizer, UpstreamWrite::Finalizer), (self.status_upsync, UpstreamWrite::Status)]
+        {
+            if flag && !c.upstream_writes.contains(&write) {
+                c.upstream_writes.push(write);
+            }
+        }
         if let Some(g) = self.orphan_grace_seconds {
             c.orphan_grace_seconds = g;
+        }
+        if let Some(calls) = self.trial_window_calls {
+            c.plugins.entry("*".into()).or_default();
+            for settings in c.plugins.values_mut() {
+                settings.rollout.window_calls = calls;
+            }
         }
         if self.ha || self.ha_shards.is_some() {
             c.ha.get_or_insert_with(Default::default);

@@ -59,7 +59,10 @@ pub struct RolloutSettings {
     /// `downsync plugin promote`).
     pub mode: RolloutMode,
     /// The trial window ends after this many calls of the new version, or after 5 minutes with
-    /// at least one call, whichever comes first.
+    /// at least one call, whichever comes first. Not a setting: 100, enough calls for the error
+    /// share to mean something and few enough that a busy kind decides within seconds; tests
+    /// shorten it with the hidden `--trial-window-calls`.
+    #[serde(skip)]
     pub window_calls: u64,
     /// The trial window's time bound, in seconds. Not a setting: 300, a backstop for a quiet
     /// kind; the calls are what the verdict counts (a window without calls stays open).
@@ -73,7 +76,7 @@ pub struct RolloutSettings {
     #[serde(skip)]
     pub max_error_percent: u8,
     /// Calls needed before the error share counts: one early failure is not a verdict. For
-    /// users 5, or `windowCalls` when the window is shorter (see [`RolloutSettings::min_calls`]).
+    /// users 5, or the window's calls when the window is shorter (see [`RolloutSettings::min_calls`]).
     #[serde(skip)]
     pub min_calls: u64,
 }

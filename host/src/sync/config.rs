@@ -60,7 +60,9 @@ pub enum ImmutablePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ownership {
-    /// This downsync instance (label-safe: letters, digits, `-`, `_`, `.`; at most 63).
+    /// Who writes: the value of the `downsync.dev/managed-by` label. Not a setting: always
+    /// `downsync`; instances are told apart by `target`.
+    #[serde(skip)]
     pub identity: String,
     /// The sync target (upstream) this instance syncs from; label-safe too.
     pub target: String,

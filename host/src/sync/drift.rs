@@ -39,25 +39,32 @@ impl DriftAction {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DriftPolicy {
-    /// What happens to a change by a manager not named in `managers` (or by an unknown one).
-    pub action: DriftAction,
     /// What happens to the changes of one field manager, by its name: `keep` (it owns those
     /// fields downstream, as the HPA controller owns a Deployment's `replicas`: they are left
     /// out of every write, also when upstream changes), `report` (they stay, with a Warning
-    /// Event and the metric) or `revert`.
+    /// Event and the metric) or `revert`. `"*"` is every manager not named, and an unknown
+    /// writer: `revert` unless given.
     pub managers: BTreeMap<String, DriftAction>,
 }
+
+/// The `managers` entry for every manager not named there.
+pub const ANY_MANAGER: &str = "*";
 
 impl DriftPolicy {
     /// What to do with a change made by `manager`.
     pub fn action_for(&self, manager: &str) -> DriftAction {
-        self.managers.get(manager).copied().unwrap_or(self.action)
+        self.managers.get(manager).copied().unwrap_or_else(|| self.otherwise())
+    }
+
+    /// What to do with a change by a manager not named, or by an unknown writer.
+    fn otherwise(&self) -> DriftAction {
+        self.managers.get(ANY_MANAGER).copied().unwrap_or_default()
     }
 
     /// Whether some manager's fields may be held back from a write: then the live object's
     /// `managedFields` are read before writing.
     pub fn holds_fields(&self) -> bool {
-        self.action != DriftAction::Revert || self.managers.values().any(|a| *a != DriftAction::Revert)
+        self.managers.values().any(|a| *a != DriftAction::Revert)
     }
 
     /// An empty manager name: the message says what to write.
@@ -92,7 +99,7 @@ pub fn classify(paths: &[String], managers: &[Manager], own: &[&str], policy: &D
         .map(|path| {
             let owners = owners_of(managers, path, own);
             let actions: Vec<DriftAction> = if owners.is_empty() {
-                vec![policy.action]
+                vec![policy.otherwise()]
             } else {
                 owners.iter().map(|m| policy.action_for(&m.name)).collect()
             };
@@ -142,10 +149,8 @@ mod tests {
 
     fn mk_policy(action: DriftAction, keep: &[&str], report: &[&str]) -> DriftPolicy {
         let named = |names: &[&str], a: DriftAction| names.iter().map(move |m| (m.to_string(), a)).collect::<Vec<_>>();
-        DriftPolicy {
-            action,
-            managers: named(keep, DriftAction::Keep).into_iter().chain(named(report, DriftAction::Report)).collect(),
-        }
+        let managers = named(keep, DriftAction::Keep).into_iter().chain(named(report, DriftAction::Report));
+        DriftPolicy { managers: managers.chain([(ANY_MANAGER.to_string(), action)]).collect() }
     }
 
     #[test]
@@ -194,7 +199,7 @@ mod tests {
     #[test]
     fn the_managers_map_parses_and_an_empty_name_is_refused() {
         let p: DriftPolicy =
-            serde_yaml_ng::from_str("action: report\nmanagers: {hpa: keep, ops: revert}").expect("policy");
+            serde_yaml_ng::from_str("managers: {'*': report, hpa: keep, ops: revert}").expect("policy");
         assert_eq!(
             (p.action_for("hpa"), p.action_for("ops"), p.action_for("other")),
             (DriftAction::Keep, DriftAction::Revert, DriftAction::Report)
@@ -205,8 +210,9 @@ mod tests {
         assert!(bad.to_string().contains("ignore"), "{bad}");
         assert!(!DriftPolicy::default().holds_fields());
         assert!(mk_policy(DriftAction::Revert, &["hpa"], &[]).holds_fields());
-        let only_reverts = DriftPolicy { managers: [("ops".to_string(), DriftAction::Revert)].into(), ..p };
-        assert!(only_reverts.holds_fields(), "action: report holds fields");
-        assert!(!DriftPolicy { action: DriftAction::Revert, ..only_reverts }.holds_fields());
+        assert!(mk_policy(DriftAction::Report, &[], &[]).holds_fields(), "'*': report holds fields");
+        assert!(!mk_policy(DriftAction::Revert, &[], &[]).holds_fields(), "'*': revert is the default");
+        let gone = serde_yaml_ng::from_str::<DriftPolicy>("action: keep").map(|_| ()).unwrap_err();
+        assert!(gone.to_string().contains("action"), "{gone}");
     }
 }
