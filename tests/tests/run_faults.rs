@@ -118,6 +118,13 @@ async fn a_panicking_plugin_never_stops_the_syncer_and_its_removal_heals_everyth
     let raw_panics = d.log_text().lines().filter(|l| l.starts_with("thread '")).count();
     assert_eq!(raw_panics, 0, "no host panic; log: {}", d.log.display());
     assert!(d.log_text().contains("faulty plugin asked to trap"), "the guest's panic message is logged");
+    // The start names each call's budgets: the memory cap is derived from the memory downsync
+    // may use and the workers (half of it shared by 8 here), between 64 MiB and 1 GiB.
+    let log = d.log_text();
+    let budget = log.lines().find(|l| l.contains("each rule call gets")).unwrap_or_default();
+    let mib = budget.split("memory_mib=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+    assert!(mib.is_some_and(|m| (64..=1024).contains(&m)), "the memory cap at start: {budget:?}");
+    assert!(budget.contains("workers=8") && budget.contains("fuel=200000000"), "{budget:?}");
     assert!(d.terminate()?.success());
     env.cleanup().await
 }

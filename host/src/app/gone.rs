@@ -114,6 +114,12 @@ const GONE: &[Gone] = &[
         instead: "list what downsync may write upstream: `upstreamWrites: [status]` (with the finalizer: \
                   `[finalizer, status]`)",
     },
+    Gone {
+        path: "engine.memoryBytes",
+        instead: "a rule call gets half the memory downsync may use shared by its workers, between 64 MiB and \
+                  1 GiB: raise the container's memory limit (or lower `workers`) for a rule that needs more; \
+                  `downsync run` logs the cap at start",
+    },
 ];
 
 /// Every removed setting, as the reference writes its path, with what replaced it.

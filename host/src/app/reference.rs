@@ -217,7 +217,7 @@ mod tests {
     /// policy and rollout mode, the sandbox budgets (fuel, and memory: a Python rule starts at
     /// 20 MiB of its 64), workers, the endpoint address, the upstream writes, feature gates and
     /// HA shards.
-    const MOST_SETTINGS: usize = 31;
+    const MOST_SETTINGS: usize = 30;
 
     #[test]
     fn a_new_setting_is_added_on_purpose() {

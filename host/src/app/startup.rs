@@ -208,6 +208,12 @@ pub async fn plugin_reloader(config: &RunConfig, rules: &Arc<PluginRegistry>) ->
         (None, false) => return Ok(None),
     };
     let (engine_config, registry_config, rules) = (config.engine_config(), config.registry_config(), Arc::clone(rules));
+    info!(
+        fuel = engine_config.fuel,
+        memory_mib = engine_config.memory_bytes >> 20,
+        workers = config.workers,
+        "each rule call gets this fuel and memory (memory: half of the container's limit, else the machine's, shared by the workers, between 64 MiB and 1 GiB)"
+    );
     let reloader = tokio::task::spawn_blocking(move || -> Result<_> {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -327,20 +327,24 @@ pub(crate) enum PluginCommand {
 }
 
 /// The per-call budgets to check or test a plugin with: test with the ones it will run with
-/// (the run config's `engine.fuel` and `engine.memoryBytes`).
+/// (the run config's `engine.fuel`, and the memory cap `downsync run` logs at start).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Budget {
     /// Fuel per call (default: the engine's, 200000000).
     #[arg(long, value_name = "N")]
     pub(crate) fuel: Option<u64>,
-    /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: 64Mi).
+    /// Linear memory per call, in bytes, or with a Ki, Mi or Gi suffix (default: what `downsync
+    /// run` with 8 workers gives a call here: half of the container's memory limit, else the
+    /// machine's, shared by the workers, between 64Mi and 1Gi).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) memory: Option<usize>,
 }
 
 impl Budget {
     pub(crate) fn engine(&self) -> EngineConfig {
-        let mut c = EngineConfig::default();
+        let workers = RunConfig::default().workers;
+        let mut c =
+            EngineConfig { memory_bytes: downsync::plugin::memory_per_call(workers), ..EngineConfig::default() };
         if let Some(fuel) = self.fuel {
             c.fuel = fuel;
         }

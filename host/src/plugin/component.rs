@@ -11,11 +11,12 @@ use super::contract;
 use super::describe::check_describe;
 use super::dispatch::{Hook, Json, Raw, RawDecision, RulePre, wit_intent};
 use super::engine::PluginEngine;
-use super::error::{Error, Oversize, Result, Violation};
+use super::error::{CallFailure, Error, Oversize, Result, Violation};
 use super::host::CallState;
 use super::output::{
     MAX_IGNORE_PATH_BYTES, MAX_IGNORE_PATHS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, bounded, cause, classify,
 };
+use super::priority::{self, Runaways};
 use super::projection;
 use super::reuse::{Kept, KeptInstance, MAX_CALLS_PER_KEPT_INSTANCE};
 use super::tiering::{Code, Compiled, Tier};
@@ -34,6 +35,9 @@ pub struct Plugin {
     pub(super) code: Arc<Code>,
     /// Idle instances, when the plugin runs with [`InstancePolicy::Reused`].
     kept: Option<Arc<Kept>>,
+    /// Objects whose latest call ran to the deadline; their calls take turns, at the lowest
+    /// CPU priority.
+    runaways: Arc<Runaways>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -92,7 +96,7 @@ impl Plugin {
             hooks: Hooks::ALL,
             reads: vec![],
         };
-        let mut plugin = Self { engine, info, digest, code, kept: None };
+        let mut plugin = Self { engine, info, digest, code, kept: None, runaways: Arc::default() };
         let Raw::Info(raw) = plugin.call(&Hook::Describe, "-")?.value else {
             return Err(plugin.mismatch("describe"));
         };
@@ -172,7 +176,21 @@ impl Plugin {
     /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
     /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
     /// A plugin that reuses instances runs the hook in a kept one instead.
+    /// The calls of objects whose latest call ran to the deadline run one at a time, each on a
+    /// thread of its own at the lowest CPU priority ([`priority::on_runaway_thread`]).
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
+        let called = if self.runaways.contains(object) {
+            let _turn = self.runaways.turn();
+            priority::on_runaway_thread(&self.info.name, || self.call_here(hook, object))
+        } else {
+            self.call_here(hook, object)
+        };
+        let overran = matches!(&called, Err(e) if e.failure() == Some(CallFailure::Deadline));
+        self.runaways.record(object, overran);
+        called
+    }
+
+    fn call_here(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         if let Some(kept) = &self.kept {
             return self.call_kept(kept, hook, object);
         }

@@ -19,8 +19,8 @@ use super::host::{CallState, LogLimiter};
 use super::tiering::{Background, Code, Compiled, Tier};
 
 /// Limits and cache settings for the engine. Deserialised from the config file, where a user
-/// sets the per-call budgets (`fuel`, `memoryBytes`); the rest follow from them, from `workers`
-/// or from the environment, or are fixed, and are set by tests and the bench.
+/// sets the per-call fuel; the rest follow from it, from `workers` or from the environment, or
+/// are fixed, and are set by tests and the bench.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
@@ -33,7 +33,11 @@ pub struct EngineConfig {
     /// move it. Tests shorten it.
     #[serde(skip)]
     pub deadline_ms: u64,
-    /// Linear memory cap per call, in bytes.
+    /// Linear memory cap per call, in bytes. Not a setting: half the memory downsync may use
+    /// (its container's limit, else the machine's) shared by the workers, between 64 MiB and
+    /// 1 GiB ([`super::memory_per_call`]), so the pod's memory limit is the one number to raise
+    /// for a rule that needs more. Tests lower it.
+    #[serde(skip)]
     pub memory_bytes: usize,
     /// Concurrent instances the pooling allocator keeps slots for.
     #[serde(skip)]
@@ -67,7 +71,7 @@ impl Default for EngineConfig {
         Self {
             fuel: 200_000_000,
             deadline_ms: 1_000,
-            memory_bytes: 64 << 20,
+            memory_bytes: super::memory::MIN_MEMORY_PER_CALL,
             pool_instances: 64,
             max_instances_per_call: 32,
             cache_dir: default_cache_dir(),

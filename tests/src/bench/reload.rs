@@ -386,7 +386,7 @@ pub fn section(r: &Reload) -> Section {
          plugins folder (the same build with its marker bytes patched: a new sha256 and a new stamp). *first \
          object* is from the rename to the first downstream write carrying the new stamp, seen through a \
          downstream watch; *all objects* is until every object carries it (downsync re-syncs every object when \
-         the rules change, an eighth of the workers at once, at most 200 a second). A version not in the artifact cache is put in use \
+         the rules change, an eighth of the workers at once, at most about 140 a second). A version not in the artifact cache is put in use \
          with the code of Winch, wasmtime's baseline compiler; one background thread compiles it with Cranelift \
          at low priority and puts that code in its place, with no re-sync. The second series has each new version \
          in downsync's artifact cache (compiled by the bench before the churn starts), which leaves out the \
