@@ -173,11 +173,9 @@ impl Plugin {
         if self.kept.is_some() { InstancePolicy::Reused } else { InstancePolicy::Fresh }
     }
 
-    /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
-    /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
-    /// A plugin that reuses instances runs the hook in a kept one instead.
-    /// The calls of objects whose latest call ran to the deadline run one at a time, each on a
-    /// thread of its own at the lowest CPU priority ([`priority::on_runaway_thread`]).
+    /// Runs one hook for `object`. The calls of objects whose latest call ran to the deadline
+    /// run one at a time, each on a thread of its own at the lowest CPU priority
+    /// ([`priority::on_runaway_thread`]).
     fn call(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         let called = if self.runaways.contains(object) {
             let _turn = self.runaways.turn();
@@ -190,6 +188,9 @@ impl Plugin {
         called
     }
 
+    /// Runs one hook in a fresh store with the fuel budget, the deadline and the memory cap.
+    /// The store is dropped afterwards, trapped or not, so nothing leaks into the next call.
+    /// A plugin that reuses instances runs the hook in a kept one instead.
     fn call_here(&self, hook: &Hook<'_>, object: &str) -> Result<Called<Raw>> {
         if let Some(kept) = &self.kept {
             return self.call_kept(kept, hook, object);

@@ -9,11 +9,11 @@
 
 /// The least a call gets, whatever the limit: a Python or JavaScript rule starts with about
 /// 20 MiB of its memory already in use (the interpreter's heap snapshot).
-pub const MIN_MEMORY_PER_CALL: usize = 64 << 20;
+pub(crate) const MIN_MEMORY_PER_CALL: usize = 64 << 20;
 
 /// The most a call gets, whatever the limit: no rule over one Kubernetes object (1.5 MiB at
 /// most in etcd) needs more.
-pub const MAX_MEMORY_PER_CALL: usize = 1 << 30;
+pub(crate) const MAX_MEMORY_PER_CALL: usize = 1 << 30;
 
 /// A WebAssembly page: a memory grows in these.
 const PAGE: usize = 64 << 10;

@@ -59,7 +59,7 @@ pub use engine::{EngineConfig, PluginEngine};
 pub use error::{CallFailure, Error, Oversize, Result, Violation};
 pub use files::{DEFAULT_MAX_COMPONENT_BYTES, MAX_FIXTURE_FILE_BYTES, read_component};
 pub use journal::{DEFAULT_MAX_OBJECTS as DEFAULT_EXPLAIN_OBJECTS, Entry as JournalEntry, Journal};
-pub use memory::{MAX_MEMORY_PER_CALL, MIN_MEMORY_PER_CALL, memory_per_call};
+pub use memory::memory_per_call;
 pub use metrics::{LastError, Metrics};
 pub use plugin_set::{Member, PluginSet, Shadow};
 pub use registry::{PluginRegistry, RuleSnapshot};
